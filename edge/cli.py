@@ -1,0 +1,100 @@
+"""The ``ctedge`` command. Subcommands register themselves in ``COMMANDS``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable
+
+from edge import CLASSES, __version__
+from edge.errors import StudyError
+from edge.pipeline import PipelineOptions, StudyResult, run_study
+from edge.preprocess.select import METHODS
+
+log = logging.getLogger("ctedge")
+
+SELECTION_HELP = (
+    "slice selection rule: 'lung-extent' (default; keeps every slice between the lung apex and base), "
+    "'seed-area' (seed thresholds 0.4 upper / 0.9 lower: drops much of the lung bases), "
+    "'rahimzadeh' (published dark-pixel rule; WARNING: it can drop slices with dense consolidation, "
+    "see README for its measured retention of infected slices)")
+
+
+def add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="classify one CT study (DICOM folder, zip or files)",
+                       description="Read a CT study, select lung slices, classify 50-slice groups and vote a patient verdict.")
+    p.add_argument("study", nargs="+", help="a DICOM folder, a zip, or DICOM/image files of one study")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
+    p.add_argument("--selection", choices=METHODS, default="lung-extent", help=SELECTION_HELP)
+    p.add_argument("--no-mask", action="store_true", help="do not black out non-lung pixels in the model input")
+    p.add_argument("--override", type=float, default=0.9,
+                   help="a group's covid/other_pneumonia probability above this overrides a healthy majority (default 0.9)")
+    p.set_defaults(func=cmd_predict)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    options = PipelineOptions(selection=args.selection, mask_lungs=not args.no_mask, override=args.override)
+    result = run_study(args.study[0] if len(args.study) == 1 else args.study, options=options)
+    print(json.dumps(result.to_dict(), indent=2) if args.json else summary(result))
+    return 0
+
+
+def summary(result: StudyResult) -> str:
+    """A short human-readable report of one study."""
+    d = result.to_dict()
+    model = d["model"]
+    lines = []
+    if model["placeholder"] or model["demonstration"]:
+        lines.append(f"*** {'PLACEHOLDER' if model['placeholder'] else 'DEMONSTRATION'} MODEL - NOT FOR CLINICAL USE ***")
+        lines.append(f"    {model['note']}")
+    lines.append(f"Verdict: {d['label']}   ({d['decision_rule']})")
+    lines.append("Probabilities: " + "  ".join(f"{c} {d['probabilities'][c]:.3f}" for c in CLASSES))
+    lines.append(f"Slices: {d['n_slices_read']} read, {d['n_slices_used']} used ({d['selection']} selection)")
+    for g in d["groups"]:
+        probs = " ".join(f"{g['probabilities'][c]:.3f}" for c in CLASSES)
+        lines.append(f"  group {g['index']}: slices {g['slice_range'][0]}-{g['slice_range'][1]}  {g['label']:<16} [{probs}]")
+    for s in d["series"]["skipped"]:
+        lines.append(f"Skipped series ({s['n_files']} files): {s['reason']}")
+    lines += [f"Warning: {w}" for w in d["warnings"]]
+    lines.append("Time: " + ", ".join(f"{k} {v:.0f} ms" for k, v in d["timings_ms"].items()))
+    lines.append(f"Model: {model['name']} {model['version']}")
+    return "\n".join(lines)
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_predict]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ctedge", description="Chest-CT pneumonia triage on edge devices "
+                                     f"(classes: {', '.join(CLASSES)}).")
+    parser.add_argument("--version", action="version", version=f"ctedge {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        return args.func(args)
+    except StudyError as exc:
+        print(f"ctedge: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ctedge: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - last line of defence: no traceback for users
+        if args.debug:
+            raise
+        print(f"ctedge: internal error: {type(exc).__name__}: {exc} (run with --debug for details)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""Typed errors for bad studies. Every message names the file (or folder) and the problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class StudyError(Exception):
+    """A study (or one of its files) cannot be used; ``path`` names the culprit."""
+
+    def __init__(self, path: str | Path, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+class EmptyStudyError(StudyError):
+    """No file in the study could be read as a CT slice."""
+
+
+class NotDicomError(StudyError):
+    """The file is neither DICOM nor a supported image."""
+
+
+class NoPixelDataError(StudyError):
+    """A DICOM file without (7FE0,0010) Pixel Data."""
+
+
+class UnsupportedTransferSyntaxError(StudyError):
+    """The pixel data is encoded in a transfer syntax no installed decoder handles."""
+
+
+class CorruptFileError(StudyError):
+    """A truncated or otherwise undecodable file."""
+
+
+class FileTooLargeError(StudyError):
+    """A file (or archive member) larger than the configured limit."""
+
+
+class UnsafeArchiveError(StudyError):
+    """A zip with members outside its root (zip-slip) or an implausible compression ratio."""
+
+
+class MixedSizesError(StudyError):
+    """Slices of one series have different pixel matrices."""
+
+
+class TooFewSlicesError(StudyError):
+    """A series with a single slice: a CT volume is needed."""
+
+
+class NoUsableSeriesError(StudyError):
+    """The study has DICOM series, but none is an axial CT series."""
+
+
+class NoLungFoundError(StudyError):
+    """Slice selection found no slice with lung in the chosen series."""

@@ -1,0 +1,81 @@
+"""Read one DICOM file: header first (pixel data deferred), then pixels rescaled to HU."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from edge.errors import CorruptFileError, NoPixelDataError, NotDicomError, UnsupportedTransferSyntaxError
+
+pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE  # real scanners write odd UIDs
+logging.getLogger("pydicom").setLevel(logging.ERROR)  # its warnings carry full paths; ours name files only
+DICOMDIR_UID = "1.2.840.10008.1.3.10"
+
+
+def read_header(path: Path) -> Dataset:
+    """Parse ``path`` as DICOM with the pixel data left on disk until it is decoded.
+
+    Files without the 128-byte preamble are accepted only if they carry an SOP Class UID.
+    Raises NotDicomError or CorruptFileError naming the file.
+    """
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ds = pydicom.dcmread(path, defer_size="64 KB")
+        if any("End of file reached" in str(w.message) for w in caught):
+            raise CorruptFileError(path, "truncated: the file ends inside a data element")
+    except InvalidDicomError:
+        try:
+            ds = pydicom.dcmread(path, defer_size="64 KB", force=True)
+        except Exception as exc:  # noqa: BLE001 - any parser failure means "not DICOM"
+            raise NotDicomError(path, "not a DICOM file") from exc
+        if "SOPClassUID" not in ds:
+            raise NotDicomError(path, "not a DICOM file (no DICM preamble, no SOP Class UID)")
+    except CorruptFileError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - truncated or malformed element streams
+        raise CorruptFileError(path, f"cannot be parsed as DICOM ({type(exc).__name__}: {exc})") from exc
+    if ds.get("MediaStorageSOPClassUID", ds.file_meta.get("MediaStorageSOPClassUID")) == DICOMDIR_UID:
+        raise NotDicomError(path, "a DICOMDIR index, not an image")
+    return ds
+
+
+def decode_hu(ds: Dataset, path: Path) -> np.ndarray:
+    """Decode the pixel data of one single-frame slice and rescale it to Hounsfield units (int16).
+
+    Missing RescaleSlope/RescaleIntercept are taken as 1 and 0 (the caller warns).
+    """
+    if "PixelData" not in ds:
+        raise NoPixelDataError(path, "has no pixel data (7FE0,0010)")
+    syntax = ds.file_meta.get("TransferSyntaxUID")
+    name = getattr(syntax, "name", str(syntax))
+    try:
+        pixels = ds.pixel_array
+    except NotImplementedError as exc:
+        raise UnsupportedTransferSyntaxError(path, f"transfer syntax {name!r} ({syntax}) has no installed decoder") from exc
+    except RuntimeError as exc:
+        if "plugin" in str(exc) or "not supported" in str(exc):
+            raise UnsupportedTransferSyntaxError(path, f"transfer syntax {name!r} ({syntax}) has no installed decoder") from exc
+        raise CorruptFileError(path, f"pixel data cannot be decoded ({exc})") from exc
+    except Exception as exc:  # noqa: BLE001 - truncated pixel data, wrong lengths, bad codestreams
+        raise CorruptFileError(path, f"pixel data cannot be decoded ({type(exc).__name__}: {exc})") from exc
+    if pixels.ndim != 2:
+        raise CorruptFileError(path, f"expected one greyscale frame, got pixel array of shape {pixels.shape}")
+    slope = float(ds.get("RescaleSlope", 1) or 1)
+    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    if slope == 1.0 and intercept.is_integer():
+        hu = pixels.astype(np.int32) + int(intercept)
+    else:
+        hu = np.rint(pixels * slope + intercept)
+    return np.clip(hu, -32768, 32767).astype(np.int16)
+
+
+def has_rescale(ds: Dataset) -> bool:
+    """True when the slice states how stored values map to HU."""
+    return "RescaleSlope" in ds and "RescaleIntercept" in ds

@@ -1,0 +1,44 @@
+"""Read a study given as image slices (PNG/JPEG 8-bit, 16-bit PNG/TIFF as in COVID-CTset)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edge.errors import CorruptFileError
+from edge.preprocess.window import LUNG_WINDOW
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff"}
+RAW_OFFSET = 1024.0
+"""16-bit slices (COVID-CTset) store HU + 1024, as the DICOM they were exported from."""
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def natural_key(path: Path) -> list:
+    """Sort key so that slice_2 comes before slice_10."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", path.name)]
+
+
+def read_image_hu(path: Path) -> tuple[np.ndarray, bool]:
+    """Read one image slice as approximate HU; return (hu, exact).
+
+    8-bit images are assumed to be lung-windowed and mapped back through the lung window
+    (``exact`` False); 16-bit images are taken as HU + 1024 (``exact`` True but unverified).
+    """
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise CorruptFileError(path, "cannot be decoded as an image")
+    if img.ndim == 3:
+        img = cv2.cvtColor(img[..., :3], cv2.COLOR_BGR2GRAY)
+    if img.dtype == np.uint8:
+        low, high = LUNG_WINDOW
+        return (img.astype(np.float32) / 255.0 * (high - low) + low), False
+    if img.dtype == np.uint16:
+        return img.astype(np.float32) - RAW_OFFSET, True
+    raise CorruptFileError(path, f"unsupported image sample type {img.dtype}")

@@ -1,0 +1,105 @@
+"""Turn what the user gave (folder, zip, file list) into a flat list of files on disk."""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import zipfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from edge.errors import EmptyStudyError, FileTooLargeError, UnsafeArchiveError
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Size limits protecting the reader from huge files and decompression bombs."""
+
+    max_file_bytes: int = 256 * 2**20
+    max_archive_bytes: int = 4 * 2**30
+    max_compression_ratio: float = 200.0
+    max_files: int = 20_000
+
+
+IGNORED_NAMES = {".ds_store", "thumbs.db", "desktop.ini"}
+
+
+@contextlib.contextmanager
+def study_files(source: str | Path | Sequence[str | Path], limits: Limits = Limits()) -> Iterator[list[Path]]:
+    """Yield the regular files of a study: a folder (recursive), a zip, a single file or a list of these.
+
+    Zip archives are checked for zip-slip and bombs, then unpacked into a temporary folder
+    that exists only inside the ``with`` block. Hidden and OS clutter files are left out.
+    """
+    sources = [source] if isinstance(source, (str, Path)) else list(source)
+    with contextlib.ExitStack() as stack:
+        files: list[Path] = []
+        for item in map(Path, sources):
+            if item.is_dir():
+                files += _folder_files(item)
+            elif item.is_file() and zipfile.is_zipfile(item):
+                tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ctedge-zip-")))
+                files += _folder_files(extract_zip(item, tmp, limits))
+            elif item.is_file():
+                files.append(item)
+            else:
+                raise EmptyStudyError(item, "no such file or folder")
+        if not files:
+            raise EmptyStudyError(", ".join(map(str, sources)), "no files found in the study")
+        if len(files) > limits.max_files:
+            raise FileTooLargeError(sources[0], f"{len(files)} files, more than the limit of {limits.max_files}")
+        for f in files:
+            size = f.stat().st_size
+            if size > limits.max_file_bytes:
+                raise FileTooLargeError(f, f"{size} bytes, larger than the limit of {limits.max_file_bytes}")
+        yield files
+
+
+def _folder_files(folder: Path) -> list[Path]:
+    return sorted(
+        p for p in folder.rglob("*")
+        if p.is_file() and not p.name.startswith(".") and p.name.lower() not in IGNORED_NAMES
+        and not any(part.startswith(".") or part == "__MACOSX" for part in p.relative_to(folder).parts[:-1])
+    )
+
+
+def extract_zip(archive: Path, dest: Path, limits: Limits = Limits()) -> Path:
+    """Unpack ``archive`` into ``dest`` after checking every member; return ``dest``.
+
+    Raises UnsafeArchiveError for absolute paths, ``..`` components or links (zip-slip),
+    and for members whose size or compression ratio exceed ``limits`` (zip bombs).
+    """
+    with zipfile.ZipFile(archive) as zf:
+        members = [m for m in zf.infolist() if not m.is_dir()]
+        total = 0
+        for m in members:
+            name = PurePosixPath(m.filename.replace("\\", "/"))
+            if name.is_absolute() or ".." in name.parts or (name.parts and name.parts[0].endswith(":")):
+                raise UnsafeArchiveError(archive, f"member {m.filename!r} points outside the archive root")
+            if (m.external_attr >> 16) & 0o170000 == 0o120000:
+                raise UnsafeArchiveError(archive, f"member {m.filename!r} is a symbolic link")
+            if m.file_size > limits.max_file_bytes:
+                raise FileTooLargeError(archive, f"member {m.filename!r} unpacks to {m.file_size} bytes")
+            if m.compress_size and m.file_size / m.compress_size > limits.max_compression_ratio:
+                raise UnsafeArchiveError(archive, f"member {m.filename!r} has a compression ratio above "
+                                                  f"{limits.max_compression_ratio:.0f} (zip bomb?)")
+            total += m.file_size
+        if total > limits.max_archive_bytes:
+            raise UnsafeArchiveError(archive, f"unpacks to {total} bytes, above the limit of {limits.max_archive_bytes}")
+        for m in members:
+            target = dest / PurePosixPath(m.filename.replace("\\", "/"))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(m) as src, open(target, "wb") as out:
+                _copy_bounded(src, out, m.file_size, archive, m.filename)
+    return dest
+
+
+def _copy_bounded(src, out, declared: int, archive: Path, name: str) -> None:
+    """Copy at most the declared size: a member that inflates beyond its header is rejected."""
+    written = 0
+    while chunk := src.read(1 << 20):
+        written += len(chunk)
+        if written > declared:
+            raise UnsafeArchiveError(archive, f"member {name!r} inflates beyond its declared size")
+        out.write(chunk)

@@ -1,0 +1,149 @@
+"""Load a study from disk into one HU volume: pick the series, order and decode its slices."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edge.errors import (CorruptFileError, EmptyStudyError, MixedSizesError, NoPixelDataError, NotDicomError,
+                         NoUsableSeriesError, StudyError, TooFewSlicesError, UnsupportedTransferSyntaxError)
+from edge.ingest.dicom_files import decode_hu, has_rescale, read_header
+from edge.ingest.image_files import is_image_file, natural_key, read_image_hu
+from edge.ingest.series import SkippedSeries, order_slices, select_series, split_series
+from edge.ingest.sources import Limits, study_files
+
+
+@dataclass
+class Volume:
+    """One CT series as read from disk. Slice 0 is the most superior slice."""
+
+    hu: np.ndarray                       # (n, H, W) int16, Hounsfield units
+    files: list[str]                     # base name of each slice's file
+    position_mm: np.ndarray | None       # (n,) position along the slice normal, decreasing; None if unknown
+    series_uid: str | None
+    hu_exact: bool                       # False when HU were estimated from 8-bit images
+    pixel_spacing_mm: float | None = None
+    slice_thickness_mm: float | None = None
+    skipped_series: list[SkippedSeries] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    n_files: int = 0
+
+    @property
+    def n_slices(self) -> int:
+        return int(self.hu.shape[0])
+
+
+def load_study(source: str | Path | Sequence[str | Path], limits: Limits = Limits()) -> Volume:
+    """Read a study (folder, zip, file or list of files) into a Volume.
+
+    DICOM wins over image files when both are present. Raises a StudyError subclass naming the
+    file when nothing usable is found; single bad slices in a good series are skipped with a warning.
+    """
+    with study_files(source, limits) as files:
+        headers, rejected = [], []
+        for f in files:
+            if is_image_file(f):
+                continue
+            try:
+                headers.append((f, read_header(f)))
+            except StudyError as exc:
+                rejected.append(exc)
+        images = sorted((f for f in files if is_image_file(f)), key=natural_key)
+        warnings = _summarise("file(s) skipped", rejected)
+        if headers:
+            if images:
+                warnings.append(f"{len(images)} image file(s) ignored: the study has DICOM files")
+            volume = _load_dicom(headers, source, warnings)
+        elif images:
+            volume = _load_images(images, warnings)
+        elif len({type(e) for e in rejected}) == 1:
+            first = rejected[0]
+            others = f" (and {len(rejected) - 1} other file(s) with the same problem)" if len(rejected) > 1 else ""
+            raise type(first)(first.path, first.problem + others)
+        else:
+            raise EmptyStudyError(_name(source), f"none of the {len(files)} files is DICOM or an image slice "
+                                                 f"(first: {rejected[0]})")
+        volume.n_files = len(files)
+        return volume
+
+
+def _load_dicom(headers, source, warnings: list[str]) -> Volume:
+    chosen, skipped = select_series(split_series(headers))
+    if chosen is None:
+        single = [s for s in skipped if "only one slice" in s.reason]
+        if single:
+            path = next(p for p, ds in headers if str(ds.get("SeriesInstanceUID", "(no SeriesInstanceUID)")) == single[0].uid)
+            raise TooFewSlicesError(path, "the study's only CT series has a single slice; a CT volume is needed")
+        raise NoUsableSeriesError(_name(source), "no axial CT series: " + "; ".join(s.reason for s in skipped))
+    _check_sizes(chosen.items)
+    ordered = order_slices(chosen)
+    warnings += ordered.warnings
+    slices, names, keep, failures = [], [], [], []
+    for i, (path, ds) in enumerate(ordered.items):
+        try:
+            slices.append(decode_hu(ds, path))
+        except (CorruptFileError, NoPixelDataError, UnsupportedTransferSyntaxError) as exc:
+            failures.append(exc)
+            continue
+        names.append(path.name)
+        keep.append(i)
+    if len(slices) < 2:
+        raise failures[0] if failures else TooFewSlicesError(ordered.items[0][0], "fewer than two decodable slices")
+    warnings += _summarise("slice(s) of the chosen series skipped", failures)
+    if any(not has_rescale(ds) for _, ds in ordered.items):
+        warnings.append("RescaleSlope/RescaleIntercept missing on some slices: stored values taken as HU")
+    first = ordered.items[0][1]
+    spacing = first.get("PixelSpacing")
+    return Volume(
+        hu=np.stack(slices), files=names,
+        position_mm=None if ordered.position_mm is None else ordered.position_mm[keep],
+        series_uid=chosen.uid, hu_exact=True,
+        pixel_spacing_mm=float(spacing[0]) if spacing else None,
+        slice_thickness_mm=float(first.SliceThickness) if first.get("SliceThickness") else None,
+        skipped_series=skipped, warnings=warnings,
+    )
+
+
+def _load_images(paths: list[Path], warnings: list[str]) -> Volume:
+    if len(paths) < 2:
+        raise TooFewSlicesError(paths[0], "a single image slice; a CT volume is needed")
+    read = [read_image_hu(p) for p in paths]
+    _check_shapes([(p, hu.shape) for p, (hu, _) in zip(paths, read)])
+    exact = all(e for _, e in read)
+    warnings.append("image slices: no DICOM positions, ordered by file name (first = most superior assumed); "
+                    + ("16-bit values taken as HU + 1024" if exact else "8-bit values mapped back through the lung window"))
+    return Volume(hu=_to_int16(np.stack([hu for hu, _ in read])), files=[p.name for p in paths], position_mm=None,
+                  series_uid=None, hu_exact=exact, warnings=warnings)
+
+
+def _check_sizes(items) -> None:
+    _check_shapes([(p, (int(ds.get("Rows", 0)), int(ds.get("Columns", 0)))) for p, ds in items])
+
+
+def _check_shapes(shapes: list[tuple[Path, tuple]]) -> None:
+    counts = Counter(s for _, s in shapes)
+    if len(counts) > 1:
+        common = counts.most_common(1)[0][0]
+        odd_path, odd = next((p, s) for p, s in shapes if s != common)
+        raise MixedSizesError(odd_path, f"slice is {odd[0]}x{odd[1]} but most slices of the series are "
+                                        f"{common[0]}x{common[1]}")
+
+
+def _summarise(what: str, errors: list[StudyError], shown: int = 5) -> list[str]:
+    if not errors:
+        return []
+    details = "; ".join(f"{Path(e.path).name}: {e.problem}" for e in errors[:shown])
+    more = f" (and {len(errors) - shown} more)" if len(errors) > shown else ""
+    return [f"{len(errors)} {what}: {details}{more}"]
+
+
+def _to_int16(hu: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(hu), -32768, 32767).astype(np.int16)
+
+
+def _name(source) -> str:
+    return str(source) if isinstance(source, (str, Path)) else ", ".join(map(str, source))

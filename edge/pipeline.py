@@ -1,0 +1,140 @@
+"""The one place where the steps are wired: study on disk -> patient verdict.
+
+The CLI, the server and the watcher all call :func:`run_study`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edge import CLASSES, __version__
+from edge.errors import NoLungFoundError
+from edge.infer import GroupClassifier, PlaceholderClassifier
+from edge.ingest import Limits, Volume, load_study
+from edge.preprocess.group import GROUP_SIZE, assemble, group_plan
+from edge.preprocess.segment import LungSegmenter, ThresholdSegmenter
+from edge.preprocess.select import Selection, select_slices
+from edge.preprocess.window import clahe, lung_window, resize_slices
+from edge.vote import Verdict, patient_verdict
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    selection: str = "lung-extent"
+    mask_lungs: bool = True
+    group_size: int = GROUP_SIZE
+    override: float = 0.9
+    clahe_clip: float = 2.0
+
+
+@dataclass
+class GroupResult:
+    index: int
+    plan: np.ndarray          # fractional positions into the kept slices; NaN = black padding
+    source: np.ndarray        # volume indices of the real slices that feed this group
+    probabilities: np.ndarray
+
+    @property
+    def label(self) -> str:
+        return CLASSES[int(np.argmax(self.probabilities))]
+
+
+@dataclass
+class StudyResult:
+    volume: Volume
+    lung_mask: np.ndarray     # (n, 256, 256) bool
+    images: np.ndarray        # (n, 256, 256) uint8 model inputs (CLAHE, lungs masked if asked)
+    selection: Selection
+    groups: list[GroupResult]
+    verdict: Verdict
+    classifier: GroupClassifier
+    options: PipelineOptions
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """The JSON document printed by ``ctedge predict --json`` and served by the API."""
+        v, sel = self.volume, self.selection
+        z = [None if v.position_mm is None else round(float(p), 3) for p in
+             (v.position_mm if v.position_mm is not None else [None] * v.n_slices)]
+        kept = sel.kept_indices
+        return {
+            "label": self.verdict.label,
+            "probabilities": self.verdict.probabilities,
+            "decision_rule": self.verdict.rule,
+            "groups": [{
+                "index": g.index,
+                "slice_range": [int(g.source.min()), int(g.source.max())],
+                "n_padding_slices": int(np.isnan(g.plan).sum()),
+                "interpolated": bool(np.any(np.mod(g.plan[~np.isnan(g.plan)], 1) > 0)),
+                "probabilities": {c: round(float(p), 6) for c, p in zip(CLASSES, g.probabilities)},
+                "label": g.label,
+            } for g in self.groups],
+            "n_slices_read": v.n_slices,
+            "n_slices_used": int(len(kept)),
+            "selection": sel.method,
+            "slices_used": [{"index": int(i), "file": v.files[i], "z": z[i]} for i in kept],
+            "slices_dropped": [{"index": i, "file": v.files[i], "z": z[i], "reason": sel.reasons[i]}
+                               for i in range(v.n_slices) if not sel.keep[i]],
+            "series": {"chosen": v.series_uid,
+                       "skipped": [{"uid": s.uid, "n_files": s.n_files, "reason": s.reason} for s in v.skipped_series]},
+            "input": {"n_files": v.n_files, "hu_exact": v.hu_exact, "pixel_spacing_mm": v.pixel_spacing_mm,
+                      "slice_thickness_mm": v.slice_thickness_mm},
+            "warnings": list(v.warnings),
+            "timings_ms": {k: round(t, 1) for k, t in self.timings_ms.items()},
+            "model": self.classifier.info.to_dict(),
+            "software": {"name": "ctedge", "version": __version__},
+        }
+
+
+@contextlib.contextmanager
+def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
+    start = time.perf_counter()
+    yield
+    timings[stage] = (time.perf_counter() - start) * 1000.0
+
+
+def run_study(source: str | Path | Sequence[str | Path], classifier: GroupClassifier | None = None,
+              options: PipelineOptions = PipelineOptions(), segmenter: LungSegmenter | None = None,
+              limits: Limits = Limits()) -> StudyResult:
+    """Read, preprocess, group, classify and vote one study; raises StudyError subclasses on bad input."""
+    classifier = classifier or PlaceholderClassifier()
+    segmenter = segmenter or ThresholdSegmenter()
+    t: dict[str, float] = {}
+    with _timed(t, "read"):
+        volume = load_study(source, limits)
+    with _timed(t, "resize"):
+        hu256 = resize_slices(volume.hu)
+    with _timed(t, "segment"):
+        mask = segmenter.segment(hu256)
+    with _timed(t, "select"):
+        selection = select_slices(options.selection, volume.hu, mask)
+    kept = selection.kept_indices
+    if not kept.size:
+        raise NoLungFoundError(volume.files[0] if len(volume.files) == 1 else f"series {volume.series_uid}",
+                               f"no slice with lung found by the {selection.method!r} selection")
+    with _timed(t, "window_clahe"):
+        images = clahe(lung_window(hu256), options.clahe_clip)
+        if options.mask_lungs:
+            images = np.where(mask, images, 0).astype(np.uint8)
+    with _timed(t, "group"):
+        plans = group_plan(len(kept), options.group_size)
+        batches = [assemble(images[kept], plan) for plan in plans]
+    with _timed(t, "infer"):
+        probs = [np.asarray(classifier.predict(b), float) for b in batches]
+    with _timed(t, "vote"):
+        verdict = patient_verdict(np.stack(probs), options.override)
+    groups = [GroupResult(i, plan, _sources(plan, kept), p) for i, (plan, p) in enumerate(zip(plans, probs))]
+    t["total"] = sum(t.values())
+    return StudyResult(volume, mask, images, selection, groups, verdict, classifier, options, t)
+
+
+def _sources(plan: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    pos = plan[~np.isnan(plan)]
+    idx = np.unique(np.concatenate([np.floor(pos), np.ceil(pos)]).astype(int))
+    return kept[idx]

@@ -1,0 +1,1 @@
+"""Preprocessing: lung window, resize, CLAHE, lung segmentation, slice selection, grouping."""

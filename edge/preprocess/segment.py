@@ -1,0 +1,69 @@
+"""Lung segmentation behind one interface; the default is classical and needs no weights."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import cv2
+import numpy as np
+from scipy import ndimage
+
+_IN_PLANE = np.zeros((3, 3, 3), bool)
+_IN_PLANE[1] = ndimage.generate_binary_structure(2, 1)
+
+
+class LungSegmenter(Protocol):
+    """Anything that turns an (n, H, W) HU volume into an (n, H, W) boolean lung mask."""
+
+    name: str
+
+    def segment(self, hu: np.ndarray) -> np.ndarray: ...
+
+
+class ThresholdSegmenter:
+    """HU threshold + connected components, with each lung's convex hull so that pathology counts as lung.
+
+    1. Air below ``air_hu`` that is not connected (in its slice) to the image border is inside the body.
+    2. 3D components of that air smaller than ``min_fraction`` of the largest are dropped (bowel gas).
+    3. Each slice is split at the body's midline; every remaining component in each half is replaced
+       by its filled convex hull. Ground-glass and dense consolidation inside or at the edge of a lung
+       (a hole or a bite in the air mask) therefore stay in the lung mask. The hull can include a
+       little mediastinum at the cardiac notch and the top of the liver dome at the bases.
+    """
+
+    name = "threshold"
+
+    def __init__(self, air_hu: float = -320.0, min_fraction: float = 0.08, min_area_px: int = 12):
+        self.air_hu = air_hu
+        self.min_fraction = min_fraction
+        self.min_area_px = min_area_px
+
+    def segment(self, hu: np.ndarray) -> np.ndarray:
+        air = hu < self.air_hu
+        labels, _ = ndimage.label(air, structure=_IN_PLANE)
+        border = np.unique(np.concatenate([labels[:, 0].ravel(), labels[:, -1].ravel(),
+                                           labels[:, :, 0].ravel(), labels[:, :, -1].ravel()]))
+        inner = air & ~np.isin(labels, border)
+        labels3d, n = ndimage.label(inner)
+        if n == 0:
+            return inner
+        sizes = np.bincount(labels3d.ravel())[1:]
+        keep = np.flatnonzero(sizes >= self.min_fraction * sizes.max()) + 1
+        lungs = np.isin(labels3d, keep)
+        body = hu > -500
+        return np.stack([self._hull_slice(m, b) for m, b in zip(lungs, body)])
+
+    def _hull_slice(self, lung: np.ndarray, body: np.ndarray) -> np.ndarray:
+        out = np.zeros(lung.shape, np.uint8)
+        if not lung.any():
+            return out.astype(bool)
+        cols = np.flatnonzero(body.any(axis=0))
+        mid = int((cols[0] + cols[-1]) // 2) if cols.size else lung.shape[1] // 2
+        for lo, hi in ((0, mid), (mid, lung.shape[1])):
+            half = np.zeros(lung.shape, np.uint8)
+            half[:, lo:hi] = lung[:, lo:hi]
+            contours, _ = cv2.findContours(half, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+            for c in contours:
+                if cv2.contourArea(c) >= self.min_area_px:
+                    cv2.fillPoly(out, [cv2.convexHull(c)], 1)
+        return out.astype(bool)

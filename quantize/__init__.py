@@ -1,0 +1,1 @@
+"""Conversion of trained Keras models to int8 TFLite (needs the ``[train]`` extra). Depends on ``training``."""
