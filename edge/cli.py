@@ -8,12 +8,14 @@ import logging
 import sys
 from collections.abc import Callable
 from dataclasses import asdict
+from importlib.metadata import entry_points
 from pathlib import Path
 
 from tqdm import tqdm
 
 from edge import CLASSES, __version__
-from edge.errors import StudyError
+from edge.errors import UserError
+from edge.infer import TFLiteClassifier
 from edge.pipeline import PipelineOptions, StudyResult, run_study
 from edge.preprocess.select import METHODS
 from edge.selection_report import evaluate_study, format_table, read_labels
@@ -36,12 +38,17 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-mask", action="store_true", help="do not black out non-lung pixels in the model input")
     p.add_argument("--override", type=float, default=0.9,
                    help="a group's covid/other_pneumonia probability above this overrides a healthy majority (default 0.9)")
+    p.add_argument("--model", type=Path, default=None,
+                   help="TFLite model bundle folder (model.json); without it a placeholder gives 1/3 per class")
+    p.add_argument("--variant", default="int8", help="bundle variant to run: int8 (default) or float32")
+    p.add_argument("--threads", type=int, default=None, help="interpreter threads (default: all cores)")
     p.set_defaults(func=cmd_predict)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     options = PipelineOptions(selection=args.selection, mask_lungs=not args.no_mask, override=args.override)
-    result = run_study(args.study[0] if len(args.study) == 1 else args.study, options=options)
+    classifier = TFLiteClassifier(args.model, args.variant, args.threads) if args.model else None
+    result = run_study(args.study[0] if len(args.study) == 1 else args.study, classifier, options)
     print(json.dumps(result.to_dict(), indent=2) if args.json else summary(result))
     return 0
 
@@ -96,6 +103,12 @@ def cmd_evaluate_selection(args: argparse.Namespace) -> int:
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_predict, add_evaluate_selection]
 
 
+def plugin_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
+    """Subcommands contributed by the training and quantize packages (entry point group
+    ``ctedge.commands``), so that ``edge`` never imports them: dependencies point one way."""
+    return [ep.load() for ep in sorted(entry_points(group="ctedge.commands"), key=lambda ep: ep.name)]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ctedge", description="Chest-CT pneumonia triage on edge devices "
                                      f"(classes: {', '.join(CLASSES)}).")
@@ -103,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in COMMANDS:
+    for add in COMMANDS + plugin_commands():
         add(sub)
     return parser
 
@@ -113,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         return args.func(args)
-    except StudyError as exc:
+    except UserError as exc:
         print(f"ctedge: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -5,13 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 
 
-class StudyError(Exception):
-    """A study (or one of its files) cannot be used; ``path`` names the culprit."""
+class UserError(Exception):
+    """Something the user gave (a study, a model, a setting) cannot be used; ``path`` names it."""
 
     def __init__(self, path: str | Path, problem: str):
         self.path = str(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
+
+
+class StudyError(UserError):
+    """A study (or one of its files) cannot be used."""
+
+
+class ModelLoadError(UserError):
+    """A model file, model card or runtime that cannot be used."""
 
 
 class EmptyStudyError(StudyError):

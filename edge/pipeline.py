@@ -99,11 +99,26 @@ def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
     timings[stage] = (time.perf_counter() - start) * 1000.0
 
 
-def run_study(source: str | Path | Sequence[str | Path], classifier: GroupClassifier | None = None,
-              options: PipelineOptions = PipelineOptions(), segmenter: LungSegmenter | None = None,
-              limits: Limits = Limits()) -> StudyResult:
-    """Read, preprocess, group, classify and vote one study; raises StudyError subclasses on bad input."""
-    classifier = classifier or PlaceholderClassifier()
+@dataclass
+class PreparedStudy:
+    """A study preprocessed up to model input: what training and inference share."""
+
+    volume: Volume
+    lung_mask: np.ndarray     # (n, 256, 256) bool
+    images: np.ndarray        # (n, 256, 256) uint8 model inputs (CLAHE, lungs masked if asked)
+    selection: Selection
+    plans: list[np.ndarray]   # group plans over the kept slices (see group_plan)
+    timings_ms: dict[str, float]
+
+    def groups(self) -> list[np.ndarray]:
+        """The (group_size, 256, 256) uint8 groups fed to the classifier."""
+        kept = self.images[self.selection.kept_indices]
+        return [assemble(kept, plan) for plan in self.plans]
+
+
+def prepare_study(source: str | Path | Sequence[str | Path], options: PipelineOptions = PipelineOptions(),
+                  segmenter: LungSegmenter | None = None, limits: Limits = Limits()) -> PreparedStudy:
+    """Read and preprocess one study: HU volume, lung mask, model-input slices, selection, group plans."""
     segmenter = segmenter or ThresholdSegmenter()
     t: dict[str, float] = {}
     with _timed(t, "read"):
@@ -114,24 +129,35 @@ def run_study(source: str | Path | Sequence[str | Path], classifier: GroupClassi
         mask = segmenter.segment(hu256)
     with _timed(t, "select"):
         selection = select_slices(options.selection, volume.hu, mask)
-    kept = selection.kept_indices
-    if not kept.size:
+    if not selection.keep.any():
         raise NoLungFoundError(volume.files[0] if len(volume.files) == 1 else f"series {volume.series_uid}",
                                f"no slice with lung found by the {selection.method!r} selection")
     with _timed(t, "window_clahe"):
         images = clahe(lung_window(hu256), options.clahe_clip)
         if options.mask_lungs:
             images = np.where(mask, images, 0).astype(np.uint8)
+    plans = group_plan(int(selection.keep.sum()), options.group_size)
+    return PreparedStudy(volume, mask, images, selection, plans, t)
+
+
+def run_study(source: str | Path | Sequence[str | Path], classifier: GroupClassifier | None = None,
+              options: PipelineOptions = PipelineOptions(), segmenter: LungSegmenter | None = None,
+              limits: Limits = Limits()) -> StudyResult:
+    """Read, preprocess, group, classify and vote one study; raises StudyError subclasses on bad input."""
+    classifier = classifier or PlaceholderClassifier()
+    prepared = prepare_study(source, options, segmenter, limits)
+    t = prepared.timings_ms
     with _timed(t, "group"):
-        plans = group_plan(len(kept), options.group_size)
-        batches = [assemble(images[kept], plan) for plan in plans]
+        batches = prepared.groups()
     with _timed(t, "infer"):
         probs = [np.asarray(classifier.predict(b), float) for b in batches]
     with _timed(t, "vote"):
         verdict = patient_verdict(np.stack(probs), options.override)
-    groups = [GroupResult(i, plan, _sources(plan, kept), p) for i, (plan, p) in enumerate(zip(plans, probs))]
+    kept = prepared.selection.kept_indices
+    groups = [GroupResult(i, plan, _sources(plan, kept), p) for i, (plan, p) in enumerate(zip(prepared.plans, probs))]
     t["total"] = sum(t.values())
-    return StudyResult(volume, mask, images, selection, groups, verdict, classifier, options, t)
+    return StudyResult(prepared.volume, prepared.lung_mask, prepared.images, prepared.selection, groups, verdict,
+                       classifier, options, t)
 
 
 def _sources(plan: np.ndarray, kept: np.ndarray) -> np.ndarray:

@@ -109,9 +109,19 @@ def _load_dicom(headers, source, warnings: list[str]) -> Volume:
 
 
 def _load_images(paths: list[Path], warnings: list[str]) -> Volume:
-    if len(paths) < 2:
+    read, good, failures = [], [], []
+    for p in paths:
+        try:
+            read.append(read_image_hu(p))
+            good.append(p)
+        except CorruptFileError as exc:
+            failures.append(exc)
+    if len(read) < 2:
+        if failures:
+            raise failures[0]
         raise TooFewSlicesError(paths[0], "a single image slice; a CT volume is needed")
-    read = [read_image_hu(p) for p in paths]
+    warnings += _summarise("image slice(s) skipped", failures)
+    paths = good
     _check_shapes([(p, hu.shape) for p, (hu, _) in zip(paths, read)])
     exact = all(e for _, e in read)
     warnings.append("image slices: no DICOM positions, ordered by file name (first = most superior assumed); "

@@ -29,14 +29,19 @@ class ThresholdSegmenter:
        by its filled convex hull. Ground-glass and dense consolidation inside or at the edge of a lung
        (a hole or a bite in the air mask) therefore stay in the lung mask. The hull can include a
        little mediastinum at the cardiac notch and the top of the liver dome at the bases.
+    4. Where one lung's area is below ``mirror_below`` (half) of the other's, as when a lung is
+       consolidated from wall to hilum and has almost no air left, the other lung's outline mirrored
+       about the midline (within the body) is added.
     """
 
     name = "threshold"
 
-    def __init__(self, air_hu: float = -320.0, min_fraction: float = 0.08, min_area_px: int = 12):
+    def __init__(self, air_hu: float = -320.0, min_fraction: float = 0.08, min_area_px: int = 12,
+                 mirror_below: float = 0.5):
         self.air_hu = air_hu
         self.min_fraction = min_fraction
         self.min_area_px = min_area_px
+        self.mirror_below = mirror_below
 
     def segment(self, hu: np.ndarray) -> np.ndarray:
         air = hu < self.air_hu
@@ -54,16 +59,24 @@ class ThresholdSegmenter:
         return np.stack([self._hull_slice(m, b) for m, b in zip(lungs, body)])
 
     def _hull_slice(self, lung: np.ndarray, body: np.ndarray) -> np.ndarray:
-        out = np.zeros(lung.shape, np.uint8)
         if not lung.any():
-            return out.astype(bool)
+            return np.zeros(lung.shape, bool)
         cols = np.flatnonzero(body.any(axis=0))
         mid = int((cols[0] + cols[-1]) // 2) if cols.size else lung.shape[1] // 2
+        halves = []
         for lo, hi in ((0, mid), (mid, lung.shape[1])):
             half = np.zeros(lung.shape, np.uint8)
             half[:, lo:hi] = lung[:, lo:hi]
             contours, _ = cv2.findContours(half, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+            hull = np.zeros(lung.shape, np.uint8)
             for c in contours:
                 if cv2.contourArea(c) >= self.min_area_px:
-                    cv2.fillPoly(out, [cv2.convexHull(c)], 1)
-        return out.astype(bool)
+                    cv2.fillPoly(hull, [cv2.convexHull(c)], 1)
+            halves.append(hull.astype(bool))
+        small, large = sorted(halves, key=lambda h: h.sum())
+        if small.sum() < self.mirror_below * large.sum():
+            # A lung that is mostly consolidated has little air left: borrow the other lung's outline.
+            flip = np.float32([[-1, 0, 2 * mid], [0, 1, 0]])
+            mirrored = cv2.warpAffine(large.astype(np.uint8), flip, lung.shape[::-1], flags=cv2.INTER_NEAREST)
+            small = small | (mirrored.astype(bool) & ndimage.binary_fill_holes(body))
+        return small | large
