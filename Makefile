@@ -1,23 +1,34 @@
-# The README's commands. Both create (or reuse) the virtual environment in .venv.
+# The README's commands. All create (or reuse) the virtual environment in .venv.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+TRAIN := $(VENV)/.train-extra
 
-.PHONY: demo test venv clean
+.PHONY: demo test demo-model clean
 
+# Edge install: NumPy, OpenCV, pydicom, Flask, PyYAML and the TFLite interpreter; no TensorFlow.
 $(BIN)/ctedge: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet -e .
 	touch $@
 
-venv: $(BIN)/ctedge
+# Training and test extras (TensorFlow, tf_keras, matplotlib, pytest, hypothesis).
+$(TRAIN): $(BIN)/ctedge
+	$(BIN)/python -m pip install --quiet -e ".[train,test]"
+	touch $@
 
-demo: venv
+demo: $(BIN)/ctedge
 	$(BIN)/ctedge predict samples/covid-ct-md/COVID-19_P002
 
-test: venv
+test: $(TRAIN)
 	$(BIN)/python -m pytest -q
+
+# Retrain and re-export the bundled demonstration model from ../shared/data (about 15 min on 2 cores).
+demo-model: $(TRAIN)
+	$(BIN)/ctedge train training/demo_studies.csv --out runs/demo --cnn-epochs 80 --head-epochs 100 --seed 0
+	$(BIN)/ctedge quantize runs/demo --calibration training/demo_studies.csv --out edge/models/demo \
+		--name cnn-bilstm-demo --version 0.1.0
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -21,6 +21,7 @@ from edge.preprocess.select import METHODS
 from edge.selection_report import evaluate_study, format_table, read_labels
 
 log = logging.getLogger("ctedge")
+DEFAULT_BUNDLE = Path(__file__).resolve().parent / "models" / "demo"
 
 SELECTION_HELP = (
     "slice selection rule: 'lung-extent' (default; keeps every slice between the lung apex and base), "
@@ -38,8 +39,8 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-mask", action="store_true", help="do not black out non-lung pixels in the model input")
     p.add_argument("--override", type=float, default=0.9,
                    help="a group's covid/other_pneumonia probability above this overrides a healthy majority (default 0.9)")
-    p.add_argument("--model", type=Path, default=None,
-                   help="TFLite model bundle folder (model.json); without it a placeholder gives 1/3 per class")
+    p.add_argument("--model", type=Path, default=DEFAULT_BUNDLE,
+                   help="TFLite model bundle folder (model.json); default: the bundled demonstration model")
     p.add_argument("--variant", default="int8", help="bundle variant to run: int8 (default) or float32")
     p.add_argument("--threads", type=int, default=None, help="interpreter threads (default: all cores)")
     p.set_defaults(func=cmd_predict)
@@ -47,7 +48,7 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     options = PipelineOptions(selection=args.selection, mask_lungs=not args.no_mask, override=args.override)
-    classifier = TFLiteClassifier(args.model, args.variant, args.threads) if args.model else None
+    classifier = TFLiteClassifier(args.model, args.variant, args.threads)
     result = run_study(args.study[0] if len(args.study) == 1 else args.study, classifier, options)
     print(json.dumps(result.to_dict(), indent=2) if args.json else summary(result))
     return 0

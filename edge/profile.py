@@ -7,6 +7,7 @@ file and the key. Relative paths in a profile are relative to the profile's own 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import typing
 from dataclasses import dataclass, field
@@ -95,7 +96,7 @@ def _build(cls: type, raw: Any, path: Path, prefix: str, base: Path) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
     unknown = sorted(set(raw) - set(fields))
     if unknown:
-        raise ProfileError(path, f"unknown key {prefix}{unknown[0]!r}; allowed: {', '.join(fields)}")
+        raise ProfileError(path, f"unknown key {prefix + unknown[0]!r}; allowed: {', '.join(fields)}")
     hints = typing.get_type_hints(cls)
     values = {}
     for name, value in raw.items():
@@ -103,7 +104,7 @@ def _build(cls: type, raw: Any, path: Path, prefix: str, base: Path) -> Any:
     missing = [n for n, f in fields.items() if n not in values and f.default is dataclasses.MISSING
                and f.default_factory is dataclasses.MISSING]
     if missing:
-        raise ProfileError(path, f"missing key {prefix}{missing[0]!r}")
+        raise ProfileError(path, f"missing key {prefix + missing[0]!r}")
     return cls(**values)
 
 
@@ -128,6 +129,14 @@ def _check(profile: Profile, path: Path) -> None:
     card = profile.model.bundle / "model.json"
     if not card.is_file():
         raise ProfileError(path, f"model.bundle: no model card at {card}")
+    variants = json.loads(card.read_text()).get("variants", {})
+    if profile.model.variant not in variants:
+        hint = " (compile the int8 encoder with edgetpu_compiler, see README)" if profile.model.variant == "edgetpu" else ""
+        raise ProfileError(path, f"model.variant: {card} has no {profile.model.variant!r} variant{hint}; "
+                                 f"available: {', '.join(variants)}")
+    for part, name in variants[profile.model.variant].items():
+        if not (profile.model.bundle / name).is_file():
+            raise ProfileError(path, f"model.bundle: {part} model file {profile.model.bundle / name} is missing")
     if profile.pipeline.selection not in METHODS:
         raise ProfileError(path, f"pipeline.selection must be one of {', '.join(METHODS)}")
     if not 0.5 <= profile.pipeline.override <= 1.0:

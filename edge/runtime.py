@@ -8,6 +8,7 @@ tensor details, so callers always pass and receive float arrays.
 from __future__ import annotations
 
 import importlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +32,10 @@ def _interpreter_module() -> Any:
 
 
 def load_interpreter(path: str | Path, threads: int | None = None, edgetpu: bool = False) -> Any:
-    """Create and allocate an interpreter for ``path``; with ``edgetpu``, load the Coral delegate."""
+    """Create and allocate an interpreter for ``path`` with ``threads`` (default: all cores);
+    with ``edgetpu``, load the Coral delegate."""
     path = Path(path)
+    threads = threads or os.cpu_count() or 1
     if not path.is_file():
         raise ModelLoadError(path, "model file not found")
     module = _interpreter_module()

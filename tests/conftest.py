@@ -25,3 +25,12 @@ def read_slice_labels(path: Path) -> dict[tuple[str, str], int]:
     """(patient_folder, file) -> 1 if the radiologists marked infection on that slice."""
     with open(path, newline="") as f:
         return {(r["patient_folder"], r["file"]): int(r["infection"]) for r in csv.DictReader(f)}
+
+
+@pytest.fixture(autouse=True)
+def _seed_keras():
+    """Models are initialised when built: seed before every test so results do not depend on test order."""
+    import sys
+
+    if "tf_keras" in sys.modules:
+        sys.modules["tf_keras"].utils.set_random_seed(0)

@@ -24,7 +24,9 @@ def test_help_lists_the_subcommands(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--help"])
     out = capsys.readouterr().out
-    assert exit_.value.code == 0 and "predict" in out and "evaluate-selection" in out
+    assert exit_.value.code == 0
+    for command in ("predict", "evaluate-selection", "bench", "train", "evaluate", "quantize", "explain"):
+        assert command in out, command
 
 
 def test_predict_json_on_a_bundled_study(capsys):
@@ -36,7 +38,9 @@ def test_predict_json_on_a_bundled_study(capsys):
         assert key in d, key
     assert d["label"] in ("covid", "other_pneumonia", "healthy")
     assert d["n_slices_read"] == 10 and d["n_slices_used"] == len(d["slices_used"])
-    assert d["model"]["placeholder"] is True and d["model"]["demonstration"] is True
+    assert d["model"]["placeholder"] is False and d["model"]["demonstration"] is True
+    assert d["model"]["name"] == "cnn-bilstm-demo" and "(int8)" in d["model"]["version"]
+    assert abs(sum(d["probabilities"].values()) - 1) < 1e-3
     assert len(d["groups"]) == 1 and d["groups"][0]["n_padding_slices"] == 50 - d["n_slices_used"]
     assert [s["index"] for s in d["slices_used"]] == sorted(s["index"] for s in d["slices_used"])
     zs = [s["z"] for s in d["slices_used"]]
@@ -46,9 +50,14 @@ def test_predict_json_on_a_bundled_study(capsys):
     assert set(d["timings_ms"]) >= {"read", "segment", "select", "infer", "vote", "total"}
 
 
-def test_summary_flags_the_placeholder(capsys):
+def test_summary_flags_the_demonstration_model(capsys):
     code, out, _ = run_cli(capsys, "predict", STUDY)
-    assert code == 0 and "PLACEHOLDER MODEL - NOT FOR CLINICAL USE" in out and "Verdict:" in out
+    assert code == 0 and "DEMONSTRATION MODEL - NOT FOR CLINICAL USE" in out and "Verdict:" in out
+
+
+def test_a_missing_model_bundle_is_named(capsys, tmp_path):
+    code, out, err = run_cli(capsys, "predict", STUDY, "--model", tmp_path / "nomodel")
+    assert code == 2 and "nomodel/model.json: cannot read the model card" in err
 
 
 def test_bad_input_exits_2_naming_the_file(capsys, tmp_path):
@@ -82,7 +91,8 @@ def test_edge_runs_without_tensorflow():
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["n_slices_read"] == 10
+    result = json.loads(proc.stdout)
+    assert result["n_slices_read"] == 10 and result["model"]["placeholder"] is False
 
 
 def test_evaluate_selection_prints_retention_and_writes_a_montage(capsys, tmp_path):

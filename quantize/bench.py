@@ -1,0 +1,148 @@
+"""``ctedge bench``: Keras float vs TFLite float32 vs TFLite int8 on the same real groups, in one process.
+
+Every figure printed comes from this run: per-group latency (min and median over repeats),
+agreement with Keras, the per-patient time by stage, peak memory, FLOPs per group and the
+fraction of this CPU's measured float32 matrix-multiply peak that each variant reaches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edge.infer import TFLiteClassifier
+from edge.pipeline import prepare_study, run_study
+from quantize.fidelity import bundle_sizes, compare
+
+
+def measure_peak_gflops(n: int = 1024, repeats: int = 5) -> float:
+    """Best float32 GEMM throughput (GFLOP/s) of NumPy's BLAS on this machine, all threads."""
+    rng = np.random.default_rng(0)
+    a, b = rng.random((n, n), np.float32), rng.random((n, n), np.float32)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
+def keras_flops(model) -> int:
+    """2 x multiply-adds of the Conv2D, Dense and bidirectional LSTM layers for one sample."""
+    import tf_keras as keras
+
+    flops = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            _, h, w, c_out = layer.output_shape
+            kh, kw, c_in, _ = layer.kernel.shape
+            flops += 2 * h * w * kh * kw * c_in * c_out
+        elif isinstance(layer, keras.layers.Dense):
+            flops += 2 * int(layer.kernel.shape[0]) * int(layer.kernel.shape[1])
+        elif isinstance(layer, keras.layers.Bidirectional):
+            steps, n_in = layer.input_shape[1:]
+            units = layer.forward_layer.units
+            flops += 2 * 2 * steps * 4 * (n_in + units) * units
+    return int(flops)
+
+
+class KerasClassifier:
+    """The float Keras encoder + head of a run folder, called like a TFLiteClassifier."""
+
+    def __init__(self, run: Path):
+        import tf_keras as keras
+
+        self.encoder = keras.models.load_model(run / "encoder.keras")
+        self.head = keras.models.load_model(run / "head.keras")
+        self.flops_per_group = self.head.input_shape[1] * keras_flops(self.encoder) + keras_flops(self.head)
+
+    def predict(self, group: np.ndarray) -> np.ndarray:
+        feats = self.encoder(group[..., None].astype(np.float32), training=False)
+        return self.head(feats[None], training=False).numpy()[0]
+
+
+def bench(study: Path, bundle: Path, keras_run: Path | None, repeats: int, threads: int | None) -> dict:
+    """Run every variant on the groups of ``study`` and return the benchmark document."""
+    threads = threads or os.cpu_count() or 1
+    card = json.loads((bundle / "model.json").read_text())
+    int8 = TFLiteClassifier(bundle, "int8", threads)
+    predictors = {"tflite_float32": TFLiteClassifier(bundle, "float32", threads).predict, "tflite_int8": int8.predict}
+    errors, flops = {}, None
+    try:
+        if keras_run is None:
+            raise FileNotFoundError("no --keras run folder given")
+        keras = KerasClassifier(keras_run)
+        predictors = {"keras": keras.predict, **predictors}
+        flops = keras.flops_per_group
+    except ImportError:
+        errors["keras"] = "TensorFlow is not installed (pip install 'ctedge[train]')"
+    except (FileNotFoundError, OSError) as exc:
+        errors["keras"] = str(exc)
+    groups = prepare_study(study).groups()
+    reference = "keras" if "keras" in predictors else "tflite_float32"
+    results = compare(predictors, [groups], reference, repeats)
+    sizes = bundle_sizes(bundle, card)
+    variants = {name: {"ms_per_group_median": r["ms_per_group_median"], "ms_per_group_min": r["ms_per_group_min"],
+                       "size_bytes": sizes.get(name.removeprefix("tflite_")),
+                       f"agreement_with_{reference}": r["top1_agreement"], "max_prob_diff": r["max_abs_prob_diff"]}
+                for name, r in results.items()}
+    variants.update({name: {"error": why} for name, why in errors.items()})
+    peak = measure_peak_gflops()
+    median = {n: r["ms_per_group_median"] for n, r in results.items()}
+    return {
+        "study_groups": len(groups), "repeats": repeats, "threads": threads,
+        "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+        "variants": variants,
+        "speedup_int8_vs_float32": round(median["tflite_float32"] / median["tflite_int8"], 2),
+        "speedup_int8_vs_keras": round(median["keras"] / median["tflite_int8"], 2) if "keras" in median else None,
+        "size_ratio_float32_vs_int8": round(sizes["float32"] / sizes["int8"], 2),
+        "flops_per_group": flops, "cpu_peak_gflops_float32_gemm": round(peak, 1),
+        "fraction_of_peak": {n: round(flops / (ms / 1000) / 1e9 / peak, 3) for n, ms in median.items()} if flops else None,
+        "end_to_end_ms_by_stage_int8": run_study(study, int8).to_dict()["timings_ms"],
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+
+
+def add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="benchmark Keras vs TFLite float32 vs TFLite int8 on one study",
+                       description="Runs every variant in this process on the same real groups and prints "
+                                   "latency per 50-slice group, agreement, speed-ups, FLOPs, the fraction of the "
+                                   "CPU's measured peak, time per stage and peak memory.")
+    p.add_argument("study", type=Path, help="a CT study (folder, zip)")
+    p.add_argument("--model", type=Path, required=True, help="TFLite bundle folder (model.json)")
+    p.add_argument("--keras", type=Path, default=None, help="run folder with encoder.keras/head.keras (needs [train])")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    doc = bench(args.study, args.model, args.keras, args.repeats, args.threads)
+    if args.json:
+        print(json.dumps(doc, indent=2))
+        return 0
+    print(f"{'variant':<16}{'median ms/group':>17}{'min ms/group':>14}{'KiB':>8}{'agree':>8}{'max |dp|':>10}")
+    for name, r in doc["variants"].items():
+        if "error" in r:
+            print(f"{name:<16} not run: {r['error']}")
+            continue
+        agree = next(v for k, v in r.items() if k.startswith("agreement_with_"))
+        print(f"{name:<16}{r['ms_per_group_median']:>17.1f}{r['ms_per_group_min']:>14.1f}"
+              f"{(r['size_bytes'] or 0) / 1024:>8.0f}{agree:>8.1%}{r['max_prob_diff']:>10.4f}")
+    print(f"speed-up int8 vs float32: {doc['speedup_int8_vs_float32']}x; int8 vs Keras: {doc['speedup_int8_vs_keras']}x; "
+          f"float32/int8 size: {doc['size_ratio_float32_vs_int8']}x")
+    if doc["flops_per_group"]:
+        print(f"FLOPs per group: {doc['flops_per_group'] / 1e9:.2f} G; CPU float32 GEMM peak "
+              f"{doc['cpu_peak_gflops_float32_gemm']} GFLOP/s; fraction of that peak reached: {doc['fraction_of_peak']}")
+    print("end to end with int8, ms: " + ", ".join(f"{k} {v:.0f}" for k, v in doc["end_to_end_ms_by_stage_int8"].items()))
+    print(f"peak RSS {doc['peak_rss_mb']} MB; {doc['threads']} threads on {doc['cpu_count']} CPUs ({doc['cpu']})")
+    return 0

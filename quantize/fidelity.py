@@ -1,0 +1,63 @@
+"""Compare model variants on the same real groups: agreement with a reference, probability
+differences, size and latency. Used by ``ctedge quantize`` (fidelity report) and ``ctedge bench``."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+Predict = Callable[[np.ndarray], np.ndarray]
+
+
+def compare(predictors: dict[str, Predict], studies: list[list[np.ndarray]], reference: str,
+            repeats: int = 3) -> dict[str, dict]:
+    """Run every predictor on every group of every study.
+
+    Returns per variant: top-1 agreement with ``reference`` over groups, mean and max absolute
+    probability difference, median and min latency per group (ms, over ``repeats``) and the
+    median time per patient (all of a study's groups, ms).
+    """
+    groups = [g for study in studies for g in study]
+    probs, results = {}, {}
+    for name, predict in tqdm(predictors.items(), desc="variants", leave=False):
+        probs[name] = np.stack([predict(g) for g in groups])  # also the warm-up
+        per_group = [_seconds(predict, g) for _ in range(repeats) for g in groups]
+        per_patient = [sum(_seconds(predict, g) for g in study) for _ in range(repeats) for study in studies]
+        results[name] = {"ms_per_group_median": round(1000 * statistics.median(per_group), 2),
+                         "ms_per_group_min": round(1000 * min(per_group), 2),
+                         "ms_per_patient_median": round(1000 * statistics.median(per_patient), 2)}
+    ref = probs[reference]
+    for name, p in probs.items():
+        diff = np.abs(p - ref)
+        results[name].update(top1_agreement=float((p.argmax(1) == ref.argmax(1)).mean()),
+                             mean_abs_prob_diff=float(diff.mean()), max_abs_prob_diff=float(diff.max()))
+    return results
+
+
+def _seconds(predict: Predict, group: np.ndarray) -> float:
+    start = time.perf_counter()
+    predict(group)
+    return time.perf_counter() - start
+
+
+def bundle_sizes(bundle: Path, card: dict) -> dict[str, int]:
+    """Bytes on disk of each variant (encoder + head)."""
+    return {v: sum((bundle / f).stat().st_size for f in files.values()) for v, files in card["variants"].items()}
+
+
+def format_table(results: dict[str, dict], sizes: dict[str, int] | None = None, reference: str = "keras") -> str:
+    """A readable table of ``compare`` results."""
+    sizes = sizes or {}
+    lines = [f"{'variant':<18}{'agree':>8}{'mean |dp|':>11}{'max |dp|':>10}{'ms/group':>10}{'ms/patient':>12}{'KiB':>9}"]
+    for name, r in results.items():
+        size = sizes.get(name.removeprefix("tflite_"))
+        lines.append(f"{name:<18}{r['top1_agreement']:>8.1%}{r['mean_abs_prob_diff']:>11.4f}{r['max_abs_prob_diff']:>10.4f}"
+                     f"{r['ms_per_group_median']:>10.1f}{r['ms_per_patient_median']:>12.1f}"
+                     f"{(f'{size / 1024:.0f}' if size else '-'):>9}")
+    lines.append(f"(agreement and differences against {reference}, on the same groups)")
+    return "\n".join(lines)

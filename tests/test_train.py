@@ -1,0 +1,67 @@
+"""Two-stage training, evaluation and conversion, end to end on small phantom studies."""
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow")
+
+from edge.cli import main  # noqa: E402
+from edge.phantom import make_phantom, write_dicom_series  # noqa: E402
+
+LESIONS = {"covid": {"ground_glass": 3}, "other_pneumonia": {"consolidation": 3}, "healthy": {}}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    for cls, lesions in LESIONS.items():
+        for k in range(2):
+            seed = 100 * list(LESIONS).index(cls) + k
+            write_dicom_series(make_phantom(n_slices=24, size=128, seed=seed, **lesions), root / cls / f"{cls}-{k}", seed=seed)
+    return root
+
+
+def test_train_evaluate_quantize_predict(dataset, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", str(dataset), "--out", str(run), "--cnn-epochs", "2", "--head-epochs", "2",
+                 "--val-fraction", "0.5", "--batch-size", "8"]) == 0
+    for name in ("encoder.keras", "head.keras", "config.json", "history.json", "split.json"):
+        assert (run / name).is_file(), name
+    split = json.loads((run / "split.json").read_text())
+    assert len(split["val"]) == 3 and not set(split["val"]) & set(split["train"])
+    assert json.loads((run / "config.json").read_text())["learning_rate"] == 1e-4
+    out = capsys.readouterr().out
+    assert "Specificity" in out and "Average" in out
+
+    assert main(["evaluate", str(dataset), "--run", str(run), "--out", str(tmp_path / "eval")]) == 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["patient"]["n"] == 6 and len(metrics["predictions"]) == 6
+    for png in ("roc_group.png", "roc_patient.png", "confusion_group.png", "confusion_patient.png"):
+        assert (tmp_path / "eval" / png).read_bytes()[:4] == b"\x89PNG"
+
+    bundle = tmp_path / "bundle"
+    assert main(["quantize", str(run), "--calibration", str(dataset), "--out", str(bundle)]) == 0
+    card = json.loads((bundle / "model.json").read_text())
+    assert card["demonstration"] is True and card["trained_with"]["cnn_epochs"] == 2
+    capsys.readouterr()
+    assert main(["predict", str(dataset / "covid" / "covid-0"), "--model", str(bundle), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["model"]["placeholder"] is False and result["model"]["demonstration"] is True
+    assert abs(sum(result["probabilities"].values()) - 1) < 1e-3
+
+
+def test_explain_writes_overlays_and_consistency(dataset, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", str(dataset), "--out", str(run), "--cnn-epochs", "1", "--head-epochs", "1",
+                 "--val-fraction", "0", "--batch-size", "8"]) == 0
+    out = tmp_path / "explain"
+    assert main(["explain", str(dataset / "other_pneumonia" / "other_pneumonia-0"), "--run", str(run),
+                 "--out", str(out), "--top", "2", "--class", "other_pneumonia"]) == 0
+    result = json.loads((out / "explain.json").read_text())
+    assert result["class"] == "other_pneumonia" and 1 <= len(result["slices"]) <= 2
+    for s in result["slices"]:
+        png = out / s["png"]
+        assert png.read_bytes()[:4] == b"\x89PNG" and 0 <= s["share"] <= 1
+        assert 0 <= s["consistency"]["mean"] <= 1

@@ -1,0 +1,147 @@
+"""``ctedge train`` and ``ctedge evaluate``. TensorFlow is imported only when a command runs, so
+``ctedge --help`` works on an edge install without the ``[train]`` extra."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from edge.errors import UserError
+
+NO_NETWORK = ("No network is used: pretrained weights come only from a local file you pass "
+              "(weights='imagenet' downloads are not possible here).")
+
+
+class MissingExtraError(UserError):
+    """The command needs TensorFlow, which the edge install does not have."""
+
+
+def _require_tensorflow() -> None:
+    try:
+        import tensorflow  # noqa: F401
+        import tf_keras  # noqa: F401
+    except ImportError as exc:
+        raise MissingExtraError("tensorflow", "this command needs the training extra: pip install 'ctedge[train]'") from exc
+
+
+def add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train the CNN + biLSTM classifier on labelled studies (needs [train])",
+                       description="Two-stage training of the compact CNN encoder and biLSTM head on studies "
+                                   "laid out as <root>/<class>/<patient>/... or listed in a CSV "
+                                   "(patient,class,path). Splits are by patient, stratified, seeded. " + NO_NETWORK)
+    p.add_argument("data", type=Path, help="folder tree or CSV of labelled studies")
+    p.add_argument("--out", type=Path, required=True, help="run folder: models, config, metrics, plots")
+    p.add_argument("--cnn-epochs", type=int, default=100)
+    p.add_argument("--head-epochs", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-4, help="learning rate (default 1e-4)")
+    p.add_argument("--patience", type=int, default=25, help="early-stopping patience in epochs (default 25)")
+    p.add_argument("--optimizer", choices=("adam", "lamb"), default="adam")
+    p.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (0 = off)")
+    p.add_argument("--no-augment", action="store_true", help="no rotation/flip/blur/brightness augmentation")
+    p.add_argument("--val-fraction", type=float, default=0.2, help="patients held out for validation, per class")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    _require_tensorflow()
+    from training.data import discover
+    from training.evaluate import evaluate_run
+    from training.train import TrainConfig, train_classifier
+
+    config = TrainConfig(cnn_epochs=args.cnn_epochs, head_epochs=args.head_epochs, batch_size=args.batch_size,
+                         learning_rate=args.lr, patience=args.patience, optimizer=args.optimizer,
+                         augment=not args.no_augment, mixup_alpha=args.mixup, val_fraction=args.val_fraction,
+                         seed=args.seed)
+    records = discover(args.data)
+    result = train_classifier(records, args.out, config)
+    print(f"models: {args.out}/encoder.keras, {args.out}/head.keras; split: {json.dumps(result.split)}")
+    val = [r for r in records if r.patient in result.split.get("val", [])]
+    if val:
+        print(evaluate_run(result.encoder, result.head, val, args.out / "evaluation")["table"])
+    return 0
+
+
+def add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="evaluate a trained run on labelled studies (needs [train])",
+                       description="Group- and patient-level metrics (accuracy, sensitivity, specificity, PPV, "
+                                   "NPV, F1, ROC AUC, confusion matrix), ROC and confusion plots, and a table laid "
+                                   "out like Table 2 of the seed paper.")
+    p.add_argument("data", type=Path, help="folder tree or CSV of labelled studies")
+    p.add_argument("--run", type=Path, required=True, help="run folder written by ctedge train")
+    p.add_argument("--out", type=Path, default=None, help="folder for metrics and plots (default RUN/evaluation)")
+    p.add_argument("--override", type=float, default=0.9)
+    p.set_defaults(func=cmd_evaluate)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    _require_tensorflow()
+    import tf_keras as keras
+
+    from training.data import discover
+    from training.evaluate import evaluate_run
+
+    encoder = keras.models.load_model(args.run / "encoder.keras")
+    head = keras.models.load_model(args.run / "head.keras")
+    report = evaluate_run(encoder, head, discover(args.data), args.out or args.run / "evaluation", args.override)
+    print(report["table"])
+    return 0
+
+
+def add_train_slices(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train-slices", help="slice-level infection model against slice labels, leave-one-patient-out (needs [train])",
+                       description="Trains the CNN encoder with a two-class softmax (infection / none) on radiologists' "
+                                   "slice labels, holding out one patient per fold, and reports each held-out "
+                                   "patient's slice-level ROC AUC. A demonstration, not a clinical claim. " + NO_NETWORK)
+    p.add_argument("study", nargs="+", type=Path, help="study folders; a folder's name is its patient_folder in the CSV")
+    p.add_argument("--labels", type=Path, required=True, help="CSV with columns patient_folder, file, infection")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--patience", type=int, default=25)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_train_slices)
+
+
+def cmd_train_slices(args: argparse.Namespace) -> int:
+    _require_tensorflow()
+    from training.slice_experiment import run
+    from training.train import TrainConfig
+
+    config = TrainConfig(cnn_epochs=args.epochs, learning_rate=args.lr, patience=args.patience, seed=args.seed)
+    result = run(args.study, args.labels, args.out, config)
+    for fold in result["folds"]:
+        print(f"held out {fold['held_out']}: slice ROC AUC {fold['roc_auc']:.3f} "
+              f"({fold['test_infected']}/{fold['n_test_slices']} infected slices, trained on {fold['n_train_slices']})")
+    print(f"mean ROC AUC {result['mean_roc_auc']:.3f} (demonstration on {len(result['folds'])} patients, not a clinical claim)")
+    return 0
+
+
+def add_explain(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("explain", help="Grad-CAM heatmaps of the slices that drove the decision (needs [train])",
+                       description="Grad-CAM on the CNN encoder's last convolution for the verdict's class (or "
+                                   "--class), through the biLSTM head; writes overlay PNGs of each group's top "
+                                   "slices and explain.json with the heatmap consistency under rotation and "
+                                   "translation (cosine similarity, mean).")
+    p.add_argument("study", type=Path)
+    p.add_argument("--run", type=Path, required=True, help="run folder written by ctedge train")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--class", dest="class_name", choices=("covid", "other_pneumonia", "healthy"), default=None)
+    p.add_argument("--top", type=int, default=3, help="slices per group")
+    p.set_defaults(func=cmd_explain)
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    _require_tensorflow()
+    from training.explain import explain_study
+
+    result = explain_study(args.study, args.run, args.out, args.class_name, args.top)
+    for s in result["slices"]:
+        extra = f", consistency {s['consistency']['mean']:.3f}" if "consistency" in s else ""
+        print(f"group {s['group']} slice {s['slice_index']} ({s['file']}): share {s['share']:.2f}{extra} -> {s['png']}")
+    if result["mean_consistency"] is not None:
+        print(f"mean heatmap consistency: {result['mean_consistency']:.3f}")
+    print(f"heatmaps for {result['class']} in {args.out}/ ({result['note']})")
+    return 0
