@@ -17,6 +17,7 @@ from edge import CLASSES, __version__
 from edge.errors import UserError
 from edge.infer import TFLiteClassifier
 from edge.pipeline import PipelineOptions, StudyResult, run_study
+from edge.preprocess.segment import TFLiteSegmenter
 from edge.preprocess.select import METHODS
 from edge.selection_report import evaluate_study, format_table, read_labels
 
@@ -43,13 +44,16 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
                    help="TFLite model bundle folder (model.json); default: the bundled demonstration model")
     p.add_argument("--variant", default="int8", help="bundle variant to run: int8 (default) or float32")
     p.add_argument("--threads", type=int, default=None, help="interpreter threads (default: all cores)")
+    p.add_argument("--segmenter", type=Path, default=None,
+                   help="a U-Net .tflite from ctedge quantize-unet instead of the classical lung segmenter")
     p.set_defaults(func=cmd_predict)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     options = PipelineOptions(selection=args.selection, mask_lungs=not args.no_mask, override=args.override)
     classifier = TFLiteClassifier(args.model, args.variant, args.threads)
-    result = run_study(args.study[0] if len(args.study) == 1 else args.study, classifier, options)
+    segmenter = TFLiteSegmenter(args.segmenter, threads=args.threads) if args.segmenter else None
+    result = run_study(args.study[0] if len(args.study) == 1 else args.study, classifier, options, segmenter)
     print(json.dumps(result.to_dict(), indent=2) if args.json else summary(result))
     return 0
 

@@ -72,3 +72,23 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     if not card["edgetpu"]["compiled"]:
         print(f"Edge TPU: not compiled ({card['edgetpu']['reason']}); run: {card['edgetpu']['command']}")
     return 0
+
+
+def add_quantize_unet(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("quantize-unet", help="convert a trained U-Net to TFLite for `predict --segmenter` (needs [train])")
+    p.add_argument("model", type=Path, help="unet.keras written by ctedge train-unet")
+    p.add_argument("--out", type=Path, required=True, help=".tflite file to write")
+    p.set_defaults(func=cmd_quantize_unet)
+
+
+def cmd_quantize_unet(args: argparse.Namespace) -> int:
+    _require_tensorflow()
+    import tf_keras as keras
+
+    from quantize.convert import convert
+    from training.models import dice_coefficient, dice_loss
+
+    model = keras.models.load_model(args.model, custom_objects={"dice_loss": dice_loss, "dice_coefficient": dice_coefficient})
+    args.out.write_bytes(convert(model, (1,) + tuple(model.input_shape[1:]), "float32"))
+    print(f"segmenter: {args.out} (use: ctedge predict STUDY --segmenter {args.out})")
+    return 0

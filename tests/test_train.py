@@ -65,3 +65,31 @@ def test_explain_writes_overlays_and_consistency(dataset, tmp_path, capsys):
         png = out / s["png"]
         assert png.read_bytes()[:4] == b"\x89PNG" and 0 <= s["share"] <= 1
         assert 0 <= s["consistency"]["mean"] <= 1
+
+
+def test_cross_validation_pools_held_out_predictions(dataset, tmp_path, capsys):
+    out = tmp_path / "cv"
+    assert main(["train", str(dataset), "--out", str(out), "--folds", "2", "--cnn-epochs", "1",
+                 "--head-epochs", "1", "--val-fraction", "0", "--batch-size", "8"]) == 0
+    metrics = json.loads((out / "cross_validation" / "metrics.json").read_text())
+    assert sorted(p["patient"] for p in metrics["predictions"]) == sorted(
+        f"{c}-{k}" for c in LESIONS for k in range(2)), "every patient predicted once, by the fold that held it out"
+    for fold in range(2):
+        split = json.loads((out / f"fold{fold}" / "split.json").read_text())
+        held_out = {p["patient"] for p in metrics["predictions"]} - set(split["train"]) - set(split["val"])
+        assert len(held_out) == 3
+    assert "Average" in capsys.readouterr().out
+
+
+def test_unet_from_studies_to_edge_segmenter(dataset, tmp_path, capsys):
+    pairs, run, tflite = tmp_path / "pairs", tmp_path / "unet", tmp_path / "unet.tflite"
+    studies = [str(dataset / c / f"{c}-{k}") for c in LESIONS for k in range(2)]
+    assert main(["train-unet", str(pairs), "--out", str(run), "--from-studies", *studies, "--epochs", "1"]) == 0
+    metrics = json.loads((run / "unet_metrics.json").read_text())
+    assert metrics["n_val"] > 0 and 0.0 <= metrics["val_dice"] <= 1.0
+    assert len(list((pairs / "images").glob("*.png"))) == len(list((pairs / "masks").glob("*.png"))) > 0
+    assert main(["quantize-unet", str(run / "unet.keras"), "--out", str(tflite)]) == 0
+    capsys.readouterr()
+    # The dark-pixel selection does not depend on the mask, so a barely trained U-Net still gives a verdict.
+    assert main(["predict", studies[0], "--segmenter", str(tflite), "--selection", "rahimzadeh", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n_slices_read"] == 24

@@ -41,6 +41,8 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (0 = off)")
     p.add_argument("--no-augment", action="store_true", help="no rotation/flip/blur/brightness augmentation")
     p.add_argument("--val-fraction", type=float, default=0.2, help="patients held out for validation, per class")
+    p.add_argument("--folds", type=int, default=0,
+                   help="k-fold cross-validation by patient: k runs in OUT/fold<i>/, metrics pooled over the folds")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_train)
 
@@ -56,11 +58,28 @@ def cmd_train(args: argparse.Namespace) -> int:
                          augment=not args.no_augment, mixup_alpha=args.mixup, val_fraction=args.val_fraction,
                          seed=args.seed)
     records = discover(args.data)
+    if args.folds:
+        return _cross_validate(records, args.out, config, args.folds)
     result = train_classifier(records, args.out, config)
     print(f"models: {args.out}/encoder.keras, {args.out}/head.keras; split: {json.dumps(result.split)}")
     val = [r for r in records if r.patient in result.split.get("val", [])]
     if val:
         print(evaluate_run(result.encoder, result.head, val, args.out / "evaluation")["table"])
+    return 0
+
+
+def _cross_validate(records, out: Path, config, k: int) -> int:
+    from training.data import patient_kfold, patient_split
+    from training.evaluate import report_predictions
+    from training.train import PipelineOptions, patient_predictions, prepare_records, train_classifier
+
+    predictions = []
+    for i, (train, held_out) in enumerate(patient_kfold(records, k, config.seed)):
+        # Early stopping watches patients carved from the training folds, never the held-out fold.
+        inner = patient_split(train, val_fraction=config.val_fraction, seed=config.seed)
+        result = train_classifier(train, out / f"fold{i}", config, inner)
+        predictions += patient_predictions(result.encoder, result.head, prepare_records(held_out, PipelineOptions()))
+    print(report_predictions(predictions, out / "cross_validation")["table"])
     return 0
 
 
@@ -144,4 +163,32 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if result["mean_consistency"] is not None:
         print(f"mean heatmap consistency: {result['mean_consistency']:.3f}")
     print(f"heatmaps for {result['class']} in {args.out}/ ({result['note']})")
+    return 0
+
+
+def add_train_unet(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train-unet", help="train the U-Net lung segmenter on image/mask pairs (needs [train])",
+                       description="Trains the U-Net on <pairs>/images/<patient>_<n>.png and <pairs>/masks/<same name>, "
+                                   "holding out whole patients, and reports the validation Dice. With --from-studies, "
+                                   "first writes pairs from studies using the classical segmenter's masks. " + NO_NETWORK)
+    p.add_argument("pairs", type=Path, help="folder with images/ and masks/")
+    p.add_argument("--out", type=Path, required=True, help="run folder (unet.keras, unet_metrics.json)")
+    p.add_argument("--from-studies", nargs="+", type=Path, default=None, help="studies to export pairs from first")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--val-patients", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_train_unet)
+
+
+def cmd_train_unet(args: argparse.Namespace) -> int:
+    _require_tensorflow()
+    from training.unet import export_pairs, train_unet
+
+    if args.from_studies:
+        print(f"wrote {export_pairs(args.from_studies, args.pairs)} image/mask pairs to {args.pairs}/")
+    metrics = train_unet(args.pairs, args.out, args.epochs, args.lr, val_patients=args.val_patients, seed=args.seed)
+    dice = "n/a (no held-out patient)" if metrics["val_dice"] is None else f"{metrics['val_dice']:.3f}"
+    print(f"U-Net: validation Dice {dice} on {metrics['n_val']} slices of {metrics['val_patients']}; "
+          f"model {args.out}/unet.keras")
     return 0

@@ -23,8 +23,13 @@ def evaluate_run(encoder, head, records: list[StudyRecord], out_dir: Path, overr
 
     Returns ``{"group": report, "patient": report, "predictions": [...], "table": text}``.
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
     predictions = patient_predictions(encoder, head, prepare_records(records, PipelineOptions()), override)
+    return report_predictions(predictions, out_dir, note)
+
+
+def report_predictions(predictions: list[dict], out_dir: Path, note: str = DEMO_NOTE) -> dict:
+    """Reports, plots and ``metrics.json`` from per-study predictions (see ``patient_predictions``)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
     group_true = [CLASSES.index(p["label"]) for p in predictions for _ in p["group_probs"]]
     group_prob = np.array([g for p in predictions for g in p["group_probs"]])
     patient_true = [CLASSES.index(p["label"]) for p in predictions]

@@ -175,10 +175,12 @@ def predict_study(encoder: keras.Model, head: keras.Model, study: PreparedStudy)
     return head.predict(np.stack(feats), verbose=0)
 
 
-def train_classifier(records: list[StudyRecord], run_dir: Path, config: TrainConfig = TrainConfig()) -> TrainResult:
-    """Split by patient, run both stages, save models, config, history and split to ``run_dir``."""
+def train_classifier(records: list[StudyRecord], run_dir: Path, config: TrainConfig = TrainConfig(),
+                     split: dict[str, list[StudyRecord]] | None = None) -> TrainResult:
+    """Split by patient (or use ``split``), run both stages, save models, config, history, split and
+    training curves to ``run_dir``."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    split = patient_split(records, val_fraction=config.val_fraction, seed=config.seed)
+    split = split or patient_split(records, val_fraction=config.val_fraction, seed=config.seed)
     options = PipelineOptions(selection=config.selection)
     train, val = prepare_records(split["train"], options), prepare_records(split["val"], options)
     x, y = slice_arrays(train)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol
 
 import cv2
 import numpy as np
 from scipy import ndimage
+
+from edge.preprocess.window import lung_window
+from edge.runtime import invoke, load_interpreter
 
 _IN_PLANE = np.zeros((3, 3, 3), bool)
 _IN_PLANE[1] = ndimage.generate_binary_structure(2, 1)
@@ -80,3 +84,18 @@ class ThresholdSegmenter:
             mirrored = cv2.warpAffine(large.astype(np.uint8), flip, lung.shape[::-1], flags=cv2.INTER_NEAREST)
             small = small | (mirrored.astype(bool) & ndimage.binary_fill_holes(body))
         return small | large
+
+
+class TFLiteSegmenter:
+    """A trained U-Net (``ctedge train-unet``) run by the TFLite interpreter: each slice, lung-windowed
+    to uint8, goes in as (1, 256, 256, 1); the sigmoid output above ``threshold`` is the lung mask."""
+
+    name = "unet"
+
+    def __init__(self, model: str | Path, threshold: float = 0.5, threads: int | None = None):
+        self.interpreter = load_interpreter(model, threads)
+        self.threshold = threshold
+
+    def segment(self, hu: np.ndarray) -> np.ndarray:
+        slices = lung_window(hu).astype(np.float32)
+        return np.stack([invoke(self.interpreter, s[None, ..., None])[0, ..., 0] > self.threshold for s in slices])
