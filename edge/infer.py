@@ -77,7 +77,7 @@ class TFLiteClassifier:
 
     def features(self, group: np.ndarray) -> np.ndarray:
         """Per-slice encoder features of one (group size, 256, 256) uint8 group."""
-        return invoke(self.encoder, group[..., None].astype(np.float32))
+        return invoke(self.encoder, group[..., None])
 
     def predict(self, group: np.ndarray) -> np.ndarray:
         probs = invoke(self.head, self.features(group)[None])[0]

@@ -55,10 +55,13 @@ def load_interpreter(path: str | Path, threads: int | None = None, edgetpu: bool
 
 
 def quantize_input(x: np.ndarray, detail: dict) -> np.ndarray:
-    """Float input -> the tensor's dtype, using its quantisation (scale, zero point) when integer."""
+    """Input -> the tensor's dtype, using its quantisation (scale, zero point) when integer; an input
+    already of an integer tensor's dtype with scale 1 and zero point 0 passes unchanged."""
     dtype = detail["dtype"]
     if np.issubdtype(dtype, np.integer):
         scale, zero = detail["quantization"]
+        if x.dtype == dtype and (scale, zero) == (1.0, 0):
+            return x
         info = np.iinfo(dtype)
         return np.clip(np.rint(x / scale + zero), info.min, info.max).astype(dtype)
     return x.astype(dtype)
@@ -72,12 +75,18 @@ def dequantize_output(y: np.ndarray, detail: dict) -> np.ndarray:
     return y.astype(np.float32)
 
 
-def invoke(interpreter: Any, x: np.ndarray) -> np.ndarray:
-    """Run a single-input, single-output model on float ``x`` (shape must match the static input)."""
+def invoke_all(interpreter: Any, x: np.ndarray) -> list[np.ndarray]:
+    """Run a single-input model on ``x`` (shape must match the static input); every output as float32."""
     inp = interpreter.get_input_details()[0]
-    out = interpreter.get_output_details()[0]
     if tuple(x.shape) != tuple(inp["shape"]):
         raise ValueError(f"input shape {tuple(x.shape)} does not match the model's {tuple(inp['shape'])}")
+    # TFLite's LSTM kernels keep their state in variable tensors between calls: start every call from zero.
+    interpreter.reset_all_variables()
     interpreter.set_tensor(inp["index"], quantize_input(x, inp))
     interpreter.invoke()
-    return dequantize_output(interpreter.get_tensor(out["index"]), out)
+    return [dequantize_output(interpreter.get_tensor(out["index"]), out) for out in interpreter.get_output_details()]
+
+
+def invoke(interpreter: Any, x: np.ndarray) -> np.ndarray:
+    """Run a single-input, single-output model on float ``x``."""
+    return invoke_all(interpreter, x)[0]
