@@ -18,8 +18,9 @@ def add_quantize(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("quantize", help="convert a trained run to TFLite float32/float16/dynamic/int8 (needs [train])",
                        description="Convert the run's encoder and head separately to static-shape TFLite models "
                                    "(float32, float16, dynamic-range, full int8 calibrated on real preprocessed groups "
-                                   "of the given studies), write a model bundle (model.json + .tflite files) for "
-                                   "`ctedge predict --model`, and a fidelity report (fidelity.json, fidelity.txt) "
+                                   "of the given studies), write a model bundle (model.json + .tflite files, and "
+                                   "encoder.onnx for TensorRT) for `ctedge predict --model`, and a fidelity report "
+                                   "(fidelity.json, fidelity.txt) "
                                    "comparing every variant with the Keras model on those groups. " + NO_NETWORK)
     p.add_argument("run", type=Path, help="run folder written by ctedge train (encoder.keras, head.keras)")
     p.add_argument("--calibration", type=Path, required=True, help="folder tree or CSV of studies for calibration")
@@ -43,6 +44,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from edge.pipeline import PipelineOptions
     from quantize.convert import export_bundle
     from quantize.fidelity import bundle_sizes, compare, format_table
+    from quantize.onnx_export import OnnxEncoder, validate_encoder_onnx
     from training.data import discover
     from training.train import prepare_records
 
@@ -62,7 +64,11 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     predictors = {"keras": lambda g: head(encoder(g[..., None].astype(np.float32), training=False)[None],
                                           training=False).numpy()[0]}
     predictors |= {f"tflite_{v}": TFLiteClassifier(args.out, v).predict for v in card["variants"]}
+    onnx_encoder = OnnxEncoder(args.out / card["onnx"]["file"])
+    predictors["onnx_encoder"] = lambda g: head(onnx_encoder.features(g)[None], training=False).numpy()[0]
     results = compare(predictors, studies, reference="keras")
+    check = validate_encoder_onnx(args.out / card["onnx"]["file"], encoder, head, [g for s in studies for g in s])
+    results["onnx_encoder"].update({k: check[k] for k in ("max_abs_feature_diff", "feature_scale")})
     (args.out / "fidelity.json").write_text(json.dumps(
         {"reference": "keras float32", "studies": len(studies), "groups": sum(map(len, studies)),
          "variants": results, "sizes_bytes": bundle_sizes(args.out, card)}, indent=2))
@@ -71,6 +77,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     print(table)
     if not card["edgetpu"]["compiled"]:
         print(f"Edge TPU: not compiled ({card['edgetpu']['reason']}); run: {card['edgetpu']['command']}")
+    print(f"ONNX encoder for TensorRT: {args.out / card['onnx']['file']} (opset {card['onnx']['opset']}); "
+          f"on the Jetson, in the bundle folder: {card['onnx']['trtexec']}")
     return 0
 
 

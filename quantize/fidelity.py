@@ -59,5 +59,7 @@ def format_table(results: dict[str, dict], sizes: dict[str, int] | None = None, 
         lines.append(f"{name:<18}{r['top1_agreement']:>8.1%}{r['mean_abs_prob_diff']:>11.4f}{r['max_abs_prob_diff']:>10.4f}"
                      f"{r['ms_per_group_median']:>10.1f}{r['ms_per_patient_median']:>12.1f}"
                      f"{(f'{size / 1024:.0f}' if size else '-'):>9}")
+    lines += [f"{name}: max |feature diff| {r['max_abs_feature_diff']:.2e} (features up to {r['feature_scale']:.3g})"
+              for name, r in results.items() if "max_abs_feature_diff" in r]
     lines.append(f"(agreement and differences against {reference}, on the same groups)")
     return "\n".join(lines)

@@ -34,3 +34,20 @@ def _seed_keras():
 
     if "tf_keras" in sys.modules:
         sys.modules["tf_keras"].utils.set_random_seed(0)
+
+
+PHANTOM_LESIONS = {"covid": {"ground_glass": 3}, "other_pneumonia": {"consolidation": 3}, "healthy": {}}
+
+
+@pytest.fixture(scope="session")
+def phantom_dataset(tmp_path_factory) -> Path:
+    """A labelled folder tree ``<root>/<class>/<patient>`` of small synthetic DICOM studies
+    (two per class, 24 slices of 128x128), for commands that take DATA."""
+    from edge.phantom import make_phantom, write_dicom_series
+
+    root = tmp_path_factory.mktemp("phantom-data")
+    for c, (cls, lesions) in enumerate(PHANTOM_LESIONS.items()):
+        for k in range(2):
+            seed = 100 * c + k
+            write_dicom_series(make_phantom(n_slices=24, size=128, seed=seed, **lesions), root / cls / f"{cls}-{k}", seed=seed)
+    return root

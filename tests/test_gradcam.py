@@ -6,7 +6,7 @@ import pytest
 pytest.importorskip("tensorflow")
 import tf_keras as keras  # noqa: E402
 
-from training.gradcam import consistency, gradcam_group, gradcam_slices, overlay  # noqa: E402
+from training.gradcam import consistency, gradcam_group, gradcam_slices  # noqa: E402
 from training.models import build_encoder, build_head, build_slice_classifier  # noqa: E402
 
 
@@ -71,9 +71,3 @@ def test_group_gradcam_ranks_the_slice_with_evidence(trained):
     heat, share = gradcam_group(encoder, head, group(6), class_index=1)
     assert heat.shape == (10, 64, 64)
     assert share.sum() == pytest.approx(1.0) and int(np.argmax(share)) == 6
-
-
-def test_overlay_is_a_colour_picture(trained):
-    _, _, image = trained
-    out = overlay(image, np.linspace(0, 1, image.size).reshape(image.shape))
-    assert out.shape == image.shape + (3,) and out.dtype == np.uint8

@@ -35,7 +35,10 @@ def test_encoder_is_four_convs_max_pooled_and_concatenated():
     enc = build_encoder(filters=(16, 32, 64, 128))
     assert enc.output_shape == (None, 240)
     assert [layer.name for layer in enc.layers if layer.name.startswith("conv")] == ["conv1", "conv2", "conv3", "conv4"]
-    assert sum(isinstance(layer, keras.layers.GlobalMaxPooling2D) for layer in enc.layers) == 4
+    convs = keras.Model(enc.input, [enc.get_layer(f"conv{i}").output for i in range(1, 5)])
+    x = np.random.default_rng(0).integers(0, 256, (2, 256, 256, 1)).astype(np.float32)
+    global_max = np.concatenate([c.max(axis=(1, 2)) for c in convs.predict(x, verbose=0)], axis=1)
+    assert np.allclose(enc.predict(x, verbose=0), global_max)
 
 
 def test_slice_classifier_trains_on_blobs():

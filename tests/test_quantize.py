@@ -10,9 +10,11 @@ import tf_keras as keras  # noqa: E402
 from ai_edge_litert.interpreter import Interpreter, OpResolverType  # noqa: E402
 
 from edge.errors import ModelLoadError  # noqa: E402
+from edge.explain import GradCam  # noqa: E402
 from edge.infer import TFLiteClassifier  # noqa: E402
 from edge.runtime import dequantize_output, quantize_input  # noqa: E402
 from quantize.convert import VARIANTS, export_bundle  # noqa: E402
+from training.gradcam import gradcam_group  # noqa: E402
 from training.models import build_encoder, build_head  # noqa: E402
 
 GROUP = 10
@@ -46,14 +48,16 @@ def test_bundle_has_static_float_and_int8_models(bundle):
     assert card["edgetpu"]["compiled"] is False and "edgetpu_compiler" in card["edgetpu"]["command"]
     enc = Interpreter(model_path=str(out / "encoder_int8.tflite"))
     detail = enc.get_input_details()[0]
-    assert list(detail["shape"]) == [GROUP, 256, 256, 1] and detail["dtype"] == np.int8
+    # uint8 slices go in unchanged: uint8 input with scale 1 and zero point 0.
+    assert list(detail["shape"]) == [GROUP, 256, 256, 1] and detail["dtype"] == np.uint8
+    assert detail["quantization"] == (1.0, 0)
 
 
 def test_int8_ops_are_fused_integer_kernels(bundle):
     out, *_ = bundle
     assert "UNIDIRECTIONAL_SEQUENCE_LSTM" in op_names(out / "head_int8.tflite")
     assert not {"WHILE", "FlexTensorListReserve"} & op_names(out / "head_int8.tflite")
-    assert op_names(out / "encoder_int8.tflite") <= {"CONV_2D", "MAX_POOL_2D", "REDUCE_MAX", "CONCATENATION", "QUANTIZE"}
+    assert op_names(out / "encoder_int8.tflite") <= {"CONV_2D", "MAX_POOL_2D", "RESHAPE", "CONCATENATION", "QUANTIZE"}
 
 
 def test_edge_runtime_matches_keras(bundle):
@@ -67,6 +71,18 @@ def test_edge_runtime_matches_keras(bundle):
             got_feats = model.features(g)
             assert np.corrcoef(got_feats.ravel(), feats.ravel())[0, 1] > 0.99
             assert np.abs(model.predict(g) - expected).max() < tolerance, variant
+
+
+def test_edge_gradcam_matches_tensorflow(bundle):
+    out, encoder, head, groups = bundle
+    cam = GradCam(out, json.loads((out / "model.json").read_text()), threads=2)
+    assert op_names(out / "explain_head_float32.tflite").isdisjoint({"WHILE", "FlexReluGrad"})
+    for c in range(3):
+        heat, share = cam.explain_group(groups[0], c)
+        expected_heat, expected_share = gradcam_group(encoder, head, groups[0], c)
+        assert heat.shape == (GROUP, 256, 256) and heat.max() == pytest.approx(1.0)
+        assert np.abs(heat - expected_heat).max() < 1e-3, c
+        assert np.abs(share - expected_share).max() < 1e-3, c
 
 
 def test_quantisation_round_trip():

@@ -10,9 +10,10 @@ import numpy as np
 import tf_keras as keras
 
 from edge import CLASSES
+from edge.explain import overlay
 from edge.pipeline import PipelineOptions, prepare_study
 from edge.vote import patient_verdict
-from training.gradcam import consistency, gradcam_group, overlay
+from training.gradcam import consistency, gradcam_group
 
 BANNER = "demonstration model - not for clinical use"
 

@@ -3,12 +3,12 @@ consistency check: a heatmap should move with the image when the image is rotate
 
 from __future__ import annotations
 
-
-
 import cv2
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
+
+from edge.explain import normalise
 
 LAST_CONV = "conv4"
 PERTURBATIONS: tuple[tuple[str, float, tuple[int, int]], ...] = (
@@ -26,9 +26,7 @@ def _raw_cams(conv: tf.Tensor, grads: tf.Tensor) -> np.ndarray:
 
 
 def _cams(raw: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    out = np.stack([cv2.resize(c, size[::-1], interpolation=cv2.INTER_LINEAR) for c in raw])
-    peak = out.reshape(len(out), -1).max(axis=1).reshape(-1, 1, 1)
-    return np.divide(out, peak, out=np.zeros_like(out), where=peak > 0)
+    return normalise(np.stack([cv2.resize(c, size[::-1], interpolation=cv2.INTER_LINEAR) for c in raw]))
 
 
 def _conv_and_features(encoder: keras.Model, layer: str) -> keras.Model:
@@ -73,13 +71,6 @@ def gradcam_group(encoder: keras.Model, head: keras.Model, group: np.ndarray, cl
     drop = tf.nn.relu(score - _logit(head.layers[-1], before_softmax(occluded, training=False), class_index)).numpy()
     share = drop / drop.sum() if drop.sum() > 0 else drop
     return heat, share
-
-
-def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4) -> np.ndarray:
-    """A BGR uint8 picture of a uint8 slice with a JET-coloured heatmap blended over it."""
-    colour = cv2.applyColorMap(np.uint8(255 * np.clip(heatmap, 0, 1)), cv2.COLORMAP_JET)
-    grey = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-    return cv2.addWeighted(colour, alpha, grey, 1 - alpha, 0)
 
 
 def _affine(angle: float, shift: tuple[int, int], size: tuple[int, int]) -> np.ndarray:

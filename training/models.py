@@ -18,7 +18,9 @@ def build_encoder(input_shape: tuple[int, int, int] = (256, 256, 1),
     """The seed design's compact CNN: four Conv2D+ReLU layers (max-pooling between them), each
     layer's output global-max-pooled, the four vectors concatenated (sum(filters) features).
 
-    Input: a slice as float in [0, 255]. The convolutions are named ``conv1``..``conv4``.
+    Input: a slice as float in [0, 255]. The convolutions are named ``conv1``..``conv4``. The global
+    max-pool is a max-pool over the whole map: the same numbers, but TFLite's XNNPACK delegate runs
+    MAX_POOL_2D and leaves REDUCE_MAX to a slow reference kernel.
     """
     inputs = keras.Input(input_shape, name="slice")
     x = layers.Rescaling(1.0 / 255.0)(inputs)
@@ -27,7 +29,7 @@ def build_encoder(input_shape: tuple[int, int, int] = (256, 256, 1),
         if i > 1:
             x = layers.MaxPooling2D(2)(x)
         x = layers.Conv2D(f, 3, padding="same", activation="relu", name=f"conv{i}")(x)
-        pooled.append(layers.GlobalMaxPooling2D(name=f"gmp{i}")(x))
+        pooled.append(layers.Flatten(name=f"gmp{i}")(layers.MaxPooling2D(tuple(x.shape[1:3]))(x)))
     return keras.Model(inputs, layers.Concatenate(name="features")(pooled), name="encoder")
 
 
