@@ -28,7 +28,7 @@ test: $(TRAIN)
 demo-model: $(TRAIN)
 	$(BIN)/ctedge train training/demo_studies.csv --out runs/demo --cnn-epochs 80 --head-epochs 100 --seed 0
 	$(BIN)/ctedge quantize runs/demo --calibration training/demo_studies.csv --out edge/models/demo \
-		--name cnn-bilstm-demo --version 0.1.0
+		--name cnn-bilstm-demo --version 0.2.0
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -15,14 +15,16 @@ from tqdm import tqdm
 
 from edge import CLASSES, __version__
 from edge.errors import UserError
-from edge.infer import TFLiteClassifier
-from edge.pipeline import PipelineOptions, StudyResult, run_study
+from edge.engine import DEFAULT_BUNDLE, Engine
+from edge.pipeline import PipelineOptions
+from edge.profile import load_profile
 from edge.preprocess.segment import TFLiteSegmenter
 from edge.preprocess.select import METHODS
 from edge.selection_report import evaluate_study, format_table, read_labels
+from edge.server.command import add_serve
+from edge.watch import add_watch
 
 log = logging.getLogger("ctedge")
-DEFAULT_BUNDLE = Path(__file__).resolve().parent / "models" / "demo"
 
 SELECTION_HELP = (
     "slice selection rule: 'lung-extent' (default; keeps every slice between the lung apex and base), "
@@ -33,34 +35,54 @@ SELECTION_HELP = (
 
 def add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="classify one CT study (DICOM folder, zip or files)",
-                       description="Read a CT study, select lung slices, classify 50-slice groups and vote a patient verdict.")
+                       description="Read a CT study, select lung slices, classify 50-slice groups and vote a patient "
+                                   "verdict. With --out, also write the result folder: result.json, Grad-CAM "
+                                   "heatmaps of the slices that drove the verdict, slice images and report.html.")
     p.add_argument("study", nargs="+", help="a DICOM folder, a zip, or DICOM/image files of one study")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
-    p.add_argument("--selection", choices=METHODS, default="lung-extent", help=SELECTION_HELP)
+    p.add_argument("--out", type=Path, default=None, help="write the result folder (report.html, heatmaps) here")
+    p.add_argument("--config", type=Path, default=None,
+                   help="device profile (firmware_config/*.yaml): model, delegate, threads and pipeline settings; "
+                        "the options below override it")
+    p.add_argument("--selection", choices=METHODS, default=None, help=SELECTION_HELP)
     p.add_argument("--no-mask", action="store_true", help="do not black out non-lung pixels in the model input")
-    p.add_argument("--override", type=float, default=0.9,
+    p.add_argument("--override", type=float, default=None,
                    help="a group's covid/other_pneumonia probability above this overrides a healthy majority (default 0.9)")
-    p.add_argument("--model", type=Path, default=DEFAULT_BUNDLE,
+    p.add_argument("--model", type=Path, default=None,
                    help="TFLite model bundle folder (model.json); default: the bundled demonstration model")
-    p.add_argument("--variant", default="int8", help="bundle variant to run: int8 (default) or float32")
+    p.add_argument("--variant", default=None, help="bundle variant to run: int8 (default) or float32")
     p.add_argument("--threads", type=int, default=None, help="interpreter threads (default: all cores)")
     p.add_argument("--segmenter", type=Path, default=None,
                    help="a U-Net .tflite from ctedge quantize-unet instead of the classical lung segmenter")
     p.set_defaults(func=cmd_predict)
 
 
+def predict_engine(args: argparse.Namespace) -> Engine:
+    """The engine that ``predict`` options describe: a device profile, overridden by explicit flags."""
+    profile = load_profile(args.config) if args.config else None
+    options = PipelineOptions(**asdict(profile.pipeline)) if profile else PipelineOptions()
+    flags = {"selection": args.selection, "override": args.override, "mask_lungs": False if args.no_mask else None}
+    options = replace(options, **{k: v for k, v in flags.items() if v is not None})
+    return Engine.from_bundle(
+        args.model or (profile.model.bundle if profile else DEFAULT_BUNDLE),
+        args.variant or (profile.model.variant if profile else "int8"),
+        args.threads or (profile.threads if profile else None),
+        edgetpu=bool(profile and profile.model.delegate == "edgetpu"), options=options,
+        segmenter=TFLiteSegmenter(args.segmenter, threads=args.threads) if args.segmenter else None)
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
-    options = PipelineOptions(selection=args.selection, mask_lungs=not args.no_mask, override=args.override)
-    classifier = TFLiteClassifier(args.model, args.variant, args.threads)
-    segmenter = TFLiteSegmenter(args.segmenter, threads=args.threads) if args.segmenter else None
-    result = run_study(args.study[0] if len(args.study) == 1 else args.study, classifier, options, segmenter)
-    print(json.dumps(result.to_dict(), indent=2) if args.json else summary(result))
+    engine = predict_engine(args)
+    source = args.study[0] if len(args.study) == 1 else args.study
+    doc = engine.analyse(source, args.out) if args.out else engine.run(source).to_dict()
+    print(json.dumps(doc, indent=2) if args.json else summary(doc))
+    if args.out and not args.json:
+        print(f"Report: {args.out / 'report.html'}")
     return 0
 
 
-def summary(result: StudyResult) -> str:
-    """A short human-readable report of one study."""
-    d = result.to_dict()
+def summary(d: dict) -> str:
+    """A short human-readable report of one result document."""
     model = d["model"]
     lines = []
     if model["placeholder"] or model["demonstration"]:
@@ -105,7 +127,7 @@ def cmd_evaluate_selection(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_predict, add_evaluate_selection]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_predict, add_evaluate_selection, add_serve, add_watch]
 
 
 def plugin_commands() -> list[Callable[[argparse._SubParsersAction], None]]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +16,7 @@ import numpy as np
 from edge import CLASSES, __version__
 from edge.errors import NoLungFoundError
 from edge.infer import GroupClassifier, PlaceholderClassifier
-from edge.ingest import Limits, Volume, load_study
+from edge.ingest import Limits, Volume, load_study, source_name
 from edge.preprocess.group import GROUP_SIZE, assemble, group_plan
 from edge.preprocess.segment import LungSegmenter, ThresholdSegmenter
 from edge.preprocess.select import Selection, select_slices
@@ -47,15 +47,31 @@ class GroupResult:
 
 @dataclass
 class StudyResult:
-    volume: Volume
-    lung_mask: np.ndarray     # (n, 256, 256) bool
-    images: np.ndarray        # (n, 256, 256) uint8 model inputs (CLAHE, lungs masked if asked)
-    selection: Selection
+    prepared: PreparedStudy
     groups: list[GroupResult]
     verdict: Verdict
     classifier: GroupClassifier
     options: PipelineOptions
-    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def volume(self) -> Volume:
+        return self.prepared.volume
+
+    @property
+    def lung_mask(self) -> np.ndarray:
+        return self.prepared.lung_mask
+
+    @property
+    def images(self) -> np.ndarray:
+        return self.prepared.images
+
+    @property
+    def selection(self) -> Selection:
+        return self.prepared.selection
+
+    @property
+    def timings_ms(self) -> dict[str, float]:
+        return self.prepared.timings_ms
 
     def to_dict(self) -> dict:
         """The JSON document printed by ``ctedge predict --json`` and served by the API."""
@@ -130,8 +146,7 @@ def prepare_study(source: str | Path | Sequence[str | Path], options: PipelineOp
     with _timed(t, "select"):
         selection = select_slices(options.selection, volume.hu, mask)
     if not selection.keep.any():
-        raise NoLungFoundError(volume.files[0] if len(volume.files) == 1 else f"series {volume.series_uid}",
-                               f"no slice with lung found by the {selection.method!r} selection")
+        raise NoLungFoundError(source_name(source), f"no slice with lung found by the {selection.method!r} selection")
     with _timed(t, "window_clahe"):
         images = clahe(lung_window(hu256), options.clahe_clip)
         if options.mask_lungs:
@@ -156,8 +171,7 @@ def run_study(source: str | Path | Sequence[str | Path], classifier: GroupClassi
     kept = prepared.selection.kept_indices
     groups = [GroupResult(i, plan, _sources(plan, kept), p) for i, (plan, p) in enumerate(zip(prepared.plans, probs))]
     t["total"] = sum(t.values())
-    return StudyResult(prepared.volume, prepared.lung_mask, prepared.images, prepared.selection, groups, verdict,
-                       classifier, options, t)
+    return StudyResult(prepared, groups, verdict, classifier, options)
 
 
 def _sources(plan: np.ndarray, kept: np.ndarray) -> np.ndarray:

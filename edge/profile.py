@@ -51,6 +51,9 @@ class ServerSettings:
     results_dir: Path = Path("ctedge-results")
     api_token_env: str = "CTEDGE_API_TOKEN"
     login_required: bool = True
+    users_file: Path | None = None                 # "user:hash" lines (ctedge serve --add-user NAME); None: results_dir/users.txt
+    secret_key_env: str = "CTEDGE_SECRET_KEY"      # session signing key; unset: generated once into results_dir
+    cookie_secure: bool = False                    # true when clients reach the server over HTTPS (TLS proxy in front)
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,10 @@ def _build(cls: type, raw: Any, path: Path, prefix: str, base: Path) -> Any:
 def _convert(hint: Any, value: Any, path: Path, key: str, base: Path) -> Any:
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, path, key + ".", base)
+    if type(None) in typing.get_args(hint):        # Optional: null allowed, otherwise the other type
+        if value is None:
+            return None
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
     if typing.get_origin(hint) is Literal:
         if value not in typing.get_args(hint):
             raise ProfileError(path, f"{key} must be one of {', '.join(map(str, typing.get_args(hint)))}, got {value!r}")
@@ -142,6 +149,7 @@ def _check(profile: Profile, path: Path) -> None:
     if not 0.5 <= profile.pipeline.override <= 1.0:
         raise ProfileError(path, "pipeline.override must be between 0.5 and 1.0")
     for key, value in (("model.threads", profile.model.threads), ("pipeline.group_size", profile.pipeline.group_size),
-                       ("server.workers", profile.server.workers), ("server.queue_size", profile.server.queue_size)):
+                       ("server.workers", profile.server.workers), ("server.queue_size", profile.server.queue_size),
+                       ("server.max_upload_mb", profile.server.max_upload_mb)):
         if value < (0 if key == "model.threads" else 1):
             raise ProfileError(path, f"{key} must be positive, got {value}")

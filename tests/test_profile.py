@@ -43,8 +43,9 @@ def test_every_shipped_tflite_model_loads_and_agrees_with_float32():
         assert np.array_equal(got.argmax(1), expected.argmax(1)) and np.abs(got - expected).max() < 0.05, variant
     size = {v: sum((SHIPPED / f).stat().st_size for f in files.values()) for v, files in card["variants"].items()}
     assert 3 * size["int8"] < size["float32"], "the int8 model must be at least 3x smaller"
+    explain = [card["explain"]["encoder"], card["explain"]["head"]]
     assert sorted(p.name for p in SHIPPED.glob("*.tflite")) == sorted(
-        f for files in card["variants"].values() for f in files.values())
+        [f for files in card["variants"].values() for f in files.values()] + explain)
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 
 from edge.errors import CorruptFileError, NoPixelDataError, NotDicomError, UnsupportedTransferSyntaxError
 
@@ -43,7 +45,42 @@ def read_header(path: Path) -> Dataset:
         raise CorruptFileError(path, f"cannot be parsed as DICOM ({type(exc).__name__}: {exc})") from exc
     if ds.get("MediaStorageSOPClassUID", ds.file_meta.get("MediaStorageSOPClassUID")) == DICOMDIR_UID:
         raise NotDicomError(path, "a DICOMDIR index, not an image")
+    check_tags(ds, path)
     return ds
+
+
+NUMERIC_TAGS = {"Rows": 1, "Columns": 1, "NumberOfFrames": 1, "InstanceNumber": 1, "SliceLocation": 1,
+                "SliceThickness": 1, "RescaleSlope": 1, "RescaleIntercept": 1, "PixelSpacing": 2,
+                "ImageOrientationPatient": 6, "ImagePositionPatient": 3}
+"""The numeric header tags ingestion relies on, with the number of values each must have."""
+TEXT_TAGS = ("SeriesInstanceUID", "Modality", "ImageType", "SOPClassUID")
+
+
+def check_tags(ds: Dataset, path: Path) -> None:
+    """Make the tags ingestion uses trustworthy: an empty one is removed (taken as absent); one that
+    cannot be decoded, has the wrong number of values or a non-finite number is a CorruptFileError."""
+    for keyword in (*NUMERIC_TAGS, *TEXT_TAGS):
+        try:
+            value = ds.get(keyword)
+            text = str(value)
+        except Exception as exc:  # noqa: BLE001 - pydicom decodes lazily: bad VR, odd length, bad charset
+            raise CorruptFileError(path, f"tag {keyword} cannot be decoded ({type(exc).__name__})") from exc
+        if value is None or value == "" or (isinstance(value, (list, MultiValue)) and len(value) == 0):
+            ds.pop(keyword, None)
+        elif keyword in NUMERIC_TAGS and not _numbers_ok(value, NUMERIC_TAGS[keyword]):
+            raise CorruptFileError(path, f"tag {keyword} has an invalid value {text[:40]!r} "
+                                         f"(expected {NUMERIC_TAGS[keyword]} finite number(s))")
+    for keyword in ("Rows", "Columns"):
+        if keyword in ds and float(ds[keyword].value) < 1:
+            raise CorruptFileError(path, f"tag {keyword} is {ds[keyword].value}, not a positive size")
+
+
+def _numbers_ok(value: object, count: int) -> bool:
+    values = list(value) if isinstance(value, (list, MultiValue)) else [value]
+    try:
+        return len(values) == count and all(math.isfinite(float(v)) for v in values)
+    except (TypeError, ValueError, OverflowError):
+        return False
 
 
 def decode_hu(ds: Dataset, path: Path) -> np.ndarray:

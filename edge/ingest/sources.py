@@ -5,11 +5,12 @@ from __future__ import annotations
 import contextlib
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from edge.errors import EmptyStudyError, FileTooLargeError, UnsafeArchiveError
+from edge.errors import CorruptFileError, EmptyStudyError, FileTooLargeError, UnsafeArchiveError
 
 
 @dataclass(frozen=True)
@@ -64,13 +65,24 @@ def _folder_files(folder: Path) -> list[Path]:
     )
 
 
+ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError, ValueError, OSError)
+"""What zipfile raises for a damaged archive or member: bad directory, header or CRC, broken deflate
+stream, truncated data, unknown version or compression method, encryption flag, a name that cannot
+be a file here."""
+
+
 def extract_zip(archive: Path, dest: Path, limits: Limits = Limits()) -> Path:
     """Unpack ``archive`` into ``dest`` after checking every member; return ``dest``.
 
     Raises UnsafeArchiveError for absolute paths, ``..`` components or links (zip-slip),
-    and for members whose size or compression ratio exceed ``limits`` (zip bombs).
+    and for members whose size or compression ratio exceed ``limits`` (zip bombs);
+    CorruptFileError for a damaged archive or member (bad directory, CRC, deflate stream).
     """
-    with zipfile.ZipFile(archive) as zf:
+    try:
+        zf = zipfile.ZipFile(archive)
+    except ZIP_ERRORS as exc:
+        raise CorruptFileError(archive, f"damaged zip archive ({exc})") from exc
+    with zf:
         members = [m for m in zf.infolist() if not m.is_dir()]
         total = 0
         for m in members:
@@ -88,11 +100,18 @@ def extract_zip(archive: Path, dest: Path, limits: Limits = Limits()) -> Path:
         if total > limits.max_archive_bytes:
             raise UnsafeArchiveError(archive, f"unpacks to {total} bytes, above the limit of {limits.max_archive_bytes}")
         for m in members:
-            target = dest / PurePosixPath(m.filename.replace("\\", "/"))
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with zf.open(m) as src, open(target, "wb") as out:
-                _copy_bounded(src, out, m.file_size, archive, m.filename)
+            _extract_member(zf, m, dest / PurePosixPath(m.filename.replace("\\", "/")), archive)
     return dest
+
+
+def _extract_member(zf: zipfile.ZipFile, member: zipfile.ZipInfo, target: Path, archive: Path) -> None:
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with zf.open(member) as src, open(target, "wb") as out:
+            _copy_bounded(src, out, member.file_size, archive, member.filename)
+    except ZIP_ERRORS as exc:
+        raise CorruptFileError(archive, f"member {member.filename!r} cannot be unpacked "
+                                        f"({type(exc).__name__}: {exc})") from exc
 
 
 def _copy_bounded(src, out, declared: int, archive: Path, name: str) -> None:

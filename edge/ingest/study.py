@@ -65,7 +65,7 @@ def load_study(source: str | Path | Sequence[str | Path], limits: Limits = Limit
             others = f" (and {len(rejected) - 1} other file(s) with the same problem)" if len(rejected) > 1 else ""
             raise type(first)(first.path, first.problem + others)
         else:
-            raise EmptyStudyError(_name(source), f"none of the {len(files)} files is DICOM or an image slice "
+            raise EmptyStudyError(source_name(source), f"none of the {len(files)} files is DICOM or an image slice "
                                                  f"(first: {rejected[0]})")
         volume.n_files = len(files)
         return volume
@@ -78,7 +78,7 @@ def _load_dicom(headers, source, warnings: list[str]) -> Volume:
         if single:
             path = next(p for p, ds in headers if str(ds.get("SeriesInstanceUID", "(no SeriesInstanceUID)")) == single[0].uid)
             raise TooFewSlicesError(path, "the study's only CT series has a single slice; a CT volume is needed")
-        raise NoUsableSeriesError(_name(source), "no axial CT series: " + "; ".join(s.reason for s in skipped))
+        raise NoUsableSeriesError(source_name(source), "no axial CT series: " + "; ".join(s.reason for s in skipped))
     _check_sizes(chosen.items)
     ordered = order_slices(chosen)
     warnings += ordered.warnings
@@ -155,5 +155,9 @@ def _to_int16(hu: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(hu), -32768, 32767).astype(np.int16)
 
 
-def _name(source) -> str:
-    return str(source) if isinstance(source, (str, Path)) else ", ".join(map(str, source))
+def source_name(source: str | Path | Sequence[str | Path]) -> str:
+    """How errors name a study: its folder or zip, or the folder its files share."""
+    if isinstance(source, (str, Path)):
+        return str(source)
+    folders = {str(Path(p).parent) for p in source}
+    return folders.pop() if len(folders) == 1 else f"{len(source)} files ({Path(source[0]).name}, ...)"

@@ -1,0 +1,104 @@
+"""The JSON API (``/api/v1``, bearer token) and ``/health``. Described in ``openapi.yaml``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flask import Blueprint, Response, abort, current_app, jsonify, request, send_file, url_for
+from werkzeug.datastructures import FileStorage
+
+from edge.server import json_error
+from edge.server.auth import api_token_problem
+from edge.server.jobs import JobQueue, QueueFull, StudyStore
+from edge.server.uploads import UploadError, receive_study
+
+bp = Blueprint("api", __name__)
+OPENAPI = Path(__file__).with_name("openapi.yaml")
+PUBLIC = {"api.health", "api.openapi"}
+RETRY_AFTER_S = 10
+
+
+def store() -> StudyStore:
+    return current_app.extensions["ctedge"]["store"]
+
+
+def jobs() -> JobQueue:
+    return current_app.extensions["ctedge"]["jobs"]
+
+
+@bp.before_request
+def _require_token() -> Response | None:
+    if request.endpoint in PUBLIC:
+        return None
+    if problem := api_token_problem():
+        status, message = problem
+        return json_error(status, message, **({"WWW-Authenticate": 'Bearer realm="ctedge"'} if status == 401 else {}))
+    return None
+
+
+@bp.post("/api/v1/studies")
+def submit() -> Response:
+    if request.mimetype in ("application/zip", "application/x-zip-compressed"):
+        files = [FileStorage(request.stream, filename="study.zip")]
+    else:
+        files = [f for key in request.files for f in request.files.getlist(key)]
+    try:
+        study_id = receive_study(files, store(), jobs())
+    except UploadError as exc:
+        return json_error(exc.status, str(exc))
+    except QueueFull:
+        return json_error(503, "the server is busy: too many studies are waiting; retry later",
+                          **{"Retry-After": str(RETRY_AFTER_S)})
+    response = jsonify(id=study_id, status="queued", url=url_for("api.study", study_id=study_id))
+    response.status_code = 202
+    response.headers["Location"] = response.json["url"]
+    return response
+
+
+@bp.get("/api/v1/studies/<study_id>")
+def study(study_id: str) -> Response:
+    state = store().status(study_id) or abort(404, f"no study {study_id!r}")
+    body = dict(state)
+    if state["status"] == "queued":
+        body["position"] = jobs().position(study_id)
+    if state["status"] == "done" and (result := store().result(study_id)):
+        for h in result.get("heatmaps", []):
+            h["url"] = url_for("api.heatmap", study_id=study_id, n=h["n"])
+        body["result"] = result
+    return jsonify(body)
+
+
+@bp.get("/api/v1/studies/<study_id>/heatmaps/<int:n>.png")
+def heatmap(study_id: str, n: int) -> Response:
+    return send_file(study_file(study_id, f"heatmaps/{n}.png"), mimetype="image/png")
+
+
+def study_file(study_id: str, name: str) -> Path:
+    """A file of a study's result folder (written by the engine), or 404."""
+    if store().status(study_id) is None:
+        abort(404, f"no study {study_id!r}")
+    path = store().folder(study_id) / name
+    if not path.is_file():
+        abort(404, f"study {study_id} has no {name}")
+    return path
+
+
+@bp.get("/api/v1/model")
+def model() -> Response:
+    profile = current_app.config["PROFILE"]
+    info = current_app.extensions["ctedge"]["engine"].info
+    return jsonify(info.to_dict() | {"profile": profile.name, "variant": profile.model.variant})
+
+
+@bp.get("/health")
+def health() -> Response:
+    stats = jobs().stats()
+    ok = stats["workers"] > 0
+    response = jsonify(status="ok" if ok else "no worker running", queue=stats)
+    response.status_code = 200 if ok else 503
+    return response
+
+
+@bp.get("/api/v1/openapi.yaml")
+def openapi() -> Response:
+    return send_file(OPENAPI, mimetype="application/yaml")

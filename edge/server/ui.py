@@ -1,0 +1,104 @@
+"""The clinician pages: login, upload form, processing status, result, history."""
+
+from __future__ import annotations
+
+from flask import (Blueprint, Response, abort, current_app, redirect, render_template, request, send_file, session,
+                   url_for)
+
+from edge import CLASSES
+from edge.server.api import RETRY_AFTER_S, jobs, store, study_file
+from edge.server.auth import check_csrf, check_login, csrf_token
+from edge.server.jobs import QueueFull
+from edge.server.uploads import UploadError, receive_study
+
+bp = Blueprint("ui", __name__)
+REPORT_CSP = ("default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
+              "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+HISTORY_LIMIT = 500
+
+
+@bp.before_request
+def _login_and_csrf() -> Response | None:
+    if current_app.config["LOGIN_REQUIRED"] and "user" not in session and request.endpoint != "ui.login":
+        return redirect(url_for("ui.login", next=request.full_path.rstrip("?")))
+    if request.method == "POST":
+        check_csrf()
+    return None
+
+
+@bp.app_context_processor
+def _template_globals() -> dict:
+    return {"csrf_token": csrf_token, "model": current_app.extensions["ctedge"]["engine"].info,
+            "user": session.get("user"), "login_required": current_app.config["LOGIN_REQUIRED"]}
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login() -> Response | tuple[str, int] | str:
+    target = request.args.get("next", "")
+    if not target.startswith("/") or target.startswith("//"):
+        target = url_for("ui.index")
+    if request.method == "GET":
+        return render_template("login.html", next=target)
+    name, password = request.form.get("user", ""), request.form.get("password", "")
+    if not check_login(current_app.config["USERS_FILE"], name, password):
+        return render_template("login.html", next=target, error="wrong user name or password"), 401
+    session.clear()
+    session.permanent = True
+    session["user"] = name
+    return redirect(target, 303)
+
+
+@bp.post("/logout")
+def logout() -> Response:
+    session.clear()
+    return redirect(url_for("ui.login"), 303)
+
+
+@bp.get("/")
+def index() -> str:
+    return render_template("upload.html")
+
+
+@bp.post("/studies")
+def upload() -> Response | tuple[str, int, dict]:
+    try:
+        study_id = receive_study(request.files.getlist("files"), store(), jobs())
+    except UploadError as exc:
+        return render_template("upload.html", error=str(exc)), exc.status, {}
+    except QueueFull:
+        return (render_template("upload.html", error="The server is busy: too many studies are waiting. "
+                                                     f"Try again in {RETRY_AFTER_S} seconds."),
+                503, {"Retry-After": str(RETRY_AFTER_S)})
+    return redirect(url_for("ui.study", study_id=study_id), 303)
+
+
+@bp.get("/studies/<study_id>")
+def study(study_id: str) -> str:
+    state = store().status(study_id) or abort(404, f"no study {study_id!r}")
+    if state["status"] in ("queued", "running"):
+        return render_template("status.html", state=state, position=jobs().position(study_id))
+    result = store().result(study_id) if state["status"] == "done" else None
+    return render_template("result.html", state=state, result=result, classes=CLASSES)
+
+
+@bp.get("/studies/<study_id>/heatmaps/<int:n>.png")
+def heatmap(study_id: str, n: int) -> Response:
+    return send_file(study_file(study_id, f"heatmaps/{n}.png"), mimetype="image/png")
+
+
+@bp.get("/studies/<study_id>/slices/<int:index>.png")
+def slice_image(study_id: str, index: int) -> Response:
+    return send_file(study_file(study_id, f"slices/{index:04d}.png"), mimetype="image/png")
+
+
+@bp.get("/studies/<study_id>/report.html")
+def report(study_id: str) -> Response:
+    response = send_file(study_file(study_id, "report.html"), mimetype="text/html")
+    response.headers["Content-Security-Policy"] = REPORT_CSP
+    return response
+
+
+@bp.get("/history")
+def history() -> str:
+    studies = [s for _, s in zip(range(HISTORY_LIMIT), store().all())]
+    return render_template("history.html", studies=studies, limit=HISTORY_LIMIT)

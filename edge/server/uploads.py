@@ -1,0 +1,123 @@
+"""Save an uploaded study (files, a folder's files, or one zip) into a study's upload folder.
+
+Names are sanitised part by part (a folder upload keeps its sub-folders), a zip is checked for
+zip-slip and bombs by :func:`edge.ingest.sources.extract_zip` and unpacked, and the upload is
+refused at once when no file in it is DICOM or an image slice.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import zipfile
+from pathlib import Path, PurePosixPath
+
+from werkzeug.datastructures import FileStorage
+from werkzeug.utils import secure_filename
+
+from edge.errors import FileTooLargeError, StudyError, UserError
+from edge.ingest.dicom_files import read_header
+from edge.ingest.image_files import is_image_file
+from edge.ingest.sources import Limits, extract_zip, study_files
+from edge.server.jobs import JobQueue, StudyStore, strip_folder
+
+log = logging.getLogger("ctedge.server")
+
+
+class UploadError(UserError):
+    """An upload that cannot become a study; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, path: str | Path, problem: str, status: int = 400):
+        super().__init__(path, problem)
+        self.status = status
+
+
+def receive_study(files: list[FileStorage], store: StudyStore, jobs: JobQueue) -> str:
+    """Save an upload as a new study and queue it; return its id.
+
+    A bad upload is an UploadError even when the queue is full; a good one then raises QueueFull.
+    Either way nothing of the upload is kept.
+    """
+    study_id = store.create()
+    try:
+        n_files = save_upload(files, store.upload_dir(study_id))
+        jobs.submit(study_id, n_files)
+    except BaseException as exc:
+        shutil.rmtree(store.folder(study_id), ignore_errors=True)
+        log.info("upload rejected: %s", getattr(exc, "status", type(exc).__name__))
+        raise
+    return study_id
+
+
+def save_upload(files: list[FileStorage], dest: Path, limits: Limits = Limits()) -> int:
+    """Write the uploaded files under ``dest`` (unpacking zips); return the number of study files.
+
+    Raises UploadError naming the uploaded file and the problem.
+    """
+    files = [f for f in files if f.filename and not _is_clutter(f.filename)]
+    if not files:
+        raise UploadError("upload", "no files: send DICOM files, a folder's files or one zip as the field 'files'")
+    try:
+        for i, item in enumerate(files):
+            path = _unique(dest / _safe_relative(item.filename or "", i))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            item.save(path)
+            if zipfile.is_zipfile(path):
+                _unpack(path, limits)
+            elif path.suffix.lower() == ".zip":
+                raise UploadError(path, "not a valid zip archive (truncated or not a zip)")
+        with study_files(dest, limits) as saved:
+            _check_readable(saved)
+            return len(saved)
+    except UploadError as exc:
+        raise UploadError(strip_folder(exc.path, dest), exc.problem, exc.status) from None
+    except StudyError as exc:
+        status = 413 if isinstance(exc, FileTooLargeError) else 400
+        raise UploadError(strip_folder(exc.path, dest), strip_folder(exc.problem, dest), status) from None
+
+
+def _safe_relative(name: str, index: int) -> Path:
+    """The client's (possibly folder-relative) name with every part made safe; never absolute or ``..``."""
+    parts = [secure_filename(p) for p in PurePosixPath(name.replace("\\", "/")).parts]
+    parts = [p for p in parts if p]
+    return Path(*parts) if parts else Path(f"file-{index:05d}")
+
+
+def _is_clutter(name: str) -> bool:
+    """Hidden files and folders (``.DS_Store``, ``__MACOSX``) that a folder upload may carry."""
+    parts = PurePosixPath(name.replace("\\", "/")).parts
+    return any((p.startswith(".") and p not in (".", "..")) or p == "__MACOSX" for p in parts)
+
+
+def _unique(path: Path) -> Path:
+    """``path``, or ``name-1.ext``, ``name-2.ext``... when it exists (same names in a folder upload)."""
+    stem, n = path, 1
+    while path.exists():
+        path = stem.with_name(f"{stem.stem}-{n}{stem.suffix}")
+        n += 1
+    return path
+
+
+def _unpack(archive: Path, limits: Limits) -> None:
+    target = _unique(archive.with_suffix(""))
+    try:
+        extract_zip(archive, target, limits)
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, NotImplementedError) as exc:
+        raise UploadError(archive, f"not a readable zip archive ({type(exc).__name__})") from None
+    archive.unlink()
+
+
+def _check_readable(files: list[Path]) -> None:
+    """Refuse the upload when no file is a DICOM file or an image slice."""
+    first: StudyError | None = None
+    for f in files:
+        if is_image_file(f):
+            return
+        try:
+            read_header(f)
+            return
+        except StudyError as exc:
+            first = first or exc
+    raise UploadError(first.path if first else "upload",
+                      f"none of the {len(files)} uploaded files is DICOM or an image slice"
+                      + (f" ({first.problem})" if first else ""), 415)

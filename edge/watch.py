@@ -1,0 +1,280 @@
+"""``ctedge watch``: process every study dropped into an inbox folder once, crash-safely.
+
+An inbox entry (a folder, a zip, or a stray file) is a study. Its *name* is the entry name without
+``.zip``; its *fingerprint* hashes the relative path, size and mtime of every file in it.
+
+* **Ready**: with ``watcher.marker_file`` set, once that file exists in the folder (for a zip or
+  file: a sibling ``<entry>.<marker>``); otherwise once nothing in it (files or folders) has
+  changed status for ``watcher.stable_seconds``, judged by ctime, which copies cannot backdate.
+* **Done** iff ``OUTBOX/<name>/source.json`` or ``OUTBOX/failed/<name>/source.json`` records the
+  entry's current fingerprint. The record is built in ``OUTBOX/.partial/<name>-<pid>`` and
+  renamed into place: that rename is the commit point, so a kill at any moment loses nothing and
+  duplicates nothing; ``.partial`` leftovers are removed at start-up.
+* **Changed** (same name, other fingerprint): processed again; the previous record is moved to
+  ``OUTBOX/.superseded/<name>-<UTC time>/`` before the new one is renamed into place.
+* The inbox is never modified: ctedge does not delete or move patient data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+import traceback
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from edge import __version__
+from edge.engine import Engine
+from edge.errors import UserError
+from edge.profile import WatcherSettings, load_profile
+
+log = logging.getLogger("ctedge.watch")
+PARTIAL, SUPERSEDED, FAILED, SOURCE = ".partial", ".superseded", "failed", "source.json"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One inbox entry and its state on disk when it was surveyed."""
+
+    name: str            # study name: entry name without .zip
+    path: Path
+    fingerprint: str     # sha256 over (relative path, size, mtime_ns) of every file
+    newest_ctime: float  # most recent status change of any file or folder in it (s since epoch)
+    n_files: int
+
+
+def survey(path: Path, marker: str = "") -> Entry:
+    """Fingerprint and newest ctime of an inbox entry (the marker file is left out of both)."""
+    items = [path] if path.is_file() else [path, *sorted(path.rglob("*"))]
+    digest, newest, n_files = hashlib.sha256(), 0.0, 0
+    for item in items:
+        if item.name == marker and item.parent == path:
+            continue
+        st = item.lstat()
+        newest = max(newest, st.st_ctime)
+        if item.is_file():
+            n_files += 1
+            digest.update(f"{item.relative_to(path)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    name = path.name[:-4] if path.is_file() and path.suffix.lower() == ".zip" else path.name
+    return Entry(name, path, digest.hexdigest(), newest, n_files)
+
+
+def marker_path(path: Path, marker: str) -> Path:
+    """Where the sender signals a complete copy: inside a folder, beside a zip or file."""
+    return path / marker if path.is_dir() else path.with_name(f"{path.name}.{marker}")
+
+
+@dataclass
+class Scan:
+    entries: list[Entry]        # oldest first
+    skipped: dict[str, str]     # study name -> why it cannot be taken (the operator must act)
+
+
+def scan(inbox: Path, marker: str = "") -> Scan:
+    """Every study in the inbox, oldest first. Hidden entries and marker files are not studies;
+    a name claimed by two entries (``P1`` and ``P1.zip``) or the reserved name ``failed`` is skipped."""
+    entries = []
+    for path in sorted(inbox.iterdir()):
+        if path.name.startswith(".") or (marker and path.is_file() and path.name.endswith(f".{marker}")):
+            continue
+        try:
+            entries.append(survey(path, marker))
+        except OSError:  # removed or renamed while we looked: it is still moving
+            continue
+    counts = Counter(e.name for e in entries)
+    skipped = {n: f"{c} inbox entries have this study name; rename one" for n, c in counts.items() if c > 1}
+    if FAILED in counts:
+        skipped[FAILED] = f"the study name {FAILED!r} is reserved for the outbox; rename it"
+    return Scan(sorted((e for e in entries if e.name not in skipped), key=lambda e: e.newest_ctime), skipped)
+
+
+def is_stable(entry: Entry, settings: WatcherSettings, now: float | None = None) -> bool:
+    """True when the copy of ``entry`` has finished (marker present, or quiet for stable_seconds)."""
+    if settings.marker_file:
+        return marker_path(entry.path, settings.marker_file).exists()
+    return (time.time() if now is None else now) - entry.newest_ctime >= settings.stable_seconds
+
+
+def record_paths(outbox: Path, name: str) -> tuple[Path, Path]:
+    """Where the result and the failure record of a study live."""
+    return outbox / name, outbox / FAILED / name
+
+
+def is_done(outbox: Path, entry: Entry) -> bool:
+    """True when a committed record (result or failure) carries the entry's current fingerprint."""
+    for record in record_paths(outbox, entry.name):
+        try:
+            if json.loads((record / SOURCE).read_text())["fingerprint"] == entry.fingerprint:
+                return True
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return False
+
+
+def recover(outbox: Path) -> int:
+    """Remove the partial records a killed watcher left behind; return how many there were."""
+    partial = outbox / PARTIAL
+    leftovers = sorted(partial.iterdir()) if partial.is_dir() else []
+    for path in leftovers:
+        shutil.rmtree(path)
+    return len(leftovers)
+
+
+def process_one(engine: Engine, outbox: Path, entry: Entry, marker: str = "") -> str:
+    """Analyse one study and commit its record; return "done", "failed", or "changed" when the entry
+    changed while it was analysed (nothing is committed then; it is taken again once stable)."""
+    work = outbox / PARTIAL / f"{entry.name}-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    status, error = "done", ""
+    try:
+        engine.analyse(entry.path, work)
+    except UserError as exc:
+        status, error = "failed", f"{exc}\n"
+    except Exception as exc:  # noqa: BLE001 - one study must never stop the watcher
+        status, error = "failed", f"internal error: {type(exc).__name__}: {exc}\n\n{traceback.format_exc()}"
+    if not _unchanged(entry, marker):
+        shutil.rmtree(work)
+        return "changed"
+    if status == "failed":
+        shutil.rmtree(work)
+        work.mkdir()
+        (work / "error.txt").write_text(error)
+    source = {"study": entry.name, "inbox_entry": entry.path.name, "status": status, "n_files": entry.n_files,
+              "fingerprint": entry.fingerprint, "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "software": f"ctedge {__version__}"}
+    (work / SOURCE).write_text(json.dumps(source, indent=2))
+    commit(work, outbox, entry.name, status)
+    return status
+
+
+def commit(work: Path, outbox: Path, name: str, status: str) -> Path:
+    """Flush ``work`` to disk, move earlier records of ``name`` to .superseded, then rename ``work``
+    into place: that rename is the commit. Returns the record's path."""
+    for path in [*work.rglob("*"), work]:  # a power cut after the rename must not leave empty files
+        _fsync(path)
+    result, failure = record_paths(outbox, name)
+    for old in (result, failure):
+        if old.exists():
+            stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+            aside = outbox / SUPERSEDED / f"{name}-{stamp}{'-failed' if old == failure else ''}"
+            aside.parent.mkdir(exist_ok=True)
+            os.rename(old, aside)
+    target = result if status == "done" else failure
+    target.parent.mkdir(exist_ok=True)
+    os.rename(work, target)
+    _fsync(target.parent)
+    return target
+
+
+@dataclass
+class Summary:
+    done: int = 0
+    failed: int = 0
+    waiting: int = 0    # not yet stable, or changed while it was analysed
+
+
+def run_once(engine: Engine, inbox: Path, outbox: Path, settings: WatcherSettings,
+             warned: set[str] | None = None) -> Summary:
+    """One pass: process every ready study that is not done yet, with a progress bar. Problems the
+    operator must fix are logged once per name in ``warned``."""
+    warned = set() if warned is None else warned
+    found = scan(inbox, settings.marker_file)
+    for name in sorted(set(found.skipped) - warned):
+        log.warning("%s: skipped: %s", name, found.skipped[name])
+    warned |= set(found.skipped)
+    todo = [e for e in found.entries if not is_done(outbox, e)]
+    ready = [e for e in todo if is_stable(e, settings)]
+    summary = Summary(waiting=len(todo) - len(ready))
+    with logging_redirect_tqdm():
+        for entry in tqdm(ready, desc="studies", unit="study", disable=None):
+            status = process_one(engine, outbox, entry, settings.marker_file)
+            if status == "done":
+                summary.done += 1
+                log.info("%s: result in %s", entry.name, outbox / entry.name)
+            elif status == "failed":
+                summary.failed += 1
+                log.warning("%s: failed, see %s", entry.name, outbox / FAILED / entry.name / "error.txt")
+            else:
+                summary.waiting += 1
+                log.info("%s: changed while it was analysed; taken again once stable", entry.name)
+    if ready:
+        log.info("pass: %d done, %d failed, %d waiting", summary.done, summary.failed, summary.waiting)
+    return summary
+
+
+def watch(engine: Engine, inbox: Path, outbox: Path, settings: WatcherSettings, once: bool = False) -> Summary:
+    """Hold the outbox lock, clean up after a crash, then poll the inbox (a single pass with ``once``)."""
+    if not inbox.is_dir():
+        raise UserError(inbox, "the inbox is not a folder")
+    outbox.mkdir(parents=True, exist_ok=True)
+    with outbox_lock(outbox):
+        removed = recover(outbox)
+        if removed:
+            log.warning("removed %d partial record(s) left by an interrupted run", removed)
+        warned: set[str] = set()
+        while True:
+            summary = run_once(engine, inbox, outbox, settings, warned)
+            if once:
+                return summary
+            time.sleep(settings.poll_seconds)
+
+
+@contextlib.contextmanager
+def outbox_lock(outbox: Path) -> Iterator[None]:
+    """One watcher per outbox: an exclusive lock on OUTBOX/.lock, released by the kernel on a kill."""
+    with open(outbox / ".lock", "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise UserError(outbox, "another ctedge watch is already using this outbox") from exc
+        yield
+
+
+def _unchanged(entry: Entry, marker: str) -> bool:
+    try:
+        return survey(entry.path, marker).fingerprint == entry.fingerprint
+    except OSError:  # removed or renamed meanwhile
+        return False
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def add_watch(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("watch", help="process every study dropped into an inbox folder, once each",
+                       description="Watch INBOX for studies (a folder or a zip per study) and write each result "
+                                   "to OUTBOX/<study>/ (result.json, heatmaps, report.html), or the error to "
+                                   "OUTBOX/failed/<study>/error.txt. Crash-safe; the inbox is never modified.")
+    p.add_argument("inbox", type=Path, help="folder where studies are dropped")
+    p.add_argument("--out", type=Path, required=True, help="folder for the results (OUTBOX)")
+    p.add_argument("--config", type=Path, default=None,
+                   help="device profile (firmware_config/*.yaml): model, pipeline and watcher settings")
+    p.add_argument("--once", action="store_true", help="process the studies that are ready, then exit")
+    p.set_defaults(func=cmd_watch)
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    profile = load_profile(args.config) if args.config else None
+    engine = Engine.from_profile(profile) if profile else Engine.default()
+    summary = watch(engine, args.inbox, args.out, profile.watcher if profile else WatcherSettings(), args.once)
+    print(f"{summary.done} done, {summary.failed} failed, {summary.waiting} waiting for their copy to finish")
+    return 0

@@ -1,0 +1,111 @@
+"""Helpers shared by the server tests: a test profile, small studies, a real ``ctedge serve`` process."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import secrets
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from edge.server.auth import add_user
+from tests.conftest import REPO
+
+USER, PASSWORD = "clinician", "correct horse battery"
+
+
+def write_profile(folder: Path, **server) -> Path:
+    """A device profile running the bundled demo model with results (and users) under ``folder``."""
+    settings = {"results_dir": str(folder / "results"), "max_upload_mb": 4, "workers": 1, "queue_size": 4} | server
+    path = folder / "profile.yaml"
+    path.write_text(yaml.safe_dump({"name": "test-box", "description": "server tests",
+                                    "model": {"bundle": str(REPO / "edge" / "models" / "demo"), "threads": 1},
+                                    "server": settings}))
+    add_user(folder / "results" / "users.txt", USER, PASSWORD)
+    return path
+
+
+def phantom_study(folder: Path, n_slices: int = 12, size: int = 96, seed: int = 0) -> list[Path]:
+    """A small synthetic axial CT series written as DICOM."""
+    from edge.phantom import make_phantom, write_dicom_series
+
+    return write_dicom_series(make_phantom(n_slices=n_slices, size=size, seed=seed, ground_glass=2), folder, seed=seed)
+
+
+def multipart(files: list[tuple[str, bytes]], fields: dict[str, str] | None = None) -> tuple[bytes, str]:
+    """Encode ``files`` (name, content) as the field ``files`` of a multipart/form-data body."""
+    boundary = uuid.uuid4().hex
+    parts = []
+    for key, value in (fields or {}).items():
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{key}"\r\n\r\n{value}\r\n'.encode())
+    for name, content in files:
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\n'
+                     f"Content-Type: application/octet-stream\r\n\r\n".encode() + content + b"\r\n")
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+@dataclass
+class Served:
+    """A running ``ctedge serve`` subprocess."""
+
+    process: subprocess.Popen
+    host: str
+    port: int
+    token: str
+    output: list[str] = field(default_factory=list)   # what the server printed and logged
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None,
+                token: bool = True, timeout: float = 30) -> tuple[int, dict, bytes]:
+        """One request on a fresh connection; returns (status, headers, body)."""
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+        try:
+            conn.request(method, path, body=body, headers=(headers or {}) | (
+                {"Authorization": f"Bearer {self.token}"} if token else {}))
+            response = conn.getresponse()
+            return response.status, dict(response.getheaders()), response.read()
+        finally:
+            conn.close()
+
+    def json(self, path: str) -> dict:
+        status, _, body = self.request("GET", path)
+        assert status == 200, (status, body)
+        return json.loads(body)
+
+
+@contextmanager
+def serve(profile: Path) -> Iterator[Served]:
+    """Start ``ctedge serve --port 0`` on loopback and stop it afterwards."""
+    token = secrets.token_urlsafe(24)
+    env = os.environ | {"CTEDGE_API_TOKEN": token, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "edge.cli", "serve", "--config", str(profile), "--port", "0"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
+    try:
+        line = process.stdout.readline()
+        while line and "serving on" not in line:
+            line = process.stdout.readline()
+        assert "serving on http://" in line, f"ctedge serve did not start: {line!r} (exit {process.poll()})"
+        address = line.split("http://", 1)[1].split("/", 1)[0]
+        host, port = address.rsplit(":", 1)
+        served = Served(process, host, int(port), token, [line])
+        threading.Thread(target=lambda: served.output.extend(process.stdout), daemon=True).start()
+        yield served
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

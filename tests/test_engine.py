@@ -1,0 +1,100 @@
+"""The engine behind predict, the server and the watcher: profiles, result folders, edge heatmaps."""
+
+import json
+import shutil
+
+import cv2
+import numpy as np
+
+from edge.cli import main
+from edge.engine import DEFAULT_BUNDLE, Engine
+from edge.explain import overlay
+from edge.infer import TFLiteClassifier
+from edge.pipeline import prepare_study
+from edge.profile import load_profile
+from tests.conftest import REPO, SAMPLES
+
+STUDY = SAMPLES / "COVID-19_P002"
+
+
+def test_predict_out_writes_report_heatmaps_and_slices(capsys, tmp_path):
+    out = tmp_path / "result"
+    assert main(["predict", str(STUDY), "--out", str(out), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert json.loads((out / "result.json").read_text()) == doc
+    assert len(doc["slice_png"]) == doc["n_slices_read"] == 10
+    assert all(cv2.imread(str(out / p), cv2.IMREAD_GRAYSCALE).shape == (256, 256) for p in doc["slice_png"])
+    used = {s["index"] for s in doc["slices_used"]}
+    assert len(doc["heatmaps"]) == min(3, len(used)) * len(doc["groups"])
+    for h in doc["heatmaps"]:
+        picture = cv2.imread(str(out / h["png"]))
+        assert picture.shape[1] == 256 and picture.shape[0] > 256, "the overlay and its caption bar"
+        assert h["slice_index"] in used and 0 <= h["share"] <= 1
+        assert h["file"] == doc["slices_used"][[s["index"] for s in doc["slices_used"]].index(h["slice_index"])]["file"]
+    assert sum(h["share"] for h in doc["heatmaps"]) <= 1 + 1e-6
+    assert doc["explanation"]["class"] == doc["label"] and "Grad-CAM" in doc["explanation"]["method"]
+    assert "explain" in doc["timings_ms"]
+    html = (out / "report.html").read_text()
+    assert f'<strong id="verdict">{doc["label"]}</strong>' in html
+    assert "Demonstration model, not for clinical use" in html
+    assert all(f'src="{h["png"]}"' in html for h in doc["heatmaps"])
+
+
+def test_heatmaps_of_the_shipped_model_differ_between_slices(tmp_path):
+    doc = Engine.default().analyse(STUDY, tmp_path)
+    pictures = [cv2.imread(str(tmp_path / h["png"])).astype(float) for h in doc["heatmaps"]]
+    assert len({h["slice_index"] for h in doc["heatmaps"]}) == len(pictures) >= 2
+    assert np.abs(pictures[0] - pictures[1]).mean() > 1.0
+    shares = [h["share"] for h in doc["heatmaps"]]
+    assert shares == sorted(shares, reverse=True) and shares[0] > 0
+
+
+def test_a_bundle_without_explain_models_still_gives_a_verdict(tmp_path):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(DEFAULT_BUNDLE, bundle)
+    card = json.loads((bundle / "model.json").read_text())
+    del card["explain"]
+    (bundle / "model.json").write_text(json.dumps(card))
+    doc = Engine.from_bundle(bundle).analyse(STUDY, tmp_path / "out")
+    assert doc["label"] and doc["heatmaps"] == [] and doc["explanation"]["method"] is None
+    assert any("no heatmaps" in w for w in doc["warnings"])
+
+
+def test_profile_settings_reach_the_pipeline_and_flags_override_them(capsys, tmp_path):
+    profile = tmp_path / "device.yaml"
+    profile.write_text(f"name: t\ndescription: t\nmodel:\n  bundle: {DEFAULT_BUNDLE}\n  variant: float32\n"
+                       "  threads: 1\npipeline:\n  selection: rahimzadeh\n")
+    engine = Engine.from_profile(load_profile(profile))
+    assert engine.options.selection == "rahimzadeh" and "(float32)" in engine.info.version
+    assert main(["predict", str(STUDY), "--config", str(profile), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["selection"] == "rahimzadeh"
+    assert main(["predict", str(STUDY), "--config", str(profile), "--selection", "seed-area", "--variant", "int8",
+                 "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["selection"] == "seed-area" and "(int8)" in doc["model"]["version"]
+
+
+def test_a_prediction_does_not_depend_on_the_groups_before_it():
+    """TFLite LSTM kernels keep state in variable tensors; every call must start from zero."""
+    groups = [prepare_study(s).groups()[0] for s in (STUDY, SAMPLES / "CAP_cap002")]
+    for variant in ("int8", "float32"):
+        model = TFLiteClassifier(DEFAULT_BUNDLE, variant, threads=1)
+        first = model.predict(groups[0])
+        model.predict(groups[1])
+        assert np.array_equal(model.predict(groups[0]), first), variant
+
+
+def test_overlay_colours_only_where_there_is_heat():
+    image = np.tile(np.arange(256, dtype=np.uint8), (64, 1))
+    heat = np.zeros(image.shape)
+    heat[:, 200:] = 1.0
+    picture = overlay(image, heat)
+    assert picture.shape == image.shape + (3,) and picture.dtype == np.uint8
+    assert np.array_equal(picture[:, :200], np.repeat(image[:, :200, None], 3, axis=2)), "cold pixels unchanged"
+    hot = picture[:, 200:].astype(int)
+    assert (np.abs(hot[..., 0] - hot[..., 2]) > 50).all(), "hot pixels coloured"
+
+
+def test_shipped_profiles_describe_the_shipped_model():
+    profile = load_profile(REPO / "firmware_config" / "cpu-minipc.yaml")
+    assert profile.model.bundle == DEFAULT_BUNDLE and profile.server.host == "127.0.0.1"

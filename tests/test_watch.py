@@ -1,0 +1,254 @@
+"""The batch watcher in-process, with the placeholder classifier: readiness (quiet ctime or marker),
+once-only processing, changed studies, failures, crash recovery and the outbox lock."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from edge.cli import main
+from edge.engine import Engine
+from edge.errors import UserError
+from edge.infer import PlaceholderClassifier
+from edge.phantom import make_phantom, write_dicom_series
+from edge.profile import WatcherSettings
+from edge.watch import (is_done, is_stable, outbox_lock, process_one, recover, run_once, scan, survey,
+                        watch)
+from tests.conftest import SAMPLES
+
+NOW = WatcherSettings(poll_seconds=0.0, stable_seconds=0.0)
+
+
+class CountingEngine(Engine):
+    """The placeholder engine, counting the studies it analyses; ``fail`` makes analyse raise it."""
+
+    def __init__(self, fail: BaseException | None = None):
+        super().__init__(PlaceholderClassifier())
+        self.calls: list[str] = []
+        self.fail = fail
+
+    def analyse(self, source, out_dir):
+        self.calls.append(Path(source).name)
+        if self.fail is not None:
+            raise self.fail
+        return super().analyse(source, out_dir)
+
+
+def phantom_study(folder: Path, seed: int = 0) -> Path:
+    write_dicom_series(make_phantom(n_slices=8, size=64, seed=seed), folder, seed=seed)
+    return folder
+
+
+def zipped(folder: Path, archive: Path) -> Path:
+    with zipfile.ZipFile(archive, "w") as zf:
+        for f in sorted(folder.iterdir()):
+            zf.write(f, f.name)
+    return archive
+
+
+@pytest.fixture
+def box(tmp_path) -> tuple[Path, Path]:
+    inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
+    inbox.mkdir()
+    return inbox, outbox
+
+
+def records(outbox: Path) -> list[str]:
+    """Committed records: study folders with a result, and failed/<study> folders."""
+    found = [p.name for p in outbox.iterdir() if (p / "result.json").is_file()]
+    failed = outbox / "failed"
+    return sorted(found + [f"failed/{p.name}" for p in failed.iterdir()] if failed.is_dir() else found)
+
+
+def test_a_study_is_ready_once_nothing_in_it_changed_for_stable_seconds(box):
+    inbox, _ = box
+    study = phantom_study(inbox / "P1")
+    entry = survey(study)
+    settings = WatcherSettings(stable_seconds=10.0)
+    assert not is_stable(entry, settings, now=entry.newest_ctime + 9.9)
+    assert is_stable(entry, settings, now=entry.newest_ctime + 10.0)
+
+
+def test_backdated_mtimes_do_not_make_a_copy_look_finished(box):
+    """cp -p and rsync keep old mtimes; readiness uses ctime, which they cannot set."""
+    inbox, _ = box
+    study = phantom_study(inbox / "P1")
+    old = time.time() - 86400
+    for f in study.iterdir():
+        os.utime(f, (old, old))
+    assert not is_stable(survey(study), WatcherSettings(stable_seconds=60.0))
+
+
+def test_a_study_still_being_copied_waits_and_is_taken_later(box):
+    inbox, outbox = box
+    phantom_study(inbox / "P1")
+    engine = CountingEngine()
+    summary = run_once(engine, inbox, outbox, WatcherSettings(stable_seconds=3600.0))
+    assert (summary.done, summary.waiting, engine.calls) == (0, 1, [])
+    assert run_once(engine, inbox, outbox, NOW).done == 1
+    assert records(outbox) == ["P1"]
+
+
+def test_marker_file_decides_for_folders_and_sibling_markers_for_zips(box, tmp_path):
+    inbox, outbox = box
+    settings = WatcherSettings(stable_seconds=0.0, marker_file="READY")
+    phantom_study(inbox / "P1")
+    zipped(phantom_study(tmp_path / "src", seed=1), inbox / "P2.zip")
+    engine = CountingEngine()
+    assert run_once(engine, inbox, outbox, settings).waiting == 2
+    (inbox / "P1" / "READY").touch()
+    (inbox / "P2.zip.READY").touch()
+    summary = run_once(engine, inbox, outbox, settings)
+    assert (summary.done, summary.failed) == (2, 0), "the sibling marker must not be taken as a study"
+    assert records(outbox) == ["P1", "P2"]
+    (inbox / "P1" / "READY").touch()  # touching the marker again does not change the study
+    assert run_once(engine, inbox, outbox, settings).done == 0
+
+
+def test_each_study_is_processed_once_and_reprocessing_is_a_no_op(box, tmp_path):
+    inbox, outbox = box
+    phantom_study(inbox / "P1")
+    zipped(phantom_study(tmp_path / "src", seed=1), inbox / "P2.zip")
+    shutil.copytree(SAMPLES / "CAP_cap002", inbox / "CAP_cap002")
+    engine = CountingEngine()
+    assert run_once(engine, inbox, outbox, NOW).done == 3
+    result = outbox / "P2" / "result.json"
+    stamp = result.stat().st_mtime_ns
+    assert json.loads(result.read_text())["n_slices_read"] == 8
+    summary = watch(engine, inbox, outbox, NOW, once=True)
+    assert (summary.done, summary.failed, summary.waiting) == (0, 0, 0)
+    assert sorted(engine.calls) == ["CAP_cap002", "P1", "P2.zip"]
+    assert result.stat().st_mtime_ns == stamp
+    assert records(outbox) == ["CAP_cap002", "P1", "P2"]
+
+
+def test_the_inbox_is_left_untouched(box):
+    inbox, outbox = box
+    study = phantom_study(inbox / "P1")
+    before = survey(study).fingerprint
+    run_once(CountingEngine(), inbox, outbox, NOW)
+    assert survey(study).fingerprint == before and len(list(study.iterdir())) == 8
+
+
+def test_a_changed_study_is_processed_again_and_the_old_result_kept(box):
+    inbox, outbox = box
+    study = phantom_study(inbox / "P1")
+    engine = CountingEngine()
+    run_once(engine, inbox, outbox, NOW)
+    first = json.loads((outbox / "P1" / "source.json").read_text())["fingerprint"]
+    (study / "IM0001.dcm").unlink()
+    assert not is_done(outbox, survey(study))
+    assert run_once(engine, inbox, outbox, NOW).done == 1
+    assert engine.calls == ["P1", "P1"]
+    assert json.loads((outbox / "P1" / "source.json").read_text())["fingerprint"] == survey(study).fingerprint
+    assert json.loads((outbox / "P1" / "result.json").read_text())["n_slices_read"] == 7
+    superseded = list((outbox / ".superseded").iterdir())
+    assert len(superseded) == 1 and json.loads((superseded[0] / "source.json").read_text())["fingerprint"] == first
+
+
+def test_bad_studies_go_to_failed_with_a_message_naming_the_file(box, tmp_path):
+    inbox, outbox = box
+    study = phantom_study(inbox / "Truncated")
+    for f in study.iterdir():
+        f.write_bytes(f.read_bytes()[:300])
+    with zipfile.ZipFile(inbox / "Evil.zip", "w") as zf:
+        zf.writestr("../escape.dcm", b"x")
+    (inbox / "notes.txt").write_text("not a study")
+    phantom_study(inbox / "Good")
+    summary = run_once(CountingEngine(), inbox, outbox, NOW)
+    assert (summary.done, summary.failed) == (1, 3)
+    assert records(outbox) == ["Good", "failed/Evil", "failed/Truncated", "failed/notes.txt"]
+    assert "IM0001.dcm" in (outbox / "failed/Truncated/error.txt").read_text()
+    assert "Evil.zip: member '../escape.dcm' points outside" in (outbox / "failed/Evil/error.txt").read_text()
+    assert "notes.txt: not a DICOM file" in (outbox / "failed/notes.txt/error.txt").read_text()
+    assert not (outbox / "failed/Good").exists() and not (outbox / "Truncated").exists()
+
+
+def test_an_unexpected_exception_fails_that_study_and_the_watcher_goes_on(box):
+    inbox, outbox = box
+    phantom_study(inbox / "P1")
+    phantom_study(inbox / "P2", seed=1)
+    summary = run_once(CountingEngine(fail=RuntimeError("interpreter exploded")), inbox, outbox, NOW)
+    assert (summary.done, summary.failed) == (0, 2)
+    error = (outbox / "failed/P1/error.txt").read_text()
+    assert error.startswith("internal error: RuntimeError: interpreter exploded") and "Traceback" in error
+    assert run_once(CountingEngine(), inbox, outbox, NOW).done == 0, "a failure is a record: not retried"
+
+
+def test_a_failed_study_completed_later_replaces_its_failure(box, tmp_path):
+    inbox, outbox = box
+    source = phantom_study(tmp_path / "src")
+    study = inbox / "P1"
+    study.mkdir()
+    first, *rest = sorted(source.iterdir())
+    shutil.copy(first, study)
+    assert run_once(CountingEngine(), inbox, outbox, NOW).failed == 1, "a single slice is a bad study"
+    for f in rest:
+        shutil.copy(f, study)
+    assert run_once(CountingEngine(), inbox, outbox, NOW).done == 1
+    assert records(outbox) == ["P1"], "the stale failure must not stay beside the new result"
+    assert [p.name.endswith("-failed") for p in (outbox / ".superseded").iterdir()] == [True]
+
+
+def test_an_interrupted_analysis_leaves_only_a_partial_folder_which_start_up_removes(box):
+    inbox, outbox = box
+    phantom_study(inbox / "P1")
+    with pytest.raises(KeyboardInterrupt):
+        run_once(CountingEngine(fail=KeyboardInterrupt()), inbox, outbox, NOW)
+    assert [p.name for p in (outbox / ".partial").iterdir()] == [f"P1-{os.getpid()}"]
+    assert records(outbox) == []
+    summary = watch(CountingEngine(), inbox, outbox, NOW, once=True)
+    assert summary.done == 1 and records(outbox) == ["P1"]
+    assert list((outbox / ".partial").iterdir()) == []
+
+
+def test_recover_removes_every_leftover(box):
+    _, outbox = box
+    for name in ("P1-123", "P2-456"):
+        (outbox / ".partial" / name / "heatmaps").mkdir(parents=True)
+    assert recover(outbox) == 2 and list((outbox / ".partial").iterdir()) == []
+
+
+def test_a_study_that_changes_during_analysis_is_not_committed(box):
+    inbox, outbox = box
+    study = phantom_study(inbox / "P1")
+
+    class Appending(CountingEngine):
+        def analyse(self, source, out_dir):
+            (study / "late.dcm").write_bytes((study / "IM0001.dcm").read_bytes())
+            return super().analyse(source, out_dir)
+
+    entry = scan(inbox).entries[0]
+    assert process_one(Appending(), outbox, entry) == "changed"
+    assert records(outbox) == [] and list((outbox / ".partial").iterdir()) == []
+
+
+def test_names_claimed_twice_and_the_reserved_name_are_skipped(box, tmp_path):
+    inbox, outbox = box
+    phantom_study(inbox / "P1")
+    zipped(phantom_study(tmp_path / "src"), inbox / "P1.zip")
+    phantom_study(inbox / "failed")
+    phantom_study(inbox / "P3")
+    (inbox / ".DS_Store").write_text("clutter")
+    found = scan(inbox)
+    assert [e.name for e in found.entries] == ["P3"]
+    assert set(found.skipped) == {"P1", "failed"}
+    assert run_once(CountingEngine(), inbox, outbox, NOW).done == 1 and records(outbox) == ["P3"]
+
+
+def test_one_watcher_per_outbox(box):
+    inbox, outbox = box
+    outbox.mkdir()
+    with outbox_lock(outbox), pytest.raises(UserError, match="another ctedge watch"):
+        watch(CountingEngine(), inbox, outbox, NOW, once=True)
+
+
+def test_cli_reports_a_missing_inbox(tmp_path, capsys):
+    assert main(["watch", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out"), "--once"]) == 2
+    assert "nowhere: the inbox is not a folder" in capsys.readouterr().err
