@@ -2,30 +2,17 @@
 
 import json
 
-import numpy as np
 import pytest
 
 pytest.importorskip("tensorflow")
 
 from edge.cli import main  # noqa: E402
-from edge.phantom import make_phantom, write_dicom_series  # noqa: E402
-
-LESIONS = {"covid": {"ground_glass": 3}, "other_pneumonia": {"consolidation": 3}, "healthy": {}}
+from tests.conftest import PHANTOM_LESIONS as LESIONS  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    for cls, lesions in LESIONS.items():
-        for k in range(2):
-            seed = 100 * list(LESIONS).index(cls) + k
-            write_dicom_series(make_phantom(n_slices=24, size=128, seed=seed, **lesions), root / cls / f"{cls}-{k}", seed=seed)
-    return root
-
-
-def test_train_evaluate_quantize_predict(dataset, tmp_path, capsys):
+def test_train_evaluate_quantize_predict(phantom_dataset, tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["train", str(dataset), "--out", str(run), "--cnn-epochs", "2", "--head-epochs", "2",
+    assert main(["train", str(phantom_dataset), "--out", str(run), "--cnn-epochs", "2", "--head-epochs", "2",
                  "--val-fraction", "0.5", "--batch-size", "8"]) == 0
     for name in ("encoder.keras", "head.keras", "config.json", "history.json", "split.json"):
         assert (run / name).is_file(), name
@@ -35,29 +22,29 @@ def test_train_evaluate_quantize_predict(dataset, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "Specificity" in out and "Average" in out
 
-    assert main(["evaluate", str(dataset), "--run", str(run), "--out", str(tmp_path / "eval")]) == 0
+    assert main(["evaluate", str(phantom_dataset), "--run", str(run), "--out", str(tmp_path / "eval")]) == 0
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["patient"]["n"] == 6 and len(metrics["predictions"]) == 6
     for png in ("roc_group.png", "roc_patient.png", "confusion_group.png", "confusion_patient.png"):
         assert (tmp_path / "eval" / png).read_bytes()[:4] == b"\x89PNG"
 
     bundle = tmp_path / "bundle"
-    assert main(["quantize", str(run), "--calibration", str(dataset), "--out", str(bundle)]) == 0
+    assert main(["quantize", str(run), "--calibration", str(phantom_dataset), "--out", str(bundle)]) == 0
     card = json.loads((bundle / "model.json").read_text())
     assert card["demonstration"] is True and card["trained_with"]["cnn_epochs"] == 2
     capsys.readouterr()
-    assert main(["predict", str(dataset / "covid" / "covid-0"), "--model", str(bundle), "--json"]) == 0
+    assert main(["predict", str(phantom_dataset / "covid" / "covid-0"), "--model", str(bundle), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["model"]["placeholder"] is False and result["model"]["demonstration"] is True
     assert abs(sum(result["probabilities"].values()) - 1) < 1e-3
 
 
-def test_explain_writes_overlays_and_consistency(dataset, tmp_path, capsys):
+def test_explain_writes_overlays_and_consistency(phantom_dataset, tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["train", str(dataset), "--out", str(run), "--cnn-epochs", "1", "--head-epochs", "1",
+    assert main(["train", str(phantom_dataset), "--out", str(run), "--cnn-epochs", "1", "--head-epochs", "1",
                  "--val-fraction", "0", "--batch-size", "8"]) == 0
     out = tmp_path / "explain"
-    assert main(["explain", str(dataset / "other_pneumonia" / "other_pneumonia-0"), "--run", str(run),
+    assert main(["explain", str(phantom_dataset / "other_pneumonia" / "other_pneumonia-0"), "--run", str(run),
                  "--out", str(out), "--top", "2", "--class", "other_pneumonia"]) == 0
     result = json.loads((out / "explain.json").read_text())
     assert result["class"] == "other_pneumonia" and 1 <= len(result["slices"]) <= 2
@@ -67,9 +54,9 @@ def test_explain_writes_overlays_and_consistency(dataset, tmp_path, capsys):
         assert 0 <= s["consistency"]["mean"] <= 1
 
 
-def test_cross_validation_pools_held_out_predictions(dataset, tmp_path, capsys):
+def test_cross_validation_pools_held_out_predictions(phantom_dataset, tmp_path, capsys):
     out = tmp_path / "cv"
-    assert main(["train", str(dataset), "--out", str(out), "--folds", "2", "--cnn-epochs", "1",
+    assert main(["train", str(phantom_dataset), "--out", str(out), "--folds", "2", "--cnn-epochs", "1",
                  "--head-epochs", "1", "--val-fraction", "0", "--batch-size", "8"]) == 0
     metrics = json.loads((out / "cross_validation" / "metrics.json").read_text())
     assert sorted(p["patient"] for p in metrics["predictions"]) == sorted(
@@ -81,9 +68,9 @@ def test_cross_validation_pools_held_out_predictions(dataset, tmp_path, capsys):
     assert "Average" in capsys.readouterr().out
 
 
-def test_unet_from_studies_to_edge_segmenter(dataset, tmp_path, capsys):
+def test_unet_from_studies_to_edge_segmenter(phantom_dataset, tmp_path, capsys):
     pairs, run, tflite = tmp_path / "pairs", tmp_path / "unet", tmp_path / "unet.tflite"
-    studies = [str(dataset / c / f"{c}-{k}") for c in LESIONS for k in range(2)]
+    studies = [str(phantom_dataset / c / f"{c}-{k}") for c in LESIONS for k in range(2)]
     assert main(["train-unet", str(pairs), "--out", str(run), "--from-studies", *studies, "--epochs", "1"]) == 0
     metrics = json.loads((run / "unet_metrics.json").read_text())
     assert metrics["n_val"] > 0 and 0.0 <= metrics["val_dice"] <= 1.0
