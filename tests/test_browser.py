@@ -4,6 +4,7 @@ log in, upload the bundled COVID-19_P002 study, wait on the status page, read th
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -20,6 +21,15 @@ ALL_IMAGES_LOADED = "[...document.images].every(i => i.complete && i.naturalWidt
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is absent: install Debian's "
                                                                "chromium package (apt-get install chromium)")
+
+
+def wait_until(page, expression: str, timeout_s: float = 30.0) -> None:
+    """Poll a JavaScript expression from the test: Playwright's wait_for_function evaluates it with
+    eval() inside the page, which the server's Content-Security-Policy rightly forbids."""
+    deadline = time.monotonic() + timeout_s
+    while not page.evaluate(expression):
+        assert time.monotonic() < deadline, f"timed out waiting for {expression}"
+        page.wait_for_timeout(100)
 
 
 @pytest.fixture
@@ -63,13 +73,13 @@ def test_upload_a_real_study_and_read_the_verdict(page, tmp_path):
         assert page.inner_text("#viewer-label") != label
 
         assert page.locator("#heatmaps img").count() == len(api["heatmaps"])
-        page.wait_for_function(ALL_IMAGES_LOADED)
+        wait_until(page, ALL_IMAGES_LOADED)
         page.screenshot(path=str(tmp_path / "result-page.png"), full_page=True)
 
         page.click("text=one-page report")
-        page.wait_for_function("document.getElementById('slice-label').textContent.startsWith('slice')")
+        wait_until(page, "document.getElementById('slice-label').textContent.startsWith('slice')")
         assert page.inner_text("#verdict") == verdict
-        page.wait_for_function(ALL_IMAGES_LOADED)
+        wait_until(page, ALL_IMAGES_LOADED)
         page.go_back()
         page.click("text=History")
         assert page.locator(f"#history a[href='/studies/{study_id}']").count() == 1
@@ -91,7 +101,7 @@ def test_folder_upload_and_a_refused_file(page, tmp_path):
 
         page.set_input_files("#files", str(tmp_path / "notes.txt"))
         page.click("#submit")
-        page.wait_for_function("document.getElementById('upload-text').textContent.includes('notes.txt')")
+        wait_until(page, "document.getElementById('upload-text').textContent.includes('notes.txt')")
         assert "none of the 1 uploaded files is DICOM" in page.inner_text("#upload-text")
 
         page.set_input_files("#files", [])
