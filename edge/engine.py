@@ -39,7 +39,7 @@ class Engine:
         self.segmenter = segmenter
         self.limits = limits
         self.heatmaps_per_group = heatmaps_per_group
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
 
     @classmethod
     def from_bundle(cls, bundle: str | Path = DEFAULT_BUNDLE, variant: str = "int8", threads: int | None = None,
@@ -76,7 +76,7 @@ class Engine:
         """Run one study and write its result folder (see ``edge.report.write_result``); return the
         result document: the ``ctedge predict --json`` object plus heatmaps and slice images."""
         with self._lock:
-            result = run_study(source, self.classifier, self.options, self.segmenter, self.limits)
+            result = self.run(source)
             start = time.perf_counter()
             heatmaps = []
             if self.explainer is not None:

@@ -121,6 +121,7 @@ class PreparedStudy:
 
     volume: Volume
     lung_mask: np.ndarray     # (n, 256, 256) bool
+    windowed: np.ndarray      # (n, 256, 256) uint8 lung window, before CLAHE and masking: for display
     images: np.ndarray        # (n, 256, 256) uint8 model inputs (CLAHE, lungs masked if asked)
     selection: Selection
     plans: list[np.ndarray]   # group plans over the kept slices (see group_plan)
@@ -148,11 +149,12 @@ def prepare_study(source: str | Path | Sequence[str | Path], options: PipelineOp
     if not selection.keep.any():
         raise NoLungFoundError(source_name(source), f"no slice with lung found by the {selection.method!r} selection")
     with _timed(t, "window_clahe"):
-        images = clahe(lung_window(hu256), options.clahe_clip)
+        windowed = lung_window(hu256)
+        images = clahe(windowed, options.clahe_clip)
         if options.mask_lungs:
             images = np.where(mask, images, 0).astype(np.uint8)
     plans = group_plan(int(selection.keep.sum()), options.group_size)
-    return PreparedStudy(volume, mask, images, selection, plans, t)
+    return PreparedStudy(volume, mask, windowed, images, selection, plans, t)
 
 
 def run_study(source: str | Path | Sequence[str | Path], classifier: GroupClassifier | None = None,

@@ -18,7 +18,6 @@ import numpy as np
 from edge import CLASSES
 from edge.explain import SliceHeatmap, overlay
 from edge.pipeline import StudyResult
-from edge.preprocess.window import lung_window, resize_slices
 
 EXPLANATION_METHOD = ("Grad-CAM on the last convolution of the float32 CNN encoder, for the verdict class, "
                       "computed on the edge runtime; slices ranked by how much the class score drops when the "
@@ -32,7 +31,7 @@ def write_result(result: StudyResult, heatmaps: list[SliceHeatmap], out_dir: Pat
     (out_dir / "heatmaps").mkdir(parents=True, exist_ok=True)
     (out_dir / "slices").mkdir(exist_ok=True)
     doc = result.to_dict()
-    display = lung_window(resize_slices(result.volume.hu))
+    display = result.prepared.windowed
     doc["slice_png"] = []
     for i, image in enumerate(display):
         name = f"slices/{i:04d}.png"

@@ -15,7 +15,6 @@ import numpy as np
 import tf_keras as keras
 
 from edge.pipeline import PipelineOptions, prepare_study
-from edge.preprocess.window import lung_window, resize_slices
 from training.data import DatasetError
 from training.models import build_unet, dice_coefficient, dice_loss
 
@@ -27,10 +26,9 @@ def export_pairs(studies: list[Path], out_root: Path, every: int = 2) -> int:
     count = 0
     for study in studies:
         prepared = prepare_study(study, PipelineOptions())
-        windowed = lung_window(resize_slices(prepared.volume.hu))
         for i in prepared.selection.kept_indices[::every]:
             name = f"{study.name}_{i:04d}.png"
-            cv2.imwrite(str(out_root / "images" / name), windowed[i])
+            cv2.imwrite(str(out_root / "images" / name), prepared.windowed[i])
             cv2.imwrite(str(out_root / "masks" / name), prepared.lung_mask[i].astype(np.uint8) * 255)
             count += 1
     return count
