@@ -6,7 +6,6 @@ holds the TFLite interpreters (loaded once) behind a lock, since an interpreter 
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Sequence
@@ -47,8 +46,7 @@ class Engine:
                     segmenter: LungSegmenter | None = None) -> Engine:
         """Load a model bundle (``model.json`` + TFLite files); heatmaps when the bundle has explain models."""
         classifier = TFLiteClassifier(bundle, variant, threads, edgetpu=edgetpu)
-        card = json.loads((Path(bundle) / "model.json").read_text())
-        explainer = GradCam(bundle, card, threads) if card.get("explain") else None
+        explainer = GradCam(bundle, classifier.card, threads) if classifier.card.get("explain") else None
         return cls(classifier, options, explainer, segmenter)
 
     @classmethod

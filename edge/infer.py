@@ -69,6 +69,7 @@ class TFLiteClassifier:
         if files is None:
             raise ModelLoadError(card_path, f"no {variant!r} variant; available: {', '.join(card.get('variants', {}))}")
         self.variant = variant
+        self.card = card
         self.encoder = load_interpreter(bundle / files["encoder"], threads, edgetpu=edgetpu)
         self.head = load_interpreter(bundle / files["head"], threads)
         self.info = ModelInfo(name=card["name"], version=f"{card['version']} ({variant})",

@@ -99,11 +99,8 @@ def _unique(path: Path) -> Path:
 
 
 def _unpack(archive: Path, limits: Limits) -> None:
-    target = _unique(archive.with_suffix(""))
-    try:
-        extract_zip(archive, target, limits)
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError, NotImplementedError) as exc:
-        raise UploadError(archive, f"not a readable zip archive ({type(exc).__name__})") from None
+    """Unpack beside itself; a damaged or unsafe zip is a StudyError from ``extract_zip``."""
+    extract_zip(archive, _unique(archive.with_suffix("")), limits)
     archive.unlink()
 
 
