@@ -10,15 +10,15 @@ from collections.abc import Callable
 from dataclasses import asdict, replace
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
 from edge import CLASSES, __version__
 from edge.errors import UserError
 from edge.engine import DEFAULT_BUNDLE, Engine
-from edge.pipeline import PipelineOptions
-from edge.profile import load_profile
-from edge.preprocess.segment import TFLiteSegmenter
+from edge.ingest import configure_pydicom
+from edge.profile import default_profile, load_profile
 from edge.preprocess.select import METHODS
 from edge.selection_report import evaluate_study, format_table, read_labels
 from edge.server.command import add_serve
@@ -42,33 +42,37 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
     p.add_argument("--out", type=Path, default=None, help="write the result folder (report.html, heatmaps) here")
     p.add_argument("--config", type=Path, default=None,
-                   help="device profile (firmware_config/*.yaml): model, delegate, threads and pipeline settings; "
+                   help="device profile (firmware_config/*.yaml): model, delegate, threads and vote threshold; "
                         "the options below override it")
-    p.add_argument("--selection", choices=METHODS, default=None, help=SELECTION_HELP)
-    p.add_argument("--no-mask", action="store_true", help="do not black out non-lung pixels in the model input")
+    p.add_argument("--selection", choices=METHODS, default=None,
+                   help=SELECTION_HELP + ". The preprocessing comes from the model card: a rule other than the "
+                                         "card's is refused")
+    p.add_argument("--no-mask", action="store_true",
+                   help="do not black out non-lung pixels (refused unless the model was trained that way)")
     p.add_argument("--override", type=float, default=None,
                    help="a group's covid/other_pneumonia probability above this overrides a healthy majority (default 0.9)")
     p.add_argument("--model", type=Path, default=None,
                    help="TFLite model bundle folder (model.json); default: the bundled demonstration model")
     p.add_argument("--variant", default=None, help="bundle variant to run: int8 (default) or float32")
     p.add_argument("--threads", type=int, default=None, help="interpreter threads (default: all cores)")
-    p.add_argument("--segmenter", type=Path, default=None,
-                   help="a U-Net .tflite from ctedge quantize-unet instead of the classical lung segmenter")
+    p.add_argument("--segmenter", default=None,
+                   help="'threshold' or a U-Net .tflite; must be the segmenter the model card names (checked)")
     p.set_defaults(func=cmd_predict)
 
 
 def predict_engine(args: argparse.Namespace) -> Engine:
-    """The engine that ``predict`` options describe: a device profile, overridden by explicit flags."""
-    profile = load_profile(args.config) if args.config else None
-    options = PipelineOptions(**asdict(profile.pipeline)) if profile else PipelineOptions()
-    flags = {"selection": args.selection, "override": args.override, "mask_lungs": False if args.no_mask else None}
-    options = replace(options, **{k: v for k, v in flags.items() if v is not None})
-    return Engine.from_bundle(
-        args.model or (profile.model.bundle if profile else DEFAULT_BUNDLE),
-        args.variant or (profile.model.variant if profile else "int8"),
-        args.threads or (profile.threads if profile else None),
-        edgetpu=bool(profile and profile.model.delegate == "edgetpu"), options=options,
-        segmenter=TFLiteSegmenter(args.segmenter, threads=args.threads) if args.segmenter else None)
+    """The engine that ``predict`` options describe: a device profile (or the defaults), overridden
+    by explicit flags; pipeline flags are checked against the model card like profile keys."""
+    profile = load_profile(args.config) if args.config else default_profile(DEFAULT_BUNDLE)
+    model = {"bundle": args.model, "variant": args.variant, "threads": args.threads}
+    profile = replace(profile, model=replace(profile.model, **{k: v for k, v in model.items() if v is not None}))
+    flags: dict[str, tuple[Any, str]] = {}
+    for key, value, flag in (("selection", args.selection, "--selection"), ("override", args.override, "--override"),
+                             ("mask_lungs", False if args.no_mask else None, "--no-mask"),
+                             ("segmenter", args.segmenter, "--segmenter")):
+        if value is not None:
+            flags[key] = (value, flag)
+    return Engine.from_profile(profile, flags)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -85,8 +89,8 @@ def summary(d: dict) -> str:
     """A short human-readable report of one result document."""
     model = d["model"]
     lines = []
-    if model["placeholder"] or model["demonstration"]:
-        lines.append(f"*** {'PLACEHOLDER' if model['placeholder'] else 'DEMONSTRATION'} MODEL - NOT FOR CLINICAL USE ***")
+    if model["banner"]:
+        lines.append(f"*** {model['banner']} ***")
         lines.append(f"    {model['note']}")
     lines.append(f"Verdict: {d['label']}   ({d['decision_rule']})")
     lines.append("Probabilities: " + "  ".join(f"{c} {d['probabilities'][c]:.3f}" for c in CLASSES))
@@ -130,26 +134,35 @@ def cmd_evaluate_selection(args: argparse.Namespace) -> int:
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_predict, add_evaluate_selection, add_serve, add_watch]
 
 
-def plugin_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
+def plugin_commands(command: str | None) -> list[Callable[[argparse._SubParsersAction], None]]:
     """Subcommands contributed by the training and quantize packages (entry point group
-    ``ctedge.commands``), so that ``edge`` never imports them: dependencies point one way."""
-    return [ep.load() for ep in sorted(entry_points(group="ctedge.commands"), key=lambda ep: ep.name)]
+    ``ctedge.commands``), so that ``edge`` never imports them: dependencies point one way. Only the
+    plugin of ``command`` is loaded (all of them when it names none, for the help)."""
+    plugins = sorted(entry_points(group="ctedge.commands"), key=lambda ep: ep.name)
+    chosen = [ep for ep in plugins if ep.name == command]
+    return [ep.load() for ep in chosen or plugins]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The ``ctedge`` parser for ``argv``: the edge commands, and the plugin command it names."""
     parser = argparse.ArgumentParser(prog="ctedge", description="Chest-CT pneumonia triage on edge devices "
                                      f"(classes: {', '.join(CLASSES)}).")
     parser.add_argument("--version", action="version", version=f"ctedge {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in COMMANDS + plugin_commands():
+    for add in COMMANDS:
         add(sub)
+    command = next((a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")), None)
+    if command not in sub.choices:
+        for add in plugin_commands(command):
+            add(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv).parse_args(argv)
+    configure_pydicom()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         return args.func(args)

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
-from dataclasses import asdict
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from edge import CLASSES
+from edge.card import ModelCard, TrainingRange, load_card
 from edge.explain import GradCam
 from edge.infer import GroupClassifier, ModelInfo, TFLiteClassifier
 from edge.ingest import Limits
-from edge.pipeline import PipelineOptions, StudyResult, run_study
-from edge.preprocess.segment import LungSegmenter
+from edge.options import PipelineOptions, apply_settings
+from edge.pipeline import StudyResult, run_study
+from edge.preprocess.segment import LungSegmenter, TFLiteSegmenter
 from edge.profile import Profile
 from edge.report import write_result
 
@@ -31,30 +33,41 @@ class Engine:
 
     def __init__(self, classifier: GroupClassifier, options: PipelineOptions = PipelineOptions(),
                  explainer: GradCam | None = None, segmenter: LungSegmenter | None = None,
-                 limits: Limits = Limits(), heatmaps_per_group: int = 3):
+                 limits: Limits = Limits(), heatmaps_per_group: int = 3,
+                 training_range: TrainingRange = TrainingRange()):
         self.classifier = classifier
         self.options = options
         self.explainer = explainer
         self.segmenter = segmenter
         self.limits = limits
         self.heatmaps_per_group = heatmaps_per_group
+        self.training_range = training_range
         self._lock = threading.RLock()
 
     @classmethod
-    def from_bundle(cls, bundle: str | Path = DEFAULT_BUNDLE, variant: str = "int8", threads: int | None = None,
-                    edgetpu: bool = False, options: PipelineOptions = PipelineOptions(),
-                    segmenter: LungSegmenter | None = None) -> Engine:
-        """Load a model bundle (``model.json`` + TFLite files); heatmaps when the bundle has explain models."""
-        classifier = TFLiteClassifier(bundle, variant, threads, edgetpu=edgetpu)
-        explainer = GradCam(bundle, classifier.card, threads) if classifier.card.get("explain") else None
-        return cls(classifier, options, explainer, segmenter)
+    def from_bundle(cls, bundle: str | Path | ModelCard = DEFAULT_BUNDLE, variant: str = "int8",
+                    threads: int | None = None, edgetpu: bool = False,
+                    settings: Mapping[str, tuple[Any, str]] | None = None) -> Engine:
+        """Load a model bundle (``model.json`` + TFLite files); heatmaps when the bundle has explain
+        models. The pipeline options come from the card; ``settings`` (``{key: (value, where)}``, from
+        a profile or flags) may change the vote threshold and must agree with the card otherwise."""
+        card = bundle if isinstance(bundle, ModelCard) else load_card(bundle)
+        settings = {k: (_card_segmenter(v, card) if k == "segmenter" else v, where)
+                    for k, (v, where) in (settings or {}).items()}
+        options = apply_settings(card.preprocessing, card.path, settings)
+        classifier = TFLiteClassifier(card, variant, threads, edgetpu=edgetpu)
+        explainer = GradCam(card, threads) if card.explain else None
+        segmenter = None if options.segmenter == "threshold" else \
+            TFLiteSegmenter(card.bundle / options.segmenter, threads=threads)
+        return cls(classifier, options, explainer, segmenter, training_range=card.training_range)
 
     @classmethod
-    def from_profile(cls, profile: Profile) -> Engine:
-        """The model, delegate, threads and pipeline settings of a validated device profile."""
+    def from_profile(cls, profile: Profile, flags: Mapping[str, tuple[Any, str]] | None = None) -> Engine:
+        """The model, delegate, threads and pipeline settings of a validated device profile; ``flags``
+        (command-line settings, same form as the profile's) are applied after the profile's."""
         return cls.from_bundle(profile.model.bundle, profile.model.variant, profile.threads,
                                edgetpu=profile.model.delegate == "edgetpu",
-                               options=PipelineOptions(**asdict(profile.pipeline)))
+                               settings=profile.pipeline_settings() | dict(flags or {}))
 
     @classmethod
     def default(cls) -> Engine:
@@ -68,7 +81,7 @@ class Engine:
     def run(self, source: Source) -> StudyResult:
         """Read, preprocess, classify and vote one study (raises StudyError subclasses on bad input)."""
         with self._lock:
-            return run_study(source, self.classifier, self.options, self.segmenter, self.limits)
+            return run_study(source, self.classifier, self.options, self.segmenter, self.limits, self.training_range)
 
     def analyse(self, source: Source, out_dir: Path) -> dict:
         """Run one study and write its result folder (see ``edge.report.write_result``); return the
@@ -83,3 +96,12 @@ class Engine:
                 result.timings_ms["explain"] = (time.perf_counter() - start) * 1000.0
                 result.timings_ms["total"] += result.timings_ms["explain"]
         return write_result(result, heatmaps, out_dir, explained=self.explainer is not None)
+
+
+def _card_segmenter(value: Any, card: ModelCard) -> Any:
+    """A segmenter setting given as a path names the card's own U-Net when the files are identical."""
+    bundled = card.preprocessing.segmenter
+    if value == "threshold" or bundled == "threshold":
+        return value
+    given = Path(str(value))
+    return bundled if given.is_file() and given.read_bytes() == (card.bundle / bundled).read_bytes() else value

@@ -21,12 +21,12 @@ score when that slice alone is replaced by a black slice. Heatmaps explain the f
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
+from edge.card import ModelCard
 from edge.errors import ModelLoadError
 from edge.runtime import invoke_all, load_interpreter
 
@@ -42,13 +42,12 @@ class SliceHeatmap:
 class GradCam:
     """Grad-CAM with the bundle's ``explain`` models; see the module docstring."""
 
-    def __init__(self, bundle: str | Path, card: dict, threads: int | None = None):
-        files = card.get("explain")
+    def __init__(self, card: ModelCard, threads: int | None = None):
+        files = card.explain
         if not files:
-            raise ModelLoadError(Path(bundle) / "model.json", "no 'explain' models: re-export the bundle with "
-                                                             "ctedge quantize to get heatmaps")
-        self.encoder = load_interpreter(Path(bundle) / files["encoder"], threads)
-        self.head = load_interpreter(Path(bundle) / files["head"], threads)
+            raise ModelLoadError(card.path, "no 'explain' models: re-export the bundle with ctedge quantize to get heatmaps")
+        self.encoder = load_interpreter(card.bundle / files["encoder"], threads)
+        self.head = load_interpreter(card.bundle / files["head"], threads)
         self.layer = files["layer"]
         self._black: np.ndarray | None = None
 

@@ -3,14 +3,13 @@ trained model is installed."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-from edge import CLASSES
+from edge.card import PLACEHOLDER_BANNER, ModelCard, load_card
 from edge.errors import ModelLoadError
 from edge.runtime import invoke, load_interpreter
 
@@ -22,13 +21,18 @@ class ModelInfo:
     demonstration: bool
     placeholder: bool
     note: str
+    banner: str = ""          # the warning every output of this model shows ('' for a clinical model)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def of(cls, card: ModelCard, variant: str) -> ModelInfo:
+        return cls(card.name, f"{card.version} ({variant})", card.demonstration, card.placeholder, card.note, card.banner)
+
 
 class GroupClassifier(Protocol):
-    """Turns one group of (50, 256, 256) uint8 slices into probabilities over CLASSES."""
+    """Turns one group of (group size, size, size) uint8 slices into probabilities over CLASSES."""
 
     info: ModelInfo
 
@@ -42,7 +46,7 @@ class PlaceholderClassifier:
     info = ModelInfo(
         name="placeholder-uniform", version="0", demonstration=True, placeholder=True,
         note="Placeholder, not a classifier: every group gets probability 1/3 for each class. "
-             "Install a trained model to get a real verdict. Not for clinical use.",
+             "Install a trained model to get a real verdict. Not for clinical use.", banner=PLACEHOLDER_BANNER,
     )
 
     def predict(self, group: np.ndarray) -> np.ndarray:
@@ -50,34 +54,30 @@ class PlaceholderClassifier:
 
 
 class TFLiteClassifier:
-    """The CNN encoder + biLSTM head as two TFLite models, described by a ``model.json`` bundle card.
+    """The CNN encoder + biLSTM head as two TFLite models, described by the bundle's model card.
 
     The encoder takes a whole group (static batch = group size) and returns one feature vector per
-    slice; the head turns the (1, group size, features) sequence into class probabilities.
+    slice; the head turns the (1, group size, features) sequence into class probabilities. The
+    encoder's input shape must be the card's (group size, input size, input size, 1).
     """
 
-    def __init__(self, bundle: str | Path, variant: str = "int8", threads: int | None = None, edgetpu: bool = False):
-        bundle = Path(bundle)
-        card_path = bundle / "model.json"
-        try:
-            card = json.loads(card_path.read_text())
-        except (OSError, ValueError) as exc:
-            raise ModelLoadError(card_path, f"cannot read the model card ({exc})") from exc
-        if tuple(card.get("classes", ())) != CLASSES:
-            raise ModelLoadError(card_path, f"classes {card.get('classes')} differ from {list(CLASSES)}")
-        files = card.get("variants", {}).get(variant)
-        if files is None:
-            raise ModelLoadError(card_path, f"no {variant!r} variant; available: {', '.join(card.get('variants', {}))}")
+    def __init__(self, bundle: str | Path | ModelCard, variant: str = "int8", threads: int | None = None,
+                 edgetpu: bool = False):
+        self.card = bundle if isinstance(bundle, ModelCard) else load_card(bundle)
+        files = self.card.files(variant)
         self.variant = variant
-        self.card = card
-        self.encoder = load_interpreter(bundle / files["encoder"], threads, edgetpu=edgetpu)
-        self.head = load_interpreter(bundle / files["head"], threads)
-        self.info = ModelInfo(name=card["name"], version=f"{card['version']} ({variant})",
-                              demonstration=bool(card.get("demonstration", True)), placeholder=False,
-                              note=card.get("note", ""))
+        self.encoder = load_interpreter(files["encoder"], threads, edgetpu=edgetpu)
+        self.head = load_interpreter(files["head"], threads)
+        p = self.card.preprocessing
+        expected = (p.group_size, p.input_size, p.input_size, 1)
+        shape = tuple(int(d) for d in self.encoder.get_input_details()[0]["shape"])
+        if shape != expected:
+            raise ModelLoadError(files["encoder"], f"input shape {shape} does not match the model card "
+                                                   f"{self.card.path} (group_size, input_size): {expected}")
+        self.info = ModelInfo.of(self.card, variant)
 
     def features(self, group: np.ndarray) -> np.ndarray:
-        """Per-slice encoder features of one (group size, 256, 256) uint8 group."""
+        """Per-slice encoder features of one (group size, size, size) uint8 group."""
         return invoke(self.encoder, group[..., None])
 
     def predict(self, group: np.ndarray) -> np.ndarray:

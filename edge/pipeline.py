@@ -17,20 +17,15 @@ from edge import CLASSES, __version__
 from edge.errors import NoLungFoundError
 from edge.infer import GroupClassifier, PlaceholderClassifier
 from edge.ingest import Limits, Volume, load_study, source_name
-from edge.preprocess.group import GROUP_SIZE, assemble, group_plan
+from edge.card import TrainingRange
+from edge.options import PipelineOptions
+from edge.preprocess.group import assemble, group_plan, position_sources
 from edge.preprocess.segment import LungSegmenter, ThresholdSegmenter
 from edge.preprocess.select import Selection, select_slices
 from edge.preprocess.window import clahe, lung_window, resize_slices
 from edge.vote import Verdict, patient_verdict
 
-
-@dataclass(frozen=True)
-class PipelineOptions:
-    selection: str = "lung-extent"
-    mask_lungs: bool = True
-    group_size: int = GROUP_SIZE
-    override: float = 0.9
-    clahe_clip: float = 2.0
+__all__ = ["PipelineOptions", "PreparedStudy", "StudyResult", "prepare_study", "run_study"]
 
 
 @dataclass
@@ -43,6 +38,11 @@ class GroupResult:
     @property
     def label(self) -> str:
         return CLASSES[int(np.argmax(self.probabilities))]
+
+    def slot_sources(self, slot: int, kept: np.ndarray) -> list[tuple[int, float]]:
+        """The volume indices and weights of the real slices blended into position ``slot`` of this
+        group (one slice with weight 1 unless the group is interpolated; none for padding)."""
+        return [(int(kept[i]), w) for i, w in position_sources(self.plan[slot])]
 
 
 @dataclass
@@ -98,7 +98,8 @@ class StudyResult:
             "slices_dropped": [{"index": i, "file": v.files[i], "z": z[i], "reason": sel.reasons[i]}
                                for i in range(v.n_slices) if not sel.keep[i]],
             "series": {"chosen": v.series_uid,
-                       "skipped": [{"uid": s.uid, "n_files": s.n_files, "reason": s.reason} for s in v.skipped_series]},
+                       "skipped": [{"uid": s.uid, "n_files": s.n_files, "code": s.code, "reason": s.reason}
+                                   for s in v.skipped_series]},
             "input": {"n_files": v.n_files, "hu_exact": v.hu_exact, "pixel_spacing_mm": v.pixel_spacing_mm,
                       "slice_thickness_mm": v.slice_thickness_mm},
             "warnings": list(v.warnings),
@@ -120,15 +121,15 @@ class PreparedStudy:
     """A study preprocessed up to model input: what training and inference share."""
 
     volume: Volume
-    lung_mask: np.ndarray     # (n, 256, 256) bool
-    windowed: np.ndarray      # (n, 256, 256) uint8 lung window, before CLAHE and masking: for display
-    images: np.ndarray        # (n, 256, 256) uint8 model inputs (CLAHE, lungs masked if asked)
+    lung_mask: np.ndarray     # (n, size, size) bool
+    windowed: np.ndarray      # (n, size, size) uint8 lung window, before CLAHE and masking: for display
+    images: np.ndarray        # (n, size, size) uint8 model inputs (CLAHE, lungs masked if asked)
     selection: Selection
     plans: list[np.ndarray]   # group plans over the kept slices (see group_plan)
     timings_ms: dict[str, float]
 
     def groups(self) -> list[np.ndarray]:
-        """The (group_size, 256, 256) uint8 groups fed to the classifier."""
+        """The (group_size, size, size) uint8 groups fed to the classifier."""
         kept = self.images[self.selection.kept_indices]
         return [assemble(kept, plan) for plan in self.plans]
 
@@ -141,7 +142,7 @@ def prepare_study(source: str | Path | Sequence[str | Path], options: PipelineOp
     with _timed(t, "read"):
         volume = load_study(source, limits)
     with _timed(t, "resize"):
-        hu256 = resize_slices(volume.hu)
+        hu256 = resize_slices(volume.hu, options.input_size)
     with _timed(t, "segment"):
         mask = segmenter.segment(hu256)
     with _timed(t, "select"):
@@ -149,7 +150,7 @@ def prepare_study(source: str | Path | Sequence[str | Path], options: PipelineOp
     if not selection.keep.any():
         raise NoLungFoundError(source_name(source), f"no slice with lung found by the {selection.method!r} selection")
     with _timed(t, "window_clahe"):
-        windowed = lung_window(hu256)
+        windowed = lung_window(hu256, options.window)
         images = clahe(windowed, options.clahe_clip)
         if options.mask_lungs:
             images = np.where(mask, images, 0).astype(np.uint8)
@@ -159,10 +160,13 @@ def prepare_study(source: str | Path | Sequence[str | Path], options: PipelineOp
 
 def run_study(source: str | Path | Sequence[str | Path], classifier: GroupClassifier | None = None,
               options: PipelineOptions = PipelineOptions(), segmenter: LungSegmenter | None = None,
-              limits: Limits = Limits()) -> StudyResult:
-    """Read, preprocess, group, classify and vote one study; raises StudyError subclasses on bad input."""
+              limits: Limits = Limits(), training_range: TrainingRange = TrainingRange()) -> StudyResult:
+    """Read, preprocess, group, classify and vote one study; raises StudyError subclasses on bad input.
+    A study whose geometry lies outside ``training_range`` gets a warning."""
     classifier = classifier or PlaceholderClassifier()
     prepared = prepare_study(source, options, segmenter, limits)
+    v = prepared.volume
+    v.warnings.extend(training_range.warnings(v.slice_thickness_mm, v.pixel_spacing_mm))
     t = prepared.timings_ms
     with _timed(t, "group"):
         batches = prepared.groups()
@@ -177,6 +181,4 @@ def run_study(source: str | Path | Sequence[str | Path], classifier: GroupClassi
 
 
 def _sources(plan: np.ndarray, kept: np.ndarray) -> np.ndarray:
-    pos = plan[~np.isnan(plan)]
-    idx = np.unique(np.concatenate([np.floor(pos), np.ceil(pos)]).astype(int))
-    return kept[idx]
+    return kept[np.unique([i for pos in plan for i, _ in position_sources(pos)])]

@@ -7,7 +7,6 @@ file and the key. Relative paths in a profile are relative to the profile's own 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import typing
 from dataclasses import dataclass, field
@@ -16,8 +15,9 @@ from typing import Any, Literal
 
 import yaml
 
-from edge.errors import UserError
-from edge.preprocess.select import METHODS
+from edge.card import load_card
+from edge.errors import ModelLoadError, UserError
+from edge.options import PipelineOptions
 
 
 class ProfileError(UserError):
@@ -30,15 +30,6 @@ class ModelSettings:
     variant: str = "int8"                          # a variant listed in model.json
     delegate: Literal["none", "edgetpu"] = "none"  # edgetpu: the encoder runs on a Coral via libedgetpu
     threads: int = 0                               # 0 = all cores
-
-
-@dataclass(frozen=True)
-class PipelineSettings:
-    selection: str = "lung-extent"
-    mask_lungs: bool = True
-    group_size: int = 50
-    override: float = 0.9
-    clahe_clip: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -68,14 +59,28 @@ class Profile:
     name: str
     description: str
     model: ModelSettings
-    pipeline: PipelineSettings = field(default_factory=PipelineSettings)
+    pipeline: PipelineOptions = field(default_factory=PipelineOptions)
     server: ServerSettings = field(default_factory=ServerSettings)
     watcher: WatcherSettings = field(default_factory=WatcherSettings)
     source: Path = Path()
+    pipeline_keys: frozenset[str] = frozenset()    # the pipeline keys the file sets (checked against the card)
 
     @property
     def threads(self) -> int:
         return self.model.threads or os.cpu_count() or 1
+
+    def pipeline_settings(self) -> dict[str, tuple[object, str]]:
+        """The pipeline keys this profile sets, as ``{key: (value, "FILE: pipeline.KEY")}`` for
+        ``edge.options.apply_settings``."""
+        return {k: (getattr(self.pipeline, k), f"{self.source}: pipeline.{k}") for k in sorted(self.pipeline_keys)}
+
+
+INTERNAL_FIELDS = ("source", "pipeline_keys")
+
+
+def default_profile(bundle: Path) -> Profile:
+    """A profile with every default and the given model bundle (what ``ctedge predict`` uses without --config)."""
+    return Profile(name="default", description="defaults", model=ModelSettings(bundle=bundle))
 
 
 def load_profile(path: str | Path) -> Profile:
@@ -88,7 +93,7 @@ def load_profile(path: str | Path) -> Profile:
     except yaml.YAMLError as exc:
         raise ProfileError(path, f"is not valid YAML ({exc})") from exc
     profile = _build(Profile, raw, path, "", path.parent)
-    profile = dataclasses.replace(profile, source=path)
+    profile = dataclasses.replace(profile, source=path, pipeline_keys=frozenset(raw.get("pipeline") or {}))
     _check(profile, path)
     return profile
 
@@ -96,7 +101,7 @@ def load_profile(path: str | Path) -> Profile:
 def _build(cls: type, raw: Any, path: Path, prefix: str, base: Path) -> Any:
     if not isinstance(raw, dict):
         raise ProfileError(path, f"{prefix or 'the profile'} must be a mapping, got {type(raw).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in INTERNAL_FIELDS}
     unknown = sorted(set(raw) - set(fields))
     if unknown:
         raise ProfileError(path, f"unknown key {prefix + unknown[0]!r}; allowed: {', '.join(fields)}")
@@ -108,7 +113,10 @@ def _build(cls: type, raw: Any, path: Path, prefix: str, base: Path) -> Any:
                and f.default_factory is dataclasses.MISSING]
     if missing:
         raise ProfileError(path, f"missing key {prefix + missing[0]!r}")
-    return cls(**values)
+    try:
+        return cls(**values)
+    except ValueError as exc:
+        raise ProfileError(path, f"{prefix.rstrip('.') or 'the profile'}: {exc}") from exc
 
 
 def _convert(hint: Any, value: Any, path: Path, key: str, base: Path) -> Any:
@@ -133,22 +141,15 @@ def _convert(hint: Any, value: Any, path: Path, key: str, base: Path) -> Any:
 
 
 def _check(profile: Profile, path: Path) -> None:
-    card = profile.model.bundle / "model.json"
-    if not card.is_file():
-        raise ProfileError(path, f"model.bundle: no model card at {card}")
-    variants = json.loads(card.read_text()).get("variants", {})
-    if profile.model.variant not in variants:
-        hint = " (compile the int8 encoder with edgetpu_compiler, see README)" if profile.model.variant == "edgetpu" else ""
-        raise ProfileError(path, f"model.variant: {card} has no {profile.model.variant!r} variant{hint}; "
-                                 f"available: {', '.join(variants)}")
-    for part, name in variants[profile.model.variant].items():
-        if not (profile.model.bundle / name).is_file():
-            raise ProfileError(path, f"model.bundle: {part} model file {profile.model.bundle / name} is missing")
-    if profile.pipeline.selection not in METHODS:
-        raise ProfileError(path, f"pipeline.selection must be one of {', '.join(METHODS)}")
-    if not 0.5 <= profile.pipeline.override <= 1.0:
-        raise ProfileError(path, "pipeline.override must be between 0.5 and 1.0")
-    for key, value in (("model.threads", profile.model.threads), ("pipeline.group_size", profile.pipeline.group_size),
+    try:
+        card = load_card(profile.model.bundle)
+    except ModelLoadError as exc:
+        raise ProfileError(path, f"model.bundle: {exc}") from exc
+    try:
+        card.files(profile.model.variant)
+    except ModelLoadError as exc:
+        raise ProfileError(path, f"model.variant: {exc}") from exc
+    for key, value in (("model.threads", profile.model.threads),
                        ("server.workers", profile.server.workers), ("server.queue_size", profile.server.queue_size),
                        ("server.max_upload_mb", profile.server.max_upload_mb)):
         if value < (0 if key == "model.threads" else 1):

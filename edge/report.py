@@ -40,13 +40,19 @@ def write_result(result: StudyResult, heatmaps: list[SliceHeatmap], out_dir: Pat
     kept = result.selection.kept_indices
     doc["heatmaps"] = []
     for n, h in enumerate(heatmaps, start=1):
-        index = int(kept[int(round(result.groups[h.group].plan[h.slot]))])
+        sources = result.groups[h.group].slot_sources(h.slot, kept)
+        index = max(sources, key=lambda s: s[1])[0]
+        picture = sum(w * display[i].astype(np.float32) for i, w in sources)
+        where = f"slice {index}" if len(sources) == 1 else \
+            "blend of slices " + " + ".join(f"{i} ({w:.2f})" for i, w in sources)
         name = f"heatmaps/{n}.png"
-        cv2.imwrite(str(out_dir / name), _captioned(overlay(display[index], h.heatmap),
-                                                    f"{doc['label']} | group {h.group} | slice {index} | "
-                                                    f"share {h.share:.2f}", result.classifier.info.demonstration))
+        cv2.imwrite(str(out_dir / name), _captioned(overlay(np.rint(picture).astype(np.uint8), h.heatmap),
+                                                    f"{doc['label']} | group {h.group} | {where} | share {h.share:.2f}",
+                                                    result.classifier.info.banner))
         doc["heatmaps"].append({"n": n, "group": h.group, "slice_index": index, "file": result.volume.files[index],
-                                "share": round(h.share, 4), "png": name})
+                                "sources": [{"slice_index": i, "file": result.volume.files[i], "weight": round(w, 4)}
+                                            for i, w in sources],
+                                "interpolated": len(sources) > 1, "share": round(h.share, 4), "png": name})
     doc["explanation"] = {"class": doc["label"], "method": EXPLANATION_METHOD if explained else None}
     if not explained:
         doc["warnings"].append("no heatmaps: the model has no explain models (re-export it with ctedge quantize)")
@@ -60,9 +66,9 @@ def render_report(doc: dict, base_url: str = "") -> str:
     return _TEMPLATES.get_template("report.html").render(doc=doc, classes=CLASSES, base=base_url)
 
 
-def _captioned(picture: np.ndarray, text: str, demonstration: bool) -> np.ndarray:
-    """The picture with a caption bar underneath (and the demonstration warning when it applies)."""
-    lines = [text] + (["DEMONSTRATION MODEL - NOT FOR CLINICAL USE"] if demonstration else [])
+def _captioned(picture: np.ndarray, text: str, banner: str) -> np.ndarray:
+    """The picture with a caption bar underneath (and the model's warning banner, if any)."""
+    lines = [text] + ([banner] if banner else [])
     bar = np.zeros((16 * len(lines) + 4, picture.shape[1], 3), np.uint8)
     for i, line in enumerate(lines):
         cv2.putText(bar, line, (4, 14 + 16 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.36, (255, 255, 255), 1, cv2.LINE_AA)

@@ -12,6 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edge.errors import UserError
 from edge.ingest import Volume, load_study
 from edge.preprocess.segment import LungSegmenter, ThresholdSegmenter
 from edge.preprocess.select import METHODS, Selection, select_slices
@@ -34,14 +35,28 @@ class Retention:
         return self.infected_kept / self.infected if self.infected else None
 
 
+class LabelsError(UserError):
+    """A slice-labels CSV that cannot be used."""
+
+
 def read_labels(path: str | Path) -> dict[tuple[str, str], int]:
-    """Slice labels CSV (columns ``patient_folder``, ``file``, ``infection``) -> {(folder, file): 0/1}."""
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    """Slice labels CSV (columns ``patient_folder``, ``file``, ``infection``) -> {(folder, file): 0/1}.
+    The one reader of slice labels; LabelsError names the file and the row."""
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise LabelsError(path, f"cannot be read as a CSV ({exc})") from exc
     missing = {"patient_folder", "file", "infection"} - set(rows[0] if rows else {})
     if missing:
-        raise ValueError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
-    return {(r["patient_folder"], r["file"]): int(r["infection"]) for r in rows}
+        raise LabelsError(path, f"missing column(s) {', '.join(sorted(missing))} "
+                                "(expected patient_folder,file,infection)")
+    labels = {}
+    for row_number, r in enumerate(rows, start=2):
+        if r["infection"] not in ("0", "1"):
+            raise LabelsError(path, f"row {row_number}: infection must be 0 or 1, got {r['infection']!r}")
+        labels[(r["patient_folder"], r["file"])] = int(r["infection"])
+    return labels
 
 
 def evaluate_study(study: Path, labels: dict[tuple[str, str], int], out_dir: Path | None,

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.card import load_card
 from edge.infer import TFLiteClassifier
 from edge.pipeline import prepare_study, run_study
 from quantize.fidelity import bundle_sizes, compare
@@ -58,23 +59,23 @@ class KerasClassifier:
     """The float Keras encoder + head of a run folder, called like a TFLiteClassifier."""
 
     def __init__(self, run: Path):
-        import tf_keras as keras
+        from training.train import load_run_models
 
-        self.encoder = keras.models.load_model(run / "encoder.keras")
-        self.head = keras.models.load_model(run / "head.keras")
+        self.encoder, self.head = load_run_models(run)
         self.flops_per_group = self.head.input_shape[1] * keras_flops(self.encoder) + keras_flops(self.head)
 
     def predict(self, group: np.ndarray) -> np.ndarray:
-        feats = self.encoder(group[..., None].astype(np.float32), training=False)
-        return self.head(feats[None], training=False).numpy()[0]
+        from training.models import predict_group
+
+        return predict_group(self.encoder, self.head, group)
 
 
 def bench(study: Path, bundle: Path, keras_run: Path | None, repeats: int, threads: int | None) -> dict:
     """Run every variant on the groups of ``study`` and return the benchmark document."""
     threads = threads or os.cpu_count() or 1
-    card = json.loads((bundle / "model.json").read_text())
-    int8 = TFLiteClassifier(bundle, "int8", threads)
-    predictors = {"tflite_float32": TFLiteClassifier(bundle, "float32", threads).predict, "tflite_int8": int8.predict}
+    card = load_card(bundle)
+    int8 = TFLiteClassifier(card, "int8", threads)
+    predictors = {"tflite_float32": TFLiteClassifier(card, "float32", threads).predict, "tflite_int8": int8.predict}
     errors, flops = {}, None
     try:
         if keras_run is None:
@@ -86,10 +87,10 @@ def bench(study: Path, bundle: Path, keras_run: Path | None, repeats: int, threa
         errors["keras"] = "TensorFlow is not installed (pip install 'ctedge[train]')"
     except (FileNotFoundError, OSError) as exc:
         errors["keras"] = str(exc)
-    groups = prepare_study(study).groups()
+    groups = prepare_study(study, card.preprocessing).groups()
     reference = "keras" if "keras" in predictors else "tflite_float32"
     results = compare(predictors, [groups], reference, repeats)
-    sizes = bundle_sizes(bundle, card)
+    sizes = bundle_sizes(card)
     variants = {name: {"ms_per_group_median": r["ms_per_group_median"], "ms_per_group_min": r["ms_per_group_min"],
                        "size_bytes": sizes.get(name.removeprefix("tflite_")),
                        f"agreement_with_{reference}": r["top1_agreement"], "max_prob_diff": r["max_abs_prob_diff"]}
@@ -106,7 +107,7 @@ def bench(study: Path, bundle: Path, keras_run: Path | None, repeats: int, threa
         "size_ratio_float32_vs_int8": round(sizes["float32"] / sizes["int8"], 2),
         "flops_per_group": flops, "cpu_peak_gflops_float32_gemm": round(peak, 1),
         "fraction_of_peak": {n: round(flops / (ms / 1000) / 1e9 / peak, 3) for n, ms in median.items()} if flops else None,
-        "end_to_end_ms_by_stage_int8": run_study(study, int8).to_dict()["timings_ms"],
+        "end_to_end_ms_by_stage_int8": run_study(study, int8, card.preprocessing).to_dict()["timings_ms"],
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
 

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 from pathlib import Path
 
+from edge.card import DEMONSTRATION_NOTE
 from training.cli import NO_NETWORK, _require_tensorflow
-
-DEMO_NOTE = ("Demonstration model trained on very few patients; it shows the pipeline working end to end "
-             "and has no clinical validity. Not for clinical use.")
 
 
 def add_quantize(sub: argparse._SubParsersAction) -> None:
@@ -29,56 +26,24 @@ def add_quantize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--version", default="0.1.0")
     p.add_argument("--max-slices", type=int, default=500, help="calibration slices at most (100-500 advised)")
     p.add_argument("--clinical", action="store_true", help="do not mark the bundle as a demonstration model")
-    p.add_argument("--note", default=DEMO_NOTE)
+    p.add_argument("--note", default=DEMONSTRATION_NOTE)
     p.set_defaults(func=cmd_quantize)
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
     _require_tensorflow()
-    import tf_keras as keras
+    from quantize.bundle import quantize_run
 
-    import numpy as np
-
-    from edge import CLASSES
-    from edge.infer import TFLiteClassifier
-    from edge.pipeline import PipelineOptions
-    from quantize.convert import export_bundle
-    from quantize.fidelity import bundle_sizes, compare, format_table
-    from quantize.onnx_export import OnnxEncoder, validate_encoder_onnx
-    from training.data import discover
-    from training.train import prepare_records
-
-    encoder = keras.models.load_model(args.run / "encoder.keras")
-    head = keras.models.load_model(args.run / "head.keras")
-    studies = [p.study.groups() for p in prepare_records(discover(args.calibration), PipelineOptions())]
-    groups = [g for study in studies for g in study]
-    groups = groups[:max(1, args.max_slices // len(groups[0]))]
-    train_config = json.loads((args.run / "config.json").read_text()) if (args.run / "config.json").exists() else {}
-    card = {"name": args.name, "version": args.version, "classes": list(CLASSES),
-            "demonstration": not args.clinical, "note": args.note if not args.clinical else "",
-            "calibration": {"studies": str(args.calibration), "groups": len(groups)},
-            "trained_with": train_config, "converted_with": "ctedge " + shlex.join(sys.argv[1:])}
-    export_bundle(encoder, head, args.out, card, groups)
-    print(f"bundle: {args.out}/model.json ({len(groups)} calibration groups)")
-    card = json.loads((args.out / "model.json").read_text())
-    predictors = {"keras": lambda g: head(encoder(g[..., None].astype(np.float32), training=False)[None],
-                                          training=False).numpy()[0]}
-    predictors |= {f"tflite_{v}": TFLiteClassifier(args.out, v).predict for v in card["variants"]}
-    onnx_encoder = OnnxEncoder(args.out / card["onnx"]["file"])
-    predictors["onnx_encoder"] = lambda g: head(onnx_encoder.features(g)[None], training=False).numpy()[0]
-    results = compare(predictors, studies, reference="keras")
-    check = validate_encoder_onnx(args.out / card["onnx"]["file"], encoder, head, [g for s in studies for g in s])
-    results["onnx_encoder"].update({k: check[k] for k in ("max_abs_feature_diff", "feature_scale")})
-    (args.out / "fidelity.json").write_text(json.dumps(
-        {"reference": "keras float32", "studies": len(studies), "groups": sum(map(len, studies)),
-         "variants": results, "sizes_bytes": bundle_sizes(args.out, card)}, indent=2))
-    table = format_table(results, bundle_sizes(args.out, card))
-    (args.out / "fidelity.txt").write_text(table + "\n")
-    print(table)
-    if not card["edgetpu"]["compiled"]:
-        print(f"Edge TPU: not compiled ({card['edgetpu']['reason']}); run: {card['edgetpu']['command']}")
-    print(f"ONNX encoder for TensorRT: {args.out / card['onnx']['file']} (opset {card['onnx']['opset']}); "
-          f"on the Jetson, in the bundle folder: {card['onnx']['trtexec']}")
+    result = quantize_run(args.run, args.calibration, args.out, args.name, args.version, args.max_slices,
+                          args.clinical, args.note, command="ctedge " + shlex.join(sys.argv[1:]))
+    card = result.card
+    print(f"bundle: {card.path} ({card.extra['calibration']['groups']} calibration groups)")
+    print(result.table)
+    edgetpu, onnx = card.extra["edgetpu"], card.extra["onnx"]
+    if not edgetpu["compiled"]:
+        print(f"Edge TPU: not compiled ({edgetpu['reason']}); run: {edgetpu['command']}")
+    print(f"ONNX encoder for TensorRT: {card.bundle / onnx['file']} (opset {onnx['opset']}); "
+          f"on the Jetson, in the bundle folder: {onnx['trtexec']}")
     return 0
 
 

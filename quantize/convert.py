@@ -7,7 +7,6 @@ UNIDIRECTIONAL_SEQUENCE_LSTM ops that quantise fully.
 
 from __future__ import annotations
 
-import json
 import shlex
 import shutil
 import subprocess
@@ -20,6 +19,8 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from edge.card import CARD_FILE, ModelCard, parse_card, write_card
+from edge.errors import UserError
 from quantize.onnx_export import export_and_validate
 from training.gradcam import LAST_CONV
 
@@ -56,17 +57,21 @@ def convert(model: tf.Module, input_shape: tuple[int, ...], variant: str,
 
 
 def export_bundle(encoder: tf.Module, head: tf.Module, out_dir: Path, card: dict,
-                  calibration_groups: list[np.ndarray], variants: Iterable[str] = VARIANTS) -> Path:
+                  calibration_groups: list[np.ndarray], variants: Iterable[str] = VARIANTS) -> ModelCard:
     """Write ``encoder_<variant>.tflite``, ``head_<variant>.tflite``, ``encoder.onnx`` (for TensorRT,
     validated with onnxruntime, see ``quantize.onnx_export``) and ``model.json`` to ``out_dir``.
 
-    ``calibration_groups`` are real preprocessed (group_size, 256, 256) uint8 groups; the head is
+    ``calibration_groups`` are real preprocessed (group_size, size, size) uint8 groups; the head is
     calibrated on the Keras encoder's features of the same groups. ``card`` holds name, version,
-    demonstration flag, note and provenance; the file names are added to it.
+    demonstration flag, note, preprocessing, training range and provenance; the files are added to it.
+    The groups must have the card's group size and input size.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    group_size = calibration_groups[0].shape[0]
-    enc_shape = (group_size, 256, 256, 1)
+    options = card["preprocessing"]
+    enc_shape = (options["group_size"], options["input_size"], options["input_size"], 1)
+    if calibration_groups[0].shape != enc_shape[:3] or tuple(encoder.input_shape[1:]) != enc_shape[1:]:
+        raise UserError(out_dir, f"calibration groups {calibration_groups[0].shape} and encoder input "
+                                 f"{tuple(encoder.input_shape[1:])} do not match the card's preprocessing {enc_shape}")
     groups = [g[..., None].astype(np.float32) for g in calibration_groups]
     features = [encoder(g, training=False).numpy()[None] for g in groups]
     files = {}
@@ -77,13 +82,14 @@ def export_bundle(encoder: tf.Module, head: tf.Module, out_dir: Path, card: dict
         files[variant] = {"encoder": f"encoder_{variant}.tflite", "head": f"head_{variant}.tflite"}
         (out_dir / files[variant]["encoder"]).write_bytes(enc)
         (out_dir / files[variant]["head"]).write_bytes(hd)
-    card = dict(card, group_size=group_size, input_size=256, variants=files,
+    card = dict(card, variants=files,
                 explain=export_explain_models(encoder, head, out_dir, enc_shape, (1,) + features[0].shape[1:]))
     if "int8" in files:
         card["edgetpu"] = compile_for_edgetpu(out_dir, files)
     card["onnx"] = export_and_validate(encoder, head, out_dir, calibration_groups, [f[0] for f in features])
-    (out_dir / "model.json").write_text(json.dumps(card, indent=2))
-    return out_dir
+    parsed = parse_card(card, out_dir / CARD_FILE)
+    write_card(parsed)
+    return parsed
 
 
 def _full_range(group: np.ndarray) -> np.ndarray:

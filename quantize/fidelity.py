@@ -6,10 +6,10 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
-
 import numpy as np
 from tqdm import tqdm
+
+from edge.card import ModelCard
 
 Predict = Callable[[np.ndarray], np.ndarray]
 
@@ -45,9 +45,9 @@ def _seconds(predict: Predict, group: np.ndarray) -> float:
     return time.perf_counter() - start
 
 
-def bundle_sizes(bundle: Path, card: dict) -> dict[str, int]:
+def bundle_sizes(card: ModelCard) -> dict[str, int]:
     """Bytes on disk of each variant (encoder + head)."""
-    return {v: sum((bundle / f).stat().st_size for f in files.values()) for v, files in card["variants"].items()}
+    return {v: sum((card.bundle / f).stat().st_size for f in files.values()) for v, files in card.variants.items()}
 
 
 def format_table(results: dict[str, dict], sizes: dict[str, int] | None = None, reference: str = "keras") -> str:

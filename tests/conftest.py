@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import pytest
@@ -21,10 +20,12 @@ def shared_data() -> Path:
     return SHARED
 
 
-def read_slice_labels(path: Path) -> dict[tuple[str, str], int]:
-    """(patient_folder, file) -> 1 if the radiologists marked infection on that slice."""
-    with open(path, newline="") as f:
-        return {(r["patient_folder"], r["file"]): int(r["infection"]) for r in csv.DictReader(f)}
+@pytest.fixture(scope="session", autouse=True)
+def _pydicom_as_the_command_sets_it():
+    """The ``ctedge`` command configures pydicom at start-up (not at import); so do the tests."""
+    from edge.ingest import configure_pydicom
+
+    configure_pydicom()
 
 
 @pytest.fixture(autouse=True)

@@ -5,6 +5,7 @@ import shutil
 
 import cv2
 import numpy as np
+import pytest
 
 from edge.cli import main
 from edge.engine import DEFAULT_BUNDLE, Engine
@@ -36,7 +37,7 @@ def test_predict_out_writes_report_heatmaps_and_slices(capsys, tmp_path):
     assert "explain" in doc["timings_ms"]
     html = (out / "report.html").read_text()
     assert f'<strong id="verdict">{doc["label"]}</strong>' in html
-    assert "Demonstration model, not for clinical use" in html
+    assert doc["model"]["banner"] == "DEMONSTRATION MODEL - NOT FOR CLINICAL USE" and doc["model"]["banner"] in html
     assert all(f'src="{h["png"]}"' in html for h in doc["heatmaps"])
 
 
@@ -63,15 +64,33 @@ def test_a_bundle_without_explain_models_still_gives_a_verdict(tmp_path):
 def test_profile_settings_reach_the_pipeline_and_flags_override_them(capsys, tmp_path):
     profile = tmp_path / "device.yaml"
     profile.write_text(f"name: t\ndescription: t\nmodel:\n  bundle: {DEFAULT_BUNDLE}\n  variant: float32\n"
-                       "  threads: 1\npipeline:\n  selection: rahimzadeh\n")
+                       "  threads: 1\npipeline:\n  override: 0.6\n  selection: lung-extent\n")
     engine = Engine.from_profile(load_profile(profile))
-    assert engine.options.selection == "rahimzadeh" and "(float32)" in engine.info.version
-    assert main(["predict", str(STUDY), "--config", str(profile), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["selection"] == "rahimzadeh"
-    assert main(["predict", str(STUDY), "--config", str(profile), "--selection", "seed-area", "--variant", "int8",
-                 "--json"]) == 0
-    doc = json.loads(capsys.readouterr().out)
-    assert doc["selection"] == "seed-area" and "(int8)" in doc["model"]["version"]
+    assert engine.options.override == 0.6 and "(float32)" in engine.info.version
+    assert engine.options.selection == "lung-extent", "a key equal to the card's value is accepted"
+    assert Engine.from_profile(load_profile(profile), {"override": (0.75, "--override")}).options.override == 0.75
+    assert main(["predict", str(STUDY), "--config", str(profile), "--variant", "int8", "--json"]) == 0
+    assert "(int8)" in json.loads(capsys.readouterr().out)["model"]["version"]
+
+
+CARD = DEFAULT_BUNDLE / "model.json"
+
+
+@pytest.mark.parametrize("pipeline, flags, where, key, card_value", [
+    ("  group_size: 40\n", [], "device.yaml: pipeline.group_size", "group_size = 40", "group_size = 50"),
+    ("  selection: rahimzadeh\n", [], "device.yaml: pipeline.selection", "selection = 'rahimzadeh'",
+     "selection = 'lung-extent'"),
+    ("  clahe_clip: 3.0\n", [], "device.yaml: pipeline.clahe_clip", "clahe_clip = 3.0", "clahe_clip = 2.0"),
+    ("  override: 0.8\n", ["--no-mask"], "--no-mask", "mask_lungs = False", "mask_lungs = True"),
+    ("  override: 0.8\n", ["--selection", "seed-area"], "--selection", "selection = 'seed-area'",
+     "selection = 'lung-extent'"),
+])
+def test_settings_that_contradict_the_model_card_are_refused(capsys, tmp_path, pipeline, flags, where, key, card_value):
+    profile = tmp_path / "device.yaml"
+    profile.write_text(f"name: t\ndescription: t\nmodel:\n  bundle: {DEFAULT_BUNDLE}\npipeline:\n{pipeline}")
+    assert main(["predict", str(STUDY), "--config", str(profile), *flags]) == 2
+    err = capsys.readouterr().err
+    assert where in err and key in err and f"{CARD}, which says {card_value}" in err, err
 
 
 def test_a_prediction_does_not_depend_on_the_groups_before_it():

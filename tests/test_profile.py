@@ -65,8 +65,8 @@ BASE = "name: x\ndescription: y\nmodel:\n  bundle: model\n"
     (BASE + "pipeline:\n  mask_lungs: 1\n", "pipeline.mask_lungs must be bool"),
     (BASE + "model:\n  bundle: model\n  delegate: gpu\n", "model.delegate must be one of none, edgetpu"),
     ("name: x\ndescription: y\n", "missing key 'model'"),
-    ("name: x\ndescription: y\nmodel:\n  bundle: nowhere\n", "model.bundle: no model card"),
-    (BASE + "pipeline:\n  selection: all\n", "pipeline.selection must be one of"),
+    ("name: x\ndescription: y\nmodel:\n  bundle: nowhere\n", "cannot read the model card"),
+    (BASE + "pipeline:\n  selection: all\n", "pipeline: selection must be one of"),
     (BASE + "  variant: int4\n", "no 'int4' variant"),
     ("name: [unclosed\n", "not valid YAML"),
 ])

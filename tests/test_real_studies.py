@@ -7,7 +7,8 @@ from scipy import ndimage
 from edge.ingest import load_study
 from edge.pipeline import run_study
 from edge.preprocess.group import group_plan
-from tests.conftest import STUDIES, read_slice_labels
+from edge.selection_report import read_labels
+from tests.conftest import STUDIES
 
 EXPECTED_SLICES = {"COVID-19_P002": 133, "CAP_cap002": 131, "Normal_normal001": 154}
 
@@ -61,7 +62,7 @@ def test_default_selection_drops_slices_without_lung_and_groups_follow_the_rule(
 
 @pytest.mark.parametrize("name", ["COVID-19_P002", "CAP_cap002"])
 def test_default_selection_keeps_the_infected_slices(shared_data, name):
-    labels = read_slice_labels(shared_data / "slice_labels.csv")
+    labels = read_labels(shared_data / "slice_labels.csv")
     r = run_study(shared_data / name)
     infected = [f for (p, f), y in labels.items() if p == name and y == 1]
     used = {s["file"] for s in r.to_dict()["slices_used"]}

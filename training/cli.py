@@ -64,21 +64,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"models: {args.out}/encoder.keras, {args.out}/head.keras; split: {json.dumps(result.split)}")
     val = [r for r in records if r.patient in result.split.get("val", [])]
     if val:
-        print(evaluate_run(result.encoder, result.head, val, args.out / "evaluation")["table"])
+        print(evaluate_run(result.encoder, result.head, val, args.out / "evaluation", config.preprocessing)["table"])
     return 0
 
 
 def _cross_validate(records, out: Path, config, k: int) -> int:
     from training.data import patient_kfold, patient_split
     from training.evaluate import report_predictions
-    from training.train import PipelineOptions, patient_predictions, prepare_records, train_classifier
+    from training.train import patient_predictions, prepare_records, train_classifier
 
     predictions = []
     for i, (train, held_out) in enumerate(patient_kfold(records, k, config.seed)):
         # Early stopping watches patients carved from the training folds, never the held-out fold.
         inner = patient_split(train, val_fraction=config.val_fraction, seed=config.seed)
         result = train_classifier(train, out / f"fold{i}", config, inner)
-        predictions += patient_predictions(result.encoder, result.head, prepare_records(held_out, PipelineOptions()))
+        predictions += patient_predictions(result.encoder, result.head, prepare_records(held_out, config.preprocessing),
+                                           config.preprocessing.override)
     print(report_predictions(predictions, out / "cross_validation")["table"])
     return 0
 
@@ -91,7 +92,8 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("data", type=Path, help="folder tree or CSV of labelled studies")
     p.add_argument("--run", type=Path, required=True, help="run folder written by ctedge train")
     p.add_argument("--out", type=Path, default=None, help="folder for metrics and plots (default RUN/evaluation)")
-    p.add_argument("--override", type=float, default=0.9)
+    p.add_argument("--override", type=float, default=None,
+                   help="vote threshold (default: the one the run was trained with, 0.9 unless changed)")
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -99,12 +101,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     _require_tensorflow()
     import tf_keras as keras
 
+    from dataclasses import replace
+
     from training.data import discover
     from training.evaluate import evaluate_run
+    from training.train import load_run_models, read_run_preprocessing
 
-    encoder = keras.models.load_model(args.run / "encoder.keras")
-    head = keras.models.load_model(args.run / "head.keras")
-    report = evaluate_run(encoder, head, discover(args.data), args.out or args.run / "evaluation", args.override)
+    options, _ = read_run_preprocessing(args.run)
+    if args.override is not None:
+        options = replace(options, override=args.override)
+    encoder, head = load_run_models(args.run)
+    report = evaluate_run(encoder, head, discover(args.data), args.out or args.run / "evaluation", options)
     print(report["table"])
     return 0
 

@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 
 from edge import CLASSES
+from edge.errors import UserError
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError):
     """A dataset folder or CSV that cannot be used; the message names the file or row."""
 
 
@@ -32,38 +33,44 @@ def discover(source: str | Path) -> list[StudyRecord]:
     classes: dict[str, str] = {}
     for r in records:
         if classes.setdefault(r.patient, r.label) != r.label:
-            raise DatasetError(f"{source}: patient {r.patient!r} is listed under {classes[r.patient]!r} and {r.label!r}")
+            raise DatasetError(source, f"patient {r.patient!r} is listed under {classes[r.patient]!r} and {r.label!r}")
     if not records:
-        raise DatasetError(f"{source}: no studies found")
+        raise DatasetError(source, "no studies found (expected <root>/<class>/<patient>/... or a CSV patient,class,path)")
     return sorted(records, key=lambda r: (r.label, r.patient, str(r.path)))
 
 
 def _from_tree(root: Path) -> list[StudyRecord]:
     if not root.is_dir():
-        raise DatasetError(f"{root}: not a folder or a .csv file")
+        raise DatasetError(root, "not a folder or a .csv file")
     records = []
     for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         if class_dir.name not in CLASSES:
-            raise DatasetError(f"{class_dir}: unknown class folder; expected one of {', '.join(CLASSES)}")
+            raise DatasetError(class_dir, f"unknown class folder; expected one of {', '.join(CLASSES)}")
         records += [StudyRecord(p.name, class_dir.name, p) for p in sorted(class_dir.iterdir())
                     if p.is_dir() and not p.name.startswith(".")]
     return records
 
 
 def _from_csv(path: Path) -> list[StudyRecord]:
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        missing = {"patient", "class", "path"} - set(reader.fieldnames or [])
-        if missing:
-            raise DatasetError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
-        records = []
-        for row_number, row in enumerate(reader, start=2):
-            if row["class"] not in CLASSES:
-                raise DatasetError(f"{path}, row {row_number}: unknown class {row['class']!r}")
-            study = Path(row["path"]) if Path(row["path"]).is_absolute() else path.parent / row["path"]
-            if not study.exists():
-                raise DatasetError(f"{path}, row {row_number}: {study} does not exist")
-            records.append(StudyRecord(row["patient"], row["class"], study))
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+            columns = set(rows[0]) if rows else set()
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DatasetError(path, f"cannot be read as a CSV ({exc})") from exc
+    missing = {"patient", "class", "path"} - columns
+    if missing:
+        raise DatasetError(path, f"missing column(s) {', '.join(sorted(missing))} (expected patient,class,path)")
+    records = []
+    for row_number, row in enumerate(rows, start=2):
+        if row["class"] not in CLASSES:
+            raise DatasetError(path, f"row {row_number}: unknown class {row['class']!r}; expected one of {', '.join(CLASSES)}")
+        if not row["path"]:
+            raise DatasetError(path, f"row {row_number}: empty path")
+        study = Path(row["path"]) if Path(row["path"]).is_absolute() else path.parent / row["path"]
+        if not study.exists():
+            raise DatasetError(path, f"row {row_number}: {study} does not exist")
+        records.append(StudyRecord(row["patient"], row["class"], study))
     return records
 
 
@@ -98,7 +105,7 @@ def patient_kfold(records: Sequence[StudyRecord], k: int = 5, seed: int = 0) -> 
     """k (train, validation) folds by patient, each class's patients dealt round-robin over the folds."""
     n_patients = len({r.patient for r in records})
     if not 2 <= k <= n_patients:
-        raise DatasetError(f"k={k} folds need 2 <= k <= number of patients ({n_patients})")
+        raise DatasetError("--folds", f"k={k} folds need 2 <= k <= number of patients ({n_patients})")
     fold_of: dict[str, int] = {}
     offset = 0
     for patients in _patients_by_class(records, seed).values():

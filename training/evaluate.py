@@ -8,22 +8,24 @@ from pathlib import Path
 import numpy as np
 
 from edge import CLASSES
-from edge.pipeline import PipelineOptions
+from edge.card import DEMONSTRATION_BANNER
+from edge.options import PipelineOptions
 from training.data import StudyRecord
 from training.metrics import classification_report, format_table2
 from training.plots import plot_confusion, plot_roc
 from training.train import patient_predictions, prepare_records
 
-DEMO_NOTE = "demonstration model - not for clinical use"
+DEMO_NOTE = DEMONSTRATION_BANNER.lower()
 
 
-def evaluate_run(encoder, head, records: list[StudyRecord], out_dir: Path, override: float = 0.9,
+def evaluate_run(encoder, head, records: list[StudyRecord], out_dir: Path, options: PipelineOptions,
                  note: str = DEMO_NOTE) -> dict:
     """Metrics, ROC and confusion plots at group and patient level; writes ``metrics.json`` to ``out_dir``.
+    ``options`` are the run's (``training.train.read_run_preprocessing``), its vote threshold included.
 
     Returns ``{"group": report, "patient": report, "predictions": [...], "table": text}``.
     """
-    predictions = patient_predictions(encoder, head, prepare_records(records, PipelineOptions()), override)
+    predictions = patient_predictions(encoder, head, prepare_records(records, options), options.override)
     return report_predictions(predictions, out_dir, note)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 from tf_keras import layers
@@ -31,6 +32,13 @@ def build_encoder(input_shape: tuple[int, int, int] = (256, 256, 1),
         x = layers.Conv2D(f, 3, padding="same", activation="relu", name=f"conv{i}")(x)
         pooled.append(layers.Flatten(name=f"gmp{i}")(layers.MaxPooling2D(tuple(x.shape[1:3]))(x)))
     return keras.Model(inputs, layers.Concatenate(name="features")(pooled), name="encoder")
+
+
+def predict_group(encoder: keras.Model, head: keras.Model, group: np.ndarray) -> np.ndarray:
+    """Class probabilities (3,) of one (group size, H, W) uint8 group with the Keras encoder and head:
+    the one way training, evaluation, explanation, conversion and the benchmark run the float model."""
+    features = encoder(group[..., None].astype(np.float32), training=False)
+    return head(features[None], training=False).numpy()[0]
 
 
 def build_slice_classifier(encoder: keras.Model, n_classes: int = 3, dropout: float = 0.3) -> keras.Model:

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.pipeline import PipelineOptions
 from edge.selection_report import read_labels
 from training.data import StudyRecord
 from training.metrics import roc_auc
@@ -34,7 +33,7 @@ def run(studies: list[Path], labels_csv: Path, out_dir: Path, config: TrainConfi
     """Leave-one-patient-out folds; returns per-fold AUCs and writes ``slice_auc.json`` and ROC plots."""
     labels = read_labels(labels_csv)
     records = [StudyRecord(s.name, "covid", s) for s in studies]
-    prepared = prepare_records(records, PipelineOptions(selection=config.selection))
+    prepared = prepare_records(records, config.preprocessing)
     data = {p.record.patient: labelled_slices(p, labels) for p in prepared}
     folds = []
     for held_out in data:

@@ -17,11 +17,16 @@ import tf_keras as keras
 from tqdm import tqdm
 
 from edge import CLASSES
-from edge.pipeline import PipelineOptions, PreparedStudy, prepare_study
+from edge.card import DEMONSTRATION_BANNER, TrainingRange
+from edge.errors import UserError
+from edge.options import PipelineOptions
+from edge.pipeline import PreparedStudy, prepare_study
 from edge.vote import patient_verdict
 from training.augment import augment_group, mixup, random_augment
 from training.data import StudyRecord, class_weights, one_hot, patient_split
-from training.models import build_encoder, build_head, build_slice_classifier
+from training.models import build_encoder, build_head, build_slice_classifier, predict_group
+
+PREPROCESSING_FILE = "preprocessing.json"
 from training.optimizers import Lamb
 from training.plots import plot_training_curves
 
@@ -42,7 +47,7 @@ class TrainConfig:
     lstm_units: int = 64
     val_fraction: float = 0.2
     seed: int = 0
-    selection: str = "lung-extent"
+    preprocessing: PipelineOptions = field(default_factory=PipelineOptions)   # becomes the model card's
 
 
 @dataclass
@@ -121,7 +126,8 @@ def train_slice_model(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarra
                       n_classes: int, config: TrainConfig, run_dir: Path) -> tuple[keras.Model, keras.Model, dict]:
     """Stage 1: train encoder + softmax on slices. Returns (encoder, slice classifier, history)."""
     keras.utils.set_random_seed(config.seed)
-    encoder = build_encoder(filters=config.filters)
+    size = config.preprocessing.input_size
+    encoder = build_encoder(input_shape=(size, size, 1), filters=config.filters)
     model = build_slice_classifier(encoder, n_classes=n_classes)
     model.compile(optimizer=make_optimizer(config), loss="categorical_crossentropy", metrics=["accuracy"])
     weights = class_weights([CLASSES[i] for i in y_train]) if n_classes == len(CLASSES) else None
@@ -171,8 +177,45 @@ def train_head_model(encoder: keras.Model, train: list[PreparedRecord], val: lis
 
 def predict_study(encoder: keras.Model, head: keras.Model, study: PreparedStudy) -> np.ndarray:
     """Group probabilities (G, 3) of one prepared study with the Keras models."""
-    feats = [encoder.predict(g[..., None].astype(np.float32), verbose=0, batch_size=50) for g in study.groups()]
-    return head.predict(np.stack(feats), verbose=0)
+    return np.stack([predict_group(encoder, head, g) for g in study.groups()])
+
+
+def load_run_models(run_dir: Path) -> tuple[keras.Model, keras.Model]:
+    """The Keras encoder and head of a run folder written by :func:`train_classifier`."""
+    models = []
+    for name in ("encoder.keras", "head.keras"):
+        path = run_dir / name
+        if not path.is_file():
+            raise UserError(path, "missing: not a run folder of ctedge train")
+        try:
+            models.append(keras.models.load_model(path))
+        except (OSError, ValueError) as exc:
+            raise UserError(path, f"cannot be loaded as a Keras model ({exc})") from exc
+    return models[0], models[1]
+
+
+def write_run_preprocessing(run_dir: Path, options: PipelineOptions, studies: list[PreparedStudy]) -> None:
+    """Save the options the run was trained with and the geometry range of its studies, which
+    ``ctedge quantize`` copies into the model card."""
+    volumes = [s.volume for s in studies]
+    ranges = TrainingRange.of([v.slice_thickness_mm for v in volumes if v.slice_thickness_mm is not None],
+                              [v.pixel_spacing_mm for v in volumes if v.pixel_spacing_mm is not None])
+    doc = {"preprocessing": asdict(options), "training_range": ranges.to_dict()}
+    (run_dir / PREPROCESSING_FILE).write_text(json.dumps(doc, indent=2))
+
+
+def read_run_preprocessing(run_dir: Path) -> tuple[PipelineOptions, TrainingRange]:
+    """The options and training range a run folder was trained with (see :func:`write_run_preprocessing`)."""
+    path = run_dir / PREPROCESSING_FILE
+    try:
+        doc = json.loads(path.read_text())
+        ranges = {k: v for k, v in doc["training_range"].items() if v}
+        return PipelineOptions(**doc["preprocessing"]), TrainingRange.of(ranges.get("slice_thickness_mm", []),
+                                                                         ranges.get("pixel_spacing_mm", []))
+    except FileNotFoundError as exc:
+        raise UserError(path, "missing: not a run folder of ctedge train (or trained before 0.3; retrain)") from exc
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(path, f"cannot be read ({type(exc).__name__}: {exc})") from exc
 
 
 def train_classifier(records: list[StudyRecord], run_dir: Path, config: TrainConfig = TrainConfig(),
@@ -181,8 +224,9 @@ def train_classifier(records: list[StudyRecord], run_dir: Path, config: TrainCon
     training curves to ``run_dir``."""
     run_dir.mkdir(parents=True, exist_ok=True)
     split = split or patient_split(records, val_fraction=config.val_fraction, seed=config.seed)
-    options = PipelineOptions(selection=config.selection)
+    options = config.preprocessing
     train, val = prepare_records(split["train"], options), prepare_records(split["val"], options)
+    write_run_preprocessing(run_dir, options, [p.study for p in train + val])
     x, y = slice_arrays(train)
     xv, yv = slice_arrays(val) if val else (np.zeros((0,) + x.shape[1:], np.uint8), np.zeros(0, int))
     encoder, _, h1 = train_slice_model(x, y, xv, yv, len(CLASSES), config, run_dir)
@@ -196,7 +240,7 @@ def train_classifier(records: list[StudyRecord], run_dir: Path, config: TrainCon
     (run_dir / "split.json").write_text(json.dumps(result.split, indent=2))
     for stage, history in result.history.items():
         plot_training_curves(history, run_dir / f"training_{stage}.png", title=f"Training, {stage} stage",
-                             note="demonstration model - not for clinical use" if len(records) < 30 else "")
+                             note=DEMONSTRATION_BANNER.lower() if len(records) < 30 else "")
     return result
 
 

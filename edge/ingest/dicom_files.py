@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import math
 import warnings
 from pathlib import Path
@@ -14,9 +13,8 @@ from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 
 from edge.errors import CorruptFileError, NoPixelDataError, NotDicomError, UnsupportedTransferSyntaxError
+from edge.ingest.pydicom_adapter import missing_decoder, truncation_warned
 
-pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE  # real scanners write odd UIDs
-logging.getLogger("pydicom").setLevel(logging.ERROR)  # its warnings carry full paths; ours name files only
 DICOMDIR_UID = "1.2.840.10008.1.3.10"
 
 
@@ -30,7 +28,7 @@ def read_header(path: Path) -> Dataset:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             ds = pydicom.dcmread(path, defer_size="64 KB")
-        if any("End of file reached" in str(w.message) for w in caught):
+        if truncation_warned(caught):
             raise CorruptFileError(path, "truncated: the file ends inside a data element")
     except InvalidDicomError:
         try:
@@ -94,13 +92,9 @@ def decode_hu(ds: Dataset, path: Path) -> np.ndarray:
     name = getattr(syntax, "name", str(syntax))
     try:
         pixels = ds.pixel_array
-    except NotImplementedError as exc:
-        raise UnsupportedTransferSyntaxError(path, f"transfer syntax {name!r} ({syntax}) has no installed decoder") from exc
-    except RuntimeError as exc:
-        if "plugin" in str(exc) or "not supported" in str(exc):
+    except Exception as exc:  # noqa: BLE001 - no decoder, truncated pixel data, wrong lengths, bad codestreams
+        if missing_decoder(exc):
             raise UnsupportedTransferSyntaxError(path, f"transfer syntax {name!r} ({syntax}) has no installed decoder") from exc
-        raise CorruptFileError(path, f"pixel data cannot be decoded ({exc})") from exc
-    except Exception as exc:  # noqa: BLE001 - truncated pixel data, wrong lengths, bad codestreams
         raise CorruptFileError(path, f"pixel data cannot be decoded ({type(exc).__name__}: {exc})") from exc
     if pixels.ndim != 2:
         raise CorruptFileError(path, f"expected one greyscale frame, got pixel array of shape {pixels.shape}")

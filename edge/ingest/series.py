@@ -33,7 +33,11 @@ class Series:
 class SkippedSeries:
     uid: str
     n_files: int
-    reason: str
+    code: str        # one of SKIP_CODES: what the code decides on
+    reason: str      # the sentence shown to people
+
+
+SKIP_CODES = ("not_ct", "localizer", "multi_frame", "not_axial", "single_slice", "not_chosen")
 
 
 @dataclass
@@ -63,21 +67,21 @@ def slice_normal(ds: Dataset) -> np.ndarray | None:
     return normal / norm if norm > 1e-6 else None
 
 
-def rejection_reason(series: Series) -> str | None:
-    """Why this series cannot be analysed, or None if it is a candidate."""
+def rejection(series: Series) -> tuple[str, str] | None:
+    """Why this series cannot be analysed, as (code, sentence), or None if it is a candidate."""
     ds = series.first
     modality = str(ds.get("Modality", "CT")) or "CT"
     if modality != "CT":
-        return f"modality {modality}, not CT"
+        return "not_ct", f"modality {modality}, not CT"
     if any("LOCALIZER" in str(t).upper() for t in ds.get("ImageType", [])):
-        return "localizer (scout) images"
+        return "localizer", "localizer (scout) images"
     if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-        return "multi-frame (enhanced) CT is not supported"
+        return "multi_frame", "multi-frame (enhanced) CT is not supported"
     normal = slice_normal(ds)
     if normal is not None and abs(normal[2]) < AXIAL_MIN_NZ:
-        return f"not axial (slice normal {np.round(normal, 2).tolist()})"
+        return "not_axial", f"not axial (slice normal {np.round(normal, 2).tolist()})"
     if len(series.items) < 2:
-        return "only one slice; a CT volume is needed"
+        return "single_slice", "only one slice; a CT volume is needed"
     return None
 
 
@@ -85,9 +89,9 @@ def select_series(all_series: list[Series]) -> tuple[Series | None, list[Skipped
     """Apply the selection rule; return the chosen series (or None) and the others with reasons."""
     skipped, candidates = [], []
     for s in all_series:
-        reason = rejection_reason(s)
-        if reason:
-            skipped.append(SkippedSeries(s.uid, len(s.items), reason))
+        why = rejection(s)
+        if why:
+            skipped.append(SkippedSeries(s.uid, len(s.items), *why))
         else:
             candidates.append(s)
     if not candidates:
@@ -95,8 +99,8 @@ def select_series(all_series: list[Series]) -> tuple[Series | None, list[Skipped
     candidates.sort(key=lambda s: (-len(s.items), float(s.first.get("SliceThickness", 0) or 0)))
     chosen = candidates[0]
     for s in candidates[1:]:
-        skipped.append(SkippedSeries(s.uid, len(s.items), f"not chosen: {len(s.items)} slices, "
-                                                          f"the chosen series has {len(chosen.items)}"))
+        skipped.append(SkippedSeries(s.uid, len(s.items), "not_chosen", f"not chosen: {len(s.items)} slices, "
+                                                                        f"the chosen series has {len(chosen.items)}"))
     return chosen, skipped
 
 

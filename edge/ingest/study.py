@@ -74,7 +74,7 @@ def load_study(source: str | Path | Sequence[str | Path], limits: Limits = Limit
 def _load_dicom(headers, source, warnings: list[str]) -> Volume:
     chosen, skipped = select_series(split_series(headers))
     if chosen is None:
-        single = [s for s in skipped if "only one slice" in s.reason]
+        single = [s for s in skipped if s.code == "single_slice"]
         if single:
             path = next(p for p, ds in headers if str(ds.get("SeriesInstanceUID", "(no SeriesInstanceUID)")) == single[0].uid)
             raise TooFewSlicesError(path, "the study's only CT series has a single slice; a CT volume is needed")

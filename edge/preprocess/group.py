@@ -29,6 +29,16 @@ def group_plan(n: int, size: int = GROUP_SIZE) -> list[np.ndarray]:
     return blocks + [np.linspace(start, n - 1, size)]
 
 
+def position_sources(pos: float) -> list[tuple[int, float]]:
+    """The slices (indices into the selected slices) and weights that :func:`assemble` blends at the
+    fractional position ``pos``: one slice with weight 1 at a whole position, two at a fractional
+    one, none for padding (NaN)."""
+    if np.isnan(pos):
+        return []
+    lo, w = int(np.floor(pos)), float(pos - np.floor(pos))
+    return [(lo, 1.0)] if w == 0 else [(lo, 1.0 - w), (lo + 1, w)]
+
+
 def assemble(slices: np.ndarray, plan: np.ndarray) -> np.ndarray:
     """Build one group from (n, H, W) slices by linear interpolation along z; NaN -> black slice."""
     out = np.zeros((len(plan),) + slices.shape[1:], np.float32)

@@ -8,6 +8,7 @@ import numpy as np
 LUNG_WINDOW: tuple[float, float] = (-1350.0, 150.0)
 """Lung window in HU: centre -600, width 1500."""
 MODEL_SIZE = 256
+AIR_HU = -1024.0
 
 
 def lung_window(hu: np.ndarray, window: tuple[float, float] = LUNG_WINDOW) -> np.ndarray:
@@ -17,8 +18,21 @@ def lung_window(hu: np.ndarray, window: tuple[float, float] = LUNG_WINDOW) -> np
     return np.rint(scaled).astype(np.uint8)
 
 
+def pad_square(volume: np.ndarray, fill: float = AIR_HU) -> np.ndarray:
+    """Pad an (n, H, W) volume with ``fill`` (air) on both sides of its shorter axis to (n, S, S),
+    S = max(H, W), so that resizing keeps the aspect ratio."""
+    n, h, w = volume.shape
+    if h == w:
+        return volume
+    s = max(h, w)
+    top, left = (s - h) // 2, (s - w) // 2
+    return np.pad(volume, ((0, 0), (top, s - h - top), (left, s - w - left)), constant_values=fill)
+
+
 def resize_slices(volume: np.ndarray, size: int = MODEL_SIZE) -> np.ndarray:
-    """Resize every slice of an (n, H, W) volume to float32 (n, size, size) with area averaging."""
+    """Resize every slice of an (n, H, W) volume to float32 (n, size, size) with area averaging;
+    a non-square matrix is first padded with air to a square (see :func:`pad_square`)."""
+    volume = pad_square(volume)
     n, h, w = volume.shape
     if (h, w) == (size, size):
         return volume.astype(np.float32, copy=False)

@@ -1,0 +1,180 @@
+"""The model card (``model.json``): the contract between training and the edge, parsed in one place.
+
+Training writes it from the options it actually used (``training.train`` saves them in the run
+folder, ``ctedge quantize`` copies them into the bundle); the edge builds its pipeline from it, so
+what the model was trained on and what the edge feeds it cannot drift apart. A card records:
+
+- identity: ``name``, ``version``, ``classes``, ``demonstration``, ``placeholder``, ``note``;
+- ``preprocessing``: every option that decides the model input (``edge.options.PipelineOptions``);
+- ``training_range``: the slice thickness and pixel spacing (mm) of the training studies; a study
+  outside it gets a warning;
+- the files: ``variants`` (encoder + head TFLite per variant), ``explain`` (Grad-CAM models),
+  ``onnx``, ``edgetpu``; provenance: ``calibration``, ``trained_with``, ``converted_with``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge import CLASSES
+from edge.errors import ModelLoadError
+from edge.options import PipelineOptions
+
+CARD_FILE = "model.json"
+DEMONSTRATION_BANNER = "DEMONSTRATION MODEL - NOT FOR CLINICAL USE"
+PLACEHOLDER_BANNER = "PLACEHOLDER MODEL (UNTRAINED) - NOT FOR CLINICAL USE"
+DEMONSTRATION_NOTE = ("Demonstration model trained on very few patients; it shows the pipeline working end to end "
+                      "and has no clinical validity. Not for clinical use.")
+
+
+@dataclass(frozen=True)
+class Range:
+    """A closed interval of a physical quantity (mm) seen in training."""
+
+    low: float
+    high: float
+
+    def __contains__(self, value: float) -> bool:
+        return self.low - 1e-6 <= value <= self.high + 1e-6
+
+    def to_list(self) -> list[float]:
+        return [self.low, self.high]
+
+
+@dataclass(frozen=True)
+class TrainingRange:
+    """Slice thickness and in-plane pixel spacing (mm) of the studies a model was trained on."""
+
+    slice_thickness_mm: Range | None = None
+    pixel_spacing_mm: Range | None = None
+
+    def warnings(self, slice_thickness_mm: float | None, pixel_spacing_mm: float | None) -> list[str]:
+        """A warning for each study geometry value outside the training range."""
+        out = []
+        for label, value, seen in (("slice thickness", slice_thickness_mm, self.slice_thickness_mm),
+                                   ("pixel spacing", pixel_spacing_mm, self.pixel_spacing_mm)):
+            if value is not None and seen is not None and value not in seen:
+                out.append(f"{label} {value:g} mm is outside the range the model was trained on "
+                           f"({seen.low:g}-{seen.high:g} mm): its verdict on this study is less certain")
+        return out
+
+    @classmethod
+    def of(cls, thickness: list[float], spacing: list[float]) -> TrainingRange:
+        """The range spanned by the given values (empty lists give no range)."""
+        return cls(Range(min(thickness), max(thickness)) if thickness else None,
+                   Range(min(spacing), max(spacing)) if spacing else None)
+
+    def to_dict(self) -> dict[str, list[float] | None]:
+        return {k: None if v is None else v.to_list() for k, v in
+                (("slice_thickness_mm", self.slice_thickness_mm), ("pixel_spacing_mm", self.pixel_spacing_mm))}
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """A parsed, validated ``model.json``; ``path`` is the card file, ``bundle`` its folder."""
+
+    path: Path
+    name: str
+    version: str
+    classes: tuple[str, ...]
+    demonstration: bool
+    placeholder: bool
+    note: str
+    preprocessing: PipelineOptions
+    training_range: TrainingRange
+    variants: dict[str, dict[str, str]]
+    explain: dict[str, str] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)    # provenance, onnx, edgetpu: kept as written
+
+    @property
+    def bundle(self) -> Path:
+        return self.path.parent
+
+    @property
+    def banner(self) -> str:
+        """The warning every output of this model carries ('' for a validated clinical model)."""
+        return PLACEHOLDER_BANNER if self.placeholder else DEMONSTRATION_BANNER if self.demonstration else ""
+
+    def files(self, variant: str) -> dict[str, Path]:
+        """The model files of ``variant`` (``encoder``, ``head``); ModelLoadError when absent or missing."""
+        if variant not in self.variants:
+            hint = " (compile the int8 encoder with edgetpu_compiler, see README)" if variant == "edgetpu" else ""
+            raise ModelLoadError(self.path, f"no {variant!r} variant{hint}; available: {', '.join(self.variants)}")
+        files = {part: self.bundle / name for part, name in self.variants[variant].items()}
+        for part, file in files.items():
+            if not file.is_file():
+                raise ModelLoadError(self.path, f"the {variant} {part} model file {file} is missing")
+        return files
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON document of the card (what :func:`write_card` writes)."""
+        doc = {"name": self.name, "version": self.version, "classes": list(self.classes),
+               "demonstration": self.demonstration, "placeholder": self.placeholder, "note": self.note,
+               "preprocessing": self.preprocessing.model_input() | {"override": self.preprocessing.override},
+               "training_range": self.training_range.to_dict(), "variants": self.variants}
+        if self.explain:
+            doc["explain"] = self.explain
+        return doc | self.extra
+
+
+_REQUIRED = ("name", "version", "classes", "preprocessing", "variants")
+_KNOWN = set(_REQUIRED) | {"demonstration", "placeholder", "note", "training_range", "explain"}
+
+
+def parse_card(doc: Any, path: Path) -> ModelCard:
+    """Validate a card document; ModelLoadError names the file and the key."""
+    if not isinstance(doc, dict):
+        raise ModelLoadError(path, "the model card must be a JSON object")
+    missing = [k for k in _REQUIRED if k not in doc]
+    if missing:
+        hint = " (cards written before 0.3 lack it: re-export the bundle with ctedge quantize)" \
+            if missing[0] == "preprocessing" else ""
+        raise ModelLoadError(path, f"model card has no {missing[0]!r}{hint}")
+    if tuple(doc["classes"]) != CLASSES:
+        raise ModelLoadError(path, f"classes {doc['classes']} differ from {list(CLASSES)}")
+    preprocessing = doc["preprocessing"]
+    fields = {f.name: f.type for f in dataclasses.fields(PipelineOptions)}
+    if not isinstance(preprocessing, dict) or set(preprocessing) - set(fields):
+        raise ModelLoadError(path, f"preprocessing must be an object with keys from {', '.join(fields)}")
+    try:
+        options = PipelineOptions(**preprocessing)
+    except (TypeError, ValueError) as exc:
+        raise ModelLoadError(path, f"preprocessing: {exc}") from exc
+    ranges = doc.get("training_range") or {}
+    try:
+        training_range = TrainingRange(*(Range(*ranges[k]) if ranges.get(k) else None
+                                         for k in ("slice_thickness_mm", "pixel_spacing_mm")))
+    except TypeError as exc:
+        raise ModelLoadError(path, f"training_range: each value must be [low, high] in mm ({exc})") from exc
+    variants = doc["variants"]
+    if not isinstance(variants, dict) or not all(isinstance(v, dict) for v in variants.values()):
+        raise ModelLoadError(path, "variants must map each variant name to its model files")
+    return ModelCard(path=path, name=str(doc["name"]), version=str(doc["version"]), classes=tuple(doc["classes"]),
+                     demonstration=bool(doc.get("demonstration", True)), placeholder=bool(doc.get("placeholder", False)),
+                     note=str(doc.get("note", "")), preprocessing=options, training_range=training_range,
+                     variants=variants, explain=doc.get("explain"),
+                     extra={k: v for k, v in doc.items() if k not in _KNOWN})
+
+
+def load_card(bundle: str | Path) -> ModelCard:
+    """Read ``bundle/model.json`` (or a card file given directly); ModelLoadError names the file."""
+    path = Path(bundle)
+    path = path if path.suffix == ".json" else path / CARD_FILE
+    try:
+        doc = json.loads(path.read_text())
+    except OSError as exc:
+        raise ModelLoadError(path, f"cannot read the model card ({exc.strerror or exc})") from exc
+    except ValueError as exc:
+        raise ModelLoadError(path, f"the model card is not valid JSON ({exc})") from exc
+    return parse_card(doc, path)
+
+
+def write_card(card: ModelCard) -> Path:
+    """Write ``card`` to its ``path``; return the path."""
+    card.path.parent.mkdir(parents=True, exist_ok=True)
+    card.path.write_text(json.dumps(card.to_dict(), indent=2) + "\n")
+    return card.path
