@@ -1,6 +1,9 @@
 """Synthetic chest-CT phantom: body, spine, mediastinum, two lungs, optional ground-glass and
 consolidation blobs. Deterministic for a seed and fast, for unit tests and demos.
 
+Test and demonstration tooling, not part of the runtime: nothing that ``ctedge predict``, the server
+or the watcher loads imports it (``tests/test_card.py`` checks this).
+
 Slice 0 is the most superior slice; z falls by the slice thickness per slice.
 """
 

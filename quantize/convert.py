@@ -21,6 +21,7 @@ import tf_keras as keras
 
 from edge.card import CARD_FILE, ModelCard, parse_card, write_card
 from edge.errors import UserError
+from edge.options import PipelineOptions
 from quantize.onnx_export import export_and_validate
 from training.gradcam import LAST_CONV
 
@@ -67,8 +68,9 @@ def export_bundle(encoder: tf.Module, head: tf.Module, out_dir: Path, card: dict
     The groups must have the card's group size and input size.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    options = card["preprocessing"]
-    enc_shape = (options["group_size"], options["input_size"], options["input_size"], 1)
+    options = PipelineOptions(**card["preprocessing"])
+    card = dict(card, preprocessing=options.model_input() | {"override": options.override})
+    enc_shape = (options.group_size, options.input_size, options.input_size, 1)
     if calibration_groups[0].shape != enc_shape[:3] or tuple(encoder.input_shape[1:]) != enc_shape[1:]:
         raise UserError(out_dir, f"calibration groups {calibration_groups[0].shape} and encoder input "
                                  f"{tuple(encoder.input_shape[1:])} do not match the card's preprocessing {enc_shape}")

@@ -1,6 +1,7 @@
 """The ctedge command as a user runs it: output, exit codes, privacy, no TensorFlow on the edge."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -25,8 +26,10 @@ def test_help_lists_the_subcommands(capsys):
         main(["--help"])
     out = capsys.readouterr().out
     assert exit_.value.code == 0
-    for command in ("predict", "evaluate-selection", "bench", "train", "evaluate", "quantize", "explain"):
-        assert command in out, command
+    listed = set(re.findall(r"^    (\S+)\s", out, re.MULTILINE))
+    for command in ("predict", "evaluate-selection", "bench", "train", "evaluate", "quantize", "explain", "serve",
+                    "watch"):
+        assert command in listed, command
 
 
 def test_predict_json_on_a_bundled_study(capsys):
@@ -108,3 +111,17 @@ def test_evaluate_selection_prints_retention_and_writes_a_montage(capsys, tmp_pa
     assert covid["infected_kept"] == 5, "the default keeps every labelled infected sample slice"
     png = out_dir / "COVID-19_P002-selection.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("content, problem", [
+    (None, "cannot be read as a CSV"),
+    ("patient,file\nCOVID-19_P002,a.dcm\n", "missing column(s) infection"),
+    ("patient_folder,file,infection\nCOVID-19_P002,a.dcm,yes\n", "row 2: infection must be 0 or 1, got 'yes'"),
+])
+def test_a_bad_labels_csv_is_a_user_error(capsys, tmp_path, content, problem):
+    labels = tmp_path / "labels.csv"
+    if content is not None:
+        labels.write_text(content)
+    code, _, err = run_cli(capsys, "evaluate-selection", SAMPLES / "COVID-19_P002", "--labels", labels,
+                           "--out", tmp_path / "montages")
+    assert code == 2 and f"{labels}: {problem}" in err, err

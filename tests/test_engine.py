@@ -7,6 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
+from edge import CLASSES
 from edge.cli import main
 from edge.engine import DEFAULT_BUNDLE, Engine
 from edge.explain import overlay
@@ -30,9 +31,16 @@ def test_predict_out_writes_report_heatmaps_and_slices(capsys, tmp_path):
     for h in doc["heatmaps"]:
         picture = cv2.imread(str(out / h["png"]))
         assert picture.shape[1] == 256 and picture.shape[0] > 256, "the overlay and its caption bar"
-        assert h["slice_index"] in used and 0 <= h["share"] <= 1
+        assert h["slice_index"] in used
         assert h["file"] == doc["slices_used"][[s["index"] for s in doc["slices_used"]].index(h["slice_index"])]["file"]
-    assert sum(h["share"] for h in doc["heatmaps"]) <= 1 + 1e-6
+    engine = Engine.default()
+    prepared = engine.run(STUDY).prepared
+    for g, group in enumerate(prepared.groups()):
+        _, share = engine.explainer.explain_group(group, CLASSES.index(doc["label"]))
+        real = [float(share[k]) for k in np.argsort(-share) if not np.isnan(prepared.plans[g][k])]
+        shown = [h["share"] for h in doc["heatmaps"] if h["group"] == g]
+        assert shown == pytest.approx(real[:3], abs=1e-4), "the report shows each group's largest shares"
+        assert sum(real) == pytest.approx(1.0) or sum(real) == 0
     assert doc["explanation"]["class"] == doc["label"] and "Grad-CAM" in doc["explanation"]["method"]
     assert "explain" in doc["timings_ms"]
     html = (out / "report.html").read_text()

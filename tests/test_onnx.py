@@ -11,12 +11,15 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 import tf_keras as keras  # noqa: E402
 
+import quantize.bundle  # noqa: E402
 import quantize.convert  # noqa: E402
 from edge.cli import main  # noqa: E402
+from edge.options import PipelineOptions  # noqa: E402
 from edge.pipeline import prepare_study  # noqa: E402
 from quantize.onnx_export import OPSET, TRTEXEC, export_encoder_onnx, validate_encoder_onnx  # noqa: E402
 from training.data import discover  # noqa: E402
 from training.models import build_encoder, build_head  # noqa: E402
+from training.train import write_run_preprocessing  # noqa: E402
 
 # Operators the encoder may use; all are in the TensorRT 8.2 ONNX parser (JetPack 4.6, Jetson Nano).
 TENSORRT_OPS = {"Mul", "Add", "Reshape", "Transpose", "Conv", "Relu", "MaxPool", "GlobalMaxPool", "Squeeze", "Flatten",
@@ -70,13 +73,14 @@ def test_pooling_window_too_large_for_tensorrt_is_a_clear_error(tmp_path):
 def test_quantize_writes_onnx_entry_and_fidelity_row(phantom_dataset, groups, tmp_path, capsys, monkeypatch):
     # To keep the test short, only the int8 TFLite variant and no Grad-CAM models (tested elsewhere):
     # the ONNX export depends on neither.
-    monkeypatch.setattr(quantize.convert, "export_bundle",
+    monkeypatch.setattr(quantize.bundle, "export_bundle",
                         functools.partial(quantize.convert.export_bundle, variants=("int8",)))
     monkeypatch.setattr(quantize.convert, "export_explain_models", lambda *args, **kwargs: {}, raising=False)
     run, bundle, calibration = tmp_path / "run", tmp_path / "bundle", tmp_path / "calibration.csv"
     run.mkdir()
     records = discover(phantom_dataset)[::3]  # two studies: a group each
     calibration.write_text("patient,class,path\n" + "".join(f"{r.patient},{r.label},{r.path}\n" for r in records))
+    write_run_preprocessing(run, PipelineOptions(), [])
     build_encoder(filters=(4, 8, 8, 8)).save(run / "encoder.keras")
     build_head(n_slices=len(groups[0]), feature_dim=28, lstm_units=8, dense_units=8).save(run / "head.keras")
     assert main(["quantize", str(run), "--calibration", str(calibration), "--out", str(bundle),

@@ -9,6 +9,7 @@ tf = pytest.importorskip("tensorflow")
 import tf_keras as keras  # noqa: E402
 from ai_edge_litert.interpreter import Interpreter, OpResolverType  # noqa: E402
 
+from edge.card import load_card  # noqa: E402
 from edge.errors import ModelLoadError  # noqa: E402
 from edge.explain import GradCam  # noqa: E402
 from edge.infer import TFLiteClassifier  # noqa: E402
@@ -36,7 +37,8 @@ def bundle(tmp_path_factory):
               for _ in range(6)]
     out = tmp_path_factory.mktemp("bundle")
     card = {"name": "test", "version": "0", "classes": ["covid", "other_pneumonia", "healthy"],
-            "demonstration": True, "note": "test model"}
+            "demonstration": True, "note": "test model",
+            "preprocessing": {"group_size": GROUP}, "training_range": {}}
     export_bundle(encoder, head, out, card, groups[:4])
     return out, encoder, head, groups[4:]
 
@@ -44,7 +46,7 @@ def bundle(tmp_path_factory):
 def test_bundle_has_static_float_and_int8_models(bundle):
     out, *_ = bundle
     card = json.loads((out / "model.json").read_text())
-    assert set(card["variants"]) == set(VARIANTS) and card["group_size"] == GROUP
+    assert set(card["variants"]) == set(VARIANTS) and card["preprocessing"]["group_size"] == GROUP
     assert card["edgetpu"]["compiled"] is False and "edgetpu_compiler" in card["edgetpu"]["command"]
     enc = Interpreter(model_path=str(out / "encoder_int8.tflite"))
     detail = enc.get_input_details()[0]
@@ -75,7 +77,7 @@ def test_edge_runtime_matches_keras(bundle):
 
 def test_edge_gradcam_matches_tensorflow(bundle):
     out, encoder, head, groups = bundle
-    cam = GradCam(out, json.loads((out / "model.json").read_text()), threads=2)
+    cam = GradCam(load_card(out), threads=2)
     assert op_names(out / "explain_head_float32.tflite").isdisjoint({"WHILE", "FlexReluGrad"})
     for c in range(3):
         heat, share = cam.explain_group(groups[0], c)

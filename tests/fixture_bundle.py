@@ -1,0 +1,46 @@
+"""A model bundle whose answer is known by construction, for tests of what surrounds the model.
+
+Its head ignores the slices: a zero kernel and the bias ``log(p)`` give every group the softmax
+``p`` (default covid 0.1, other_pneumonia 0.8, healthy 0.1), so every study's verdict is
+``other_pneumonia`` with exactly those probabilities, whatever the bundled demonstration model
+would say. Only a float32 variant; no explain models (no heatmaps).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from edge import CLASSES
+from edge.options import PipelineOptions
+
+KNOWN_PROBABILITIES = (0.1, 0.8, 0.1)
+KNOWN_LABEL = CLASSES[int(np.argmax(KNOWN_PROBABILITIES))]
+
+
+def make_constant_bundle(out: Path, probabilities: tuple[float, ...] = KNOWN_PROBABILITIES) -> Path:
+    """Write the bundle to ``out`` (needs TensorFlow, as the tests have) and return ``out``."""
+    import training  # noqa: F401  (tf_keras set-up)
+    import tf_keras as keras
+
+    from quantize.convert import convert
+
+    options = PipelineOptions()
+    size, n = options.input_size, options.group_size
+    slices = keras.Input((size, size, 1))
+    encoder = keras.Model(slices, keras.layers.Dense(4)(keras.layers.GlobalAveragePooling2D()(slices)))
+    features = keras.Input((n, 4))
+    dense = keras.layers.Dense(len(CLASSES), activation="softmax", kernel_initializer="zeros",
+                               bias_initializer=keras.initializers.Constant(np.log(probabilities)))
+    head = keras.Model(features, dense(keras.layers.Flatten()(features)))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "encoder_float32.tflite").write_bytes(convert(encoder, (n, size, size, 1), "float32"))
+    (out / "head_float32.tflite").write_bytes(convert(head, (1, n, 4), "float32"))
+    card = {"name": "constant-test-model", "version": "1", "classes": list(CLASSES), "demonstration": True,
+            "placeholder": False, "note": "Test fixture: answers other_pneumonia 0.8 for every study. Not a model.",
+            "preprocessing": options.model_input() | {"override": options.override}, "training_range": {},
+            "variants": {"float32": {"encoder": "encoder_float32.tflite", "head": "head_float32.tflite"}}}
+    (out / "model.json").write_text(json.dumps(card, indent=2))
+    return out
