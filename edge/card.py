@@ -5,6 +5,8 @@ folder, ``ctedge quantize`` copies them into the bundle); the edge builds its pi
 what the model was trained on and what the edge feeds it cannot drift apart. A card records:
 
 - identity: ``name``, ``version``, ``classes``, ``demonstration``, ``placeholder``, ``note``;
+- what it reads and how it is run: ``modality`` (``ct``) and ``kind`` (``group``: a CNN encoder and
+  a sequence head over groups of slices, voted to a patient verdict);
 - ``preprocessing``: every option that decides the model input (``edge.options.PipelineOptions``);
 - ``training_range``: the slice thickness and pixel spacing (mm) of the training studies; a study
   outside it gets a warning;
@@ -25,6 +27,8 @@ from edge.errors import ModelLoadError
 from edge.options import PipelineOptions
 
 CARD_FILE = "model.json"
+KINDS = ("group",)
+MODALITIES = ("ct",)
 DEMONSTRATION_BANNER = "DEMONSTRATION MODEL - NOT FOR CLINICAL USE"
 PLACEHOLDER_BANNER = "PLACEHOLDER MODEL (UNTRAINED) - NOT FOR CLINICAL USE"
 DEMONSTRATION_NOTE = ("Demonstration model trained on very few patients; it shows the pipeline working end to end "
@@ -87,6 +91,8 @@ class ModelCard:
     preprocessing: PipelineOptions
     training_range: TrainingRange
     variants: dict[str, dict[str, str]]
+    kind: str = "group"
+    modality: str = "ct"
     explain: dict[str, str] | None = None
     extra: dict[str, Any] = field(default_factory=dict)    # provenance, onnx, edgetpu: kept as written
 
@@ -112,7 +118,8 @@ class ModelCard:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON document of the card (what :func:`write_card` writes)."""
-        doc = {"name": self.name, "version": self.version, "classes": list(self.classes),
+        doc = {"name": self.name, "version": self.version, "kind": self.kind, "modality": self.modality,
+               "classes": list(self.classes),
                "demonstration": self.demonstration, "placeholder": self.placeholder, "note": self.note,
                "preprocessing": self.preprocessing.model_input() | {"override": self.preprocessing.override},
                "training_range": self.training_range.to_dict(), "variants": self.variants}
@@ -122,7 +129,7 @@ class ModelCard:
 
 
 _REQUIRED = ("name", "version", "classes", "preprocessing", "variants")
-_KNOWN = set(_REQUIRED) | {"demonstration", "placeholder", "note", "training_range", "explain"}
+_KNOWN = set(_REQUIRED) | {"demonstration", "placeholder", "note", "training_range", "explain", "kind", "modality"}
 
 
 def parse_card(doc: Any, path: Path) -> ModelCard:
@@ -134,6 +141,10 @@ def parse_card(doc: Any, path: Path) -> ModelCard:
         hint = " (cards written before 0.3 lack it: re-export the bundle with ctedge quantize)" \
             if missing[0] == "preprocessing" else ""
         raise ModelLoadError(path, f"model card has no {missing[0]!r}{hint}")
+    for key, allowed in (("kind", KINDS), ("modality", MODALITIES)):
+        if doc.get(key, allowed[0]) not in allowed:
+            raise ModelLoadError(path, f"{key} {doc[key]!r} is not supported by this ctedge version "
+                                       f"(supported: {', '.join(allowed)})")
     if tuple(doc["classes"]) != CLASSES:
         raise ModelLoadError(path, f"classes {doc['classes']} differ from {list(CLASSES)}")
     preprocessing = doc["preprocessing"]
@@ -156,7 +167,8 @@ def parse_card(doc: Any, path: Path) -> ModelCard:
     return ModelCard(path=path, name=str(doc["name"]), version=str(doc["version"]), classes=tuple(doc["classes"]),
                      demonstration=bool(doc.get("demonstration", True)), placeholder=bool(doc.get("placeholder", False)),
                      note=str(doc.get("note", "")), preprocessing=options, training_range=training_range,
-                     variants=variants, explain=doc.get("explain"),
+                     variants=variants, explain=doc.get("explain"), kind=doc.get("kind", KINDS[0]),
+                     modality=doc.get("modality", MODALITIES[0]),
                      extra={k: v for k, v in doc.items() if k not in _KNOWN})
 
 

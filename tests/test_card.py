@@ -50,6 +50,8 @@ def bundle_with(tmp_path: Path, **changes) -> Path:
     ({"preprocessing__colour": "blue"}, "preprocessing must be an object with keys from"),
     ({"preprocessing__selection": "everything"}, "preprocessing: selection must be one of"),
     ({"training_range__slice_thickness_mm": [1.0]}, "training_range: each value must be [low, high]"),
+    ({"kind": "slice"}, "kind 'slice' is not supported by this ctedge version (supported: group)"),
+    ({"modality": "xray"}, "modality 'xray' is not supported"),
 ])
 def test_a_bad_card_is_refused_naming_the_file_and_key(tmp_path, changes, message):
     bundle = bundle_with(tmp_path, **changes)
