@@ -2,69 +2,15 @@
 
 from __future__ import annotations
 
-import csv
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from edge import CLASSES
+from edge.dataset import DatasetError, StudyRecord, discover
 
-
-class DatasetError(ValueError):
-    """A dataset folder or CSV that cannot be used; the message names the file or row."""
-
-
-@dataclass(frozen=True)
-class StudyRecord:
-    patient: str
-    label: str
-    path: Path
-
-
-def discover(source: str | Path) -> list[StudyRecord]:
-    """Studies from a folder tree ``<root>/<class>/<patient>/...`` or a CSV ``patient,class,path``
-    (paths relative to the CSV's folder). Every class must be one of CLASSES."""
-    source = Path(source)
-    records = _from_csv(source) if source.suffix.lower() == ".csv" else _from_tree(source)
-    classes: dict[str, str] = {}
-    for r in records:
-        if classes.setdefault(r.patient, r.label) != r.label:
-            raise DatasetError(f"{source}: patient {r.patient!r} is listed under {classes[r.patient]!r} and {r.label!r}")
-    if not records:
-        raise DatasetError(f"{source}: no studies found")
-    return sorted(records, key=lambda r: (r.label, r.patient, str(r.path)))
-
-
-def _from_tree(root: Path) -> list[StudyRecord]:
-    if not root.is_dir():
-        raise DatasetError(f"{root}: not a folder or a .csv file")
-    records = []
-    for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        if class_dir.name not in CLASSES:
-            raise DatasetError(f"{class_dir}: unknown class folder; expected one of {', '.join(CLASSES)}")
-        records += [StudyRecord(p.name, class_dir.name, p) for p in sorted(class_dir.iterdir())
-                    if p.is_dir() and not p.name.startswith(".")]
-    return records
-
-
-def _from_csv(path: Path) -> list[StudyRecord]:
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        missing = {"patient", "class", "path"} - set(reader.fieldnames or [])
-        if missing:
-            raise DatasetError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
-        records = []
-        for row_number, row in enumerate(reader, start=2):
-            if row["class"] not in CLASSES:
-                raise DatasetError(f"{path}, row {row_number}: unknown class {row['class']!r}")
-            study = Path(row["path"]) if Path(row["path"]).is_absolute() else path.parent / row["path"]
-            if not study.exists():
-                raise DatasetError(f"{path}, row {row_number}: {study} does not exist")
-            records.append(StudyRecord(row["patient"], row["class"], study))
-    return records
+__all__ = ["DatasetError", "StudyRecord", "discover", "patient_split", "patient_kfold", "class_weights", "one_hot"]
 
 
 def _patients_by_class(records: Sequence[StudyRecord], seed: int) -> dict[str, list[str]]:
@@ -98,7 +44,7 @@ def patient_kfold(records: Sequence[StudyRecord], k: int = 5, seed: int = 0) -> 
     """k (train, validation) folds by patient, each class's patients dealt round-robin over the folds."""
     n_patients = len({r.patient for r in records})
     if not 2 <= k <= n_patients:
-        raise DatasetError(f"k={k} folds need 2 <= k <= number of patients ({n_patients})")
+        raise DatasetError("--folds", f"k={k} folds need 2 <= k <= number of patients ({n_patients})")
     fold_of: dict[str, int] = {}
     offset = 0
     for patients in _patients_by_class(records, seed).values():

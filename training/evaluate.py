@@ -10,8 +10,8 @@ import numpy as np
 from edge import CLASSES
 from edge.pipeline import PipelineOptions
 from training.data import StudyRecord
-from training.metrics import classification_report, format_table2
-from training.plots import plot_confusion, plot_roc
+from edge.metrics import classification_report, format_table2
+from edge.plots import plot_confusion, plot_roc
 from training.train import patient_predictions, prepare_records
 
 DEMO_NOTE = "demonstration model - not for clinical use"

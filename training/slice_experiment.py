@@ -15,8 +15,8 @@ import numpy as np
 from edge.pipeline import PipelineOptions
 from edge.selection_report import read_labels
 from training.data import StudyRecord
-from training.metrics import roc_auc
-from training.plots import plot_roc
+from edge.metrics import roc_auc
+from edge.plots import plot_roc
 from training.train import TrainConfig, prepare_records, train_slice_model
 
 

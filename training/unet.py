@@ -39,16 +39,16 @@ def read_pairs(root: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
     images, masks, patients = [], [], []
     files = sorted((root / "images").glob("*.png"))
     if not files:
-        raise DatasetError(f"{root / 'images'}: no PNG images")
+        raise DatasetError(root / "images", "no PNG images")
     for f in files:
         mask_path = root / "masks" / f.name
         image, mask = cv2.imread(str(f), cv2.IMREAD_GRAYSCALE), cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE)
         if image is None:
-            raise DatasetError(f"{f}: cannot be read as an image")
+            raise DatasetError(f, "cannot be read as an image")
         if mask is None:
-            raise DatasetError(f"{mask_path}: missing or unreadable mask for {f.name}")
+            raise DatasetError(mask_path, f"missing or unreadable mask for {f.name}")
         if mask.shape != image.shape:
-            raise DatasetError(f"{mask_path}: mask is {mask.shape}, image is {image.shape}")
+            raise DatasetError(mask_path, f"mask is {mask.shape}, image is {image.shape}")
         images.append(image)
         masks.append(mask > 127)
         patients.append(f.stem.rsplit("_", 1)[0])
