@@ -22,6 +22,7 @@ from edge.preprocess.segment import TFLiteSegmenter
 from edge.preprocess.select import METHODS
 from edge.selection_report import evaluate_study, format_table, read_labels
 from edge.server.command import add_serve
+from edge.validate import add_validate
 from edge.watch import add_watch
 
 log = logging.getLogger("ctedge")
@@ -127,7 +128,8 @@ def cmd_evaluate_selection(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_predict, add_evaluate_selection, add_serve, add_watch]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_predict, add_evaluate_selection, add_serve, add_watch,
+                                                                add_validate]
 
 
 def plugin_commands() -> list[Callable[[argparse._SubParsersAction], None]]:

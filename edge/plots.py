@@ -40,7 +40,7 @@ def plot_roc(y_true: Sequence[int], y_prob: np.ndarray, path: Path, classes: Seq
         fpr, tpr, _ = roc_curve(y_true == k, y_prob[:, k])
         ax.plot(fpr, tpr, label=f"{name} (AUC {auc:.3f})")
     if aucs:
-        ax.plot(*macro_roc_curve(y_true, y_prob), "k-", lw=2.2, label=f"macro average (AUC {np.mean(aucs):.3f})")
+        ax.plot(*macro_roc_curve(y_true, y_prob), "k:", lw=2.2, label=f"macro average (AUC {np.mean(aucs):.3f})")
     ax.plot([0, 1], [0, 1], "k--", lw=0.8)
     ax.set(xlabel="1 - specificity", ylabel="sensitivity", xlim=(0, 1), ylim=(0, 1.02))
     ax.legend(loc="lower right", fontsize=8)

@@ -1,0 +1,79 @@
+"""The validation evidence that travels with a model: the summary ``ctedge validate --record`` appends
+to the bundle's card (``model.json`` key ``validations``) and the one line shown wherever the model is."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from edge import CLASSES, __version__
+from edge.errors import ModelLoadError
+
+MIN_PATIENTS = 20
+"""Fewer patients of a class than this support no claim about its sensitivity or specificity."""
+
+NO_EVIDENCE = "no validation recorded"
+
+
+def card_summary(summary: dict, description: str, model: dict) -> dict:
+    """What ``--record`` stores: date, data description, patients per class and the metrics with their
+    intervals (from ``edge.validate.summarise``); no patient identifiers."""
+    table = summary["table2"]
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "data": description,
+        "model": {"name": model["name"], "version": model["version"]},
+        "n_patients": summary["n_patients"],
+        "n_studies": summary["n_studies"],
+        "sufficient": summary["sufficient"],
+        "metrics": {name: {m: {"value": v[m], "ci95": table["ci95"][name][m]} for m in ("sensitivity", "specificity", "f1")}
+                    for name, v in [*table["per_class"].items(), ("macro", table["macro"])]},
+        "roc_auc": summary["roc_auc"],
+        "ece": summary["calibration"]["ece"],
+        "software": {"name": "ctedge", "version": __version__},
+    }
+
+
+def _pct(value: float | None, ci: list[float] | None) -> str:
+    if value is None:
+        return "n/a"
+    text = f"{100 * value:.0f}%"
+    return text + (f" [{100 * ci[0]:.0f}-{100 * ci[1]:.0f}%]" if ci else "")
+
+
+def evidence_line(card: dict | None) -> str:
+    """"validated on N patients (sens x [a-b], spec y [c-d])" from the card's latest recorded validation
+    (macro averages with 95% intervals), or "no validation recorded"."""
+    records = (card or {}).get("validations") or []
+    if not records:
+        return NO_EVIDENCE
+    last = records[-1]
+    macro = last["metrics"]["macro"]
+    line = (f"validated on {sum(last['n_patients'].values())} patients "
+            f"(sens {_pct(macro['sensitivity']['value'], macro['sensitivity']['ci95'])}, "
+            f"spec {_pct(macro['specificity']['value'], macro['specificity']['ci95'])}) on {last['date'][:10]}")
+    if not last["sufficient"]:
+        line += f"; fewer than {MIN_PATIENTS} patients in a class: not enough to support a claim"
+    return line
+
+
+def record(bundle: Path, entry: dict) -> Path:
+    """Append ``entry`` to the ``validations`` list of ``bundle/model.json`` (atomic replace, mode kept)."""
+    path = Path(bundle) / "model.json"
+    try:
+        card = json.loads(path.read_text())
+        if tuple(card.get("classes", ())) != CLASSES:
+            raise ModelLoadError(path, f"classes {card.get('classes')} differ from {list(CLASSES)}")
+        card.setdefault("validations", []).append(entry)
+        mode = path.stat().st_mode & 0o777
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".model.json.")
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(card, indent=2) + "\n")
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(path, f"cannot record the validation in the model card ({exc})") from exc
+    return path
