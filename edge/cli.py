@@ -99,7 +99,7 @@ def summary(d: dict) -> str:
         lines.append(f"Skipped series ({s['n_files']} files): {s['reason']}")
     lines += [f"Warning: {w}" for w in d["warnings"]]
     lines.append("Time: " + ", ".join(f"{k} {v:.0f} ms" for k, v in d["timings_ms"].items()))
-    lines.append(f"Model: {model['name']} {model['version']}")
+    lines.append(f"Model: {model['name']} {model['version']}; {model.get('validation', 'no validation recorded')}")
     return "\n".join(lines)
 
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from edge import CLASSES, __version__
 from edge.errors import NoLungFoundError
+from edge.evidence import evidence_line
 from edge.infer import GroupClassifier, PlaceholderClassifier
 from edge.ingest import Limits, Volume, load_study, source_name
 from edge.preprocess.group import GROUP_SIZE, assemble, group_plan
@@ -103,7 +104,7 @@ class StudyResult:
                       "slice_thickness_mm": v.slice_thickness_mm},
             "warnings": list(v.warnings),
             "timings_ms": {k: round(t, 1) for k, t in self.timings_ms.items()},
-            "model": self.classifier.info.to_dict(),
+            "model": self.classifier.info.to_dict() | {"validation": evidence_line(getattr(self.classifier, "card", None))},
             "software": {"name": "ctedge", "version": __version__},
         }
 

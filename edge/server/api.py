@@ -7,6 +7,7 @@ from pathlib import Path
 from flask import Blueprint, Response, abort, current_app, jsonify, request, send_file, url_for
 from werkzeug.datastructures import FileStorage
 
+from edge.evidence import evidence_line
 from edge.server import json_error
 from edge.server.auth import api_token_problem
 from edge.server.jobs import JobQueue, QueueFull, StudyStore
@@ -86,8 +87,9 @@ def study_file(study_id: str, name: str) -> Path:
 @bp.get("/api/v1/model")
 def model() -> Response:
     profile = current_app.config["PROFILE"]
-    info = current_app.extensions["ctedge"]["engine"].info
-    return jsonify(info.to_dict() | {"profile": profile.name, "variant": profile.model.variant})
+    engine = current_app.extensions["ctedge"]["engine"]
+    return jsonify(engine.info.to_dict() | {"profile": profile.name, "variant": profile.model.variant,
+                                            "validation": evidence_line(getattr(engine.classifier, "card", None))})
 
 
 @bp.get("/health")
