@@ -18,8 +18,11 @@ from edge.errors import UserError
 from edge.evidence import evidence_line
 from edge.infer import ModelInfo
 from edge.metrics import bootstrap_table2, reliability
+from edge.profile import load_profile
 from edge.selection_report import evaluate_study, read_labels
+from edge.server import create_app
 from edge.validate import RECORDS, run_studies, summarise, write_outputs
+from tests.server_support import write_profile
 
 # One group per phantom study; studies come sorted by class then patient:
 # covid-0, covid-1, healthy-0, healthy-1, other_pneumonia-0, other_pneumonia-1.
@@ -147,7 +150,7 @@ def test_resuming_with_another_model_is_refused(phantom_dataset, tmp_path):
         run_studies(records, Engine(other), tmp_path)
 
 
-def test_cli_records_evidence_shown_with_results(phantom_dataset, tmp_path, capsys):
+def test_cli_records_evidence_shown_with_results(phantom_dataset, tmp_path, capsys, monkeypatch):
     bundle = tmp_path / "bundle"
     shutil.copytree(DEFAULT_BUNDLE, bundle, ignore=shutil.ignore_patterns("*float16*", "*dynamic*", "*.onnx"))
     study = phantom_dataset / "covid" / "covid-0"
@@ -165,8 +168,16 @@ def test_cli_records_evidence_shown_with_results(phantom_dataset, tmp_path, caps
     assert "covid-0" not in json.dumps(entry), "no patient identifiers in the card"
     line = evidence_line(card)
     assert line.startswith("validated on 6 patients (sens ") and "not enough to support a claim" in line
-    assert Engine.from_bundle(bundle).run(study).to_dict()["model"]["validation"] == line
     assert line in printed
+    engine = Engine.from_bundle(bundle)
+    assert engine.run(study).to_dict()["model"]["validation"] == line
+    engine.analyse(study, tmp_path / "result")
+    assert f'<span id="validation">{line}</span>' in (tmp_path / "result" / "report.html").read_text()
+    monkeypatch.setenv("CTEDGE_API_TOKEN", "validate-test-token")
+    (tmp_path / "server").mkdir()
+    app = create_app(load_profile(write_profile(tmp_path / "server")), engine, start_workers=False)
+    api = app.test_client().get("/api/v1/model", headers={"Authorization": "Bearer validate-test-token"})
+    assert api.get_json()["validation"] == line
 
 
 def test_evidence_line_from_a_card():
