@@ -158,3 +158,17 @@ def macro_roc_curve(y_true: Sequence[int], y_prob: np.ndarray) -> tuple[np.ndarr
         return np.zeros(0), np.zeros(0)
     grid = np.unique(np.concatenate([fpr for fpr, _ in curves]))
     return grid, np.mean([np.interp(grid, fpr, tpr) for fpr, tpr in curves], axis=0)
+
+
+def mean_and_spread(reports: Sequence[dict], metrics: Sequence[str] = ("accuracy", "sensitivity", "specificity", "f1", "roc_auc")) -> dict:
+    """Mean, standard deviation (ddof 1), minimum and maximum across folds of each macro-average metric
+    of ``classification_report`` outputs; NaN folds are left out."""
+    out = {}
+    for m in metrics:
+        values = np.array([r["macro"][m] for r in reports], float)
+        values = values[~np.isnan(values)]
+        out[m] = {"mean": float(values.mean()) if len(values) else float("nan"),
+                  "sd": float(values.std(ddof=1)) if len(values) > 1 else float("nan"),
+                  "min": float(values.min()) if len(values) else float("nan"),
+                  "max": float(values.max()) if len(values) else float("nan"), "folds": len(values)}
+    return out
