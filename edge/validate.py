@@ -168,12 +168,13 @@ def _statements(s: dict, outcomes: Sequence[dict]) -> list[str]:
                    "figure (their errors are in studies.csv).")
     total = sum(s["n_patients"].values())
     for c, n in s["n_patients"].items():
+        spec = f"; too few without {c} ({total - n}) for its specificity" if 0 < total - n < MIN_PATIENTS else ""
         if n == 0:
-            out.append(f"No {c} patients: the sensitivity of {c} cannot be estimated; averages leave it out.")
+            out.append(f"No {c} patients: the sensitivity of {c} cannot be estimated; averages leave it out{spec}.")
         elif n < MIN_PATIENTS:
             out.append(f"Too few patients to estimate sensitivity of {c}: {n} patient(s), at least {MIN_PATIENTS} "
-                       "needed; its interval shows how little this can say.")
-        if 0 < total - n < MIN_PATIENTS:
+                       f"needed{spec}; the intervals show how little this can say.")
+        elif spec:
             out.append(f"Too few patients without {c} ({total - n}) to estimate its specificity.")
     for c, auc in s["roc_auc"]["per_class"].items():
         if auc is None:
