@@ -7,6 +7,7 @@ import warnings
 from collections.abc import Sequence
 
 import numpy as np
+from scipy import stats
 
 from edge import CLASSES
 
@@ -128,6 +129,14 @@ def bootstrap_table2(y_true: Sequence[int], y_pred: Sequence[int], patients: Seq
         macro = {m: interval(np.nanmean(s, axis=1)) for m, s in samples.items()}
     return {"per_class": {c: {m: interval(samples[m][:, k]) for m in TABLE2} for k, c in enumerate(classes)},
             "macro": macro, "n_boot": n_boot, "level": level}
+
+
+def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Exact binomial confidence interval of k successes in n trials."""
+    tail = (1 - level) / 2
+    lo = float(stats.beta.ppf(tail, k, n - k + 1)) if k else 0.0
+    hi = float(stats.beta.ppf(1 - tail, k + 1, n - k)) if k < n else 1.0
+    return lo, hi
 
 
 def reliability(y_true: Sequence[int], y_prob: np.ndarray, n_bins: int = 10) -> dict:

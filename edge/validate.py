@@ -27,7 +27,7 @@ from edge.dataset import StudyRecord, discover
 from edge.engine import DEFAULT_BUNDLE, Engine
 from edge.errors import StudyError, UserError
 from edge.evidence import MIN_PATIENTS, card_summary, evidence_line, record
-from edge.metrics import TABLE2, bootstrap_table2, confusion_matrix, one_vs_rest, reliability, roc_auc
+from edge.metrics import TABLE2, bootstrap_table2, clopper_pearson, confusion_matrix, one_vs_rest, reliability, roc_auc
 from edge.plots import plot_confusion, plot_reliability, plot_roc
 from edge.profile import load_profile
 from edge.selection_report import read_labels
@@ -176,6 +176,13 @@ def _statements(s: dict, outcomes: Sequence[dict]) -> list[str]:
                        f"needed{spec}; the intervals show how little this can say.")
         elif spec:
             out.append(f"Too few patients without {c} ({total - n}) to estimate its specificity.")
+    for k, c in enumerate(CLASSES):
+        ci, n = s["table2"]["ci95"][c]["sensitivity"], sum(s["confusion_matrix"][k])
+        if ci and ci[0] == ci[1] and n:
+            lo, hi = clopper_pearson(s["confusion_matrix"][k][k], n)
+            out.append(f"The sensitivity interval of {c} has zero width because every resample agreed, not because "
+                       f"it is certain: the exact (Clopper-Pearson) 95% interval for {s['confusion_matrix'][k][k]} of "
+                       f"{n} is {100 * lo:.0f}-{100 * hi:.0f}%.")
     for c, auc in s["roc_auc"]["per_class"].items():
         if auc is None:
             out.append(f"ROC AUC of {c} cannot be computed: it needs patients with and without {c}.")
@@ -309,7 +316,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
     engine, bundle = validate_engine(args)
     model = engine.info.to_dict()
     with _owner_only():
-        outcomes = run_studies(records, engine, args.out, labels)
+        try:
+            outcomes = run_studies(records, engine, args.out, labels)
+        except KeyboardInterrupt:
+            print(f"Finished studies are kept in {args.out / RECORDS}; run the same command to resume.")
+            raise
         if all(o["error"] for o in outcomes):
             _write_csv(outcomes, args.out / "studies.csv")
             raise UserError(args.data, f"no study could be analysed; the errors are in {args.out / 'studies.csv'}")

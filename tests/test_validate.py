@@ -17,7 +17,7 @@ from edge.engine import DEFAULT_BUNDLE, Engine
 from edge.errors import UserError
 from edge.evidence import evidence_line
 from edge.infer import ModelInfo
-from edge.metrics import bootstrap_table2, reliability
+from edge.metrics import bootstrap_table2, clopper_pearson, reliability
 from edge.profile import load_profile
 from edge.selection_report import evaluate_study, read_labels
 from edge.server import create_app
@@ -102,6 +102,11 @@ def test_intervals_narrow_with_more_patients_and_resample_patients():
     assert width(20, studies_per_patient=10) == pytest.approx(width(20), abs=0.05)
 
 
+def test_clopper_pearson_closed_forms():
+    assert clopper_pearson(5, 5) == pytest.approx((0.025 ** (1 / 5), 1.0))
+    assert clopper_pearson(0, 5) == pytest.approx((0.0, 1 - 0.025 ** (1 / 5)))
+
+
 def test_reliability_bins_hand_computed():
     r = reliability([0, 0, 1], np.array([[.95, .05, 0], [.92, .08, 0], [.3, .6, .1]]))
     assert [(b["lower"], b["n"], b["accuracy"]) for b in r["bins"]] == [(0.6, 1, 1.0), (0.9, 2, 1.0)]
@@ -112,6 +117,8 @@ def test_statements_say_what_cannot_be_claimed(scripted_run):
     statements = summarise(scripted_run[1], n_boot=50)["statements"]
     assert "Too few patients to estimate sensitivity of covid: 2 patient(s), at least 20 needed" in " ".join(statements)
     assert any(s.startswith("Calibration from 6 studies") for s in statements)
+    # healthy: 2 of 2 right, interval [1, 1]; exact lower bound 0.025 ** (1 / 2) = 0.158
+    assert any("interval of healthy" in s and "for 2 of 2 is 16-100%" in s for s in statements)
 
 
 def test_page_and_files(scripted_run):
