@@ -267,7 +267,7 @@ def add_validate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("validate", help="measure a model bundle on your own labelled studies (no TensorFlow)",
                        description="Run every labelled study through the same engine as predict and write a per-study "
                                    "CSV, Table 2 (accuracy, specificity, sensitivity, F1 per class) with patient "
-                                   "bootstrap 95%% intervals, ROC curves, the normalised confusion matrix, a reliability "
+                                   "bootstrap 95% intervals, ROC curves, the normalised confusion matrix, a reliability "
                                    "plot with the expected calibration error and OUT/validation.html. A rerun with "
                                    "the same OUT resumes where a crash or Ctrl-C stopped.")
     p.add_argument("data", type=Path, help="labelled studies: <root>/<class>/<patient>/... or a CSV patient,class,path")
