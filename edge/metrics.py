@@ -7,7 +7,7 @@ import warnings
 from collections.abc import Sequence
 
 import numpy as np
-from scipy import stats
+from scipy.special import betaincinv
 
 from edge import CLASSES
 
@@ -134,8 +134,8 @@ def bootstrap_table2(y_true: Sequence[int], y_pred: Sequence[int], patients: Seq
 def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
     """Exact binomial confidence interval of k successes in n trials."""
     tail = (1 - level) / 2
-    lo = float(stats.beta.ppf(tail, k, n - k + 1)) if k else 0.0
-    hi = float(stats.beta.ppf(1 - tail, k + 1, n - k)) if k < n else 1.0
+    lo = float(betaincinv(k, n - k + 1, tail)) if k else 0.0
+    hi = float(betaincinv(k + 1, n - k, 1 - tail)) if k < n else 1.0
     return lo, hi
 
 

@@ -28,7 +28,6 @@ from edge.engine import DEFAULT_BUNDLE, Engine
 from edge.errors import StudyError, UserError
 from edge.evidence import MIN_PATIENTS, card_summary, evidence_line, record
 from edge.metrics import TABLE2, bootstrap_table2, clopper_pearson, confusion_matrix, one_vs_rest, reliability, roc_auc
-from edge.plots import plot_confusion, plot_reliability, plot_roc
 from edge.profile import load_profile
 from edge.selection_report import read_labels
 
@@ -242,6 +241,8 @@ def _png_data(path: Path) -> str:
 
 def write_outputs(outcomes: Sequence[dict], summary: dict, out: Path, model: dict) -> Path:
     """studies.csv, metrics.json, table2.txt, the three plots and validation.html; returns the page."""
+    from edge.plots import plot_confusion, plot_reliability, plot_roc  # matplotlib: only when plotting
+
     ok = [o for o in outcomes if o["error"] is None]
     y = [CLASSES.index(o["label"]) for o in ok]
     prob = np.array([o["probabilities"] for o in ok])
