@@ -129,8 +129,7 @@ def summarise(outcomes: Sequence[dict], n_boot: int = 2000, seed: int = 0) -> di
     cm = confusion_matrix(y, pred, len(CLASSES))
     rates = one_vs_rest(cm)
     ci = bootstrap_table2(y, pred, patients, n_boot=n_boot, seed=seed)
-    with np.errstate(invalid="ignore"):
-        macro = {m: _number(np.nanmean(rates[m])) if not np.isnan(rates[m]).all() else None for m in TABLE2}
+    macro = {m: None if np.isnan(rates[m]).all() else float(np.nanmean(rates[m])) for m in TABLE2}
     aucs = {c: _number(roc_auc(y == k, prob[:, k])) for k, c in enumerate(CLASSES)}
     defined = [a for a in aucs.values() if a is not None]
     summary = {
@@ -144,7 +143,7 @@ def summarise(outcomes: Sequence[dict], n_boot: int = 2000, seed: int = 0) -> di
         "calibration": reliability(y, prob),
         "retention": _retention(ok),
     }
-    summary["statements"] = _statements(summary, outcomes)
+    summary["statements"] = _statements(summary)
     return summary
 
 
@@ -158,7 +157,7 @@ def _retention(ok: Sequence[dict]) -> dict | None:
             "slices_kept": sum(s["kept"] for s in labelled), "slices": sum(s["total"] for s in labelled)}
 
 
-def _statements(s: dict, outcomes: Sequence[dict]) -> list[str]:
+def _statements(s: dict) -> list[str]:
     """What the numbers cannot support, in words."""
     out = []
     failed = s["n_studies"] - s["n_analysed"]
