@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,6 +96,7 @@ class ModelCard:
     kind: str = "group"
     modality: str = "ct"
     explain: dict[str, str] | None = None
+    validations: tuple[dict[str, Any], ...] = ()           # site validations recorded by ctedge validate --record
     extra: dict[str, Any] = field(default_factory=dict)    # provenance, onnx, edgetpu: kept as written
 
     @property
@@ -125,11 +128,14 @@ class ModelCard:
                "training_range": self.training_range.to_dict(), "variants": self.variants}
         if self.explain:
             doc["explain"] = self.explain
+        if self.validations:
+            doc["validations"] = list(self.validations)
         return doc | self.extra
 
 
 _REQUIRED = ("name", "version", "classes", "preprocessing", "variants")
-_KNOWN = set(_REQUIRED) | {"demonstration", "placeholder", "note", "training_range", "explain", "kind", "modality"}
+_KNOWN = set(_REQUIRED) | {"demonstration", "placeholder", "note", "training_range", "explain", "kind", "modality",
+                            "validations"}
 
 
 def parse_card(doc: Any, path: Path) -> ModelCard:
@@ -168,7 +174,7 @@ def parse_card(doc: Any, path: Path) -> ModelCard:
                      demonstration=bool(doc.get("demonstration", True)), placeholder=bool(doc.get("placeholder", False)),
                      note=str(doc.get("note", "")), preprocessing=options, training_range=training_range,
                      variants=variants, explain=doc.get("explain"), kind=doc.get("kind", KINDS[0]),
-                     modality=doc.get("modality", MODALITIES[0]),
+                     modality=doc.get("modality", MODALITIES[0]), validations=tuple(doc.get("validations") or ()),
                      extra={k: v for k, v in doc.items() if k not in _KNOWN})
 
 
@@ -186,7 +192,17 @@ def load_card(bundle: str | Path) -> ModelCard:
 
 
 def write_card(card: ModelCard) -> Path:
-    """Write ``card`` to its ``path``; return the path."""
+    """Write ``card`` to its ``path`` atomically (a temporary file renamed over it, an existing file's
+    mode kept); return the path."""
     card.path.parent.mkdir(parents=True, exist_ok=True)
-    card.path.write_text(json.dumps(card.to_dict(), indent=2) + "\n")
+    mode = card.path.stat().st_mode & 0o777 if card.path.exists() else 0o644
+    fd, tmp = tempfile.mkstemp(dir=card.path.parent, prefix=f".{CARD_FILE}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(card.to_dict(), indent=2) + "\n")
+        os.chmod(tmp, mode)
+        os.replace(tmp, card.path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return card.path

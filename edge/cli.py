@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
@@ -18,10 +18,11 @@ from edge import CLASSES, __version__
 from edge.errors import UserError
 from edge.engine import DEFAULT_BUNDLE, Engine
 from edge.ingest import configure_pydicom
-from edge.profile import default_profile, load_profile
+from edge.profile import default_profile, load_profile, with_model
 from edge.preprocess.select import METHODS
 from edge.selection_report import evaluate_study, format_table, read_labels
 from edge.server.command import add_serve
+from edge.validate import add_validate
 from edge.watch import add_watch
 
 log = logging.getLogger("ctedge")
@@ -63,9 +64,8 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
 def predict_engine(args: argparse.Namespace) -> Engine:
     """The engine that ``predict`` options describe: a device profile (or the defaults), overridden
     by explicit flags; pipeline flags are checked against the model card like profile keys."""
-    profile = load_profile(args.config) if args.config else default_profile(DEFAULT_BUNDLE)
-    model = {"bundle": args.model, "variant": args.variant, "threads": args.threads}
-    profile = replace(profile, model=replace(profile.model, **{k: v for k, v in model.items() if v is not None}))
+    profile = with_model(load_profile(args.config) if args.config else default_profile(DEFAULT_BUNDLE),
+                         args.model, args.variant, args.threads)
     flags: dict[str, tuple[Any, str]] = {}
     for key, value, flag in (("selection", args.selection, "--selection"), ("override", args.override, "--override"),
                              ("mask_lungs", False if args.no_mask else None, "--no-mask"),
@@ -102,7 +102,7 @@ def summary(d: dict) -> str:
         lines.append(f"Skipped series ({s['n_files']} files): {s['reason']}")
     lines += [f"Warning: {w}" for w in d["warnings"]]
     lines.append("Time: " + ", ".join(f"{k} {v:.0f} ms" for k, v in d["timings_ms"].items()))
-    lines.append(f"Model: {model['name']} {model['version']}")
+    lines.append(f"Model: {model['name']} {model['version']}; {model.get('validation', 'no validation recorded')}")
     return "\n".join(lines)
 
 
@@ -131,7 +131,8 @@ def cmd_evaluate_selection(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_predict, add_evaluate_selection, add_serve, add_watch]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_predict, add_evaluate_selection, add_serve, add_watch,
+                                                                add_validate]
 
 
 def plugin_commands(command: str | None) -> list[Callable[[argparse._SubParsersAction], None]]:

@@ -21,7 +21,6 @@ score when that slice alone is replaced by a black slice. Heatmaps explain the f
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import cv2
 import numpy as np

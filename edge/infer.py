@@ -11,6 +11,7 @@ import numpy as np
 
 from edge.card import PLACEHOLDER_BANNER, ModelCard, load_card
 from edge.errors import ModelLoadError
+from edge.evidence import NO_EVIDENCE, evidence_line
 from edge.runtime import invoke, load_interpreter
 
 
@@ -22,13 +23,15 @@ class ModelInfo:
     placeholder: bool
     note: str
     banner: str = ""          # the warning every output of this model shows ('' for a clinical model)
+    validation: str = NO_EVIDENCE   # the evidence line: "validated on N patients (...)" or "no validation recorded"
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def of(cls, card: ModelCard, variant: str) -> ModelInfo:
-        return cls(card.name, f"{card.version} ({variant})", card.demonstration, card.placeholder, card.note, card.banner)
+        return cls(card.name, f"{card.version} ({variant})", card.demonstration, card.placeholder, card.note,
+                   card.banner, evidence_line(card.validations))
 
 
 class GroupClassifier(Protocol):

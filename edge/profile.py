@@ -83,6 +83,14 @@ def default_profile(bundle: Path) -> Profile:
     return Profile(name="default", description="defaults", model=ModelSettings(bundle=bundle))
 
 
+def with_model(profile: Profile, bundle: Path | None = None, variant: str | None = None,
+               threads: int | None = None) -> Profile:
+    """``profile`` with the model settings that command-line flags give (None keeps the profile's)."""
+    given = {"bundle": bundle, "variant": variant, "threads": threads}
+    return dataclasses.replace(profile, model=dataclasses.replace(
+        profile.model, **{k: v for k, v in given.items() if v is not None}))
+
+
 def load_profile(path: str | Path) -> Profile:
     """Read and validate a device profile; raise ProfileError naming the file and the key."""
     path = Path(path)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from training.metrics import classification_report, confusion_matrix, format_table2, roc_auc
+from edge.metrics import classification_report, confusion_matrix, format_table2, roc_auc
 
 
 def test_hand_worked_three_class_example():

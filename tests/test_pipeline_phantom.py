@@ -10,7 +10,6 @@ from edge.phantom import make_phantom, write_dicom_series
 from edge.pipeline import run_study
 from edge.preprocess.segment import ThresholdSegmenter
 from edge.preprocess.select import select_slices
-from edge.preprocess.window import resize_slices
 
 
 @pytest.fixture(scope="module")

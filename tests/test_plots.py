@@ -2,7 +2,8 @@ import cv2
 import numpy as np
 import pytest
 
-from training.plots import plot_confusion, plot_roc, plot_training_curves
+from edge.plots import plot_confusion, plot_roc
+from training.plots import plot_training_curves
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -412,6 +412,7 @@ def test_form_upload_status_result_and_history(client, app):
     assert f'id="verdict">{result["label"]}<' in page
     assert 'id="result-banner"' in page and "demonstration model, not for clinical use" in page
     assert result["model"]["name"] in page and result["model"]["version"] in page
+    assert f'id="model-validation">{result["model"]["validation"]}<' in page
     assert page.count("<tr><td>") >= 3 + len(result["groups"])
     assert all(w in page for w in result["warnings"])
     assert 'id="viewer"' in page and f'data-count="{len(result["slice_png"])}"' in page

@@ -3,6 +3,7 @@
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 pytest.importorskip("tensorflow")
@@ -74,7 +75,34 @@ def test_cross_validation_pools_held_out_predictions(phantom_dataset, tmp_path, 
         split = json.loads((out / f"fold{fold}" / "split.json").read_text())
         held_out = {p["patient"] for p in metrics["predictions"]} - set(split["train"]) - set(split["val"])
         assert len(held_out) == 3
-    assert "Average" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "Average" in printed and "Across 2 folds" in printed
+    folds = json.loads((out / "cross_validation" / "folds.json").read_text())
+    per_fold = [json.loads((out / f"fold{i}" / "evaluation" / "metrics.json").read_text())["patient"]["macro"]
+                for i in range(2)]
+    assert folds["folds"] == per_fold
+    for m in ("accuracy", "sensitivity"):
+        values = [f[m] for f in per_fold]
+        assert folds["mean_and_spread"][m]["mean"] == pytest.approx(np.mean(values))
+        assert folds["mean_and_spread"][m]["sd"] == pytest.approx(np.std(values, ddof=1))
+
+
+def test_test_patients_are_held_out_and_reported(phantom_dataset, tmp_path, capsys):
+    # Three patients per class (one study listed twice under two patient names) so a class can spare one.
+    rows = [f"{c}-{k},{c},{phantom_dataset / c / f'{c}-{k % 2}'}" for c in LESIONS for k in range(3)]
+    data = tmp_path / "data.csv"
+    data.write_text("patient,class,path\n" + "\n".join(rows) + "\n")
+    run = tmp_path / "run"
+    assert main(["train", str(data), "--out", str(run), "--cnn-epochs", "1", "--head-epochs", "1",
+                 "--val-fraction", "0", "--test-fraction", "0.34", "--batch-size", "8"]) == 0
+    split = json.loads((run / "split.json").read_text())
+    assert len(split["test"]) == 3 and len(split["train"]) == 6 and not split["val"]
+    assert not set(split["test"]) & set(split["train"]), "test patients are never fitted on"
+    test_metrics = json.loads((run / "evaluation_test" / "metrics.json").read_text())
+    assert sorted(p["patient"] for p in test_metrics["predictions"]) == sorted(split["test"])
+    printed = capsys.readouterr().out
+    assert "6 train, 0 val, 3 test patients" in printed and "held-out test patients" in printed
+    assert "covid-0" not in printed, "no patient identifiers printed"
 
 
 def test_unet_from_studies_to_edge_segmenter(phantom_dataset, tmp_path, capsys):
@@ -101,7 +129,7 @@ def test_unet_from_studies_to_edge_segmenter(phantom_dataset, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("layout, problem", [
-    ("missing.csv", "cannot be read as a CSV"),
+    ("missing.csv", "cannot read the CSV"),
     ("bad-columns.csv", "missing column(s) class, path"),
     ("bad-class.csv", "row 2: unknown class 'flu'"),
     ("tree", "unknown class folder; expected one of covid, other_pneumonia, healthy"),

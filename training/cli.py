@@ -40,9 +40,14 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--optimizer", choices=("adam", "lamb"), default="adam")
     p.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (0 = off)")
     p.add_argument("--no-augment", action="store_true", help="no rotation/flip/blur/brightness augmentation")
-    p.add_argument("--val-fraction", type=float, default=0.2, help="patients held out for validation, per class")
+    p.add_argument("--val-fraction", type=float, default=0.2,
+                   help="patients held out for early stopping, per class (default 0.2)")
+    p.add_argument("--test-fraction", type=float, default=0.0,
+                   help="patients held out as a test set, per class (stratified, seeded; classes with 3+ patients): "
+                        "never used for fitting or early stopping, reported on after training")
     p.add_argument("--folds", type=int, default=0,
-                   help="k-fold cross-validation by patient: k runs in OUT/fold<i>/, metrics pooled over the folds")
+                   help="k-fold cross-validation by patient: k runs in OUT/fold<i>/, each evaluated on the fold it "
+                        "never saw; metrics pooled over the folds and their mean and spread across folds")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_train)
 
@@ -50,37 +55,57 @@ def add_train(sub: argparse._SubParsersAction) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     _require_tensorflow()
     from training.data import discover
-    from training.evaluate import evaluate_run
+    from training.evaluate import DEMO_NOTE, evaluate_run
     from training.train import TrainConfig, train_classifier
 
+    if args.folds and args.test_fraction:
+        raise UserError("--test-fraction", "with --folds every fold is held out in turn; leave --test-fraction out")
+    if not 0 <= args.test_fraction < 1:
+        raise UserError("--test-fraction", f"must be in [0, 1), got {args.test_fraction}")
     config = TrainConfig(cnn_epochs=args.cnn_epochs, head_epochs=args.head_epochs, batch_size=args.batch_size,
                          learning_rate=args.lr, patience=args.patience, optimizer=args.optimizer,
                          augment=not args.no_augment, mixup_alpha=args.mixup, val_fraction=args.val_fraction,
-                         seed=args.seed)
+                         test_fraction=args.test_fraction, seed=args.seed)
     records = discover(args.data)
     if args.folds:
         return _cross_validate(records, args.out, config, args.folds)
     result = train_classifier(records, args.out, config)
-    print(f"models: {args.out}/encoder.keras, {args.out}/head.keras; split: {json.dumps(result.split)}")
-    val = [r for r in records if r.patient in result.split.get("val", [])]
-    if val:
-        print(evaluate_run(result.encoder, result.head, val, args.out / "evaluation", config.preprocessing)["table"])
+    print(f"models: {args.out}/encoder.keras, {args.out}/head.keras; split (seed {config.seed}, {args.out}/split.json): "
+          + ", ".join(f"{len(result.split[k])} {k}" for k in ("train", "val", "test")) + " patients")
+    parts = (("test", "evaluation_test", "held-out test patients, never used for fitting or early stopping"),
+             ("val", "evaluation", "validation patients, used for early stopping: optimistic"))
+    for part, folder, what in parts:
+        held = [r for r in records if r.patient in result.split.get(part, [])]
+        if held:
+            print(evaluate_run(result.encoder, result.head, held, args.out / folder, config.preprocessing,
+                               note=f"{what}; {DEMO_NOTE}")["table"])
+    if args.test_fraction and not result.split["test"]:
+        print("No test patients: --test-fraction needs classes with at least 3 patients.")
     return 0
 
 
 def _cross_validate(records, out: Path, config, k: int) -> int:
+    from edge.metrics import mean_and_spread
     from training.data import patient_kfold, patient_split
     from training.evaluate import report_predictions
     from training.train import patient_predictions, prepare_records, train_classifier
 
-    predictions = []
+    predictions, fold_reports = [], []
     for i, (train, held_out) in enumerate(patient_kfold(records, k, config.seed)):
         # Early stopping watches patients carved from the training folds, never the held-out fold.
         inner = patient_split(train, val_fraction=config.val_fraction, seed=config.seed)
         result = train_classifier(train, out / f"fold{i}", config, inner)
-        predictions += patient_predictions(result.encoder, result.head, prepare_records(held_out, config.preprocessing),
-                                           config.preprocessing.override)
+        fold = patient_predictions(result.encoder, result.head, prepare_records(held_out, config.preprocessing),
+                                   config.preprocessing.override)
+        fold_reports.append(report_predictions(fold, out / f"fold{i}" / "evaluation")["patient"])
+        predictions += fold
     print(report_predictions(predictions, out / "cross_validation")["table"])
+    spread = mean_and_spread(fold_reports)
+    (out / "cross_validation" / "folds.json").write_text(json.dumps(
+        {"folds": [r["macro"] for r in fold_reports], "mean_and_spread": spread}, indent=2, default=float))
+    print(f"Across {k} folds (patient level, macro average; mean ± sd [min-max]):")
+    for m, s in spread.items():
+        print(f"  {m:<12} {100 * s['mean']:6.1f} ± {100 * s['sd']:4.1f}  [{100 * s['min']:.1f}-{100 * s['max']:.1f}]")
     return 0
 
 
@@ -99,8 +124,6 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     _require_tensorflow()
-    import tf_keras as keras
-
     from dataclasses import replace
 
     from training.data import discover

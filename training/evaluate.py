@@ -11,8 +11,8 @@ from edge import CLASSES
 from edge.card import DEMONSTRATION_BANNER
 from edge.options import PipelineOptions
 from training.data import StudyRecord
-from training.metrics import classification_report, format_table2
-from training.plots import plot_confusion, plot_roc
+from edge.metrics import classification_report, format_table2
+from edge.plots import plot_confusion, plot_roc
 from training.train import patient_predictions, prepare_records
 
 DEMO_NOTE = DEMONSTRATION_BANNER.lower()

@@ -14,8 +14,8 @@ import numpy as np
 
 from edge.selection_report import read_labels
 from training.data import StudyRecord
-from training.metrics import roc_auc
-from training.plots import plot_roc
+from edge.metrics import roc_auc
+from edge.plots import plot_roc
 from training.train import TrainConfig, prepare_records, train_slice_model
 
 

@@ -46,6 +46,7 @@ class TrainConfig:
     filters: tuple[int, ...] = (16, 32, 64, 128)
     lstm_units: int = 64
     val_fraction: float = 0.2
+    test_fraction: float = 0.0         # held out: used neither for fitting nor for early stopping
     seed: int = 0
     preprocessing: PipelineOptions = field(default_factory=PipelineOptions)   # becomes the model card's
 
@@ -220,10 +221,11 @@ def read_run_preprocessing(run_dir: Path) -> tuple[PipelineOptions, TrainingRang
 
 def train_classifier(records: list[StudyRecord], run_dir: Path, config: TrainConfig = TrainConfig(),
                      split: dict[str, list[StudyRecord]] | None = None) -> TrainResult:
-    """Split by patient (or use ``split``), run both stages, save models, config, history, split and
-    training curves to ``run_dir``."""
+    """Split by patient (or use ``split``), run both stages on ``train`` (early stopping on ``val``; the
+    ``test`` part is never seen), save models, config, history, split and training curves to ``run_dir``."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    split = split or patient_split(records, val_fraction=config.val_fraction, seed=config.seed)
+    split = split or patient_split(records, val_fraction=config.val_fraction, test_fraction=config.test_fraction,
+                                   seed=config.seed)
     options = config.preprocessing
     train, val = prepare_records(split["train"], options), prepare_records(split["val"], options)
     write_run_preprocessing(run_dir, options, [p.study for p in train + val])

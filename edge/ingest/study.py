@@ -9,8 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.errors import (CorruptFileError, EmptyStudyError, MixedSizesError, NoPixelDataError, NotDicomError,
-                         NoUsableSeriesError, StudyError, TooFewSlicesError, UnsupportedTransferSyntaxError)
+from edge.errors import (CorruptFileError, EmptyStudyError, MixedSizesError, NoPixelDataError, NoUsableSeriesError, StudyError, TooFewSlicesError, UnsupportedTransferSyntaxError)
 from edge.ingest.dicom_files import decode_hu, has_rescale, read_header
 from edge.ingest.image_files import is_image_file, natural_key, read_image_hu
 from edge.ingest.series import SkippedSeries, order_slices, select_series, split_series

@@ -1,0 +1,332 @@
+"""``ctedge validate``: measure a model bundle on a site's own labelled studies, on the edge install.
+
+Every study goes through the same :class:`edge.engine.Engine` as ``ctedge predict``. Each finished
+study is appended to ``OUT/studies.jsonl`` at once, so a crash or Ctrl-C loses nothing and a rerun
+resumes. Then: per-study CSV, Table 2 with patient bootstrap 95% intervals, ROC, confusion matrix,
+reliability diagram and one HTML page, all readable by the owner only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import csv
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import jinja2
+import numpy as np
+from tqdm import tqdm
+
+from edge import CLASSES
+from edge.dataset import StudyRecord, discover
+from edge.engine import DEFAULT_BUNDLE, Engine
+from edge.errors import StudyError, UserError
+from edge.evidence import MIN_PATIENTS, card_summary, evidence_line, record
+from edge.metrics import TABLE2, bootstrap_table2, clopper_pearson, confusion_matrix, one_vs_rest, reliability, roc_auc
+from edge.profile import default_profile, load_profile, with_model
+from edge.selection_report import read_labels
+
+RECORDS = "studies.jsonl"
+RUN = "run.json"
+MIN_CALIBRATION_STUDIES = 100
+_TEMPLATES = jinja2.Environment(loader=jinja2.PackageLoader("edge", "templates"), autoescape=True)
+
+
+@contextlib.contextmanager
+def _owner_only() -> Iterator[None]:
+    """Files and folders created inside are readable by their owner only."""
+    old = os.umask(0o077)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def _key(r: StudyRecord) -> str:
+    return f"{r.patient}\t{r.path}"
+
+
+def analyse(r: StudyRecord, engine: Engine, slice_labels: dict[tuple[str, str], int] | None = None) -> dict:
+    """One study's outcome: verdict, probabilities, groups, time, warnings (or the error that stopped it)
+    and, with slice labels, how many labelled infected slices the selection kept."""
+    outcome = {"key": _key(r), "patient": r.patient, "label": r.label, "path": str(r.path), "error": None}
+    try:
+        result = engine.run(r.path)
+    except StudyError as exc:
+        return outcome | {"error": exc.problem}
+    doc = result.to_dict()
+    outcome |= {"verdict": doc["label"], "probabilities": [doc["probabilities"][c] for c in CLASSES],
+                "groups": [[g["probabilities"][c] for c in CLASSES] for g in doc["groups"]],
+                "n_slices_read": doc["n_slices_read"], "n_slices_used": doc["n_slices_used"],
+                "time_ms": doc["timings_ms"]["total"], "warnings": doc["warnings"]}
+    if slice_labels is not None:
+        files = result.volume.files
+        infected = np.array([slice_labels.get((r.path.name, f), 0) == 1 for f in files], bool)
+        outcome["slices"] = {"labelled": any((r.path.name, f) in slice_labels for f in files),
+                             "infected": int(infected.sum()), "infected_kept": int((infected & result.selection.keep).sum()),
+                             "kept": int(result.selection.keep.sum()), "total": len(files)}
+    return outcome
+
+
+def _load_outcomes(path: Path) -> dict[str, dict]:
+    """Finished studies of an earlier run; a line cut short by a crash is ignored (that study reruns)."""
+    done = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            with contextlib.suppress(ValueError):
+                o = json.loads(line)
+                done[o["key"]] = o
+    return done
+
+
+def _check_same_run(out: Path, run: dict) -> None:
+    path = out / RUN
+    if path.exists() and json.loads(path.read_text()) != run:
+        raise UserError(path, "this folder holds a validation of another model, variant or settings; "
+                              "use a new --out (or remove the folder) to start afresh")
+    path.write_text(json.dumps(run, indent=2))
+
+
+def run_studies(records: Sequence[StudyRecord], engine: Engine, out: Path,
+                slice_labels: dict[tuple[str, str], int] | None = None) -> list[dict]:
+    """Outcomes of every record in order, running only those ``out`` does not hold yet."""
+    out.mkdir(parents=True, exist_ok=True)
+    _check_same_run(out, {"model": engine.info.to_dict(), "options": asdict(engine.options),
+                          "slice_labels": slice_labels is not None})
+    done = _load_outcomes(out / RECORDS)
+    todo = [r for r in records if _key(r) not in done]
+    with open(out / RECORDS, "a") as f, tqdm(total=len(records), initial=len(records) - len(todo),
+                                              desc="validating", unit="study") as bar:
+        for r in todo:
+            outcome = analyse(r, engine, slice_labels)
+            f.write(json.dumps(outcome) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+            done[outcome["key"]] = outcome
+            bar.update()
+    return [done[_key(r)] for r in records]
+
+
+def _number(x: float) -> float | None:
+    return None if np.isnan(x) else float(x)
+
+
+def summarise(outcomes: Sequence[dict], n_boot: int = 2000, seed: int = 0) -> dict:
+    """Metrics of the analysed studies: Table 2 from the verdicts with patient bootstrap intervals,
+    ROC AUC from the mean group probabilities, confusion matrix, calibration, slice retention, and
+    plain statements of what the numbers cannot support."""
+    ok = [o for o in outcomes if o["error"] is None]
+    y = np.array([CLASSES.index(o["label"]) for o in ok])
+    pred = np.array([CLASSES.index(o["verdict"]) for o in ok])
+    prob = np.array([o["probabilities"] for o in ok])
+    patients = [o["patient"] for o in ok]
+    n_patients = {c: len({o["patient"] for o in ok if o["label"] == c}) for c in CLASSES}
+    cm = confusion_matrix(y, pred, len(CLASSES))
+    rates = one_vs_rest(cm)
+    ci = bootstrap_table2(y, pred, patients, n_boot=n_boot, seed=seed)
+    macro = {m: None if np.isnan(rates[m]).all() else float(np.nanmean(rates[m])) for m in TABLE2}
+    aucs = {c: _number(roc_auc(y == k, prob[:, k])) for k, c in enumerate(CLASSES)}
+    defined = [a for a in aucs.values() if a is not None]
+    summary = {
+        "n_studies": len(outcomes), "n_analysed": len(ok), "n_patients": n_patients,
+        "sufficient": all(n >= MIN_PATIENTS for n in n_patients.values()),
+        "table2": {"per_class": {c: {m: _number(rates[m][k]) for m in TABLE2} for k, c in enumerate(CLASSES)},
+                   "macro": macro, "ci95": {**ci["per_class"], "macro": ci["macro"]}, "n_boot": n_boot},
+        "roc_auc": {"per_class": aucs, "macro": float(np.mean(defined)) if defined else None},
+        "confusion_matrix": cm.tolist(),
+        "confusion_normalised": (cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)).tolist(),
+        "calibration": reliability(y, prob),
+        "retention": _retention(ok),
+    }
+    summary["statements"] = _statements(summary)
+    return summary
+
+
+def _retention(ok: Sequence[dict]) -> dict | None:
+    labelled = [o["slices"] for o in ok if o.get("slices", {}).get("labelled")]
+    if not labelled:
+        return None
+    infected, kept = sum(s["infected"] for s in labelled), sum(s["infected_kept"] for s in labelled)
+    return {"studies": len(labelled), "infected": infected, "infected_kept": kept,
+            "fraction": kept / infected if infected else None,
+            "slices_kept": sum(s["kept"] for s in labelled), "slices": sum(s["total"] for s in labelled)}
+
+
+def _statements(s: dict) -> list[str]:
+    """What the numbers cannot support, in words."""
+    out = []
+    failed = s["n_studies"] - s["n_analysed"]
+    if failed:
+        out.append(f"{failed} of {s['n_studies']} studies could not be analysed and are left out of every "
+                   "figure (their errors are in studies.csv).")
+    total = sum(s["n_patients"].values())
+    for c, n in s["n_patients"].items():
+        spec = f"; too few without {c} ({total - n}) for its specificity" if 0 < total - n < MIN_PATIENTS else ""
+        if n == 0:
+            out.append(f"No {c} patients: the sensitivity of {c} cannot be estimated; averages leave it out{spec}.")
+        elif n < MIN_PATIENTS:
+            out.append(f"Too few patients to estimate sensitivity of {c}: {n} patient(s), at least {MIN_PATIENTS} "
+                       f"needed{spec}; the intervals show how little this can say.")
+        elif spec:
+            out.append(f"Too few patients without {c} ({total - n}) to estimate its specificity.")
+    for k, c in enumerate(CLASSES):
+        ci, n = s["table2"]["ci95"][c]["sensitivity"], sum(s["confusion_matrix"][k])
+        if ci and ci[0] == ci[1] and n:
+            lo, hi = clopper_pearson(s["confusion_matrix"][k][k], n)
+            out.append(f"The sensitivity interval of {c} has zero width because every resample agreed, not because "
+                       f"it is certain: the exact (Clopper-Pearson) 95% interval for {s['confusion_matrix'][k][k]} of "
+                       f"{n} is {100 * lo:.0f}-{100 * hi:.0f}%.")
+    for c, auc in s["roc_auc"]["per_class"].items():
+        if auc is None:
+            out.append(f"ROC AUC of {c} cannot be computed: it needs patients with and without {c}.")
+    if s["n_analysed"] < MIN_CALIBRATION_STUDIES:
+        out.append(f"Calibration from {s['n_analysed']} studies (fewer than {MIN_CALIBRATION_STUDIES}): "
+                   "the expected calibration error is indicative only.")
+    if s["retention"] is not None:
+        out.append("Slice-level ROC AUC: not applicable, this model scores 50-slice groups, not single slices; "
+                   "only the selection's retention of labelled infected slices is measured.")
+    return out
+
+
+def _cell(value: float | None, ci: list[float] | None) -> str:
+    if value is None:
+        return "n/a"
+    return f"{100 * value:.1f}" + (f" [{100 * ci[0]:.1f}-{100 * ci[1]:.1f}]" if ci else "")
+
+
+def table2_rows(summary: dict) -> list[list[str]]:
+    """Table 2 layout: per class and average, accuracy, specificity, sensitivity, F1 in % with 95% intervals."""
+    t = summary["table2"]
+    entries = [(c, t["per_class"][c], t["ci95"][c]) for c in CLASSES] + [("Average", t["macro"], t["ci95"]["macro"])]
+    return [[name] + [_cell(values[m], ci[m]) for m in TABLE2] for name, values, ci in entries]
+
+
+def format_table2(summary: dict) -> str:
+    head = ["Class", "Accuracy", "Specificity", "Sensitivity", "F1-score"]
+    rows = [head] + table2_rows(summary)
+    widths = [max(len(r[i]) for r in rows) + 2 for i in range(len(head))]
+    return "\n".join("".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths)))
+                     for r in rows) + f"\n(% with patient bootstrap 95% intervals, {summary['table2']['n_boot']} resamples)"
+
+
+def _write_csv(outcomes: Sequence[dict], path: Path) -> None:
+    fields = ["patient", "class", "verdict", "correct", *[f"p_{c}" for c in CLASSES], "n_groups", "group_probabilities",
+              "n_slices_read", "n_slices_used", "time_ms", "warnings", "error",
+              "infected_slices", "infected_slices_kept"]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        for o in outcomes:
+            row = {"patient": o["patient"], "class": o["label"], "error": o["error"] or ""}
+            if o["error"] is None:
+                row |= {"verdict": o["verdict"], "correct": int(o["verdict"] == o["label"]),
+                        **{f"p_{c}": f"{p:.4f}" for c, p in zip(CLASSES, o["probabilities"])},
+                        "n_groups": len(o["groups"]), "group_probabilities": json.dumps(o["groups"]),
+                        "n_slices_read": o["n_slices_read"], "n_slices_used": o["n_slices_used"],
+                        "time_ms": f"{o['time_ms']:.0f}", "warnings": "; ".join(o["warnings"])}
+                if o.get("slices", {}).get("labelled"):
+                    row |= {"infected_slices": o["slices"]["infected"], "infected_slices_kept": o["slices"]["infected_kept"]}
+            w.writerow(row)
+
+
+def _png_data(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def write_outputs(outcomes: Sequence[dict], summary: dict, out: Path, model: dict) -> Path:
+    """studies.csv, metrics.json, table2.txt, the three plots and validation.html; returns the page."""
+    from edge.plots import plot_confusion, plot_reliability, plot_roc  # matplotlib: only when plotting
+
+    ok = [o for o in outcomes if o["error"] is None]
+    y = [CLASSES.index(o["label"]) for o in ok]
+    prob = np.array([o["probabilities"] for o in ok])
+    note = "demonstration model - not for clinical use" if model["demonstration"] or model["placeholder"] else ""
+    _write_csv(outcomes, out / "studies.csv")
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+    (out / "table2.txt").write_text(format_table2(summary) + "\n")
+    plots = {
+        "roc": plot_roc(y, prob, out / "roc.png", title=f"ROC, patient level ({len(ok)} studies)", note=note),
+        "confusion": plot_confusion(np.array(summary["confusion_matrix"]), out / "confusion.png",
+                                    title="Confusion matrix (rows normalised)", note=note),
+        "reliability": plot_reliability(summary["calibration"], out / "reliability.png",
+                                        title="Reliability (top-class probability)", note=note),
+    }
+    page = _TEMPLATES.get_template("validation.html").render(
+        s=summary, model=model, classes=CLASSES, outcomes=outcomes, table=table2_rows(summary),
+        plots={k: _png_data(p) for k, p in plots.items()}, min_patients=MIN_PATIENTS)
+    (out / "validation.html").write_text(page)
+    return out / "validation.html"
+
+
+def add_validate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("validate", help="measure a model bundle on your own labelled studies (no TensorFlow)",
+                       description="Run every labelled study through the same engine as predict and write a per-study "
+                                   "CSV, Table 2 (accuracy, specificity, sensitivity, F1 per class) with patient "
+                                   "bootstrap 95% intervals, ROC curves, the normalised confusion matrix, a reliability "
+                                   "plot with the expected calibration error and OUT/validation.html. A rerun with "
+                                   "the same OUT resumes where a crash or Ctrl-C stopped.")
+    p.add_argument("data", type=Path, help="labelled studies: <root>/<class>/<patient>/... or a CSV patient,class,path")
+    p.add_argument("--model", type=Path, default=None,
+                   help="TFLite model bundle folder (model.json); default: the profile's, else the bundled demonstration model")
+    p.add_argument("--config", type=Path, default=None, help="device profile: variant, delegate, threads and pipeline settings")
+    p.add_argument("--variant", default=None, help="bundle variant (default: the profile's, else int8)")
+    p.add_argument("--out", type=Path, required=True, help="output folder (resumed when it holds an earlier run)")
+    p.add_argument("--slice-labels", type=Path, default=None,
+                   help="CSV patient_folder,file,infection: also measure how many infected slices the selection keeps")
+    p.add_argument("--record", action="store_true", help="append the evidence summary to the bundle's model.json")
+    p.add_argument("--description", default=None, help="what the data are (site, period, selection); needed with --record")
+    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the intervals (default 2000)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.set_defaults(func=cmd_validate)
+
+
+def validate_engine(args: argparse.Namespace) -> tuple[Engine, Path]:
+    """The engine ``predict`` would build from the same options, and its bundle folder."""
+    profile = with_model(load_profile(args.config) if args.config else default_profile(DEFAULT_BUNDLE),
+                         args.model, args.variant)
+    return Engine.from_profile(profile), profile.model.bundle
+
+
+def _auc(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    if args.record and not args.description:
+        raise UserError("--record", "say what the data are with --description (site, period, how studies were chosen)")
+    records = discover(args.data)
+    labels = read_labels(args.slice_labels) if args.slice_labels else None
+    engine, bundle = validate_engine(args)
+    model = engine.info.to_dict()
+    with _owner_only():
+        try:
+            outcomes = run_studies(records, engine, args.out, labels)
+        except KeyboardInterrupt:
+            print(f"Finished studies are kept in {args.out / RECORDS}; run the same command to resume.")
+            raise
+        if all(o["error"] for o in outcomes):
+            _write_csv(outcomes, args.out / "studies.csv")
+            raise UserError(args.data, f"no study could be analysed; the errors are in {args.out / 'studies.csv'}")
+        summary = summarise(outcomes, args.bootstrap, args.seed)
+        page = write_outputs(outcomes, summary, args.out, model)
+    if model["banner"]:
+        print(f"*** {model['banner']} *** {model['note']}")
+    print(format_table2(summary))
+    auc = summary["roc_auc"]
+    print("ROC AUC: " + ", ".join(f"{c} {_auc(a)}" for c, a in auc["per_class"].items()) + f"; macro {_auc(auc['macro'])}")
+    print(f"Expected calibration error: {summary['calibration']['ece']:.3f}")
+    if summary["retention"] is not None:
+        r = summary["retention"]
+        print(f"Infected slices kept by the selection: {r['infected_kept']}/{r['infected']} in {r['studies']} studies")
+    for line in summary["statements"]:
+        print(f"Note: {line}")
+    if args.record:
+        card = record(bundle, card_summary(summary, args.description, model))
+        print(f"Recorded in {card.path}: {evidence_line(card.validations)}")
+    print(f"Page: {page}")
+    return 0
