@@ -24,6 +24,7 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification
 
+from edge.errors import UserError
 from edge.profile import DicomPeer, DicomSettings
 
 log = logging.getLogger("ctedge.dicom")
@@ -133,9 +134,13 @@ class Receiver:
         removed = self.inbox.prepare()
         if removed:
             log.warning("removed %d partial instance(s) left by an interrupted receiver", removed)
-        self._server = self.ae.start_server(
-            (self.settings.host, self.settings.port), block=False,
-            evt_handlers=[(evt.EVT_REQUESTED, self._on_request), (evt.EVT_C_STORE, self._on_store)])
+        try:
+            self._server = self.ae.start_server(
+                (self.settings.host, self.settings.port), block=False,
+                evt_handlers=[(evt.EVT_REQUESTED, self._on_request), (evt.EVT_C_STORE, self._on_store)])
+        except OSError as exc:
+            raise UserError(f"{self.settings.host}:{self.settings.port}",
+                            f"the DICOM receiver cannot listen there ({exc.strerror}); see dicom.host and dicom.port") from exc
         log.info("DICOM receiver %s listening on %s:%d, studies in %s", self.settings.ae_title,
                  self.settings.host, self.port, self.inbox.root)
 

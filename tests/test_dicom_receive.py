@@ -1,0 +1,151 @@
+"""The DICOM receiver and sender against pynetdicom peers on loopback (no apt packages needed):
+receive -> study complete -> verdict -> SR and Secondary Capture delivered to a storage SCP."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.uid import CTImageStorage, ComprehensiveSRStorage, SecondaryCaptureImageStorage
+
+from edge.dicomnet.receiver import CANNOT_UNDERSTAND, SOP_CLASS_NOT_SUPPORTED, Receiver
+from edge.dicomnet.service import DicomService
+from edge.engine import Engine
+from edge.profile import DicomPeer, DicomSettings, WatcherSettings
+from edge.watch import watch
+from tests.dicom_support import StorageSCP, echo, free_port, phantom_study, send
+
+NOW = WatcherSettings(poll_seconds=0.1, stable_seconds=0.0)
+
+
+@pytest.fixture(scope="module")
+def engine() -> Engine:
+    return Engine.default()
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> list[Path]:
+    return phantom_study(tmp_path_factory.mktemp("phantom") / "s", ground_glass=3)
+
+
+@pytest.fixture
+def receiver(tmp_path):
+    r = Receiver(DicomSettings(port=0, allowed_callers=(DicomPeer("TESTSCU"), DicomPeer("LOCALONLY", "127.0.0.1"))),
+                 tmp_path / "inbox")
+    r.start()
+    yield r
+    r.stop()
+
+
+def stored(inbox: Path) -> list[Path]:
+    return sorted(p for p in inbox.rglob("*.dcm") if ".receiving" not in p.parts)
+
+
+def test_instances_are_stored_unchanged_under_the_study_uid_owner_only(receiver, study):
+    assert send(receiver.port, study) == [0] * len(study)
+    study_uid = pydicom.dcmread(study[0]).StudyInstanceUID
+    files = stored(receiver.inbox.root)
+    assert {p.parent.name for p in files} == {study_uid}
+    by_uid = {pydicom.dcmread(p).SOPInstanceUID: p for p in study}
+    for p in files:  # the data set bytes as sent: no re-encoding
+        assert pydicom.dcmread(p).PixelData == pydicom.dcmread(by_uid[p.stem]).PixelData
+    assert stat.S_IMODE(files[0].stat().st_mode) == 0o600
+    assert stat.S_IMODE(files[0].parent.stat().st_mode) == 0o700
+    assert not list(receiver.inbox.receiving.iterdir())
+
+
+def test_c_echo_and_allowed_callers(receiver):
+    assert echo(receiver.port, "TESTSCU") == (True, False, 0)
+    assert echo(receiver.port, "LOCALONLY") == (True, False, 0)
+    established, rejected, _ = echo(receiver.port, "INTRUDER")
+    assert not established and rejected
+
+
+def test_caller_from_another_address_is_rejected(tmp_path):
+    r = Receiver(DicomSettings(port=0, allowed_callers=(DicomPeer("TESTSCU", "192.0.2.7"),)), tmp_path / "inbox")
+    r.start()
+    try:
+        assert echo(r.port, "TESTSCU")[:2] == (False, True)
+    finally:
+        r.stop()
+
+
+def test_non_ct_and_truncated_instances_are_refused_cleanly(receiver, study, tmp_path):
+    sc = pydicom.dcmread(study[0])
+    sc.SOPClassUID = sc.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    sc.save_as(tmp_path / "sc.dcm")
+    data = study[1].read_bytes()
+    (tmp_path / "cut.dcm").write_bytes(data[: len(data) - 5000])
+    assert send(receiver.port, [tmp_path / "sc.dcm"]) == [SOP_CLASS_NOT_SUPPORTED]
+    assert send(receiver.port, [tmp_path / "cut.dcm"]) == [CANNOT_UNDERSTAND]
+    assert send(receiver.port, study[2:3]) == [0]  # the receiver still works
+    assert len(stored(receiver.inbox.root)) == 1
+
+
+def test_same_study_twice_changes_nothing_and_dropped_association_keeps_acknowledged(receiver, study):
+    assert send(receiver.port, study[:10], abort_after=6) == [0] * 6
+    assert len(stored(receiver.inbox.root)) == 6
+    assert send(receiver.port, study) == [0] * len(study)
+    before = {p: p.stat().st_mtime_ns for p in stored(receiver.inbox.root)}
+    assert send(receiver.port, study) == [0] * len(study)
+    assert {p: p.stat().st_mtime_ns for p in stored(receiver.inbox.root)} == before
+    assert len(before) == len(study)
+
+
+def test_received_study_is_analysed_and_the_sr_reaches_pacs(tmp_path, study, engine):
+    pacs = StorageSCP("PACS").start()
+    settings = DicomSettings(port=0, destinations=(DicomPeer("PACS", "127.0.0.1", pacs.port),))
+    inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
+    service = DicomService(settings, inbox, outbox)
+    service.start(send=False)
+    try:
+        assert send(service.receiver.port, study) == [0] * len(study)
+        summary = watch(engine, inbox, outbox, NOW, once=True, after_pass=service.after_pass)
+    finally:
+        service.stop()
+        pacs.stop()
+    assert summary.done == 1
+    study_uid = pydicom.dcmread(study[0]).StudyInstanceUID
+    doc = json.loads((outbox / study_uid / "result.json").read_text())
+    classes = [ds.SOPClassUID for ds in pacs.received]
+    assert classes == [ComprehensiveSRStorage] + [SecondaryCaptureImageStorage] * len(doc["heatmaps"])
+    assert all(ds.StudyInstanceUID == study_uid for ds in pacs.received)
+    assert len({ds.SeriesInstanceUID for ds in pacs.received}) == 2
+    sr = pacs.received[0]
+    assert sr.PatientID == "PHANTOM-0001" and sr.Manufacturer == "ctedge"
+    items = {item.ConceptNameCodeSequence[0].CodeMeaning: item for item in sr.ContentSequence}
+    assert items["Finding"].TextValue == doc["label"]
+    for c, p in doc["probabilities"].items():
+        assert float(items[f"Probability of {c}"].MeasuredValueSequence[0].NumericValue) == pytest.approx(p, abs=1e-6)
+    assert "NOT FOR CLINICAL USE" in items["Comment"].TextValue
+    referenced = {i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in sr.ContentSequence if i.ValueType == "IMAGE"}
+    sources = {pydicom.dcmread(inbox / study_uid / h["file"]).SOPInstanceUID for h in doc["heatmaps"]}
+    assert referenced == sources
+    assert service.outbox.status() == {"pending": 0, "failing": 0, "sent": 1, "failures": []}
+
+
+def test_destination_down_keeps_the_result_until_it_is_up(tmp_path, study, engine):
+    port = free_port()
+    settings = DicomSettings(port=0, destinations=(DicomPeer("PACS", "127.0.0.1", port),))
+    inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
+    (inbox / "s").mkdir(parents=True)
+    for f in study:
+        (inbox / "s" / f.name).write_bytes(f.read_bytes())
+    service = DicomService(settings, inbox, outbox, retry_base_s=0.01)
+    watch(engine, inbox, outbox, NOW, once=True, after_pass=service.after_pass)
+    status = service.outbox.status()
+    assert status["pending"] == 1 and status["failing"] == 1 and "no association" in status["failures"][0]["last_error"]
+    restarted = DicomService(settings, inbox, outbox)  # the queue survives a restart
+    pacs = StorageSCP("PACS", port).start()
+    try:
+        assert restarted.outbox.deliver_due(now=float("inf")) == 1
+    finally:
+        pacs.stop()
+    assert pacs.received[0].SOPClassUID == ComprehensiveSRStorage
+    assert restarted.outbox.status()["pending"] == 0
+    restarted.after_pass()  # delivered once: never queued again
+    assert restarted.outbox.status() == {"pending": 0, "failing": 0, "sent": 1, "failures": []}
+    assert not list((outbox / ".dicom-send" / "sent").rglob("*.dcm"))
