@@ -142,7 +142,7 @@ def _convert(hint: Any, value: Any, path: Path, key: str, base: Path) -> Any:
     if type(None) in typing.get_args(hint):        # Optional: null allowed, otherwise the other type
         if value is None:
             return None
-        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+        return _convert(next(a for a in typing.get_args(hint) if a is not type(None)), value, path, key, base)
     if typing.get_origin(hint) is Literal:
         if value not in typing.get_args(hint):
             raise ProfileError(path, f"{key} must be one of {', '.join(map(str, typing.get_args(hint)))}, got {value!r}")
