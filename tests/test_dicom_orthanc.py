@@ -1,0 +1,117 @@
+"""Interop with real DICOM peers: Orthanc (PACS) and dcmtk's storescu send studies to ctedge; the SR
+and heatmap Secondary Captures appear in the study in Orthanc; dciodvfy finds no error in them.
+Needs the Debian packages orthanc, dcmtk and dicom3tools (.ci/run installs them)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from edge.dicomnet.results import result_objects
+from edge.dicomnet.service import DicomService
+from edge.engine import Engine
+from edge.profile import DicomPeer, DicomSettings, WatcherSettings
+from edge.watch import watch
+from tests.dicom_support import Orthanc, dciodvfy_errors, free_port, phantom_study
+
+MISSING = [tool for tool in (Orthanc.BINARY, "storescu", "dciodvfy") if not shutil.which(tool)]
+pytestmark = pytest.mark.skipif(bool(MISSING), reason=f"not installed: {', '.join(MISSING)} "
+                                                      "(apt-get install orthanc dcmtk dicom3tools)")
+NOW = WatcherSettings(poll_seconds=0.1, stable_seconds=0.0)
+
+
+@pytest.fixture(scope="module")
+def engine() -> Engine:
+    return Engine.default()
+
+
+def stored(inbox: Path) -> list[Path]:
+    return sorted(p for p in inbox.rglob("*.dcm") if ".receiving" not in p.parts)
+
+
+def storescu(port: int, files: list[Path], *options: str, calling: str = "STORESCU") -> subprocess.CompletedProcess:
+    return subprocess.run(["storescu", *options, "-aet", calling, "-aec", "CTEDGE", "127.0.0.1", str(port),
+                           *map(str, files)], capture_output=True, text=True, timeout=120)
+
+
+def test_storescu_study_is_analysed_and_results_appear_in_orthanc(tmp_path, engine):
+    study = phantom_study(tmp_path / "src", ground_glass=3)
+    port = free_port()
+    with Orthanc(tmp_path / "orthanc", port) as orthanc:
+        settings = DicomSettings(port=port, allowed_callers=(DicomPeer("STORESCU"), DicomPeer("ORTHANC")),
+                                 destinations=(DicomPeer("ORTHANC", "127.0.0.1", orthanc.dicom_port),))
+        inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
+        service = DicomService(settings, inbox, outbox)
+        service.start(send=False)
+        try:
+            sent = storescu(port, study)
+            assert sent.returncode == 0, sent.stderr
+            assert len(stored(inbox)) == len(study)
+            assert storescu(port, study, calling="STRANGER").returncode != 0  # not an allowed caller
+            assert watch(engine, inbox, outbox, NOW, once=True, after_pass=service.after_pass).done == 1
+        finally:
+            service.stop()
+        assert service.outbox.status()["pending"] == 0
+        study_uid = pydicom.dcmread(study[0]).StudyInstanceUID
+        series = orthanc.get(f"/studies/{orthanc.study_id(study_uid)}/series")
+        assert sorted(s["MainDicomTags"]["Modality"] for s in series) == ["OT", "SR"]  # the CT stays on ctedge
+        for s in series:
+            for instance in s["Instances"]:
+                path = tmp_path / f"{instance}.dcm"
+                path.write_bytes(orthanc.request("GET", f"/instances/{instance}/file"))
+                assert dciodvfy_errors(path) == []
+                assert pydicom.dcmread(path).StudyInstanceUID == study_uid
+
+
+def test_orthanc_pushes_a_study_to_ctedge(tmp_path):
+    study = phantom_study(tmp_path / "src", n_slices=12, size=64, seed=8)
+    port = free_port()
+    with Orthanc(tmp_path / "orthanc", port) as orthanc:
+        for f in study:
+            orthanc.post("/instances", f.read_bytes())
+        settings = DicomSettings(port=port, allowed_callers=(DicomPeer("ORTHANC", "127.0.0.1"),))
+        service = DicomService(settings, tmp_path / "inbox", tmp_path / "outbox")
+        service.start()
+        try:
+            assert orthanc.post("/modalities/ctedge/echo", {}) == {}
+            study_id = orthanc.study_id(pydicom.dcmread(study[0]).StudyInstanceUID)
+            answer = orthanc.post("/modalities/ctedge/store", {"Resources": [study_id], "Synchronous": True})
+        finally:
+            service.stop()
+        assert answer["InstancesCount"] == len(study) and answer["FailedInstancesCount"] == 0
+        assert len(stored(tmp_path / "inbox")) == len(study)
+
+
+@pytest.mark.shared_data
+def test_jpeg_lossless_study_is_stored_without_re_encoding(tmp_path, shared_data):
+    study = sorted((shared_data / "Normal_normal001").glob("*.dcm"))
+    port = free_port()
+    service = DicomService(DicomSettings(port=port), tmp_path / "inbox", tmp_path / "outbox")
+    service.start()
+    try:
+        sent = storescu(port, study, "-xs")
+        assert sent.returncode == 0, sent.stderr
+    finally:
+        service.stop()
+    received = stored(tmp_path / "inbox")
+    assert len(received) == len(study)
+    source = pydicom.dcmread(study[0])
+    copy = pydicom.dcmread(next(p for p in received if p.stem == source.SOPInstanceUID))
+    assert copy.file_meta.TransferSyntaxUID == source.file_meta.TransferSyntaxUID
+    assert copy.PixelData == source.PixelData
+
+
+def test_generated_objects_pass_dciodvfy(tmp_path, engine):
+    study = phantom_study(tmp_path / "src", n_slices=30, size=96, seed=4, consolidation=2)
+    engine.analyse(tmp_path / "src", tmp_path / "result")
+    objects = result_objects(tmp_path / "result", tmp_path / "src")
+    assert len(objects) >= 2
+    for n, ds in enumerate(objects):
+        path = tmp_path / f"{n}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        assert dciodvfy_errors(path) == [], path
+        assert pydicom.dcmread(path).SOPInstanceUID == ds.SOPInstanceUID
