@@ -19,7 +19,7 @@ from edge.dicomnet.outbox import Outbox
 from edge.dicomnet.receiver import Receiver
 from edge.dicomnet.results import result_objects
 from edge.errors import UserError
-from edge.profile import DicomPeer, DicomSettings
+from edge.profile import DicomPeer, DicomSettings, Profile, WatcherSettings
 
 log = logging.getLogger("ctedge.dicom")
 SEND_DIR = ".dicom-send"
@@ -36,6 +36,7 @@ class DicomService:
         self.outbox = Outbox(self.results / SEND_DIR, settings.ae_title, retry_base_s, retry_max_s)
         self._stop = threading.Event()
         self._sender: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
 
     def start(self, receive: bool = True, send: bool = True) -> None:
         """Start the receiver and the sender thread (without ``send``, :meth:`after_pass` delivers)."""
@@ -45,12 +46,40 @@ class DicomService:
             self._sender = threading.Thread(target=self.outbox.run, args=(self._stop,), name="ctedge-dicom-send",
                                             daemon=True)
             self._sender.start()
+            self._threads.append(self._sender)
 
     def stop(self) -> None:
         self.receiver.stop()
         self._stop.set()
-        if self._sender is not None:
-            self._sender.join(timeout=60)
+        for thread in self._threads:
+            thread.join(timeout=60)
+
+    @classmethod
+    def for_server(cls, profile: Profile, engine) -> DicomService:
+        """``ctedge serve``: receive into ``dicom.inbox``, analyse there with the server's engine as ``ctedge
+        watch`` does (results in ``results_dir/dicom``), send to the destinations; all in background threads."""
+        if profile.dicom is None or profile.dicom.inbox is None:
+            raise UserError(profile.source, "dicom.inbox is not set: where should received studies be written?")
+        service = cls(profile.dicom, profile.dicom.inbox, profile.server.results_dir / "dicom")
+        service.start()
+        service._threads.append(threading.Thread(target=service._watch, args=(engine, profile.watcher),
+                                                 name="ctedge-dicom-watch", daemon=True))
+        service._threads[-1].start()
+        return service
+
+    def _watch(self, engine, settings: WatcherSettings) -> None:
+        from edge.watch import outbox_lock, recover, run_once
+
+        try:
+            with outbox_lock(self.results):
+                recover(self.results)
+                warned: set[str] = set()
+                while not self._stop.is_set():
+                    run_once(engine, self.inbox, self.results, settings, warned)
+                    self.after_pass()
+                    self._stop.wait(settings.poll_seconds)
+        except Exception:  # noqa: BLE001 - logged; the web server goes on
+            log.exception("the DICOM study watcher stopped")
 
     def after_pass(self) -> None:
         """The watcher hook: queue new results; deliver them here when no sender thread runs."""

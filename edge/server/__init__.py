@@ -80,6 +80,10 @@ def create_app(profile: Profile, engine: Analyser | None = None, *, start_worker
     app.after_request(_security_headers)
     if start_workers:
         jobs.start()
+        if profile.dicom is not None:  # DICOM receiver, analysis of received studies, results sent to PACS
+            from edge.dicomnet.service import DicomService
+
+            app.extensions["ctedge"]["dicom"] = DicomService.for_server(profile, engine)
     return app
 
 
