@@ -14,7 +14,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from edge import CLASSES, __version__
-from edge.dicomnet.command import add_receive
+from edge.dicomnet.command import add_bench_dicom, add_receive
 from edge.errors import UserError
 from edge.engine import DEFAULT_BUNDLE, Engine
 from edge.pipeline import PipelineOptions
@@ -129,7 +129,7 @@ def cmd_evaluate_selection(args: argparse.Namespace) -> int:
 
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_predict, add_evaluate_selection, add_serve, add_watch,
-                                                                 add_receive]
+                                                                 add_receive, add_bench_dicom]
 
 
 def plugin_commands() -> list[Callable[[argparse._SubParsersAction], None]]:

@@ -1,14 +1,10 @@
-"""Helpers for the DICOM network tests: a phantom study with valid UIDs, a pynetdicom sender and a
-pynetdicom storage SCP standing in for PACS (the Orthanc tests use the real thing)."""
+"""Helpers for the DICOM network tests: a phantom study with valid UIDs, a pynetdicom sender, a
+pynetdicom storage SCP standing in for PACS, and the real Orthanc (edge.dicomnet.orthanc)."""
 
 from __future__ import annotations
 
-import json
-import socket
 import subprocess
 import threading
-import time
-import urllib.request
 from pathlib import Path
 
 import pydicom
@@ -16,13 +12,10 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, StoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification
 
+from edge.dicomnet.orthanc import Orthanc, free_port
 from edge.phantom import make_phantom, write_dicom_series
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+__all__ = ["Orthanc", "StorageSCP", "dciodvfy_errors", "echo", "free_port", "phantom_study", "send"]
 
 
 def phantom_study(folder: Path, n_slices: int = 40, size: int = 128, seed: int = 3, **lesions) -> list[Path]:
@@ -91,62 +84,6 @@ class StorageSCP:
             self.received.append(event.dataset)
         return 0x0000
 
-
-
-class Orthanc:
-    """A real Orthanc (Debian's /usr/sbin/Orthanc) from a config in ``folder``, on free loopback ports,
-    with a ``DicomModalities`` entry ``ctedge`` for the receiver under test."""
-
-    BINARY = "/usr/sbin/Orthanc"
-
-    def __init__(self, folder: Path, ctedge_port: int, ctedge_ae: str = "CTEDGE"):
-        self.folder = folder
-        folder.mkdir(parents=True, exist_ok=True)
-        self.http_port, self.dicom_port = free_port(), free_port()
-        self.url = f"http://127.0.0.1:{self.http_port}"
-        self.config = folder / "orthanc.json"
-        self.config.write_text(json.dumps({
-            "Name": "ctedge-test", "StorageDirectory": str(folder / "db"), "IndexDirectory": str(folder / "db"),
-            "HttpPort": self.http_port, "DicomPort": self.dicom_port, "DicomAet": "ORTHANC",
-            "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "DicomCheckCalledAet": False,
-            "DicomAlwaysAllowStore": True, "Plugins": [], "StableAge": 1,
-            "DicomModalities": {"ctedge": [ctedge_ae, "127.0.0.1", ctedge_port]},
-        }))
-        self.proc: subprocess.Popen | None = None
-
-    def __enter__(self) -> Orthanc:
-        self.proc = subprocess.Popen([self.BINARY, str(self.config)], stdout=subprocess.DEVNULL,
-                                     stderr=open(self.folder / "orthanc.log", "wb"))
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                self.get("/system")
-                return self
-            except OSError:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"Orthanc exited: {(self.folder / 'orthanc.log').read_text()[-2000:]}")
-                time.sleep(0.1)
-        raise RuntimeError("Orthanc did not answer within 30 s")
-
-    def __exit__(self, *exc) -> None:
-        self.proc.terminate()
-        self.proc.wait(30)
-
-    def request(self, method: str, path: str, body: bytes | None = None) -> bytes:
-        req = urllib.request.Request(self.url + path, data=body, method=method)
-        with urllib.request.urlopen(req, timeout=60) as rsp:
-            return rsp.read()
-
-    def get(self, path: str):
-        return json.loads(self.request("GET", path))
-
-    def post(self, path: str, doc) -> object:
-        body = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
-        return json.loads(self.request("POST", path, body))
-
-    def study_id(self, study_uid: str) -> str:
-        found = self.post("/tools/lookup", study_uid.encode())
-        return next(f["ID"] for f in found if f["Type"] == "Study")
 
 
 def dciodvfy_errors(path: Path) -> list[str]:

@@ -1,4 +1,4 @@
-"""``ctedge receive``: only the DICOM receiver of a profile, writing studies into ``dicom.inbox``."""
+"""``ctedge receive`` (only the DICOM receiver of a profile) and ``ctedge bench-dicom``; heavy imports are lazy."""
 
 from __future__ import annotations
 
@@ -41,3 +41,22 @@ def cmd_receive(args: argparse.Namespace) -> int:
     finally:
         receiver.stop()
     return 0
+
+
+def add_bench_dicom(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench-dicom", help="measure DICOM receive rate and time to the SR in PACS (storescu, Orthanc)",
+                       description="Send STUDY to a ctedge receiver on loopback with `storescu -xs` (RUNS times) and "
+                                   "report instances/s and MB/s; then analyse it and report the time from the last "
+                                   "instance acknowledged to the SR stored in a local Orthanc (watcher.stable_seconds "
+                                   "is set to 0 here; in service it adds to that time).")
+    p.add_argument("study", type=Path, help="a folder of DICOM files with valid UIDs (one study)")
+    p.add_argument("--runs", type=int, default=3, help="receive runs (default 3); the median is reported")
+    p.add_argument("--config", type=Path, default=None, help="device profile for the model (default: the demo model)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_bench)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from edge.dicomnet.bench import cmd_bench_dicom
+
+    return cmd_bench_dicom(args)
