@@ -284,7 +284,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
         from edge.dicomnet.service import DicomService
 
         dicom = DicomService(profile.dicom, args.inbox, args.out)
-        dicom.start(receive=not args.once)
+        dicom.start(receive=not args.once, send=not args.once)  # --once: after_pass delivers
     try:
         summary = watch(engine, args.inbox, args.out, profile.watcher if profile else WatcherSettings(), args.once,
                         after_pass=dicom.after_pass if dicom else None)

@@ -9,15 +9,20 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.uid import CTImageStorage, ComprehensiveSRStorage, SecondaryCaptureImageStorage
+from pydicom.uid import (ComprehensiveSRStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless,
+                         RLELossless, SecondaryCaptureImageStorage)
 
 from edge.dicomnet.receiver import CANNOT_UNDERSTAND, SOP_CLASS_NOT_SUPPORTED, Receiver
 from edge.dicomnet.service import DicomService
+from edge.cli import main
 from edge.engine import Engine
+from edge.ingest import load_study
+from edge.phantom import make_phantom, write_dicom_series
 from edge.profile import DicomPeer, DicomSettings, WatcherSettings
 from edge.watch import watch
 from tests.dicom_support import StorageSCP, echo, free_port, phantom_study, send
 
+REPO = Path(__file__).resolve().parents[1]
 NOW = WatcherSettings(poll_seconds=0.1, stable_seconds=0.0)
 
 
@@ -55,6 +60,15 @@ def test_instances_are_stored_unchanged_under_the_study_uid_owner_only(receiver,
     assert stat.S_IMODE(files[0].stat().st_mode) == 0o600
     assert stat.S_IMODE(files[0].parent.stat().st_mode) == 0o700
     assert not list(receiver.inbox.receiving.iterdir())
+
+
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless, JPEG2000Lossless])
+def test_every_phantom_transfer_syntax_is_received_as_sent_and_ingested(receiver, tmp_path, syntax):
+    files = write_dicom_series(make_phantom(n_slices=6, size=64, seed=1), tmp_path / "src", transfer_syntax=syntax)
+    assert send(receiver.port, files) == [0] * len(files)
+    received = stored(receiver.inbox.root)
+    assert {pydicom.dcmread(p).file_meta.TransferSyntaxUID for p in received} == {syntax}
+    assert load_study(received[0].parent).n_slices == len(files)
 
 
 def test_c_echo_and_allowed_callers(receiver):
@@ -149,3 +163,20 @@ def test_destination_down_keeps_the_result_until_it_is_up(tmp_path, study, engin
     restarted.after_pass()  # delivered once: never queued again
     assert restarted.outbox.status() == {"pending": 0, "failing": 0, "sent": 1, "failures": []}
     assert not list((outbox / ".dicom-send" / "sent").rglob("*.dcm"))
+
+
+def test_ctedge_watch_with_a_dicom_profile_sends_results(tmp_path, study):
+    pacs = StorageSCP("PACS").start()
+    (tmp_path / "inbox" / "s").mkdir(parents=True)
+    for f in study:
+        (tmp_path / "inbox" / "s" / f.name).write_bytes(f.read_bytes())
+    profile = tmp_path / "p.yaml"
+    profile.write_text(f"name: t\ndescription: t\nmodel: {{bundle: {REPO / 'edge/models/demo'}}}\n"
+                       f"watcher: {{stable_seconds: 0}}\n"
+                       f"dicom: {{port: 0, destinations: [{{ae_title: PACS, host: 127.0.0.1, port: {pacs.port}}}]}}\n")
+    try:
+        assert main(["watch", str(tmp_path / "inbox"), "--out", str(tmp_path / "outbox"), "--config", str(profile),
+                     "--once"]) == 0
+    finally:
+        pacs.stop()
+    assert [ds.Modality for ds in pacs.received][:2] == ["SR", "OT"]
