@@ -88,8 +88,9 @@ class StudyInbox:
         return target
 
 
-def check_instance(data: bytes, sop_uid: str) -> Dataset:
-    """Parse a received file; raise ValueError naming the problem when it is truncated or unusable."""
+def check_instance(data: bytes, sop_uid: str | None = None) -> Dataset:
+    """Parse a received file; raise ValueError naming the problem when it is truncated or unusable
+    (or when its SOP Instance UID is not ``sop_uid``, the one announced in the C-STORE request)."""
     try:
         ds = pydicom.dcmread(BytesIO(data), defer_size=None)
         ds.get("PixelData")  # read every element up to the end: a truncated one raises here
@@ -98,7 +99,7 @@ def check_instance(data: bytes, sop_uid: str) -> Dataset:
     for key in ("StudyInstanceUID", "SOPInstanceUID"):
         if not is_uid(ds.get(key)):
             raise ValueError(f"{key} is missing or not a valid UID")
-    if ds.SOPInstanceUID != sop_uid:
+    if sop_uid is not None and ds.SOPInstanceUID != sop_uid:
         raise ValueError("the SOPInstanceUID in the dataset differs from the one in the C-STORE request")
     if "PixelData" not in ds:
         raise ValueError("the dataset has no pixel data")
