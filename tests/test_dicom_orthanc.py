@@ -6,18 +6,23 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import threading
 from pathlib import Path
 
 import pydicom
 import pytest
+import yaml
+from werkzeug.serving import make_server
 
-from edge.dicomnet.orthanc import BINARY as ORTHANC_BINARY
+from edge.dicomnet.orthanc import BINARY as ORTHANC_BINARY, DICOMWEB_PLUGIN
 from edge.dicomnet.results import result_objects
 from edge.dicomnet.service import DicomService
 from edge.engine import Engine
-from edge.profile import DicomPeer, DicomSettings, WatcherSettings
+from edge.profile import DicomPeer, DicomSettings, WatcherSettings, load_profile
+from edge.server import create_app
 from edge.watch import watch
 from tests.dicom_support import Orthanc, dciodvfy_errors, free_port, phantom_study
+from tests.server_support import write_profile
 
 MISSING = [tool for tool in (ORTHANC_BINARY, "storescu", "dciodvfy") if not shutil.which(tool)]
 pytestmark = pytest.mark.skipif(bool(MISSING), reason=f"not installed: {', '.join(MISSING)} "
@@ -116,3 +121,30 @@ def test_generated_objects_pass_dciodvfy(tmp_path, engine):
         ds.save_as(path, enforce_file_format=True)
         assert dciodvfy_errors(path) == [], path
         assert pydicom.dcmread(path).SOPInstanceUID == ds.SOPInstanceUID
+
+
+@pytest.mark.skipif(not Path(DICOMWEB_PLUGIN).is_file(), reason="not installed: orthanc-dicomweb")
+def test_orthanc_pushes_a_study_over_stow_rs(tmp_path, engine, monkeypatch):
+    monkeypatch.setenv("CTEDGE_API_TOKEN", "stow-token")
+    study = phantom_study(tmp_path / "src", n_slices=12, size=64, seed=9)
+    path = write_profile(tmp_path)
+    doc = yaml.safe_load(path.read_text())
+    doc["dicom"] = {"port": free_port(), "inbox": str(tmp_path / "received")}
+    path.write_text(yaml.safe_dump(doc))
+    app = create_app(load_profile(path), engine)
+    http = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=http.serve_forever, daemon=True)
+    thread.start()
+    servers = {"ctedge": {"Url": f"http://127.0.0.1:{http.server_port}/dicom-web/",
+                          "HttpHeaders": {"Authorization": "Bearer stow-token"}}}
+    try:
+        with Orthanc(tmp_path / "orthanc", 1, dicomweb=servers) as orthanc:
+            for f in study:
+                orthanc.post("/instances", f.read_bytes())
+            study_id = orthanc.study_id(pydicom.dcmread(study[0]).StudyInstanceUID)
+            orthanc.post("/dicom-web/servers/ctedge/stow", {"Resources": [study_id], "Synchronous": True})
+    finally:
+        http.shutdown()
+        app.extensions["ctedge"]["dicom"].stop()
+        app.extensions["ctedge"]["jobs"].stop()
+    assert len(stored(tmp_path / "received")) == len(study)

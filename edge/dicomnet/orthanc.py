@@ -12,6 +12,7 @@ import urllib.request
 from pathlib import Path
 
 BINARY = "/usr/sbin/Orthanc"
+DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"  # Debian package orthanc-dicomweb
 
 
 def free_port() -> int:
@@ -23,7 +24,8 @@ def free_port() -> int:
 class Orthanc:
     """``with Orthanc(folder, ctedge_port) as pacs:`` runs Orthanc (AE ORTHANC) until the block ends."""
 
-    def __init__(self, folder: Path, ctedge_port: int, ctedge_ae: str = "CTEDGE"):
+    def __init__(self, folder: Path, ctedge_port: int, ctedge_ae: str = "CTEDGE", dicomweb: dict | None = None):
+        """``dicomweb``: DICOMweb servers ({name: {"Url": ..., "HttpHeaders": ...}}) for the DICOMweb plugin."""
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.http_port, self.dicom_port = free_port(), free_port()
@@ -35,7 +37,7 @@ class Orthanc:
             "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "DicomCheckCalledAet": False,
             "DicomAlwaysAllowStore": True, "Plugins": [], "StableAge": 1,
             "DicomModalities": {"ctedge": [ctedge_ae, "127.0.0.1", ctedge_port]},
-        }))
+        } | ({"Plugins": [DICOMWEB_PLUGIN], "DicomWeb": {"Enable": True, "Servers": dicomweb}} if dicomweb else {})))
         self.proc: subprocess.Popen | None = None
 
     def __enter__(self) -> Orthanc:
