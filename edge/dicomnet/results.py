@@ -21,7 +21,6 @@ import highdicom as hd
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from edge import CLASSES, __version__
