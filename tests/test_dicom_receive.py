@@ -4,6 +4,7 @@ receive -> study complete -> verdict -> SR and Secondary Capture delivered to a 
 from __future__ import annotations
 
 import json
+import shutil
 import stat
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from edge.ingest import load_study
 from edge.phantom import make_phantom, write_dicom_series
 from edge.profile import DicomPeer, DicomSettings, WatcherSettings
 from edge.watch import watch
+from tests.conftest import SAMPLES
 from tests.dicom_support import StorageSCP, echo, free_port, phantom_study, send
 
 REPO = Path(__file__).resolve().parents[1]
@@ -138,7 +140,7 @@ def test_received_study_is_analysed_and_the_sr_reaches_pacs(tmp_path, study, eng
     referenced = {i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in sr.ContentSequence if i.ValueType == "IMAGE"}
     sources = {pydicom.dcmread(inbox / study_uid / h["file"]).SOPInstanceUID for h in doc["heatmaps"]}
     assert referenced == sources
-    assert service.outbox.status() == {"pending": 0, "failing": 0, "sent": 1, "failures": []}
+    assert service.outbox.status() == {"pending": 0, "failing": 0, "sent": 1, "skipped": 0, "failures": []}
 
 
 def test_destination_down_keeps_the_result_until_it_is_up(tmp_path, study, engine):
@@ -161,7 +163,7 @@ def test_destination_down_keeps_the_result_until_it_is_up(tmp_path, study, engin
     assert pacs.received[0].SOPClassUID == ComprehensiveSRStorage
     assert restarted.outbox.status()["pending"] == 0
     restarted.after_pass()  # delivered once: never queued again
-    assert restarted.outbox.status() == {"pending": 0, "failing": 0, "sent": 1, "failures": []}
+    assert restarted.outbox.status() == {"pending": 0, "failing": 0, "sent": 1, "skipped": 0, "failures": []}
     assert not list((outbox / ".dicom-send" / "sent").rglob("*.dcm"))
 
 
@@ -180,3 +182,15 @@ def test_ctedge_watch_with_a_dicom_profile_sends_results(tmp_path, study):
     finally:
         pacs.stop()
     assert [ds.Modality for ds in pacs.received][:2] == ["SR", "OT"]
+
+
+def test_study_with_invalid_uids_is_analysed_but_not_sent(tmp_path, engine):
+    inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
+    shutil.copytree(SAMPLES / "COVID-19_P002", inbox / "P002")  # hyphenated GUIDs as UIDs
+    settings = DicomSettings(port=0, destinations=(DicomPeer("PACS", "127.0.0.1", free_port()),))
+    service = DicomService(settings, inbox, outbox)
+    assert watch(engine, inbox, outbox, NOW, once=True, after_pass=service.after_pass).done == 1
+    status = service.outbox.status()
+    assert (status["pending"], status["skipped"]) == (0, 1)
+    reason = service.outbox.jobs("skipped")[0].last_error
+    assert "is not a valid DICOM UID" in reason and "P002" in reason

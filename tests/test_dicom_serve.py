@@ -53,7 +53,7 @@ def test_serve_receives_over_c_store_and_stow_analyses_and_reports_sends(tmp_pat
         study = phantom_study(tmp_path / "src", n_slices=24, size=96, seed=2)
         assert send(port, study) == [0] * len(study)
         health = wait_for_sent(client, 1)
-        assert health["dicom_send"] == {"pending": 0, "failing": 0, "sent": 1, "failures": []}
+        assert health["dicom_send"] == {"pending": 0, "failing": 0, "sent": 1, "skipped": 0, "failures": []}
 
         second = phantom_study(tmp_path / "src2", n_slices=24, size=96, seed=6)
         sc = pydicom.dcmread(second[0])

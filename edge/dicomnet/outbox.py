@@ -104,10 +104,11 @@ class Outbox:
         return delivered
 
     def status(self) -> dict:
-        """What ``/health`` and the history page show: pending and failing sends (no patient data)."""
+        """What ``/health`` and the history page show: pending, failing, sent and skipped jobs (no patient data)."""
         pending = self.jobs()
         failing = [j for j in pending if j.attempts]
         return {"pending": len(pending), "failing": len(failing), "sent": len(list((self.root / "sent").iterdir())),
+                "skipped": len(list((self.root / "skipped").iterdir())),
                 "failures": [{"study": j.study, "destination": j.destination.ae_title, "attempts": j.attempts,
                               "last_error": j.last_error,
                               "next_attempt": datetime.fromtimestamp(j.next_attempt, timezone.utc)

@@ -24,6 +24,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import generate_uid
 
 from edge import CLASSES, __version__
+from edge.dicomnet.receiver import is_uid
 from edge.errors import UserError
 
 SR_SERIES_NUMBER, SC_SERIES_NUMBER = 9901, 9902
@@ -69,6 +70,11 @@ def result_objects(result_dir: Path, study_dir: Path) -> list[Dataset]:
     if not evidence:
         raise NoDicomSourceError(study_dir, "no DICOM source instance of the analysed slices was found; "
                                             "results can only be sent for DICOM studies")
+    for ds in evidence:
+        for key in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+            if not is_uid(ds.get(key)):
+                raise NoDicomSourceError(study_dir, f"the source {key} {str(ds.get(key, ''))[:70]!r} is not a valid "
+                                                    "DICOM UID: PACS would refuse results referencing it")
     objects: list[Dataset] = [structured_report(doc, evidence)]
     series_uid = generate_uid()
     for n, heatmap in enumerate(doc.get("heatmaps", []), start=1):

@@ -108,10 +108,11 @@ class DicomService:
             return 0
         try:
             objects = result_objects(result_dir, self.inbox / source["inbox_entry"])
-        except UserError as exc:
-            log.warning("%s: nothing sent to PACS: %s", source["study"], exc)
+        except Exception as exc:  # noqa: BLE001 - one study must never stop the watcher
+            reason = str(exc) if isinstance(exc, UserError) else f"internal error: {type(exc).__name__}: {exc}"
+            log.warning("%s: nothing sent to PACS: %s", source["study"], reason)
             for job_id, dest in todo.items():
-                self.outbox.skip(job_id, source["study"], dest, str(exc))
+                self.outbox.skip(job_id, source["study"], dest, reason)
             return 0
         for job_id, dest in todo.items():
             self.outbox.enqueue(job_id, source["study"], dest, objects)
