@@ -33,6 +33,7 @@ class DicomService:
         self.settings = settings
         self.inbox, self.results = Path(inbox), Path(results)
         self.receiver = Receiver(settings, self.inbox)
+        self.results.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.outbox = Outbox(self.results / SEND_DIR, settings.ae_title, retry_base_s, retry_max_s)
         self._stop = threading.Event()
         self._sender: threading.Thread | None = None

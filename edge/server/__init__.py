@@ -82,7 +82,6 @@ def create_app(profile: Profile, engine: Analyser | None = None, *, start_worker
         jobs.start()
         if profile.dicom is not None:  # DICOM receiver, analysis of received studies, results sent to PACS
             from edge.dicomnet.service import DicomService
-
             from edge.dicomnet.stow import bp as stow
 
             app.extensions["ctedge"]["dicom"] = DicomService.for_server(profile, engine)
