@@ -59,10 +59,12 @@ def echo(port: int, calling: str = "TESTSCU") -> tuple[bool, bool, int | None]:
 
 
 class StorageSCP:
-    """A minimal PACS stand-in: stores every received dataset in ``received``."""
+    """A minimal PACS stand-in: stores every received dataset in ``received``; answers 0xA700 (out of
+    resources) the first time it receives an instance listed in ``refuse_once``."""
 
-    def __init__(self, ae_title: str = "PACS", port: int | None = None):
+    def __init__(self, ae_title: str = "PACS", port: int | None = None, refuse_once: set[str] = frozenset()):
         self.ae_title, self.port = ae_title, port or free_port()
+        self.refuse_once = set(refuse_once)
         self.received: list[Dataset] = []
         self._lock = threading.Lock()
         self._server = None
@@ -81,6 +83,9 @@ class StorageSCP:
 
     def _store(self, event: evt.Event) -> int:
         with self._lock:
+            if event.request.AffectedSOPInstanceUID in self.refuse_once:
+                self.refuse_once.discard(event.request.AffectedSOPInstanceUID)
+                return 0xA700
             self.received.append(event.dataset)
         return 0x0000
 

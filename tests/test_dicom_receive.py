@@ -13,6 +13,7 @@ import pytest
 from pydicom.uid import (ComprehensiveSRStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless,
                          RLELossless, SecondaryCaptureImageStorage)
 
+from edge.dicomnet.outbox import Outbox
 from edge.dicomnet.receiver import CANNOT_UNDERSTAND, SOP_CLASS_NOT_SUPPORTED, Receiver
 from edge.dicomnet.service import DicomService
 from edge.cli import main
@@ -194,3 +195,17 @@ def test_study_with_invalid_uids_is_analysed_but_not_sent(tmp_path, engine):
     assert (status["pending"], status["skipped"]) == (0, 1)
     reason = service.outbox.jobs("skipped")[0].last_error
     assert "is not a valid DICOM UID" in reason and "P002" in reason
+
+
+def test_a_refused_instance_is_retried_alone_and_nothing_is_sent_twice(tmp_path, study):
+    pacs = StorageSCP("PACS", refuse_once={pydicom.dcmread(study[1]).SOPInstanceUID}).start()
+    outbox = Outbox(tmp_path / "send", "CTEDGE", retry_base_s=0.01)
+    try:
+        assert outbox.enqueue("job1", "s", DicomPeer("PACS", "127.0.0.1", pacs.port), [pydicom.dcmread(f) for f in study[:3]])
+        assert outbox.deliver_due() == 0
+        job = outbox.jobs()[0]
+        assert job.attempts == 1 and "status 0xA700" in job.last_error and len(job.acknowledged) == 1
+        assert outbox.deliver_due(now=float("inf")) == 1
+    finally:
+        pacs.stop()
+    assert sorted(ds.SOPInstanceUID for ds in pacs.received) == sorted(pydicom.dcmread(f).SOPInstanceUID for f in study[:3])

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
 from pynetdicom import AE
 
 from edge.profile import DicomPeer
@@ -127,7 +128,7 @@ class Outbox:
         folder = self.root / "pending" / job.id
         try:
             self._send(job, folder)
-        except (ConnectionError, OSError, RuntimeError, ValueError) as exc:
+        except (ConnectionError, OSError, RuntimeError, ValueError, InvalidDicomError) as exc:
             job.attempts += 1
             job.last_error = str(exc)[:300]
             job.next_attempt = time.time() + min(self.retry_base_s * 2 ** (job.attempts - 1), self.retry_max_s)
@@ -146,7 +147,7 @@ class Outbox:
         todo = [name for name in job.files if name not in job.acknowledged]
         datasets = {name: pydicom.dcmread(folder / name) for name in todo}
         ae = AE(ae_title=self.calling_ae)
-        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout_s
+        ae.connection_timeout = ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout_s
         for uid in dict.fromkeys(ds.SOPClassUID for ds in datasets.values()):
             ae.add_requested_context(uid)
         dest = job.destination
