@@ -9,8 +9,10 @@ a different instance with the same SOP Instance UID replaces the earlier copy.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
+import socket
 import re
 import uuid
 from io import BytesIO
@@ -78,7 +80,7 @@ class StudyInbox:
                 f.flush()
                 os.fsync(f.fileno())
             if not target.parent.is_dir():
-                target.parent.mkdir(mode=0o700)
+                target.parent.mkdir(mode=0o700, exist_ok=True)  # two associations may bring the same study
                 _fsync_dir(self.root)
             os.replace(tmp, target)
             _fsync_dir(target.parent)
@@ -104,8 +106,11 @@ def check_instance(data: bytes, sop_uid: str | None = None) -> Dataset:
     if "PixelData" not in ds:
         raise ValueError("the dataset has no pixel data")
     if not ds.file_meta.TransferSyntaxUID.is_encapsulated:
-        expected = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) * (int(ds.BitsAllocated) // 8) \
-            * int(ds.get("NumberOfFrames", 1) or 1)
+        try:
+            expected = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) \
+                * (int(ds.BitsAllocated) // 8) * int(ds.get("NumberOfFrames", 1) or 1)
+        except (AttributeError, TypeError, ValueError) as exc:
+            raise ValueError("Rows, Columns or BitsAllocated is missing or invalid") from exc
         if len(ds.PixelData) < expected:
             raise ValueError(f"the pixel data is truncated ({len(ds.PixelData)} of {expected} bytes)")
     return ds
@@ -144,6 +149,9 @@ class Receiver:
                             f"the DICOM receiver cannot listen there ({exc.strerror}); see dicom.host and dicom.port") from exc
         log.info("DICOM receiver %s listening on %s:%d, studies in %s", self.settings.ae_title,
                  self.settings.host, self.port, self.inbox.root)
+        if not self.settings.allowed_callers and not ipaddress.ip_address(_resolve(self.settings.host)).is_loopback:
+            log.warning("dicom.allowed_callers is empty: any DICOM node that reaches %s:%d may send studies",
+                        self.settings.host, self.port)
 
     @property
     def port(self) -> int:
@@ -197,3 +205,10 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _resolve(host: str) -> str:
+    try:
+        return socket.gethostbyname(host)
+    except OSError:
+        return "0.0.0.0"
