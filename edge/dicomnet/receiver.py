@@ -137,6 +137,9 @@ class Receiver:
         self._server = None
 
     def start(self) -> None:
+        pynetdicom_log = logging.getLogger("pynetdicom")
+        if pynetdicom_log.level == logging.NOTSET:  # one INFO line per instance is too much for -v
+            pynetdicom_log.setLevel(logging.WARNING)
         removed = self.inbox.prepare()
         if removed:
             log.warning("removed %d partial instance(s) left by an interrupted receiver", removed)
