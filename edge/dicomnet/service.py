@@ -76,17 +76,24 @@ class DicomService:
                 recover(self.results)
                 warned: set[str] = set()
                 while not self._stop.is_set():
-                    run_once(engine, self.inbox, self.results, settings, warned)
+                    try:
+                        run_once(engine, self.inbox, self.results, settings, warned)
+                    except Exception:  # noqa: BLE001 - logged; the next pass tries again
+                        log.exception("the DICOM study watcher's pass failed; trying again")
                     self.after_pass()
                     self._stop.wait(settings.poll_seconds)
-        except Exception:  # noqa: BLE001 - logged; the web server goes on
-            log.exception("the DICOM study watcher stopped")
+        except UserError as exc:
+            log.error("the DICOM study watcher cannot run: %s", exc)
 
     def after_pass(self) -> None:
-        """The watcher hook: queue new results; deliver them here when no sender thread runs."""
-        self.queue_results()
-        if self._sender is None:
-            self.outbox.deliver_due()
+        """The watcher hook: queue new results; deliver them here when no sender thread runs. Never raises:
+        a full disk or a bug here must not stop the analysis of studies."""
+        try:
+            self.queue_results()
+            if self._sender is None:
+                self.outbox.deliver_due()
+        except Exception:  # noqa: BLE001 - logged; the next pass tries again
+            log.exception("queueing or sending results to PACS failed; trying again after the next pass")
 
     def queue_results(self) -> int:
         """Queue the results of every analysed study not queued yet for each destination; return how many jobs."""
