@@ -8,6 +8,8 @@ import shutil
 import stat
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pydicom
 import pytest
 from pydicom.uid import (ComprehensiveSRStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless,
@@ -16,6 +18,7 @@ from pydicom.uid import (ComprehensiveSRStorage, ExplicitVRLittleEndian, Implici
 from edge.dicomnet.outbox import Outbox
 from edge.dicomnet.receiver import CANNOT_UNDERSTAND, SOP_CLASS_NOT_SUPPORTED, Receiver
 from edge.dicomnet.service import DicomService
+from edge import __version__
 from edge.cli import main
 from edge.engine import Engine
 from edge.ingest import load_study
@@ -141,6 +144,15 @@ def test_received_study_is_analysed_and_the_sr_reaches_pacs(tmp_path, study, eng
     referenced = {i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in sr.ContentSequence if i.ValueType == "IMAGE"}
     sources = {pydicom.dcmread(inbox / study_uid / h["file"]).SOPInstanceUID for h in doc["heatmaps"]}
     assert referenced == sources
+    evidence = sr.CurrentRequestedProcedureEvidenceSequence[0]
+    assert evidence.StudyInstanceUID == study_uid
+    assert evidence.ReferencedSeriesSequence[0].SeriesInstanceUID == pydicom.dcmread(study[0]).SeriesInstanceUID
+    assert {i.ReferencedSOPInstanceUID for i in evidence.ReferencedSeriesSequence[0].ReferencedSOPSequence} == sources
+    for sc, heatmap in zip(pacs.received[1:], doc["heatmaps"]):  # the overlay with its caption and banner
+        png = cv2.imread(str(outbox / study_uid / heatmap["png"]))
+        assert np.array_equal(sc.pixel_array, cv2.cvtColor(png, cv2.COLOR_BGR2RGB))
+        assert sc.BurnedInAnnotation == "YES" and sc.PatientID == "PHANTOM-0001"
+        assert (sc.Manufacturer, sc.SoftwareVersions) == ("ctedge", __version__)
     assert service.outbox.status() == {"pending": 0, "failing": 0, "sent": 1, "skipped": 0, "failures": []}
 
 
