@@ -86,7 +86,9 @@ class StorageSCP:
             if event.request.AffectedSOPInstanceUID in self.refuse_once:
                 self.refuse_once.discard(event.request.AffectedSOPInstanceUID)
                 return 0xA700
-            self.received.append(event.dataset)
+            ds = event.dataset
+            ds.file_meta = event.file_meta
+            self.received.append(ds)
         return 0x0000
 
 
