@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import pydicom
@@ -18,16 +20,15 @@ from edge.dicomnet.orthanc import BINARY as ORTHANC_BINARY, DICOMWEB_PLUGIN
 from edge.dicomnet.results import result_objects
 from edge.dicomnet.service import DicomService
 from edge.engine import Engine
-from edge.profile import DicomPeer, DicomSettings, WatcherSettings, load_profile
+from edge.profile import DicomPeer, DicomSettings, load_profile
 from edge.server import create_app
-from edge.watch import watch
+from tests.conftest import REPO
 from tests.dicom_support import Orthanc, dciodvfy_errors, free_port, phantom_study
 from tests.server_support import write_profile
 
 MISSING = [tool for tool in (ORTHANC_BINARY, "storescu", "dciodvfy") if not shutil.which(tool)]
 pytestmark = pytest.mark.skipif(bool(MISSING), reason=f"not installed: {', '.join(MISSING)} "
                                                       "(apt-get install orthanc dcmtk dicom3tools)")
-NOW = WatcherSettings(poll_seconds=0.1, stable_seconds=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -44,29 +45,37 @@ def storescu(port: int, files: list[Path], *options: str, calling: str = "STORES
                            *map(str, files)], capture_output=True, text=True, timeout=120)
 
 
-def test_storescu_study_is_analysed_and_results_appear_in_orthanc(tmp_path, engine):
+def test_ctedge_watch_receives_from_storescu_and_results_appear_in_orthanc(tmp_path):
+    """The real command, as in service: `ctedge watch INBOX --out OUTBOX --config PROFILE`."""
     study = phantom_study(tmp_path / "src", ground_glass=3)
     port = free_port()
     with Orthanc(tmp_path / "orthanc", port) as orthanc:
-        settings = DicomSettings(port=port, allowed_callers=(DicomPeer("STORESCU"), DicomPeer("ORTHANC")),
-                                 destinations=(DicomPeer("ORTHANC", "127.0.0.1", orthanc.dicom_port),))
-        inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
-        service = DicomService(settings, inbox, outbox)
-        service.start(send=False)
+        profile = tmp_path / "pacs.yaml"
+        profile.write_text(yaml.safe_dump({
+            "name": "t", "description": "t", "model": {"bundle": str(REPO / "edge" / "models" / "demo"), "threads": 1},
+            "watcher": {"poll_seconds": 0.5, "stable_seconds": 1},
+            "dicom": {"port": port, "allowed_callers": ["STORESCU", "ORTHANC"],
+                      "destinations": [{"ae_title": "ORTHANC", "host": "127.0.0.1", "port": orthanc.dicom_port}]}}))
+        (tmp_path / "inbox").mkdir()
+        proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "watch", str(tmp_path / "inbox"), "--out",
+                                 str(tmp_path / "outbox"), "--config", str(profile)], cwd=REPO,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
-            sent = storescu(port, study)
+            deadline = time.monotonic() + 60
+            while (sent := storescu(port, study)).returncode != 0 and time.monotonic() < deadline:
+                time.sleep(0.5)  # until the receiver listens
             assert sent.returncode == 0, sent.stderr
-            assert len(stored(inbox)) == len(study)
             assert storescu(port, study, calling="STRANGER").returncode != 0  # not an allowed caller
-            assert watch(engine, inbox, outbox, NOW, once=True, after_pass=service.after_pass).done == 1
+            study_uid = pydicom.dcmread(study[0]).StudyInstanceUID
+            while orthanc.modalities(study_uid) != ["OT", "SR"] and time.monotonic() < deadline + 60:
+                time.sleep(0.5)
         finally:
-            service.stop()
-        assert service.outbox.status()["pending"] == 0
-        study_uid = pydicom.dcmread(study[0]).StudyInstanceUID
-        assert orthanc.modalities(study_uid) == ["OT", "SR"]  # the CT stays on ctedge
-        series = orthanc.get(f"/studies/{orthanc.study_id(study_uid)}/series")
-        for s in series:
-            for instance in s["Instances"]:
+            proc.terminate()
+            _, errors = proc.communicate(timeout=30)
+        assert orthanc.modalities(study_uid) == ["OT", "SR"], errors  # the CT stays on ctedge
+        assert len(stored(tmp_path / "inbox")) == len(study)
+        for series in orthanc.get(f"/studies/{orthanc.study_id(study_uid)}/series"):
+            for instance in series["Instances"]:
                 path = tmp_path / f"{instance}.dcm"
                 path.write_bytes(orthanc.request("GET", f"/instances/{instance}/file"))
                 assert dciodvfy_errors(path) == []
