@@ -55,6 +55,24 @@ class WatcherSettings:
 
 
 @dataclass(frozen=True)
+class DicomPeer:
+    """A DICOM node: an allowed caller (``host`` empty: any address) or a destination for results."""
+    ae_title: str
+    host: str = ""
+    port: int = 104
+
+
+@dataclass(frozen=True)
+class DicomSettings:
+    ae_title: str = "CTEDGE"
+    host: str = "127.0.0.1"
+    port: int = 11112
+    allowed_callers: tuple[DicomPeer, ...] = ()    # AE titles, or {ae_title, host}; empty: any caller
+    inbox: Path | None = None                      # received studies; ctedge watch uses its INBOX
+    destinations: tuple[DicomPeer, ...] = ()       # {ae_title, host, port} that results are sent to
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str
     description: str
@@ -62,6 +80,7 @@ class Profile:
     pipeline: PipelineOptions = field(default_factory=PipelineOptions)
     server: ServerSettings = field(default_factory=ServerSettings)
     watcher: WatcherSettings = field(default_factory=WatcherSettings)
+    dicom: DicomSettings | None = None             # DICOM receiver and result destinations (edge.dicomnet)
     source: Path = Path()
     pipeline_keys: frozenset[str] = frozenset()    # the pipeline keys the file sets (checked against the card)
 
@@ -128,12 +147,18 @@ def _build(cls: type, raw: Any, path: Path, prefix: str, base: Path) -> Any:
 
 
 def _convert(hint: Any, value: Any, path: Path, key: str, base: Path) -> Any:
+    if typing.get_origin(hint) is tuple:           # tuple[X, ...]: a YAML list
+        if not isinstance(value, list):
+            raise ProfileError(path, f"{key} must be a list, got {type(value).__name__}")
+        return tuple(_convert(typing.get_args(hint)[0], v, path, f"{key}[{i}]", base) for i, v in enumerate(value))
+    if dataclasses.is_dataclass(hint) and isinstance(value, str):  # a peer written as its AE title alone
+        value = {dataclasses.fields(hint)[0].name: value}
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, path, key + ".", base)
     if type(None) in typing.get_args(hint):        # Optional: null allowed, otherwise the other type
         if value is None:
             return None
-        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+        return _convert(next(a for a in typing.get_args(hint) if a is not type(None)), value, path, key, base)
     if typing.get_origin(hint) is Literal:
         if value not in typing.get_args(hint):
             raise ProfileError(path, f"{key} must be one of {', '.join(map(str, typing.get_args(hint)))}, got {value!r}")
@@ -162,3 +187,21 @@ def _check(profile: Profile, path: Path) -> None:
                        ("server.max_upload_mb", profile.server.max_upload_mb)):
         if value < (0 if key == "model.threads" else 1):
             raise ProfileError(path, f"{key} must be positive, got {value}")
+    if profile.dicom is not None:
+        _check_dicom(profile.dicom, path)
+
+
+def _check_dicom(d: DicomSettings, path: Path) -> None:
+    titles = [("dicom.ae_title", d.ae_title)] + [(f"dicom.allowed_callers[{i}].ae_title", c.ae_title)
+                                                 for i, c in enumerate(d.allowed_callers)]
+    titles += [(f"dicom.destinations[{i}].ae_title", c.ae_title) for i, c in enumerate(d.destinations)]
+    for key, title in titles:
+        if not 1 <= len(title.strip()) <= 16 or "\\" in title or not title.isascii():
+            raise ProfileError(path, f"{key} must be 1 to 16 ASCII characters without a backslash, got {title!r}")
+    for key, port in [("dicom.port", d.port)] + [(f"dicom.destinations[{i}].port", c.port)
+                                                 for i, c in enumerate(d.destinations)]:
+        if not 0 <= port <= 65535:
+            raise ProfileError(path, f"{key} must be a port number (0-65535), got {port}")
+    for i, dest in enumerate(d.destinations):
+        if not dest.host:
+            raise ProfileError(path, f"dicom.destinations[{i}].host is missing")

@@ -28,7 +28,7 @@ import shutil
 import time
 import traceback
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -216,8 +216,10 @@ def run_once(engine: Engine, inbox: Path, outbox: Path, settings: WatcherSetting
     return summary
 
 
-def watch(engine: Engine, inbox: Path, outbox: Path, settings: WatcherSettings, once: bool = False) -> Summary:
-    """Hold the outbox lock, clean up after a crash, then poll the inbox (a single pass with ``once``)."""
+def watch(engine: Engine, inbox: Path, outbox: Path, settings: WatcherSettings, once: bool = False,
+          after_pass: Callable[[], object] | None = None) -> Summary:
+    """Hold the outbox lock, clean up after a crash, then poll the inbox (a single pass with ``once``),
+    calling ``after_pass`` after each pass (the DICOM sender queues new results there)."""
     if not inbox.is_dir():
         raise UserError(inbox, "the inbox is not a folder")
     outbox.mkdir(parents=True, exist_ok=True)
@@ -228,6 +230,8 @@ def watch(engine: Engine, inbox: Path, outbox: Path, settings: WatcherSettings, 
         warned: set[str] = set()
         while True:
             summary = run_once(engine, inbox, outbox, settings, warned)
+            if after_pass is not None:
+                after_pass()
             if once:
                 return summary
             time.sleep(settings.poll_seconds)
@@ -275,6 +279,17 @@ def add_watch(sub: argparse._SubParsersAction) -> None:
 def cmd_watch(args: argparse.Namespace) -> int:
     profile = load_profile(args.config) if args.config else None
     engine = Engine.from_profile(profile) if profile else Engine.default()
-    summary = watch(engine, args.inbox, args.out, profile.watcher if profile else WatcherSettings(), args.once)
+    dicom = None
+    if profile and profile.dicom:  # receive into INBOX, send results to the profile's destinations
+        from edge.dicomnet.service import DicomService
+
+        dicom = DicomService(profile.dicom, args.inbox, args.out)
+        dicom.start(receive=not args.once, send=not args.once)  # --once: after_pass delivers
+    try:
+        summary = watch(engine, args.inbox, args.out, profile.watcher if profile else WatcherSettings(), args.once,
+                        after_pass=dicom.after_pass if dicom else None)
+    finally:
+        if dicom:
+            dicom.stop()
     print(f"{summary.done} done, {summary.failed} failed, {summary.waiting} waiting for their copy to finish")
     return 0

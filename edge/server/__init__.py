@@ -80,11 +80,17 @@ def create_app(profile: Profile, engine: Analyser | None = None, *, start_worker
     app.after_request(_security_headers)
     if start_workers:
         jobs.start()
+        if profile.dicom is not None:  # DICOM receiver, analysis of received studies, results sent to PACS
+            from edge.dicomnet.service import DicomService
+            from edge.dicomnet.stow import bp as stow
+
+            app.extensions["ctedge"]["dicom"] = DicomService.for_server(profile, engine)
+            app.register_blueprint(stow)  # DICOMweb STOW-RS into the same inbox
     return app
 
 
 def wants_json() -> bool:
-    return request.path.startswith("/api/") or request.path == "/health"
+    return request.path.startswith(("/api/", "/dicom-web/")) or request.path == "/health"
 
 
 def json_error(status: int, message: str, **headers: str) -> Response:

@@ -94,7 +94,9 @@ def model() -> Response:
 def health() -> Response:
     stats = jobs().stats()
     ok = stats["workers"] > 0
-    response = jsonify(status="ok" if ok else "no worker running", queue=stats)
+    dicom = current_app.extensions["ctedge"].get("dicom")
+    response = jsonify(status="ok" if ok else "no worker running", queue=stats,
+                       **({"dicom_send": dicom.outbox.status()} if dicom else {}))
     response.status_code = 200 if ok else 503
     return response
 

@@ -53,6 +53,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     info = app.extensions["ctedge"]["engine"].info
     print(f"ctedge: serving on http://{httpd.effective_host}:{httpd.effective_port}/ "
           f"(profile {profile.name}, model {info.name} {info.version}, results in {server.results_dir})", flush=True)
+    if dicom := app.extensions["ctedge"].get("dicom"):
+        print(f"ctedge: receiving DICOM as {dicom.settings.ae_title} on {dicom.settings.host}:{dicom.receiver.port}, "
+              f"studies in {dicom.inbox}, results sent to {len(dicom.settings.destinations)} destination(s)", flush=True)
     httpd.run()
     return 0
 

@@ -101,4 +101,6 @@ def report(study_id: str) -> Response:
 @bp.get("/history")
 def history() -> str:
     studies = [s for _, s in zip(range(HISTORY_LIMIT), store().all())]
-    return render_template("history.html", studies=studies, limit=HISTORY_LIMIT)
+    dicom = current_app.extensions["ctedge"].get("dicom")
+    return render_template("history.html", studies=studies, limit=HISTORY_LIMIT,
+                           dicom_send=dicom.outbox.status() if dicom else None)

@@ -1,0 +1,62 @@
+"""``ctedge receive`` (only the DICOM receiver of a profile) and ``ctedge bench-dicom``; heavy imports are lazy."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+from pathlib import Path
+
+from edge.errors import UserError
+from edge.profile import load_profile
+
+
+def add_receive(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("receive", help="receive studies over DICOM (C-STORE) into the profile's dicom.inbox",
+                       description="Run the DICOM C-STORE/C-ECHO receiver of the profile's dicom: section: each CT "
+                                   "instance is stored as dicom.inbox/<StudyInstanceUID>/<SOPInstanceUID>.dcm before "
+                                   "it is acknowledged. Nothing is analysed: run `ctedge watch INBOX --out OUTBOX "
+                                   "--config PROFILE` to receive, analyse and send results in one process.")
+    p.add_argument("--config", type=Path, required=True, help="device profile with a dicom: section")
+    p.set_defaults(func=cmd_receive)
+
+
+def cmd_receive(args: argparse.Namespace) -> int:
+    profile = load_profile(args.config)
+    if profile.dicom is None:
+        raise UserError(args.config, "the profile has no dicom: section (see README: Connecting to PACS)")
+    if profile.dicom.inbox is None:
+        raise UserError(args.config, "dicom.inbox is not set: where should received studies be written?")
+    from edge.dicomnet.receiver import Receiver
+
+    receiver = Receiver(profile.dicom, profile.dicom.inbox)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    receiver.start()
+    print(f"ctedge: receiving DICOM as {profile.dicom.ae_title} on {profile.dicom.host}:{receiver.port}, "
+          f"studies in {profile.dicom.inbox}", flush=True)
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        receiver.stop()
+    return 0
+
+
+def add_bench_dicom(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench-dicom", help="measure DICOM receive rate and time to the SR in PACS (storescu, Orthanc)",
+                       description="Send STUDY to a ctedge receiver on loopback with `storescu -xs` (RUNS times) and "
+                                   "report instances/s and MB/s; then analyse it and report the time from the last "
+                                   "instance acknowledged to the SR stored in a local Orthanc (watcher.stable_seconds "
+                                   "is set to 0 here; in service it adds to that time).")
+    p.add_argument("study", type=Path, help="a folder of DICOM files with valid UIDs (one study)")
+    p.add_argument("--runs", type=int, default=3, help="receive runs (default 3); the median is reported")
+    p.add_argument("--config", type=Path, default=None, help="device profile for the model (default: the demo model)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_bench)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from edge.dicomnet.bench import cmd_bench_dicom
+
+    return cmd_bench_dicom(args)

@@ -1,0 +1,217 @@
+"""C-STORE SCP: every acknowledged CT instance is on disk, fsynced, under ``INBOX/<StudyInstanceUID>/``.
+
+An instance is written to ``INBOX/.receiving/`` (hidden: the watcher ignores it), fsynced and renamed
+into ``INBOX/<StudyInstanceUID>/<SOPInstanceUID>.dcm`` before the success status is sent, exactly as
+it was encoded by the sender (no re-encoding). A kill at any moment leaves at most a ``.part`` file in
+``.receiving``, removed at the next start. Sending an identical instance again changes nothing on disk;
+a different instance with the same SOP Instance UID replaces the earlier copy.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import socket
+import re
+import uuid
+from io import BytesIO
+from pathlib import Path
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.pixels import get_decoder
+from pydicom.uid import AllTransferSyntaxes, CTImageStorage, UID
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom.events import Event
+from pynetdicom.sop_class import Verification
+
+from edge.errors import UserError
+from edge.profile import DicomPeer, DicomSettings
+
+log = logging.getLogger("ctedge.dicom")
+RECEIVING = ".receiving"
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+# DIMSE C-STORE statuses (PS3.4 B.2.3, PS3.7 C.4.2.1.4)
+SUCCESS, OUT_OF_RESOURCES, SOP_CLASS_NOT_SUPPORTED, CANNOT_UNDERSTAND = 0x0000, 0xA700, 0x0122, 0xC000
+
+
+def ct_transfer_syntaxes() -> list[str]:
+    """The transfer syntaxes the ingest decodes: uncompressed ones, and compressed ones with an installed decoder."""
+    def decodable(uid: UID) -> bool:
+        try:
+            return get_decoder(uid).is_available
+        except NotImplementedError:
+            return False
+    return [str(uid) for uid in AllTransferSyntaxes if not uid.is_compressed or decodable(uid)]
+
+
+def is_uid(value: object) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= 64 and bool(_UID.match(value))
+
+
+class StudyInbox:
+    """Where received instances are committed (owner-only folders and files)."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.receiving = self.root / RECEIVING
+
+    def prepare(self) -> int:
+        """Create the folders and remove the partial files of an interrupted run; return how many."""
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        leftovers = list(self.receiving.glob("*.part")) if self.receiving.is_dir() else []
+        for path in leftovers:
+            path.unlink()
+        self.receiving.mkdir(exist_ok=True, mode=0o700)
+        return len(leftovers)
+
+    def commit(self, study_uid: str, sop_uid: str, data: bytes) -> Path:
+        """Write ``data`` durably as the instance ``sop_uid`` of ``study_uid``; return its path."""
+        target = self.root / study_uid / f"{sop_uid}.dcm"
+        if target.is_file() and target.stat().st_size == len(data) and target.read_bytes() == data:
+            return target  # the same instance again: leave the study untouched
+        tmp = self.receiving / f"{sop_uid}-{uuid.uuid4().hex}.part"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            if not target.parent.is_dir():
+                target.parent.mkdir(mode=0o700, exist_ok=True)  # two associations may bring the same study
+                _fsync_dir(self.root)
+            os.replace(tmp, target)
+            _fsync_dir(target.parent)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return target
+
+
+def check_instance(data: bytes, sop_uid: str | None = None) -> Dataset:
+    """Parse a received file; raise ValueError naming the problem when it is truncated or unusable
+    (or when its SOP Instance UID is not ``sop_uid``, the one announced in the C-STORE request)."""
+    try:
+        ds = pydicom.dcmread(BytesIO(data), defer_size=None)
+        ds.get("PixelData")  # read every element up to the end: a truncated one raises here
+    except Exception as exc:  # noqa: BLE001 - any parse failure is the sender's problem, not ours
+        raise ValueError(f"the dataset cannot be parsed ({type(exc).__name__}: {exc})") from exc
+    for key in ("StudyInstanceUID", "SOPInstanceUID"):
+        if not is_uid(ds.get(key)):
+            raise ValueError(f"{key} is missing or not a valid UID")
+    if sop_uid is not None and ds.SOPInstanceUID != sop_uid:
+        raise ValueError("the SOPInstanceUID in the dataset differs from the one in the C-STORE request")
+    if "PixelData" not in ds:
+        raise ValueError("the dataset has no pixel data")
+    if not ds.file_meta.TransferSyntaxUID.is_encapsulated:
+        try:
+            expected = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) \
+                * (int(ds.BitsAllocated) // 8) * int(ds.get("NumberOfFrames", 1) or 1)
+        except (AttributeError, TypeError, ValueError) as exc:
+            raise ValueError("Rows, Columns or BitsAllocated is missing or invalid") from exc
+        if len(ds.PixelData) < expected:
+            raise ValueError(f"the pixel data is truncated ({len(ds.PixelData)} of {expected} bytes)")
+    return ds
+
+
+def is_allowed(caller: str, address: str, allowed: tuple[DicomPeer, ...]) -> bool:
+    """An empty list allows every caller; otherwise the AE title (and the host, when given) must match."""
+    return not allowed or any(caller == p.ae_title and (not p.host or address == p.host) for p in allowed)
+
+
+class Receiver:
+    """The C-STORE/C-ECHO SCP of a profile's ``dicom:`` section, serving in background threads."""
+
+    def __init__(self, settings: DicomSettings, inbox: Path):
+        self.settings = settings
+        self.inbox = StudyInbox(inbox)
+        self.ae = AE(ae_title=settings.ae_title)
+        self.ae.maximum_pdu_size = 0  # no limit: fewer, larger P-DATA for big slices
+        self.ae.add_supported_context(Verification)
+        syntaxes = ct_transfer_syntaxes()
+        for cx in AllStoragePresentationContexts:  # other classes get a clear refusal status, not a bare reject
+            self.ae.add_supported_context(cx.abstract_syntax, syntaxes if cx.abstract_syntax == CTImageStorage
+                                          else ALL_TRANSFER_SYNTAXES)
+        self._server = None
+
+    def start(self) -> None:
+        pynetdicom_log = logging.getLogger("pynetdicom")
+        if pynetdicom_log.level == logging.NOTSET:  # one INFO line per instance is too much for -v
+            pynetdicom_log.setLevel(logging.WARNING)
+        removed = self.inbox.prepare()
+        if removed:
+            log.warning("removed %d partial instance(s) left by an interrupted receiver", removed)
+        try:
+            self._server = self.ae.start_server(
+                (self.settings.host, self.settings.port), block=False,
+                evt_handlers=[(evt.EVT_REQUESTED, self._on_request), (evt.EVT_C_STORE, self._on_store)])
+        except OSError as exc:
+            raise UserError(f"{self.settings.host}:{self.settings.port}",
+                            f"the DICOM receiver cannot listen there ({exc.strerror}); see dicom.host and dicom.port") from exc
+        log.info("DICOM receiver %s listening on %s:%d, studies in %s", self.settings.ae_title,
+                 self.settings.host, self.port, self.inbox.root)
+        if not self.settings.allowed_callers and not ipaddress.ip_address(_resolve(self.settings.host)).is_loopback:
+            log.warning("dicom.allowed_callers is empty: any DICOM node that reaches %s:%d may send studies",
+                        self.settings.host, self.port)
+
+    @property
+    def port(self) -> int:
+        return self._server.server_address[1] if self._server else self.settings.port
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+
+    def _on_request(self, event: Event) -> None:
+        caller = event.assoc.requestor.primitive.calling_ae_title.strip()
+        address = event.assoc.requestor.address
+        if not is_allowed(caller, address, self.settings.allowed_callers):
+            log.warning("association from %r at %s rejected: not in dicom.allowed_callers", caller, address)
+            event.assoc.acse.send_reject(0x01, 0x01, 0x03)  # rejected-permanent, service user, calling AE not recognised
+            event.assoc.kill()  # as pynetdicom does: waits until the A-ASSOCIATE-RJ has gone out
+
+    def _on_store(self, event: Event) -> Dataset:
+        request = event.request
+        sop_class, sop_uid = UID(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID)
+        if sop_class != CTImageStorage:
+            log.warning("refused a %s instance from %r: only CT Image Storage is analysed",
+                        sop_class.name, event.assoc.requestor.ae_title)
+            return _status(SOP_CLASS_NOT_SUPPORTED, f"ctedge accepts CT Image Storage only, not {sop_class.name}")
+        data = event.encoded_dataset(include_meta=True)
+        try:
+            ds = check_instance(data, sop_uid)
+        except ValueError as exc:
+            log.warning("refused instance %s from %r: %s", sop_uid, event.assoc.requestor.ae_title, exc)
+            return _status(CANNOT_UNDERSTAND, str(exc)[:64])
+        try:
+            self.inbox.commit(ds.StudyInstanceUID, sop_uid, data)
+        except OSError as exc:
+            log.error("cannot store instance %s in %s: %s", sop_uid, self.inbox.root, exc.strerror)
+            return _status(OUT_OF_RESOURCES, f"cannot store: {exc.strerror}"[:64])
+        return _status(SUCCESS)
+
+
+def _status(code: int, comment: str = "") -> Dataset:
+    status = Dataset()
+    status.Status = code
+    if comment:
+        status.ErrorComment = comment
+    return status
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _resolve(host: str) -> str:
+    try:
+        return socket.gethostbyname(host)
+    except OSError:
+        return "0.0.0.0"

@@ -1,0 +1,132 @@
+"""The DICOM side of ``ctedge watch``, ``ctedge serve`` and ``ctedge receive``, wired from a profile.
+
+The receiver writes studies into the inbox; the watcher analyses them as any other study; after each
+watcher pass :meth:`DicomService.queue_results` turns every committed result not queued yet into SR
+and Secondary Capture objects, one outbox job per destination; the sender thread delivers them.
+Job ids hash the study name, its fingerprint and the destination, so a kill between a commit and the
+queueing costs nothing: the next pass queues it, and never twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from pathlib import Path
+
+from edge.dicomnet.outbox import Outbox
+from edge.dicomnet.receiver import Receiver
+from edge.dicomnet.results import result_objects
+from edge.errors import UserError
+from edge.profile import DicomPeer, DicomSettings, Profile, WatcherSettings
+
+log = logging.getLogger("ctedge.dicom")
+SEND_DIR = ".dicom-send"
+
+
+class DicomService:
+    """A profile's receiver (into ``inbox``) and outbox (under ``results/.dicom-send``)."""
+
+    def __init__(self, settings: DicomSettings, inbox: Path, results: Path, retry_base_s: float = 5.0,
+                 retry_max_s: float = 600.0):
+        self.settings = settings
+        self.inbox, self.results = Path(inbox), Path(results)
+        self.receiver = Receiver(settings, self.inbox)
+        self.results.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.outbox = Outbox(self.results / SEND_DIR, settings.ae_title, retry_base_s, retry_max_s)
+        self._stop = threading.Event()
+        self._sender: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
+
+    def start(self, receive: bool = True, send: bool = True) -> None:
+        """Start the receiver and the sender thread (without ``send``, :meth:`after_pass` delivers)."""
+        if receive:
+            self.receiver.start()
+        if send and self.settings.destinations:
+            self._sender = threading.Thread(target=self.outbox.run, args=(self._stop,), name="ctedge-dicom-send",
+                                            daemon=True)
+            self._sender.start()
+            self._threads.append(self._sender)
+
+    def stop(self) -> None:
+        self.receiver.stop()
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=60)
+
+    @classmethod
+    def for_server(cls, profile: Profile, engine) -> DicomService:
+        """``ctedge serve``: receive into ``dicom.inbox``, analyse there with the server's engine as ``ctedge
+        watch`` does (results in ``results_dir/dicom``), send to the destinations; all in background threads."""
+        if profile.dicom is None or profile.dicom.inbox is None:
+            raise UserError(profile.source, "dicom.inbox is not set: where should received studies be written?")
+        service = cls(profile.dicom, profile.dicom.inbox, profile.server.results_dir / "dicom")
+        service.start()
+        service._threads.append(threading.Thread(target=service._watch, args=(engine, profile.watcher),
+                                                 name="ctedge-dicom-watch", daemon=True))
+        service._threads[-1].start()
+        return service
+
+    def _watch(self, engine, settings: WatcherSettings) -> None:
+        from edge.watch import outbox_lock, recover, run_once
+
+        try:
+            with outbox_lock(self.results):
+                recover(self.results)
+                warned: set[str] = set()
+                while not self._stop.is_set():
+                    try:
+                        run_once(engine, self.inbox, self.results, settings, warned)
+                    except Exception:  # noqa: BLE001 - logged; the next pass tries again
+                        log.exception("the DICOM study watcher's pass failed; trying again")
+                    self.after_pass()
+                    self._stop.wait(settings.poll_seconds)
+        except UserError as exc:
+            log.error("the DICOM study watcher cannot run: %s", exc)
+
+    def after_pass(self) -> None:
+        """The watcher hook: queue new results; deliver them here when no sender thread runs. Never raises:
+        a full disk or a bug here must not stop the analysis of studies."""
+        try:
+            self.queue_results()
+            if self._sender is None:
+                self.outbox.deliver_due()
+        except Exception:  # noqa: BLE001 - logged; the next pass tries again
+            log.exception("queueing or sending results to PACS failed; trying again after the next pass")
+
+    def queue_results(self) -> int:
+        """Queue the results of every analysed study not queued yet for each destination; return how many jobs."""
+        queued = 0
+        for record in sorted(self.results.glob("*/source.json")):
+            if record.parent.name.startswith("."):
+                continue
+            try:
+                source = json.loads(record.read_text())
+            except (OSError, ValueError):
+                continue
+            if source.get("status") == "done":
+                queued += self._queue(source, record.parent)
+        return queued
+
+    def _queue(self, source: dict, result_dir: Path) -> int:
+        todo = {self.job_id(source, d): d for d in self.settings.destinations}
+        todo = {k: d for k, d in todo.items() if not self.outbox.has(k)}
+        if not todo:
+            return 0
+        try:
+            objects = result_objects(result_dir, self.inbox / source["inbox_entry"])
+        except Exception as exc:  # noqa: BLE001 - one study must never stop the watcher
+            reason = str(exc) if isinstance(exc, UserError) else f"internal error: {type(exc).__name__}: {exc}"
+            log.warning("%s: nothing sent to PACS: %s", source["study"], reason)
+            for job_id, dest in todo.items():
+                self.outbox.skip(job_id, source["study"], dest, reason)
+            return 0
+        for job_id, dest in todo.items():
+            self.outbox.enqueue(job_id, source["study"], dest, objects)
+        return len(todo)
+
+    @staticmethod
+    def job_id(source: dict, dest: DicomPeer) -> str:
+        key = f"{source['study']}\0{source['fingerprint']}\0{dest.ae_title}\0{dest.host}\0{dest.port}"
+        return hashlib.sha256(key.encode()).hexdigest()[:32]
