@@ -14,6 +14,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from edge import CLASSES, __version__
+from edge.doctor import add_doctor
 from edge.errors import UserError
 from edge.engine import DEFAULT_BUNDLE, Engine
 from edge.pipeline import PipelineOptions
@@ -127,7 +128,7 @@ def cmd_evaluate_selection(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_predict, add_evaluate_selection, add_serve, add_watch]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_predict, add_evaluate_selection, add_serve, add_watch, add_doctor]
 
 
 def plugin_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
