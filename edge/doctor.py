@@ -87,7 +87,8 @@ def run_checks(config: Path, folders: list[Path], user: pwd.struct_passwd, env_f
     steps: list[Callable[[], list[Check]]] = [
         lambda: [check_delegate(profile)] if profile.model.delegate == "edgetpu" else [],
         lambda: [check_model(profile)],
-        lambda: check_readable(user, [config, *([env_file] if env_file else []), profile.model.bundle]),
+        lambda: [check_access(user, [(Path(sys.executable).resolve(), "rx"), (config, "r"),
+                                     *([(env_file, "r")] if env_file else []), (profile.model.bundle, "rx")])],
         lambda: [check_folder(user, d) for d in [profile.server.results_dir, *folders]],
         lambda: [check_port(profile)],
         lambda: [check_token(profile, env, env_file)],
@@ -185,11 +186,12 @@ def can(user: pwd.struct_passwd, path: Path, want: str) -> bool:
     return all(allowed(p, "x") for p in reversed(path.parents)) and allowed(path, want)
 
 
-def check_readable(user: pwd.struct_passwd, paths: list[Path]) -> list[Check]:
-    bad = [str(p) for p in paths if not p.exists() or not can(user, p, "rx" if p.is_dir() else "r")]
+def check_access(user: pwd.struct_passwd, wanted: list[tuple[Path, str]]) -> Check:
+    """The service user can run the interpreter and read the profile, environment file and model."""
+    bad = [f"{p} ({want})" for p, want in wanted if not p.exists() or not can(user, p, want)]
     if bad:
-        return [Check("config files", False, f"{user.pw_name} cannot read {', '.join(bad)}")]
-    return [Check("config files", True, f"{user.pw_name} can read {', '.join(map(str, paths))}")]
+        return Check("access", False, f"{user.pw_name} cannot use {', '.join(bad)}")
+    return Check("access", True, f"{user.pw_name} can use {', '.join(str(p) for p, _ in wanted)}")
 
 
 def check_folder(user: pwd.struct_passwd, folder: Path) -> Check:

@@ -74,6 +74,11 @@ b = json.load(open(sys.argv[1]))
 print(b["version"], b["arch"], ",".join(b["pythons"]), b["pip"])' "$here/BUNDLE.json")
 [ "$(uname -m)" = "$arch" ] || die "this archive is for $arch; this machine is $(uname -m)"
 py_version=$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+py_real=$("$python" -c 'import os, sys; print(os.path.realpath(sys.executable))')
+case "$py_real" in
+    /root/*|/home/*) [ "$systemd" = 0 ] \
+        || die "$python is $py_real: the services (ProtectHome=yes, user $service_user) cannot run it; use a system Python such as /usr/bin/python3" ;;
+esac
 case ",$pythons," in
     *",$py_version,"*) ;;
     *) die "$python is Python $py_version; this archive has wheels for Python $pythons (choose one with --python)" ;;
