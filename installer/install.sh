@@ -124,7 +124,7 @@ ctedge="$app/current/venv/bin/ctedge"
 owner=()
 if [ "$systemd" = 1 ]; then
     if ! id "$service_user" >/dev/null 2>&1; then
-        useradd --system --home-dir "$data" --no-create-home --shell /usr/sbin/nologin "$service_user"
+        useradd --system --no-log-init --home-dir "$data" --no-create-home --shell /usr/sbin/nologin "$service_user"
         echo "Created the system user $service_user."
     fi
     owner=(-o "$service_user" -g "$service_user")

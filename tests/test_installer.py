@@ -198,3 +198,56 @@ def test_units_run_unprivileged_and_hardened(unit):
 def test_install_sh_is_shellcheck_clean():
     proc = subprocess.run(["shellcheck", INSTALLER / "install.sh"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout
+
+
+SYSTEMD_MODE = r"""
+set -euo pipefail
+for d in etc opt srv usr/local; do
+    n=${d//\//_}; mkdir -p "$OV/$n/u" "$OV/$n/w"
+    mount -t overlay overlay -o "lowerdir=/$d,upperdir=$OV/$n/u,workdir=$OV/$n/w" "/$d"
+done
+"$ARCHIVE/install.sh" --python "$PY" > /dev/null
+as_ctedge() { setpriv --reuid=ctedge --regid=ctedge --init-groups "$@"; }
+sed -i 's/^CTEDGE_API_TOKEN=$/CTEDGE_API_TOKEN=0123456789abcdef0123456789abcdef/' /etc/ctedge/ctedge.env
+echo "correct horse battery" | as_ctedge ctedge serve --config /etc/ctedge/ctedge.yaml --add-user radiologist > /dev/null
+sed -i "s/port: 8080/port: $PORT/" /etc/ctedge/ctedge.yaml
+echo "stat $(stat -c '%a:%U' /srv/ctedge/inbox /srv/ctedge/outbox /srv/ctedge/results /etc/ctedge/ctedge.yaml | tr '\n' ' ')"
+echo "units $(ls /etc/systemd/system/ctedge-*.service | tr '\n' ' ')"
+if command -v systemd-analyze > /dev/null; then
+    systemd-analyze verify /etc/systemd/system/ctedge-serve.service /etc/systemd/system/ctedge-watch.service
+    echo "verified"
+fi
+as_ctedge ctedge doctor --config /etc/ctedge/ctedge.yaml --folder /srv/ctedge/inbox --folder /srv/ctedge/outbox 2> /dev/null
+before=$(find /srv/ctedge /etc/ctedge/ctedge.yaml /etc/ctedge/ctedge.env -printf '%p %m %u %s %T@\n')
+"$ARCHIVE/install.sh" --python "$PY" > /dev/null
+[ "$before" = "$(find /srv/ctedge /etc/ctedge/ctedge.yaml /etc/ctedge/ctedge.env -printf '%p %m %u %s %T@\n')" ] && echo "upgrade kept data"
+/opt/ctedge/current/install.sh --uninstall > /dev/null
+[ ! -e /opt/ctedge ] && [ -d /srv/ctedge/results ] && id ctedge > /dev/null && echo "uninstall kept data and user"
+"""
+
+
+def test_systemd_mode_in_a_private_mount_namespace(archive, tmp_path):
+    """The real (non --prefix) install, with /etc, /opt, /srv and /usr/local as throw-away overlays in a
+    private mount and network namespace: ctedge user, ownerships, units, doctor as ctedge, upgrade, uninstall."""
+    py = Path("/usr/bin/python3")
+    if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("setpriv") or not py.exists():
+        pytest.skip("needs root, unshare, setpriv and /usr/bin/python3")
+    version = subprocess.run([py, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                             capture_output=True, text=True).stdout.strip()
+    if version != "%d.%d" % sys.version_info[:2]:
+        pytest.skip(f"the native archive is for Python {sys.version_info[0]}.{sys.version_info[1]}, /usr/bin/python3 is {version}")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = offline_env() | {"OV": str(tmp_path), "ARCHIVE": str(archive), "PY": str(py), "PORT": str(port),
+                           "PATH": f"/usr/local/bin:{os.environ['PATH']}"}
+    proc = subprocess.run(["unshare", "-m", "-n", "--fork", "bash", "-c", SYSTEMD_MODE], capture_output=True,
+                          text=True, env=env, timeout=300)
+    if proc.returncode != 0 and "mount:" in proc.stderr and "overlay" in proc.stderr:
+        pytest.skip(f"overlay mounts are not possible here: {proc.stderr.strip()}")
+    out = proc.stdout
+    assert proc.returncode == 0, out + proc.stderr
+    assert "stat 700:ctedge 700:ctedge 700:ctedge 640:root " in out
+    assert "ctedge-serve.service" in out and "ctedge-watch.service" in out
+    assert out.count("[  ok]") >= 10 and "\nREADY\n" in out
+    assert "upgrade kept data" in out and "uninstall kept data and user" in out
