@@ -29,6 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 MANYLINUX = "manylinux_2_28"          # newest glibc the target may need: Debian 10+, Ubuntu 20.04+, RHEL 8+
+PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
 SAMPLE = ROOT / "samples" / "covid-ct-md" / "COVID-19_P002"
 WHEEL_NAME = re.compile(r"^(?P<name>[^-]+)-(?P<version>[^-]+)-.+\.whl$")
 
@@ -43,17 +44,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arch", choices=["x86_64", "aarch64"], default=platform.machine(),
                         help="target CPU (default: this machine's)")
     parser.add_argument("--python", action="append", metavar="X.Y",
-                        help="target CPython version, repeatable (default: 3.11 and 3.12)")
+                        help=f"target CPython version, repeatable (default: {' '.join(PYTHONS)})")
     parser.add_argument("--native", action="store_true",
                         help="only this interpreter's Python and platform (quick builds for tests)")
-    parser.add_argument("--cache", type=Path, default=None,
-                        help="reuse downloaded wheels from this folder between builds")
     args = parser.parse_args(argv)
     if args.native and (args.python or args.arch != platform.machine()):
         parser.error("--native builds for this machine's Python and CPU; drop --python/--arch")
-    pythons = [f"{sys.version_info[0]}.{sys.version_info[1]}"] if args.native else (args.python or ["3.11", "3.12"])
+    pythons = [f"{sys.version_info[0]}.{sys.version_info[1]}"] if args.native else (args.python or PYTHONS)
     try:
-        archive = build(args.out, args.arch, pythons, native=args.native, cache=args.cache)
+        archive = build(args.out, args.arch, pythons, native=args.native)
     except BuildError as exc:
         print(f"build_bundle: error: {exc}", file=sys.stderr)
         return 1
@@ -61,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def build(out: Path, arch: str, pythons: list[str], native: bool = False, cache: Path | None = None) -> Path:
+def build(out: Path, arch: str, pythons: list[str], native: bool = False) -> Path:
     """Build the archive into ``out`` and return its path."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     version, requirements = project["version"], project["dependencies"]
@@ -70,7 +69,7 @@ def build(out: Path, arch: str, pythons: list[str], native: bool = False, cache:
         stage = Path(tmp) / name
         wheels = stage / "wheels"
         wheels.mkdir(parents=True)
-        downloads = cache or Path(tmp) / "downloads"
+        downloads = Path(tmp) / "downloads"
         own = build_own_wheel(Path(tmp) / "own")
         per_python = {py: download(requirements, py, arch, native, downloads / f"cp{py.replace('.', '')}-{arch}")
                       for py in pythons}
@@ -96,15 +95,12 @@ def build(out: Path, arch: str, pythons: list[str], native: bool = False, cache:
     return archive
 
 
-def run(cmd: list[str], step: str) -> None:
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise BuildError(f"{step} failed (exit {proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-3000:]}")
-
-
 def build_own_wheel(dest: Path) -> Path:
     """The ctedge wheel, built from this checkout."""
-    run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(dest), str(ROOT)], "building the ctedge wheel")
+    cmd = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(dest), str(ROOT)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise BuildError(f"building the ctedge wheel failed (exit {proc.returncode}): {proc.stderr[-3000:]}")
     return next(dest.glob("ctedge-*.whl"))
 
 
@@ -116,19 +112,16 @@ def platform_options(arch: str) -> list[str]:
 
 
 def download(requirements: list[str], python: str, arch: str, native: bool, dest: Path) -> list[Path]:
-    """Binary wheels resolving ``requirements`` for one CPython version and CPU, into ``dest``
-    (a reused folder keeps earlier downloads: the result lists only what pip picked this time)."""
-    dest.mkdir(parents=True, exist_ok=True)
+    """Binary wheels resolving ``requirements`` for one CPython version and CPU, into the new folder ``dest``."""
     target = [] if native else ["--python-version", python, "--implementation", "cp",
                                 "--abi", f"cp{python.replace('.', '')}", *platform_options(arch)]
-    cmd = [sys.executable, "-m", "pip", "download", "--progress-bar", "off", "--only-binary=:all:", "-d", str(dest),
+    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:", "-d", str(dest),
            *target, *requirements]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         last = proc.stderr.strip().splitlines()[-1:] or [""]
         raise BuildError(f"no wheels for CPython {python} on {arch} (pip download exit {proc.returncode}): {last[0]}")
-    names = re.findall(r"(?:File was already downloaded|Saved) (\S+\.whl)", proc.stdout)
-    return sorted({dest / Path(n).name for n in names})
+    return sorted(dest.glob("*.whl"))
 
 
 def lock_text(per_python: dict[str, list[Path]], own: Path, requirements: list[str], arch: str, native: bool) -> str:

@@ -30,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     raw = yaml.safe_load(args.profile.read_text())
     raw["model"]["bundle"] = str(args.models / Path(raw["model"]["bundle"]).name)
     raw["server"] = {"host": "127.0.0.1", "port": 8080} | raw.get("server", {}) | {"results_dir": str(args.results)}
-    sys.stdout.write(HEADER.format(source=args.profile.name, template=args.profile.parent / "template.yaml") + yaml.safe_dump(raw, sort_keys=False))
+    header = HEADER.format(source=args.profile.name, template=args.profile.parent / "template.yaml")
+    sys.stdout.write(header + yaml.safe_dump(raw, sort_keys=False))
     return 0
 
 

@@ -220,9 +220,12 @@ fi
 as_ctedge ctedge doctor --config /etc/ctedge/ctedge.yaml --folder /srv/ctedge/inbox --folder /srv/ctedge/outbox 2> /dev/null
 before=$(find /srv/ctedge /etc/ctedge/ctedge.yaml /etc/ctedge/ctedge.env -printf '%p %m %u %s %T@\n')
 "$ARCHIVE/install.sh" --python "$PY" > /dev/null
-[ "$before" = "$(find /srv/ctedge /etc/ctedge/ctedge.yaml /etc/ctedge/ctedge.env -printf '%p %m %u %s %T@\n')" ] && echo "upgrade kept data"
+after=$(find /srv/ctedge /etc/ctedge/ctedge.yaml /etc/ctedge/ctedge.env -printf '%p %m %u %s %T@\n')
+if [ "$before" = "$after" ]; then echo "upgrade kept data"; fi
 /opt/ctedge/current/install.sh --uninstall > /dev/null
-[ ! -e /opt/ctedge ] && [ -d /srv/ctedge/results ] && id ctedge > /dev/null && echo "uninstall kept data and user"
+if [ ! -e /opt/ctedge ] && [ -d /srv/ctedge/results ] && id ctedge > /dev/null; then
+    echo "uninstall kept data and user"
+fi
 """
 
 
@@ -232,10 +235,11 @@ def test_systemd_mode_in_a_private_mount_namespace(archive, tmp_path):
     py = Path("/usr/bin/python3")
     if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("setpriv") or not py.exists():
         pytest.skip("needs root, unshare, setpriv and /usr/bin/python3")
-    version = subprocess.run([py, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+    native = "{}.{}".format(*sys.version_info[:2])
+    version = subprocess.run([py, "-c", "import sys; print('{}.{}'.format(*sys.version_info[:2]))"],
                              capture_output=True, text=True).stdout.strip()
-    if version != "%d.%d" % sys.version_info[:2]:
-        pytest.skip(f"the native archive is for Python {sys.version_info[0]}.{sys.version_info[1]}, /usr/bin/python3 is {version}")
+    if version != native:
+        pytest.skip(f"the native archive is for Python {native}, /usr/bin/python3 is {version}")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
