@@ -62,9 +62,14 @@ def add_doctor(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    user = pwd.getpwnam(args.user) if args.user else pwd.getpwuid(os.getuid())
+    try:
+        user = pwd.getpwnam(args.user) if args.user else pwd.getpwuid(os.getuid())
+    except KeyError:
+        raise UserError(args.user, "no such user (--user)") from None
     env_file = args.env_file or args.config.parent / "ctedge.env"
-    checks = run_checks(args.config, args.folder, user, env_file if args.env_file or env_file.is_file() else None)
+    if not args.env_file and not env_file.is_file():
+        env_file = None
+    checks = run_checks(args.config, args.folder, user, env_file)
     failed = [c for c in checks if not c.ok and not c.warning]
     if args.json:
         print(json.dumps({"ready": not failed, "checks": [c.__dict__ for c in checks]}, indent=2))
@@ -129,7 +134,8 @@ def check_cpu() -> Check:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
         text = ""
-    flags = set(re.findall(r"^(?:flags|Features)\s*:\s*(.*)$", text, re.M)[0].split()) if text else set()
+    found = re.findall(r"^(?:flags|Features)\s*:\s*(.*)$", text, re.M)
+    flags = set(found[0].split()) if found else set()
     shown = [f for f in CPU_FLAGS.get(machine, ()) if f in flags]
     fast = sorted(FAST_INT8 & flags)
     tuned = f"int8 dot-product instructions ({', '.join(fast)})" if fast else "no int8 dot-product instructions"

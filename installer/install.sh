@@ -64,7 +64,9 @@ if [ "$uninstall" = 1 ]; then
 fi
 
 # --- checks: archive intact, CPU and Python covered by the archive -------------------------------
-[ -f "$here/BUNDLE.json" ] || die "$here/BUNDLE.json is missing: run install.sh from the unpacked archive"
+if [ ! -f "$here/BUNDLE.json" ] || [ ! -d "$here/wheels" ]; then
+    die "$here is not an unpacked ctedge archive (no BUNDLE.json or wheels/): run the archive's install.sh"
+fi
 (cd "$here" && sha256sum --quiet --strict -c SHA256SUMS) \
     || die "a file of the archive does not match SHA256SUMS (named above); copy the archive again"
 command -v "$python" >/dev/null || die "no Python interpreter '$python' (give one with --python)"
@@ -115,9 +117,6 @@ else
 fi
 ln -sfn "releases/$release_id" "$app/current.new"
 mv -T "$app/current.new" "$app/current"
-for old in "$app"/releases/*; do
-    [ "$old" = "$release" ] || rm -rf "$old"
-done
 ctedge="$app/current/venv/bin/ctedge"
 
 # --- service user and data folders (created when missing, never changed) ------------------------
@@ -169,6 +168,11 @@ if [ "$systemd" = 1 ]; then
         echo "systemd is not running here: the units are in $units but not enabled."
     fi
 fi
+
+# Old releases go last, once running services have been restarted on the new one.
+for old in "$app"/releases/*; do
+    [ "$old" = "$release" ] || rm -rf "$old"
+done
 
 run_as=""
 [ "$systemd" = 1 ] && run_as="sudo -u $service_user "

@@ -102,7 +102,7 @@ def doctor(installed: Path) -> subprocess.CompletedProcess:
                 "--folder", installed / "srv/ctedge/inbox", "--folder", installed / "srv/ctedge/outbox"])
 
 
-def test_doctor_predict_and_upgrade_from_installed_copy(installed, archive):
+def test_doctor_predict_rerun_and_upgrade_from_installed_copy(installed, archive):
     conf = installed / "etc/ctedge/ctedge.yaml"
     first = doctor(installed)
     assert first.returncode == 1, first.stdout
@@ -136,7 +136,26 @@ def test_doctor_predict_and_upgrade_from_installed_copy(installed, archive):
     assert "already installed" in again.stdout
     assert snapshot(installed / "srv", config_files) == before
     assert "Kept your profile" in again.stdout
+
+    old_release = (installed / "opt/ctedge/current").resolve()
+    upgrade = run([newer_copy(archive, installed.parent / "newer"), "--prefix", installed])
+    assert upgrade.returncode == 0, upgrade.stdout + upgrade.stderr
+    assert "Installing ctedge" in upgrade.stdout
+    assert (installed / "opt/ctedge/current").resolve() != old_release and not old_release.exists()
+    assert snapshot(installed / "srv", config_files) == before
     assert doctor(installed).returncode == 0
+
+
+def newer_copy(archive: Path, dest: Path) -> Path:
+    """A copy of the archive that counts as another release (its lock differs); returns its install.sh."""
+    shutil.copytree(archive, dest, symlinks=True)
+    lock = dest / "requirements.lock"
+    lock.write_text(lock.read_text() + "# next release\n")
+    digest = hashlib.sha256(lock.read_bytes()).hexdigest()
+    sums = (dest / "SHA256SUMS").read_text().splitlines()
+    (dest / "SHA256SUMS").write_text("".join((f"{digest}  requirements.lock" if line.endswith("  requirements.lock")
+                                              else line) + "\n" for line in sums))
+    return dest / "install.sh"
 
 
 def snapshot(root: Path, files: list[Path]) -> dict[str, tuple]:
