@@ -184,6 +184,17 @@ def test_tampered_wheel_fails_with_a_hash_error_naming_the_file(archive, tmp_pat
     assert list((prefix / "opt/ctedge/releases").iterdir()) == []
 
 
+def test_changed_model_file_fails_at_sha256sums_naming_it(archive, tmp_path):
+    copy = tmp_path / "archive"
+    shutil.copytree(archive, copy, symlinks=True)
+    with (copy / "models/demo/model.json").open("a") as f:
+        f.write(" ")
+    proc = run([copy / "install.sh", "--prefix", tmp_path / "root"])
+    assert proc.returncode != 0
+    assert "models/demo/model.json: FAILED" in proc.stdout + proc.stderr and "SHA256SUMS" in proc.stderr
+    assert not (tmp_path / "root").exists()
+
+
 def test_uninstall_keeps_patient_data_unless_purged(archive, tmp_path):
     prefix = tmp_path / "root"
     assert run([archive / "install.sh", "--prefix", prefix]).returncode == 0
