@@ -96,8 +96,12 @@ def build(out: Path, arch: str, pythons: list[str], native: bool = False) -> Pat
 
 
 def build_own_wheel(dest: Path) -> Path:
-    """The ctedge wheel, built from this checkout."""
-    cmd = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(dest), str(ROOT)]
+    """The ctedge wheel, built from a clean copy of this checkout (a stale build/ folder could
+    otherwise put deleted modules into the wheel)."""
+    source = dest / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", "runs", "out"))
+    cmd = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(dest), str(source)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise BuildError(f"building the ctedge wheel failed (exit {proc.returncode}): {proc.stderr[-3000:]}")
