@@ -29,6 +29,8 @@ while [ $# -gt 0 ]; do
     esac
 done
 
+[ "$purge" = 0 ] || [ "$uninstall" = 1 ] || die "--purge goes with --uninstall"
+
 app="$prefix/opt/ctedge"
 etc="$prefix/etc/ctedge"
 data="$prefix/srv/ctedge"
@@ -55,8 +57,8 @@ if [ "$uninstall" = 1 ]; then
     echo "Removed the software ($app)."
     if [ "$purge" = 1 ]; then
         rm -rf "$etc" "$data"
-        if [ "$systemd" = 1 ]; then userdel "$service_user" 2>/dev/null || true; fi
-        echo "Purged the profile ($etc), the patient data ($data) and the $service_user user."
+        echo "Purged the profile ($etc) and the patient data ($data)."
+        if [ "$systemd" = 1 ] && userdel "$service_user" 2>/dev/null; then echo "Removed the user $service_user."; fi
     else
         echo "Kept the profile ($etc) and the patient data ($data); remove them with --uninstall --purge."
     fi
@@ -94,7 +96,8 @@ if [ ! -f "$here/profiles/$profile.yaml" ]; then
 fi
 
 # --- software: a new release folder, then switch /opt/ctedge/current to it ---------------------
-release_id="$version-$(cat "$here/requirements.lock" "$here/SHA256SUMS" | sha256sum | cut -c1-12)"
+# The id changes with the archive's contents and the interpreter: another Python means another release.
+release_id="$version-$({ cat "$here/requirements.lock" "$here/SHA256SUMS"; echo "$py_real"; } | sha256sum | cut -c1-12)"
 release="$app/releases/$release_id"
 if [ -f "$release/.complete" ]; then
     echo "ctedge $release_id is already installed in $release; checking the rest."
