@@ -20,7 +20,6 @@ import stat
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -82,26 +81,20 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def run_checks(config: Path, folders: list[Path], user: pwd.struct_passwd, env_file: Path | None) -> list[Check]:
     """Every check for ``config``; checks that need the profile are skipped when it does not load."""
-    checks = [check_python(), *check_packages(), check_cpu()]
+    checks = [check_python(), check_packages(), check_cpu()]
     try:
         profile = load_profile(config)
     except UserError as exc:
         return checks + [Check("profile", False, str(exc))]
     checks.append(Check("profile", True, f"{config} ({profile.name}: {profile.description})"))
-    env = read_env(env_file) if env_file else {}
-    steps: list[Callable[[], list[Check]]] = [
-        lambda: [check_delegate(profile)] if profile.model.delegate == "edgetpu" else [],
-        lambda: [check_model(profile)],
-        lambda: [check_access(user, [(Path(sys.executable).resolve(), "rx"), (config, "r"),
-                                     *([(env_file, "r")] if env_file else []), (profile.model.bundle, "rx")])],
-        lambda: [check_folder(user, d) for d in [profile.server.results_dir, *folders]],
-        lambda: [check_port(profile)],
-        lambda: [check_token(profile, env, env_file)],
-        lambda: [check_users(profile)],
-    ]
-    for step in steps:
-        checks += step()
-    return checks
+    if profile.model.delegate == "edgetpu":
+        checks.append(check_delegate(profile))
+    readable = [(Path(sys.executable).resolve(), "rx"), (config, "r"), *([(env_file, "r")] if env_file else []),
+                (profile.model.bundle, "rx")]
+    return checks + [check_model(profile), check_access(user, readable),
+                     *[check_folder(user, d) for d in [profile.server.results_dir, *folders]],
+                     check_port(profile), check_token(profile, read_env(env_file) if env_file else {}, env_file),
+                     check_users(profile)]
 
 
 def check_python() -> Check:
@@ -109,13 +102,13 @@ def check_python() -> Check:
     return Check("python", v >= (3, 10), f"{platform.python_implementation()} {v[0]}.{v[1]}.{v[2]} ({sys.executable})")
 
 
-def check_packages() -> list[Check]:
+def check_packages() -> Check:
     """The ctedge distribution and each of its (non-extra) requirements, with installed versions."""
     try:
         requires = metadata.requires("ctedge") or []
         own = metadata.version("ctedge")
     except metadata.PackageNotFoundError:
-        return [Check("packages", False, "the ctedge distribution is not installed (pip install ctedge)")]
+        return Check("packages", False, "the ctedge distribution is not installed (pip install ctedge)")
     names = [re.match(r"[A-Za-z0-9._-]+", r)[0] for r in requires if "extra ==" not in r]
     found, missing = [], []
     for name in names:
@@ -124,8 +117,8 @@ def check_packages() -> list[Check]:
         except metadata.PackageNotFoundError:
             missing.append(name)
     if missing:
-        return [Check("packages", False, f"missing: {', '.join(missing)} (reinstall from the archive)")]
-    return [Check("packages", True, f"ctedge {own}; " + ", ".join(found))]
+        return Check("packages", False, f"missing: {', '.join(missing)} (reinstall from the archive)")
+    return Check("packages", True, f"ctedge {own}; " + ", ".join(found))
 
 
 def check_cpu() -> Check:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import socket
@@ -46,6 +47,9 @@ def test_ready_box_exits_0(tmp_path, free_port, capsys, monkeypatch):
     assert main(["doctor", "--config", str(profile)]) == 0
     out = capsys.readouterr().out
     assert out.rstrip().endswith("READY") and "[  ok] model: cnn-bilstm-demo" in out
+    assert main(["doctor", "--config", str(profile), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["ready"] is True and {c["name"] for c in doc["checks"]} >= {"model", "port", "api token", "login users"}
 
 
 def test_each_problem_is_named(tmp_path, free_port, monkeypatch):
