@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TRAIN := $(VENV)/.train-extra
 
-.PHONY: demo test demo-model clean
+.PHONY: demo test demo-model bundle clean
 
 # Edge install: NumPy, OpenCV, pydicom, Flask, PyYAML and the TFLite interpreter; no TensorFlow.
 $(BIN)/ctedge: pyproject.toml
@@ -29,6 +29,15 @@ demo-model: $(TRAIN)
 	$(BIN)/ctedge train training/demo_studies.csv --out runs/demo --cnn-epochs 80 --head-epochs 100 --seed 0
 	$(BIN)/ctedge quantize runs/demo --calibration training/demo_studies.csv --out edge/models/demo \
 		--name cnn-bilstm-demo --version 0.2.0
+
+# Offline installer archives dist/ctedge-<version>-linux_<arch>.tar.gz (see README: Offline install).
+# Downloads the edge wheels once per target; narrow it with e.g. make bundle BUNDLE_ARCHES=x86_64 BUNDLE_PYTHONS=3.12
+BUNDLE_ARCHES ?= x86_64 aarch64
+BUNDLE_PYTHONS ?= 3.10 3.11 3.12 3.13
+bundle:
+	for arch in $(BUNDLE_ARCHES); do \
+		$(PYTHON) installer/build_bundle.py --out dist --arch $$arch $(BUNDLE_PYTHONS:%=--python %) || exit 1; \
+	done
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

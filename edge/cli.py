@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from edge import CLASSES, __version__
 from edge.dicomnet.command import add_bench_dicom, add_receive
+from edge.doctor import add_doctor
 from edge.errors import UserError
 from edge.engine import DEFAULT_BUNDLE, Engine
 from edge.ingest import configure_pydicom
@@ -133,7 +134,7 @@ def cmd_evaluate_selection(args: argparse.Namespace) -> int:
 
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_predict, add_evaluate_selection, add_serve, add_watch,
-                                                                add_validate, add_receive, add_bench_dicom]
+                                                                add_validate, add_receive, add_bench_dicom, add_doctor]
 
 
 def plugin_commands(command: str | None) -> list[Callable[[argparse._SubParsersAction], None]]:

@@ -1,0 +1,281 @@
+"""``ctedge doctor``: is this box ready to run the services of a profile?
+
+Checks Python and the installed packages, the profile, that the model bundle loads and runs a
+group of the profile's size, the CPU, the Coral delegate (edgetpu profiles), the data folders
+(owner-only, usable by the service user), the config files, the server port, the API token and
+the login users. Prints one line per check; exit 0 only when nothing failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import platform
+import pwd
+import re
+import socket
+import stat
+import sys
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from edge import CLASSES
+from edge.errors import UserError
+from edge.profile import Profile, load_profile
+from edge.runtime import EDGETPU_LIBRARY
+
+IMAGE_SIZE = 256                    # the pipeline's slice size (edge.pipeline resizes every slice to 256x256)
+CPU_FLAGS = {"x86_64": ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni"),
+             "aarch64": ("asimd", "asimddp", "fphp", "sve")}
+FAST_INT8 = {"avx512_vnni", "avx_vnni", "asimddp"}
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    warning: bool = False           # shown, but does not make the box "not ready"
+
+
+def add_doctor(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("doctor", help="check that this box is ready to run a profile (exit 0 when ready)",
+                       description="Check Python and packages, the model bundle, CPU, Coral delegate, data folders, "
+                                   "config files, port, API token and login users for a profile. Exit 0 only when "
+                                   "every check passes.")
+    p.add_argument("--config", type=Path, required=True, help="the profile the services run, e.g. /etc/ctedge/ctedge.yaml")
+    p.add_argument("--folder", type=Path, action="append", default=[],
+                   help="another data folder to check, e.g. the watcher's inbox and outbox (repeatable)")
+    p.add_argument("--user", default=None, help="account the services run as (default: the current user)")
+    p.add_argument("--env-file", type=Path, default=None,
+                   help="environment file of the services (default: ctedge.env next to the profile, if present)")
+    p.add_argument("--json", action="store_true", help="print the checks as JSON")
+    p.set_defaults(func=cmd_doctor)
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    try:
+        user = pwd.getpwnam(args.user) if args.user else pwd.getpwuid(os.getuid())
+    except KeyError:
+        raise UserError(args.user, "no such user (--user)") from None
+    env_file = args.env_file or args.config.parent / "ctedge.env"
+    if not args.env_file and not env_file.is_file():
+        env_file = None
+    checks = run_checks(args.config, args.folder, user, env_file)
+    failed = [c for c in checks if not c.ok and not c.warning]
+    if args.json:
+        print(json.dumps({"ready": not failed, "checks": [c.__dict__ for c in checks]}, indent=2))
+    else:
+        for c in checks:
+            print(f"[{'ok' if c.ok else 'warn' if c.warning else 'FAIL':>4}] {c.name}: {c.detail}")
+        print("READY" if not failed else f"NOT READY: {len(failed)} check(s) failed")
+    return 0 if not failed else 1
+
+
+def run_checks(config: Path, folders: list[Path], user: pwd.struct_passwd, env_file: Path | None) -> list[Check]:
+    """Every check for ``config``; checks that need the profile are skipped when it does not load."""
+    checks = [check_python(), check_packages(), check_cpu()]
+    try:
+        profile = load_profile(config)
+    except UserError as exc:
+        return checks + [Check("profile", False, str(exc))]
+    checks.append(Check("profile", True, f"{config} ({profile.name}: {profile.description})"))
+    if profile.model.delegate == "edgetpu":
+        checks.append(check_delegate(profile))
+    readable = [(Path(sys.executable).resolve(), "rx"), (config, "r"), *([(env_file, "r")] if env_file else []),
+                (profile.model.bundle, "rx")]
+    return checks + [check_model(profile), check_access(user, readable),
+                     *[check_folder(user, d) for d in [profile.server.results_dir, *folders]],
+                     check_port(profile), check_token(profile, read_env(env_file) if env_file else {}, env_file),
+                     check_users(profile)]
+
+
+def check_python() -> Check:
+    v = sys.version_info
+    return Check("python", v >= (3, 10), f"{platform.python_implementation()} {v[0]}.{v[1]}.{v[2]} ({sys.executable})")
+
+
+def check_packages() -> Check:
+    """The ctedge distribution and each of its (non-extra) requirements, with installed versions."""
+    try:
+        requires = metadata.requires("ctedge") or []
+        own = metadata.version("ctedge")
+    except metadata.PackageNotFoundError:
+        return Check("packages", False, "the ctedge distribution is not installed (pip install ctedge)")
+    names = [re.match(r"[A-Za-z0-9._-]+", r)[0] for r in requires if "extra ==" not in r]
+    found, missing = [], []
+    for name in names:
+        try:
+            found.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            missing.append(name)
+    if missing:
+        return Check("packages", False, f"missing: {', '.join(missing)} (reinstall from the archive)")
+    return Check("packages", True, f"ctedge {own}; " + ", ".join(found))
+
+
+def check_cpu() -> Check:
+    machine = platform.machine()
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        text = ""
+    found = re.findall(r"^(?:flags|Features)\s*:\s*(.*)$", text, re.M)
+    flags = set(found[0].split()) if found else set()
+    shown = [f for f in CPU_FLAGS.get(machine, ()) if f in flags]
+    fast = sorted(FAST_INT8 & flags)
+    tuned = f"int8 dot-product instructions ({', '.join(fast)})" if fast else "no int8 dot-product instructions"
+    detail = f"{machine}, {os.cpu_count()} cores, flags: {' '.join(shown) or 'none of interest'}; {tuned}"
+    if machine == "x86_64" and "avx2" not in flags:
+        return Check("cpu", False, detail + "; no AVX2: the TFLite int8 kernels will be slow", warning=True)
+    return Check("cpu", True, detail)
+
+
+def check_delegate(profile: Profile) -> Check:
+    try:
+        ctypes.CDLL(EDGETPU_LIBRARY)
+    except OSError:
+        return Check("coral delegate", False, f"{EDGETPU_LIBRARY} not found: install libedgetpu1-std from Coral's "
+                                              "package repository (profile delegate: edgetpu)")
+    return Check("coral delegate", True, f"{EDGETPU_LIBRARY} loads")
+
+
+def check_model(profile: Profile) -> Check:
+    """Load the profile's engine and classify one blank group of the profile's size."""
+    from edge.engine import Engine
+
+    try:
+        engine = Engine.from_profile(profile)
+        probs = np.asarray(engine.classifier.predict(
+            np.zeros((profile.pipeline.group_size, IMAGE_SIZE, IMAGE_SIZE), np.uint8)))
+    except UserError as exc:
+        return Check("model", False, str(exc))
+    except ValueError as exc:      # the interpreter's input shape differs from the profile's group size
+        return Check("model", False, f"{profile.model.bundle}: does not match the profile (pipeline.group_size "
+                                     f"{profile.pipeline.group_size}): {exc}")
+    if probs.shape != (len(CLASSES),) or not np.all(np.isfinite(probs)) or abs(float(probs.sum()) - 1) > 1e-3:
+        return Check("model", False, f"{profile.model.bundle}: output {probs.tolist()} is not "
+                                     f"{len(CLASSES)} probabilities ({', '.join(CLASSES)})")
+    info = engine.info
+    return Check("model", True, f"{info.name} {info.version} from {profile.model.bundle}: loads and classifies a "
+                                f"{profile.pipeline.group_size}-slice group" +
+                                (" (DEMONSTRATION model: not for clinical use)" if info.demonstration else ""))
+
+
+def can(user: pwd.struct_passwd, path: Path, want: str) -> bool:
+    """Whether ``user`` may access ``path`` with ``want`` (letters of 'rwx'), folders above included."""
+    if user.pw_uid == 0:
+        return True
+    groups = set(os.getgrouplist(user.pw_name, user.pw_gid))
+
+    def allowed(p: Path, letters: str) -> bool:
+        st = p.stat()
+        shift = 6 if st.st_uid == user.pw_uid else 3 if st.st_gid in groups else 0
+        bits = {"r": 4, "w": 2, "x": 1}
+        return all(st.st_mode >> shift & bits[c] for c in letters)
+
+    path = path.absolute()
+    return all(allowed(p, "x") for p in reversed(path.parents)) and allowed(path, want)
+
+
+def check_access(user: pwd.struct_passwd, wanted: list[tuple[Path, str]]) -> Check:
+    """The service user can run the interpreter and read the profile, environment file and model."""
+    bad = [f"{p} ({want})" for p, want in wanted if not p.exists() or not can(user, p, want)]
+    if bad:
+        return Check("access", False, f"{user.pw_name} cannot use {', '.join(bad)}")
+    return Check("access", True, f"{user.pw_name} can use {', '.join(str(p) for p, _ in wanted)}")
+
+
+def check_folder(user: pwd.struct_passwd, folder: Path) -> Check:
+    if not folder.is_dir():
+        return Check(f"folder {folder}", False, "does not exist (re-run install.sh, or create it with mode 0700)")
+    st = folder.stat()
+    mode = stat.S_IMODE(st.st_mode)
+    owner = _user_name(st.st_uid)
+    problems = []
+    if mode & 0o077:
+        problems.append(f"mode {mode:04o} lets other accounts in (chmod 700 {folder})")
+    if st.st_uid != user.pw_uid:
+        problems.append(f"owned by {owner}, not {user.pw_name} (chown {user.pw_name}: {folder})")
+    if not can(user, folder, "rwx"):
+        problems.append(f"{user.pw_name} cannot read and write it")
+    return Check(f"folder {folder}", not problems, "; ".join(problems) or f"owner {owner}, mode {mode:04o}")
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def check_port(profile: Profile) -> Check:
+    """The server's address is free, or a ctedge server already answers /health on it."""
+    host, port = profile.server.host, profile.server.port
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.bind((host, port))
+    except OSError as exc:
+        if running_ctedge(host, port):
+            return Check("port", True, f"{host}:{port} is served by a running ctedge server")
+        return Check("port", False, f"{host}:{port} cannot be used ({exc.strerror or exc}); free it or change server.port")
+    return Check("port", True, f"{host}:{port} is free")
+
+
+def running_ctedge(host: str, port: int) -> bool:
+    """Whether the server on ``host:port`` is ctedge's (waitress identifies itself as 'ctedge')."""
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/health"
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            server = response.headers.get("Server", "")
+    except urllib.error.HTTPError as exc:          # e.g. 503 "no worker running": still a ctedge server
+        server = exc.headers.get("Server", "")
+    except (OSError, ValueError):
+        return False
+    return server.startswith("ctedge")
+
+
+def read_env(path: Path) -> dict[str, str]:
+    """``NAME=value`` lines of a systemd environment file (comments and blanks skipped)."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return {}
+    pairs = (line.split("=", 1) for line in lines if "=" in line and not line.lstrip().startswith("#"))
+    return {k.strip(): v.strip().strip('"\'') for k, v in pairs}
+
+
+def check_token(profile: Profile, env: dict[str, str], env_file: Path | None) -> Check:
+    name = profile.server.api_token_env
+    token = os.environ.get(name) or env.get(name, "")
+    where = f"{name} in {env_file}" if env_file else f"the environment variable {name}"
+    if not token:
+        return Check("api token", False, f"{where} is not set: the API answers 503 until it is")
+    if len(token) < 16:
+        return Check("api token", False, f"{where} has only {len(token)} characters; use at least 16 (openssl rand -hex 32)")
+    return Check("api token", True, f"{where} is set ({len(token)} characters)")
+
+
+def check_users(profile: Profile) -> Check:
+    from edge.server import users_file
+    from edge.server.auth import read_users
+
+    path = users_file(profile)
+    if not profile.server.login_required:
+        return Check("login users", True, "login disabled (server.login_required: false, loopback only)")
+    try:
+        users = read_users(path)
+    except (UserError, OSError) as exc:
+        return Check("login users", False, f"{path}: cannot be read ({exc})")
+    if not users:
+        return Check("login users", False, f"no users in {path}: add one with "
+                                           f"`ctedge serve --config {profile.source} --add-user NAME`")
+    return Check("login users", True, f"{len(users)} user(s) in {path}")

@@ -1,0 +1,75 @@
+"""``ctedge doctor``: each problem of a box is a failed check naming the file or setting; exit 0 only when ready."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import socket
+from pathlib import Path
+
+import pytest
+
+from edge.cli import main
+from edge.doctor import run_checks
+from edge.server.auth import add_user
+
+REPO = Path(__file__).resolve().parents[1]
+ME = pwd.getpwuid(os.getuid())
+
+
+def box(tmp_path: Path, port: int, token: str = "x" * 32) -> Path:
+    """A ready box in ``tmp_path``: profile, env file with a token, one login, an owner-only results folder."""
+    results = tmp_path / "results"
+    results.mkdir(mode=0o700)
+    add_user(results / "users.txt", "radiologist", "correct horse battery")
+    (tmp_path / "ctedge.env").write_text(f"# token\nCTEDGE_API_TOKEN={token}\n")
+    profile = tmp_path / "ctedge.yaml"
+    profile.write_text(f"name: test-box\ndescription: doctor test\nmodel:\n  bundle: {REPO / 'edge/models/demo'}\n"
+                       f"server:\n  port: {port}\n  results_dir: {results}\n")
+    return profile
+
+
+def failed(checks) -> dict[str, str]:
+    return {c.name: c.detail for c in checks if not c.ok and not c.warning}
+
+
+@pytest.fixture
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ready_box_exits_0(tmp_path, free_port, capsys, monkeypatch):
+    monkeypatch.delenv("CTEDGE_API_TOKEN", raising=False)
+    profile = box(tmp_path, free_port)
+    assert main(["doctor", "--config", str(profile)]) == 0
+    out = capsys.readouterr().out
+    assert out.rstrip().endswith("READY") and "[  ok] model: cnn-bilstm-demo" in out
+    assert main(["doctor", "--config", str(profile), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["ready"] is True and {c["name"] for c in doc["checks"]} >= {"model", "port", "api token", "login users"}
+
+
+def test_each_problem_is_named(tmp_path, free_port, monkeypatch):
+    monkeypatch.delenv("CTEDGE_API_TOKEN", raising=False)
+    profile = box(tmp_path, free_port, token="")
+    (tmp_path / "results").chmod(0o755)
+    (tmp_path / "results/users.txt").unlink()
+    inbox = tmp_path / "inbox"
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", free_port))
+        busy.listen()
+        problems = failed(run_checks(profile, [inbox], ME, tmp_path / "ctedge.env"))
+    assert "mode 0755" in problems[f"folder {tmp_path / 'results'}"]
+    assert "does not exist" in problems[f"folder {inbox}"]
+    assert f"127.0.0.1:{free_port}" in problems["port"]
+    assert "CTEDGE_API_TOKEN" in problems["api token"] and "not set" in problems["api token"]
+    assert "--add-user" in problems["login users"]
+
+
+def test_bad_profile_stops_early_naming_the_key(tmp_path, capsys):
+    assert main(["doctor", "--config", str(REPO / "firmware_config/coral-edgetpu.yaml")]) == 1
+    out = capsys.readouterr().out
+    assert "[FAIL] profile:" in out and "model.variant" in out and "NOT READY" in out
