@@ -222,7 +222,8 @@ def test_units_run_unprivileged_and_hardened(unit):
                  "EnvironmentFile=@ETC@/ctedge.env"):
         assert line in text
     [rw] = [line for line in text.splitlines() if line.startswith("ReadWritePaths=")]
-    assert rw in ("ReadWritePaths=@DATA@/results", "ReadWritePaths=@DATA@/outbox")
+    # serve writes its results; watch its outbox and, for the DICOM receiver inside it, the inbox
+    assert rw in ("ReadWritePaths=@DATA@/results", "ReadWritePaths=@DATA@/inbox @DATA@/outbox")
 
 
 @pytest.mark.skipif(not shutil.which("shellcheck"), reason="shellcheck is not installed")
