@@ -9,8 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.errors import (CorruptFileError, EmptyStudyError, MixedSizesError, NoPixelDataError, NotDicomError,
-                         NoUsableSeriesError, StudyError, TooFewSlicesError, UnsupportedTransferSyntaxError)
+from edge.errors import (CorruptFileError, EmptyStudyError, FileTooLargeError, MixedSizesError, NoPixelDataError,
+                         NotDicomError, NoUsableSeriesError, StudyError, TooFewSlicesError,
+                         UnsupportedTransferSyntaxError)
 from edge.ingest.dicom_files import decode_hu, has_rescale, read_header
 from edge.ingest.image_files import is_image_file, natural_key, read_image_hu
 from edge.ingest.series import SkippedSeries, order_slices, select_series, split_series
@@ -86,7 +87,7 @@ def _load_dicom(headers, source, warnings: list[str]) -> Volume:
     for i, (path, ds) in enumerate(ordered.items):
         try:
             slices.append(decode_hu(ds, path))
-        except (CorruptFileError, NoPixelDataError, UnsupportedTransferSyntaxError) as exc:
+        except (CorruptFileError, FileTooLargeError, NoPixelDataError, UnsupportedTransferSyntaxError) as exc:
             failures.append(exc)
             continue
         names.append(path.name)
