@@ -446,3 +446,34 @@ def test_profile_rejects_negative_retention(tmp_path):
     with pytest.raises(UserError, match="server.keep_uploads_days must be positive, got -1"):
         load_profile(write_profile(tmp_path, keep_uploads_days=-1))
 
+
+
+def test_image_slice_bomb_is_refused_before_decoding(tmp_path, monkeypatch):
+    """An 8-bit PNG of about 70 KB declaring 8192 x 8192 pixels."""
+    import cv2
+
+    from edge.ingest.image_files import read_image_hu
+
+    big = tmp_path / "slice_0001.png"
+    assert cv2.imwrite(str(big), np.zeros((8192, 8192), np.uint8), [cv2.IMWRITE_PNG_COMPRESSION, 9])
+    assert big.stat().st_size < 1_000_000
+    monkeypatch.setattr("cv2.imread", lambda *a: pytest.fail("the image was decoded"))
+    with pytest.raises(FileTooLargeError, match="slice_0001.png: declares 8192 x 8192 pixels"):
+        read_image_hu(big)
+
+
+@pytest.mark.parametrize("kind", ["dicom", "png"])
+def test_a_study_with_too_many_pixels_is_refused(tmp_path, monkeypatch, kind):
+    """Thousands of tiny compressed slices must not decode into more memory than MAX_VOLUME_PIXELS."""
+    from edge.phantom import make_phantom, write_image_slices
+
+    phantom = make_phantom(n_slices=8, size=64, seed=0)
+    if kind == "dicom":
+        phantom_study(tmp_path / "study", n_slices=8, size=64)
+    else:
+        write_image_slices(phantom, tmp_path / "study")
+    monkeypatch.setattr("edge.ingest.study.MAX_VOLUME_PIXELS", 5 * 64 * 64)
+    with pytest.raises(FileTooLargeError, match=r"study: the study has more than 20480 pixels"):
+        load_study(tmp_path / "study")
+    monkeypatch.setattr("edge.ingest.study.MAX_VOLUME_PIXELS", 8 * 64 * 64)
+    assert load_study(tmp_path / "study").hu.shape == (8, 64, 64)
