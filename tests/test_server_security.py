@@ -24,7 +24,7 @@ import pytest
 from pydicom.uid import JPEG2000Lossless
 
 from edge.engine import Engine
-from edge.errors import FileTooLargeError, UserError
+from edge.errors import FileTooLargeError, NotDicomError, UserError
 from edge.ingest.dicom_files import decode_hu, read_header
 from edge.ingest.sources import extract_zip
 from edge.ingest.study import load_study
@@ -477,3 +477,19 @@ def test_a_study_with_too_many_pixels_is_refused(tmp_path, monkeypatch, kind):
         load_study(tmp_path / "study")
     monkeypatch.setattr("edge.ingest.study.MAX_VOLUME_PIXELS", 8 * 64 * 64)
     assert load_study(tmp_path / "study").hu.shape == (8, 64, 64)
+
+
+def test_an_upload_of_many_non_dicom_files_is_refused_after_a_bounded_check(make_app, monkeypatch):
+    read = []
+
+    def read_header(path):
+        read.append(path)
+        raise NotDicomError(path, "not a DICOM file")
+
+    monkeypatch.setattr("edge.server.uploads.read_header", read_header)
+    app = make_app()
+    files = [(io.BytesIO(b"junk"), f"junk-{i:04d}.bin") for i in range(1000)]
+    response = app.test_client().post("/api/v1/studies", data={"files": files}, headers=AUTH)
+    assert response.status_code == 415
+    assert "none of the first 200 of 1000 uploaded files is DICOM" in response.get_json()["error"]
+    assert len(read) == 200

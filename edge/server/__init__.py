@@ -122,9 +122,7 @@ def _http_error(exc: HTTPException) -> Response | tuple[str, int]:
     message = exc.description or exc.name
     if exc.code == 413:
         message = f"the upload is larger than the limit of {current_app.config['MAX_UPLOAD_MB']} MB (server.max_upload_mb)"
-    if wants_json():
-        return json_error(exc.code or 500, message)
-    return render_template("error.html", code=exc.code, title=exc.name, message=message), exc.code or 500
+    return error_answer(exc.code or 500, exc.name, message)
 
 
 def _internal_error(exc: Exception) -> Response | tuple[str, int]:
@@ -134,23 +132,23 @@ def _internal_error(exc: Exception) -> Response | tuple[str, int]:
     else:
         log.error("internal error on %s %s: %s", request.method, request.url_rule, type(exc).__name__)
         code, title, message = 500, "Internal error", f"internal error ({type(exc).__name__}); see the server log"
-    if wants_json():
-        return json_error(code, message)
-    return render_template("error.html", code=code, title=title, message=message), code
+    return error_answer(code, title, message)
 
 
 def _check_host_and_origin() -> Response | tuple[str, int] | None:
     """400 for a Host not in the allow-list; 403 for a state-changing request from another origin."""
     host = urlsplit(f"//{request.host}").hostname or ""
     if host not in current_app.config["ALLOWED_HOSTS"]:
-        return _refuse(400, "Bad host", "this server does not answer to that host name (server.allowed_hosts)")
+        return error_answer(400, "Bad host", "this server does not answer to that host name (server.allowed_hosts)")
     origin = request.headers.get("Origin")
-    if request.method not in SAFE_METHODS and origin is not None and urlsplit(origin).netloc.lower() != request.host.lower():
-        return _refuse(403, "Cross-origin request", "the request came from another site (Origin); refused")
+    cross_origin = origin is not None and urlsplit(origin).netloc.lower() != request.host.lower()
+    if request.method not in SAFE_METHODS and cross_origin:
+        return error_answer(403, "Cross-origin request", "the request came from another site (Origin); refused")
     return None
 
 
-def _refuse(code: int, title: str, message: str) -> Response | tuple[str, int]:
+def error_answer(code: int, title: str, message: str) -> Response | tuple[str, int]:
+    """The error as JSON for the API, as a page otherwise."""
     if wants_json():
         return json_error(code, message)
     return render_template("error.html", code=code, title=title, message=message), code

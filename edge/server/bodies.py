@@ -43,9 +43,9 @@ def body_limit(app: Flask, method: str, path: str, headers: dict[str, str]) -> t
     and the answer to a larger one."""
     if method == "POST" and path in UPLOAD_ROUTES:
         if _may_upload(app, path, headers):
-            limit = app.config["MAX_UPLOAD_MB"] * 2**20 + FORM_OVERHEAD
-            return limit, Refusal(413, "Request Entity Too Large", f"the upload is larger than the limit of "
-                                                                   f"{app.config['MAX_UPLOAD_MB']} MB (server.max_upload_mb)")
+            mb = app.config["MAX_UPLOAD_MB"]
+            return mb * 2**20 + FORM_OVERHEAD, Refusal(413, "Request Entity Too Large", f"the upload is larger than "
+                                                       f"the limit of {mb} MB (server.max_upload_mb)")
         return SMALL_BODY, Refusal(401, "Unauthorized", "uploads need a valid API token "
                                                         "('Authorization: Bearer <token>') or a logged-in session")
     return SMALL_BODY, Refusal(413, "Request Entity Too Large",

@@ -26,6 +26,7 @@ from edge.server.jobs import JobQueue, StudyStore, strip_folder
 from edge.storage import is_disk_full
 
 log = logging.getLogger("ctedge.server")
+MAX_PROBES = 200   # files whose header is read while the client waits
 
 
 class UploadError(UserError):
@@ -154,9 +155,11 @@ def _unpack(archive: Path, limits: Limits) -> None:
 
 
 def _check_readable(files: list[Path]) -> None:
-    """Refuse the upload when no file is a DICOM file or an image slice."""
+    """Refuse the upload when none of its first MAX_PROBES files is a DICOM file or an image slice
+    (the check runs in the request thread, so it is bounded)."""
     first: StudyError | None = None
-    for f in files:
+    counted = f"{len(files)}" if len(files) <= MAX_PROBES else f"first {MAX_PROBES} of {len(files)}"
+    for f in files[:MAX_PROBES]:
         if is_image_file(f):
             return
         try:
@@ -165,5 +168,5 @@ def _check_readable(files: list[Path]) -> None:
         except StudyError as exc:
             first = first or exc
     raise UploadError(first.path if first else "upload",
-                      f"none of the {len(files)} uploaded files is DICOM or an image slice"
+                      f"none of the {counted} uploaded files is DICOM or an image slice"
                       + (f" ({first.problem})" if first else ""), 415)
