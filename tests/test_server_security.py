@@ -493,3 +493,17 @@ def test_an_upload_of_many_non_dicom_files_is_refused_after_a_bounded_check(make
     assert response.status_code == 415
     assert "none of the first 200 of 1000 uploaded files is DICOM" in response.get_json()["error"]
     assert len(read) == 200
+
+
+def test_an_undecodable_bits_allocated_is_a_named_corrupt_file(tmp_path):
+    """Found by the fuzz test: the size check must not crash on a tag pydicom cannot decode."""
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    from edge.errors import CorruptFileError
+
+    path = phantom_study(tmp_path, n_slices=2, size=64)[0]
+    ds = read_header(path)
+    ds._dict[Tag(0x00280100)] = RawDataElement(Tag(0x00280100), "US", 5, b"\0" * 5, 0, False, True)
+    with pytest.raises(CorruptFileError, match=r"IM0001.dcm: the pixel matrix tags cannot be read"):
+        decode_hu(ds, path)

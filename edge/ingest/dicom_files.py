@@ -125,8 +125,8 @@ def check_pixel_size(ds: Dataset, path: Path) -> None:
         rows, columns = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
         frames, samples = int(ds.get("NumberOfFrames", 1) or 1), int(ds.get("SamplesPerPixel", 1) or 1)
         bits = int(ds.get("BitsAllocated", 16) or 16)
-    except (TypeError, ValueError) as exc:
-        raise CorruptFileError(path, f"the pixel matrix tags cannot be read ({exc})") from exc
+    except Exception as exc:  # noqa: BLE001 - pydicom decodes lazily: bad VR, odd length, wrong type
+        raise CorruptFileError(path, f"the pixel matrix tags cannot be read ({type(exc).__name__})") from exc
     if rows * columns * max(frames, 1) * max(samples, 1) > MAX_SLICE_PIXELS or bits > 32:
         raise FileTooLargeError(path, f"declares {rows} x {columns} pixels x {frames} frame(s) x {samples} sample(s) "
                                       f"of {bits} bits, above the limit of one 2048 x 2048 slice; not decoded")
