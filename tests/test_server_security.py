@@ -26,13 +26,14 @@ from pydicom.uid import JPEG2000Lossless
 from edge.engine import Engine
 from edge.errors import FileTooLargeError, NotDicomError, UserError
 from edge.ingest.dicom_files import decode_hu, read_header
-from edge.ingest.sources import extract_zip
+from edge.ingest.sources import Limits, extract_zip
 from edge.ingest.study import load_study
 from edge.profile import load_profile
 from edge.server import create_app
 from edge.server.auth import ServerConfigError, add_user
 from edge.server.jobs import StudyStore
 from edge.server.throttle import FREE_FAILURES
+from edge.server.uploads import UploadPolicy
 from tests.server_support import PASSWORD, USER, multipart, phantom_study, serve, write_profile
 from tests.test_server import AUTH, P002, TOKEN, csrf, dicom_files, login, study_folders, wait_done, zip_bytes
 
@@ -213,6 +214,11 @@ def test_full_tmpfs_gives_507_and_processing_resumes(tmp_path, make_app):
         assert response.status_code == 507, response.get_json()
         assert "the server's disk is full" in response.get_json()["error"] and study_folders(app) == []
         assert client.get("/health").get_json()["status"] == "ok"
+        app.extensions["ctedge"]["uploads"] = UploadPolicy(Limits(), 0)   # no reserve: the disk fills while saving
+        response = client.post("/api/v1/studies", data={"files": [(io.BytesIO((disk / "study.zip").read_bytes()),
+                                                                   "study.zip")]}, headers=AUTH)
+        assert response.status_code == 507 and "disk is full" in response.get_json()["error"]
+        assert study_folders(app) == []
         with pytest.raises(OSError) as caught:       # a full disk is not a damaged zip
             extract_zip(disk / "study.zip", disk / "unpacked")
         assert caught.value.errno == errno.ENOSPC
@@ -507,3 +513,21 @@ def test_an_undecodable_bits_allocated_is_a_named_corrupt_file(tmp_path):
     ds._dict[Tag(0x00280100)] = RawDataElement(Tag(0x00280100), "US", 5, b"\0" * 5, 0, False, True)
     with pytest.raises(CorruptFileError, match=r"IM0001.dcm: the pixel matrix tags cannot be read"):
         decode_hu(ds, path)
+
+
+def test_many_files_of_one_name_are_saved_in_linear_time(make_app, monkeypatch):
+    """2 000 parts named a.dcm once cost 2 million existence checks (O(n²)) in the request thread."""
+    checks = [0]
+    exists = Path.exists
+
+    def counting(self):
+        checks[0] += 1
+        return exists(self)
+
+    app = make_app()
+    files = [(io.BytesIO(b"x"), "a.dcm") for _ in range(2000)]
+    monkeypatch.setattr(Path, "exists", counting)
+    response = app.test_client().post("/api/v1/studies", data={"files": files}, headers=AUTH)
+    monkeypatch.setattr(Path, "exists", exists)
+    assert response.status_code == 415 and "a-1.dcm: none of the first 200 of 2000" in response.get_json()["error"]
+    assert checks[0] < 10 * len(files)

@@ -75,17 +75,17 @@ def save_upload(files: list[FileStorage], dest: Path, policy: UploadPolicy = Upl
     files = [f for f in files if f.filename and not _is_clutter(f.filename)]
     if not files:
         raise UploadError("upload", "no files: send DICOM files, a folder's files or one zip as the field 'files'")
-    limits, total = policy.limits, 0
+    limits, total, taken = policy.limits, 0, {}
     try:
         for i, item in enumerate(files):
-            path = _unique(dest / _safe_relative(item.filename or "", i))
+            path = _unique(dest / _safe_relative(item.filename or "", i), taken)
             path.parent.mkdir(parents=True, exist_ok=True)
             item.save(path)
             if zipfile.is_zipfile(path):
                 size = unpacked_size(path)
                 total = _within_limit(total + size, path, limits)
                 check_free_space(dest, size, policy.min_free_bytes)
-                _unpack(path, limits)
+                _unpack(path, limits, taken)
             elif path.suffix.lower() == ".zip":
                 raise UploadError(path, "not a valid zip archive (truncated or not a zip)")
             else:
@@ -139,18 +139,20 @@ def _is_clutter(name: str) -> bool:
     return any((p.startswith(".") and p not in (".", "..")) or p == "__MACOSX" for p in parts)
 
 
-def _unique(path: Path) -> Path:
-    """``path``, or ``name-1.ext``, ``name-2.ext``... when it exists (same names in a folder upload)."""
-    stem, n = path, 1
+def _unique(path: Path, taken: dict[Path, int]) -> Path:
+    """``path``, or ``name-1.ext``, ``name-2.ext``... when it exists (same names in a folder upload).
+    ``taken`` remembers the last number given per name, so that n equal names cost O(n), not O(n²)."""
+    wanted, n = path, taken.get(path, 0)
     while path.exists():
-        path = stem.with_name(f"{stem.stem}-{n}{stem.suffix}")
         n += 1
+        path = wanted.with_name(f"{wanted.stem}-{n}{wanted.suffix}")
+    taken[wanted] = n
     return path
 
 
-def _unpack(archive: Path, limits: Limits) -> None:
+def _unpack(archive: Path, limits: Limits, taken: dict[Path, int]) -> None:
     """Unpack beside itself; a damaged or unsafe zip is a StudyError from ``extract_zip``."""
-    extract_zip(archive, _unique(archive.with_suffix("")), limits)
+    extract_zip(archive, _unique(archive.with_suffix(""), taken), limits)
     archive.unlink()
 
 
