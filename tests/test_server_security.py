@@ -318,7 +318,7 @@ def test_cross_origin_posts_are_refused_even_without_login(make_app, monkeypatch
 def test_unknown_host_names_are_refused(make_app, monkeypatch):
     monkeypatch.delenv("CTEDGE_API_TOKEN")
     client = make_app(login_required=False).test_client()
-    for host in ("evil.example", "evil.example:8080", "127.0.0.1.evil.example"):
+    for host in ("evil.example", "evil.example:8080", "127.0.0.1.evil.example", "evil.example@localhost"):
         response = client.get("/api/v1/model", headers={"Host": host})
         assert response.status_code == 400 and "server.allowed_hosts" in response.get_json()["error"], host
     for host in ("localhost", "127.0.0.1:8080", "[::1]:8080"):

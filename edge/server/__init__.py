@@ -17,9 +17,9 @@ from urllib.parse import urlsplit
 from flask import Flask, Response, current_app, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
+from edge.ingest.sources import Limits
 from edge.profile import Profile
 from edge.server.auth import ServerConfigError, is_loopback, read_users, secret_key
-from edge.ingest.sources import Limits
 from edge.server.jobs import Analyser, JobQueue, StudyStore
 from edge.server.sessions import Sessions
 from edge.server.throttle import LoginThrottle
@@ -137,14 +137,20 @@ def _internal_error(exc: Exception) -> Response | tuple[str, int]:
 
 def _check_host_and_origin() -> Response | tuple[str, int] | None:
     """400 for a Host not in the allow-list; 403 for a state-changing request from another origin."""
-    host = urlsplit(f"//{request.host}").hostname or ""
-    if host not in current_app.config["ALLOWED_HOSTS"]:
+    if host_name(request.host) not in current_app.config["ALLOWED_HOSTS"]:
         return error_answer(400, "Bad host", "this server does not answer to that host name (server.allowed_hosts)")
     origin = request.headers.get("Origin")
     cross_origin = origin is not None and urlsplit(origin).netloc.lower() != request.host.lower()
     if request.method not in SAFE_METHODS and cross_origin:
         return error_answer(403, "Cross-origin request", "the request came from another site (Origin); refused")
     return None
+
+
+def host_name(host: str) -> str:
+    """The name in a Host header, without port or IPv6 brackets, lower case (``[::1]:8080`` -> ``::1``)."""
+    if host.count(":") == 1 or (host.startswith("[") and "]:" in host):
+        host = host.rsplit(":", 1)[0]
+    return host.strip("[]").lower()
 
 
 def error_answer(code: int, title: str, message: str) -> Response | tuple[str, int]:
