@@ -205,6 +205,7 @@ def test_security_headers(client):
     assert "default-src 'self'" in response.headers["Content-Security-Policy"]
     assert response.headers["X-Content-Type-Options"] == "nosniff"
     assert response.headers["X-Frame-Options"] == "DENY"
+    assert response.headers["Referrer-Policy"] == "same-origin"   # keeps the Origin of same-site POSTs
 
 
 # --- API token ---------------------------------------------------------------------------------------
