@@ -531,3 +531,12 @@ def test_many_files_of_one_name_are_saved_in_linear_time(make_app, monkeypatch):
     monkeypatch.setattr(Path, "exists", exists)
     assert response.status_code == 415 and "a-1.dcm: none of the first 200 of 2000" in response.get_json()["error"]
     assert checks[0] < 10 * len(files)
+
+
+def test_a_new_password_ends_the_user_s_sessions(make_app):
+    app = make_app()
+    client = app.test_client()
+    login(client)
+    assert client.get("/history").status_code == 200
+    add_user(app.config["USERS_FILE"], USER, "a brand new password")
+    assert client.get("/history").status_code == 302

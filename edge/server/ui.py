@@ -41,9 +41,9 @@ def _login_and_csrf() -> Response | None:
 
 
 def _logged_in() -> bool:
-    """True when the cookie's session is open and its user is still in the users file."""
-    user = sessions().user(session.get("sid"))
-    return user is not None and user == session.get("user") and user in read_users(current_app.config["USERS_FILE"])
+    """True when the cookie's session is open and its user's line in the users file is unchanged."""
+    user = sessions().user(session.get("sid"), read_users(current_app.config["USERS_FILE"]))
+    return user is not None and user == session.get("user")
 
 
 def safe_target(target: str) -> str:
@@ -79,7 +79,7 @@ def login() -> Response | tuple[str, int] | str:
     session.clear()
     session.permanent = True
     session["user"] = name
-    session["sid"] = sessions().start(name)
+    session["sid"] = sessions().start(name, read_users(current_app.config["USERS_FILE"])[name])
     return redirect(target, 303)
 
 
