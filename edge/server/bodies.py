@@ -48,8 +48,8 @@ def body_limit(app: Flask, method: str, path: str, headers: dict[str, str]) -> t
                                                        f"the limit of {mb} MB (server.max_upload_mb)")
         return SMALL_BODY, Refusal(401, "Unauthorized", "uploads need a valid API token "
                                                         "('Authorization: Bearer <token>') or a logged-in session")
-    return SMALL_BODY, Refusal(413, "Request Entity Too Large",
-                               f"{method} {path} accepts at most {SMALL_BODY // 2**10} KB of request body")
+    return SMALL_BODY, Refusal(413, "Request Entity Too Large", f"this request may carry at most "
+                                                                f"{SMALL_BODY // 2**10} KB of body; only uploads may be larger")
 
 
 def _may_upload(app: Flask, path: str, headers: dict[str, str]) -> bool:
