@@ -5,7 +5,6 @@ session revocation, Host/Origin checks, per-route body limits, login throttling,
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import io
 import json
