@@ -45,6 +45,10 @@ class ServerSettings:
     users_file: Path | None = None                 # "user:hash" lines (ctedge serve --add-user NAME); None: results_dir/users.txt
     secret_key_env: str = "CTEDGE_SECRET_KEY"      # session signing key; unset: generated once into results_dir
     cookie_secure: bool = False                    # true when clients reach the server over HTTPS (TLS proxy in front)
+    max_unpacked_mb: int = 4096                    # one upload's files after unpacking its zips, all together
+    min_free_mb: int = 512                         # uploads get 507 while results_dir has less free space
+    keep_uploads_days: int = 0                     # raw uploads (full DICOM) kept after analysis; 0: deleted at once
+    allowed_hosts: str = ""                        # comma-separated Host names clients use besides loopback and host
 
 
 @dataclass(frozen=True)
@@ -184,8 +188,11 @@ def _check(profile: Profile, path: Path) -> None:
         raise ProfileError(path, f"model.variant: {exc}") from exc
     for key, value in (("model.threads", profile.model.threads),
                        ("server.workers", profile.server.workers), ("server.queue_size", profile.server.queue_size),
-                       ("server.max_upload_mb", profile.server.max_upload_mb)):
-        if value < (0 if key == "model.threads" else 1):
+                       ("server.max_upload_mb", profile.server.max_upload_mb),
+                       ("server.max_unpacked_mb", profile.server.max_unpacked_mb),
+                       ("server.min_free_mb", profile.server.min_free_mb),
+                       ("server.keep_uploads_days", profile.server.keep_uploads_days)):
+        if value < (0 if key in ("model.threads", "server.min_free_mb", "server.keep_uploads_days") else 1):
             raise ProfileError(path, f"{key} must be positive, got {value}")
     if profile.dicom is not None:
         _check_dicom(profile.dicom, path)

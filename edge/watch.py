@@ -13,6 +13,10 @@ An inbox entry (a folder, a zip, or a stray file) is a study. Its *name* is the 
 * **Changed** (same name, other fingerprint): processed again; the previous record is moved to
   ``OUTBOX/.superseded/<name>-<UTC time>/`` before the new one is renamed into place.
 * The inbox is never modified: ctedge does not delete or move patient data.
+* **Links**: a symbolic link (the entry itself or anything in it) whose target is outside the inbox
+  is not followed; the study goes to ``OUTBOX/failed/<name>/`` with the link named in ``error.txt``.
+* The outbox and everything in it are owner-only (0700/0600), whatever the umask. Names from the
+  inbox are escaped before they go into a log line.
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ from edge import __version__
 from edge.engine import Engine
 from edge.errors import UserError
 from edge.profile import WatcherSettings, load_profile
+from edge.storage import private_dir, restrict_tree
+from edge.untrusted import printable
 
 log = logging.getLogger("ctedge.watch")
 PARTIAL, SUPERSEDED, FAILED, SOURCE = ".partial", ".superseded", "failed", "source.json"
@@ -57,8 +63,12 @@ class Entry:
 
 
 def survey(path: Path, marker: str = "") -> Entry:
-    """Fingerprint and newest ctime of an inbox entry (the marker file is left out of both)."""
-    items = [path] if path.is_file() else [path, *sorted(path.rglob("*"))]
+    """Fingerprint and newest ctime of an inbox entry (the marker file is left out of both). A link
+    leaving the inbox is taken as it is, without looking behind it."""
+    if path.is_file() or (path.is_symlink() and not _inside(path, path.parent)):
+        items = [path]
+    else:
+        items = [path, *sorted(path.rglob("*"))]
     digest, newest, n_files = hashlib.sha256(), 0.0, 0
     for item in items:
         if item.name == marker and item.parent == path:
@@ -70,6 +80,21 @@ def survey(path: Path, marker: str = "") -> Entry:
             digest.update(f"{item.relative_to(path)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     name = path.name[:-4] if path.is_file() and path.suffix.lower() == ".zip" else path.name
     return Entry(name, path, digest.hexdigest(), newest, n_files)
+
+
+def links_leaving(path: Path, inbox: Path) -> list[Path]:
+    """The symbolic links of an inbox entry (the entry itself included) whose target is outside the inbox."""
+    if path.is_symlink() and not _inside(path, inbox):
+        return [path]
+    return sorted(p for p in path.rglob("*") if p.is_symlink() and not _inside(p, inbox)) if path.is_dir() else []
+
+
+def _inside(link: Path, inbox: Path) -> bool:
+    """True when ``link`` resolves to an existing path inside ``inbox`` (dangling or looping: False)."""
+    try:
+        return link.resolve(strict=True).is_relative_to(inbox.resolve())
+    except (OSError, RuntimeError):
+        return False
 
 
 def marker_path(path: Path, marker: str) -> Path:
@@ -138,9 +163,13 @@ def process_one(engine: Engine, outbox: Path, entry: Entry, marker: str = "") ->
     changed while it was analysed (nothing is committed then; it is taken again once stable)."""
     work = outbox / PARTIAL / f"{entry.name}-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    private_dir(work.parent)
+    private_dir(work)
     status, error = "done", ""
     try:
+        if links := links_leaving(entry.path, entry.path.parent):
+            raise UserError(links[0], f"a symbolic link to {os.readlink(links[0])!r}, outside the inbox: links that "
+                                      f"leave the inbox are not followed ({len(links)} such link(s) in the study)")
         engine.analyse(entry.path, work)
     except UserError as exc:
         status, error = "failed", f"{exc}\n"
@@ -157,6 +186,7 @@ def process_one(engine: Engine, outbox: Path, entry: Entry, marker: str = "") ->
               "fingerprint": entry.fingerprint, "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "software": f"ctedge {__version__}"}
     (work / SOURCE).write_text(json.dumps(source, indent=2))
+    restrict_tree(work)
     commit(work, outbox, entry.name, status)
     return status
 
@@ -171,10 +201,10 @@ def commit(work: Path, outbox: Path, name: str, status: str) -> Path:
         if old.exists():
             stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
             aside = outbox / SUPERSEDED / f"{name}-{stamp}{'-failed' if old == failure else ''}"
-            aside.parent.mkdir(exist_ok=True)
+            private_dir(aside.parent)
             os.rename(old, aside)
     target = result if status == "done" else failure
-    target.parent.mkdir(exist_ok=True)
+    private_dir(target.parent)
     os.rename(work, target)
     _fsync(target.parent)
     return target
@@ -194,7 +224,7 @@ def run_once(engine: Engine, inbox: Path, outbox: Path, settings: WatcherSetting
     warned = set() if warned is None else warned
     found = scan(inbox, settings.marker_file)
     for name in sorted(set(found.skipped) - warned):
-        log.warning("%s: skipped: %s", name, found.skipped[name])
+        log.warning("%s: skipped: %s", printable(name), found.skipped[name])
     warned |= set(found.skipped)
     todo = [e for e in found.entries if not is_done(outbox, e)]
     ready = [e for e in todo if is_stable(e, settings)]
@@ -202,15 +232,16 @@ def run_once(engine: Engine, inbox: Path, outbox: Path, settings: WatcherSetting
     with logging_redirect_tqdm():
         for entry in tqdm(ready, desc="studies", unit="study", disable=None):
             status = process_one(engine, outbox, entry, settings.marker_file)
+            name = printable(entry.name)
             if status == "done":
                 summary.done += 1
-                log.info("%s: result in %s", entry.name, outbox / entry.name)
+                log.info("%s: result in %s", name, printable(str(outbox / entry.name), 200))
             elif status == "failed":
                 summary.failed += 1
-                log.warning("%s: failed, see %s", entry.name, outbox / FAILED / entry.name / "error.txt")
+                log.warning("%s: failed, see %s", name, printable(str(outbox / FAILED / entry.name / "error.txt"), 200))
             else:
                 summary.waiting += 1
-                log.info("%s: changed while it was analysed; taken again once stable", entry.name)
+                log.info("%s: changed while it was analysed; taken again once stable", name)
     if ready:
         log.info("pass: %d done, %d failed, %d waiting", summary.done, summary.failed, summary.waiting)
     return summary
@@ -222,7 +253,7 @@ def watch(engine: Engine, inbox: Path, outbox: Path, settings: WatcherSettings, 
     calling ``after_pass`` after each pass (the DICOM sender queues new results there)."""
     if not inbox.is_dir():
         raise UserError(inbox, "the inbox is not a folder")
-    outbox.mkdir(parents=True, exist_ok=True)
+    private_dir(outbox)
     with outbox_lock(outbox):
         removed = recover(outbox)
         if removed:
@@ -240,7 +271,7 @@ def watch(engine: Engine, inbox: Path, outbox: Path, settings: WatcherSettings, 
 @contextlib.contextmanager
 def outbox_lock(outbox: Path) -> Iterator[None]:
     """One watcher per outbox: an exclusive lock on OUTBOX/.lock, released by the kernel on a kill."""
-    with open(outbox / ".lock", "a") as f:
+    with os.fdopen(os.open(outbox / ".lock", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "a") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:

@@ -205,6 +205,7 @@ def test_security_headers(client):
     assert "default-src 'self'" in response.headers["Content-Security-Policy"]
     assert response.headers["X-Content-Type-Options"] == "nosniff"
     assert response.headers["X-Frame-Options"] == "DENY"
+    assert response.headers["Referrer-Policy"] == "same-origin"   # keeps the Origin of same-site POSTs
 
 
 # --- API token ---------------------------------------------------------------------------------------
@@ -440,7 +441,10 @@ def test_form_shows_bad_upload_errors(client):
     assert "scan.txt: none of the 1 uploaded files is DICOM" in response.get_data(as_text=True)
 
 
-def test_folder_upload_keeps_sub_folders_and_sanitises_names(client, app, tmp_path):
+def test_folder_upload_keeps_sub_folders_and_sanitises_names(tmp_path, engine, monkeypatch):
+    monkeypatch.setenv("CTEDGE_API_TOKEN", TOKEN)
+    app = create_app(load_profile(write_profile(tmp_path, keep_uploads_days=1)), engine)   # keep the upload to look at
+    client = app.test_client()
     files = [(io.BytesIO(f.read_bytes()), f"P002/series 1/{f.name}") for f in sorted(P002.glob("*.dcm"))]
     files += [(io.BytesIO(b"junk"), "../../outside.dcm"), (io.BytesIO(b"mac"), "P002/.DS_Store"),
               (io.BytesIO(b"mac"), "P002/__MACOSX/._IM0001.dcm")]
@@ -449,7 +453,10 @@ def test_folder_upload_keeps_sub_folders_and_sanitises_names(client, app, tmp_pa
     upload = app.extensions["ctedge"]["store"].upload_dir(study_id)
     assert (upload / "P002" / "series_1" / "IM0001.dcm").is_file() and (upload / "outside.dcm").is_file()
     assert sorted(p.name for p in upload.rglob("*") if p.is_file() and p.parent.name != "series_1") == ["outside.dcm"]
-    state = wait_done(client, study_id)
+    try:
+        state = wait_done(client, study_id)
+    finally:
+        app.extensions["ctedge"]["jobs"].stop()
     assert state["status"] == "done" and state["n_files"] == 11
 
 

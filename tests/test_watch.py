@@ -252,3 +252,55 @@ def test_one_watcher_per_outbox(box):
 def test_cli_reports_a_missing_inbox(tmp_path, capsys):
     assert main(["watch", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out"), "--once"]) == 2
     assert "nowhere: the inbox is not a folder" in capsys.readouterr().err
+
+
+def test_links_leaving_the_inbox_are_not_followed(box, tmp_path):
+    inbox, outbox = box
+    outside = phantom_study(tmp_path / "outside" / "Other")
+    (inbox / "Linked").symlink_to(outside, target_is_directory=True)
+    mixed = phantom_study(inbox / "Mixed", seed=1)
+    (mixed / "IM9999.dcm").symlink_to(outside / "IM0001.dcm")
+    inner = phantom_study(inbox / "Inner", seed=2)
+    (inner / "copy.dcm").symlink_to(inner / "IM0001.dcm")            # stays inside the inbox: followed
+    engine = CountingEngine()
+    summary = run_once(engine, inbox, outbox, NOW)
+    assert (summary.done, summary.failed) == (1, 2) and engine.calls == ["Inner"]
+    assert records(outbox) == ["Inner", "failed/Linked", "failed/Mixed"]
+    assert "Linked: a symbolic link to" in (outbox / "failed/Linked/error.txt").read_text()
+    assert "IM9999.dcm: a symbolic link to" in (outbox / "failed/Mixed/error.txt").read_text()
+    assert "outside the inbox" in (outbox / "failed/Mixed/error.txt").read_text()
+    assert not (outbox / "Linked").exists() and not (outbox / "Mixed").exists()
+
+
+def test_a_link_to_the_root_is_not_walked(box, monkeypatch):
+    inbox, _ = box
+    (inbox / "Root").symlink_to("/", target_is_directory=True)
+    monkeypatch.setattr(Path, "rglob", lambda self, pattern: pytest.fail(f"walked {self}"))
+    entry = survey(inbox / "Root")
+    assert entry.n_files == 0
+
+
+def test_the_outbox_is_owner_only_whatever_the_umask(box):
+    inbox, outbox = box
+    phantom_study(inbox / "Good")
+    (inbox / "Bad").mkdir()
+    (inbox / "Bad" / "notes.txt").write_text("no scan")
+    old = os.umask(0o022)
+    try:
+        outbox.mkdir(mode=0o755)
+        summary = watch(CountingEngine(), inbox, outbox, NOW, once=True)
+    finally:
+        os.umask(old)
+    assert (summary.done, summary.failed) == (1, 1)
+    found = {f"{'dir' if p.is_dir() else 'file'} {p.stat().st_mode & 0o777:o}" for p in [outbox, *outbox.rglob("*")]}
+    assert found == {"dir 700", "file 600"}
+
+
+def test_log_lines_escape_names_from_the_inbox(box, caplog):
+    inbox, outbox = box
+    (inbox / "Evil\nFAKE: done").mkdir()
+    (inbox / "Evil\nFAKE: done" / "notes.txt").write_text("no scan")
+    caplog.set_level("INFO", logger="ctedge.watch")
+    run_once(CountingEngine(), inbox, outbox, NOW)
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "Evil\\x0aFAKE: done: failed" in text and "\nFAKE" not in text

@@ -12,10 +12,13 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 
-from edge.errors import CorruptFileError, NoPixelDataError, NotDicomError, UnsupportedTransferSyntaxError
+from edge.errors import (CorruptFileError, FileTooLargeError, NoPixelDataError, NotDicomError,
+                         UnsupportedTransferSyntaxError)
 from edge.ingest.pydicom_adapter import missing_decoder, truncation_warned
 
 DICOMDIR_UID = "1.2.840.10008.1.3.10"
+MAX_SLICE_PIXELS = 2048 * 2048
+"""CT slices are 512x512, occasionally 1024x1024: a file declaring more pixels is not decoded."""
 
 
 def read_header(path: Path) -> Dataset:
@@ -88,6 +91,7 @@ def decode_hu(ds: Dataset, path: Path) -> np.ndarray:
     """
     if "PixelData" not in ds:
         raise NoPixelDataError(path, "has no pixel data (7FE0,0010)")
+    check_pixel_size(ds, path)
     syntax = ds.file_meta.get("TransferSyntaxUID")
     name = getattr(syntax, "name", str(syntax))
     try:
@@ -105,6 +109,21 @@ def decode_hu(ds: Dataset, path: Path) -> np.ndarray:
     else:
         hu = np.rint(pixels * slope + intercept)
     return np.clip(hu, -32768, 32767).astype(np.int16)
+
+
+def check_pixel_size(ds: Dataset, path: Path) -> None:
+    """Refuse, before decoding, pixel data declaring more than one slice of MAX_SLICE_PIXELS
+    (rows x columns x frames x samples) or more than 32 bits per sample: a few KB of JPEG 2000
+    can declare a matrix that needs gigabytes once decoded."""
+    try:
+        rows, columns = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
+        frames, samples = int(ds.get("NumberOfFrames", 1) or 1), int(ds.get("SamplesPerPixel", 1) or 1)
+        bits = int(ds.get("BitsAllocated", 16) or 16)
+    except Exception as exc:  # noqa: BLE001 - pydicom decodes lazily: bad VR, odd length, wrong type
+        raise CorruptFileError(path, f"the pixel matrix tags cannot be read ({type(exc).__name__})") from exc
+    if rows * columns * max(frames, 1) * max(samples, 1) > MAX_SLICE_PIXELS or bits > 32:
+        raise FileTooLargeError(path, f"declares {rows} x {columns} pixels x {frames} frame(s) x {samples} sample(s) "
+                                      f"of {bits} bits, above the limit of one 2048 x 2048 slice; not decoded")
 
 
 def has_rescale(ds: Dataset) -> bool:

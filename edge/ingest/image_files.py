@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image
 
-from edge.errors import CorruptFileError
+from edge.errors import CorruptFileError, FileTooLargeError
+from edge.ingest.dicom_files import MAX_SLICE_PIXELS
 from edge.preprocess.window import LUNG_WINDOW
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff"}
@@ -25,12 +28,30 @@ def natural_key(path: Path) -> list:
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", path.name)]
 
 
+def check_image_size(path: Path) -> None:
+    """Refuse, from the header and before decoding, an image declaring more than MAX_SLICE_PIXELS:
+    a few MB of PNG can declare gigabytes of pixels."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                width, height = img.size
+    except Image.DecompressionBombError as exc:
+        raise FileTooLargeError(path, f"declares more than {Image.MAX_IMAGE_PIXELS} pixels; not decoded") from exc
+    except Exception as exc:  # noqa: BLE001 - any header Pillow cannot parse
+        raise CorruptFileError(path, "cannot be decoded as an image") from exc
+    if width * height > MAX_SLICE_PIXELS:
+        raise FileTooLargeError(path, f"declares {width} x {height} pixels, above the limit of one 2048 x 2048 "
+                                      "slice; not decoded")
+
+
 def read_image_hu(path: Path) -> tuple[np.ndarray, bool]:
     """Read one image slice as approximate HU; return (hu, exact).
 
     8-bit images are assumed to be lung-windowed and mapped back through the lung window
     (``exact`` False); 16-bit images are taken as HU + 1024 (``exact`` True but unverified).
     """
+    check_image_size(path)
     img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if img is None:
         raise CorruptFileError(path, "cannot be decoded as an image")

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from edge.errors import CorruptFileError, EmptyStudyError, FileTooLargeError, UnsafeArchiveError
+from edge.storage import is_disk_full
 
 
 @dataclass(frozen=True)
@@ -71,12 +72,22 @@ stream, truncated data, unknown version or compression method, encryption flag, 
 be a file here."""
 
 
+def unpacked_size(archive: Path) -> int:
+    """The bytes ``archive`` declares its members unpack to (checked again while unpacking)."""
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            return sum(m.file_size for m in zf.infolist())
+    except ZIP_ERRORS as exc:
+        raise CorruptFileError(archive, f"damaged zip archive ({exc})") from exc
+
+
 def extract_zip(archive: Path, dest: Path, limits: Limits = Limits()) -> Path:
     """Unpack ``archive`` into ``dest`` after checking every member; return ``dest``.
 
     Raises UnsafeArchiveError for absolute paths, ``..`` components or links (zip-slip),
     and for members whose size or compression ratio exceed ``limits`` (zip bombs);
-    CorruptFileError for a damaged archive or member (bad directory, CRC, deflate stream).
+    CorruptFileError for a damaged archive or member (bad directory, CRC, deflate stream). A full disk
+    is not the archive's fault: that OSError is raised as it is.
     """
     try:
         zf = zipfile.ZipFile(archive)
@@ -110,6 +121,8 @@ def _extract_member(zf: zipfile.ZipFile, member: zipfile.ZipInfo, target: Path, 
         with zf.open(member) as src, open(target, "wb") as out:
             _copy_bounded(src, out, member.file_size, archive, member.filename)
     except ZIP_ERRORS as exc:
+        if is_disk_full(exc):
+            raise
         raise CorruptFileError(archive, f"member {member.filename!r} cannot be unpacked "
                                         f"({type(exc).__name__}: {exc})") from exc
 

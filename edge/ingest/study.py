@@ -9,7 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.errors import (CorruptFileError, EmptyStudyError, MixedSizesError, NoPixelDataError, NoUsableSeriesError, StudyError, TooFewSlicesError, UnsupportedTransferSyntaxError)
+from edge.errors import (CorruptFileError, EmptyStudyError, FileTooLargeError, MixedSizesError, NoPixelDataError,
+                         NotDicomError, NoUsableSeriesError, StudyError, TooFewSlicesError,
+                         UnsupportedTransferSyntaxError)
 from edge.ingest.dicom_files import decode_hu, has_rescale, read_header
 from edge.ingest.image_files import is_image_file, natural_key, read_image_hu
 from edge.ingest.series import SkippedSeries, order_slices, select_series, split_series
@@ -79,13 +81,16 @@ def _load_dicom(headers, source, warnings: list[str]) -> Volume:
             raise TooFewSlicesError(path, "the study's only CT series has a single slice; a CT volume is needed")
         raise NoUsableSeriesError(source_name(source), "no axial CT series: " + "; ".join(s.reason for s in skipped))
     _check_sizes(chosen.items)
+    first_ds = chosen.items[0][1]
+    _check_volume(len(chosen.items) * int(first_ds.get("Rows", 0)) * int(first_ds.get("Columns", 0)),
+                  source_name(source))
     ordered = order_slices(chosen)
     warnings += ordered.warnings
     slices, names, keep, failures = [], [], [], []
     for i, (path, ds) in enumerate(ordered.items):
         try:
             slices.append(decode_hu(ds, path))
-        except (CorruptFileError, NoPixelDataError, UnsupportedTransferSyntaxError) as exc:
+        except (CorruptFileError, FileTooLargeError, NoPixelDataError, UnsupportedTransferSyntaxError) as exc:
             failures.append(exc)
             continue
         names.append(path.name)
@@ -108,13 +113,16 @@ def _load_dicom(headers, source, warnings: list[str]) -> Volume:
 
 
 def _load_images(paths: list[Path], warnings: list[str]) -> Volume:
-    read, good, failures = [], [], []
+    read, good, failures, pixels = [], [], [], 0
     for p in paths:
         try:
             read.append(read_image_hu(p))
-            good.append(p)
-        except CorruptFileError as exc:
+        except (CorruptFileError, FileTooLargeError) as exc:
             failures.append(exc)
+            continue
+        good.append(p)
+        pixels += read[-1][0].size
+        _check_volume(pixels, p.parent.name or str(p.parent))
     if len(read) < 2:
         if failures:
             raise failures[0]
@@ -127,6 +135,17 @@ def _load_images(paths: list[Path], warnings: list[str]) -> Volume:
                     + ("16-bit values taken as HU + 1024" if exact else "8-bit values mapped back through the lung window"))
     return Volume(hu=_to_int16(np.stack([hu for hu, _ in read])), files=[p.name for p in paths], position_mm=None,
                   series_uid=None, hu_exact=exact, warnings=warnings)
+
+
+MAX_VOLUME_PIXELS = 2000 * 512 * 512
+"""The decoded slices of one study together (1 GiB as int16); a larger study is refused before or
+while decoding, so that thousands of tiny compressed slices cannot exhaust memory."""
+
+
+def _check_volume(pixels: int, where: str) -> None:
+    if pixels > MAX_VOLUME_PIXELS:
+        raise FileTooLargeError(where, f"the study has more than {MAX_VOLUME_PIXELS} pixels "
+                                       "(2000 slices of 512 x 512); not read")
 
 
 def _check_sizes(items) -> None:

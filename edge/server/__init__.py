@@ -2,7 +2,8 @@
 
 Blueprints: :mod:`edge.server.ui` (login, upload form, status, results, history) and
 :mod:`edge.server.api` (``/api/v1``, ``/health``). Studies are analysed by a bounded worker
-queue (:mod:`edge.server.jobs`) sharing one :class:`edge.engine.Engine`.
+queue (:mod:`edge.server.jobs`) sharing one :class:`edge.engine.Engine`. Every request must name
+an allowed ``Host`` (DNS rebinding) and a state-changing one must not come from another ``Origin``.
 """
 
 from __future__ import annotations
@@ -11,17 +12,27 @@ import logging
 import os
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from flask import Flask, Response, current_app, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
+from edge.ingest.sources import Limits
 from edge.profile import Profile
 from edge.server.auth import ServerConfigError, is_loopback, read_users, secret_key
 from edge.server.jobs import Analyser, JobQueue, StudyStore
+from edge.server.sessions import Sessions
+from edge.server.throttle import LoginThrottle
+from edge.server.uploads import UploadPolicy
+from edge.storage import is_disk_full
 
 log = logging.getLogger("ctedge.server")
 CSP = ("default-src 'self'; img-src 'self'; style-src 'self'; script-src 'self'; object-src 'none'; "
        "frame-ancestors 'none'; form-action 'self'; base-uri 'none'")
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+SESSION_LIFETIME = timedelta(hours=8)
 
 
 def check_settings(profile: Profile) -> None:
@@ -31,6 +42,9 @@ def check_settings(profile: Profile) -> None:
         raise ServerConfigError(profile.source, f"server.login_required is false but the server would listen on "
                                                 f"{s.host}: login may only be disabled on a loopback address "
                                                 "(127.0.0.1, ::1, localhost)")
+    if s.host in WILDCARD_HOSTS and not s.allowed_hosts:
+        raise ServerConfigError(profile.source, f"the server would listen on all addresses ({s.host or 'all'}): "
+                                                "list the host names clients use in server.allowed_hosts")
     users = users_file(profile)
     if s.login_required and not read_users(users):
         raise ServerConfigError(users, "no users to log in with: add one with "
@@ -39,6 +53,12 @@ def check_settings(profile: Profile) -> None:
 
 def users_file(profile: Profile) -> Path:
     return profile.server.users_file or profile.server.results_dir / "users.txt"
+
+
+def allowed_hosts(profile: Profile) -> frozenset[str]:
+    """Host names the server answers to: loopback names, its bind address and ``server.allowed_hosts``."""
+    extra = {h.strip().lower().strip("[]") for h in profile.server.allowed_hosts.split(",") if h.strip()}
+    return LOOPBACK_NAMES | extra | ({profile.server.host.lower()} - WILDCARD_HOSTS)
 
 
 def create_app(profile: Profile, engine: Analyser | None = None, *, start_workers: bool = True) -> Flask:
@@ -60,16 +80,19 @@ def create_app(profile: Profile, engine: Analyser | None = None, *, start_worker
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Strict",
         SESSION_COOKIE_SECURE=s.cookie_secure,
-        PERMANENT_SESSION_LIFETIME=timedelta(hours=8),
+        PERMANENT_SESSION_LIFETIME=SESSION_LIFETIME,
         API_TOKEN=os.environ.get(s.api_token_env, ""),
         API_TOKEN_ENV=s.api_token_env,
         LOGIN_REQUIRED=s.login_required,
         USERS_FILE=users_file(profile),
         MAX_UPLOAD_MB=s.max_upload_mb,
+        ALLOWED_HOSTS=allowed_hosts(profile),
         PROFILE=profile,
     )
-    jobs = JobQueue(store, engine, s.workers, s.queue_size)
-    app.extensions["ctedge"] = {"store": store, "jobs": jobs, "engine": engine}
+    jobs = JobQueue(store, engine, s.workers, s.queue_size, s.keep_uploads_days)
+    policy = UploadPolicy(Limits(max_archive_bytes=s.max_unpacked_mb * 2**20), s.min_free_mb * 2**20)
+    app.extensions["ctedge"] = {"store": store, "jobs": jobs, "engine": engine, "uploads": policy,
+                                "sessions": Sessions(SESSION_LIFETIME.total_seconds()), "throttle": LoginThrottle()}
 
     from edge.server import api, ui
 
@@ -77,6 +100,7 @@ def create_app(profile: Profile, engine: Analyser | None = None, *, start_worker
     app.register_blueprint(api.bp)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _internal_error)
+    app.before_request(_check_host_and_origin)
     app.after_request(_security_headers)
     if start_workers:
         jobs.start()
@@ -104,23 +128,48 @@ def _http_error(exc: HTTPException) -> Response | tuple[str, int]:
     message = exc.description or exc.name
     if exc.code == 413:
         message = f"the upload is larger than the limit of {current_app.config['MAX_UPLOAD_MB']} MB (server.max_upload_mb)"
-    if wants_json():
-        return json_error(exc.code or 500, message)
-    return render_template("error.html", code=exc.code, title=exc.name, message=message), exc.code or 500
+    return error_answer(exc.code or 500, exc.name, message)
 
 
 def _internal_error(exc: Exception) -> Response | tuple[str, int]:
-    log.error("internal error on %s %s: %s", request.method, request.url_rule, type(exc).__name__)
-    message = f"internal error ({type(exc).__name__}); see the server log"
+    if is_disk_full(exc):  # e.g. while the request body is spooled to a temporary file
+        log.error("disk full on %s %s", request.method, request.url_rule)
+        code, title, message = 507, "Disk full", "the server's disk is full; try again later"
+    else:
+        log.error("internal error on %s %s: %s", request.method, request.url_rule, type(exc).__name__)
+        code, title, message = 500, "Internal error", f"internal error ({type(exc).__name__}); see the server log"
+    return error_answer(code, title, message)
+
+
+def _check_host_and_origin() -> Response | tuple[str, int] | None:
+    """400 for a Host not in the allow-list; 403 for a state-changing request from another origin."""
+    if host_name(request.host) not in current_app.config["ALLOWED_HOSTS"]:
+        return error_answer(400, "Bad host", "this server does not answer to that host name (server.allowed_hosts)")
+    origin = request.headers.get("Origin")
+    cross_origin = origin is not None and urlsplit(origin).netloc.lower() != request.host.lower()
+    if request.method not in SAFE_METHODS and cross_origin:
+        return error_answer(403, "Cross-origin request", "the request came from another site (Origin); refused")
+    return None
+
+
+def host_name(host: str) -> str:
+    """The name in a Host header, without port or IPv6 brackets, lower case (``[::1]:8080`` -> ``::1``)."""
+    if host.count(":") == 1 or (host.startswith("[") and "]:" in host):
+        host = host.rsplit(":", 1)[0]
+    return host.strip("[]").lower()
+
+
+def error_answer(code: int, title: str, message: str) -> Response | tuple[str, int]:
+    """The error as JSON for the API, as a page otherwise."""
     if wants_json():
-        return json_error(500, message)
-    return render_template("error.html", code=500, title="Internal error", message=message), 500
+        return json_error(code, message)
+    return render_template("error.html", code=code, title=title, message=message), code
 
 
 def _security_headers(response: Response) -> Response:
     response.headers.setdefault("Content-Security-Policy", CSP)
     response.headers["X-Content-Type-Options"] = "nosniff"
-    response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers["Referrer-Policy"] = "same-origin"   # with no-referrer, browsers send Origin: null
     response.headers["X-Frame-Options"] = "DENY"
     response.headers.setdefault("Cache-Control", "no-store")
     return response

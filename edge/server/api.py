@@ -10,7 +10,7 @@ from werkzeug.datastructures import FileStorage
 from edge.server import json_error
 from edge.server.auth import api_token_problem
 from edge.server.jobs import JobQueue, QueueFull, StudyStore
-from edge.server.uploads import UploadError, receive_study
+from edge.server.uploads import UploadError, UploadPolicy, receive_study
 
 bp = Blueprint("api", __name__)
 OPENAPI = Path(__file__).with_name("openapi.yaml")
@@ -24,6 +24,10 @@ def store() -> StudyStore:
 
 def jobs() -> JobQueue:
     return current_app.extensions["ctedge"]["jobs"]
+
+
+def upload_policy() -> UploadPolicy:
+    return current_app.extensions["ctedge"]["uploads"]
 
 
 @bp.before_request
@@ -43,7 +47,7 @@ def submit() -> Response:
     else:
         files = [f for key in request.files for f in request.files.getlist(key)]
     try:
-        study_id = receive_study(files, store(), jobs())
+        study_id = receive_study(files, store(), jobs(), upload_policy())
     except UploadError as exc:
         return json_error(exc.status, str(exc))
     except QueueFull:

@@ -43,13 +43,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"user {args.add_user} saved in {path}")
         return 0
 
-    import waitress
+    from edge.server.bodies import create_server
 
     logging.getLogger("ctedge.server").setLevel(logging.INFO)
     app = create_app(profile)
-    limit = server.max_upload_mb * 2**20
-    httpd = waitress.create_server(app, host=server.host, port=server.port, threads=REQUEST_THREADS, ident="ctedge",
-                                   max_request_body_size=2 * limit + 2**24)
+    httpd = create_server(app, server.host, server.port, REQUEST_THREADS)
     info = app.extensions["ctedge"]["engine"].info
     print(f"ctedge: serving on http://{httpd.effective_host}:{httpd.effective_port}/ "
           f"(profile {profile.name}, model {info.name} {info.version}, results in {server.results_dir})", flush=True)

@@ -3,7 +3,12 @@
 Each study lives in ``results_dir/<id>/``: ``status.json`` (state, times, file count, error),
 ``upload/`` (the files as received, a zip already unpacked) and the engine's outputs
 (``result.json``, ``heatmaps/<n>.png``, ``report.html``). Because the upload and its state are
-on disk before the study is queued, a restart re-queues whatever was queued or running.
+on disk before the study is queued, a restart re-queues whatever was queued or running; a folder
+without ``status.json`` is an upload cut off by a stop and is removed at start-up.
+
+Everything is owner-only (0700/0600). The raw upload is deleted ``keep_uploads_days`` after the
+study finished (0: at once). A state that cannot be written (full disk) is kept in memory, served
+from there, and written once space returns; a worker survives any exception.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import logging
 import os
 import re
 import secrets
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -23,11 +29,15 @@ from typing import Any, Protocol
 
 from edge.errors import UserError
 from edge.infer import ModelInfo
+from edge.storage import is_disk_full, private_dir, restrict_tree
 
 log = logging.getLogger("ctedge.server")
 STATES = ("queued", "running", "done", "failed")
 STUDY_ID = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{8}$")
 MAX_ATTEMPTS = 2   # a study that was running when the server stopped this often is not tried again
+HOUSEKEEPING_S = 60.0  # how often an idle worker writes kept-back states and deletes expired uploads
+DISK_FULL_MESSAGE = ("the server's disk is full: the result could not be written; "
+                     "upload the study again once space has been freed")
 
 
 class Analyser(Protocol):
@@ -56,8 +66,10 @@ class StudyStore:
 
     def __init__(self, root: Path):
         self.root = root
+        self._unsaved: dict[str, dict[str, Any]] = {}   # states a full disk kept from status.json
+        self._lock = threading.Lock()
         try:
-            root.mkdir(parents=True, exist_ok=True)
+            private_dir(root)
         except OSError as exc:
             raise UserError(root, f"server.results_dir cannot be created ({exc.strerror})") from None
 
@@ -72,11 +84,15 @@ class StudyStore:
     def create(self) -> str:
         """Make the folder of a new study (state ``receiving`` until :meth:`mark_queued`)."""
         study_id = new_study_id()
-        self.upload_dir(study_id).mkdir(parents=True)
+        private_dir(self.folder(study_id))
+        private_dir(self.upload_dir(study_id))
         return study_id
 
     def status(self, study_id: str) -> dict[str, Any] | None:
         """The study's state, or None if there is no such study (or it was never queued)."""
+        with self._lock:
+            if study_id in self._unsaved:
+                return dict(self._unsaved[study_id])
         try:
             path = self.folder(study_id) / "status.json"
             return json.loads(path.read_text())
@@ -84,14 +100,65 @@ class StudyStore:
             return None
 
     def write_status(self, study_id: str, **changes: Any) -> dict[str, Any]:
-        """Update ``status.json`` atomically (write a temporary file, then rename)."""
+        """Update ``status.json`` atomically (write a temporary file, then rename); on a full disk keep
+        the state in memory until :meth:`flush` can write it."""
         state = (self.status(study_id) or {"id": study_id, "created": _now(), "n_files": 0, "error": None,
                                             "label": None}) | changes | {"updated": _now()}
+        with self._lock:
+            self._unsaved[study_id] = state
+        self._save(study_id)
+        return state
+
+    def flush(self) -> None:
+        """Write the states a full disk kept in memory."""
+        with self._lock:
+            pending = list(self._unsaved)
+        for study_id in pending:
+            self._save(study_id)
+
+    def _save(self, study_id: str) -> None:
         folder = self.folder(study_id)
         tmp = folder / f".status-{threading.get_ident()}.json"
-        tmp.write_text(json.dumps(state, indent=1))
-        os.replace(tmp, folder / "status.json")
-        return state
+        with self._lock:
+            state = self._unsaved.get(study_id)
+            if state is None:
+                return
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "w") as f:
+                    f.write(json.dumps(state, indent=1))
+                os.replace(tmp, folder / "status.json")
+            except OSError as exc:
+                tmp.unlink(missing_ok=True)
+                log.warning("study %s: state kept in memory, status.json cannot be written (%s)",
+                            study_id, exc.strerror)
+            else:
+                del self._unsaved[study_id]
+
+    def remove_interrupted(self) -> int:
+        """Delete study folders without ``status.json``: uploads cut off by a stop. Start-up only."""
+        removed = 0
+        for folder in self.root.iterdir():
+            if folder.is_dir() and STUDY_ID.match(folder.name) and not (folder / "status.json").exists():
+                shutil.rmtree(folder, ignore_errors=True)
+                removed += 1
+        if removed:
+            log.warning("removed %d upload(s) interrupted by a stop of the server", removed)
+        return removed
+
+    def purge_uploads(self, keep_days: float, now: datetime | None = None) -> int:
+        """Delete the raw uploads of studies that finished more than ``keep_days`` ago; return how many."""
+        now = now or datetime.now(timezone.utc)
+        purged = 0
+        for state in self.all():
+            upload = self.upload_dir(state["id"])
+            if state["status"] not in ("done", "failed") or not upload.exists():
+                continue
+            finished = datetime.fromisoformat(state.get("finished") or state["updated"])
+            if (now - finished).total_seconds() >= keep_days * 86400:
+                shutil.rmtree(upload, ignore_errors=True)
+                purged += 1
+        return purged
 
     def result(self, study_id: str) -> dict | None:
         """The engine's result document of a finished study."""
@@ -110,9 +177,11 @@ class StudyStore:
 class JobQueue:
     """``workers`` threads share one engine; at most ``queue_size`` studies wait."""
 
-    def __init__(self, store: StudyStore, engine: Analyser, workers: int, queue_size: int):
+    def __init__(self, store: StudyStore, engine: Analyser, workers: int, queue_size: int,
+                 keep_uploads_days: float = 0):
         self.store, self.engine = store, engine
         self.workers, self.queue_size = workers, queue_size
+        self.keep_uploads_days = keep_uploads_days
         self._pending: collections.deque[str] = collections.deque()
         self._running: set[str] = set()
         self._cond = threading.Condition()
@@ -120,7 +189,9 @@ class JobQueue:
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
-        """Re-queue studies left queued or running by a previous process, then start the workers."""
+        """Remove interrupted uploads, re-queue studies left queued or running by a previous process,
+        delete expired uploads, then start the workers."""
+        self.store.remove_interrupted()
         for state in reversed(list(self.store.all())):
             if state["status"] == "running" and state.get("attempts", 0) >= MAX_ATTEMPTS:
                 self.store.write_status(state["id"], status="failed",
@@ -130,6 +201,7 @@ class JobQueue:
                 self.store.write_status(state["id"], status="queued")
                 self._pending.append(state["id"])
                 log.info("study %s re-queued after restart", state["id"])
+        self._housekeeping()
         for i in range(self.workers):
             t = threading.Thread(target=self._work, name=f"ctedge-worker-{i}", daemon=True)
             t.start()
@@ -148,6 +220,7 @@ class JobQueue:
         with self._cond:
             if len(self._pending) >= self.queue_size:
                 raise QueueFull(study_id)
+            self.store.flush()
             self.store.write_status(study_id, status="queued", n_files=n_files)
             self._pending.append(study_id)
             self._cond.notify()
@@ -166,17 +239,27 @@ class JobQueue:
     def _work(self) -> None:
         while True:
             with self._cond:
-                while not self._pending and not self._stopped:
-                    self._cond.wait()
+                if not self._pending and not self._stopped:
+                    self._cond.wait(HOUSEKEEPING_S)
                 if self._stopped:
                     return
-                study_id = self._pending.popleft()
-                self._running.add(study_id)
+                study_id = self._pending.popleft() if self._pending else None
+                if study_id:
+                    self._running.add(study_id)
             try:
-                self._analyse(study_id)
+                if study_id:
+                    self._analyse(study_id)
+                self._housekeeping()
+            except Exception as exc:  # noqa: BLE001 - the worker must outlive anything a study or disk does
+                log.error("worker: %s while handling study %s", type(exc).__name__, study_id)
             finally:
                 with self._cond:
                     self._running.discard(study_id)
+
+    def _housekeeping(self) -> None:
+        """Write states kept in memory by a full disk; delete uploads past ``keep_uploads_days``."""
+        self.store.flush()
+        self.store.purge_uploads(self.keep_uploads_days)
 
     def _analyse(self, study_id: str) -> None:
         upload = self.store.upload_dir(study_id)
@@ -186,18 +269,25 @@ class JobQueue:
         try:
             result = self.engine.analyse(upload, self.store.folder(study_id))
         except UserError as exc:
-            self.store.write_status(study_id, status="failed", error=strip_folder(str(exc), upload))
+            self._finish(study_id, status="failed", error=strip_folder(str(exc), upload))
             log.info("study %s failed: %s", study_id, type(exc).__name__)
         except Exception as exc:  # noqa: BLE001 - a worker must survive any study
-            self.store.write_status(study_id, status="failed",
-                                    error=f"internal error while analysing the study ({type(exc).__name__}); "
-                                          "see the server log")
-            log.error("study %s: internal error %s", study_id, type(exc).__name__)
+            if is_disk_full(exc):
+                error = DISK_FULL_MESSAGE
+            else:
+                error = f"internal error while analysing the study ({type(exc).__name__}); see the server log"
+            self._finish(study_id, status="failed", error=error)
+            log.error("study %s failed: %s", study_id, "disk full" if is_disk_full(exc) else type(exc).__name__)
         else:
             model = result.get("model", {})
-            self.store.write_status(study_id, status="done", label=result.get("label"),
-                                    demonstration=bool(model.get("demonstration") or model.get("placeholder")))
+            self._finish(study_id, status="done", label=result.get("label"),
+                         demonstration=bool(model.get("demonstration") or model.get("placeholder")))
             log.info("study %s done in %.1f s", study_id, time.perf_counter() - start)
+
+    def _finish(self, study_id: str, **state: Any) -> None:
+        """Record the outcome, then make the study's files owner-only."""
+        self.store.write_status(study_id, finished=_now(), **state)
+        restrict_tree(self.store.folder(study_id))
 
 
 def strip_folder(message: str, folder: Path) -> str:

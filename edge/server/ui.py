@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import math
+from urllib.parse import urlsplit
+
 from flask import (Blueprint, Response, abort, current_app, redirect, render_template, request, send_file, session,
                    url_for)
 
 from edge import CLASSES
-from edge.server.api import RETRY_AFTER_S, jobs, store, study_file
-from edge.server.auth import check_csrf, check_login, csrf_token
+from edge.server.api import RETRY_AFTER_S, jobs, store, study_file, upload_policy
+from edge.server.auth import check_csrf, check_login, csrf_token, read_users
 from edge.server.jobs import QueueFull
+from edge.server.sessions import Sessions
+from edge.server.throttle import LoginThrottle
 from edge.server.uploads import UploadError, receive_study
 
 bp = Blueprint("ui", __name__)
@@ -17,13 +22,36 @@ REPORT_CSP = ("default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; sc
 HISTORY_LIMIT = 500
 
 
+def sessions() -> Sessions:
+    return current_app.extensions["ctedge"]["sessions"]
+
+
+def throttle() -> LoginThrottle:
+    return current_app.extensions["ctedge"]["throttle"]
+
+
 @bp.before_request
 def _login_and_csrf() -> Response | None:
-    if current_app.config["LOGIN_REQUIRED"] and "user" not in session and request.endpoint != "ui.login":
+    if current_app.config["LOGIN_REQUIRED"] and request.endpoint != "ui.login" and not _logged_in():
+        session.clear()
         return redirect(url_for("ui.login", next=request.full_path.rstrip("?")))
     if request.method == "POST":
         check_csrf()
     return None
+
+
+def _logged_in() -> bool:
+    """True when the cookie's session is open and its user's line in the users file is unchanged."""
+    user = sessions().user(session.get("sid"), read_users(current_app.config["USERS_FILE"]))
+    return user is not None and user == session.get("user")
+
+
+def safe_target(target: str) -> str:
+    """``target`` when it is a path on this site, else the upload page (no open redirect)."""
+    parts = urlsplit(target)
+    on_site = (target.startswith("/") and not target.startswith("//") and not parts.scheme
+               and not parts.netloc and all(c.isprintable() and c not in " \\" for c in target))
+    return target if on_site else url_for("ui.index")
 
 
 @bp.app_context_processor
@@ -34,22 +62,30 @@ def _template_globals() -> dict:
 
 @bp.route("/login", methods=["GET", "POST"])
 def login() -> Response | tuple[str, int] | str:
-    target = request.args.get("next", "")
-    if not target.startswith("/") or target.startswith("//"):
-        target = url_for("ui.index")
+    target = safe_target(request.args.get("next", ""))
     if request.method == "GET":
         return render_template("login.html", next=target)
     name, password = request.form.get("user", ""), request.form.get("password", "")
+    address = request.remote_addr or "unknown"
+    if wait := throttle().wait(name, address):
+        seconds = math.ceil(wait)
+        return (render_template("login.html", next=target, error=f"too many failed logins: try again in {seconds} s"),
+                429, {"Retry-After": str(seconds)})
     if not check_login(current_app.config["USERS_FILE"], name, password):
+        throttle().failed(name, address)
         return render_template("login.html", next=target, error="wrong user name or password"), 401
+    throttle().succeeded(name)
+    sessions().end(session.get("sid"))
     session.clear()
     session.permanent = True
     session["user"] = name
+    session["sid"] = sessions().start(name, read_users(current_app.config["USERS_FILE"])[name])
     return redirect(target, 303)
 
 
 @bp.post("/logout")
 def logout() -> Response:
+    sessions().end(session.get("sid"))
     session.clear()
     return redirect(url_for("ui.login"), 303)
 
@@ -62,7 +98,7 @@ def index() -> str:
 @bp.post("/studies")
 def upload() -> Response | tuple[str, int, dict]:
     try:
-        study_id = receive_study(request.files.getlist("files"), store(), jobs())
+        study_id = receive_study(request.files.getlist("files"), store(), jobs(), upload_policy())
     except UploadError as exc:
         return render_template("upload.html", error=str(exc)), exc.status, {}
     except QueueFull:
