@@ -388,6 +388,16 @@ def test_uploads_with_credentials_may_use_the_upload_limit(served, tmp_path):
     assert status == 202, data
 
 
+def test_stow_with_the_token_may_use_the_upload_limit_and_without_it_gets_401(make_app):
+    from edge.server.bodies import SMALL_BODY, body_limit
+
+    app = make_app()
+    limit, _ = body_limit(app, "POST", "/dicom-web/studies", {"AUTHORIZATION": AUTH["Authorization"]})
+    assert limit > app.config["MAX_UPLOAD_MB"] * 2**20
+    limit, refusal = body_limit(app, "POST", "/dicom-web/studies", {"AUTHORIZATION": "Bearer wrong"})
+    assert limit == SMALL_BODY and refusal.code == 401
+
+
 # --- 9. login throttling -------------------------------------------------------------------------------------
 
 def test_failed_logins_back_off_per_user_and_are_logged(make_app, caplog):

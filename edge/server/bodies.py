@@ -23,7 +23,8 @@ from waitress.utilities import Error, RequestEntityTooLarge
 
 SMALL_BODY = 64 * 2**10
 FORM_OVERHEAD = 2**20            # multipart boundaries, headers and fields around the files
-UPLOAD_ROUTES = frozenset({"/api/v1/studies", "/studies"})
+UPLOAD_ROUTES = frozenset({"/api/v1/studies", "/studies", "/dicom-web/studies"})
+TOKEN_PREFIXES = ("/api/", "/dicom-web/")   # routes that authenticate with the API token, not a session
 
 
 class Refusal(Error):
@@ -55,7 +56,7 @@ def body_limit(app: Flask, method: str, path: str, headers: dict[str, str]) -> t
 def _may_upload(app: Flask, path: str, headers: dict[str, str]) -> bool:
     if not app.config["LOGIN_REQUIRED"]:
         return True
-    if path.startswith("/api/"):
+    if path.startswith(TOKEN_PREFIXES):
         expected: str = app.config["API_TOKEN"]
         scheme, _, given = headers.get("AUTHORIZATION", "").partition(" ")
         return bool(expected) and scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(),
