@@ -126,7 +126,7 @@ def test_page_and_files(scripted_run):
     summary = summarise(outcomes, n_boot=50)
     page = write_outputs(outcomes, summary, out, Scripted.info.to_dict())
     html = page.read_text()
-    assert html.count("data:image/png;base64,") == 3 and "Demonstration model, not for clinical use" in html
+    assert html.count("data:image/png;base64,") == 3 and "DEMONSTRATION MODEL - NOT FOR CLINICAL USE" in html
     assert "Too few patients to estimate sensitivity of healthy" in html and "50.0 [0.0-100.0]" in html
     rows = (out / "studies.csv").read_text().splitlines()
     assert rows[0].startswith("patient,class,verdict,correct") and len(rows) == 7

@@ -74,6 +74,11 @@ def study(study_id: str) -> Response:
 
 @bp.get("/api/v1/studies/<study_id>/heatmaps/<int:n>.png")
 def heatmap(study_id: str, n: int) -> Response:
+    return send_heatmap(study_id, n)
+
+
+def send_heatmap(study_id: str, n: int) -> Response:
+    """Heatmap overlay ``n`` of a study (the page's and the API's route both answer with it), or 404."""
     return send_file(study_file(study_id, f"heatmaps/{n}.png"), mimetype="image/png")
 
 

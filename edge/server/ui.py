@@ -9,7 +9,7 @@ from flask import (Blueprint, Response, abort, current_app, redirect, render_tem
                    url_for)
 
 from edge import CLASSES
-from edge.server.api import RETRY_AFTER_S, jobs, store, study_file, upload_policy
+from edge.server.api import RETRY_AFTER_S, jobs, send_heatmap, store, study_file, upload_policy
 from edge.server.auth import check_csrf, check_login, csrf_token, read_users
 from edge.server.jobs import QueueFull
 from edge.server.sessions import Sessions
@@ -119,7 +119,7 @@ def study(study_id: str) -> str:
 
 @bp.get("/studies/<study_id>/heatmaps/<int:n>.png")
 def heatmap(study_id: str, n: int) -> Response:
-    return send_file(study_file(study_id, f"heatmaps/{n}.png"), mimetype="image/png")
+    return send_heatmap(study_id, n)
 
 
 @bp.get("/studies/<study_id>/slices/<int:index>.png")
