@@ -14,7 +14,7 @@ import warnings
 import pydicom
 
 _TRUNCATED = "End of file reached"
-_NO_DECODER = ("plugin", "not supported")
+_NO_DECODER = "missing dependencies"     # pydicom 3: every plugin for the syntax lacks its package
 
 
 def truncation_warned(caught: list[warnings.WarningMessage]) -> bool:
@@ -23,9 +23,10 @@ def truncation_warned(caught: list[warnings.WarningMessage]) -> bool:
 
 
 def missing_decoder(exc: Exception) -> bool:
-    """True when ``ds.pixel_array`` failed because no installed plugin decodes the transfer syntax."""
-    return isinstance(exc, NotImplementedError) or (
-        isinstance(exc, RuntimeError) and any(text in str(exc) for text in _NO_DECODER))
+    """True when ``ds.pixel_array`` failed because nothing installed decodes the transfer syntax: no
+    decoder exists for it (NotImplementedError) or its plugins' packages are missing. A stream that
+    the plugins reject ("exceptions were raised by all available plugins") is damaged, not this."""
+    return isinstance(exc, NotImplementedError) or (isinstance(exc, RuntimeError) and _NO_DECODER in str(exc))
 
 
 def configure_pydicom() -> None:
