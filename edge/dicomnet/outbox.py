@@ -26,6 +26,7 @@ from pydicom.errors import InvalidDicomError
 from pynetdicom import AE
 
 from edge.profile import DicomPeer
+from edge.storage import private_dir
 
 log = logging.getLogger("ctedge.dicom")
 JOB = "job.json"
@@ -58,7 +59,7 @@ class Outbox:
         self.calling_ae = calling_ae
         self.retry_base_s, self.retry_max_s, self.timeout_s = retry_base_s, retry_max_s, timeout_s
         for name in ("pending", "sent", "skipped", ".tmp"):
-            (self.root / name).mkdir(parents=True, exist_ok=True, mode=0o700)
+            private_dir(self.root / name)
         for leftover in (self.root / ".tmp").iterdir():  # an enqueue interrupted by a kill
             shutil.rmtree(leftover)
         self._lock = threading.Lock()

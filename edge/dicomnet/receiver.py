@@ -28,6 +28,7 @@ from pynetdicom.sop_class import Verification
 
 from edge.errors import UserError
 from edge.profile import DicomPeer, DicomSettings
+from edge.storage import private_dir
 
 log = logging.getLogger("ctedge.dicom")
 RECEIVING = ".receiving"
@@ -60,7 +61,7 @@ class StudyInbox:
 
     def prepare(self) -> int:
         """Create the folders and remove the partial files of an interrupted run; return how many."""
-        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(self.root)
         leftovers = list(self.receiving.glob("*.part")) if self.receiving.is_dir() else []
         for path in leftovers:
             path.unlink()

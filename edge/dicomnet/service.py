@@ -20,6 +20,7 @@ from edge.dicomnet.receiver import Receiver
 from edge.dicomnet.results import result_objects
 from edge.errors import UserError
 from edge.profile import DicomPeer, DicomSettings, Profile, WatcherSettings
+from edge.storage import private_dir
 
 log = logging.getLogger("ctedge.dicom")
 SEND_DIR = ".dicom-send"
@@ -33,7 +34,7 @@ class DicomService:
         self.settings = settings
         self.inbox, self.results = Path(inbox), Path(results)
         self.receiver = Receiver(settings, self.inbox)
-        self.results.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(self.results)
         self.outbox = Outbox(self.results / SEND_DIR, settings.ae_title, retry_base_s, retry_max_s)
         self._stop = threading.Event()
         self._sender: threading.Thread | None = None
