@@ -26,6 +26,15 @@ def restrict_tree(root: Path) -> None:
                 os.chmod(path, 0o700 if name in dirs else 0o600)
 
 
+def fsync_path(path: Path) -> None:
+    """Flush a file's or a folder's entry to disk (a folder: so that a rename in it survives a power cut)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def is_disk_full(exc: BaseException) -> bool:
     """True for the OSError of a full disk or an exhausted quota."""
     return isinstance(exc, OSError) and exc.errno in DISK_FULL

@@ -44,7 +44,7 @@ from edge import __version__
 from edge.engine import Engine
 from edge.errors import UserError
 from edge.profile import WatcherSettings, load_profile
-from edge.storage import private_dir, restrict_tree
+from edge.storage import fsync_path, private_dir, restrict_tree
 from edge.untrusted import printable
 
 log = logging.getLogger("ctedge.watch")
@@ -195,7 +195,7 @@ def commit(work: Path, outbox: Path, name: str, status: str) -> Path:
     """Flush ``work`` to disk, move earlier records of ``name`` to .superseded, then rename ``work``
     into place: that rename is the commit. Returns the record's path."""
     for path in [*work.rglob("*"), work]:  # a power cut after the rename must not leave empty files
-        _fsync(path)
+        fsync_path(path)
     result, failure = record_paths(outbox, name)
     for old in (result, failure):
         if old.exists():
@@ -206,7 +206,7 @@ def commit(work: Path, outbox: Path, name: str, status: str) -> Path:
     target = result if status == "done" else failure
     private_dir(target.parent)
     os.rename(work, target)
-    _fsync(target.parent)
+    fsync_path(target.parent)
     return target
 
 
@@ -285,13 +285,6 @@ def _unchanged(entry: Entry, marker: str) -> bool:
     except OSError:  # removed or renamed meanwhile
         return False
 
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def add_watch(sub: argparse._SubParsersAction) -> None:

@@ -26,7 +26,7 @@ from pydicom.errors import InvalidDicomError
 from pynetdicom import AE
 
 from edge.profile import DicomPeer
-from edge.storage import private_dir
+from edge.storage import fsync_path, private_dir
 
 log = logging.getLogger("ctedge.dicom")
 JOB = "job.json"
@@ -87,9 +87,9 @@ class Outbox:
             files.append(name)
         _write_json(work / JOB, asdict(Job(job_id, study, destination, files)))
         for path in [*work.iterdir(), work]:
-            _fsync(path)
+            fsync_path(path)
         os.rename(work, self.root / "pending" / job_id)
-        _fsync(self.root / "pending")
+        fsync_path(self.root / "pending")
         log.info("%s: %d object(s) queued for %s", study, len(files), destination.ae_title)
         return True
 
@@ -181,10 +181,3 @@ def _write_json(path: Path, doc: dict) -> None:
     os.chmod(tmp, 0o600)
     os.replace(tmp, path)
 
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -28,7 +28,7 @@ from pynetdicom.sop_class import Verification
 
 from edge.errors import UserError
 from edge.profile import DicomPeer, DicomSettings
-from edge.storage import private_dir
+from edge.storage import fsync_path, private_dir
 
 log = logging.getLogger("ctedge.dicom")
 RECEIVING = ".receiving"
@@ -82,9 +82,9 @@ class StudyInbox:
                 os.fsync(f.fileno())
             if not target.parent.is_dir():
                 target.parent.mkdir(mode=0o700, exist_ok=True)  # two associations may bring the same study
-                _fsync_dir(self.root)
+                fsync_path(self.root)
             os.replace(tmp, target)
-            _fsync_dir(target.parent)
+            fsync_path(target.parent)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -202,13 +202,6 @@ def _status(code: int, comment: str = "") -> Dataset:
         status.ErrorComment = comment
     return status
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _resolve(host: str) -> str:

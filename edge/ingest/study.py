@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.errors import (CorruptFileError, EmptyStudyError, FileTooLargeError, MixedSizesError, NoPixelDataError,
-                         NotDicomError, NoUsableSeriesError, StudyError, TooFewSlicesError,
+                         NoUsableSeriesError, StudyError, TooFewSlicesError,
                          UnsupportedTransferSyntaxError)
 from edge.ingest.dicom_files import decode_hu, has_rescale, read_header
 from edge.ingest.image_files import is_image_file, natural_key, read_image_hu
