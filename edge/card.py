@@ -37,6 +37,11 @@ DEMONSTRATION_NOTE = ("Demonstration model trained on very few patients; it show
                       "and has no clinical validity. Not for clinical use.")
 
 
+def banner_for(demonstration: bool, placeholder: bool) -> str:
+    """The warning every output of a model shows ('' for a clinical model): the one source of that text."""
+    return PLACEHOLDER_BANNER if placeholder else DEMONSTRATION_BANNER if demonstration else ""
+
+
 @dataclass(frozen=True)
 class Range:
     """A closed interval of a physical quantity (mm) seen in training."""
@@ -106,7 +111,7 @@ class ModelCard:
     @property
     def banner(self) -> str:
         """The warning every output of this model carries ('' for a validated clinical model)."""
-        return PLACEHOLDER_BANNER if self.placeholder else DEMONSTRATION_BANNER if self.demonstration else ""
+        return banner_for(self.demonstration, self.placeholder)
 
     def files(self, variant: str) -> dict[str, Path]:
         """The model files of ``variant`` (``encoder``, ``head``); ModelLoadError when absent or missing."""

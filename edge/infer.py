@@ -9,7 +9,7 @@ from typing import Protocol
 
 import numpy as np
 
-from edge.card import PLACEHOLDER_BANNER, ModelCard, load_card
+from edge.card import ModelCard, banner_for, load_card
 from edge.errors import ModelLoadError
 from edge.evidence import NO_EVIDENCE, evidence_line
 from edge.runtime import invoke, load_interpreter
@@ -22,16 +22,20 @@ class ModelInfo:
     demonstration: bool
     placeholder: bool
     note: str
-    banner: str = ""          # the warning every output of this model shows ('' for a clinical model)
     validation: str = NO_EVIDENCE   # the evidence line: "validated on N patients (...)" or "no validation recorded"
 
+    @property
+    def banner(self) -> str:
+        """The warning every output of this model shows ('' for a clinical model)."""
+        return banner_for(self.demonstration, self.placeholder)
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        return asdict(self) | {"banner": self.banner}
 
     @classmethod
     def of(cls, card: ModelCard, variant: str) -> ModelInfo:
         return cls(card.name, f"{card.version} ({variant})", card.demonstration, card.placeholder, card.note,
-                   card.banner, evidence_line(card.validations))
+                   evidence_line(card.validations))
 
 
 class GroupClassifier(Protocol):
@@ -49,7 +53,7 @@ class PlaceholderClassifier:
     info = ModelInfo(
         name="placeholder-uniform", version="0", demonstration=True, placeholder=True,
         note="Placeholder, not a classifier: every group gets probability 1/3 for each class. "
-             "Install a trained model to get a real verdict. Not for clinical use.", banner=PLACEHOLDER_BANNER,
+             "Install a trained model to get a real verdict. Not for clinical use.",
     )
 
     def predict(self, group: np.ndarray) -> np.ndarray:
