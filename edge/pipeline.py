@@ -135,18 +135,25 @@ class PreparedStudy:
 
 
 def prepare_study(source: str | Path | Sequence[str | Path], options: PipelineOptions = PipelineOptions(),
-                  segmenter: LungSegmenter | None = None, limits: Limits = Limits()) -> PreparedStudy:
-    """Read and preprocess one study: HU volume, lung mask, model-input slices, selection, group plans."""
+                  segmenter: LungSegmenter | None = None, limits: Limits = Limits(),
+                  release_full_resolution: bool = False) -> PreparedStudy:
+    """Read and preprocess one study: HU volume, lung mask, model-input slices, selection, group plans.
+    With ``release_full_resolution`` the full-resolution HU volume is dropped once resized
+    (``volume.hu`` is then None) unless the selection rule needs it: peak memory stays low."""
     segmenter = segmenter or ThresholdSegmenter()
     t: dict[str, float] = {}
     with _timed(t, "read"):
         volume = load_study(source, limits)
     with _timed(t, "resize"):
         hu256 = resize_slices(volume.hu, options.input_size)
+    full_hu = volume.hu if options.selection == "rahimzadeh" else None   # the only rule on full resolution
+    if release_full_resolution:
+        volume.hu = None
     with _timed(t, "segment"):
         mask = segmenter.segment(hu256)
     with _timed(t, "select"):
-        selection = select_slices(options.selection, volume.hu, mask)
+        selection = select_slices(options.selection, full_hu, mask)
+    del full_hu
     if not selection.keep.any():
         raise NoLungFoundError(source_name(source), f"no slice with lung found by the {selection.method!r} selection")
     with _timed(t, "window_clahe"):
@@ -160,11 +167,12 @@ def prepare_study(source: str | Path | Sequence[str | Path], options: PipelineOp
 
 def run_study(source: str | Path | Sequence[str | Path], classifier: GroupClassifier | None = None,
               options: PipelineOptions = PipelineOptions(), segmenter: LungSegmenter | None = None,
-              limits: Limits = Limits(), training_range: TrainingRange = TrainingRange()) -> StudyResult:
+              limits: Limits = Limits(), training_range: TrainingRange = TrainingRange(),
+              release_full_resolution: bool = False) -> StudyResult:
     """Read, preprocess, group, classify and vote one study; raises StudyError subclasses on bad input.
     A study whose geometry lies outside ``training_range`` gets a warning."""
     classifier = classifier or PlaceholderClassifier()
-    prepared = prepare_study(source, options, segmenter, limits)
+    prepared = prepare_study(source, options, segmenter, limits, release_full_resolution)
     v = prepared.volume
     v.warnings.extend(training_range.warnings(v.slice_thickness_mm, v.pixel_spacing_mm))
     t = prepared.timings_ms

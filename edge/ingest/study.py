@@ -9,9 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.errors import (CorruptFileError, EmptyStudyError, MixedSizesError, NoPixelDataError, NotDicomError,
-                         NoUsableSeriesError, StudyError, TooFewSlicesError, UnsupportedTransferSyntaxError)
-from edge.ingest.dicom_files import decode_hu, has_rescale, read_header
+from edge.errors import (CorruptFileError, EmptyStudyError, MixedSizesError, NotDicomError,
+                         NoUsableSeriesError, StudyError, TooFewSlicesError)
+from edge.ingest.dicom_files import has_rescale, read_header
+from edge.ingest.parallel import decode_series
 from edge.ingest.image_files import is_image_file, natural_key, read_image_hu
 from edge.ingest.series import SkippedSeries, order_slices, select_series, split_series
 from edge.ingest.sources import Limits, study_files
@@ -21,7 +22,7 @@ from edge.ingest.sources import Limits, study_files
 class Volume:
     """One CT series as read from disk. Slice 0 is the most superior slice."""
 
-    hu: np.ndarray                       # (n, H, W) int16, Hounsfield units
+    hu: np.ndarray | None                # (n, H, W) int16, Hounsfield units; None once released after resizing
     files: list[str]                     # base name of each slice's file
     position_mm: np.ndarray | None       # (n,) position along the slice normal, decreasing; None if unknown
     series_uid: str | None
@@ -34,7 +35,7 @@ class Volume:
 
     @property
     def n_slices(self) -> int:
-        return int(self.hu.shape[0])
+        return len(self.files)
 
 
 def load_study(source: str | Path | Sequence[str | Path], limits: Limits = Limits()) -> Volume:
@@ -82,24 +83,19 @@ def _load_dicom(headers, source, warnings: list[str]) -> Volume:
     _check_sizes(chosen.items)
     ordered = order_slices(chosen)
     warnings += ordered.warnings
-    slices, names, keep, failures = [], [], [], []
-    for i, (path, ds) in enumerate(ordered.items):
-        try:
-            slices.append(decode_hu(ds, path))
-        except (CorruptFileError, NoPixelDataError, UnsupportedTransferSyntaxError) as exc:
-            failures.append(exc)
-            continue
-        names.append(path.name)
-        keep.append(i)
-    if len(slices) < 2:
+    first = ordered.items[0][1]
+    syntax = first.file_meta.get("TransferSyntaxUID")
+    hu, keep, failures = decode_series([p for p, _ in ordered.items], (int(first.get("Rows", 0)), int(first.get("Columns", 0))),
+                                       compressed=bool(getattr(syntax, "is_compressed", True)))
+    names = [ordered.items[i][0].name for i in keep]
+    if len(keep) < 2:
         raise failures[0] if failures else TooFewSlicesError(ordered.items[0][0], "fewer than two decodable slices")
     warnings += _summarise("slice(s) of the chosen series skipped", failures)
     if any(not has_rescale(ds) for _, ds in ordered.items):
         warnings.append("RescaleSlope/RescaleIntercept missing on some slices: stored values taken as HU")
-    first = ordered.items[0][1]
     spacing = first.get("PixelSpacing")
     return Volume(
-        hu=np.stack(slices), files=names,
+        hu=hu, files=names,
         position_mm=None if ordered.position_mm is None else ordered.position_mm[keep],
         series_uid=chosen.uid, hu_exact=True,
         pixel_spacing_mm=float(spacing[0]) if spacing else None,

@@ -49,16 +49,21 @@ class ThresholdSegmenter:
 
     def segment(self, hu: np.ndarray) -> np.ndarray:
         air = hu < self.air_hu
-        labels, _ = ndimage.label(air, structure=_IN_PLANE)
+        labels, n = ndimage.label(air, structure=_IN_PLANE)
         border = np.unique(np.concatenate([labels[:, 0].ravel(), labels[:, -1].ravel(),
                                            labels[:, :, 0].ravel(), labels[:, :, -1].ravel()]))
-        inner = air & ~np.isin(labels, border)
+        inside = np.ones(n + 1, bool)       # look-up tables instead of np.isin: no int64 copies of the volume
+        inside[border] = False
+        inner = air & inside[labels]
+        del labels, air
         labels3d, n = ndimage.label(inner)
         if n == 0:
             return inner
-        sizes = np.bincount(labels3d.ravel())[1:]
-        keep = np.flatnonzero(sizes >= self.min_fraction * sizes.max()) + 1
-        lungs = np.isin(labels3d, keep)
+        sizes = np.unique(labels3d[inner], return_counts=True)[1]    # labels 1..n, all present
+        kept = np.zeros(n + 1, bool)
+        kept[np.flatnonzero(sizes >= self.min_fraction * sizes.max()) + 1] = True
+        lungs = kept[labels3d]
+        del labels3d
         body = hu > -500
         return np.stack([self._hull_slice(m, b) for m, b in zip(lungs, body)])
 

@@ -14,8 +14,10 @@ AIR_HU = -1024.0
 def lung_window(hu: np.ndarray, window: tuple[float, float] = LUNG_WINDOW) -> np.ndarray:
     """Map HU to uint8 through the window (values outside are clipped)."""
     low, high = window
-    scaled = (np.clip(hu, low, high) - low) * (255.0 / (high - low))
-    return np.rint(scaled).astype(np.uint8)
+    scaled = np.clip(hu, low, high).astype(np.float32, copy=False)   # one float32 temporary, in place from here
+    scaled -= low
+    scaled *= 255.0 / (high - low)
+    return np.rint(scaled, out=scaled).astype(np.uint8)
 
 
 def pad_square(volume: np.ndarray, fill: float = AIR_HU) -> np.ndarray:
