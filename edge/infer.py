@@ -22,13 +22,17 @@ class ModelInfo:
     placeholder: bool
     note: str
     banner: str = ""          # the warning every output of this model shows ('' for a clinical model)
+    variant: str = ""         # the bundle variant actually run (int8, float32, ...)
+    chosen: str = ""          # how that variant was chosen: tuned on this CPU, set by the profile, default
+    threads: int = 0          # interpreter threads (0: not recorded)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def of(cls, card: ModelCard, variant: str) -> ModelInfo:
-        return cls(card.name, f"{card.version} ({variant})", card.demonstration, card.placeholder, card.note, card.banner)
+        return cls(card.name, f"{card.version} ({variant})", card.demonstration, card.placeholder, card.note,
+                   card.banner, variant)
 
 
 class GroupClassifier(Protocol):

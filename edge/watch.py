@@ -37,9 +37,9 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from edge import __version__
-from edge.engine import Engine
+from edge.engine import DEFAULT_BUNDLE, Engine
 from edge.errors import UserError
-from edge.profile import WatcherSettings, load_profile
+from edge.profile import WatcherSettings, default_profile, load_profile
 
 log = logging.getLogger("ctedge.watch")
 PARTIAL, SUPERSEDED, FAILED, SOURCE = ".partial", ".superseded", "failed", "source.json"
@@ -274,7 +274,7 @@ def add_watch(sub: argparse._SubParsersAction) -> None:
 
 def cmd_watch(args: argparse.Namespace) -> int:
     profile = load_profile(args.config) if args.config else None
-    engine = Engine.from_profile(profile) if profile else Engine.default()
+    engine = Engine.from_profile(profile or default_profile(DEFAULT_BUNDLE), tune_if_missing=True)
     summary = watch(engine, args.inbox, args.out, profile.watcher if profile else WatcherSettings(), args.once)
     print(f"{summary.done} done, {summary.failed} failed, {summary.waiting} waiting for their copy to finish")
     return 0

@@ -87,7 +87,7 @@ def study_file(study_id: str, name: str) -> Path:
 def model() -> Response:
     profile = current_app.config["PROFILE"]
     info = current_app.extensions["ctedge"]["engine"].info
-    return jsonify(info.to_dict() | {"profile": profile.name, "variant": profile.model.variant})
+    return jsonify(info.to_dict() | {"profile": profile.name})
 
 
 @bp.get("/health")
