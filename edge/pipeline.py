@@ -138,14 +138,17 @@ def prepare_study(source: str | Path | Sequence[str | Path], options: PipelineOp
                   segmenter: LungSegmenter | None = None, limits: Limits = Limits(),
                   release_full_resolution: bool = False) -> PreparedStudy:
     """Read and preprocess one study: HU volume, lung mask, model-input slices, selection, group plans.
-    With ``release_full_resolution`` the full-resolution HU volume is dropped once resized
-    (``volume.hu`` is then None) unless the selection rule needs it: peak memory stays low."""
+    With ``release_full_resolution`` DICOM slices are resized as they are decoded and the
+    full-resolution HU volume is never kept (``volume.hu`` is None) unless the selection rule needs
+    it: peak memory stays low (the "read" time then includes resizing)."""
     segmenter = segmenter or ThresholdSegmenter()
     t: dict[str, float] = {}
+    stream = release_full_resolution and options.selection != "rahimzadeh"
     with _timed(t, "read"):
-        volume = load_study(source, limits)
+        volume = load_study(source, limits, resize_to=options.input_size if stream else None)
     with _timed(t, "resize"):
-        hu256 = resize_slices(volume.hu, options.input_size)
+        hu256 = volume.resized if volume.resized is not None else resize_slices(volume.hu, options.input_size)
+    volume.resized = None
     full_hu = volume.hu if options.selection == "rahimzadeh" else None   # the only rule on full resolution
     if release_full_resolution:
         volume.hu = None
@@ -160,7 +163,7 @@ def prepare_study(source: str | Path | Sequence[str | Path], options: PipelineOp
         windowed = lung_window(hu256, options.window)
         images = clahe(windowed, options.clahe_clip)
         if options.mask_lungs:
-            images = np.where(mask, images, 0).astype(np.uint8)
+            np.multiply(images, mask, out=images)          # in place: no copy of the volume
     plans = group_plan(int(selection.keep.sum()), options.group_size)
     return PreparedStudy(volume, mask, windowed, images, selection, plans, t)
 

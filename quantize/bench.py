@@ -103,7 +103,8 @@ def _decode_seconds(paths: list[Path], shape: tuple[int, int], mode: str) -> flo
     return time.perf_counter() - start
 
 
-def bench(study: Path, bundle: Path, keras_run: Path | None, repeats: int, threads: int | None) -> dict:
+def bench(study: Path, bundle: Path, keras_run: Path | None, repeats: int, threads: int | None,
+          layers: bool = False) -> dict:
     """Run every variant on the groups of ``study`` and return the benchmark document."""
     threads = threads or os.cpu_count() or 1
     card = load_card(bundle)
@@ -145,7 +146,17 @@ def bench(study: Path, bundle: Path, keras_run: Path | None, repeats: int, threa
         "decode": decode_modes(study),
         "variants_by_threads": _tune_rows(card, groups[0], threads, repeats),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "layers": _layers(card, groups[0], threads, repeats) if layers else None,
     }
+
+
+def _layers(card, group: np.ndarray, threads: int, repeats: int) -> dict:
+    import tempfile
+
+    from quantize.layer_profile import layer_profile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return layer_profile(card, group, threads, repeats, Path(tmp))
 
 
 def add_bench(sub: argparse._SubParsersAction) -> None:
@@ -158,12 +169,14 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keras", type=Path, default=None, help="run folder with encoder.keras/head.keras (needs [train])")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--layers", action="store_true",
+                   help="also time the encoder stage by stage in each quantization layout (needs TensorFlow)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    doc = bench(args.study, args.model, args.keras, args.repeats, args.threads)
+    doc = bench(args.study, args.model, args.keras, args.repeats, args.threads, args.layers)
     if args.json:
         print(json.dumps(doc, indent=2))
         return 0
@@ -188,6 +201,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(f"  {r['variant']:<8} {r['threads']} thread(s): {r['ms_per_group_median']:.1f} ms/group "
               f"(max |dp| vs first row {r['max_prob_diff_vs_first']:.4f})")
     print(f"fastest here: {doc['variants_by_threads']['fastest']}")
+    if doc["layers"]:
+        stages = doc["layers"]["stage_ms"]
+        names = list(next(iter(stages.values())))
+        print(f"{'encoder stage, ms/group':<28}" + "".join(f"{layout[:14]:>16}" for layout in stages))
+        for name in names:
+            print(f"{name:<28}" + "".join(f"{stages[layout][name]:>16.1f}" for layout in stages))
+        print("operators outside XNNPACK: " + "; ".join(f"{f}: {', '.join(ops) or 'none'}"
+                                                       for f, ops in doc["layers"]["undelegated_ops"].items()))
     d = doc["decode"]
     print(f"decode {d['n_slices']} slices ({d['transfer_syntax']}), s: " + ", ".join(f"{k} {v}" for k, v in d["seconds"].items())
           + f"; speed-up threads {d['speedup_threads']}x, processes {d['speedup_processes']}x")

@@ -119,3 +119,15 @@ def test_predict_peak_memory_on_a_120_slice_study(tmp_path):
                          timeout=300)
     assert run.returncode == 0, run.stderr
     assert int(run.stdout.split()[-1]) < 400, "peak RSS (MB) of predict on 120 slices"
+
+
+def test_the_server_loads_one_model_set_per_worker_and_names_the_tuned_variant(tmp_path):
+    from edge.profile import load_profile
+    from edge.server import create_app
+    from tests.server_support import write_profile
+
+    profile = load_profile(write_profile(tmp_path, workers=2))
+    engine = create_app(profile, start_workers=False).extensions["ctedge"]["engine"]
+    assert engine.concurrency == 2
+    assert engine.info.variant == "int8" and engine.info.chosen.startswith("tuned on this CPU (test fixture)")
+    assert engine.info.threads == 1, "the profile's explicit thread count wins over the tuned one"
