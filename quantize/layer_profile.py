@@ -2,11 +2,11 @@
 
 The TFLite Python runtime has no per-operator profiler, so the encoder architecture
 (``training.models.build_encoder``, random weights: the cost of a layer does not depend on its
-values) is cut into prefixes ending after the input scaling, after each convolution and at the
-features; each prefix is converted to every layout and timed on the same group in this process.
-The cost of a stage is the difference between consecutive prefixes (fastest of the repeats);
-on a loaded machine these differences are noisy and can be negative: repeat the run. Layouts: float32, int8 with
-uint8 input (what the bundle ships: a uint8 -> int8 QUANTIZE runs outside XNNPACK), int8 with
+values) is cut into prefixes ending after the input scaling and after each convolution's global
+max-pool, and the whole encoder; each prefix is converted to every layout and timed on the same
+group in this process. The cost of a stage is the difference between consecutive prefixes
+(fastest of the repeats); on a loaded machine these differences are noisy and can even be
+negative: repeat the run. Layouts: float32, int8 with uint8 input (what the bundle ships: a uint8 -> int8 QUANTIZE runs outside XNNPACK), int8 with
 int8 input, dynamic-range and float16. It also lists the operators of each shipped model that the
 XNNPACK delegate does not take.
 """
@@ -77,9 +77,11 @@ def layer_profile(card: ModelCard, group: np.ndarray, threads: int, repeats: int
     p = card.preprocessing
     filters = tuple(card.extra.get("trained_with", {}).get("filters", (16, 32, 64, 128)))
     encoder = build_encoder((p.input_size, p.input_size, 1), filters=filters)
-    names = ["input scaling"] + [f"conv{i + 1} (+pool)" for i in range(len(filters))] + ["global max-pools + concat"]
-    cuts = [encoder.layers[1].output] + [encoder.get_layer(f"conv{i + 1}").output for i in range(len(filters))] \
-        + [encoder.output]
+    names = ["input scaling"] + [f"conv{i + 1} (+ its pool)" for i in range(len(filters))] + ["other max-pools + concat"]
+    # Each prefix ends in a global max-pool (the encoder's own gmp layers): a tiny output, so that
+    # copying a full-size activation out of the interpreter does not swamp the layer's cost.
+    cuts = [keras.layers.GlobalMaxPooling2D()(encoder.layers[1].output)] \
+        + [encoder.get_layer(f"gmp{i + 1}").output for i in range(len(filters))] + [encoder.output]
     shape = (p.group_size, p.input_size, p.input_size, 1)
     sample = group[..., None].astype(np.float32)
 

@@ -131,3 +131,12 @@ def test_the_server_loads_one_model_set_per_worker_and_names_the_tuned_variant(t
     assert engine.concurrency == 2
     assert engine.info.variant == "int8" and engine.info.chosen.startswith("tuned on this CPU (test fixture)")
     assert engine.info.threads == 1, "the profile's explicit thread count wins over the tuned one"
+
+
+def test_bench_json_states_the_cpu_flags_every_variant_by_threads_and_the_decode_modes(capsys):
+    assert main(["bench", str(STUDY), "--model", str(DEFAULT_BUNDLE), "--repeats", "1", "--threads", "1", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["cpu_flags"] == cpu_identity()["flags"] and doc["cpu_model"] == cpu_identity()["model"]
+    rows = doc["variants_by_threads"]["rows"]
+    assert {(r["variant"], r["threads"]) for r in rows} == {(v, 1) for v in eligible_variants(load_card(DEFAULT_BUNDLE))}
+    assert set(doc["decode"]["seconds"]) == {"serial", "threads", "processes"} and doc["decode"]["n_slices"] == 10
