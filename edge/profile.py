@@ -29,7 +29,7 @@ class ModelSettings:
     bundle: Path                                   # folder with model.json and the .tflite files
     variant: str = "auto"                          # a variant listed in model.json, or auto: the one `ctedge tune` chose for this CPU
     delegate: Literal["none", "edgetpu"] = "none"  # edgetpu: the encoder runs on a Coral via libedgetpu
-    threads: int = 0                               # 0 = all cores
+    threads: int = 0                               # 0 = the tuned count (variant auto), else all cores
 
 
 @dataclass(frozen=True)
