@@ -46,17 +46,18 @@ ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx
 
 def cpu_identity() -> dict:
     """This CPU's model name, the ISA flags of :data:`ISA_FLAGS` it has, and its logical core count."""
-    model, flags = platform.processor() or platform.machine(), set()
+    models, flags = [], set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
             key = key.strip().lower()
-            if key in ("model name", "cpu model") and model == (platform.processor() or platform.machine()):
-                model = value.strip()
+            if key in ("model name", "cpu model"):
+                models.append(value.strip())
             elif key in ("flags", "features"):
                 flags.update(value.split())
-    except OSError:
+    except OSError:              # not Linux: the platform's name, no flags
         pass
+    model = models[0] if models else platform.processor() or platform.machine()
     return {"model": model, "flags": [f for f in ISA_FLAGS if f in flags], "cpus": os.cpu_count() or 1}
 
 
