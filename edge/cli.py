@@ -24,6 +24,7 @@ from edge.profile import default_profile, load_profile, with_model
 from edge.preprocess.select import METHODS
 from edge.selection_report import evaluate_study, format_table, read_labels
 from edge.server.command import add_serve
+from edge.tune import add_tune
 from edge.validate import add_validate
 from edge.watch import add_watch
 
@@ -56,7 +57,8 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
                    help="a group's covid/other_pneumonia probability above this overrides a healthy majority (default 0.9)")
     p.add_argument("--model", type=Path, default=None,
                    help="TFLite model bundle folder (model.json); default: the bundled demonstration model")
-    p.add_argument("--variant", default=None, help="bundle variant to run: int8 (default) or float32")
+    p.add_argument("--variant", default=None, help="bundle variant to run (int8, float32, ...) or auto (default): the "
+                                                 "one `ctedge tune` measured fastest on this CPU, else int8")
     p.add_argument("--threads", type=int, default=None, help="interpreter threads (default: all cores)")
     p.add_argument("--segmenter", default=None,
                    help="'threshold' or a U-Net .tflite; must be the segmenter the model card names (checked)")
@@ -134,7 +136,8 @@ def cmd_evaluate_selection(args: argparse.Namespace) -> int:
 
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_predict, add_evaluate_selection, add_serve, add_watch,
-                                                                add_validate, add_receive, add_bench_dicom, add_doctor]
+                                                                add_validate, add_receive, add_bench_dicom, add_doctor,
+                                                                add_tune]
 
 
 def plugin_commands(command: str | None) -> list[Callable[[argparse._SubParsersAction], None]]:

@@ -1,16 +1,20 @@
 """The loaded pipeline: model, heatmaps and options of a device profile, used for many studies.
 
-``ctedge predict``, the server and the watcher all build one :class:`Engine` and call it; it
-holds the TFLite interpreters (loaded once) behind a lock, since an interpreter is not thread-safe.
+``ctedge predict``, the server and the watcher all build one :class:`Engine` and call it. An
+interpreter is not thread-safe, so the engine holds ``copies`` sets of interpreters (classifier,
+explainer, segmenter; loaded once): each study borrows one set for its whole analysis, so with
+``server.workers: 2`` two studies are analysed at the same time, each on its own set.
 """
 
 from __future__ import annotations
 
-import threading
+import dataclasses
+import queue
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from edge import CLASSES
 from edge.card import ModelCard, TrainingRange, load_card
@@ -22,19 +26,29 @@ from edge.pipeline import StudyResult, run_study
 from edge.preprocess.segment import LungSegmenter, TFLiteSegmenter
 from edge.profile import Profile
 from edge.report import write_result
+from edge.tune import resolve
 
 DEFAULT_BUNDLE = Path(__file__).resolve().parent / "models" / "demo"
 
 Source = str | Path | Sequence[str | Path]
 
 
+class Models(NamedTuple):
+    """One set of interpreters: used by one study at a time."""
+
+    classifier: GroupClassifier
+    explainer: GradCam | None = None
+    segmenter: LungSegmenter | None = None
+
+
 class Engine:
-    """A classifier, an optional Grad-CAM explainer, pipeline options and input limits."""
+    """Sets of (classifier, optional Grad-CAM explainer, optional segmenter), pipeline options and
+    input limits. ``spares`` are further model sets, so that ``1 + len(spares)`` studies can run at once."""
 
     def __init__(self, classifier: GroupClassifier, options: PipelineOptions = PipelineOptions(),
                  explainer: GradCam | None = None, segmenter: LungSegmenter | None = None,
                  limits: Limits = Limits(), heatmaps_per_group: int = 3,
-                 training_range: TrainingRange = TrainingRange()):
+                 training_range: TrainingRange = TrainingRange(), spares: Sequence[Models] = ()):
         self.classifier = classifier
         self.options = options
         self.explainer = explainer
@@ -42,32 +56,49 @@ class Engine:
         self.limits = limits
         self.heatmaps_per_group = heatmaps_per_group
         self.training_range = training_range
-        self._lock = threading.RLock()
+        self._free: queue.Queue[Models] = queue.Queue()
+        for models in (Models(classifier, explainer, segmenter), *spares):
+            self._free.put(models)
+        self.concurrency = 1 + len(spares)
 
     @classmethod
     def from_bundle(cls, bundle: str | Path | ModelCard = DEFAULT_BUNDLE, variant: str = "int8",
                     threads: int | None = None, edgetpu: bool = False,
-                    settings: Mapping[str, tuple[Any, str]] | None = None) -> Engine:
-        """Load a model bundle (``model.json`` + TFLite files); heatmaps when the bundle has explain
-        models. The pipeline options come from the card; ``settings`` (``{key: (value, where)}``, from
-        a profile or flags) may change the vote threshold and must agree with the card otherwise."""
+                    settings: Mapping[str, tuple[Any, str]] | None = None, copies: int = 1,
+                    chosen: str = "") -> Engine:
+        """Load a model bundle (``model.json`` + TFLite files) ``copies`` times; heatmaps when the bundle
+        has explain models. The pipeline options come from the card; ``settings`` (``{key: (value, where)}``,
+        from a profile or flags) may change the vote threshold and must agree with the card otherwise.
+        ``chosen`` says how the variant was chosen (shown with the model info)."""
         card = bundle if isinstance(bundle, ModelCard) else load_card(bundle)
         settings = {k: (_card_segmenter(v, card) if k == "segmenter" else v, where)
                     for k, (v, where) in (settings or {}).items()}
         options = apply_settings(card.preprocessing, card.path, settings)
-        classifier = TFLiteClassifier(card, variant, threads, edgetpu=edgetpu)
-        explainer = GradCam(card, threads) if card.explain else None
-        segmenter = None if options.segmenter == "threshold" else \
-            TFLiteSegmenter(card.bundle / options.segmenter, threads=threads)
-        return cls(classifier, options, explainer, segmenter, training_range=card.training_range)
+
+        def load() -> Models:
+            classifier = TFLiteClassifier(card, variant, threads, edgetpu=edgetpu)
+            classifier.info = dataclasses.replace(classifier.info, chosen=chosen, threads=threads or 0)
+            explainer = GradCam(card, threads) if card.explain else None
+            segmenter = None if options.segmenter == "threshold" else \
+                TFLiteSegmenter(card.bundle / options.segmenter, threads=threads)
+            return Models(classifier, explainer, segmenter)
+
+        first, *spares = [load() for _ in range(max(1, copies))]
+        return cls(first.classifier, options, first.explainer, first.segmenter, training_range=card.training_range,
+                   spares=spares)
 
     @classmethod
-    def from_profile(cls, profile: Profile, flags: Mapping[str, tuple[Any, str]] | None = None) -> Engine:
+    def from_profile(cls, profile: Profile, flags: Mapping[str, tuple[Any, str]] | None = None,
+                     copies: int = 1, tune_if_missing: bool = False) -> Engine:
         """The model, delegate, threads and pipeline settings of a validated device profile; ``flags``
-        (command-line settings, same form as the profile's) are applied after the profile's."""
-        return cls.from_bundle(profile.model.bundle, profile.model.variant, profile.threads,
-                               edgetpu=profile.model.delegate == "edgetpu",
-                               settings=profile.pipeline_settings() | dict(flags or {}))
+        (command-line settings, same form as the profile's) are applied after the profile's.
+        ``model.variant: auto`` takes the variant and threads tuned for this CPU (``edge.tune``);
+        ``tune_if_missing`` tunes now when there is no such choice yet."""
+        card = load_card(profile.model.bundle)
+        variant, threads, chosen = resolve(card, profile.model.variant, profile.model.threads, tune_if_missing)
+        return cls.from_bundle(card, variant, threads, edgetpu=profile.model.delegate == "edgetpu",
+                               settings=profile.pipeline_settings() | dict(flags or {}), copies=copies,
+                               chosen=chosen)
 
     @classmethod
     def default(cls) -> Engine:
@@ -78,24 +109,37 @@ class Engine:
     def info(self) -> ModelInfo:
         return self.classifier.info
 
+    @contextmanager
+    def _borrow(self) -> Iterator[Models]:
+        """A free model set for one study (waits while all are in use)."""
+        models = self._free.get()
+        try:
+            yield models
+        finally:
+            self._free.put(models)
+
     def run(self, source: Source) -> StudyResult:
         """Read, preprocess, classify and vote one study (raises StudyError subclasses on bad input)."""
-        with self._lock:
-            return run_study(source, self.classifier, self.options, self.segmenter, self.limits, self.training_range)
+        with self._borrow() as models:
+            return self._run(source, models)
+
+    def _run(self, source: Source, models: Models) -> StudyResult:
+        return run_study(source, models.classifier, self.options, models.segmenter, self.limits,
+                         self.training_range, release_full_resolution=True)
 
     def analyse(self, source: Source, out_dir: Path) -> dict:
         """Run one study and write its result folder (see ``edge.report.write_result``); return the
         result document: the ``ctedge predict --json`` object plus heatmaps and slice images."""
-        with self._lock:
-            result = self.run(source)
+        with self._borrow() as models:
+            result = self._run(source, models)
             start = time.perf_counter()
             heatmaps = []
-            if self.explainer is not None:
-                heatmaps = self.explainer.top_slices(result.prepared.groups(), [g.plan for g in result.groups],
-                                                     CLASSES.index(result.verdict.label), self.heatmaps_per_group)
+            if models.explainer is not None:
+                heatmaps = models.explainer.top_slices(result.prepared.groups(), [g.plan for g in result.groups],
+                                                       CLASSES.index(result.verdict.label), self.heatmaps_per_group)
                 result.timings_ms["explain"] = (time.perf_counter() - start) * 1000.0
                 result.timings_ms["total"] += result.timings_ms["explain"]
-        return write_result(result, heatmaps, out_dir, explained=self.explainer is not None)
+        return write_result(result, heatmaps, out_dir, explained=models.explainer is not None)
 
 
 def _card_segmenter(value: Any, card: ModelCard) -> Any:

@@ -21,6 +21,8 @@ score when that slice alone is replaced by a black slice. Heatmaps explain the f
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
 
 import cv2
 import numpy as np
@@ -45,10 +47,23 @@ class GradCam:
         files = card.explain
         if not files:
             raise ModelLoadError(card.path, "no 'explain' models: re-export the bundle with ctedge quantize to get heatmaps")
-        self.encoder = load_interpreter(card.bundle / files["encoder"], threads)
-        self.head = load_interpreter(card.bundle / files["head"], threads)
+        self._files = (card.bundle / files["encoder"], card.bundle / files["head"])
+        for path in self._files:
+            if not path.is_file():
+                raise ModelLoadError(path, "model file not found")
+        self._threads = threads
         self.layer = files["layer"]
         self._black: np.ndarray | None = None
+
+    @cached_property
+    def encoder(self) -> Any:
+        """The explain encoder, loaded on first use: a float32 interpreter holds ~260 MB, which a
+        ``predict`` without heatmaps never needs."""
+        return load_interpreter(self._files[0], self._threads)
+
+    @cached_property
+    def head(self) -> Any:
+        return load_interpreter(self._files[1], self._threads)
 
     def _encode(self, group: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Features (G, F) and last-convolution maps (G, h, w, K) of a (G, H, W) uint8 group."""

@@ -23,6 +23,9 @@ class ModelInfo:
     placeholder: bool
     note: str
     validation: str = NO_EVIDENCE   # the evidence line: "validated on N patients (...)" or "no validation recorded"
+    variant: str = ""         # the bundle variant actually run (int8, float32, ...)
+    chosen: str = ""          # how that variant was chosen: tuned on this CPU, set by the profile, default
+    threads: int = 0          # interpreter threads (0: not recorded)
 
     @property
     def banner(self) -> str:
@@ -35,7 +38,7 @@ class ModelInfo:
     @classmethod
     def of(cls, card: ModelCard, variant: str) -> ModelInfo:
         return cls(card.name, f"{card.version} ({variant})", card.demonstration, card.placeholder, card.note,
-                   evidence_line(card.validations))
+                   evidence_line(card.validations), variant)
 
 
 class GroupClassifier(Protocol):

@@ -135,36 +135,47 @@ class PreparedStudy:
 
 
 def prepare_study(source: str | Path | Sequence[str | Path], options: PipelineOptions = PipelineOptions(),
-                  segmenter: LungSegmenter | None = None, limits: Limits = Limits()) -> PreparedStudy:
-    """Read and preprocess one study: HU volume, lung mask, model-input slices, selection, group plans."""
+                  segmenter: LungSegmenter | None = None, limits: Limits = Limits(),
+                  release_full_resolution: bool = False) -> PreparedStudy:
+    """Read and preprocess one study: HU volume, lung mask, model-input slices, selection, group plans.
+    With ``release_full_resolution`` DICOM slices are resized as they are decoded and the
+    full-resolution HU volume is never kept (``volume.hu`` is None) unless the selection rule needs
+    it: peak memory stays low (the "read" time then includes resizing)."""
     segmenter = segmenter or ThresholdSegmenter()
     t: dict[str, float] = {}
+    stream = release_full_resolution and options.selection != "rahimzadeh"
     with _timed(t, "read"):
-        volume = load_study(source, limits)
+        volume = load_study(source, limits, resize_to=options.input_size if stream else None)
     with _timed(t, "resize"):
-        hu256 = resize_slices(volume.hu, options.input_size)
+        hu256 = volume.resized if volume.resized is not None else resize_slices(volume.hu, options.input_size)
+    volume.resized = None
+    full_hu = volume.hu if options.selection == "rahimzadeh" else None   # the only rule on full resolution
+    if release_full_resolution:
+        volume.hu = None
     with _timed(t, "segment"):
         mask = segmenter.segment(hu256)
     with _timed(t, "select"):
-        selection = select_slices(options.selection, volume.hu, mask)
+        selection = select_slices(options.selection, full_hu, mask)
+    del full_hu
     if not selection.keep.any():
         raise NoLungFoundError(source_name(source), f"no slice with lung found by the {selection.method!r} selection")
     with _timed(t, "window_clahe"):
         windowed = lung_window(hu256, options.window)
         images = clahe(windowed, options.clahe_clip)
         if options.mask_lungs:
-            images = np.where(mask, images, 0).astype(np.uint8)
+            np.multiply(images, mask, out=images)          # in place: no copy of the volume
     plans = group_plan(int(selection.keep.sum()), options.group_size)
     return PreparedStudy(volume, mask, windowed, images, selection, plans, t)
 
 
 def run_study(source: str | Path | Sequence[str | Path], classifier: GroupClassifier | None = None,
               options: PipelineOptions = PipelineOptions(), segmenter: LungSegmenter | None = None,
-              limits: Limits = Limits(), training_range: TrainingRange = TrainingRange()) -> StudyResult:
+              limits: Limits = Limits(), training_range: TrainingRange = TrainingRange(),
+              release_full_resolution: bool = False) -> StudyResult:
     """Read, preprocess, group, classify and vote one study; raises StudyError subclasses on bad input.
     A study whose geometry lies outside ``training_range`` gets a warning."""
     classifier = classifier or PlaceholderClassifier()
-    prepared = prepare_study(source, options, segmenter, limits)
+    prepared = prepare_study(source, options, segmenter, limits, release_full_resolution)
     v = prepared.volume
     v.warnings.extend(training_range.warnings(v.slice_thickness_mm, v.pixel_spacing_mm))
     t = prepared.timings_ms

@@ -27,9 +27,9 @@ class ProfileError(UserError):
 @dataclass(frozen=True)
 class ModelSettings:
     bundle: Path                                   # folder with model.json and the .tflite files
-    variant: str = "int8"                          # a variant listed in model.json
+    variant: str = "auto"                          # a variant listed in model.json, or auto: the one `ctedge tune` chose for this CPU
     delegate: Literal["none", "edgetpu"] = "none"  # edgetpu: the encoder runs on a Coral via libedgetpu
-    threads: int = 0                               # 0 = all cores
+    threads: int = 0                               # 0 = the tuned count (variant auto), else all cores
 
 
 @dataclass(frozen=True)
@@ -183,7 +183,8 @@ def _check(profile: Profile, path: Path) -> None:
     except ModelLoadError as exc:
         raise ProfileError(path, f"model.bundle: {exc}") from exc
     try:
-        card.files(profile.model.variant)
+        for variant in (card.variants if profile.model.variant == "auto" else [profile.model.variant]):
+            card.files(variant)
     except ModelLoadError as exc:
         raise ProfileError(path, f"model.variant: {exc}") from exc
     for key, value in (("model.threads", profile.model.threads),

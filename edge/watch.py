@@ -41,9 +41,9 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from edge import __version__
-from edge.engine import Engine
+from edge.engine import DEFAULT_BUNDLE, Engine
 from edge.errors import UserError
-from edge.profile import WatcherSettings, load_profile
+from edge.profile import WatcherSettings, default_profile, load_profile
 from edge.storage import fsync_path, private_dir, restrict_tree
 from edge.untrusted import printable
 
@@ -302,7 +302,7 @@ def add_watch(sub: argparse._SubParsersAction) -> None:
 
 def cmd_watch(args: argparse.Namespace) -> int:
     profile = load_profile(args.config) if args.config else None
-    engine = Engine.from_profile(profile) if profile else Engine.default()
+    engine = Engine.from_profile(profile or default_profile(DEFAULT_BUNDLE), tune_if_missing=True)
     dicom = None
     if profile and profile.dicom:  # receive into INBOX, send results to the profile's destinations
         from edge.dicomnet.service import DicomService

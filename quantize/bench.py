@@ -19,7 +19,10 @@ import numpy as np
 
 from edge.card import load_card
 from edge.infer import TFLiteClassifier
+from edge.ingest.parallel import decode_series
+from edge.ingest.sources import study_files
 from edge.pipeline import prepare_study, run_study
+from edge.tune import cpu_identity, tune
 from quantize.fidelity import bundle_sizes, compare
 
 
@@ -70,7 +73,38 @@ class KerasClassifier:
         return predict_group(self.encoder, self.head, group)
 
 
-def bench(study: Path, bundle: Path, keras_run: Path | None, repeats: int, threads: int | None) -> dict:
+def decode_modes(study: Path, repeats: int = 2) -> dict:
+    """Seconds to decode every file of ``study`` serially, with threads and with processes (best of
+    ``repeats``, same run), and the speed-ups over serial: whether this decoder releases the GIL."""
+    with study_files(study) as files:
+        paths = sorted(f for f in files if f.suffix.lower() in ("", ".dcm"))
+        import pydicom
+
+        first = pydicom.dcmread(paths[0], stop_before_pixels=True)
+        shape = (int(first.Rows), int(first.Columns))
+        seconds = {mode: min(_decode_seconds(paths, shape, mode) for _ in range(repeats))
+                   for mode in ("serial", "threads", "processes")}
+    return {"n_slices": len(paths), "transfer_syntax": str(first.file_meta.get("TransferSyntaxUID")),
+            "seconds": {m: round(s, 3) for m, s in seconds.items()},
+            "speedup_threads": round(seconds["serial"] / seconds["threads"], 2),
+            "speedup_processes": round(seconds["serial"] / seconds["processes"], 2)}
+
+
+def _tune_rows(card, group: np.ndarray, threads: int, repeats: int) -> dict:
+    """Every variant that passes the fidelity thresholds with 1..``threads`` threads (what ``ctedge
+    tune`` measures; nothing is recorded here)."""
+    choice, rows = tune(card, group, threads, repeats)
+    return {"rows": rows, "fastest": {"variant": choice.variant, "threads": choice.threads}}
+
+
+def _decode_seconds(paths: list[Path], shape: tuple[int, int], mode: str) -> float:
+    start = time.perf_counter()
+    decode_series(paths, shape, mode=mode)
+    return time.perf_counter() - start
+
+
+def bench(study: Path, bundle: Path, keras_run: Path | None, repeats: int, threads: int | None,
+          layers: bool = False) -> dict:
     """Run every variant on the groups of ``study`` and return the benchmark document."""
     threads = threads or os.cpu_count() or 1
     card = load_card(bundle)
@@ -101,15 +135,29 @@ def bench(study: Path, bundle: Path, keras_run: Path | None, repeats: int, threa
     return {
         "study_groups": len(groups), "repeats": repeats, "threads": threads,
         "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+        "cpu_flags": cpu_identity()["flags"], "cpu_model": cpu_identity()["model"],
         "variants": variants,
         "speedup_int8_vs_float32": round(median["tflite_float32"] / median["tflite_int8"], 2),
         "speedup_int8_vs_keras": round(median["keras"] / median["tflite_int8"], 2) if "keras" in median else None,
         "size_ratio_float32_vs_int8": round(sizes["float32"] / sizes["int8"], 2),
         "flops_per_group": flops, "cpu_peak_gflops_float32_gemm": round(peak, 1),
         "fraction_of_peak": {n: round(flops / (ms / 1000) / 1e9 / peak, 3) for n, ms in median.items()} if flops else None,
-        "end_to_end_ms_by_stage_int8": run_study(study, int8, card.preprocessing).to_dict()["timings_ms"],
+        "end_to_end_ms_by_stage_int8": run_study(study, int8, card.preprocessing,
+                                                 release_full_resolution=True).to_dict()["timings_ms"],
+        "decode": decode_modes(study),
+        "variants_by_threads": _tune_rows(card, groups[0], threads, repeats),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "layers": _layers(card, groups[0], threads, repeats) if layers else None,
     }
+
+
+def _layers(card, group: np.ndarray, threads: int, repeats: int) -> dict:
+    import tempfile
+
+    from quantize.layer_profile import layer_profile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return layer_profile(card, group, threads, repeats, Path(tmp))
 
 
 def add_bench(sub: argparse._SubParsersAction) -> None:
@@ -122,12 +170,14 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keras", type=Path, default=None, help="run folder with encoder.keras/head.keras (needs [train])")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--layers", action="store_true",
+                   help="also time the encoder stage by stage in each quantization layout (needs TensorFlow)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    doc = bench(args.study, args.model, args.keras, args.repeats, args.threads)
+    doc = bench(args.study, args.model, args.keras, args.repeats, args.threads, args.layers)
     if args.json:
         print(json.dumps(doc, indent=2))
         return 0
@@ -148,5 +198,21 @@ def cmd_bench(args: argparse.Namespace) -> int:
               f"{doc['fraction_of_peak']} (int8 counts the same operations against the float32 peak; "
               "8-bit SIMD arithmetic has up to 4x its throughput, so int8 can pass 1)")
     print("end to end with int8, ms: " + ", ".join(f"{k} {v:.0f}" for k, v in doc["end_to_end_ms_by_stage_int8"].items()))
-    print(f"peak RSS {doc['peak_rss_mb']} MB; {doc['threads']} threads on {doc['cpu_count']} CPUs ({doc['cpu']})")
+    for r in doc["variants_by_threads"]["rows"]:
+        print(f"  {r['variant']:<8} {r['threads']} thread(s): {r['ms_per_group_median']:.1f} ms/group "
+              f"(max |dp| vs first row {r['max_prob_diff_vs_first']:.4f})")
+    print(f"fastest here: {doc['variants_by_threads']['fastest']}")
+    if doc["layers"]:
+        stages = doc["layers"]["stage_ms"]
+        names = list(next(iter(stages.values())))
+        print(f"{'encoder stage, ms/group':<28}" + "".join(f"{layout[:14]:>16}" for layout in stages))
+        for name in names:
+            print(f"{name:<28}" + "".join(f"{stages[layout][name]:>16.1f}" for layout in stages))
+        print("operators outside XNNPACK: " + "; ".join(f"{f}: {', '.join(ops) or 'none'}"
+                                                       for f, ops in doc["layers"]["undelegated_ops"].items()))
+    d = doc["decode"]
+    print(f"decode {d['n_slices']} slices ({d['transfer_syntax']}), s: " + ", ".join(f"{k} {v}" for k, v in d["seconds"].items())
+          + f"; speed-up threads {d['speedup_threads']}x, processes {d['speedup_processes']}x")
+    print(f"peak RSS {doc['peak_rss_mb']} MB; {doc['threads']} threads on {doc['cpu_count']} CPUs ({doc['cpu_model']}; "
+          f"flags: {' '.join(doc['cpu_flags'])})")
     return 0

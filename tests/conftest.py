@@ -28,6 +28,23 @@ def _pydicom_as_the_command_sets_it():
     configure_pydicom()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _tune_cache(tmp_path_factory):
+    """A private tune cache in which the demo bundle is "tuned" to int8 with 2 threads, so that no test
+    tunes (or writes to the user's cache) unless it asks to; subprocesses inherit the variable."""
+    import os
+
+    from edge.card import load_card
+    from edge.engine import DEFAULT_BUNDLE
+    from edge.tune import Choice, cpu_key, record
+
+    path = tmp_path_factory.mktemp("tune") / "tuned.json"
+    os.environ["CTEDGE_TUNE_CACHE"] = str(path)
+    record(load_card(DEFAULT_BUNDLE), Choice("int8", 2, 0.0, "test fixture", cpu_key()))
+    yield path
+    os.environ.pop("CTEDGE_TUNE_CACHE", None)
+
+
 @pytest.fixture(autouse=True)
 def _seed_keras():
     """Models are initialised when built: seed before every test so results do not depend on test order."""

@@ -121,7 +121,7 @@ def test_jpeg_lossless_study_is_stored_without_re_encoding(tmp_path, shared_data
 
 
 def test_generated_objects_pass_dciodvfy(tmp_path, engine):
-    study = phantom_study(tmp_path / "src", n_slices=30, size=96, seed=4, consolidation=2)
+    phantom_study(tmp_path / "src", n_slices=30, size=96, seed=4, consolidation=2)
     engine.analyse(tmp_path / "src", tmp_path / "result")
     objects = result_objects(tmp_path / "result", tmp_path / "src")
     assert len(objects) >= 2

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.errors import (CorruptFileError, EmptyStudyError, FileTooLargeError, MixedSizesError, NoPixelDataError,
-                         NoUsableSeriesError, StudyError, TooFewSlicesError,
-                         UnsupportedTransferSyntaxError)
-from edge.ingest.dicom_files import decode_hu, has_rescale, read_header
+from edge.errors import (CorruptFileError, EmptyStudyError, FileTooLargeError, MixedSizesError,
+                         NoUsableSeriesError, StudyError, TooFewSlicesError)
+from edge.ingest.dicom_files import has_rescale, read_header
+from edge.ingest.parallel import decode_series
 from edge.ingest.image_files import is_image_file, natural_key, read_image_hu
 from edge.ingest.series import SkippedSeries, order_slices, select_series, split_series
 from edge.ingest.sources import Limits, study_files
@@ -22,7 +22,7 @@ from edge.ingest.sources import Limits, study_files
 class Volume:
     """One CT series as read from disk. Slice 0 is the most superior slice."""
 
-    hu: np.ndarray                       # (n, H, W) int16, Hounsfield units
+    hu: np.ndarray | None                # (n, H, W) int16, Hounsfield units; None once released (or never held, see resized)
     files: list[str]                     # base name of each slice's file
     position_mm: np.ndarray | None       # (n,) position along the slice normal, decreasing; None if unknown
     series_uid: str | None
@@ -32,14 +32,19 @@ class Volume:
     skipped_series: list[SkippedSeries] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     n_files: int = 0
+    resized: np.ndarray | None = None    # (n, size, size) float32 HU when load_study(resize_to=size) read DICOM
 
     @property
     def n_slices(self) -> int:
-        return int(self.hu.shape[0])
+        return len(self.files)
 
 
-def load_study(source: str | Path | Sequence[str | Path], limits: Limits = Limits()) -> Volume:
+def load_study(source: str | Path | Sequence[str | Path], limits: Limits = Limits(),
+               resize_to: int | None = None) -> Volume:
     """Read a study (folder, zip, file or list of files) into a Volume.
+
+    With ``resize_to``, DICOM slices are resized as they are decoded: ``volume.resized`` holds them
+    and ``volume.hu`` is None (the full-resolution volume is never held; image files are read as usual).
 
     DICOM wins over image files when both are present. Raises a StudyError subclass naming the
     file when nothing usable is found; single bad slices in a good series are skipped with a warning.
@@ -58,7 +63,7 @@ def load_study(source: str | Path | Sequence[str | Path], limits: Limits = Limit
         if headers:
             if images:
                 warnings.append(f"{len(images)} image file(s) ignored: the study has DICOM files")
-            volume = _load_dicom(headers, source, warnings)
+            volume = _load_dicom(headers, source, warnings, resize_to)
         elif images:
             volume = _load_images(images, warnings)
         elif len({type(e) for e in rejected}) == 1:
@@ -72,7 +77,7 @@ def load_study(source: str | Path | Sequence[str | Path], limits: Limits = Limit
         return volume
 
 
-def _load_dicom(headers, source, warnings: list[str]) -> Volume:
+def _load_dicom(headers, source, warnings: list[str], resize_to: int | None) -> Volume:
     chosen, skipped = select_series(split_series(headers))
     if chosen is None:
         single = [s for s in skipped if s.code == "single_slice"]
@@ -86,24 +91,19 @@ def _load_dicom(headers, source, warnings: list[str]) -> Volume:
                   source_name(source))
     ordered = order_slices(chosen)
     warnings += ordered.warnings
-    slices, names, keep, failures = [], [], [], []
-    for i, (path, ds) in enumerate(ordered.items):
-        try:
-            slices.append(decode_hu(ds, path))
-        except (CorruptFileError, FileTooLargeError, NoPixelDataError, UnsupportedTransferSyntaxError) as exc:
-            failures.append(exc)
-            continue
-        names.append(path.name)
-        keep.append(i)
-    if len(slices) < 2:
+    first = ordered.items[0][1]
+    syntax = first.file_meta.get("TransferSyntaxUID")
+    hu, keep, failures = decode_series([p for p, _ in ordered.items], (int(first.get("Rows", 0)), int(first.get("Columns", 0))),
+                                       compressed=bool(getattr(syntax, "is_compressed", True)), size=resize_to)
+    names = [ordered.items[i][0].name for i in keep]
+    if len(keep) < 2:
         raise failures[0] if failures else TooFewSlicesError(ordered.items[0][0], "fewer than two decodable slices")
     warnings += _summarise("slice(s) of the chosen series skipped", failures)
     if any(not has_rescale(ds) for _, ds in ordered.items):
         warnings.append("RescaleSlope/RescaleIntercept missing on some slices: stored values taken as HU")
-    first = ordered.items[0][1]
     spacing = first.get("PixelSpacing")
     return Volume(
-        hu=np.stack(slices), files=names,
+        hu=None if resize_to else hu, resized=hu if resize_to else None, files=names,
         position_mm=None if ordered.position_mm is None else ordered.position_mm[keep],
         series_uid=chosen.uid, hu_exact=True,
         pixel_spacing_mm=float(spacing[0]) if spacing else None,

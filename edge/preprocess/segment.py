@@ -12,9 +12,6 @@ from scipy import ndimage
 from edge.preprocess.window import lung_window
 from edge.runtime import invoke, load_interpreter
 
-_IN_PLANE = np.zeros((3, 3, 3), bool)
-_IN_PLANE[1] = ndimage.generate_binary_structure(2, 1)
-
 
 class LungSegmenter(Protocol):
     """Anything that turns an (n, H, W) HU volume into an (n, H, W) boolean lung mask."""
@@ -48,19 +45,25 @@ class ThresholdSegmenter:
         self.mirror_below = mirror_below
 
     def segment(self, hu: np.ndarray) -> np.ndarray:
-        air = hu < self.air_hu
-        labels, _ = ndimage.label(air, structure=_IN_PLANE)
-        border = np.unique(np.concatenate([labels[:, 0].ravel(), labels[:, -1].ravel(),
-                                           labels[:, :, 0].ravel(), labels[:, :, -1].ravel()]))
-        inner = air & ~np.isin(labels, border)
-        labels3d, n = ndimage.label(inner)
+        inner = np.empty(hu.shape, bool)
+        for i, slice_hu in enumerate(hu):     # in-plane components, slice by slice: no labelled copy of the volume
+            slice_air = slice_hu < self.air_hu
+            labels, n = ndimage.label(slice_air)
+            inside = np.ones(n + 1, bool)     # look-up tables instead of np.isin: no int64 copies
+            inside[np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])] = False
+            inner[i] = inside[labels] & slice_air
+        labels3d, n = _label(inner)
         if n == 0:
             return inner
-        sizes = np.bincount(labels3d.ravel())[1:]
-        keep = np.flatnonzero(sizes >= self.min_fraction * sizes.max()) + 1
-        lungs = np.isin(labels3d, keep)
-        body = hu > -500
-        return np.stack([self._hull_slice(m, b) for m, b in zip(lungs, body)])
+        sizes = np.unique(labels3d[inner], return_counts=True)[1]    # labels 1..n, all present
+        kept = np.zeros(n + 1, bool)
+        kept[np.flatnonzero(sizes >= self.min_fraction * sizes.max()) + 1] = True
+        del inner
+        lungs = kept[labels3d]
+        del labels3d
+        for i, lung in enumerate(lungs):          # hull slice by slice, in place
+            lungs[i] = self._hull_slice(lung, hu[i] > -500)
+        return lungs
 
     def _hull_slice(self, lung: np.ndarray, body: np.ndarray) -> np.ndarray:
         if not lung.any():
@@ -84,6 +87,14 @@ class ThresholdSegmenter:
             mirrored = cv2.warpAffine(large.astype(np.uint8), flip, lung.shape[::-1], flags=cv2.INTER_NEAREST)
             small = small | (mirrored.astype(bool) & ndimage.binary_fill_holes(body))
         return small | large
+
+
+def _label(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """3-D connected components, as int16 labels when they fit (half the memory of int32)."""
+    try:
+        return ndimage.label(mask, output=np.int16)
+    except RuntimeError:                      # more components than int16 can number
+        return ndimage.label(mask)
 
 
 class TFLiteSegmenter:

@@ -89,12 +89,15 @@ def select_rahimzadeh(hu: np.ndarray) -> Selection:
     return Selection("rahimzadeh", keep, reasons)
 
 
-def select_slices(method: str, hu: np.ndarray, lung_mask: np.ndarray) -> Selection:
-    """Apply the named rule; ``hu`` is the full-resolution volume, ``lung_mask`` the model-grid mask."""
+def select_slices(method: str, hu: np.ndarray | None, lung_mask: np.ndarray) -> Selection:
+    """Apply the named rule; ``hu`` is the full-resolution volume (only the rahimzadeh rule reads
+    it), ``lung_mask`` the model-grid mask."""
     if method == "lung-extent":
         return select_lung_extent(lung_area_ratio(lung_mask))
     if method == "seed-area":
         return select_seed_area(lung_area_ratio(lung_mask))
     if method == "rahimzadeh":
+        if hu is None:
+            raise ValueError("the rahimzadeh selection needs the full-resolution HU volume")
         return select_rahimzadeh(hu)
     raise ValueError(f"unknown slice selection {method!r}; choose one of {', '.join(METHODS)}")

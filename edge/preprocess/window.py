@@ -14,8 +14,13 @@ AIR_HU = -1024.0
 def lung_window(hu: np.ndarray, window: tuple[float, float] = LUNG_WINDOW) -> np.ndarray:
     """Map HU to uint8 through the window (values outside are clipped)."""
     low, high = window
-    scaled = (np.clip(hu, low, high) - low) * (255.0 / (high - low))
-    return np.rint(scaled).astype(np.uint8)
+    out = np.empty(hu.shape, np.uint8)
+    for i in range(0, len(hu), 32):          # 32 slices at a time: small float temporaries
+        scaled = np.clip(hu[i:i + 32], low, high).astype(np.float32, copy=False)
+        scaled -= low
+        scaled *= 255.0 / (high - low)
+        out[i:i + 32] = np.rint(scaled, out=scaled)
+    return out
 
 
 def pad_square(volume: np.ndarray, fill: float = AIR_HU) -> np.ndarray:
@@ -44,4 +49,7 @@ def resize_slices(volume: np.ndarray, size: int = MODEL_SIZE) -> np.ndarray:
 def clahe(slices_u8: np.ndarray, clip_limit: float = 2.0, tile_grid: int = 8) -> np.ndarray:
     """Contrast-limited adaptive histogram equalisation of each uint8 slice."""
     op = cv2.createCLAHE(clipLimit=clip_limit, tileGridSize=(tile_grid, tile_grid))
-    return np.stack([op.apply(s) for s in slices_u8])
+    out = np.empty_like(slices_u8)
+    for i, s in enumerate(slices_u8):
+        out[i] = op.apply(s)
+    return out

@@ -68,7 +68,7 @@ def create_app(profile: Profile, engine: Analyser | None = None, *, start_worker
     if engine is None:
         from edge.engine import Engine
 
-        engine = Engine.from_profile(profile)
+        engine = Engine.from_profile(profile, copies=s.workers, tune_if_missing=True)
     store = StudyStore(s.results_dir)
     app = Flask(__name__)
     app.config.update(

@@ -95,8 +95,8 @@ def study_file(study_id: str, name: str) -> Path:
 @bp.get("/api/v1/model")
 def model() -> Response:
     profile = current_app.config["PROFILE"]
-    engine = current_app.extensions["ctedge"]["engine"]
-    return jsonify(engine.info.to_dict() | {"profile": profile.name, "variant": profile.model.variant})
+    info = current_app.extensions["ctedge"]["engine"].info
+    return jsonify(info.to_dict() | {"profile": profile.name})
 
 
 @bp.get("/health")

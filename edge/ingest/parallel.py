@@ -1,0 +1,123 @@
+"""Decode the slices of the chosen series into one int16 HU volume, on all cores.
+
+pydicom's JPEG-lossless decoders (pylibjpeg, python-gdcm) hold the GIL, so threads do not decode
+in parallel; worker processes do (``ctedge bench`` prints serial vs threads vs processes). Each
+slice is read again from its path in the worker, so the parent never keeps pixel data in its
+headers, and decoded slices are written straight into one preallocated array (no list + stack copy).
+The process pool (forkserver: safe in the threaded server) starts once and is reused.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import logging
+import multiprocessing
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pydicom
+
+from edge.errors import CorruptFileError, FileTooLargeError, NoPixelDataError, StudyError, UnsupportedTransferSyntaxError
+from edge.ingest.dicom_files import decode_hu
+from edge.preprocess.window import resize_slices
+
+Mode = Literal["serial", "threads", "processes"]
+MIN_SLICES_FOR_PROCESSES = 16
+"""Below this many slices the worker start-up is not worth it."""
+CHUNK = 4
+log = logging.getLogger("ctedge.ingest")
+ERRORS = {e.__name__: e for e in (CorruptFileError, FileTooLargeError, NoPixelDataError, UnsupportedTransferSyntaxError)}
+
+_pool: ProcessPoolExecutor | None = None
+_pool_broken = False
+_pool_lock = threading.Lock()
+
+
+def _disable_pool() -> None:
+    global _pool, _pool_broken
+    with _pool_lock:
+        _pool, _pool_broken = None, True
+
+
+def default_mode(n_slices: int, compressed: bool) -> Mode:
+    """``$CTEDGE_DECODE`` (serial, threads or processes) if set; else processes for compressed slices
+    when there are several cores and enough slices (and workers can start), else serial:
+    uncompressed slices cost more to send back than to read."""
+    if os.environ.get("CTEDGE_DECODE") in ("serial", "threads", "processes"):
+        return os.environ["CTEDGE_DECODE"]  # type: ignore[return-value]
+    many = (os.cpu_count() or 1) > 1 and n_slices >= MIN_SLICES_FOR_PROCESSES
+    return "processes" if compressed and many and not _pool_broken else "serial"
+
+
+def decode_path(path: Path, shape: tuple[int, int], size: int | None = None) -> np.ndarray | tuple[str, str]:
+    """One ``shape`` slice as int16 HU (resized to float32 ``size`` x ``size`` when given), or (error
+    class name, problem) for a slice that cannot be decoded."""
+    try:
+        ds = pydicom.dcmread(path)
+        hu = decode_hu(ds, path)
+        if hu.shape != shape:
+            return "CorruptFileError", f"decoded to {hu.shape}, expected {shape}"
+        return hu if size is None else resize_slices(hu[None], size)[0]
+    except tuple(ERRORS.values()) as exc:
+        return type(exc).__name__, exc.problem
+    except Exception as exc:  # noqa: BLE001 - the file changed or broke since its header was read
+        return "CorruptFileError", f"cannot be read again for decoding ({type(exc).__name__})"
+
+
+def _process_pool() -> ProcessPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            from edge.ingest.pydicom_adapter import configure_pydicom
+
+            context = multiprocessing.get_context("forkserver")
+            _pool = ProcessPoolExecutor(os.cpu_count() or 1, mp_context=context, initializer=configure_pydicom)
+            atexit.register(_pool.shutdown, cancel_futures=True)
+        return _pool
+
+
+def _results(paths: Sequence[Path], mode: Mode, shape: tuple[int, int], size: int | None
+             ) -> Iterator[np.ndarray | tuple[str, str]]:
+    decode = functools.partial(decode_path, shape=shape, size=size)
+    if mode == "serial":
+        return map(decode, paths)
+    if mode == "threads":
+        executor: Executor = ThreadPoolExecutor(os.cpu_count() or 1)
+        results = executor.map(decode, paths)
+        executor.shutdown(wait=False)
+        return results
+    return _process_pool().map(decode, paths, chunksize=CHUNK)
+
+
+def decode_series(paths: Sequence[Path], shape: tuple[int, int], compressed: bool = True, mode: Mode | None = None,
+                  size: int | None = None) -> tuple[np.ndarray, list[int], list[StudyError]]:
+    """Decode ``paths`` (one slice each, all ``shape``) in order: the (kept, rows, cols) int16 HU
+    volume, the indices of the slices kept, and the errors of the slices that could not be decoded.
+    With ``size``, each slice is resized as it is decoded (``edge.preprocess.window.resize_slices``)
+    and the volume is (kept, size, size) float32: the full-resolution volume never exists.
+    ``mode`` defaults to :func:`default_mode`."""
+    hu = np.empty((len(paths), *shape) if size is None else (len(paths), size, size),
+                  np.int16 if size is None else np.float32)
+    kept: list[int] = []
+    failures: list[StudyError] = []
+    mode = mode or default_mode(len(paths), compressed)
+    try:
+        for i, (path, result) in enumerate(zip(paths, _results(paths, mode, shape, size))):
+            if isinstance(result, tuple):
+                failures.append(ERRORS[result[0]](path, result[1]))
+                continue
+            hu[len(kept)] = result
+            kept.append(i)
+    except BrokenProcessPool:
+        # e.g. a script without an ``if __name__ == "__main__"`` guard: its workers cannot start
+        log.warning("decoding worker processes could not start; decoding in this process from now on")
+        _disable_pool()
+        return decode_series(paths, shape, compressed, "serial", size)
+    return (hu if len(kept) == len(paths) else hu[:len(kept)].copy()), kept, failures

@@ -1,0 +1,266 @@
+"""``ctedge tune``: pick the fastest model variant and thread count by measuring them on this CPU.
+
+The same bundle is fastest as int8 on a CPU with AVX-512 VNNI but may be fastest as float32 on
+one with AVX2 only, so the choice is measured, not assumed. Every variant that passes the
+bundle's fidelity thresholds (``fidelity.json``: top-1 agreement >= 99 % and max probability
+difference <= 0.05 against the Keras reference) runs on one group with 1..N threads; the fastest
+(median ms) is recorded in the tune cache under a key made of the CPU model, its instruction-set
+flags and core count, and the bundle's content hash. A profile whose ``model.variant`` is
+``auto`` (the default) uses that choice.
+
+The cache is one JSON file, owner-only (0600 in a 0700 folder): ``$CTEDGE_TUNE_CACHE`` if set,
+else ``$XDG_CACHE_HOME/ctedge/tuned.json`` (``~/.cache/ctedge/tuned.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import platform
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from edge.card import ModelCard, load_card
+from edge.errors import ModelLoadError, UserError
+from edge.infer import TFLiteClassifier
+
+log = logging.getLogger("ctedge.tune")
+
+AUTO = "auto"
+FALLBACK_VARIANT = "int8"
+MIN_AGREEMENT = 0.99
+MAX_PROB_DIFF = 0.05
+ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni",
+             "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16", "asimd", "asimddp", "i8mm", "sve")
+"""The instruction-set flags that decide which TFLite/XNNPACK kernels run (x86 and Arm)."""
+
+
+def cpu_identity() -> dict:
+    """This CPU's model name, the ISA flags of :data:`ISA_FLAGS` it has, and its logical core count."""
+    models, flags = [], set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip().lower()
+            if key in ("model name", "cpu model"):
+                models.append(value.strip())
+            elif key in ("flags", "features"):
+                flags.update(value.split())
+    except OSError:              # not Linux: the platform's name, no flags
+        pass
+    model = models[0] if models else platform.processor() or platform.machine()
+    return {"model": model, "flags": [f for f in ISA_FLAGS if f in flags], "cpus": os.cpu_count() or 1}
+
+
+def cpu_key(cpu: dict | None = None) -> str:
+    cpu = cpu or cpu_identity()
+    return f"{cpu['model']} | {' '.join(cpu['flags']) or 'no listed flags'} | {cpu['cpus']} cpus"
+
+
+def bundle_key(card: ModelCard) -> str:
+    """Name, version and a hash of the card and every variant file: a changed bundle is tuned again."""
+    digest = hashlib.sha256(card.path.read_bytes())
+    for files in card.variants.values():
+        for name in sorted(files.values()):
+            path = card.bundle / name
+            digest.update(path.read_bytes() if path.is_file() else b"")
+    return f"{card.name}@{card.version}:{digest.hexdigest()[:16]}"
+
+
+def cache_path() -> Path:
+    if os.environ.get("CTEDGE_TUNE_CACHE"):
+        return Path(os.environ["CTEDGE_TUNE_CACHE"])
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "ctedge" / "tuned.json"
+
+
+def _read_cache(path: Path) -> dict:
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        log.warning("tune cache %s cannot be read (%s); it will be rewritten", path, exc)
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _write_cache(path: Path, doc: dict) -> None:
+    """Write atomically, owner-only."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(doc, f, indent=1)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The variant and thread count recorded for one CPU and bundle."""
+
+    variant: str
+    threads: int
+    ms_per_group: float
+    tuned_at: str
+    cpu: str
+
+    def describe(self) -> str:
+        return f"{self.variant}, {self.threads} thread(s): {self.ms_per_group:.1f} ms/group, tuned {self.tuned_at}"
+
+
+def tuned_choice(bundle: str | Path | ModelCard, cache: Path | None = None) -> Choice | None:
+    """The recorded choice for this CPU and ``bundle``, or None (what ``ctedge doctor`` shows)."""
+    card = bundle if isinstance(bundle, ModelCard) else load_card(bundle)
+    entry = _read_cache(cache or cache_path()).get(cpu_key(), {}).get(bundle_key(card))
+    if not entry or entry.get("variant") not in card.variants:
+        return None
+    try:
+        return Choice(**entry)
+    except TypeError:
+        return None
+
+
+def eligible_variants(card: ModelCard) -> list[str]:
+    """The CPU variants of the bundle whose ``fidelity.json`` record passes the thresholds."""
+    path = card.bundle / "fidelity.json"
+    try:
+        fidelity = json.loads(path.read_text())["variants"]
+    except FileNotFoundError:
+        raise ModelLoadError(path, "not found: the bundle has no fidelity report (made by `ctedge quantize`), "
+                                   "so no variant can be chosen by measurement; set model.variant") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelLoadError(path, f"cannot be read as a fidelity report ({type(exc).__name__})") from None
+    passing = []
+    for variant in card.variants:
+        r = fidelity.get(f"tflite_{variant}")
+        if r and r.get("top1_agreement", 0) >= MIN_AGREEMENT and r.get("max_abs_prob_diff", 1) <= MAX_PROB_DIFF:
+            passing.append(variant)
+    if not passing:
+        raise ModelLoadError(path, f"no variant passes the fidelity thresholds (agreement >= {MIN_AGREEMENT:.0%}, "
+                                   f"max probability difference <= {MAX_PROB_DIFF})")
+    return passing
+
+
+def phantom_group(card: ModelCard, seed: int = 0) -> np.ndarray:
+    """One model-input group made from a synthetic chest phantom (no patient data needed)."""
+    from edge.phantom import make_phantom
+    from edge.preprocess.segment import ThresholdSegmenter
+    from edge.preprocess.window import clahe, lung_window, resize_slices
+
+    p = card.preprocessing
+    hu = resize_slices(make_phantom(p.group_size, 2 * p.input_size, ground_glass=2, seed=seed).hu, p.input_size)
+    images = clahe(lung_window(hu, p.window), p.clahe_clip)
+    return np.where(ThresholdSegmenter().segment(hu), images, 0).astype(np.uint8)
+
+
+def study_group(card: ModelCard, study: Path) -> np.ndarray:
+    """The first model-input group of a real study."""
+    from edge.pipeline import prepare_study
+
+    return prepare_study(study, card.preprocessing).groups()[0]
+
+
+def time_variant(card: ModelCard, variant: str, threads: int, group: np.ndarray, repeats: int) -> tuple[float, np.ndarray]:
+    """Median ms per group over ``repeats`` (after one warm-up call) and the probabilities."""
+    classifier = TFLiteClassifier(card, variant, threads)
+    probs = classifier.predict(group)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        classifier.predict(group)
+        times.append((time.perf_counter() - start) * 1000.0)
+    return statistics.median(times), probs
+
+
+def tune(card: ModelCard, group: np.ndarray, max_threads: int | None = None, repeats: int = 5,
+         variants: Sequence[str] | None = None) -> tuple[Choice, list[dict]]:
+    """Time every eligible variant with 1..``max_threads`` threads on ``group``; the fastest and all rows."""
+    max_threads = max_threads or os.cpu_count() or 1
+    variants = list(variants or eligible_variants(card))
+    rows, reference = [], None
+    for variant in variants:
+        for threads in range(1, max_threads + 1):
+            ms, probs = time_variant(card, variant, threads, group, repeats)
+            reference = probs if reference is None else reference
+            rows.append({"variant": variant, "threads": threads, "ms_per_group_median": round(ms, 2),
+                         "max_prob_diff_vs_first": round(float(np.abs(probs - reference).max()), 6)})
+    best = min(rows, key=lambda r: r["ms_per_group_median"])
+    choice = Choice(best["variant"], best["threads"], best["ms_per_group_median"],
+                    datetime.now(timezone.utc).isoformat(timespec="seconds"), cpu_key())
+    return choice, rows
+
+
+def record(card: ModelCard, choice: Choice, cache: Path | None = None) -> Path:
+    """Store ``choice`` for this CPU and bundle in the tune cache; return the cache path."""
+    path = cache or cache_path()
+    doc = _read_cache(path)
+    doc.setdefault(choice.cpu, {})[bundle_key(card)] = asdict(choice)
+    _write_cache(path, doc)
+    return path
+
+
+def resolve(card: ModelCard, variant: str, threads: int, tune_if_missing: bool = False) -> tuple[str, int, str]:
+    """The variant and threads to run, and how they were chosen. ``variant`` ``auto`` takes the tuned
+    choice for this CPU (tuning now with a phantom group when ``tune_if_missing``, else falling back
+    to int8); ``threads`` 0 takes the tuned thread count (else all cores)."""
+    if variant != AUTO:
+        return variant, threads or os.cpu_count() or 1, "set by the profile or flags"
+    choice = tuned_choice(card)
+    if choice is None and tune_if_missing:
+        log.warning("no tuned model variant for this CPU yet: measuring the variants (ctedge tune) once")
+        choice, _ = tune(card, phantom_group(card), repeats=3)
+        log.warning("tuned: %s (recorded in %s)", choice.describe(), record(card, choice))
+    if choice is None:
+        fallback = FALLBACK_VARIANT if FALLBACK_VARIANT in card.variants else next(iter(card.variants))
+        log.info("no tuned model variant for this CPU: using %s; run `ctedge tune` to measure", fallback)
+        return fallback, threads or os.cpu_count() or 1, "default (not tuned on this CPU: run ctedge tune)"
+    return choice.variant, threads or choice.threads, f"tuned on this CPU ({choice.tuned_at})"
+
+
+def add_tune(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("tune", help="measure the model variants and thread counts on this CPU and record the fastest",
+                       description="Times every variant of the bundle that passes its fidelity thresholds with "
+                                   "1..N threads on one group (of STUDY, else of a synthetic phantom) and records "
+                                   f"the fastest for this CPU in the tune cache ({cache_path()}); profiles with "
+                                   "model.variant: auto (the default) then run it.")
+    p.add_argument("--config", type=Path, default=None, help="device profile whose model bundle is tuned")
+    p.add_argument("--model", type=Path, default=None, help="model bundle folder (default: the profile's or the demo)")
+    p.add_argument("--study", type=Path, default=None, help="time on the first group of this study instead of a phantom")
+    p.add_argument("--max-threads", type=int, default=None, help="largest thread count tried (default: all cores)")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_tune)
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from edge.engine import DEFAULT_BUNDLE
+    from edge.profile import load_profile
+
+    if args.repeats < 1 or (args.max_threads is not None and args.max_threads < 1):
+        raise UserError("ctedge tune", "--repeats and --max-threads must be at least 1")
+    bundle = args.model or (load_profile(args.config).model.bundle if args.config else DEFAULT_BUNDLE)
+    card = load_card(bundle)
+    group = study_group(card, args.study) if args.study else phantom_group(card)
+    choice, rows = tune(card, group, args.max_threads, args.repeats)
+    path = record(card, choice)
+    if args.json:
+        print(json.dumps({"cpu": cpu_identity(), "bundle": bundle_key(card), "rows": rows, "choice": asdict(choice),
+                          "cache": str(path)}, indent=2))
+        return 0
+    print(f"CPU: {cpu_key()}")
+    print(f"{'variant':<10}{'threads':>8}{'median ms/group':>17}{'max |dp| vs first':>19}")
+    for r in rows:
+        print(f"{r['variant']:<10}{r['threads']:>8}{r['ms_per_group_median']:>17.1f}{r['max_prob_diff_vs_first']:>19.4f}")
+    print(f"chosen: {choice.describe()}; recorded in {path}")
+    return 0

@@ -1,0 +1,142 @@
+"""Speed on the box: the tuned variant, concurrent studies, parallel decoding and peak memory."""
+
+import json
+import shutil
+import stat
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+from edge.card import load_card
+from edge.cli import main
+from edge.engine import DEFAULT_BUNDLE, Engine, Models
+from edge.errors import ModelLoadError
+from edge.infer import PlaceholderClassifier
+from edge.ingest.parallel import decode_series
+from edge.phantom import make_phantom, write_dicom_series
+from edge.profile import default_profile
+from edge.tune import Choice, cpu_identity, cpu_key, eligible_variants, record, tuned_choice
+from tests.conftest import REPO, SAMPLES
+
+STUDY = SAMPLES / "COVID-19_P002"
+
+
+class MeetingClassifier(PlaceholderClassifier):
+    """Waits in ``predict`` until the other study's classifier is there too: only two studies
+    in flight at the same moment get past the barrier."""
+
+    def __init__(self, barrier: threading.Barrier):
+        self.barrier = barrier
+
+    def predict(self, group: np.ndarray) -> np.ndarray:
+        self.barrier.wait()
+        return super().predict(group)
+
+
+def test_an_engine_with_two_model_sets_analyses_two_studies_at_once():
+    barrier = threading.Barrier(2, timeout=30)
+    engine = Engine(MeetingClassifier(barrier), spares=[Models(MeetingClassifier(barrier))])
+    results, errors = [], []
+
+    def run():
+        try:
+            results.append(engine.run(STUDY))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, f"the studies did not run at the same time: {errors!r}"
+    assert len(results) == 2 and engine.concurrency == 2
+
+
+def test_the_tuned_variant_is_recorded_owner_only_and_used_by_predict(tmp_path, monkeypatch, capsys):
+    cache = tmp_path / "cache" / "tuned.json"
+    monkeypatch.setenv("CTEDGE_TUNE_CACHE", str(cache))
+    assert main(["tune", "--max-threads", "1", "--repeats", "1", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert {r["variant"] for r in doc["rows"]} == set(eligible_variants(load_card(DEFAULT_BUNDLE)))
+    assert doc["choice"]["variant"] == min(doc["rows"], key=lambda r: r["ms_per_group_median"])["variant"]
+    assert set(doc["cpu"]["flags"]) <= {"sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni",
+                                        "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16", "asimd",
+                                        "asimddp", "i8mm", "sve"}
+    assert stat.S_IMODE(cache.stat().st_mode) == 0o600 and stat.S_IMODE(cache.parent.stat().st_mode) == 0o700
+    assert tuned_choice(DEFAULT_BUNDLE).variant == doc["choice"]["variant"]
+
+    record(load_card(DEFAULT_BUNDLE), Choice("float32", 1, 1.0, "now", cpu_key()))   # whatever was measured
+    assert main(["predict", str(STUDY), "--json"]) == 0
+    model = json.loads(capsys.readouterr().out)["model"]
+    assert model["variant"] == "float32" and model["threads"] == 1 and model["chosen"].startswith("tuned on this CPU")
+    assert main(["predict", str(STUDY), "--json", "--variant", "int8"]) == 0, "an explicit variant wins"
+    assert json.loads(capsys.readouterr().out)["model"]["variant"] == "int8"
+
+
+def test_a_choice_tuned_on_another_cpu_is_not_used(tmp_path, monkeypatch):
+    monkeypatch.setenv("CTEDGE_TUNE_CACHE", str(tmp_path / "tuned.json"))
+    other = cpu_identity() | {"flags": ["avx2", "fma"], "model": "some other CPU"}
+    record(load_card(DEFAULT_BUNDLE), Choice("float32", 1, 1.0, "now", cpu_key(other)))
+    assert tuned_choice(DEFAULT_BUNDLE) is None
+    info = Engine.from_profile(default_profile(DEFAULT_BUNDLE)).info
+    assert info.variant == "int8" and "not tuned" in info.chosen
+
+
+def test_variants_failing_the_fidelity_thresholds_are_not_tuned(tmp_path):
+    bundle = shutil.copytree(DEFAULT_BUNDLE, tmp_path / "bundle")
+    fidelity = json.loads((bundle / "fidelity.json").read_text())
+    fidelity["variants"]["tflite_int8"]["top1_agreement"] = 0.9
+    (bundle / "fidelity.json").write_text(json.dumps(fidelity))
+    assert "int8" not in eligible_variants(load_card(bundle)) and "float32" in eligible_variants(load_card(bundle))
+    (bundle / "fidelity.json").unlink()
+    with pytest.raises(ModelLoadError, match=r"fidelity.json: not found"):
+        eligible_variants(load_card(bundle))
+
+
+def test_slices_decoded_in_worker_processes_equal_serial_decoding_and_bad_slices_are_named(tmp_path):
+    paths = sorted(write_dicom_series(make_phantom(20, 64, seed=3), tmp_path, transfer_syntax="1.2.840.10008.1.2.5"))
+    paths[7].write_bytes(paths[7].read_bytes()[:-2000])          # truncated pixel data
+    serial = decode_series(paths, (64, 64), mode="serial")
+    processes = decode_series(paths, (64, 64), mode="processes")
+    assert np.array_equal(serial[0], processes[0]) and serial[1] == processes[1] == [i for i in range(20) if i != 7]
+    assert serial[0].dtype == np.int16 and len(processes[2]) == 1 and processes[2][0].path == str(paths[7])
+
+
+def test_predict_peak_memory_on_a_120_slice_study(tmp_path):
+    """A 120-slice 512x512 study: the full-resolution volume is freed once resized and the heatmap
+    models are not loaded without --out (300 slices: see README, "Speed on your CPU")."""
+    study = tmp_path / "study"
+    write_dicom_series(make_phantom(120, 512, slice_thickness_mm=2.0, pixel_spacing_mm=0.62, seed=1), study)
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec from the (large) forking pytest process.
+    code = ("import sys; from edge.cli import main; rc = main(['predict', sys.argv[1], '--variant', 'int8']);"
+            "print(next(int(l.split()[1]) // 1024 for l in open('/proc/self/status') if l.startswith('VmHWM')));"
+            "sys.exit(rc)")
+    run = subprocess.run([sys.executable, "-c", code, str(study)], capture_output=True, text=True, cwd=REPO,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert int(run.stdout.split()[-1]) < 400, "peak RSS (MB) of predict on 120 slices"
+
+
+def test_the_server_loads_one_model_set_per_worker_and_names_the_tuned_variant(tmp_path):
+    from edge.profile import load_profile
+    from edge.server import create_app
+    from tests.server_support import write_profile
+
+    profile = load_profile(write_profile(tmp_path, workers=2))
+    engine = create_app(profile, start_workers=False).extensions["ctedge"]["engine"]
+    assert engine.concurrency == 2
+    assert engine.info.variant == "int8" and engine.info.chosen.startswith("tuned on this CPU (test fixture)")
+    assert engine.info.threads == 1, "the profile's explicit thread count wins over the tuned one"
+
+
+def test_bench_json_states_the_cpu_flags_every_variant_by_threads_and_the_decode_modes(capsys):
+    assert main(["bench", str(STUDY), "--model", str(DEFAULT_BUNDLE), "--repeats", "1", "--threads", "1", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["cpu_flags"] == cpu_identity()["flags"] and doc["cpu_model"] == cpu_identity()["model"]
+    rows = doc["variants_by_threads"]["rows"]
+    assert {(r["variant"], r["threads"]) for r in rows} == {(v, 1) for v in eligible_variants(load_card(DEFAULT_BUNDLE))}
+    assert set(doc["decode"]["seconds"]) == {"serial", "threads", "processes"} and doc["decode"]["n_slices"] == 10
