@@ -30,10 +30,8 @@ from edge import CLASSES
 from edge.errors import UserError
 from edge.profile import Profile, load_profile
 from edge.runtime import EDGETPU_LIBRARY
+from edge.tune import AUTO, FALLBACK_VARIANT, cpu_identity, tuned_choice
 
-IMAGE_SIZE = 256                    # the pipeline's slice size (edge.pipeline resizes every slice to 256x256)
-CPU_FLAGS = {"x86_64": ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni"),
-             "aarch64": ("asimd", "asimddp", "fphp", "sve")}
 FAST_INT8 = {"avx512_vnni", "avx_vnni", "asimddp"}
 
 
@@ -91,7 +89,7 @@ def run_checks(config: Path, folders: list[Path], user: pwd.struct_passwd, env_f
         checks.append(check_delegate(profile))
     readable = [(Path(sys.executable).resolve(), "rx"), (config, "r"), *([(env_file, "r")] if env_file else []),
                 (profile.model.bundle, "rx")]
-    return checks + [check_model(profile), check_access(user, readable),
+    return checks + [check_model(profile), check_tuned(profile), check_access(user, readable),
                      *[check_folder(user, d) for d in [profile.server.results_dir, *folders]],
                      check_port(profile), check_token(profile, read_env(env_file) if env_file else {}, env_file),
                      check_users(profile)]
@@ -122,20 +120,27 @@ def check_packages() -> Check:
 
 
 def check_cpu() -> Check:
-    machine = platform.machine()
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        text = ""
-    found = re.findall(r"^(?:flags|Features)\s*:\s*(.*)$", text, re.M)
-    flags = set(found[0].split()) if found else set()
-    shown = [f for f in CPU_FLAGS.get(machine, ()) if f in flags]
+    machine, cpu = platform.machine(), cpu_identity()
+    flags = set(cpu["flags"])
     fast = sorted(FAST_INT8 & flags)
-    tuned = f"int8 dot-product instructions ({', '.join(fast)})" if fast else "no int8 dot-product instructions"
-    detail = f"{machine}, {os.cpu_count()} cores, flags: {' '.join(shown) or 'none of interest'}; {tuned}"
+    dot = f"int8 dot-product instructions ({', '.join(fast)})" if fast else "no int8 dot-product instructions"
+    detail = f"{cpu['model']} ({machine}), {cpu['cpus']} cores, flags: {' '.join(cpu['flags']) or 'none listed'}; {dot}"
     if machine == "x86_64" and "avx2" not in flags:
         return Check("cpu", False, detail + "; no AVX2: the TFLite int8 kernels will be slow", warning=True)
     return Check("cpu", True, detail)
+
+
+def check_tuned(profile: Profile) -> Check:
+    """The variant ``ctedge tune`` recorded for this CPU and bundle (informational: serve and watch
+    tune on their first start when none is recorded)."""
+    if profile.model.variant != AUTO:
+        return Check("variant", True, f"{profile.model.variant} (set by the profile)")
+    choice = tuned_choice(profile.model.bundle)
+    if choice is None:
+        return Check("variant", True, "not tuned on this CPU yet: serve and watch tune on first start "
+                                      f"(or run ctedge tune --config ...); until then {FALLBACK_VARIANT}")
+    return Check("variant", True, f"{choice.variant}, {choice.threads} thread(s), {choice.ms_per_group} ms per group "
+                                  f"(tuned on this CPU {choice.tuned_at})")
 
 
 def check_delegate(profile: Profile) -> Check:
@@ -148,25 +153,23 @@ def check_delegate(profile: Profile) -> Check:
 
 
 def check_model(profile: Profile) -> Check:
-    """Load the profile's engine and classify one blank group of the profile's size."""
+    """Load the profile's engine (the model card checked against the model files and the profile) and
+    classify one blank group of the card's group and input size."""
     from edge.engine import Engine
 
     try:
         engine = Engine.from_profile(profile)
+        options = engine.options
         probs = np.asarray(engine.classifier.predict(
-            np.zeros((profile.pipeline.group_size, IMAGE_SIZE, IMAGE_SIZE), np.uint8)))
+            np.zeros((options.group_size, options.input_size, options.input_size), np.uint8)))
     except UserError as exc:
         return Check("model", False, str(exc))
-    except ValueError as exc:      # the interpreter's input shape differs from the profile's group size
-        return Check("model", False, f"{profile.model.bundle}: does not match the profile (pipeline.group_size "
-                                     f"{profile.pipeline.group_size}): {exc}")
     if probs.shape != (len(CLASSES),) or not np.all(np.isfinite(probs)) or abs(float(probs.sum()) - 1) > 1e-3:
         return Check("model", False, f"{profile.model.bundle}: output {probs.tolist()} is not "
                                      f"{len(CLASSES)} probabilities ({', '.join(CLASSES)})")
     info = engine.info
-    return Check("model", True, f"{info.name} {info.version} from {profile.model.bundle}: loads and classifies a "
-                                f"{profile.pipeline.group_size}-slice group" +
-                                (" (DEMONSTRATION model: not for clinical use)" if info.demonstration else ""))
+    return Check("model", True, f"{info.name} {info.version} from {profile.model.bundle}: matches its card, classifies "
+                                f"a {options.group_size}-slice group" + (f" ({info.banner})" if info.banner else ""))
 
 
 def can(user: pwd.struct_passwd, path: Path, want: str) -> bool:
