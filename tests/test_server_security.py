@@ -13,6 +13,7 @@ import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -128,12 +129,15 @@ def test_a_study_of_pixel_bombs_fails_naming_the_file(j2k_bomb, tmp_path):
 # --- 4. full disk ---------------------------------------------------------------------------------------
 
 class DiskFullEngine:
-    """Raises ENOSPC from analyse while ``full`` is set, else delegates to the real engine."""
+    """Raises ENOSPC from analyse while ``full`` is set, else delegates to the real engine; analyses
+    start only once ``go`` is set, so that a test can prepare the disk before the worker writes."""
 
     def __init__(self, engine: Engine):
         self.engine, self.info, self.full = engine, engine.info, True
+        self.go = threading.Event()
 
     def analyse(self, source: Path, out_dir: Path) -> dict:
+        self.go.wait(30)
         if self.full:
             raise OSError(errno.ENOSPC, "No space left on device")
         return self.engine.analyse(source, out_dir)
@@ -154,6 +158,7 @@ def test_worker_survives_a_full_disk_and_resumes(make_app, engine, monkeypatch):
     client = app.test_client()
     study_id = client.post("/api/v1/studies", data={"files": dicom_files()}, headers=AUTH).get_json()["id"]
     monkeypatch.setattr("edge.server.jobs.os.replace", replace)
+    fake.go.set()
     state = wait_done(client, study_id)
     assert state["status"] == "failed" and state["error"].startswith("the server's disk is full")
     assert client.get("/health").get_json()["queue"]["workers"] == 1
