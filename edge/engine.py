@@ -12,11 +12,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from edge import CLASSES
 from edge.card import ModelCard, TrainingRange, load_card
-from edge.explain import GradCam
-from edge.infer import GroupClassifier, ModelInfo, TFLiteClassifier
+from edge.explain import GradCam, SliceGradCam
+from edge.infer import Classifier, ModelInfo
 from edge.ingest import Limits
+from edge.kinds import KINDS
 from edge.options import PipelineOptions, apply_settings
 from edge.pipeline import StudyResult, run_study
 from edge.preprocess.segment import LungSegmenter, TFLiteSegmenter
@@ -31,8 +31,8 @@ Source = str | Path | Sequence[str | Path]
 class Engine:
     """A classifier, an optional Grad-CAM explainer, pipeline options and input limits."""
 
-    def __init__(self, classifier: GroupClassifier, options: PipelineOptions = PipelineOptions(),
-                 explainer: GradCam | None = None, segmenter: LungSegmenter | None = None,
+    def __init__(self, classifier: Classifier, options: PipelineOptions = PipelineOptions(),
+                 explainer: GradCam | SliceGradCam | None = None, segmenter: LungSegmenter | None = None,
                  limits: Limits = Limits(), heatmaps_per_group: int = 3,
                  training_range: TrainingRange = TrainingRange()):
         self.classifier = classifier
@@ -48,15 +48,17 @@ class Engine:
     def from_bundle(cls, bundle: str | Path | ModelCard = DEFAULT_BUNDLE, variant: str = "int8",
                     threads: int | None = None, edgetpu: bool = False,
                     settings: Mapping[str, tuple[Any, str]] | None = None) -> Engine:
-        """Load a model bundle (``model.json`` + TFLite files); heatmaps when the bundle has explain
-        models. The pipeline options come from the card; ``settings`` (``{key: (value, where)}``, from
-        a profile or flags) may change the vote threshold and must agree with the card otherwise."""
+        """Load a model bundle (``model.json`` + TFLite files) of any kind (``edge.kinds``); heatmaps
+        when the bundle has explain models. The pipeline options come from the card; ``settings``
+        (``{key: (value, where)}``, from a profile or flags) may change the vote threshold and must
+        agree with the card otherwise."""
         card = bundle if isinstance(bundle, ModelCard) else load_card(bundle)
         settings = {k: (_card_segmenter(v, card) if k == "segmenter" else v, where)
                     for k, (v, where) in (settings or {}).items()}
         options = apply_settings(card.preprocessing, card.path, settings)
-        classifier = TFLiteClassifier(card, variant, threads, edgetpu=edgetpu)
-        explainer = GradCam(card, threads) if card.explain else None
+        kind = KINDS[card.kind]
+        classifier = kind.classifier(card, variant, threads, edgetpu=edgetpu)
+        explainer = kind.explainer(card, threads) if card.explain else None
         segmenter = None if options.segmenter == "threshold" else \
             TFLiteSegmenter(card.bundle / options.segmenter, threads=threads)
         return cls(classifier, options, explainer, segmenter, training_range=card.training_range)
@@ -91,11 +93,10 @@ class Engine:
             start = time.perf_counter()
             heatmaps = []
             if self.explainer is not None:
-                heatmaps = self.explainer.top_slices(result.prepared.groups(), [g.plan for g in result.groups],
-                                                     CLASSES.index(result.verdict.label), self.heatmaps_per_group)
+                heatmaps = self.explainer.explain(result, self.heatmaps_per_group)
                 result.timings_ms["explain"] = (time.perf_counter() - start) * 1000.0
                 result.timings_ms["total"] += result.timings_ms["explain"]
-        return write_result(result, heatmaps, out_dir, explained=self.explainer is not None)
+        return write_result(result, heatmaps, out_dir, self.explainer.method if self.explainer else None)
 
 
 def _card_segmenter(value: Any, card: ModelCard) -> Any:
