@@ -18,7 +18,7 @@ import numpy as np
 import tf_keras as keras
 from tf_keras import layers
 
-from training.models import FPN_LAYERS, StandardizedConv2D, _bit_block, _load_local_weights, _upsampling
+from training.models import FPN_LAYERS, bit_trunk, load_local_weights, upsampling
 from training.optimizers import Lamb
 from training.recipes import ARCH_INFO, Recipe
 
@@ -39,7 +39,7 @@ class Arch:
 def _application(name: str) -> Callable[[object, Path | None], tuple[object, str, keras.Model]]:
     def build(x, weights: Path | None) -> tuple[object, str, keras.Model]:
         trunk = getattr(keras.applications, name)(include_top=False, weights=None, input_tensor=x)
-        _load_local_weights(trunk, weights)
+        load_local_weights(trunk, weights)
         return trunk.output, trunk.layers[-1].name, trunk
     return build
 
@@ -48,12 +48,12 @@ def _resnet50v2_fpn(x, weights: Path | None, pyramid_channels: int = 64) -> tupl
     """Rahimzadeh et al. 2021: ResNet50V2 with a concatenating feature pyramid; each of the five
     levels pooled into its own head of 2 ReLU units, the five concatenated (10 features)."""
     backbone = keras.applications.ResNet50V2(include_top=False, weights=None, input_tensor=x)
-    _load_local_weights(backbone, weights)
+    load_local_weights(backbone, weights)
     levels = [backbone.get_layer(name).output for name in FPN_LAYERS]
     top = layers.Conv2D(pyramid_channels, 1, name="fpn_lateral5")(levels[-1])
     pyramid = [top]
     for i in range(len(levels) - 2, -1, -1):
-        up = layers.UpSampling2D(size=_upsampling(levels[i], top), name=f"fpn_up{i + 1}")(top)
+        up = layers.UpSampling2D(size=upsampling(levels[i], top), name=f"fpn_up{i + 1}")(top)
         lateral = layers.Conv2D(pyramid_channels, 1, name=f"fpn_lateral{i + 1}")(levels[i])
         top = layers.Concatenate(name=f"fpn_concat{i + 1}")([up, lateral])
         top = layers.Conv2D(pyramid_channels, 3, padding="same", activation="relu", name=f"fpn_smooth{i + 1}")(top)
@@ -64,17 +64,11 @@ def _resnet50v2_fpn(x, weights: Path | None, pyramid_channels: int = 64) -> tupl
     return features, "fpn_smooth1", backbone
 
 
-def _bit_r50x1(x, weights: Path | None, depths: tuple[int, ...] = (3, 4, 6, 3),
-               groups: int = 32) -> tuple[object, str, keras.Model]:
+def _bit_r50x1(x, weights: Path | None) -> tuple[object, str, keras.Model]:
     """BiT-M R50x1 (Kolesnikov et al. 2020): ResNet-v2 with group normalisation and weight standardisation."""
-    y = StandardizedConv2D(64, 7, strides=2, padding="same", use_bias=False, name="root_conv")(x)
-    y = layers.MaxPooling2D(3, strides=2, padding="same")(y)
-    for stage, blocks in enumerate(depths):
-        for block in range(blocks):
-            y = _bit_block(y, 64 * 2**stage, 2 if block == 0 and stage > 0 else 1, groups)
-    y = layers.ReLU(name="bit_post_relu")(layers.GroupNormalization(groups)(y))
+    y = bit_trunk(x, depths=(3, 4, 6, 3))
     trunk = keras.Model(x, y, name="bit_r50x1")
-    _load_local_weights(trunk, weights)
+    load_local_weights(trunk, weights)
     return y, "bit_post_relu", trunk
 
 
@@ -86,7 +80,7 @@ def _small_cnn(x, weights: Path | None, filters: tuple[int, ...] = (16, 32, 64, 
             y = layers.MaxPooling2D(2)(y)
         y = layers.Conv2D(f, 3, padding="same", activation="relu", name=f"conv{i}")(y)
     trunk = keras.Model(x, y, name="small_cnn")
-    _load_local_weights(trunk, weights)
+    load_local_weights(trunk, weights)
     return y, f"conv{len(filters)}", trunk
 
 
