@@ -88,7 +88,7 @@ def score_slices(prepared: PreparedStudy, classifier: SliceClassifier, options: 
     """Classify every kept slice; the card's patient rule decides."""
     kept = prepared.selection.kept_indices
     with timed(t, "infer"):
-        probs = np.stack([np.asarray(classifier.predict(prepared.images[i]), float) for i in kept])
+        probs = np.stack([np.asarray(classifier.predict(image), float) for image in kept_slices(prepared)])
     with timed(t, "vote"):
         verdict = classifier.rule.verdict(probs, classifier.classes)
     return Scores(verdict, slices=[SliceScore(int(i), p) for i, p in zip(kept, probs)])
@@ -98,14 +98,21 @@ def _sources(plan: np.ndarray, kept: np.ndarray) -> np.ndarray:
     return kept[np.unique([i for pos in plan for i, _ in position_sources(pos)])]
 
 
+def kept_slices(prepared: PreparedStudy) -> list[np.ndarray]:
+    """The (size, size) uint8 model inputs of the kept slices: a slice model's units."""
+    return list(prepared.images[prepared.selection.kept_indices])
+
+
 @dataclass(frozen=True)
 class Kind:
     classifier: Callable[..., Any]        # (card, variant, threads, edgetpu=) -> classifier
     explainer: Callable[..., Any]         # (card, threads) -> Grad-CAM on the edge runtime
     score: Callable[..., Scores]          # (prepared, classifier, options, timings) -> Scores
+    units: Callable[..., list[np.ndarray]]   # (prepared) -> the inputs of classifier.predict, one per call
+    unit: str                             # what one unit is called
 
 
 KINDS: dict[str, Kind] = {
-    "group": Kind(TFLiteClassifier, GradCam, score_groups),
-    "slice": Kind(SliceClassifier, SliceGradCam, score_slices),
+    "group": Kind(TFLiteClassifier, GradCam, score_groups, lambda prepared: prepared.groups(), "group"),
+    "slice": Kind(SliceClassifier, SliceGradCam, score_slices, kept_slices, "slice"),
 }

@@ -20,6 +20,8 @@ from training.slice_train import load_slice_run
 from training.train import prepare_records, read_run_preprocessing
 
 SLICE_VARIANTS = ("float32", "int8")
+PLACEHOLDER_NOTE = ("Untrained (placeholder) model: converted with its initial weights to measure speed and size only; "
+                    "its verdicts carry no information. Not for clinical use.")
 
 
 def calibration_slices(studies: list[np.ndarray], max_slices: int) -> list[np.ndarray]:
@@ -36,7 +38,8 @@ def quantize_slice_run(run: Path, calibration: Path, out: Path, name: str, versi
                        clinical: bool = False, note: str = DEMONSTRATION_NOTE, command: str = "") -> QuantizeResult:
     """Convert the run's slice model to float32 and int8 TFLite (int8 calibrated on real kept slices of
     the ``calibration`` studies, preprocessed with the run's options), export the float32 Grad-CAM
-    model, write the bundle and compare every variant with the Keras model on those studies' slices."""
+    model, write the bundle and compare every variant with the Keras model on those studies' slices.
+    A run trained for no epoch gives a placeholder bundle (flagged so, and so on every output)."""
     model, config = load_slice_run(run)
     options, training_range = read_run_preprocessing(run)
     prepared = prepare_records(discover(calibration), options)
@@ -50,9 +53,10 @@ def quantize_slice_run(run: Path, calibration: Path, out: Path, name: str, versi
                        int8_input=tf.uint8)
         variants[variant] = {"model": f"slice_{variant}.tflite"}
         (out / variants[variant]["model"]).write_bytes(data)
+    untrained = config["epochs"] + config["freeze_epochs"] == 0
     card = {"name": name, "version": version, "kind": "slice", "classes": config["classes"],
-            "patient_rule": config["patient_rule"], "demonstration": not clinical, "placeholder": False,
-            "note": "" if clinical else note, "preprocessing": asdict(options),
+            "patient_rule": config["patient_rule"], "demonstration": not clinical, "placeholder": untrained,
+            "note": PLACEHOLDER_NOTE if untrained else "" if clinical else note, "preprocessing": asdict(options),
             "training_range": training_range.to_dict(), "variants": variants,
             "explain": export_slice_explain(model, config["gradcam_layer"], out, shape),
             "calibration": {"studies": str(calibration), "slices": len(slices)},

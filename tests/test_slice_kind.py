@@ -190,3 +190,10 @@ def test_the_server_runs_a_slice_bundle_unchanged(bundle, study, tmp_path, monke
         assert 'id="slice-plot"' in report
     finally:
         app.extensions["ctedge"]["jobs"].stop()
+
+
+def test_validate_refuses_a_two_class_model(tmp_path, phantom_dataset, capsys):
+    two = make_slice_bundle(tmp_path / "two", ("infection", "none"), {"name": "mean", "threshold": 0.5})
+    assert main(["validate", str(phantom_dataset), "--model", str(two), "--variant", "float32",
+                 "--out", str(tmp_path / "v")]) == 2
+    assert f"{two}: classes infection, none: validate compares verdicts" in capsys.readouterr().err
