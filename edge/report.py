@@ -42,7 +42,7 @@ def write_result(result: StudyResult, heatmaps: list[SliceHeatmap], out_dir: Pat
         where = f"slice {index}" if len(sources) == 1 else \
             "blend of slices " + " + ".join(f"{i} ({w:.2f})" for i, w in sources)
         name = f"heatmaps/{n}.png"
-        cv2.imwrite(str(out_dir / name), _captioned(overlay(np.rint(picture).astype(np.uint8), h.heatmap),
+        cv2.imwrite(str(out_dir / name), _captioned(_legible(overlay(np.rint(picture).astype(np.uint8), h.heatmap)),
                                                     " | ".join([doc["label"]] + ([f"group {h.group}"] if h.group is not None else [])
                                                                + [where, f"share {h.share:.2f}"]),
                                                     result.classifier.info.banner))
@@ -81,6 +81,12 @@ def slice_plot(doc: dict, width: int = 640, height: int = 200) -> dict | None:
     marks = sorted({x[h["slice_index"]] for h in doc.get("heatmaps", []) if h["slice_index"] in x})
     return {"width": width, "height": height, "lines": lines, "marks": marks, "y": {p: y(p) for p in (0.0, 0.5, 1.0)},
             "x0": 40, "x1": width - 10, "last": last}
+
+
+def _legible(picture: np.ndarray, width: int = 256) -> np.ndarray:
+    """The picture enlarged to at least ``width`` pixels wide, so that its caption fits."""
+    scale = -(-width // picture.shape[1])
+    return picture if scale <= 1 else cv2.resize(picture, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
 
 
 def _captioned(picture: np.ndarray, text: str, banner: str) -> np.ndarray:

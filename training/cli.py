@@ -55,7 +55,8 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cnn-epochs", type=int, default=100)
     p.add_argument("--head-epochs", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=1e-4, help="learning rate (default 1e-4)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="learning rate (default 1e-4; slice models: the recipe's base rate, scheduled by the recipe)")
     p.add_argument("--patience", type=int, default=25, help="early-stopping patience in epochs (default 25)")
     p.add_argument("--optimizer", choices=("adam", "lamb"), default="adam")
     p.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (0 = off)")
@@ -87,7 +88,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not 0 <= args.test_fraction < 1:
         raise UserError("--test-fraction", f"must be in [0, 1), got {args.test_fraction}")
     config = TrainConfig(cnn_epochs=args.cnn_epochs, head_epochs=args.head_epochs, batch_size=args.batch_size,
-                         learning_rate=args.lr, patience=args.patience, optimizer=args.optimizer,
+                         learning_rate=args.lr or 1e-4, patience=args.patience, optimizer=args.optimizer,
                          augment=not args.no_augment, mixup_alpha=args.mixup, val_fraction=args.val_fraction,
                          test_fraction=args.test_fraction, seed=args.seed)
     records = discover(args.data)
@@ -122,7 +123,7 @@ def _train_slices(args: argparse.Namespace) -> int:
         rule = PatientRule(args.patient_rule, args.threshold)
     except ValueError as exc:
         raise UserError("--threshold", str(exc)) from exc
-    config = SliceTrainConfig(arch=args.arch, recipe=args.recipe, epochs=args.epochs, freeze_epochs=args.freeze_epochs,
+    config = SliceTrainConfig(arch=args.arch, recipe=args.recipe, learning_rate=args.lr, epochs=args.epochs, freeze_epochs=args.freeze_epochs,
                               batch_size=args.batch_size, patience=args.patience, augment=not args.no_augment,
                               val_fraction=args.val_fraction, seed=args.seed,
                               weights=str(args.weights) if args.weights else None,

@@ -42,6 +42,7 @@ class SliceTrainConfig:
 
     arch: str = "small-cnn"
     recipe: str = "default"
+    learning_rate: float | None = None   # the recipe's base rate when None
     epochs: int = 30
     freeze_epochs: int = 0             # head-only epochs first, trunk frozen
     batch_size: int = 16
@@ -56,7 +57,8 @@ class SliceTrainConfig:
 
     @property
     def recipe_spec(self) -> Recipe:
-        return RECIPES[self.recipe]
+        recipe = RECIPES[self.recipe]
+        return replace(recipe, learning_rate=self.learning_rate) if self.learning_rate else recipe
 
     @property
     def mixup_alpha(self) -> float:    # read by SliceBatches
@@ -97,16 +99,18 @@ def _random_crop(image: np.ndarray, fraction: float, rng: np.random.Generator) -
 
 
 def labelled_slices(prepared, config: SliceTrainConfig, labels: dict[tuple[str, str], int] | None
-                    ) -> tuple[np.ndarray, np.ndarray]:
-    """Kept slices (N, size, size, 1) uint8 of the prepared studies and their class indices in
-    ``config.classes``: the patient's class, or the CSV's slice label (1 = infection, index 0)."""
-    xs, ys = [], []
+                    ) -> tuple[np.ndarray, np.ndarray, list]:
+    """Kept slices (N, size, size, 1) uint8 of the prepared studies, their class indices in
+    ``config.classes`` (the patient's class, or the CSV's slice label: 1 = infection, index 0), and
+    the prepared studies that contributed."""
+    xs, ys, used = [], [], []
     for p in prepared:
         study = p.study
         kept = study.selection.kept_indices
         if labels is None:
             xs.append(study.images[kept])
             ys.append(np.full(len(kept), CLASSES.index(p.record.label)))
+            used.append(p)
             continue
         folder = Path(p.record.path).name
         found = [(i, labels[(folder, study.volume.files[i])]) for i in kept if (folder, study.volume.files[i]) in labels]
@@ -116,10 +120,11 @@ def labelled_slices(prepared, config: SliceTrainConfig, labels: dict[tuple[str, 
             continue
         xs.append(study.images[[i for i, _ in found]])
         ys.append(np.array([0 if infected else 1 for _, infected in found]))
+        used.append(p)
     if not xs:
         size = config.preprocessing.input_size
-        return np.zeros((0, size, size, 1), np.uint8), np.zeros(0, int)
-    return np.concatenate(xs)[..., None], np.concatenate(ys)
+        return np.zeros((0, size, size, 1), np.uint8), np.zeros(0, int), used
+    return np.concatenate(xs)[..., None], np.concatenate(ys), used
 
 
 def train_slice_run(records: list[StudyRecord], run_dir: Path, config: SliceTrainConfig) -> SliceRun:
@@ -131,11 +136,11 @@ def train_slice_run(records: list[StudyRecord], run_dir: Path, config: SliceTrai
     split = patient_split(records, val_fraction=config.val_fraction, seed=config.seed)
     train = prepare_records(split["train"], config.preprocessing)
     val = prepare_records(split["val"], config.preprocessing)
-    write_run_preprocessing(run_dir, config.preprocessing, [p.study for p in train + val])
-    x, y = labelled_slices(train, config, labels)
+    x, y, used = labelled_slices(train, config, labels)
     if not len(x):
         raise UserError(config.slice_labels or "data", "no labelled slice to train on")
-    xv, yv = labelled_slices(val, config, labels) if val else (x[:0], y[:0])
+    xv, yv, used_val = labelled_slices(val, config, labels)
+    write_run_preprocessing(run_dir, config.preprocessing, [p.study for p in used + used_val])
     n = len(config.classes)
     keras.utils.set_random_seed(config.seed)
     size = config.preprocessing.input_size
