@@ -197,3 +197,17 @@ def test_validate_refuses_a_two_class_model(tmp_path, phantom_dataset, capsys):
     assert main(["validate", str(phantom_dataset), "--model", str(two), "--variant", "float32",
                  "--out", str(tmp_path / "v")]) == 2
     assert f"{two}: classes infection, none: validate compares verdicts" in capsys.readouterr().err
+
+
+def test_the_shipped_slice_demonstration_bundle_runs_and_says_what_it_is(tmp_path):
+    from edge.engine import DEFAULT_BUNDLE
+    from tests.conftest import SAMPLES
+
+    bundle = DEFAULT_BUNDLE.parent / "demo-slice"
+    card = load_card(bundle)
+    assert (card.kind, card.classes, card.demonstration, card.placeholder) == ("slice", ("infection", "none"), True, False)
+    doc = Engine.from_bundle(bundle).analyse(SAMPLES / "COVID-19_P002", tmp_path / "out")
+    assert doc["model"]["banner"] == "DEMONSTRATION MODEL - NOT FOR CLINICAL USE"
+    assert doc["label"] in card.classes and len(doc["slices_used"]) == doc["n_slices_used"] > 0
+    assert doc["heatmaps"] and doc["explanation"]["method"].startswith("Grad-CAM")
+    assert "DEMONSTRATION MODEL - NOT FOR CLINICAL USE" in (tmp_path / "out" / "report.html").read_text()

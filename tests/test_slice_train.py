@@ -136,6 +136,18 @@ def test_local_weights_are_loaded_and_frozen_for_the_head_epochs(phantom_dataset
     assert f"{tmp_path / 'nope.h5'}: pretrained weights file not found" in capsys.readouterr().err
 
 
+def test_an_untrained_run_becomes_a_placeholder_bundle(phantom_dataset, tmp_path, capsys):
+    run, bundle = tmp_path / "run", tmp_path / "bundle"
+    assert main(["train", str(phantom_dataset), "--out", str(run), *SMALL, "--epochs", "0"]) == 0
+    assert main(["quantize", str(run), "--calibration", str(phantom_dataset), "--out", str(bundle),
+                 "--max-slices", "8"]) == 0
+    card = load_card(bundle)
+    assert card.placeholder and card.banner == "PLACEHOLDER MODEL (UNTRAINED) - NOT FOR CLINICAL USE"
+    capsys.readouterr()
+    assert main(["predict", str(phantom_dataset / "healthy" / "healthy-0"), "--model", str(bundle)]) == 0
+    assert "*** PLACEHOLDER MODEL (UNTRAINED) - NOT FOR CLINICAL USE ***" in capsys.readouterr().out
+
+
 def test_every_named_architecture_builds_offline_with_a_gradcam_layer():
     assert set(ARCHS) == set(ARCH_INFO)
     for name in ARCHS:
