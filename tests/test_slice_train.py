@@ -78,6 +78,33 @@ def test_edge_gradcam_of_a_slice_model_matches_tensorflow(trained, phantom_datas
         assert ours.max() == pytest.approx(1.0), "a heatmap, not zeros"
 
 
+def test_edge_gradcam_through_relu_heads_matches_tensorflow(tmp_path):
+    """Layers after the Grad-CAM layer with ReLUs (as the FPN's five heads of 2 ReLU units): their
+    gradient is converted as arithmetic (TensorFlow's ReluGrad has no TFLite kernel), same values."""
+    import tf_keras as keras
+
+    from edge.card import parse_card
+    from quantize.convert import export_slice_explain
+
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((32, 32, 1))
+    maps = keras.layers.Conv2D(8, 3, activation="relu", name="conv")(keras.layers.Rescaling(1 / 255)(inputs))
+    pooled = keras.layers.GlobalAveragePooling2D()(maps)
+    heads = keras.layers.Dense(4, activation="relu", bias_initializer="ones", name="head")(pooled)
+    model = keras.Model(inputs, keras.layers.Activation("softmax")(keras.layers.Dense(3, name="logits")(heads)))
+    files = export_slice_explain(model, "conv", tmp_path, (1, 32, 32, 1))
+    card = parse_card({"name": "t", "version": "1", "kind": "slice", "classes": list(CLASSES), "variants": {},
+                       "patient_rule": {"name": "fraction", "threshold": 0.1}, "preprocessing": {"input_size": 32},
+                       "explain": files}, tmp_path / "model.json")
+    images = np.random.default_rng(0).integers(0, 256, (3, 32, 32)).astype(np.uint8)
+    edge = SliceGradCam(card)
+    for c in range(len(CLASSES)):
+        reference = gradcam_slice(model, "conv", images, c)
+        np.testing.assert_allclose(np.stack([edge.explain_slice(i, c) for i in images]), reference, atol=1e-4)
+        assert reference.max() == pytest.approx(1.0)
+    assert model.get_layer("head").activation is keras.activations.relu, "the export leaves the model as it was"
+
+
 def test_predict_with_out_writes_slice_heatmaps(trained, phantom_dataset, tmp_path):
     _, bundle = trained
     assert main(["predict", str(phantom_dataset / "healthy" / "healthy-0"), "--model", str(bundle),
