@@ -130,12 +130,15 @@ def test_slice_labels_train_infection_none_and_leave_unlabelled_studies_out(phan
                 writer.writerow([study.name, dcm.name, int(study.parent.name == "covid" and k % 2 == 0)])
     run = tmp_path / "run"
     assert main(["train", str(phantom_dataset), "--out", str(run), *SMALL, "--epochs", "1", "--val-fraction", "0",
-                 "--slice-labels", str(labels), "--patient-rule", "mean", "--threshold", "0.5"]) == 0
+                 "--slice-labels", str(labels), "--patient-rule", "mean", "--threshold", "0.5",
+                 "--recipe", "seed-004"]) == 0      # SGD with warm-up, mixup and random crop
     config = json.loads((run / "config.json").read_text())
     options = load_card_options(run)
     n_kept = sum(len(prepare_study(s, options).selection.kept_indices) for s in studies)
     assert config["classes"] == ["infection", "none"] and config["n_train_slices"] == n_kept
     assert config["patient_rule"] == {"name": "mean", "threshold": 0.5}
+    history = json.loads((run / "history.json").read_text())
+    assert history["all_lr"] == pytest.approx([learning_rate(RECIPES["seed-004"], 0)])
 
 
 def load_card_options(run: Path):

@@ -164,7 +164,7 @@ def train_slice_run(records: list[StudyRecord], run_dir: Path, config: SliceTrai
             callbacks=[keras.callbacks.LearningRateScheduler(lambda e, _: learning_rate(config.recipe_spec, e)),
                        keras.callbacks.EarlyStopping(monitor=monitor, patience=config.patience, restore_best_weights=True)])
         for key, values in fit.history.items():
-            history.setdefault(f"{stage}_{key}" if key != "lr" else f"{stage}_lr", []).extend(map(float, values))
+            history.setdefault(f"{stage}_{key}", []).extend(map(float, values))
     model.save(run_dir / MODEL_FILE)
     split_names = {k: [r.patient for r in v] for k, v in split.items()}
     doc = asdict(config) | {"kind": "slice", "classes": list(config.classes), "gradcam_layer": built.gradcam_layer,
