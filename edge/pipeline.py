@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 
 from edge import __version__
+from edge.card import TrainingRange
 from edge.errors import NoLungFoundError
 from edge.infer import Classifier, PlaceholderClassifier
-from edge.kinds import KINDS, GroupResult, SliceScore, timed
 from edge.ingest import Limits, Volume, load_study, source_name
-from edge.card import TrainingRange
+from edge.kinds import KINDS, GroupResult, SliceScore, timed
 from edge.options import PipelineOptions
 from edge.preprocess.group import assemble, group_plan
 from edge.preprocess.segment import LungSegmenter, ThresholdSegmenter
@@ -82,7 +82,7 @@ class StudyResult:
                 "label": g.label,
             } for g in self.groups],
             "n_slices_read": v.n_slices,
-            "n_slices_used": int(len(kept)),
+            "n_slices_used": len(kept),
             "selection": sel.method,
             "slices_used": [{"index": int(i), "file": v.files[i], "z": z[i]}
                             | ({"probabilities": _named(classes, scored[i]), "label": classes[int(np.argmax(scored[i]))]}

@@ -15,17 +15,16 @@ import numpy as np
 import pytest
 
 from edge import CLASSES
+from edge.card import KINDS as CARD_KINDS
 from edge.card import load_card, write_card
 from edge.cli import main
 from edge.engine import Engine
 from edge.errors import ModelLoadError
 from edge.kinds import KINDS
-from edge.card import KINDS as CARD_KINDS
-from edge.profile import load_profile
-from edge.server import create_app
 from edge.phantom import make_phantom, write_dicom_series
 from edge.pipeline import prepare_study
-from edge.profile import WatcherSettings
+from edge.profile import WatcherSettings, load_profile
+from edge.server import create_app
 from edge.watch import run_once
 from tests.fixture_bundle import make_slice_bundle, slice_probabilities
 from tests.server_support import PASSWORD, USER, write_profile
@@ -109,7 +108,7 @@ def test_every_kept_slice_gets_its_probabilities_and_the_rule_decides(bundle, st
     assert [s["label"] for s in doc["slices_used"]] == [CLASSES[k] for k in probs.argmax(axis=1)]
     positive = (probs.argmax(axis=1) != 2).mean()
     assert doc["label"] == ("covid" if positive > 0.1 else "healthy")
-    assert f"{int(round(positive * len(kept)))} of {len(kept)} slice(s) positive" in doc["decision_rule"]
+    assert f"{round(positive * len(kept))} of {len(kept)} slice(s) positive" in doc["decision_rule"]
     np.testing.assert_allclose([doc["probabilities"][c] for c in CLASSES], probs.mean(axis=0), atol=1e-5)
 
 
@@ -117,7 +116,7 @@ def test_real_study_fraction_rule_zero_and_ten_percent_variants(bundle, tmp_path
     """COVID-19_P002 has a few slices the fixture calls covid (more than 0, at most 10%): the
     paper's 0% variant calls the patient covid, the 10% variant healthy."""
     study = shared_data / "COVID-19_P002"
-    kept, probs = expected(study)
+    _, probs = expected(study)
     positive = (probs.argmax(axis=1) != 2).mean()
     assert 0 < positive <= 0.1, "premise of this test: a few positive slices"
     ten = Engine.from_bundle(bundle, "float32").run(study)
@@ -160,7 +159,7 @@ def test_the_watcher_runs_a_slice_bundle_unchanged(bundle, study, tmp_path):
     summary = run_once(Engine.from_bundle(bundle, "float32"), inbox, outbox, WatcherSettings(poll_seconds=0, stable_seconds=0))
     assert summary.done == 1
     doc = json.loads((outbox / "P1" / "result.json").read_text())
-    kept, probs = expected(study)
+    _, probs = expected(study)
     np.testing.assert_allclose([s["probabilities"]["covid"] for s in doc["slices_used"]], probs[:, 0], atol=1e-5)
     assert 'id="slice-plot"' in (outbox / "P1" / "report.html").read_text()
 

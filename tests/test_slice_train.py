@@ -13,16 +13,16 @@ import pytest
 
 pytest.importorskip("tensorflow")
 
-from edge import CLASSES  # noqa: E402
-from edge.card import load_card  # noqa: E402
-from edge.cli import main  # noqa: E402
-from edge.explain import SliceGradCam  # noqa: E402
-from edge.infer import SliceClassifier  # noqa: E402
-from edge.pipeline import prepare_study  # noqa: E402
-from training.archs import ARCHS, build_slice_model  # noqa: E402
-from training.gradcam import gradcam_slice  # noqa: E402
-from training.recipes import ARCH_INFO, RECIPES, learning_rate  # noqa: E402
-from training.slice_train import load_slice_run  # noqa: E402
+from edge import CLASSES
+from edge.card import load_card
+from edge.cli import main
+from edge.explain import SliceGradCam
+from edge.infer import SliceClassifier
+from edge.pipeline import prepare_study
+from training.archs import ARCHS, build_slice_model
+from training.gradcam import gradcam_slice
+from training.recipes import ARCH_INFO, RECIPES, learning_rate
+from training.slice_train import load_slice_run
 
 SMALL = ["--arch", "small-cnn", "--input-size", "64", "--batch-size", "32"]
 
@@ -44,7 +44,7 @@ def kept_images(study: Path, card) -> np.ndarray:
 
 
 def test_train_quantize_predict_through_the_cli(trained, phantom_dataset, capsys):
-    run, bundle = trained
+    _, bundle = trained
     card = load_card(bundle)
     assert (card.kind, card.classes, card.demonstration) == ("slice", CLASSES, True)
     assert set(card.variants) == {"float32", "int8"} and card.explain["layer"] == "conv4"

@@ -49,7 +49,7 @@ def test_slice_fraction_rule_of_rahimzadeh():
 
 # --- slice models: the patient rules, worked by hand ---------------------------------------------
 
-from edge.vote import PatientRule  # noqa: E402
+from edge.vote import PatientRule
 
 
 def slices(*rows):

@@ -24,10 +24,10 @@ from edge.errors import UserError
 from edge.options import PipelineOptions
 from edge.selection_report import read_labels
 from training.archs import build_slice_model, make_optimizer
-from training.recipes import RECIPES, Recipe, learning_rate
 from training.data import StudyRecord, patient_split
 from training.models import StandardizedConv2D
 from training.plots import plot_training_curves
+from training.recipes import RECIPES, Recipe, learning_rate
 from training.train import SliceBatches, prepare_records, write_run_preprocessing
 
 log = logging.getLogger(__name__)
@@ -168,7 +168,7 @@ def train_slice_run(records: list[StudyRecord], run_dir: Path, config: SliceTrai
     model.save(run_dir / MODEL_FILE)
     split_names = {k: [r.patient for r in v] for k, v in split.items()}
     doc = asdict(config) | {"kind": "slice", "classes": list(config.classes), "gradcam_layer": built.gradcam_layer,
-                            "n_train_slices": int(len(y)), "n_val_slices": int(len(yv))}
+                            "n_train_slices": len(y), "n_val_slices": len(yv)}
     (run_dir / "config.json").write_text(json.dumps(doc, indent=2, default=str))
     (run_dir / "history.json").write_text(json.dumps(history, indent=2))
     (run_dir / "split.json").write_text(json.dumps(split_names, indent=2))
