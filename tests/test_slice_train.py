@@ -192,3 +192,24 @@ def test_recipe_schedules_by_hand():
     assert [learning_rate(seed4, e) for e in (0, 1, 2, 11, 12, 22)] == pytest.approx([1e-3, 2e-3, 3e-3, 3e-3, 3e-4, 3e-5])
     seed1 = replace(RECIPES["seed-001"], learning_rate=1.0)   # x0.5 every 10 epochs
     assert [learning_rate(seed1, e) for e in (0, 9, 10, 25)] == [1.0, 1.0, 0.5, 0.25]
+
+
+def test_evaluate_a_slice_run_at_slice_and_patient_level(trained, phantom_dataset, tmp_path, capsys):
+    run, _ = trained
+    capsys.readouterr()
+    assert main(["evaluate", str(phantom_dataset), "--run", str(run), "--out", str(tmp_path / "ev")]) == 0
+    out = capsys.readouterr().out
+    assert "slice level" in out and "patient level" in out and "Sensitivity" in out
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    model, config = load_slice_run(run)
+    assert metrics["patient"]["n"] == 6 and metrics["slice"]["n"] > 6
+    study = phantom_dataset / "covid" / "covid-0"
+    prepared = prepare_study(study, load_card_options(run))
+    probs = model.predict(prepared.images[prepared.selection.kept_indices][..., None].astype(np.float32), verbose=0)
+    from edge.vote import PatientRule
+
+    verdict = PatientRule(**config["patient_rule"]).verdict(probs)
+    row = next(p for p in metrics["predictions"] if p["patient"] == "covid-0")
+    assert row["verdict"] == verdict.label and row["label"] == "covid"
+    for name in ("roc_slice.png", "roc_patient.png", "confusion_slice.png", "confusion_patient.png"):
+        assert (tmp_path / "ev" / name).stat().st_size > 1000

@@ -165,9 +165,9 @@ def _cross_validate(records, out: Path, config, k: int) -> int:
 
 def add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="evaluate a trained run on labelled studies (needs [train])",
-                       description="Group- and patient-level metrics (accuracy, sensitivity, specificity, PPV, "
-                                   "NPV, F1, ROC AUC, confusion matrix), ROC and confusion plots, and a table laid "
-                                   "out like Table 2 of the seed paper.")
+                       description="Group- (slice-, for a slice model) and patient-level metrics (accuracy, "
+                                   "sensitivity, specificity, PPV, NPV, F1, ROC AUC, confusion matrix), ROC and "
+                                   "confusion plots, and a table laid out like Table 2 of the seed paper.")
     p.add_argument("data", type=Path, help="folder tree or CSV of labelled studies")
     p.add_argument("--run", type=Path, required=True, help="run folder written by ctedge train")
     p.add_argument("--out", type=Path, default=None, help="folder for metrics and plots (default RUN/evaluation)")
@@ -182,8 +182,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from training.data import discover
     from training.evaluate import evaluate_run
+    from training.slice_evaluate import evaluate_slice_run
+    from training.slice_train import is_slice_run
     from training.train import load_run_models, read_run_preprocessing
 
+    if is_slice_run(args.run):
+        print(evaluate_slice_run(args.run, discover(args.data), args.out or args.run / "evaluation")["table"])
+        return 0
     options, _ = read_run_preprocessing(args.run)
     if args.override is not None:
         options = replace(options, override=args.override)
