@@ -139,6 +139,11 @@ def test_slice_labels_train_infection_none_and_leave_unlabelled_studies_out(phan
     assert config["patient_rule"] == {"name": "mean", "threshold": 0.5}
     history = json.loads((run / "history.json").read_text())
     assert history["all_lr"] == pytest.approx([learning_rate(RECIPES["seed-004"], 0)])
+    assert main(["evaluate", str(phantom_dataset), "--run", str(run), "--out", str(tmp_path / "ev")]) == 0
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics["slice"]["classes"] == ["infection", "none"] and metrics["slice"]["n"] == n_kept
+    assert {p["patient"]: p["label"] for p in metrics["predictions"]}["healthy-1"] == "none"
+    assert {p["label"] for p in metrics["predictions"]} == {"infection", "none"}
 
 
 def load_card_options(run: Path):
