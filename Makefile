@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TRAIN := $(VENV)/.train-extra
 
-.PHONY: demo test demo-model bundle clean
+.PHONY: demo test demo-model demo-slice-model bundle clean
 
 # Edge install: NumPy, OpenCV, pydicom, Flask, PyYAML and the TFLite interpreter; no TensorFlow.
 $(BIN)/ctedge: pyproject.toml
@@ -38,6 +38,12 @@ bundle:
 	for arch in $(BUNDLE_ARCHES); do \
 		$(PYTHON) installer/build_bundle.py --out dist --arch $$arch $(BUNDLE_PYTHONS:%=--python %) || exit 1; \
 	done
+
+demo-slice-model: $(TRAIN)
+	$(BIN)/ctedge train training/demo_studies.csv --arch small-cnn --lr 1e-3 --epochs 80 --patience 80 --seed 0 \
+		--slice-labels ../shared/data/covid-ct-md/slice_labels.csv --out runs/demo-slice
+	$(BIN)/ctedge quantize runs/demo-slice --calibration training/demo_studies.csv --out edge/models/demo-slice \
+		--name small-cnn-slice-demo --version 0.1.0 --max-slices 200
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -6,11 +6,15 @@ what the model was trained on and what the edge feeds it cannot drift apart. A c
 
 - identity: ``name``, ``version``, ``classes``, ``demonstration``, ``placeholder``, ``note``;
 - what it reads and how it is run: ``modality`` (``ct``) and ``kind`` (``group``: a CNN encoder and
-  a sequence head over groups of slices, voted to a patient verdict);
+  a sequence head over groups of slices, voted to a patient verdict; ``slice``: one 2-D classifier
+  applied to every selected slice, its ``patient_rule`` turning the slice probabilities into a
+  verdict, see ``edge.vote.PatientRule``); ``classes`` are ``covid, other_pneumonia, healthy``, or
+  for a slice model two names, the second the negative class (e.g. ``infection, none``);
 - ``preprocessing``: every option that decides the model input (``edge.options.PipelineOptions``);
 - ``training_range``: the slice thickness and pixel spacing (mm) of the training studies; a study
   outside it gets a warning;
-- the files: ``variants`` (encoder + head TFLite per variant), ``explain`` (Grad-CAM models),
+- the files: ``variants`` (per variant, ``encoder`` + ``head`` TFLite for a group model, ``model``
+  for a slice model), ``explain`` (Grad-CAM models),
   ``onnx``, ``edgetpu``; provenance: ``calibration``, ``trained_with``, ``converted_with``.
 """
 
@@ -27,9 +31,11 @@ from typing import Any
 from edge import CLASSES
 from edge.errors import ModelLoadError
 from edge.options import PipelineOptions
+from edge.vote import PatientRule
 
 CARD_FILE = "model.json"
-KINDS = ("group",)
+KINDS = ("group", "slice")
+PARTS = {"group": ("encoder", "head"), "slice": ("model",)}   # the model files of each variant, by kind
 MODALITIES = ("ct",)
 DEMONSTRATION_BANNER = "DEMONSTRATION MODEL - NOT FOR CLINICAL USE"
 PLACEHOLDER_BANNER = "PLACEHOLDER MODEL (UNTRAINED) - NOT FOR CLINICAL USE"
@@ -101,6 +107,7 @@ class ModelCard:
     kind: str = "group"
     modality: str = "ct"
     explain: dict[str, str] | None = None
+    patient_rule: PatientRule | None = None                # slice models only
     validations: tuple[dict[str, Any], ...] = ()           # site validations recorded by ctedge validate --record
     extra: dict[str, Any] = field(default_factory=dict)    # provenance, onnx, edgetpu: kept as written
 
@@ -131,6 +138,8 @@ class ModelCard:
                "demonstration": self.demonstration, "placeholder": self.placeholder, "note": self.note,
                "preprocessing": self.preprocessing.model_input() | {"override": self.preprocessing.override},
                "training_range": self.training_range.to_dict(), "variants": self.variants}
+        if self.patient_rule:
+            doc["patient_rule"] = self.patient_rule.to_dict()
         if self.explain:
             doc["explain"] = self.explain
         if self.validations:
@@ -140,7 +149,7 @@ class ModelCard:
 
 _REQUIRED = ("name", "version", "classes", "preprocessing", "variants")
 _KNOWN = set(_REQUIRED) | {"demonstration", "placeholder", "note", "training_range", "explain", "kind", "modality",
-                            "validations"}
+                            "validations", "patient_rule"}
 
 
 def parse_card(doc: Any, path: Path) -> ModelCard:
@@ -156,8 +165,9 @@ def parse_card(doc: Any, path: Path) -> ModelCard:
         if doc.get(key, allowed[0]) not in allowed:
             raise ModelLoadError(path, f"{key} {doc[key]!r} is not supported by this ctedge version "
                                        f"(supported: {', '.join(allowed)})")
-    if tuple(doc["classes"]) != CLASSES:
-        raise ModelLoadError(path, f"classes {doc['classes']} differ from {list(CLASSES)}")
+    kind = doc.get("kind", KINDS[0])
+    classes = _classes(doc["classes"], kind, path)
+    rule = _patient_rule(doc.get("patient_rule"), kind, path)
     preprocessing = doc["preprocessing"]
     fields = {f.name: f.type for f in dataclasses.fields(PipelineOptions)}
     if not isinstance(preprocessing, dict) or set(preprocessing) - set(fields):
@@ -175,12 +185,42 @@ def parse_card(doc: Any, path: Path) -> ModelCard:
     variants = doc["variants"]
     if not isinstance(variants, dict) or not all(isinstance(v, dict) for v in variants.values()):
         raise ModelLoadError(path, "variants must map each variant name to its model files")
-    return ModelCard(path=path, name=str(doc["name"]), version=str(doc["version"]), classes=tuple(doc["classes"]),
+    for variant, files in variants.items():
+        if any(part not in files for part in PARTS[kind]):
+            raise ModelLoadError(path, f"variant {variant!r} must name the {' and '.join(PARTS[kind])} file(s) "
+                                       f"of a {kind} model, got {', '.join(files) or 'none'}")
+    return ModelCard(path=path, name=str(doc["name"]), version=str(doc["version"]), classes=classes,
                      demonstration=bool(doc.get("demonstration", True)), placeholder=bool(doc.get("placeholder", False)),
                      note=str(doc.get("note", "")), preprocessing=options, training_range=training_range,
-                     variants=variants, explain=doc.get("explain"), kind=doc.get("kind", KINDS[0]),
+                     variants=variants, explain=doc.get("explain"), kind=kind, patient_rule=rule,
                      modality=doc.get("modality", MODALITIES[0]), validations=tuple(doc.get("validations") or ()),
                      extra={k: v for k, v in doc.items() if k not in _KNOWN})
+
+
+def _classes(value: Any, kind: str, path: Path) -> tuple[str, ...]:
+    """The card's classes: CLASSES, or for a slice model two distinct names (negative class last)."""
+    if isinstance(value, list) and tuple(value) == CLASSES:
+        return CLASSES
+    if kind == "slice" and isinstance(value, list) and len(value) == 2 and len(set(value)) == 2 \
+            and all(isinstance(c, str) and c for c in value):
+        return tuple(value)
+    two = " or two distinct names, the negative class second" if kind == "slice" else ""
+    raise ModelLoadError(path, f"classes {value} must be {list(CLASSES)}{two}")
+
+
+def _patient_rule(value: Any, kind: str, path: Path) -> PatientRule | None:
+    """The slice model's patient rule (required for ``slice``, refused for ``group``)."""
+    if kind != "slice":
+        if value is not None:
+            raise ModelLoadError(path, f"patient_rule applies to slice models only, not to kind {kind!r}")
+        return None
+    if not isinstance(value, dict) or set(value) != {"name", "threshold"}:
+        raise ModelLoadError(path, "a slice model needs patient_rule: {\"name\": \"fraction\" or \"mean\", "
+                                   "\"threshold\": number}")
+    try:
+        return PatientRule(str(value["name"]), float(value["threshold"]))
+    except (TypeError, ValueError) as exc:
+        raise ModelLoadError(path, f"patient_rule: {exc}") from exc
 
 
 def load_card(bundle: str | Path) -> ModelCard:

@@ -97,10 +97,15 @@ def summary(d: dict) -> str:
         lines.append(f"*** {model['banner']} ***")
         lines.append(f"    {model['note']}")
     lines.append(f"Verdict: {d['label']}   ({d['decision_rule']})")
-    lines.append("Probabilities: " + "  ".join(f"{c} {d['probabilities'][c]:.3f}" for c in CLASSES))
+    classes = d["classes"]
+    lines.append("Probabilities: " + "  ".join(f"{c} {d['probabilities'][c]:.3f}" for c in classes))
     lines.append(f"Slices: {d['n_slices_read']} read, {d['n_slices_used']} used ({d['selection']} selection)")
+    scored = [s for s in d["slices_used"] if "label" in s]
+    if scored:
+        counts = {c: sum(s["label"] == c for s in scored) for c in classes}
+        lines.append("  slice labels: " + ", ".join(f"{n} {c}" for c, n in counts.items()))
     for g in d["groups"]:
-        probs = " ".join(f"{g['probabilities'][c]:.3f}" for c in CLASSES)
+        probs = " ".join(f"{g['probabilities'][c]:.3f}" for c in classes)
         lines.append(f"  group {g['index']}: slices {g['slice_range'][0]}-{g['slice_range'][1]}  {g['label']:<16} [{probs}]")
     for s in d["series"]["skipped"]:
         lines.append(f"Skipped series ({s['n_files']} files): {s['reason']}")

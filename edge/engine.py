@@ -16,11 +16,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from edge import CLASSES
 from edge.card import ModelCard, TrainingRange, load_card
-from edge.explain import GradCam
-from edge.infer import GroupClassifier, ModelInfo, TFLiteClassifier
+from edge.explain import GradCam, SliceGradCam
+from edge.infer import Classifier, ModelInfo
 from edge.ingest import Limits
+from edge.kinds import KINDS
 from edge.options import PipelineOptions, apply_settings
 from edge.pipeline import StudyResult, run_study
 from edge.preprocess.segment import LungSegmenter, TFLiteSegmenter
@@ -36,8 +36,8 @@ Source = str | Path | Sequence[str | Path]
 class Models(NamedTuple):
     """One set of interpreters: used by one study at a time."""
 
-    classifier: GroupClassifier
-    explainer: GradCam | None = None
+    classifier: Classifier
+    explainer: GradCam | SliceGradCam | None = None
     segmenter: LungSegmenter | None = None
 
 
@@ -45,8 +45,8 @@ class Engine:
     """Sets of (classifier, optional Grad-CAM explainer, optional segmenter), pipeline options and
     input limits. ``spares`` are further model sets, so that ``1 + len(spares)`` studies can run at once."""
 
-    def __init__(self, classifier: GroupClassifier, options: PipelineOptions = PipelineOptions(),
-                 explainer: GradCam | None = None, segmenter: LungSegmenter | None = None,
+    def __init__(self, classifier: Classifier, options: PipelineOptions = PipelineOptions(),
+                 explainer: GradCam | SliceGradCam | None = None, segmenter: LungSegmenter | None = None,
                  limits: Limits = Limits(), heatmaps_per_group: int = 3,
                  training_range: TrainingRange = TrainingRange(), spares: Sequence[Models] = ()):
         self.classifier = classifier
@@ -66,19 +66,21 @@ class Engine:
                     threads: int | None = None, edgetpu: bool = False,
                     settings: Mapping[str, tuple[Any, str]] | None = None, copies: int = 1,
                     chosen: str = "") -> Engine:
-        """Load a model bundle (``model.json`` + TFLite files) ``copies`` times; heatmaps when the bundle
-        has explain models. The pipeline options come from the card; ``settings`` (``{key: (value, where)}``,
-        from a profile or flags) may change the vote threshold and must agree with the card otherwise.
-        ``chosen`` says how the variant was chosen (shown with the model info)."""
+        """Load a model bundle (``model.json`` + TFLite files) of any kind (``edge.kinds``) ``copies``
+        times; heatmaps when the bundle has explain models. The pipeline options come from the card;
+        ``settings`` (``{key: (value, where)}``, from a profile or flags) may change the vote threshold
+        and must agree with the card otherwise. ``chosen`` says how the variant was chosen (shown with
+        the model info)."""
         card = bundle if isinstance(bundle, ModelCard) else load_card(bundle)
         settings = {k: (_card_segmenter(v, card) if k == "segmenter" else v, where)
                     for k, (v, where) in (settings or {}).items()}
         options = apply_settings(card.preprocessing, card.path, settings)
+        kind = KINDS[card.kind]
 
         def load() -> Models:
-            classifier = TFLiteClassifier(card, variant, threads, edgetpu=edgetpu)
+            classifier = kind.classifier(card, variant, threads, edgetpu=edgetpu)
             classifier.info = dataclasses.replace(classifier.info, chosen=chosen, threads=threads or 0)
-            explainer = GradCam(card, threads) if card.explain else None
+            explainer = kind.explainer(card, threads) if card.explain else None
             segmenter = None if options.segmenter == "threshold" else \
                 TFLiteSegmenter(card.bundle / options.segmenter, threads=threads)
             return Models(classifier, explainer, segmenter)
@@ -135,11 +137,10 @@ class Engine:
             start = time.perf_counter()
             heatmaps = []
             if models.explainer is not None:
-                heatmaps = models.explainer.top_slices(result.prepared.groups(), [g.plan for g in result.groups],
-                                                       CLASSES.index(result.verdict.label), self.heatmaps_per_group)
+                heatmaps = models.explainer.explain(result, self.heatmaps_per_group)
                 result.timings_ms["explain"] = (time.perf_counter() - start) * 1000.0
                 result.timings_ms["total"] += result.timings_ms["explain"]
-        return write_result(result, heatmaps, out_dir, explained=models.explainer is not None)
+        return write_result(result, heatmaps, out_dir, models.explainer.method if models.explainer else None)
 
 
 def _card_segmenter(value: Any, card: ModelCard) -> Any:

@@ -1,5 +1,8 @@
-"""Grad-CAM of a group decision on the edge runtime: two float32 TFLite models, no TensorFlow.
+"""Grad-CAM on the edge runtime from float32 TFLite models, no TensorFlow: :class:`GradCam` for
+group models, :class:`SliceGradCam` for slice models. Both give the heatmaps of the slices that
+drove a study's verdict (``explain``) and say how (``method``).
 
+Group models.
 A model bundle made by ``ctedge quantize`` carries, beside the classifier variants, an
 ``explain`` pair (see ``model.json``):
 
@@ -16,13 +19,19 @@ that gradient divided by h*w: the heatmap is ReLU(sum_k w_k A_k), exactly as wit
 (``training.gradcam.gradcam_group``). Each slice's share of the evidence is the drop of the class
 score when that slice alone is replaced by a black slice. Heatmaps explain the float32 model;
 ``fidelity.json`` says how often the int8 model agrees with it.
+
+Slice models. The bundle's ``explain`` names one float32 ``model`` with two outputs: the
+activations of the Grad-CAM layer (1, h, w, K) and Grad-CAM's channel weights (C, K), the spatial
+means of each pre-softmax class score's gradient with respect to those activations, computed by
+the converted backward graph (``quantize.convert.export_slice_explain``). The heatmap is
+ReLU(sum_k w_k A_k), as ``training.gradcam.gradcam_slice`` computes it with TensorFlow.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -31,17 +40,23 @@ from edge.card import ModelCard
 from edge.errors import ModelLoadError
 from edge.runtime import invoke_all, load_interpreter
 
+if TYPE_CHECKING:
+    from edge.pipeline import StudyResult
+
 
 @dataclass(frozen=True)
 class SliceHeatmap:
-    group: int
-    slot: int                 # position in the group
-    heatmap: np.ndarray       # (H, W) float in [0, 1]
-    share: float              # share of the group's evidence for the class (occlusion), in [0, 1]
+    heatmap: np.ndarray                       # (H, W) float in [0, 1]
+    share: float                              # the slice's part of the evidence for the class, in [0, 1]
+    sources: tuple[tuple[int, float], ...]    # volume indices and weights of the slice(s) shown
+    group: int | None = None                  # the group it explains (group models)
 
 
 class GradCam:
-    """Grad-CAM with the bundle's ``explain`` models; see the module docstring."""
+    """Grad-CAM of group models with the bundle's ``explain`` models; see the module docstring."""
+
+    method = ("Grad-CAM on the last convolution of the float32 CNN encoder, for the verdict class, computed on "
+              "the edge runtime; slices ranked by how much the class score drops when the slice is blacked out")
 
     def __init__(self, card: ModelCard, threads: int | None = None):
         files = card.explain
@@ -99,15 +114,46 @@ class GradCam:
         share = drop / drop.sum() if drop.sum() > 0 else drop
         return heat, share
 
-    def top_slices(self, groups: list[np.ndarray], plans: list[np.ndarray], class_index: int,
-                   per_group: int = 3) -> list[SliceHeatmap]:
-        """The ``per_group`` real (not padding) slices of each group with the largest share."""
+    def explain(self, result: StudyResult, per_group: int = 3) -> list[SliceHeatmap]:
+        """For the verdict class, the ``per_group`` real (not padding) slices of each group with the
+        largest share."""
+        class_index = result.classes.index(result.verdict.label)
+        kept = result.selection.kept_indices
         found = []
-        for g, (group, plan) in enumerate(zip(groups, plans)):
+        for group, scored in zip(result.prepared.groups(), result.groups):
             heat, share = self.explain_group(group, class_index)
-            real = [k for k in np.argsort(-share) if not np.isnan(plan[k])]
-            found += [SliceHeatmap(g, int(k), heat[k], float(share[k])) for k in real[:per_group]]
+            real = [k for k in np.argsort(-share) if not np.isnan(scored.plan[k])]
+            found += [SliceHeatmap(heat[k], float(share[k]), tuple(scored.slot_sources(int(k), kept)), scored.index)
+                      for k in real[:per_group]]
         return found
+
+
+class SliceGradCam:
+    """Grad-CAM of slice models with the bundle's ``explain`` model; see the module docstring."""
+
+    method = ("Grad-CAM on the last convolutional features of the float32 slice model, for the verdict class, "
+              "computed on the edge runtime; the slices shown are those the model gives the highest probability "
+              "of that class (share = that probability)")
+
+    def __init__(self, card: ModelCard, threads: int | None = None):
+        if not card.explain:
+            raise ModelLoadError(card.path, "no 'explain' model: re-export the bundle with ctedge quantize to get heatmaps")
+        self.model = load_interpreter(card.bundle / card.explain["model"], threads)
+        self.layer = card.explain["layer"]
+
+    def explain_slice(self, image: np.ndarray, class_index: int) -> np.ndarray:
+        """The (H, W) heatmap in [0, 1] of class ``class_index`` on one (H, W) uint8 slice."""
+        outputs = invoke_all(self.model, image[None, ..., None].astype(np.float32))
+        maps, weights = _by_rank(outputs, 4)[0], _by_rank(outputs, 2)
+        raw = np.maximum(np.einsum("hwk,k->hw", maps, weights[class_index]), 0.0)
+        return normalise(cv2.resize(raw, image.shape[::-1], interpolation=cv2.INTER_LINEAR)[None])[0]
+
+    def explain(self, result: StudyResult, top: int = 3) -> list[SliceHeatmap]:
+        """Heatmaps of the ``top`` slices with the highest probability of the verdict class."""
+        class_index = result.classes.index(result.verdict.label)
+        ranked = sorted(result.slices, key=lambda s: -s.probabilities[class_index])[:top]
+        return [SliceHeatmap(self.explain_slice(result.images[s.index], class_index), float(s.probabilities[class_index]),
+                             ((s.index, 1.0),)) for s in ranked]
 
 
 def normalise(maps: np.ndarray) -> np.ndarray:

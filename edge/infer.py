@@ -1,5 +1,6 @@
-"""Group classifiers: the interface every model implements, and the placeholder used until a
-trained model is installed."""
+"""Classifiers on the edge runtime: group models (encoder + head over slice groups), slice models
+(one 2-D classifier per slice), and the placeholder used until a trained model is installed.
+Each has ``kind`` (the card kind whose scoring, ``edge.kinds``, runs it) and ``classes``."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Protocol
 
 import numpy as np
 
+from edge import CLASSES
 from edge.card import ModelCard, banner_for, load_card
 from edge.errors import ModelLoadError
 from edge.evidence import NO_EVIDENCE, evidence_line
@@ -41,18 +43,23 @@ class ModelInfo:
                    evidence_line(card.validations), variant)
 
 
-class GroupClassifier(Protocol):
-    """Turns one group of (group size, size, size) uint8 slices into probabilities over CLASSES."""
+class Classifier(Protocol):
+    """Turns one unit of uint8 input (a (group size, size, size) group for kind ``group``, a
+    (size, size) slice for kind ``slice``) into probabilities over ``classes``."""
 
     info: ModelInfo
+    kind: str
+    classes: tuple[str, ...]
 
-    def predict(self, group: np.ndarray) -> np.ndarray: ...
+    def predict(self, unit: np.ndarray) -> np.ndarray: ...
 
 
 class PlaceholderClassifier:
     """NOT a trained model: returns equal probabilities for every class so that the pipeline can
     run end to end before a trained model is installed. Its verdicts carry no information."""
 
+    kind = "group"
+    classes = CLASSES
     info = ModelInfo(
         name="placeholder-uniform", version="0", demonstration=True, placeholder=True,
         note="Placeholder, not a classifier: every group gets probability 1/3 for each class. "
@@ -71,11 +78,14 @@ class TFLiteClassifier:
     encoder's input shape must be the card's (group size, input size, input size, 1).
     """
 
+    kind = "group"
+
     def __init__(self, bundle: str | Path | ModelCard, variant: str = "int8", threads: int | None = None,
                  edgetpu: bool = False):
         self.card = bundle if isinstance(bundle, ModelCard) else load_card(bundle)
         files = self.card.files(variant)
         self.variant = variant
+        self.classes = self.card.classes
         self.encoder = load_interpreter(files["encoder"], threads, edgetpu=edgetpu)
         self.head = load_interpreter(files["head"], threads)
         p = self.card.preprocessing
@@ -93,3 +103,31 @@ class TFLiteClassifier:
     def predict(self, group: np.ndarray) -> np.ndarray:
         probs = invoke(self.head, self.features(group)[None])[0]
         return probs / probs.sum()
+
+
+class SliceClassifier:
+    """A 2-D slice classifier as one TFLite model (``model`` of the card's variant): input one
+    (1, input size, input size, 1) uint8 slice, output the probabilities over the card's classes."""
+
+    kind = "slice"
+
+    def __init__(self, bundle: str | Path | ModelCard, variant: str = "int8", threads: int | None = None,
+                 edgetpu: bool = False):
+        self.card = bundle if isinstance(bundle, ModelCard) else load_card(bundle)
+        files = self.card.files(variant)
+        self.variant = variant
+        self.classes = self.card.classes
+        self.rule = self.card.patient_rule
+        self.model = load_interpreter(files["model"], threads, edgetpu=edgetpu)
+        size = self.card.preprocessing.input_size
+        shape = tuple(int(d) for d in self.model.get_input_details()[0]["shape"])
+        outputs = tuple(int(d) for d in self.model.get_output_details()[0]["shape"])
+        if shape != (1, size, size, 1) or outputs != (1, len(self.classes)):
+            raise ModelLoadError(files["model"], f"input {shape} and output {outputs} do not match the model card "
+                                                 f"{self.card.path}: (1, {size}, {size}, 1) and (1, {len(self.classes)})")
+        self.info = ModelInfo.of(self.card, variant)
+
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        """Class probabilities of one (size, size) uint8 slice."""
+        probs = invoke(self.model, image[None, ..., None])[0]
+        return probs / max(float(probs.sum()), 1e-12)

@@ -5,53 +5,40 @@ The CLI, the server and the watcher all call :func:`run_study`.
 
 from __future__ import annotations
 
-import contextlib
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from edge import CLASSES, __version__
-from edge.errors import NoLungFoundError
-from edge.infer import GroupClassifier, PlaceholderClassifier
-from edge.ingest import Limits, Volume, load_study, source_name
+from edge import __version__
 from edge.card import TrainingRange
+from edge.errors import NoLungFoundError
+from edge.infer import Classifier, PlaceholderClassifier
+from edge.ingest import Limits, Volume, load_study, source_name
+from edge.kinds import KINDS, GroupResult, SliceScore, timed
 from edge.options import PipelineOptions
-from edge.preprocess.group import assemble, group_plan, position_sources
+from edge.preprocess.group import assemble, group_plan
 from edge.preprocess.segment import LungSegmenter, ThresholdSegmenter
 from edge.preprocess.select import Selection, select_slices
 from edge.preprocess.window import clahe, lung_window, resize_slices
-from edge.vote import Verdict, patient_verdict
+from edge.vote import Verdict
 
-__all__ = ["PipelineOptions", "PreparedStudy", "StudyResult", "prepare_study", "run_study"]
-
-
-@dataclass
-class GroupResult:
-    index: int
-    plan: np.ndarray          # fractional positions into the kept slices; NaN = black padding
-    source: np.ndarray        # volume indices of the real slices that feed this group
-    probabilities: np.ndarray
-
-    @property
-    def label(self) -> str:
-        return CLASSES[int(np.argmax(self.probabilities))]
-
-    def slot_sources(self, slot: int, kept: np.ndarray) -> list[tuple[int, float]]:
-        """The volume indices and weights of the real slices blended into position ``slot`` of this
-        group (one slice with weight 1 unless the group is interpolated; none for padding)."""
-        return [(int(kept[i]), w) for i, w in position_sources(self.plan[slot])]
+__all__ = ["GroupResult", "PipelineOptions", "PreparedStudy", "SliceScore", "StudyResult", "prepare_study", "run_study"]
 
 
 @dataclass
 class StudyResult:
     prepared: PreparedStudy
-    groups: list[GroupResult]
+    groups: list[GroupResult]     # a group model's groups (empty for a slice model)
+    slices: list[SliceScore]      # a slice model's per-slice probabilities (empty for a group model)
     verdict: Verdict
-    classifier: GroupClassifier
+    classifier: Classifier
     options: PipelineOptions
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.classifier.classes
 
     @property
     def volume(self) -> Volume:
@@ -79,8 +66,11 @@ class StudyResult:
         z = [None if v.position_mm is None else round(float(p), 3) for p in
              (v.position_mm if v.position_mm is not None else [None] * v.n_slices)]
         kept = sel.kept_indices
+        classes = self.classes
+        scored = {s.index: s.probabilities for s in self.slices}
         return {
             "label": self.verdict.label,
+            "classes": list(classes),
             "probabilities": self.verdict.probabilities,
             "decision_rule": self.verdict.rule,
             "groups": [{
@@ -88,13 +78,15 @@ class StudyResult:
                 "slice_range": [int(g.source.min()), int(g.source.max())],
                 "n_padding_slices": int(np.isnan(g.plan).sum()),
                 "interpolated": bool(np.any(np.mod(g.plan[~np.isnan(g.plan)], 1) > 0)),
-                "probabilities": {c: round(float(p), 6) for c, p in zip(CLASSES, g.probabilities)},
+                "probabilities": _named(classes, g.probabilities),
                 "label": g.label,
             } for g in self.groups],
             "n_slices_read": v.n_slices,
-            "n_slices_used": int(len(kept)),
+            "n_slices_used": len(kept),
             "selection": sel.method,
-            "slices_used": [{"index": int(i), "file": v.files[i], "z": z[i]} for i in kept],
+            "slices_used": [{"index": int(i), "file": v.files[i], "z": z[i]}
+                            | ({"probabilities": _named(classes, scored[i]), "label": classes[int(np.argmax(scored[i]))]}
+                               if i in scored else {}) for i in kept],
             "slices_dropped": [{"index": i, "file": v.files[i], "z": z[i], "reason": sel.reasons[i]}
                                for i in range(v.n_slices) if not sel.keep[i]],
             "series": {"chosen": v.series_uid,
@@ -109,11 +101,8 @@ class StudyResult:
         }
 
 
-@contextlib.contextmanager
-def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
-    start = time.perf_counter()
-    yield
-    timings[stage] = (time.perf_counter() - start) * 1000.0
+def _named(classes: tuple[str, ...], probabilities: np.ndarray) -> dict[str, float]:
+    return {c: round(float(p), 6) for c, p in zip(classes, probabilities)}
 
 
 @dataclass
@@ -144,22 +133,22 @@ def prepare_study(source: str | Path | Sequence[str | Path], options: PipelineOp
     segmenter = segmenter or ThresholdSegmenter()
     t: dict[str, float] = {}
     stream = release_full_resolution and options.selection != "rahimzadeh"
-    with _timed(t, "read"):
+    with timed(t, "read"):
         volume = load_study(source, limits, resize_to=options.input_size if stream else None)
-    with _timed(t, "resize"):
+    with timed(t, "resize"):
         hu256 = volume.resized if volume.resized is not None else resize_slices(volume.hu, options.input_size)
     volume.resized = None
     full_hu = volume.hu if options.selection == "rahimzadeh" else None   # the only rule on full resolution
     if release_full_resolution:
         volume.hu = None
-    with _timed(t, "segment"):
+    with timed(t, "segment"):
         mask = segmenter.segment(hu256)
-    with _timed(t, "select"):
+    with timed(t, "select"):
         selection = select_slices(options.selection, full_hu, mask)
     del full_hu
     if not selection.keep.any():
         raise NoLungFoundError(source_name(source), f"no slice with lung found by the {selection.method!r} selection")
-    with _timed(t, "window_clahe"):
+    with timed(t, "window_clahe"):
         windowed = lung_window(hu256, options.window)
         images = clahe(windowed, options.clahe_clip)
         if options.mask_lungs:
@@ -168,28 +157,18 @@ def prepare_study(source: str | Path | Sequence[str | Path], options: PipelineOp
     return PreparedStudy(volume, mask, windowed, images, selection, plans, t)
 
 
-def run_study(source: str | Path | Sequence[str | Path], classifier: GroupClassifier | None = None,
+def run_study(source: str | Path | Sequence[str | Path], classifier: Classifier | None = None,
               options: PipelineOptions = PipelineOptions(), segmenter: LungSegmenter | None = None,
               limits: Limits = Limits(), training_range: TrainingRange = TrainingRange(),
               release_full_resolution: bool = False) -> StudyResult:
-    """Read, preprocess, group, classify and vote one study; raises StudyError subclasses on bad input.
+    """Read, preprocess, score (``edge.kinds``: groups or slices, by the classifier's kind) and decide
+    one study; raises StudyError subclasses on bad input.
     A study whose geometry lies outside ``training_range`` gets a warning."""
     classifier = classifier or PlaceholderClassifier()
     prepared = prepare_study(source, options, segmenter, limits, release_full_resolution)
     v = prepared.volume
     v.warnings.extend(training_range.warnings(v.slice_thickness_mm, v.pixel_spacing_mm))
+    scores = KINDS[classifier.kind].score(prepared, classifier, options, prepared.timings_ms)
     t = prepared.timings_ms
-    with _timed(t, "group"):
-        batches = prepared.groups()
-    with _timed(t, "infer"):
-        probs = [np.asarray(classifier.predict(b), float) for b in batches]
-    with _timed(t, "vote"):
-        verdict = patient_verdict(np.stack(probs), options.override)
-    kept = prepared.selection.kept_indices
-    groups = [GroupResult(i, plan, _sources(plan, kept), p) for i, (plan, p) in enumerate(zip(prepared.plans, probs))]
     t["total"] = sum(t.values())
-    return StudyResult(prepared, groups, verdict, classifier, options)
-
-
-def _sources(plan: np.ndarray, kept: np.ndarray) -> np.ndarray:
-    return kept[np.unique([i for pos in plan for i, _ in position_sources(pos)])]
+    return StudyResult(prepared, scores.groups, scores.slices, scores.verdict, classifier, options)

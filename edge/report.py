@@ -15,18 +15,15 @@ import cv2
 import jinja2
 import numpy as np
 
-from edge import CLASSES
 from edge.explain import SliceHeatmap, overlay
 from edge.pipeline import StudyResult
 
-EXPLANATION_METHOD = ("Grad-CAM on the last convolution of the float32 CNN encoder, for the verdict class, "
-                      "computed on the edge runtime; slices ranked by how much the class score drops when the "
-                      "slice is blacked out")
 _TEMPLATES = jinja2.Environment(loader=jinja2.PackageLoader("edge", "templates"), autoescape=True)
 
 
-def write_result(result: StudyResult, heatmaps: list[SliceHeatmap], out_dir: Path, explained: bool = True) -> dict:
-    """Write the result folder of one study and return its ``result.json`` document."""
+def write_result(result: StudyResult, heatmaps: list[SliceHeatmap], out_dir: Path, method: str | None = None) -> dict:
+    """Write the result folder of one study and return its ``result.json`` document; ``method`` says
+    how the heatmaps were made (None: the model has no explain models)."""
     out_dir = Path(out_dir)
     (out_dir / "heatmaps").mkdir(parents=True, exist_ok=True)
     (out_dir / "slices").mkdir(exist_ok=True)
@@ -37,24 +34,24 @@ def write_result(result: StudyResult, heatmaps: list[SliceHeatmap], out_dir: Pat
         name = f"slices/{i:04d}.png"
         cv2.imwrite(str(out_dir / name), image)
         doc["slice_png"].append(name)
-    kept = result.selection.kept_indices
     doc["heatmaps"] = []
     for n, h in enumerate(heatmaps, start=1):
-        sources = result.groups[h.group].slot_sources(h.slot, kept)
+        sources = list(h.sources)
         index = max(sources, key=lambda s: s[1])[0]
         picture = sum(w * display[i].astype(np.float32) for i, w in sources)
         where = f"slice {index}" if len(sources) == 1 else \
             "blend of slices " + " + ".join(f"{i} ({w:.2f})" for i, w in sources)
         name = f"heatmaps/{n}.png"
-        cv2.imwrite(str(out_dir / name), _captioned(overlay(np.rint(picture).astype(np.uint8), h.heatmap),
-                                                    f"{doc['label']} | group {h.group} | {where} | share {h.share:.2f}",
+        cv2.imwrite(str(out_dir / name), _captioned(_legible(overlay(np.rint(picture).astype(np.uint8), h.heatmap)),
+                                                    " | ".join([doc["label"]] + ([f"group {h.group}"] if h.group is not None else [])
+                                                               + [where, f"share {h.share:.2f}"]),
                                                     result.classifier.info.banner))
         doc["heatmaps"].append({"n": n, "group": h.group, "slice_index": index, "file": result.volume.files[index],
                                 "sources": [{"slice_index": i, "file": result.volume.files[i], "weight": round(w, 4)}
                                             for i, w in sources],
                                 "interpolated": len(sources) > 1, "share": round(h.share, 4), "png": name})
-    doc["explanation"] = {"class": doc["label"], "method": EXPLANATION_METHOD if explained else None}
-    if not explained:
+    doc["explanation"] = {"class": doc["label"], "method": method}
+    if method is None:
         doc["warnings"].append("no heatmaps: the model has no explain models (re-export it with ctedge quantize)")
     (out_dir / "report.html").write_text(render_report(doc))
     (out_dir / "result.json").write_text(json.dumps(doc, indent=2))
@@ -63,7 +60,33 @@ def write_result(result: StudyResult, heatmaps: list[SliceHeatmap], out_dir: Pat
 
 def render_report(doc: dict, base_url: str = "") -> str:
     """The one-page HTML report of a result document; image paths are relative to ``base_url``."""
-    return _TEMPLATES.get_template("report.html").render(doc=doc, classes=CLASSES, base=base_url)
+    return _TEMPLATES.get_template("report.html").render(doc=doc, classes=doc["classes"], base=base_url,
+                                                         plot=slice_plot(doc))
+
+
+def slice_plot(doc: dict, width: int = 640, height: int = 200) -> dict | None:
+    """An SVG plot of each class's probability along the slice axis, from the per-slice probabilities
+    of the result document (None when it has none): polylines per class, x = slice index, and the
+    slices shown as heatmaps marked."""
+    scored = [s for s in doc["slices_used"] if "probabilities" in s]
+    if not scored:
+        return None
+    last = max(doc["n_slices_read"] - 1, 1)
+    x = {s["index"]: round(40 + (width - 50) * s["index"] / last, 1) for s in scored}
+
+    def y(p: float) -> float:
+        return round(10 + (height - 40) * (1 - p), 1)
+
+    lines = {c: " ".join(f"{x[s['index']]},{y(s['probabilities'][c])}" for s in scored) for c in doc["classes"]}
+    marks = sorted({x[h["slice_index"]] for h in doc.get("heatmaps", []) if h["slice_index"] in x})
+    return {"width": width, "height": height, "lines": lines, "marks": marks, "y": {p: y(p) for p in (0.0, 0.5, 1.0)},
+            "x0": 40, "x1": width - 10, "last": last}
+
+
+def _legible(picture: np.ndarray, width: int = 256) -> np.ndarray:
+    """The picture enlarged to at least ``width`` pixels wide, so that its caption fits."""
+    scale = -(-width // picture.shape[1])
+    return picture if scale <= 1 else cv2.resize(picture, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
 
 
 def _captioned(picture: np.ndarray, text: str, banner: str) -> np.ndarray:

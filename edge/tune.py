@@ -31,7 +31,7 @@ import numpy as np
 
 from edge.card import ModelCard, load_card
 from edge.errors import ModelLoadError, UserError
-from edge.infer import TFLiteClassifier
+from edge.kinds import KINDS
 
 log = logging.getLogger("ctedge.tune")
 
@@ -153,7 +153,8 @@ def eligible_variants(card: ModelCard) -> list[str]:
 
 
 def phantom_group(card: ModelCard, seed: int = 0) -> np.ndarray:
-    """One model-input group made from a synthetic chest phantom (no patient data needed)."""
+    """One model input made from a synthetic chest phantom (no patient data needed): a group, or for a
+    slice model the middle slice of that group."""
     from edge.phantom import make_phantom
     from edge.preprocess.segment import ThresholdSegmenter
     from edge.preprocess.window import clahe, lung_window, resize_slices
@@ -161,19 +162,20 @@ def phantom_group(card: ModelCard, seed: int = 0) -> np.ndarray:
     p = card.preprocessing
     hu = resize_slices(make_phantom(p.group_size, 2 * p.input_size, ground_glass=2, seed=seed).hu, p.input_size)
     images = clahe(lung_window(hu, p.window), p.clahe_clip)
-    return np.where(ThresholdSegmenter().segment(hu), images, 0).astype(np.uint8)
+    group = np.where(ThresholdSegmenter().segment(hu), images, 0).astype(np.uint8)
+    return group[len(group) // 2] if KINDS[card.kind].unit == "slice" else group
 
 
 def study_group(card: ModelCard, study: Path) -> np.ndarray:
-    """The first model-input group of a real study."""
+    """The first model input (group or slice, by the card's kind) of a real study."""
     from edge.pipeline import prepare_study
 
-    return prepare_study(study, card.preprocessing).groups()[0]
+    return KINDS[card.kind].units(prepare_study(study, card.preprocessing))[0]
 
 
 def time_variant(card: ModelCard, variant: str, threads: int, group: np.ndarray, repeats: int) -> tuple[float, np.ndarray]:
     """Median ms per group over ``repeats`` (after one warm-up call) and the probabilities."""
-    classifier = TFLiteClassifier(card, variant, threads)
+    classifier = KINDS[card.kind].classifier(card, variant, threads)
     probs = classifier.predict(group)
     times = []
     for _ in range(repeats):

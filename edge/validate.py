@@ -302,6 +302,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     records = discover(args.data)
     labels = read_labels(args.slice_labels) if args.slice_labels else None
     engine, bundle = validate_engine(args)
+    if engine.classifier.classes != CLASSES:
+        raise UserError(bundle, f"classes {', '.join(engine.classifier.classes)}: validate compares verdicts with "
+                                f"patient labels {', '.join(CLASSES)}, so it needs a three-class model")
     model = engine.info.to_dict()
     with _owner_only():
         try:

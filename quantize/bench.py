@@ -1,8 +1,9 @@
-"""``ctedge bench``: Keras float vs TFLite float32 vs TFLite int8 on the same real groups, in one process.
+"""``ctedge bench``: Keras float vs TFLite float32 vs TFLite int8 on the same real units (50-slice
+groups of a group model, kept slices of a slice model), in one process.
 
-Every figure printed comes from this run: per-group latency (min and median over repeats),
-agreement with Keras, the per-patient time by stage, peak memory, FLOPs per group and the
-fraction of this CPU's measured float32 matrix-multiply peak that each variant reaches.
+Every figure printed comes from this run: per-unit latency (min and median over repeats),
+agreement with Keras, the per-patient time by stage, peak memory, parameters, FLOPs per unit and
+the fraction of this CPU's measured float32 matrix-multiply peak that each variant reaches.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from edge.card import load_card
-from edge.infer import TFLiteClassifier
 from edge.ingest.parallel import decode_series
 from edge.ingest.sources import study_files
+from edge.kinds import KINDS
 from edge.pipeline import prepare_study, run_study
 from edge.tune import cpu_identity, tune
 from quantize.fidelity import bundle_sizes, compare
@@ -40,12 +41,19 @@ def measure_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
 
 
 def keras_flops(model) -> int:
-    """2 x multiply-adds of the Conv2D, Dense and bidirectional LSTM layers for one sample."""
+    """2 x multiply-adds of the convolution (plain, depthwise, separable), Dense and bidirectional
+    LSTM layers for one sample."""
     import tf_keras as keras
 
     flops = 0
     for layer in model.layers:
-        if isinstance(layer, keras.layers.Conv2D):
+        if isinstance(layer, (keras.layers.DepthwiseConv2D, keras.layers.SeparableConv2D)):
+            _, h, w, c_out = layer.output_shape
+            kh, kw, c_in, multiplier = layer.depthwise_kernel.shape
+            flops += 2 * h * w * kh * kw * c_in * multiplier
+            if isinstance(layer, keras.layers.SeparableConv2D):
+                flops += 2 * h * w * c_in * multiplier * c_out
+        elif isinstance(layer, keras.layers.Conv2D):
             _, h, w, c_out = layer.output_shape
             kh, kw, c_in, _ = layer.kernel.shape
             flops += 2 * h * w * kh * kw * c_in * c_out
@@ -59,18 +67,28 @@ def keras_flops(model) -> int:
 
 
 class KerasClassifier:
-    """The float Keras encoder + head of a run folder, called like a TFLiteClassifier."""
+    """The float Keras model of a run folder (encoder + head, or a slice model), called like the
+    TFLite classifier of its kind; ``flops`` and ``parameters`` per unit."""
 
     def __init__(self, run: Path):
+        from training.slice_train import is_slice_run, load_slice_run
         from training.train import load_run_models
 
-        self.encoder, self.head = load_run_models(run)
-        self.flops_per_group = self.head.input_shape[1] * keras_flops(self.encoder) + keras_flops(self.head)
+        if is_slice_run(run):
+            self.model = load_slice_run(run)[0]
+            self.flops, self.parameters = keras_flops(self.model), self.model.count_params()
+        else:
+            self.encoder, self.head = load_run_models(run)
+            self.model = None
+            self.flops = self.head.input_shape[1] * keras_flops(self.encoder) + keras_flops(self.head)
+            self.parameters = self.encoder.count_params() + self.head.count_params()
 
-    def predict(self, group: np.ndarray) -> np.ndarray:
+    def predict(self, unit: np.ndarray) -> np.ndarray:
         from training.models import predict_group
 
-        return predict_group(self.encoder, self.head, group)
+        if self.model is not None:
+            return self.model(unit[None, ..., None].astype(np.float32), training=False).numpy()[0]
+        return predict_group(self.encoder, self.head, unit)
 
 
 def decode_modes(study: Path, repeats: int = 2) -> dict:
@@ -105,49 +123,53 @@ def _decode_seconds(paths: list[Path], shape: tuple[int, int], mode: str) -> flo
 
 def bench(study: Path, bundle: Path, keras_run: Path | None, repeats: int, threads: int | None,
           layers: bool = False) -> dict:
-    """Run every variant on the groups of ``study`` and return the benchmark document."""
+    """Run every variant on the units (groups or slices, by the bundle's kind) of ``study`` and
+    return the benchmark document."""
     threads = threads or os.cpu_count() or 1
     card = load_card(bundle)
-    int8 = TFLiteClassifier(card, "int8", threads)
-    predictors = {"tflite_float32": TFLiteClassifier(card, "float32", threads).predict, "tflite_int8": int8.predict}
-    errors, flops = {}, None
+    kind = KINDS[card.kind]
+    unit = kind.unit
+    int8 = kind.classifier(card, "int8", threads)
+    predictors = {"tflite_float32": kind.classifier(card, "float32", threads).predict, "tflite_int8": int8.predict}
+    errors, flops, parameters = {}, None, None
     try:
         if keras_run is None:
             raise FileNotFoundError("no --keras run folder given")
         keras = KerasClassifier(keras_run)
         predictors = {"keras": keras.predict, **predictors}
-        flops = keras.flops_per_group
+        flops, parameters = keras.flops, keras.parameters
     except ImportError:
         errors["keras"] = "TensorFlow is not installed (pip install 'ctedge[train]')"
     except (FileNotFoundError, OSError) as exc:
         errors["keras"] = str(exc)
-    groups = prepare_study(study, card.preprocessing).groups()
+    units = kind.units(prepare_study(study, card.preprocessing))
     reference = "keras" if "keras" in predictors else "tflite_float32"
-    results = compare(predictors, [groups], reference, repeats)
+    results = compare(predictors, [units], reference, repeats, unit)
     sizes = bundle_sizes(card)
-    variants = {name: {"ms_per_group_median": r["ms_per_group_median"], "ms_per_group_min": r["ms_per_group_min"],
+    variants = {name: {f"ms_per_{unit}_median": r[f"ms_per_{unit}_median"], f"ms_per_{unit}_min": r[f"ms_per_{unit}_min"],
                        "size_bytes": sizes.get(name.removeprefix("tflite_")),
                        f"agreement_with_{reference}": r["top1_agreement"], "max_prob_diff": r["max_abs_prob_diff"]}
                 for name, r in results.items()}
     variants.update({name: {"error": why} for name, why in errors.items()})
     peak = measure_peak_gflops()
-    median = {n: r["ms_per_group_median"] for n, r in results.items()}
+    median = {n: r[f"ms_per_{unit}_median"] for n, r in results.items()}
     return {
-        "study_groups": len(groups), "repeats": repeats, "threads": threads,
+        "model": {"name": card.name, "kind": card.kind, "banner": card.banner, "input_size": card.preprocessing.input_size},
+        "unit": unit, "study_units": len(units), "repeats": repeats, "threads": threads,
         "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
         "cpu_flags": cpu_identity()["flags"], "cpu_model": cpu_identity()["model"],
         "variants": variants,
         "speedup_int8_vs_float32": round(median["tflite_float32"] / median["tflite_int8"], 2),
         "speedup_int8_vs_keras": round(median["keras"] / median["tflite_int8"], 2) if "keras" in median else None,
         "size_ratio_float32_vs_int8": round(sizes["float32"] / sizes["int8"], 2),
-        "flops_per_group": flops, "cpu_peak_gflops_float32_gemm": round(peak, 1),
+        "parameters": parameters, f"flops_per_{unit}": flops, "cpu_peak_gflops_float32_gemm": round(peak, 1),
         "fraction_of_peak": {n: round(flops / (ms / 1000) / 1e9 / peak, 3) for n, ms in median.items()} if flops else None,
         "end_to_end_ms_by_stage_int8": run_study(study, int8, card.preprocessing,
                                                  release_full_resolution=True).to_dict()["timings_ms"],
         "decode": decode_modes(study),
-        "variants_by_threads": _tune_rows(card, groups[0], threads, repeats),
+        "variants_by_threads": _tune_rows(card, units[0], threads, repeats) if card.kind == "group" else None,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "layers": _layers(card, groups[0], threads, repeats) if layers else None,
+        "layers": _layers(card, units[0], threads, repeats) if layers and card.kind == "group" else None,
     }
 
 
@@ -162,12 +184,14 @@ def _layers(card, group: np.ndarray, threads: int, repeats: int) -> dict:
 
 def add_bench(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmark Keras vs TFLite float32 vs TFLite int8 on one study",
-                       description="Runs every variant in this process on the same real groups and prints "
-                                   "latency per 50-slice group, agreement, speed-ups, FLOPs, the fraction of the "
-                                   "CPU's measured peak, time per stage and peak memory.")
+                       description="Runs every variant in this process on the same real units (50-slice groups of "
+                                   "a group model, kept slices of a slice model) and prints latency per unit, "
+                                   "agreement, speed-ups, parameters, FLOPs, the fraction of the CPU's measured peak, "
+                                   "time per stage and peak memory.")
     p.add_argument("study", type=Path, help="a CT study (folder, zip)")
     p.add_argument("--model", type=Path, required=True, help="TFLite bundle folder (model.json)")
-    p.add_argument("--keras", type=Path, default=None, help="run folder with encoder.keras/head.keras (needs [train])")
+    p.add_argument("--keras", type=Path, default=None,
+                   help="run folder with encoder.keras/head.keras or slice_model.keras (needs [train])")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--layers", action="store_true",
@@ -181,19 +205,24 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(doc, indent=2))
         return 0
-    print(f"{'variant':<16}{'median ms/group':>17}{'min ms/group':>14}{'KiB':>8}{'agree':>8}{'max |dp|':>10}")
+    unit = doc["unit"]
+    if doc["model"]["banner"]:
+        print(f"*** {doc['model']['banner']} *** (timings are valid; its verdicts are not)")
+    print(f"{doc['model']['name']} ({doc['model']['kind']} model, {doc['model']['input_size']} px): "
+          f"{doc['study_units']} {unit}s of {args.study}")
+    print(f"{'variant':<16}{f'median ms/{unit}':>17}{f'min ms/{unit}':>14}{'KiB':>8}{'agree':>8}{'max |dp|':>10}")
     for name, r in doc["variants"].items():
         if "error" in r:
             print(f"{name:<16} not run: {r['error']}")
             continue
         agree = next(v for k, v in r.items() if k.startswith("agreement_with_"))
         size = f"{r['size_bytes'] / 1024:.0f}" if r["size_bytes"] else "-"
-        print(f"{name:<16}{r['ms_per_group_median']:>17.1f}{r['ms_per_group_min']:>14.1f}"
+        print(f"{name:<16}{r[f'ms_per_{unit}_median']:>17.1f}{r[f'ms_per_{unit}_min']:>14.1f}"
               f"{size:>8}{agree:>8.1%}{r['max_prob_diff']:>10.4f}")
     print(f"speed-up int8 vs float32: {doc['speedup_int8_vs_float32']}x; int8 vs Keras: {doc['speedup_int8_vs_keras']}x; "
           f"float32/int8 size: {doc['size_ratio_float32_vs_int8']}x")
-    if doc["flops_per_group"]:
-        print(f"FLOPs per group: {doc['flops_per_group'] / 1e9:.2f} G; CPU float32 GEMM peak "
+    if doc[f"flops_per_{unit}"]:
+        print(f"parameters: {doc['parameters']:,}; FLOPs per {unit}: {doc[f'flops_per_{unit}'] / 1e9:.2f} G; CPU float32 GEMM peak "
               f"{doc['cpu_peak_gflops_float32_gemm']} GFLOP/s (NumPy); fraction of that peak reached: "
               f"{doc['fraction_of_peak']} (int8 counts the same operations against the float32 peak; "
               "8-bit SIMD arithmetic has up to 4x its throughput, so int8 can pass 1)")

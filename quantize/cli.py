@@ -19,12 +19,14 @@ def add_quantize(sub: argparse._SubParsersAction) -> None:
                                    "encoder.onnx for TensorRT) for `ctedge predict --model`, and a fidelity report "
                                    "(fidelity.json, fidelity.txt) "
                                    "comparing every variant with the Keras model on those groups. " + NO_NETWORK)
-    p.add_argument("run", type=Path, help="run folder written by ctedge train (encoder.keras, head.keras)")
+    p.add_argument("run", type=Path, help="run folder written by ctedge train (encoder.keras + head.keras, or "
+                                          "slice_model.keras of a slice model: float32 and int8, Grad-CAM model)")
     p.add_argument("--calibration", type=Path, required=True, help="folder tree or CSV of studies for calibration")
     p.add_argument("--out", type=Path, required=True, help="bundle folder to write")
-    p.add_argument("--name", default="cnn-bilstm")
+    p.add_argument("--name", default=None, help="model name (default: cnn-bilstm, or the slice run's folder name)")
     p.add_argument("--version", default="0.1.0")
-    p.add_argument("--max-slices", type=int, default=500, help="calibration slices at most (100-500 advised)")
+    p.add_argument("--max-slices", type=int, default=500,
+                   help="calibration (and, for slice models, fidelity) slices at most (100-500 advised)")
     p.add_argument("--clinical", action="store_true", help="do not mark the bundle as a demonstration model")
     p.add_argument("--note", default=DEMONSTRATION_NOTE)
     p.set_defaults(func=cmd_quantize)
@@ -33,9 +35,19 @@ def add_quantize(sub: argparse._SubParsersAction) -> None:
 def cmd_quantize(args: argparse.Namespace) -> int:
     _require_tensorflow()
     from quantize.bundle import quantize_run
+    from quantize.slice_bundle import quantize_slice_run
+    from training.slice_train import is_slice_run
 
-    result = quantize_run(args.run, args.calibration, args.out, args.name, args.version, args.max_slices,
-                          args.clinical, args.note, command="ctedge " + shlex.join(sys.argv[1:]))
+    command = "ctedge " + shlex.join(sys.argv[1:])
+    if is_slice_run(args.run):
+        result = quantize_slice_run(args.run, args.calibration, args.out, args.name or args.run.name, args.version,
+                                    args.max_slices, args.clinical, args.note, command)
+        print(f"slice bundle: {result.card.path} ({result.card.extra['calibration']['slices']} calibration slices; "
+              f"patient rule {result.card.patient_rule.to_dict()})")
+        print(result.table)
+        return 0
+    result = quantize_run(args.run, args.calibration, args.out, args.name or "cnn-bilstm", args.version,
+                          args.max_slices, args.clinical, args.note, command=command)
     card = result.card
     print(f"bundle: {card.path} ({card.extra['calibration']['groups']} calibration groups)")
     print(result.table)

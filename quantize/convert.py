@@ -160,3 +160,28 @@ def compile_for_edgetpu(out_dir: Path, files: dict[str, dict[str, str]]) -> dict
     files["edgetpu"] = {"encoder": files["int8"]["encoder"].replace(".tflite", "_edgetpu.tflite"),
                         "head": files["int8"]["head"]}
     return {"compiled": True, "command": shlex.join(command)}
+
+
+def export_slice_explain(model: keras.Model, layer: str, out_dir: Path, input_shape: tuple[int, ...]) -> dict:
+    """Write the float32 Grad-CAM model of a slice classifier (see ``edge.explain.SliceGradCam``):
+    input one slice, outputs the activations of ``layer`` (1, h, w, K) and the channel weights (C, K),
+    each class's pre-softmax ``logits`` gradient with respect to those activations, averaged over h, w.
+    The backward graph converts to TFLite builtins: ReLUs after ``layer`` get an arithmetic gradient."""
+    both = keras.Model(model.inputs, [model.get_layer(layer).output, model.get_layer("logits").output])
+
+    def maps_and_weights(x: tf.Tensor) -> list[tf.Tensor]:
+        with tf.GradientTape(persistent=True) as tape:
+            maps, logits = both(x, training=False)
+            per_class = [logits[:, c] for c in range(logits.shape[-1])]
+        return [maps, tf.stack([tf.reduce_mean(tape.gradient(s, maps)[0], axis=(0, 1)) for s in per_class])]
+
+    relu_layers = [lyr for lyr in both.layers if getattr(lyr, "activation", None) is keras.activations.relu]
+    for lyr in relu_layers:
+        lyr.activation = _relu
+    try:
+        files = {"model": "explain_slice_float32.tflite", "layer": layer}
+        (out_dir / files["model"]).write_bytes(convert(both, input_shape, "float32", call=maps_and_weights))
+    finally:
+        for lyr in relu_layers:
+            lyr.activation = keras.activations.relu
+    return files

@@ -15,12 +15,12 @@ Predict = Callable[[np.ndarray], np.ndarray]
 
 
 def compare(predictors: dict[str, Predict], studies: list[list[np.ndarray]], reference: str,
-            repeats: int = 3) -> dict[str, dict]:
-    """Run every predictor on every group of every study.
+            repeats: int = 3, unit: str = "group") -> dict[str, dict]:
+    """Run every predictor on every unit (a group, or a slice: ``unit``) of every study.
 
-    Returns per variant: top-1 agreement with ``reference`` over groups, mean and max absolute
-    probability difference, median and min latency per group (ms, over ``repeats``) and the
-    median time per patient (all of a study's groups, ms).
+    Returns per variant: top-1 agreement with ``reference`` over units, mean and max absolute
+    probability difference, median and min latency per unit (``ms_per_<unit>_median``,
+    ``ms_per_<unit>_min``, over ``repeats``) and the median time per patient (all of a study's units, ms).
     """
     groups = [g for study in studies for g in study]
     probs, results = {}, {}
@@ -28,8 +28,8 @@ def compare(predictors: dict[str, Predict], studies: list[list[np.ndarray]], ref
         probs[name] = np.stack([predict(g) for g in groups])  # also the warm-up
         per_group = [_seconds(predict, g) for _ in range(repeats) for g in groups]
         per_patient = [sum(_seconds(predict, g) for g in study) for _ in range(repeats) for study in studies]
-        results[name] = {"ms_per_group_median": round(1000 * statistics.median(per_group), 2),
-                         "ms_per_group_min": round(1000 * min(per_group), 2),
+        results[name] = {f"ms_per_{unit}_median": round(1000 * statistics.median(per_group), 2),
+                         f"ms_per_{unit}_min": round(1000 * min(per_group), 2),
                          "ms_per_patient_median": round(1000 * statistics.median(per_patient), 2)}
     ref = probs[reference]
     for name, p in probs.items():
@@ -46,20 +46,21 @@ def _seconds(predict: Predict, group: np.ndarray) -> float:
 
 
 def bundle_sizes(card: ModelCard) -> dict[str, int]:
-    """Bytes on disk of each variant (encoder + head)."""
+    """Bytes on disk of each variant (all its model files)."""
     return {v: sum((card.bundle / f).stat().st_size for f in files.values()) for v, files in card.variants.items()}
 
 
-def format_table(results: dict[str, dict], sizes: dict[str, int] | None = None, reference: str = "keras") -> str:
+def format_table(results: dict[str, dict], sizes: dict[str, int] | None = None, reference: str = "keras",
+                 unit: str = "group") -> str:
     """A readable table of ``compare`` results."""
     sizes = sizes or {}
-    lines = [f"{'variant':<18}{'agree':>8}{'mean |dp|':>11}{'max |dp|':>10}{'ms/group':>10}{'ms/patient':>12}{'KiB':>9}"]
+    lines = [f"{'variant':<18}{'agree':>8}{'mean |dp|':>11}{'max |dp|':>10}{f'ms/{unit}':>10}{'ms/patient':>12}{'KiB':>9}"]
     for name, r in results.items():
         size = sizes.get(name.removeprefix("tflite_"))
         lines.append(f"{name:<18}{r['top1_agreement']:>8.1%}{r['mean_abs_prob_diff']:>11.4f}{r['max_abs_prob_diff']:>10.4f}"
-                     f"{r['ms_per_group_median']:>10.1f}{r['ms_per_patient_median']:>12.1f}"
+                     f"{r[f'ms_per_{unit}_median']:>10.1f}{r['ms_per_patient_median']:>12.1f}"
                      f"{(f'{size / 1024:.0f}' if size else '-'):>9}")
     lines += [f"{name}: max |feature diff| {r['max_abs_feature_diff']:.2e} (features up to {r['feature_scale']:.3g})"
               for name, r in results.items() if "max_abs_feature_diff" in r]
-    lines.append(f"(agreement and differences against {reference}, on the same groups)")
+    lines.append(f"(agreement and differences against {reference}, on the same {unit}s)")
     return "\n".join(lines)

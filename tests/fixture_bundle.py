@@ -44,3 +44,47 @@ def make_constant_bundle(out: Path, probabilities: tuple[float, ...] = KNOWN_PRO
             "variants": {"float32": {"encoder": "encoder_float32.tflite", "head": "head_float32.tflite"}}}
     (out / "model.json").write_text(json.dumps(card, indent=2))
     return out
+
+
+SLICE_WEIGHT, SLICE_BIAS = 0.08, (-3.0, -6.0, 0.0)
+
+
+def slice_probabilities(image_means: np.ndarray, classes: tuple[str, ...] = CLASSES) -> np.ndarray:
+    """What the slice fixture answers for slices of the given mean grey value: the softmax of
+    ``SLICE_WEIGHT * mean + SLICE_BIAS`` (the first class's score grows with the mean; two classes
+    take the first and last bias)."""
+    bias = np.array(SLICE_BIAS if len(classes) == 3 else (SLICE_BIAS[0], SLICE_BIAS[-1]))
+    logits = np.zeros((len(image_means), len(classes)))
+    logits[:, 0] = SLICE_WEIGHT * np.asarray(image_means, float)
+    logits += bias
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def make_slice_bundle(out: Path, classes: tuple[str, ...] = CLASSES, rule: dict | None = None) -> Path:
+    """A ``slice`` bundle whose answer is known by construction (:func:`slice_probabilities` of each
+    slice's mean model-input grey value): a global average pool and a fixed dense layer. Only a
+    float32 variant; no explain model."""
+    import training  # noqa: F401  (tf_keras set-up)
+    import tf_keras as keras
+
+    from quantize.convert import convert
+
+    options = PipelineOptions()
+    size = options.input_size
+    image = keras.Input((size, size, 1))
+    kernel = np.zeros((1, len(classes)), np.float32)
+    kernel[0, 0] = SLICE_WEIGHT
+    bias = slice_probabilities(np.zeros(1), classes)[0]
+    dense = keras.layers.Dense(len(classes), activation="softmax", kernel_initializer=keras.initializers.Constant(kernel),
+                               bias_initializer=keras.initializers.Constant(np.log(bias)))
+    model = keras.Model(image, dense(keras.layers.GlobalAveragePooling2D()(image)))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "slice_float32.tflite").write_bytes(convert(model, (1, size, size, 1), "float32"))
+    card = {"name": "slice-test-model", "version": "1", "kind": "slice", "classes": list(classes),
+            "patient_rule": rule or {"name": "fraction", "threshold": 0.1}, "demonstration": True,
+            "placeholder": False, "note": "Test fixture: a fixed function of each slice's mean grey value. Not a model.",
+            "preprocessing": options.model_input() | {"override": options.override}, "training_range": {},
+            "variants": {"float32": {"model": "slice_float32.tflite"}}}
+    (out / "model.json").write_text(json.dumps(card, indent=2))
+    return out

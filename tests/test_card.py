@@ -46,11 +46,15 @@ def bundle_with(tmp_path: Path, **changes) -> Path:
 
 @pytest.mark.parametrize("changes, message", [
     ({"preprocessing": None}, "model card has no 'preprocessing'"),
-    ({"classes": ["covid", "healthy"]}, "classes ['covid', 'healthy'] differ"),
+    ({"classes": ["covid", "healthy"]}, "classes ['covid', 'healthy'] must be ['covid', 'other_pneumonia', 'healthy']"),
     ({"preprocessing__colour": "blue"}, "preprocessing must be an object with keys from"),
     ({"preprocessing__selection": "everything"}, "preprocessing: selection must be one of"),
     ({"training_range__slice_thickness_mm": [1.0]}, "training_range: each value must be [low, high]"),
-    ({"kind": "slice"}, "kind 'slice' is not supported by this ctedge version (supported: group)"),
+    ({"kind": "image"}, "kind 'image' is not supported by this ctedge version (supported: group, slice)"),
+    ({"kind": "slice"}, "a slice model needs patient_rule"),
+    ({"kind": "slice", "patient_rule": {"name": "fraction", "threshold": 0.1}},
+     "variant 'float32' must name the model file(s) of a slice model, got encoder, head"),
+    ({"patient_rule": {"name": "fraction", "threshold": 0.1}}, "patient_rule applies to slice models only"),
     ({"modality": "xray"}, "modality 'xray' is not supported"),
 ])
 def test_a_bad_card_is_refused_naming_the_file_and_key(tmp_path, changes, message):

@@ -6,8 +6,9 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 import tf_keras as keras  # noqa: E402
 
+from training.archs import build_slice_model  # noqa: E402
 from training.models import (FPN_LAYERS, build_bit_resnet, build_densenet121_xray, build_encoder, build_head,  # noqa: E402
-                             build_resnet50v2_fpn, build_slice_classifier, build_unet, dice_coefficient, dice_loss)
+                             build_slice_classifier, build_unet, dice_coefficient, dice_loss)
 from training.optimizers import Lamb  # noqa: E402
 
 
@@ -92,22 +93,24 @@ def test_bit_resnet_trains_and_standardises_weights():
     assert loss[-1] < loss[0] and acc >= 0.8
 
 
-@pytest.mark.parametrize("builder", [build_resnet50v2_fpn, build_densenet121_xray])
+@pytest.mark.parametrize("builder", [lambda: build_slice_model("resnet50v2-fpn", 64, 2).model,
+                                     lambda: build_densenet121_xray((64, 64, 3), n_classes=2)], ids=["fpn", "densenet"])
 def test_large_backbones_learn_a_batch(builder):
     """ResNet50V2+FPN (24 M parameters) and DenseNet121 (7 M) are too big to train to a held-out score
     on 2 CPU cores within a test; the loss must fall when fitting one small batch."""
-    x, y = blobs(16, 64, seed=4, channels=3)
-    model = builder((64, 64, 3), n_classes=2)
-    loss, _ = fit_and_score(model, x / 255.0, y, x / 255.0, y, epochs=6, lr=1e-3)
+    model = builder()
+    x, y = blobs(16, 64, seed=4, channels=model.input_shape[-1])
+    scale = 1.0 if model.input_shape[-1] == 1 else 255.0     # slice models take grey [0, 255]
+    loss, _ = fit_and_score(model, x / scale, y, x / scale, y, epochs=6, lr=1e-3)
     assert loss[-1] < 0.7 * loss[0]
 
 
 def test_fpn_has_five_heads_of_two_relu_units():
-    model = build_resnet50v2_fpn((64, 64, 3))
-    heads = [layer for layer in model.layers if layer.name.startswith("head")]
+    built = build_slice_model("resnet50v2-fpn", 64, 3)
+    heads = [layer for layer in built.model.layers if layer.name.startswith("head")]
     assert len(heads) == len(FPN_LAYERS) == 5
     assert all(h.units == 2 and h.activation.__name__ == "relu" for h in heads)
-    assert model.get_layer("softmax").input_shape == (None, 10)
+    assert built.model.get_layer("logits").input_shape == (None, 10) and built.gradcam_layer == "fpn_smooth1"
 
 
 def test_local_weights_file_is_loaded_and_a_missing_one_named(tmp_path):
@@ -117,7 +120,7 @@ def test_local_weights_file_is_loaded_and_a_missing_one_named(tmp_path):
     model = build_densenet121_xray((64, 64, 3), weights=path)
     assert all(np.array_equal(a, b) for a, b in zip(trunk.get_weights(), model.get_weights()))
     with pytest.raises(FileNotFoundError, match="nope.h5"):
-        build_resnet50v2_fpn((64, 64, 3), weights=tmp_path / "nope.h5")
+        build_slice_model("resnet50v2-fpn", 64, 2, weights=tmp_path / "nope.h5")
 
 
 def test_lamb_step_matches_a_numpy_reference():

@@ -35,6 +35,7 @@ class Scripted:
     """A classifier whose answers are known by construction: the next scripted vector per group."""
 
     info = ModelInfo("scripted", "1", demonstration=True, placeholder=False, note="test fixture")
+    kind, classes = "group", CLASSES
 
     def __init__(self, answers, stop_after: int | None = None):
         self.answers, self.stop_after, self.calls = list(answers), stop_after, 0

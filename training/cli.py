@@ -26,16 +26,37 @@ def _require_tensorflow() -> None:
 
 
 def add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train the CNN + biLSTM classifier on labelled studies (needs [train])",
-                       description="Two-stage training of the compact CNN encoder and biLSTM head on studies "
-                                   "laid out as <root>/<class>/<patient>/... or listed in a CSV "
-                                   "(patient,class,path). Splits are by patient, stratified, seeded. " + NO_NETWORK)
+    from training.recipes import ARCH_INFO, GROUP_ARCH, RECIPES
+
+    p = sub.add_parser("train", help="train a classifier (CNN + biLSTM, or a slice model by --arch) (needs [train])",
+                       description="Train on studies laid out as <root>/<class>/<patient>/... or listed in a CSV "
+                                   "(patient,class,path). Splits are by patient, stratified, seeded. "
+                                   f"--arch {GROUP_ARCH} (default): two-stage training of the compact CNN encoder and "
+                                   "biLSTM head over 50-slice groups. Any other --arch: a slice model (one 2-D "
+                                   "classifier per kept slice, the patient decided by --patient-rule), labelled by "
+                                   "patient or, with --slice-labels, per slice (classes infection / none). " + NO_NETWORK)
     p.add_argument("data", type=Path, help="folder tree or CSV of labelled studies")
     p.add_argument("--out", type=Path, required=True, help="run folder: models, config, metrics, plots")
+    p.add_argument("--arch", choices=(GROUP_ARCH, *ARCH_INFO), default=GROUP_ARCH,
+                   help="architecture: " + "; ".join(f"{n}: {src}, {size} px" for n, (size, src) in ARCH_INFO.items()))
+    p.add_argument("--recipe", choices=tuple(RECIPES), default="default",
+                   help="slice models: " + "; ".join(f"{n}: {r.note}" for n, r in RECIPES.items()))
+    p.add_argument("--weights", type=Path, default=None, help="slice models: local file of pretrained trunk weights")
+    p.add_argument("--freeze-epochs", type=int, default=0,
+                   help="slice models: train only the head for this many epochs first, the trunk frozen")
+    p.add_argument("--epochs", type=int, default=30, help="slice models: epochs (default 30)")
+    p.add_argument("--input-size", type=int, default=None, help="slice models: input canvas (default: the arch's)")
+    p.add_argument("--slice-labels", type=Path, default=None,
+                   help="slice models: CSV patient_folder,file,infection; trains infection / none on slice labels")
+    p.add_argument("--patient-rule", choices=("fraction", "mean"), default="fraction",
+                   help="slice models: how slices decide the patient (recorded in the model card)")
+    p.add_argument("--threshold", type=float, default=0.1,
+                   help="slice models: the rule's threshold (fraction rule: 0 or 0.1 in Rahimzadeh et al.)")
     p.add_argument("--cnn-epochs", type=int, default=100)
     p.add_argument("--head-epochs", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=1e-4, help="learning rate (default 1e-4)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="learning rate (default 1e-4; slice models: the recipe's base rate, scheduled by the recipe)")
     p.add_argument("--patience", type=int, default=25, help="early-stopping patience in epochs (default 25)")
     p.add_argument("--optimizer", choices=("adam", "lamb"), default="adam")
     p.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (0 = off)")
@@ -56,14 +77,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     _require_tensorflow()
     from training.data import discover
     from training.evaluate import DEMO_NOTE, evaluate_run
+    from training.recipes import GROUP_ARCH
     from training.train import TrainConfig, train_classifier
+
+    if args.arch != GROUP_ARCH:
+        return _train_slices(args)
 
     if args.folds and args.test_fraction:
         raise UserError("--test-fraction", "with --folds every fold is held out in turn; leave --test-fraction out")
     if not 0 <= args.test_fraction < 1:
         raise UserError("--test-fraction", f"must be in [0, 1), got {args.test_fraction}")
     config = TrainConfig(cnn_epochs=args.cnn_epochs, head_epochs=args.head_epochs, batch_size=args.batch_size,
-                         learning_rate=args.lr, patience=args.patience, optimizer=args.optimizer,
+                         learning_rate=args.lr or 1e-4, patience=args.patience, optimizer=args.optimizer,
                          augment=not args.no_augment, mixup_alpha=args.mixup, val_fraction=args.val_fraction,
                          test_fraction=args.test_fraction, seed=args.seed)
     records = discover(args.data)
@@ -81,6 +106,35 @@ def cmd_train(args: argparse.Namespace) -> int:
                                note=f"{what}; {DEMO_NOTE}")["table"])
     if args.test_fraction and not result.split["test"]:
         print("No test patients: --test-fraction needs classes with at least 3 patients.")
+    return 0
+
+
+def _train_slices(args: argparse.Namespace) -> int:
+    from edge.vote import PatientRule
+    from training.data import discover
+    from training.recipes import ARCH_INFO
+    from training.slice_train import SliceTrainConfig, train_slice_run, with_input_size
+
+    if args.folds or args.test_fraction:
+        raise UserError("--arch", f"{args.arch} is a slice model: --folds and --test-fraction are for cnn-bilstm")
+    if args.weights is not None and not args.weights.is_file():
+        raise UserError(args.weights, "pretrained weights file not found (weights are never downloaded)")
+    try:
+        rule = PatientRule(args.patient_rule, args.threshold)
+    except ValueError as exc:
+        raise UserError("--threshold", str(exc)) from exc
+    config = SliceTrainConfig(arch=args.arch, recipe=args.recipe, learning_rate=args.lr, epochs=args.epochs, freeze_epochs=args.freeze_epochs,
+                              batch_size=args.batch_size, patience=args.patience, augment=not args.no_augment,
+                              val_fraction=args.val_fraction, seed=args.seed,
+                              weights=str(args.weights) if args.weights else None,
+                              slice_labels=str(args.slice_labels) if args.slice_labels else None,
+                              patient_rule=rule.to_dict())
+    config = with_input_size(config, args.input_size or ARCH_INFO[args.arch][0])
+    run = train_slice_run(discover(args.data), args.out, config)
+    print(f"slice model ({args.arch}, {config.preprocessing.input_size} px, classes {', '.join(config.classes)}): "
+          f"{args.out}/slice_model.keras; split (seed {config.seed}): "
+          + ", ".join(f"{len(run.split[k])} {k}" for k in ("train", "val")) + " patients")
+    print(f"next: ctedge quantize {args.out} --calibration STUDIES --out BUNDLE")
     return 0
 
 
@@ -111,9 +165,9 @@ def _cross_validate(records, out: Path, config, k: int) -> int:
 
 def add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="evaluate a trained run on labelled studies (needs [train])",
-                       description="Group- and patient-level metrics (accuracy, sensitivity, specificity, PPV, "
-                                   "NPV, F1, ROC AUC, confusion matrix), ROC and confusion plots, and a table laid "
-                                   "out like Table 2 of the seed paper.")
+                       description="Group- (slice-, for a slice model) and patient-level metrics (accuracy, "
+                                   "sensitivity, specificity, PPV, NPV, F1, ROC AUC, confusion matrix), ROC and "
+                                   "confusion plots, and a table laid out like Table 2 of the seed paper.")
     p.add_argument("data", type=Path, help="folder tree or CSV of labelled studies")
     p.add_argument("--run", type=Path, required=True, help="run folder written by ctedge train")
     p.add_argument("--out", type=Path, default=None, help="folder for metrics and plots (default RUN/evaluation)")
@@ -128,8 +182,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from training.data import discover
     from training.evaluate import evaluate_run
+    from training.slice_evaluate import evaluate_slice_run
+    from training.slice_train import is_slice_run
     from training.train import load_run_models, read_run_preprocessing
 
+    if is_slice_run(args.run):
+        print(evaluate_slice_run(args.run, discover(args.data), args.out or args.run / "evaluation")["table"])
+        return 0
     options, _ = read_run_preprocessing(args.run)
     if args.override is not None:
         options = replace(options, override=args.override)

@@ -50,6 +50,18 @@ def gradcam_slices(encoder: keras.Model, classifier: keras.layers.Dense, images:
     return _cams(_raw_cams(conv, tape.gradient(score, conv)), images.shape[1:])
 
 
+def gradcam_slice(model: keras.Model, layer: str, images: np.ndarray, class_index: int) -> np.ndarray:
+    """Heatmaps in [0, 1] of shape (n, H, W) of a slice model (``training.archs``) on slices (n, H, W)
+    uint8: the ``logits`` score of ``class_index`` against the activations of ``layer``. The
+    TensorFlow reference of the edge's ``SliceGradCam``."""
+    both = keras.Model(model.inputs, [model.get_layer(layer).output, model.get_layer("logits").output])
+    x = tf.convert_to_tensor(images[..., None], tf.float32)
+    with tf.GradientTape() as tape:
+        conv, logits = both(x, training=False)
+        score = logits[:, class_index]
+    return _cams(_raw_cams(conv, tape.gradient(score, conv)), images.shape[1:])
+
+
 def gradcam_group(encoder: keras.Model, head: keras.Model, group: np.ndarray, class_index: int,
                   layer: str = LAST_CONV) -> tuple[np.ndarray, np.ndarray]:
     """Grad-CAM of the group decision on every slice of a (50, H, W) uint8 group.

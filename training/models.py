@@ -97,31 +97,11 @@ def dice_loss(y_true, y_pred):
 
 
 FPN_LAYERS = ("conv1_conv", "conv2_block3_1_relu", "conv3_block4_1_relu", "conv4_block6_1_relu", "post_relu")
-"""ResNet50V2 outputs feeding the pyramid: strides 2, 4, 8, 16 and 32."""
+"""ResNet50V2 outputs feeding the pyramid of ``training.archs`` (resnet50v2-fpn): strides 2, 4, 8, 16 and 32."""
 
 
-def build_resnet50v2_fpn(input_shape: tuple[int, int, int] = (224, 224, 3), n_classes: int = 2,
-                         weights: str | Path | None = None, pyramid_channels: int = 64) -> keras.Model:
-    """Rahimzadeh et al. 2021 (COVID-CTset): ResNet50V2 with a concatenating feature pyramid; each of
-    the five levels has its own head of 2 ReLU units; the five are concatenated into 10, then softmax."""
-    backbone = keras.applications.ResNet50V2(include_top=False, weights=None, input_shape=input_shape)
-    _load_local_weights(backbone, weights)
-    levels = [backbone.get_layer(name).output for name in FPN_LAYERS]
-    top = layers.Conv2D(pyramid_channels, 1, name="fpn_lateral5")(levels[-1])
-    pyramid = [top]
-    for i in range(len(levels) - 2, -1, -1):
-        up = layers.UpSampling2D(size=_upsampling(levels[i], top), name=f"fpn_up{i + 1}")(top)
-        lateral = layers.Conv2D(pyramid_channels, 1, name=f"fpn_lateral{i + 1}")(levels[i])
-        top = layers.Concatenate(name=f"fpn_concat{i + 1}")([up, lateral])
-        top = layers.Conv2D(pyramid_channels, 3, padding="same", activation="relu", name=f"fpn_smooth{i + 1}")(top)
-        pyramid.append(top)
-    heads = [layers.Dense(2, activation="relu", name=f"head{i + 1}")(layers.GlobalAveragePooling2D()(p))
-             for i, p in enumerate(pyramid)]
-    outputs = layers.Dense(n_classes, activation="softmax", name="softmax")(layers.Concatenate()(heads))
-    return keras.Model(backbone.input, outputs, name="resnet50v2_fpn")
-
-
-def _upsampling(fine, coarse) -> tuple[int, int]:
+def upsampling(fine, coarse) -> tuple[int, int]:
+    """The factors that bring the coarse map to the fine map's size."""
     return fine.shape[1] // coarse.shape[1], fine.shape[2] // coarse.shape[2]
 
 
@@ -130,7 +110,7 @@ def build_densenet121_xray(input_shape: tuple[int, int, int] = (224, 224, 3), n_
     """DenseNet121 for three-class chest X-ray (COVID-19 / pneumonia / normal): global average
     pooling and softmax on the DenseNet121 trunk (train with ``training.augment.xray_augment``)."""
     trunk = keras.applications.DenseNet121(include_top=False, weights=None, input_shape=input_shape)
-    _load_local_weights(trunk, weights)
+    load_local_weights(trunk, weights)
     x = layers.GlobalAveragePooling2D()(trunk.output)
     return keras.Model(trunk.input, layers.Dense(n_classes, activation="softmax")(x), name="densenet121_xray")
 
@@ -149,14 +129,19 @@ def build_bit_resnet(input_shape: tuple[int, int, int] = (128, 128, 3), n_classe
     """BiT-style ResNet-v2 (Kolesnikov et al. 2020, Big Transfer): pre-activation bottleneck blocks
     with group normalisation and weight-standardised convolutions. BiT-M R50x1 is depths (3, 4, 6, 3)."""
     inputs = keras.Input(input_shape)
-    x = StandardizedConv2D(64 * width, 7, strides=2, padding="same", use_bias=False, name="root_conv")(inputs)
+    x = layers.GlobalAveragePooling2D()(bit_trunk(inputs, depths, width, groups))
+    return keras.Model(inputs, layers.Dense(n_classes, activation="softmax")(x), name="bit_resnet")
+
+
+def bit_trunk(x, depths: tuple[int, ...] = (3, 4, 6, 3), width: int = 1, groups: int = 32):
+    """The BiT ResNet-v2 trunk on tensor ``x``: its last feature map, after the final GroupNorm and
+    the ReLU named ``bit_post_relu``."""
+    x = StandardizedConv2D(64 * width, 7, strides=2, padding="same", use_bias=False, name="root_conv")(x)
     x = layers.MaxPooling2D(3, strides=2, padding="same")(x)
     for stage, blocks in enumerate(depths):
         for block in range(blocks):
             x = _bit_block(x, 64 * width * 2**stage, 2 if block == 0 and stage > 0 else 1, groups)
-    x = layers.ReLU()(layers.GroupNormalization(groups)(x))
-    x = layers.GlobalAveragePooling2D()(x)
-    return keras.Model(inputs, layers.Dense(n_classes, activation="softmax")(x), name="bit_resnet")
+    return layers.ReLU(name="bit_post_relu")(layers.GroupNormalization(groups)(x))
 
 
 def _bit_block(x, mid: int, stride: int, groups: int):
@@ -169,7 +154,7 @@ def _bit_block(x, mid: int, stride: int, groups: int):
     return layers.Add()([shortcut, y])
 
 
-def _load_local_weights(model: keras.Model, weights: str | Path | None) -> None:
+def load_local_weights(model: keras.Model, weights: str | Path | None) -> None:
     if weights is None:
         return
     path = Path(weights)

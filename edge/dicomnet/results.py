@@ -89,7 +89,7 @@ def structured_report(doc: dict, evidence: list[Dataset]) -> hd.sr.Comprehensive
     demonstration = bool(model["banner"])
     items: list[Dataset] = [hd.sr.TextContentItem(FINDING, doc["label"], "CONTAINS")]
     items += [hd.sr.NumContentItem(_code(f"probability-{c}", f"Probability of {c}"), float(doc["probabilities"][c]),
-                                   NO_UNITS, relationship_type="CONTAINS") for c in CLASSES]
+                                   NO_UNITS, relationship_type="CONTAINS") for c in doc.get("classes", CLASSES)]
     items += [hd.sr.TextContentItem(DECISION_RULE, doc["decision_rule"][:1024], "CONTAINS"),
               hd.sr.TextContentItem(ALGORITHM_NAME, model["name"], "CONTAINS"),
               hd.sr.TextContentItem(ALGORITHM_VERSION, str(model["version"]), "CONTAINS"),

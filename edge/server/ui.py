@@ -114,7 +114,8 @@ def study(study_id: str) -> str:
     if state["status"] in ("queued", "running"):
         return render_template("status.html", state=state, position=jobs().position(study_id))
     result = store().result(study_id) if state["status"] == "done" else None
-    return render_template("result.html", state=state, result=result, classes=CLASSES)
+    return render_template("result.html", state=state, result=result,
+                           classes=result.get("classes", CLASSES) if result else CLASSES)
 
 
 @bp.get("/studies/<study_id>/heatmaps/<int:n>.png")

@@ -1,0 +1,118 @@
+"""Model kinds: how a prepared study becomes scored units and a patient verdict.
+
+``KINDS[card.kind]`` names what a bundle of that kind loads (its classifier and Grad-CAM
+explainer) and how it scores a study. ``group``: 50-slice groups through the encoder and head,
+voted by ``edge.vote.patient_verdict``; ``slice``: every selected slice through one 2-D
+classifier, the card's ``edge.vote.PatientRule`` deciding. The pipeline, engine and outputs
+call these; the result document carries ``groups`` or per-slice probabilities, never the kind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from edge.explain import GradCam, SliceGradCam
+from edge.infer import Classifier, SliceClassifier, TFLiteClassifier
+from edge.options import PipelineOptions
+from edge.preprocess.group import position_sources
+from edge.vote import Verdict, patient_verdict
+
+if TYPE_CHECKING:
+    from edge.pipeline import PreparedStudy
+
+
+@contextlib.contextmanager
+def timed(timings: dict[str, float], stage: str) -> Iterator[None]:
+    """Record the wall time of the block in ``timings[stage]`` (ms)."""
+    start = time.perf_counter()
+    yield
+    timings[stage] = (time.perf_counter() - start) * 1000.0
+
+
+@dataclass
+class GroupResult:
+    index: int
+    plan: np.ndarray          # fractional positions into the kept slices; NaN = black padding
+    source: np.ndarray        # volume indices of the real slices that feed this group
+    probabilities: np.ndarray
+    classes: tuple[str, ...]
+
+    @property
+    def label(self) -> str:
+        return self.classes[int(np.argmax(self.probabilities))]
+
+    def slot_sources(self, slot: int, kept: np.ndarray) -> list[tuple[int, float]]:
+        """The volume indices and weights of the real slices blended into position ``slot`` of this
+        group (one slice with weight 1 unless the group is interpolated; none for padding)."""
+        return [(int(kept[i]), w) for i, w in position_sources(self.plan[slot])]
+
+
+@dataclass
+class SliceScore:
+    index: int                # volume index of the slice
+    probabilities: np.ndarray
+
+
+@dataclass
+class Scores:
+    """A study's scored units and verdict: ``groups`` for a group model, ``slices`` for a slice model."""
+
+    verdict: Verdict
+    groups: list[GroupResult] = field(default_factory=list)
+    slices: list[SliceScore] = field(default_factory=list)
+
+
+def score_groups(prepared: PreparedStudy, classifier: Classifier, options: PipelineOptions,
+                 t: dict[str, float]) -> Scores:
+    """Group the kept slices, classify each group, vote (majority with the ``override`` threshold)."""
+    with timed(t, "group"):
+        batches = prepared.groups()
+    with timed(t, "infer"):
+        probs = [np.asarray(classifier.predict(b), float) for b in batches]
+    with timed(t, "vote"):
+        verdict = patient_verdict(np.stack(probs), options.override)
+    kept = prepared.selection.kept_indices
+    groups = [GroupResult(i, plan, _sources(plan, kept), p, classifier.classes)
+              for i, (plan, p) in enumerate(zip(prepared.plans, probs))]
+    return Scores(verdict, groups=groups)
+
+
+def score_slices(prepared: PreparedStudy, classifier: SliceClassifier, options: PipelineOptions,
+                 t: dict[str, float]) -> Scores:
+    """Classify every kept slice; the card's patient rule decides."""
+    kept = prepared.selection.kept_indices
+    with timed(t, "infer"):
+        probs = np.stack([np.asarray(classifier.predict(image), float) for image in kept_slices(prepared)])
+    with timed(t, "vote"):
+        verdict = classifier.rule.verdict(probs, classifier.classes)
+    return Scores(verdict, slices=[SliceScore(int(i), p) for i, p in zip(kept, probs)])
+
+
+def _sources(plan: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    return kept[np.unique([i for pos in plan for i, _ in position_sources(pos)])]
+
+
+def kept_slices(prepared: PreparedStudy) -> list[np.ndarray]:
+    """The (size, size) uint8 model inputs of the kept slices: a slice model's units."""
+    return list(prepared.images[prepared.selection.kept_indices])
+
+
+@dataclass(frozen=True)
+class Kind:
+    classifier: Callable[..., Any]        # (card, variant, threads, edgetpu=) -> classifier
+    explainer: Callable[..., Any]         # (card, threads) -> Grad-CAM on the edge runtime
+    score: Callable[..., Scores]          # (prepared, classifier, options, timings) -> Scores
+    units: Callable[..., list[np.ndarray]]   # (prepared) -> the inputs of classifier.predict, one per call
+    unit: str                             # what one unit is called
+
+
+KINDS: dict[str, Kind] = {
+    "group": Kind(TFLiteClassifier, GradCam, score_groups, lambda prepared: prepared.groups(), "group"),
+    "slice": Kind(SliceClassifier, SliceGradCam, score_slices, kept_slices, "slice"),
+}

@@ -1,0 +1,76 @@
+"""A trained slice run folder -> a ``slice`` TFLite bundle (float32 and int8, the Grad-CAM model)
+with its fidelity report (``ctedge quantize`` on a run of ``ctedge train --arch``)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from edge.card import CARD_FILE, DEMONSTRATION_NOTE, parse_card, write_card
+from edge.infer import SliceClassifier
+from quantize.bundle import QuantizeResult
+from quantize.convert import convert, export_slice_explain
+from quantize.fidelity import bundle_sizes, compare, format_table
+from training.data import discover
+from training.slice_train import load_slice_run
+from training.train import prepare_records, read_run_preprocessing
+
+SLICE_VARIANTS = ("float32", "int8")
+PLACEHOLDER_NOTE = ("Untrained (placeholder) model: converted with its initial weights to measure speed and size only; "
+                    "its verdicts carry no information. Not for clinical use.")
+
+
+def calibration_slices(studies: list[np.ndarray], max_slices: int) -> list[np.ndarray]:
+    """At most ``max_slices`` slices spread evenly over the studies' kept slices; the first one is
+    given one black and one white pixel so that the int8 model's uint8 input gets scale 1 and zero
+    point 0 (the edge then passes its uint8 slices unchanged)."""
+    pooled = np.concatenate(studies)
+    chosen = pooled[np.linspace(0, len(pooled) - 1, min(max_slices, len(pooled))).astype(int)].copy()
+    chosen[0, 0, 0], chosen[0, 0, 1] = 0, 255
+    return list(chosen)
+
+
+def quantize_slice_run(run: Path, calibration: Path, out: Path, name: str, version: str, max_slices: int = 200,
+                       clinical: bool = False, note: str = DEMONSTRATION_NOTE, command: str = "") -> QuantizeResult:
+    """Convert the run's slice model to float32 and int8 TFLite (int8 calibrated on real kept slices of
+    the ``calibration`` studies, preprocessed with the run's options), export the float32 Grad-CAM
+    model, write the bundle and compare every variant with the Keras model on those studies' slices.
+    A run trained for no epoch gives a placeholder bundle (flagged so, and so on every output)."""
+    model, config = load_slice_run(run)
+    options, training_range = read_run_preprocessing(run)
+    prepared = prepare_records(discover(calibration), options)
+    studies = [p.study.images[p.study.selection.kept_indices] for p in prepared]
+    slices = calibration_slices(studies, max_slices)
+    shape = (1, options.input_size, options.input_size, 1)
+    out.mkdir(parents=True, exist_ok=True)
+    variants = {}
+    for variant in SLICE_VARIANTS:
+        data = convert(model, shape, variant, lambda: ([s[None, ..., None].astype(np.float32)] for s in slices),
+                       int8_input=tf.uint8)
+        variants[variant] = {"model": f"slice_{variant}.tflite"}
+        (out / variants[variant]["model"]).write_bytes(data)
+    untrained = config["epochs"] + config["freeze_epochs"] == 0
+    card = {"name": name, "version": version, "kind": "slice", "classes": config["classes"],
+            "patient_rule": config["patient_rule"], "demonstration": not clinical, "placeholder": untrained,
+            "note": PLACEHOLDER_NOTE if untrained else "" if clinical else note, "preprocessing": asdict(options),
+            "training_range": training_range.to_dict(), "variants": variants,
+            "explain": export_slice_explain(model, config["gradcam_layer"], out, shape),
+            "calibration": {"studies": str(calibration), "slices": len(slices)},
+            "trained_with": config, "converted_with": command}
+    parsed = parse_card(card, out / CARD_FILE)
+    write_card(parsed)
+    predictors = {"keras": lambda s: model(s[None, ..., None].astype(np.float32), training=False).numpy()[0]}
+    predictors |= {f"tflite_{v}": SliceClassifier(parsed, v).predict for v in parsed.variants}
+    fidelity_studies = [list(s[np.linspace(0, len(s) - 1, min(len(s), max_slices)).astype(int)]) for s in studies]
+    results = compare(predictors, fidelity_studies, reference="keras", repeats=1, unit="slice")
+    sizes = bundle_sizes(parsed)
+    fidelity = {"reference": "keras float32", "studies": len(studies), "slices": sum(map(len, fidelity_studies)),
+                "variants": results, "sizes_bytes": sizes}
+    table = format_table(results, sizes, unit="slice")
+    (out / "fidelity.json").write_text(json.dumps(fidelity, indent=2))
+    (out / "fidelity.txt").write_text(table + "\n")
+    return QuantizeResult(parsed, fidelity, table)

@@ -1,0 +1,203 @@
+"""Training of slice models (edge kind ``slice``): one 2-D classifier of the named architecture
+(``training.archs``) on every kept slice, read through ``edge.pipeline.prepare_study``.
+
+Labels: each kept slice gets its patient's class (three classes), or, with a slice-labels CSV
+(``edge.selection_report.read_labels``), its own label (two classes, ``infection`` / ``none``;
+kept slices the CSV does not list are left out, and so are studies it does not label at all). With ``freeze_epochs``, the trunk is frozen and
+only the head trained first (for a trunk loaded from ``--weights``), then everything.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+import tf_keras as keras
+
+from edge import CLASSES
+from edge.card import DEMONSTRATION_BANNER
+from edge.errors import UserError
+from edge.options import PipelineOptions
+from edge.selection_report import read_labels
+from training.archs import build_slice_model, make_optimizer
+from training.data import StudyRecord, patient_split
+from training.models import StandardizedConv2D
+from training.plots import plot_training_curves
+from training.recipes import RECIPES, Recipe, learning_rate
+from training.train import SliceBatches, prepare_records, write_run_preprocessing
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "slice_model.keras"
+SLICE_LABEL_CLASSES = ("infection", "none")
+
+
+@dataclass(frozen=True)
+class SliceTrainConfig:
+    """Everything that decides a slice training run; saved as config.json in the run folder."""
+
+    arch: str = "small-cnn"
+    recipe: str = "default"
+    learning_rate: float | None = None   # the recipe's base rate when None
+    epochs: int = 30
+    freeze_epochs: int = 0             # head-only epochs first, trunk frozen
+    batch_size: int = 16
+    patience: int = 10
+    augment: bool = True
+    val_fraction: float = 0.2
+    seed: int = 0
+    weights: str | None = None         # local pretrained trunk weights
+    slice_labels: str | None = None    # CSV patient_folder,file,infection: two-class slice labels
+    patient_rule: dict = field(default_factory=lambda: {"name": "fraction", "threshold": 0.1})
+    preprocessing: PipelineOptions = field(default_factory=PipelineOptions)
+
+    @property
+    def recipe_spec(self) -> Recipe:
+        recipe = RECIPES[self.recipe]
+        return replace(recipe, learning_rate=self.learning_rate) if self.learning_rate else recipe
+
+    @property
+    def mixup_alpha(self) -> float:    # read by SliceBatches
+        return self.recipe_spec.mixup_alpha
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return SLICE_LABEL_CLASSES if self.slice_labels else CLASSES
+
+
+@dataclass
+class SliceRun:
+    model: keras.Model
+    gradcam_layer: str
+    history: dict[str, list[float]]
+    split: dict[str, list[str]]
+
+
+class CroppedBatches(SliceBatches):
+    """SliceBatches with the recipe's random crop: up to ``crop`` of each side cut, resized back."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, n_classes: int, config: SliceTrainConfig):
+        super().__init__(x, y, n_classes, config)
+        self.crop = config.recipe_spec.random_crop
+
+    def __getitem__(self, i: int):
+        x, y = super().__getitem__(i)
+        if self.crop > 0:
+            x = np.stack([_random_crop(s[..., 0], self.crop, self.rng)[..., None] for s in x])
+        return x, y
+
+
+def _random_crop(image: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    h, w = image.shape
+    top, left = (int(rng.uniform(0, fraction) * n) for n in (h, w))
+    bottom, right = (int(rng.uniform(0, fraction) * n) for n in (h, w))
+    return cv2.resize(image[top:h - bottom, left:w - right], (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def labelled_slices(prepared, config: SliceTrainConfig, labels: dict[tuple[str, str], int] | None
+                    ) -> tuple[np.ndarray, np.ndarray, list]:
+    """Kept slices (N, size, size, 1) uint8 of the prepared studies, their class indices in
+    ``config.classes`` (the patient's class, or the CSV's slice label: 1 = infection, index 0), and
+    the prepared studies that contributed."""
+    xs, ys, used = [], [], []
+    for p in prepared:
+        study = p.study
+        kept = study.selection.kept_indices
+        if labels is None:
+            xs.append(study.images[kept])
+            ys.append(np.full(len(kept), CLASSES.index(p.record.label)))
+            used.append(p)
+            continue
+        folder = Path(p.record.path).name
+        found = [(i, labels[(folder, study.volume.files[i])]) for i in kept if (folder, study.volume.files[i]) in labels]
+        if not found:
+            log.warning("%s: no kept slice of study %s is labelled (patient_folder %r): left out",
+                        config.slice_labels, p.record.path, folder)
+            continue
+        xs.append(study.images[[i for i, _ in found]])
+        ys.append(np.array([0 if infected else 1 for _, infected in found]))
+        used.append(p)
+    if not xs:
+        size = config.preprocessing.input_size
+        return np.zeros((0, size, size, 1), np.uint8), np.zeros(0, int), used
+    return np.concatenate(xs)[..., None], np.concatenate(ys), used
+
+
+def train_slice_run(records: list[StudyRecord], run_dir: Path, config: SliceTrainConfig) -> SliceRun:
+    """Split by patient, train the slice model (early stopping on ``val``), and save the run folder:
+    slice_model.keras, config.json (with kind, classes and the Grad-CAM layer), preprocessing.json,
+    history.json, split.json, training curves."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    labels = read_labels(config.slice_labels) if config.slice_labels else None
+    split = patient_split(records, val_fraction=config.val_fraction, seed=config.seed)
+    train = prepare_records(split["train"], config.preprocessing)
+    val = prepare_records(split["val"], config.preprocessing)
+    x, y, used = labelled_slices(train, config, labels)
+    if not len(x):
+        raise UserError(config.slice_labels or "data", "no labelled slice to train on")
+    xv, yv, used_val = labelled_slices(val, config, labels)
+    write_run_preprocessing(run_dir, config.preprocessing, [p.study for p in used + used_val])
+    n = len(config.classes)
+    keras.utils.set_random_seed(config.seed)
+    size = config.preprocessing.input_size
+    built = build_slice_model(config.arch, size, n, Path(config.weights) if config.weights else None)
+    model = built.model
+    counts = np.bincount(y, minlength=n)
+    weights = {k: len(y) / (np.count_nonzero(counts) * c) for k, c in enumerate(counts) if c}
+    monitor = "val_loss" if len(xv) else "loss"
+    history: dict[str, list[float]] = {}
+    stages = [("head", config.freeze_epochs, True), ("all", config.epochs, False)]
+    for stage, epochs, frozen in stages:
+        if epochs <= 0:
+            continue
+        for layer in model.layers:
+            layer.trainable = not (frozen and layer.name in built.trunk_layers)
+        model.compile(optimizer=make_optimizer(config.recipe_spec), loss="categorical_crossentropy", metrics=["accuracy"])
+        fit = model.fit(
+            CroppedBatches(x, y, n, config),
+            validation_data=(xv.astype(np.float32), np.eye(n)[yv]) if len(xv) else None,
+            epochs=epochs, class_weight=weights, verbose=2,
+            callbacks=[keras.callbacks.LearningRateScheduler(lambda e, _: learning_rate(config.recipe_spec, e)),
+                       keras.callbacks.EarlyStopping(monitor=monitor, patience=config.patience, restore_best_weights=True)])
+        for key, values in fit.history.items():
+            history.setdefault(f"{stage}_{key}", []).extend(map(float, values))
+    model.save(run_dir / MODEL_FILE)
+    split_names = {k: [r.patient for r in v] for k, v in split.items()}
+    doc = asdict(config) | {"kind": "slice", "classes": list(config.classes), "gradcam_layer": built.gradcam_layer,
+                            "n_train_slices": len(y), "n_val_slices": len(yv)}
+    (run_dir / "config.json").write_text(json.dumps(doc, indent=2, default=str))
+    (run_dir / "history.json").write_text(json.dumps(history, indent=2))
+    (run_dir / "split.json").write_text(json.dumps(split_names, indent=2))
+    curves = {k.removeprefix("all_"): v for k, v in history.items() if k.startswith("all_") and k != "all_lr"}
+    if curves:
+        plot_training_curves(curves, run_dir / "training_slices.png", title=f"Training, {config.arch} slices",
+                             note=DEMONSTRATION_BANNER.lower() if len(records) < 30 else "")
+    return SliceRun(model, built.gradcam_layer, history, split_names)
+
+
+def is_slice_run(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a slice model (else it is a CNN + biLSTM run)."""
+    return (run_dir / MODEL_FILE).is_file()
+
+
+def load_slice_run(run_dir: Path) -> tuple[keras.Model, dict]:
+    """The Keras slice model and config.json of a run folder written by :func:`train_slice_run`."""
+    path, config = run_dir / MODEL_FILE, run_dir / "config.json"
+    try:
+        model = keras.models.load_model(path, compile=False, custom_objects={"StandardizedConv2D": StandardizedConv2D})
+        doc = json.loads(config.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(path, f"cannot be loaded as a slice model run ({exc})") from exc
+    missing = [k for k in ("kind", "classes", "gradcam_layer", "patient_rule") if k not in doc]
+    if missing:
+        raise UserError(config, f"missing {missing[0]!r}: not a slice run of ctedge train --arch")
+    return model, doc
+
+
+def with_input_size(config: SliceTrainConfig, size: int) -> SliceTrainConfig:
+    """``config`` with the model input canvas set to ``size`` pixels."""
+    return replace(config, preprocessing=replace(config.preprocessing, input_size=size))
