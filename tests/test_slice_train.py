@@ -216,5 +216,18 @@ def test_evaluate_a_slice_run_at_slice_and_patient_level(trained, phantom_datase
     verdict = PatientRule(**config["patient_rule"]).verdict(probs)
     row = next(p for p in metrics["predictions"] if p["patient"] == "covid-0")
     assert row["verdict"] == verdict.label and row["label"] == "covid"
-    for name in ("roc_slice.png", "roc_patient.png", "confusion_slice.png", "confusion_patient.png"):
+    for name in ("roc_slice.png", "roc_patient.png", "confusion_slice.png", "confusion_patient.png", "tsne_slice.png"):
         assert (tmp_path / "ev" / name).stat().st_size > 1000
+
+
+def test_tsne_keeps_separated_classes_apart():
+    """Two classes whose 64-D features differ in mean stay apart in the 2-D map: each point's nearest
+    neighbour in the map is of its own class (a map that mixed them would fail this)."""
+    from training.slice_evaluate import tsne
+
+    rng = np.random.default_rng(0)
+    features = np.concatenate([rng.normal(0, 1, (40, 64)), rng.normal(4, 1, (40, 64))])
+    labels = np.repeat([0, 1], 40)
+    points = tsne(features)
+    distances = np.linalg.norm(points[:, None] - points[None], axis=-1) + np.eye(80) * 1e9
+    assert points.shape == (80, 2) and (labels[distances.argmin(axis=1)] == labels).mean() >= 0.95

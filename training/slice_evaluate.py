@@ -1,6 +1,7 @@
 """Evaluation of a trained slice model at slice level and at patient level (after the patient rule):
-Table 2 layout, ROC curves with their macro average, confusion matrices (``ctedge evaluate`` on a
-slice run). Slice truth: the patient's class, or for a two-class run its slice labels CSV; patient
+Table 2 layout, ROC curves with their macro average, confusion matrices, and a t-SNE map of the
+penultimate (pooled) features of the labelled slices, as seeds 001 and 004 show (``ctedge evaluate``
+on a slice run). Slice truth: the patient's class, or for a two-class run its slice labels CSV; patient
 truth of a two-class run: ``none`` for a healthy patient, ``infection`` otherwise."""
 
 from __future__ import annotations
@@ -17,8 +18,25 @@ from edge.selection_report import read_labels
 from edge.vote import PatientRule
 from training.data import StudyRecord
 from training.evaluate import DEMO_NOTE
+from training.plots import plot_tsne
 from training.slice_train import SliceTrainConfig, labelled_slices, load_slice_run
 from training.train import prepare_records, read_run_preprocessing
+
+
+def penultimate_features(model, x: np.ndarray) -> np.ndarray:
+    """The pooled features that feed the classifier layer (layer ``pool`` of ``training.archs``) of (N, H, W, 1) slices."""
+    import tf_keras as keras
+
+    extractor = keras.Model(model.inputs, model.get_layer("pool").output)
+    return extractor.predict(x.astype(np.float32), batch_size=32, verbose=0)
+
+
+def tsne(features: np.ndarray, seed: int = 0) -> np.ndarray:
+    """A 2-D t-SNE embedding (scikit-learn) of (N, F) features; perplexity 30, or less for few points."""
+    from sklearn.manifold import TSNE
+
+    perplexity = float(min(30.0, max(2.0, (len(features) - 1) / 3)))
+    return TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(features)
 
 
 def evaluate_slice_run(run: Path, records: list[StudyRecord], out_dir: Path, note: str = DEMO_NOTE) -> dict:
@@ -29,6 +47,7 @@ def evaluate_slice_run(run: Path, records: list[StudyRecord], out_dir: Path, not
     labels = read_labels(config["slice_labels"]) if config.get("slice_labels") else None
     truth = SliceTrainConfig(slice_labels=config.get("slice_labels"), preprocessing=options)
     slice_true, slice_prob, patient_true, patient_prob, patient_pred, predictions = [], [], [], [], [], []
+    features = []
     for p in prepare_records(records, options):
         kept = p.study.images[p.study.selection.kept_indices]
         probs = model.predict(kept[..., None].astype(np.float32), batch_size=32, verbose=0)
@@ -37,6 +56,7 @@ def evaluate_slice_run(run: Path, records: list[StudyRecord], out_dir: Path, not
         if len(x):
             slice_true += y.tolist()
             slice_prob.append(model.predict(x.astype(np.float32), batch_size=32, verbose=0))
+            features.append(penultimate_features(model, x))
         label = p.record.label if classes == CLASSES else classes[-1] if p.record.label == "healthy" else classes[0]
         patient_true.append(classes.index(label))
         patient_prob.append([verdict.probabilities[c] for c in classes])
@@ -53,6 +73,9 @@ def evaluate_slice_run(run: Path, records: list[StudyRecord], out_dir: Path, not
         plot_roc(y, prob, out_dir / f"roc_{level}.png", classes, title=f"ROC, {level} level", note=note)
         plot_confusion(np.array(reports[level]["confusion_matrix"]), out_dir / f"confusion_{level}.png", classes,
                        title=f"Confusion matrix, {level} level", note=note)
+    if len(slice_true) > 5:
+        plot_tsne(tsne(np.concatenate(features)), slice_true, classes, out_dir / "tsne_slice.png",
+                  title="t-SNE of the penultimate features, labelled slices", note=note)
     table = "\n\n".join(format_table2(reports[level], title=f"{level} level ({note})") for level in ("slice", "patient"))
     (out_dir / "metrics.json").write_text(json.dumps({**reports, "predictions": predictions}, indent=2, default=float))
     return {**reports, "predictions": predictions, "table": table}
