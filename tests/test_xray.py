@@ -5,6 +5,8 @@ whose answer is known by construction, and routing by modality between a CT and 
 from __future__ import annotations
 
 import json
+import shutil
+import time
 from pathlib import Path
 
 import cv2
@@ -22,10 +24,14 @@ from edge.explain import SliceGradCam
 from edge.ingest.radiograph import LateralViewError, load_radiograph, study_modality
 from edge.phantom import make_phantom, write_dicom_series
 from edge.pipeline import prepare_radiograph
-from edge.profile import ProfileError, load_profile
+from edge.profile import ProfileError, WatcherSettings, load_profile
+from edge.server import create_app
+from edge.watch import run_once
+from tests.server_support import write_profile as server_profile
 from tests.fixture_bundle import IMAGE_WEIGHT, KNOWN_PROBABILITIES, make_constant_bundle, make_image_bundle, slice_probabilities
 
 RG1 = Path(get_testdata_file("RG1_UNCR.dcm"))
+TOKEN = "test-token-0123456789"
 
 
 @pytest.fixture(scope="module")
@@ -159,3 +165,32 @@ def test_an_image_card_must_read_xray(xray_bundle, tmp_path):
     (tmp_path / "model.json").write_text(json.dumps(doc))
     with pytest.raises(ModelLoadError, match="kind 'image' reads xray studies, not modality 'ct'"):
         load_card(tmp_path)
+
+
+def test_the_watcher_analyses_a_radiograph_dropped_as_one_file(xray_bundle, tmp_path):
+    inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
+    inbox.mkdir()
+    shutil.copy(RG1, inbox / "chest.dcm")
+    summary = run_once(Engine.from_bundle(xray_bundle, "float32"), inbox, outbox,
+                       WatcherSettings(poll_seconds=0, stable_seconds=0))
+    assert summary.done == 1
+    doc = json.loads((outbox / "chest.dcm" / "result.json").read_text())
+    assert doc["modality"] == "xray" and doc["model"]["placeholder"] and len(doc["heatmaps"]) == 1
+
+
+def test_the_server_analyses_an_uploaded_radiograph(xray_bundle, tmp_path, monkeypatch):
+    monkeypatch.setenv("CTEDGE_API_TOKEN", TOKEN)
+    app = create_app(load_profile(server_profile(tmp_path, max_upload_mb=16)), Engine.from_bundle(xray_bundle, "float32"))
+    try:
+        client = app.test_client()
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        study_id = client.post("/api/v1/studies", data={"files": [(RG1.open("rb"), RG1.name)]},
+                               headers=auth).get_json()["id"]
+        deadline = time.monotonic() + 60
+        while (state := client.get(f"/api/v1/studies/{study_id}", headers=auth).get_json())["status"] not in ("done", "failed"):
+            assert time.monotonic() < deadline, state
+            time.sleep(0.1)
+        assert state["status"] == "done", state
+        assert state["result"]["modality"] == "xray" and state["result"]["model"]["banner"] == PLACEHOLDER_BANNER
+    finally:
+        app.extensions["ctedge"]["jobs"].stop()
