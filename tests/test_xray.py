@@ -194,3 +194,9 @@ def test_the_server_analyses_an_uploaded_radiograph(xray_bundle, tmp_path, monke
         assert state["result"]["modality"] == "xray" and state["result"]["model"]["banner"] == PLACEHOLDER_BANNER
     finally:
         app.extensions["ctedge"]["jobs"].stop()
+
+
+def test_the_text_summary_names_the_radiograph_and_the_placeholder(xray_bundle, capsys):
+    assert main(["predict", str(RG1), "--model", str(xray_bundle), "--variant", "float32"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"*** {PLACEHOLDER_BANNER} ***") and "Radiograph: RG1_UNCR.dcm (view PA)" in out
