@@ -5,6 +5,7 @@ whose answer is known by construction, and routing by modality between a CT and 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from pathlib import Path
@@ -27,6 +28,7 @@ from edge.pipeline import prepare_radiograph
 from edge.profile import ProfileError, WatcherSettings, load_profile
 from edge.server import create_app
 from edge.watch import run_once
+from tests.server_support import PASSWORD, USER
 from tests.server_support import write_profile as server_profile
 from tests.fixture_bundle import IMAGE_WEIGHT, KNOWN_PROBABILITIES, make_constant_bundle, make_image_bundle, slice_probabilities
 
@@ -178,20 +180,29 @@ def test_the_watcher_analyses_a_radiograph_dropped_as_one_file(xray_bundle, tmp_
     assert doc["modality"] == "xray" and doc["model"]["placeholder"] and len(doc["heatmaps"]) == 1
 
 
-def test_the_server_analyses_an_uploaded_radiograph(xray_bundle, tmp_path, monkeypatch):
+def test_the_web_form_and_the_api_analyse_a_radiograph(xray_bundle, tmp_path, monkeypatch):
     monkeypatch.setenv("CTEDGE_API_TOKEN", TOKEN)
     app = create_app(load_profile(server_profile(tmp_path, max_upload_mb=16)), Engine.from_bundle(xray_bundle, "float32"))
     try:
         client = app.test_client()
         auth = {"Authorization": f"Bearer {TOKEN}"}
-        study_id = client.post("/api/v1/studies", data={"files": [(RG1.open("rb"), RG1.name)]},
-                               headers=auth).get_json()["id"]
-        deadline = time.monotonic() + 60
-        while (state := client.get(f"/api/v1/studies/{study_id}", headers=auth).get_json())["status"] not in ("done", "failed"):
-            assert time.monotonic() < deadline, state
-            time.sleep(0.1)
-        assert state["status"] == "done", state
-        assert state["result"]["modality"] == "xray" and state["result"]["model"]["banner"] == PLACEHOLDER_BANNER
+        api_id = client.post("/api/v1/studies", data={"files": [(RG1.open("rb"), RG1.name)]},
+                             headers=auth).get_json()["id"]
+        token = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/login").get_data(as_text=True)).group(1)
+        client.post("/login", data={"user": USER, "password": PASSWORD, "csrf_token": token})
+        token = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/").get_data(as_text=True)).group(1)
+        form = client.post("/studies", data={"files": [(RG1.open("rb"), RG1.name)], "csrf_token": token})
+        assert form.status_code == 303
+        form_id = form.headers["Location"].rstrip("/").rsplit("/", 1)[-1]
+        for study_id in (api_id, form_id):
+            deadline = time.monotonic() + 60
+            while (state := client.get(f"/api/v1/studies/{study_id}", headers=auth).get_json())["status"] not in ("done", "failed"):
+                assert time.monotonic() < deadline, state
+                time.sleep(0.1)
+            assert state["status"] == "done", state
+            assert state["result"]["modality"] == "xray" and state["result"]["model"]["banner"] == PLACEHOLDER_BANNER
+        page = client.get(f"/studies/{form_id}").get_data(as_text=True)
+        assert f'id="verdict">{state["result"]["label"]}<' in page and PLACEHOLDER_BANNER in page
     finally:
         app.extensions["ctedge"]["jobs"].stop()
 
