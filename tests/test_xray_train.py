@@ -91,3 +91,12 @@ def test_edge_gradcam_of_an_xray_model_matches_tensorflow(trained, dataset):
 def test_the_group_architecture_is_refused_for_xray(dataset, tmp_path, capsys):
     assert main(["train", str(dataset), "--modality", "xray", "--out", str(tmp_path / "run")]) == 2
     assert "--modality" in capsys.readouterr().err
+
+
+def test_bench_times_an_xray_bundle_per_image(trained, dataset):
+    from quantize.bench import bench
+
+    run, bundle = trained
+    doc = bench(dataset / "healthy" / "healthy-0.png", bundle, run, repeats=1, threads=1)
+    assert (doc["unit"], doc["study_units"], doc["model"]["kind"]) == ("image", 1, "image")
+    assert doc["variants"]["tflite_int8"]["ms_per_image_median"] > 0 and doc["decode"] is None   # a PNG: no DICOM to decode
