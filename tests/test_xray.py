@@ -127,7 +127,9 @@ def test_rg1_heatmap_on_the_radiograph_is_the_known_grad_cam(xray_bundle, tmp_pa
     doc = engine.analyse(RG1, tmp_path / "out")
     assert doc["label"] == "covid" and doc["heatmaps"][0]["file"] == RG1.name
     assert (tmp_path / "out" / doc["heatmaps"][0]["png"]).is_file()
-    assert PLACEHOLDER_BANNER in (tmp_path / "out" / "report.html").read_text()
+    report = (tmp_path / "out" / "report.html").read_text()
+    assert PLACEHOLDER_BANNER in report and "Chest X-ray triage report" in report
+    assert "Radiograph RG1_UNCR.dcm, view PA." in report and 'id="slice-plot"' not in report
     image = engine.run(RG1).images[0]
     heat = SliceGradCam(load_card(xray_bundle)).explain_slice(image, 0)
     np.testing.assert_allclose(heat, image / image.max(), atol=1e-4)    # identity conv: the input itself
