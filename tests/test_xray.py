@@ -79,6 +79,11 @@ def test_monochrome1_is_the_inverse_of_the_same_pixels_read_as_monochrome2(tmp_p
     np.testing.assert_allclose(load_radiograph(RG1).pixels, 1.0 - as_mono2, atol=1e-6)
 
 
+def test_a_presentation_lut_shape_inverse_inverts_the_display(tmp_path):
+    np.testing.assert_allclose(load_radiograph(edited(tmp_path, PresentationLUTShape="INVERSE")).pixels,
+                               1.0 - load_radiograph(RG1).pixels, atol=1e-6)
+
+
 def test_the_voi_window_is_applied_when_present(tmp_path):
     narrow = load_radiograph(edited(tmp_path, WindowCenter=15000, WindowWidth=2000)).pixels
     assert 0.2 < (narrow == 0).mean() + (narrow == 1).mean()     # a narrow window saturates much of the image

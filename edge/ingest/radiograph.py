@@ -2,8 +2,8 @@
 
 The picture comes out as grey values in [0, 1], dense tissue bright (MONOCHROME2 sense):
 the Modality LUT (or rescale) and the VOI LUT (or window) are applied when the file has them,
-MONOCHROME1 is inverted, values beyond BitsStored are ignored. A DICOM without a VOI and a 16-bit
-image are stretched between their 0.5 and 99.5 percentiles; an 8-bit image is taken as displayed.
+MONOCHROME1 is inverted (as is a Presentation LUT Shape INVERSE; the two together cancel out),
+values beyond BitsStored are ignored. A DICOM without a VOI and a 16-bit image are stretched between their 0.5 and 99.5 percentiles; an 8-bit image is taken as displayed.
 PixelSpacing is not used (it is often missing or 0 on CR). The view (ViewPosition) must be PA or
 AP: a lateral view is refused, an unknown one accepted with a warning.
 """
@@ -97,7 +97,9 @@ def _read_dicom(path: Path) -> Radiograph:
     if has_voi:
         values = apply_voi_lut(values, ds, index=0).astype(np.float32)
     pixels = _stretch(values, 0.0 if has_voi else 0.5)
-    if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+    monochrome1 = str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1"
+    inverse_lut = str(ds.get("PresentationLUTShape", "")).upper() == "INVERSE"
+    if monochrome1 != inverse_lut:       # either one inverts the display; both cancel out
         pixels = 1.0 - pixels
     warnings = [] if view else [f"view position {given or 'not recorded'}: the model reads PA/AP chest radiographs"]
     return Radiograph(pixels, path.name, view, str(ds.get("SeriesInstanceUID", "")) or None, warnings)
