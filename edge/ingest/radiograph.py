@@ -3,7 +3,8 @@
 The picture comes out as grey values in [0, 1], dense tissue bright (MONOCHROME2 sense):
 the Modality LUT (or rescale) and the VOI LUT (or window) are applied when the file has them,
 MONOCHROME1 is inverted (as is a Presentation LUT Shape INVERSE; the two together cancel out),
-values beyond BitsStored are ignored. A DICOM without a VOI and a 16-bit image are stretched between their 0.5 and 99.5 percentiles; an 8-bit image is taken as displayed.
+values beyond BitsStored are ignored. A DICOM without a VOI and a 16-bit image are stretched
+between their 0.5 and 99.5 percentiles; an 8-bit image is taken as displayed.
 PixelSpacing is not used (it is often missing or 0 on CR). The view (ViewPosition) must be PA or
 AP: a lateral view is refused, an unknown one accepted with a warning.
 """
