@@ -74,6 +74,10 @@ def test_rg1_reads_as_a_frontal_radiograph_with_dense_tissue_bright():
     assert spine.mean() > lung.mean() + 0.1      # MONOCHROME1 inverted: bone brighter than aerated lung
 
 
+def test_the_jpeg_2000_lossless_copy_reads_identically():
+    np.testing.assert_array_equal(load_radiograph(get_testdata_file("RG1_J2KR.dcm")).pixels, load_radiograph(RG1).pixels)
+
+
 def test_monochrome1_is_the_inverse_of_the_same_pixels_read_as_monochrome2(tmp_path):
     as_mono2 = load_radiograph(edited(tmp_path, PhotometricInterpretation="MONOCHROME2")).pixels
     np.testing.assert_allclose(load_radiograph(RG1).pixels, 1.0 - as_mono2, atol=1e-6)
