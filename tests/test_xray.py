@@ -212,6 +212,7 @@ def test_the_web_form_and_the_api_analyse_a_radiograph(xray_bundle, tmp_path, mo
                 time.sleep(0.1)
             assert state["status"] == "done", state
             assert state["result"]["modality"] == "xray" and state["result"]["model"]["banner"] == PLACEHOLDER_BANNER
+        assert client.get("/api/v1/model", headers=auth).get_json()["by_modality"]["xray"]["placeholder"] is True
         page = client.get(f"/studies/{form_id}").get_data(as_text=True)
         assert f'id="verdict">{state["result"]["label"]}<' in page and PLACEHOLDER_BANNER in page
     finally:
