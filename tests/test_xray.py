@@ -122,7 +122,7 @@ def test_png_radiographs_of_8_and_16_bits(tmp_path):
 def test_rg1_predict_json_gives_the_known_answer_and_says_placeholder(xray_bundle, capsys):
     image = prepare_radiograph(RG1, load_card(xray_bundle).preprocessing).images[0]
     assert image.shape == (64, 64)
-    assert main(["predict", str(RG1), "--model", str(xray_bundle), "--variant", "float32", "--json"]) == 0
+    assert main(["predict", str(RG1), "--model", str(xray_bundle), "--json"]) == 0      # the command of issue 13
     doc = json.loads(capsys.readouterr().out)
     expected = slice_probabilities(np.array([image.mean()]), weight=IMAGE_WEIGHT)[0]
     assert doc["modality"] == "xray" and doc["classes"] == list(CLASSES) and doc["input"]["view"] == "PA"
