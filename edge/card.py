@@ -5,12 +5,16 @@ folder, ``ctedge quantize`` copies them into the bundle); the edge builds its pi
 what the model was trained on and what the edge feeds it cannot drift apart. A card records:
 
 - identity: ``name``, ``version``, ``classes``, ``demonstration``, ``placeholder``, ``note``;
-- what it reads and how it is run: ``modality`` (``ct``) and ``kind`` (``group``: a CNN encoder and
+- what it reads and how it is run: ``modality`` (``ct`` or ``xray``, fixed by the kind, see
+  ``KIND_MODALITY``) and ``kind`` (``group``: a CNN encoder and
   a sequence head over groups of slices, voted to a patient verdict; ``slice``: one 2-D classifier
   applied to every selected slice, its ``patient_rule`` turning the slice probabilities into a
-  verdict, see ``edge.vote.PatientRule``); ``classes`` are ``covid, other_pneumonia, healthy``, or
+  verdict, see ``edge.vote.PatientRule``; ``image``: one 2-D classifier applied to one chest
+  radiograph, its argmax the verdict); ``classes`` are ``covid, other_pneumonia, healthy``, or
   for a slice model two names, the second the negative class (e.g. ``infection, none``);
-- ``preprocessing``: every option that decides the model input (``edge.options.PipelineOptions``);
+- ``preprocessing``: every option that decides the model input (``edge.options.PipelineOptions``;
+  an ``image`` model uses only ``input_size``: grey to three channels and normalisation are layers
+  of the model itself, see ``training.archs``);
 - ``training_range``: the slice thickness and pixel spacing (mm) of the training studies; a study
   outside it gets a warning;
 - the files: ``variants`` (per variant, ``encoder`` + ``head`` TFLite for a group model, ``model``
@@ -34,9 +38,10 @@ from edge.options import PipelineOptions
 from edge.vote import PatientRule
 
 CARD_FILE = "model.json"
-KINDS = ("group", "slice")
-PARTS = {"group": ("encoder", "head"), "slice": ("model",)}   # the model files of each variant, by kind
-MODALITIES = ("ct",)
+KINDS = ("group", "slice", "image")
+PARTS = {"group": ("encoder", "head"), "slice": ("model",), "image": ("model",)}   # the model files of each variant, by kind
+MODALITIES = ("ct", "xray")
+KIND_MODALITY = {"group": "ct", "slice": "ct", "image": "xray"}   # what a study of each kind is
 DEMONSTRATION_BANNER = "DEMONSTRATION MODEL - NOT FOR CLINICAL USE"
 PLACEHOLDER_BANNER = "PLACEHOLDER MODEL (UNTRAINED) - NOT FOR CLINICAL USE"
 DEMONSTRATION_NOTE = ("Demonstration model trained on very few patients; it shows the pipeline working end to end "
@@ -166,6 +171,9 @@ def parse_card(doc: Any, path: Path) -> ModelCard:
             raise ModelLoadError(path, f"{key} {doc[key]!r} is not supported by this ctedge version "
                                        f"(supported: {', '.join(allowed)})")
     kind = doc.get("kind", KINDS[0])
+    modality = doc.get("modality", KIND_MODALITY[kind])
+    if modality != KIND_MODALITY[kind]:
+        raise ModelLoadError(path, f"kind {kind!r} reads {KIND_MODALITY[kind]} studies, not modality {modality!r}")
     classes = _classes(doc["classes"], kind, path)
     rule = _patient_rule(doc.get("patient_rule"), kind, path)
     preprocessing = doc["preprocessing"]
@@ -193,7 +201,7 @@ def parse_card(doc: Any, path: Path) -> ModelCard:
                      demonstration=bool(doc.get("demonstration", True)), placeholder=bool(doc.get("placeholder", False)),
                      note=str(doc.get("note", "")), preprocessing=options, training_range=training_range,
                      variants=variants, explain=doc.get("explain"), kind=kind, patient_rule=rule,
-                     modality=doc.get("modality", MODALITIES[0]), validations=tuple(doc.get("validations") or ()),
+                     modality=modality, validations=tuple(doc.get("validations") or ()),
                      extra={k: v for k, v in doc.items() if k not in _KNOWN})
 
 

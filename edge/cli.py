@@ -38,9 +38,11 @@ SELECTION_HELP = (
 
 
 def add_predict(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("predict", help="classify one CT study (DICOM folder, zip or files)",
+    p = sub.add_parser("predict", help="classify one CT study (DICOM folder, zip or files) or one chest radiograph",
                        description="Read a CT study, select lung slices, classify 50-slice groups and vote a patient "
-                                   "verdict. With --out, also write the result folder: result.json, Grad-CAM "
+                                   "verdict; or read one chest radiograph (DICOM CR/DX, PNG/JPEG) and classify it with an "
+                                   "X-ray bundle (the study's modality picks the model). With --out, also write the "
+                                   "result folder: result.json, Grad-CAM "
                                    "heatmaps of the slices that drove the verdict, slice images and report.html.")
     p.add_argument("study", nargs="+", help="a DICOM folder, a zip, or DICOM/image files of one study")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
@@ -99,11 +101,7 @@ def summary(d: dict) -> str:
     lines.append(f"Verdict: {d['label']}   ({d['decision_rule']})")
     classes = d["classes"]
     lines.append("Probabilities: " + "  ".join(f"{c} {d['probabilities'][c]:.3f}" for c in classes))
-    lines.append(f"Slices: {d['n_slices_read']} read, {d['n_slices_used']} used ({d['selection']} selection)")
-    scored = [s for s in d["slices_used"] if "label" in s]
-    if scored:
-        counts = {c: sum(s["label"] == c for s in scored) for c in classes}
-        lines.append("  slice labels: " + ", ".join(f"{n} {c}" for c, n in counts.items()))
+    lines += INPUT_LINES[d.get("modality", "ct")](d)      # older results have no modality: CT
     for g in d["groups"]:
         probs = " ".join(f"{g['probabilities'][c]:.3f}" for c in classes)
         lines.append(f"  group {g['index']}: slices {g['slice_range'][0]}-{g['slice_range'][1]}  {g['label']:<16} [{probs}]")
@@ -113,6 +111,23 @@ def summary(d: dict) -> str:
     lines.append("Time: " + ", ".join(f"{k} {v:.0f} ms" for k, v in d["timings_ms"].items()))
     lines.append(f"Model: {model['name']} {model['version']}; {model.get('validation', 'no validation recorded')}")
     return "\n".join(lines)
+
+
+def _ct_lines(d: dict) -> list[str]:
+    lines = [f"Slices: {d['n_slices_read']} read, {d['n_slices_used']} used ({d['selection']} selection)"]
+    scored = [s for s in d["slices_used"] if "label" in s]
+    if scored:
+        counts = {c: sum(s["label"] == c for s in scored) for c in d["classes"]}
+        lines.append("  slice labels: " + ", ".join(f"{n} {c}" for c, n in counts.items()))
+    return lines
+
+
+def _xray_lines(d: dict) -> list[str]:
+    return [f"Radiograph: {d['slices_used'][0]['file']} (view {d['input']['view'] or 'not recorded'})"]
+
+
+INPUT_LINES = {"ct": _ct_lines, "xray": _xray_lines}
+"""The summary lines describing what was read, by the result's modality."""
 
 
 def add_evaluate_selection(sub: argparse._SubParsersAction) -> None:

@@ -1,4 +1,5 @@
-"""Labelled studies on disk: a folder tree ``<root>/<class>/<patient>/...`` or a CSV ``patient,class,path``.
+"""Labelled studies on disk: a folder tree ``<root>/<class>/<patient>/...`` (a radiograph file directly
+under a class folder is one study, its patient the file's stem) or a CSV ``patient,class,path``.
 
 Read by ``ctedge validate`` on the edge install and by training (no TensorFlow needed here).
 """
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from edge import CLASSES
 from edge.errors import UserError
+from edge.ingest.image_files import is_image_file
 
 
 class DatasetError(UserError, ValueError):
@@ -45,9 +47,14 @@ def _from_tree(root: Path) -> list[StudyRecord]:
     for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         if class_dir.name not in CLASSES:
             raise DatasetError(class_dir, f"unknown class folder; expected one of {', '.join(CLASSES)}")
-        records += [StudyRecord(p.name, class_dir.name, p) for p in sorted(class_dir.iterdir())
-                    if p.is_dir() and not p.name.startswith(".")]
+        records += [StudyRecord(p.name if p.is_dir() else p.stem, class_dir.name, p) for p in sorted(class_dir.iterdir())
+                    if not p.name.startswith(".") and (p.is_dir() or _is_radiograph_file(p))]
     return records
+
+
+def _is_radiograph_file(path: Path) -> bool:
+    """A file directly under a class folder is one radiograph (``<class>/<images>``)."""
+    return path.is_file() and (is_image_file(path) or path.suffix.lower() == ".dcm")
 
 
 def _from_csv(path: Path) -> list[StudyRecord]:

@@ -16,10 +16,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from edge.card import ModelCard, TrainingRange, load_card
+from edge.card import KIND_MODALITY, ModelCard, TrainingRange, load_card
+from edge.errors import UserError
 from edge.explain import GradCam, SliceGradCam
 from edge.infer import Classifier, ModelInfo
-from edge.ingest import Limits
+from edge.ingest import Limits, source_name
+from edge.ingest.radiograph import study_modality
 from edge.kinds import KINDS
 from edge.options import PipelineOptions, apply_settings
 from edge.pipeline import StudyResult, run_study
@@ -31,6 +33,10 @@ from edge.tune import resolve
 DEFAULT_BUNDLE = Path(__file__).resolve().parent / "models" / "demo"
 
 Source = str | Path | Sequence[str | Path]
+
+
+class NoModelForModalityError(UserError):
+    """A study of a modality (CT, X-ray) for which this device has no model bundle."""
 
 
 class Models(NamedTuple):
@@ -60,6 +66,8 @@ class Engine:
         for models in (Models(classifier, explainer, segmenter), *spares):
             self._free.put(models)
         self.concurrency = 1 + len(spares)
+        self.modality = KIND_MODALITY[classifier.kind]
+        self.routes: dict[str, Engine] = {self.modality: self}   # the engine of each modality this device reads
 
     @classmethod
     def from_bundle(cls, bundle: str | Path | ModelCard = DEFAULT_BUNDLE, variant: str = "int8",
@@ -96,11 +104,16 @@ class Engine:
         (command-line settings, same form as the profile's) are applied after the profile's.
         ``model.variant: auto`` takes the variant and threads tuned for this CPU (``edge.tune``);
         ``tune_if_missing`` tunes now when there is no such choice yet."""
-        card = load_card(profile.model.bundle)
-        variant, threads, chosen = resolve(card, profile.model.variant, profile.model.threads, tune_if_missing)
-        return cls.from_bundle(card, variant, threads, edgetpu=profile.model.delegate == "edgetpu",
-                               settings=profile.pipeline_settings() | dict(flags or {}), copies=copies,
-                               chosen=chosen)
+        engines = []
+        for bundle in profile.model.bundles:
+            card = load_card(bundle)
+            variant, threads, chosen = resolve(card, profile.model.variant, profile.model.threads, tune_if_missing)
+            engines.append(cls.from_bundle(card, variant, threads, edgetpu=profile.model.delegate == "edgetpu",
+                                           settings=profile.pipeline_settings() | dict(flags or {}), copies=copies,
+                                           chosen=chosen))
+        first = engines[0]
+        first.routes = {e.modality: e for e in engines}
+        return first
 
     @classmethod
     def default(cls) -> Engine:
@@ -120,10 +133,22 @@ class Engine:
         finally:
             self._free.put(models)
 
+    def route(self, source: Source) -> Engine:
+        """The engine of ``source``'s modality (CT, or one X-ray image); NoModelForModalityError when
+        this device has no model for it."""
+        modality = study_modality(source, self.limits)
+        if modality not in self.routes:
+            raise NoModelForModalityError(source_name(source), f"a study of modality {MODALITY_NAMES[modality]}, but "
+                                          f"this device has no {MODALITY_NAMES[modality]} model (it reads: "
+                                          f"{', '.join(MODALITY_NAMES[m] for m in self.routes)})")
+        return self.routes[modality]
+
     def run(self, source: Source) -> StudyResult:
-        """Read, preprocess, classify and vote one study (raises StudyError subclasses on bad input)."""
-        with self._borrow() as models:
-            return self._run(source, models)
+        """Read, preprocess, classify and vote one study (raises StudyError subclasses on bad input);
+        the study's modality picks the model (see ``route``)."""
+        engine = self.route(source)
+        with engine._borrow() as models:
+            return engine._run(source, models)
 
     def _run(self, source: Source, models: Models) -> StudyResult:
         return run_study(source, models.classifier, self.options, models.segmenter, self.limits,
@@ -132,15 +157,19 @@ class Engine:
     def analyse(self, source: Source, out_dir: Path) -> dict:
         """Run one study and write its result folder (see ``edge.report.write_result``); return the
         result document: the ``ctedge predict --json`` object plus heatmaps and slice images."""
-        with self._borrow() as models:
-            result = self._run(source, models)
+        engine = self.route(source)
+        with engine._borrow() as models:
+            result = engine._run(source, models)
             start = time.perf_counter()
             heatmaps = []
             if models.explainer is not None:
-                heatmaps = models.explainer.explain(result, self.heatmaps_per_group)
+                heatmaps = models.explainer.explain(result, engine.heatmaps_per_group)
                 result.timings_ms["explain"] = (time.perf_counter() - start) * 1000.0
                 result.timings_ms["total"] += result.timings_ms["explain"]
         return write_result(result, heatmaps, out_dir, models.explainer.method if models.explainer else None)
+
+
+MODALITY_NAMES = {"ct": "CT", "xray": "X-ray"}
 
 
 def _card_segmenter(value: Any, card: ModelCard) -> Any:

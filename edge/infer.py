@@ -106,14 +106,14 @@ class TFLiteClassifier:
 
 
 class SliceClassifier:
-    """A 2-D slice classifier as one TFLite model (``model`` of the card's variant): input one
-    (1, input size, input size, 1) uint8 slice, output the probabilities over the card's classes."""
-
-    kind = "slice"
+    """A 2-D classifier as one TFLite model (``model`` of the card's variant): input one
+    (1, input size, input size, 1) uint8 slice or radiograph, output the probabilities over the
+    card's classes. Its ``kind`` is the card's (``slice`` or ``image``)."""
 
     def __init__(self, bundle: str | Path | ModelCard, variant: str = "int8", threads: int | None = None,
                  edgetpu: bool = False):
         self.card = bundle if isinstance(bundle, ModelCard) else load_card(bundle)
+        self.kind = self.card.kind
         files = self.card.files(variant)
         self.variant = variant
         self.classes = self.card.classes

@@ -3,7 +3,8 @@
 ``KINDS[card.kind]`` names what a bundle of that kind loads (its classifier and Grad-CAM
 explainer) and how it scores a study. ``group``: 50-slice groups through the encoder and head,
 voted by ``edge.vote.patient_verdict``; ``slice``: every selected slice through one 2-D
-classifier, the card's ``edge.vote.PatientRule`` deciding. The pipeline, engine and outputs
+classifier, the card's ``edge.vote.PatientRule`` deciding; ``image``: one chest radiograph through
+the same 2-D classifier, its most probable class the verdict. The pipeline, engine and outputs
 call these; the result document carries ``groups`` or per-slice probabilities, never the kind.
 """
 
@@ -94,6 +95,17 @@ def score_slices(prepared: PreparedStudy, classifier: SliceClassifier, options: 
     return Scores(verdict, slices=[SliceScore(int(i), p) for i, p in zip(kept, probs)])
 
 
+def score_image(prepared: PreparedStudy, classifier: SliceClassifier, options: PipelineOptions,
+                t: dict[str, float]) -> Scores:
+    """Classify the one radiograph; its most probable class is the verdict."""
+    with timed(t, "infer"):
+        probs = np.asarray(classifier.predict(prepared.images[0]), float)
+    label = classifier.classes[int(np.argmax(probs))]
+    verdict = Verdict(label, {c: float(p) for c, p in zip(classifier.classes, probs)},
+                      "most probable class of the radiograph")
+    return Scores(verdict, slices=[SliceScore(0, probs)])
+
+
 def _sources(plan: np.ndarray, kept: np.ndarray) -> np.ndarray:
     return kept[np.unique([i for pos in plan for i, _ in position_sources(pos)])]
 
@@ -115,4 +127,5 @@ class Kind:
 KINDS: dict[str, Kind] = {
     "group": Kind(TFLiteClassifier, GradCam, score_groups, lambda prepared: prepared.groups(), "group"),
     "slice": Kind(SliceClassifier, SliceGradCam, score_slices, kept_slices, "slice"),
+    "image": Kind(SliceClassifier, SliceGradCam, score_image, kept_slices, "image"),
 }

@@ -9,13 +9,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from edge import __version__
-from edge.card import TrainingRange
+from edge.card import KIND_MODALITY, TrainingRange
 from edge.errors import NoLungFoundError
 from edge.infer import Classifier, PlaceholderClassifier
 from edge.ingest import Limits, Volume, load_study, source_name
+from edge.ingest.radiograph import load_radiograph
 from edge.kinds import KINDS, GroupResult, SliceScore, timed
 from edge.options import PipelineOptions
 from edge.preprocess.group import assemble, group_plan
@@ -69,6 +71,7 @@ class StudyResult:
         classes = self.classes
         scored = {s.index: s.probabilities for s in self.slices}
         return {
+            "modality": v.modality,
             "label": self.verdict.label,
             "classes": list(classes),
             "probabilities": self.verdict.probabilities,
@@ -93,7 +96,7 @@ class StudyResult:
                        "skipped": [{"uid": s.uid, "n_files": s.n_files, "code": s.code, "reason": s.reason}
                                    for s in v.skipped_series]},
             "input": {"n_files": v.n_files, "hu_exact": v.hu_exact, "pixel_spacing_mm": v.pixel_spacing_mm,
-                      "slice_thickness_mm": v.slice_thickness_mm},
+                      "slice_thickness_mm": v.slice_thickness_mm, "view": v.view},
             "warnings": list(v.warnings),
             "timings_ms": {k: round(t, 1) for k, t in self.timings_ms.items()},
             "model": self.classifier.info.to_dict(),
@@ -157,6 +160,28 @@ def prepare_study(source: str | Path | Sequence[str | Path], options: PipelineOp
     return PreparedStudy(volume, mask, windowed, images, selection, plans, t)
 
 
+def prepare_radiograph(source: str | Path | Sequence[str | Path], options: PipelineOptions = PipelineOptions(),
+                       segmenter: LungSegmenter | None = None, limits: Limits = Limits(),
+                       release_full_resolution: bool = False) -> PreparedStudy:
+    """Read one chest radiograph and resize it to the model input: a study of one unit (slice 0).
+    No segmentation or selection (``segmenter`` is not used); the display image is the input itself."""
+    t: dict[str, float] = {}
+    with timed(t, "read"):
+        picture = load_radiograph(source, limits)
+    with timed(t, "resize"):
+        size = options.input_size
+        image = np.rint(cv2.resize(picture.pixels, (size, size), interpolation=cv2.INTER_AREA) * 255).astype(np.uint8)
+    volume = Volume(hu=None, files=[picture.file], position_mm=None, series_uid=picture.series_uid, hu_exact=False,
+                    warnings=picture.warnings, n_files=1, modality="xray", view=picture.view)
+    images = image[None]
+    return PreparedStudy(volume, np.ones(images.shape, bool), images, images,
+                         Selection("whole radiograph", np.ones(1, bool), ("",)), [], t)
+
+
+PREPARE = {"ct": prepare_study, "xray": prepare_radiograph}
+"""How a study of each modality (``edge.card.KIND_MODALITY``) becomes model input."""
+
+
 def run_study(source: str | Path | Sequence[str | Path], classifier: Classifier | None = None,
               options: PipelineOptions = PipelineOptions(), segmenter: LungSegmenter | None = None,
               limits: Limits = Limits(), training_range: TrainingRange = TrainingRange(),
@@ -165,7 +190,8 @@ def run_study(source: str | Path | Sequence[str | Path], classifier: Classifier 
     one study; raises StudyError subclasses on bad input.
     A study whose geometry lies outside ``training_range`` gets a warning."""
     classifier = classifier or PlaceholderClassifier()
-    prepared = prepare_study(source, options, segmenter, limits, release_full_resolution)
+    prepare = PREPARE[KIND_MODALITY[classifier.kind]]
+    prepared = prepare(source, options, segmenter, limits, release_full_resolution)
     v = prepared.volume
     v.warnings.extend(training_range.warnings(v.slice_thickness_mm, v.pixel_spacing_mm))
     scores = KINDS[classifier.kind].score(prepared, classifier, options, prepared.timings_ms)

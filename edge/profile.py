@@ -30,6 +30,12 @@ class ModelSettings:
     variant: str = "auto"                          # a variant listed in model.json, or auto: the one `ctedge tune` chose for this CPU
     delegate: Literal["none", "edgetpu"] = "none"  # edgetpu: the encoder runs on a Coral via libedgetpu
     threads: int = 0                               # 0 = the tuned count (variant auto), else all cores
+    more_bundles: tuple[Path, ...] = ()            # bundles for other modalities (e.g. an X-ray bundle beside a CT one)
+
+    @property
+    def bundles(self) -> tuple[Path, ...]:
+        """Every model bundle of the device; a study goes to the one of its modality."""
+        return (self.bundle, *self.more_bundles)
 
 
 @dataclass(frozen=True)
@@ -108,8 +114,9 @@ def default_profile(bundle: Path) -> Profile:
 
 def with_model(profile: Profile, bundle: Path | None = None, variant: str | None = None,
                threads: int | None = None) -> Profile:
-    """``profile`` with the model settings that command-line flags give (None keeps the profile's)."""
-    given = {"bundle": bundle, "variant": variant, "threads": threads}
+    """``profile`` with the model settings that command-line flags give (None keeps the profile's);
+    a ``bundle`` replaces all the profile's bundles."""
+    given = {"bundle": bundle, "more_bundles": () if bundle else None, "variant": variant, "threads": threads}
     return dataclasses.replace(profile, model=dataclasses.replace(
         profile.model, **{k: v for k, v in given.items() if v is not None}))
 
@@ -178,15 +185,22 @@ def _convert(hint: Any, value: Any, path: Path, key: str, base: Path) -> Any:
 
 
 def _check(profile: Profile, path: Path) -> None:
-    try:
-        card = load_card(profile.model.bundle)
-    except ModelLoadError as exc:
-        raise ProfileError(path, f"model.bundle: {exc}") from exc
-    try:
-        for variant in (card.variants if profile.model.variant == "auto" else [profile.model.variant]):
-            card.files(variant)
-    except ModelLoadError as exc:
-        raise ProfileError(path, f"model.variant: {exc}") from exc
+    modalities: dict[str, str] = {}
+    for i, bundle in enumerate(profile.model.bundles):
+        key = "model.bundle" if i == 0 else f"model.more_bundles[{i - 1}]"
+        try:
+            card = load_card(bundle)
+        except ModelLoadError as exc:
+            raise ProfileError(path, f"{key}: {exc}") from exc
+        try:
+            for variant in (card.variants if profile.model.variant == "auto" else [profile.model.variant]):
+                card.files(variant)
+        except ModelLoadError as exc:
+            raise ProfileError(path, f"model.variant: {exc}") from exc
+        if card.modality in modalities:
+            raise ProfileError(path, f"{key} reads {card.modality} studies, as {modalities[card.modality]} does: "
+                                     "one bundle per modality")
+        modalities[card.modality] = key
     for key, value in (("model.threads", profile.model.threads),
                        ("server.workers", profile.server.workers), ("server.queue_size", profile.server.queue_size),
                        ("server.max_upload_mb", profile.server.max_upload_mb),

@@ -39,7 +39,8 @@ def write_result(result: StudyResult, heatmaps: list[SliceHeatmap], out_dir: Pat
         sources = list(h.sources)
         index = max(sources, key=lambda s: s[1])[0]
         picture = sum(w * display[i].astype(np.float32) for i, w in sources)
-        where = f"slice {index}" if len(sources) == 1 else \
+        single = result.volume.files[index] if result.volume.n_slices == 1 else f"slice {index}"   # a radiograph: its file
+        where = single if len(sources) == 1 else \
             "blend of slices " + " + ".join(f"{i} ({w:.2f})" for i, w in sources)
         name = f"heatmaps/{n}.png"
         cv2.imwrite(str(out_dir / name), _captioned(_legible(overlay(np.rint(picture).astype(np.uint8), h.heatmap)),
@@ -66,10 +67,10 @@ def render_report(doc: dict, base_url: str = "") -> str:
 
 def slice_plot(doc: dict, width: int = 640, height: int = 200) -> dict | None:
     """An SVG plot of each class's probability along the slice axis, from the per-slice probabilities
-    of the result document (None when it has none): polylines per class, x = slice index, and the
+    of the result document (None with fewer than two, e.g. a radiograph): polylines per class, x = slice index, and the
     slices shown as heatmaps marked."""
     scored = [s for s in doc["slices_used"] if "probabilities" in s]
-    if not scored:
+    if len(scored) < 2:
         return None
     last = max(doc["n_slices_read"] - 1, 1)
     x = {s["index"]: round(40 + (width - 50) * s["index"] / last, 1) for s in scored}

@@ -154,7 +154,7 @@ def eligible_variants(card: ModelCard) -> list[str]:
 
 def phantom_group(card: ModelCard, seed: int = 0) -> np.ndarray:
     """One model input made from a synthetic chest phantom (no patient data needed): a group, or for a
-    slice model the middle slice of that group."""
+    2-D model (slice, image) the middle slice of that group."""
     from edge.phantom import make_phantom
     from edge.preprocess.segment import ThresholdSegmenter
     from edge.preprocess.window import clahe, lung_window, resize_slices
@@ -163,7 +163,7 @@ def phantom_group(card: ModelCard, seed: int = 0) -> np.ndarray:
     hu = resize_slices(make_phantom(p.group_size, 2 * p.input_size, ground_glass=2, seed=seed).hu, p.input_size)
     images = clahe(lung_window(hu, p.window), p.clahe_clip)
     group = np.where(ThresholdSegmenter().segment(hu), images, 0).astype(np.uint8)
-    return group[len(group) // 2] if KINDS[card.kind].unit == "slice" else group
+    return group if KINDS[card.kind].unit == "group" else group[len(group) // 2]
 
 
 def study_group(card: ModelCard, study: Path) -> np.ndarray:

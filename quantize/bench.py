@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.card import load_card
+from edge.card import KIND_MODALITY, load_card
 from edge.ingest.parallel import decode_series
 from edge.ingest.sources import study_files
 from edge.kinds import KINDS
-from edge.pipeline import prepare_study, run_study
+from edge.pipeline import PREPARE, run_study
 from edge.tune import cpu_identity, tune
 from quantize.fidelity import bundle_sizes, compare
 
@@ -91,11 +91,14 @@ class KerasClassifier:
         return predict_group(self.encoder, self.head, unit)
 
 
-def decode_modes(study: Path, repeats: int = 2) -> dict:
+def decode_modes(study: Path, repeats: int = 2) -> dict | None:
     """Seconds to decode every file of ``study`` serially, with threads and with processes (best of
-    ``repeats``, same run), and the speed-ups over serial: whether this decoder releases the GIL."""
+    ``repeats``, same run), and the speed-ups over serial: whether this decoder releases the GIL.
+    None for a study without DICOM files (e.g. one PNG radiograph)."""
     with study_files(study) as files:
         paths = sorted(f for f in files if f.suffix.lower() in ("", ".dcm"))
+        if not paths:
+            return None
         import pydicom
 
         first = pydicom.dcmread(paths[0], stop_before_pixels=True)
@@ -123,7 +126,7 @@ def _decode_seconds(paths: list[Path], shape: tuple[int, int], mode: str) -> flo
 
 def bench(study: Path, bundle: Path, keras_run: Path | None, repeats: int, threads: int | None,
           layers: bool = False) -> dict:
-    """Run every variant on the units (groups or slices, by the bundle's kind) of ``study`` and
+    """Run every variant on the units (groups, slices or the radiograph, by the bundle's kind) of ``study`` and
     return the benchmark document."""
     threads = threads or os.cpu_count() or 1
     card = load_card(bundle)
@@ -142,7 +145,7 @@ def bench(study: Path, bundle: Path, keras_run: Path | None, repeats: int, threa
         errors["keras"] = "TensorFlow is not installed (pip install 'ctedge[train]')"
     except (FileNotFoundError, OSError) as exc:
         errors["keras"] = str(exc)
-    units = kind.units(prepare_study(study, card.preprocessing))
+    units = kind.units(PREPARE[KIND_MODALITY[card.kind]](study, card.preprocessing))
     reference = "keras" if "keras" in predictors else "tflite_float32"
     results = compare(predictors, [units], reference, repeats, unit)
     sizes = bundle_sizes(card)
@@ -240,8 +243,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print("operators outside XNNPACK: " + "; ".join(f"{f}: {', '.join(ops) or 'none'}"
                                                        for f, ops in doc["layers"]["undelegated_ops"].items()))
     d = doc["decode"]
-    print(f"decode {d['n_slices']} slices ({d['transfer_syntax']}), s: " + ", ".join(f"{k} {v}" for k, v in d["seconds"].items())
-          + f"; speed-up threads {d['speedup_threads']}x, processes {d['speedup_processes']}x")
+    if d:
+        print(f"decode {d['n_slices']} slices ({d['transfer_syntax']}), s: " + ", ".join(f"{k} {v}" for k, v in d["seconds"].items())
+              + f"; speed-up threads {d['speedup_threads']}x, processes {d['speedup_processes']}x")
     print(f"peak RSS {doc['peak_rss_mb']} MB; {doc['threads']} threads on {doc['cpu_count']} CPUs ({doc['cpu_model']}; "
           f"flags: {' '.join(doc['cpu_flags'])})")
     return 0

@@ -42,8 +42,9 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     if is_slice_run(args.run):
         result = quantize_slice_run(args.run, args.calibration, args.out, args.name or args.run.name, args.version,
                                     args.max_slices, args.clinical, args.note, command)
-        print(f"slice bundle: {result.card.path} ({result.card.extra['calibration']['slices']} calibration slices; "
-              f"patient rule {result.card.patient_rule.to_dict()})")
+        card = result.card
+        rule = f"; patient rule {card.patient_rule.to_dict()}" if card.patient_rule else ""
+        print(f"{card.kind} bundle: {card.path} ({card.extra['calibration']['slices']} calibration images{rule})")
         print(result.table)
         return 0
     result = quantize_run(args.run, args.calibration, args.out, args.name or "cnn-bilstm", args.version,

@@ -42,7 +42,7 @@ def quantize_slice_run(run: Path, calibration: Path, out: Path, name: str, versi
     A run trained for no epoch gives a placeholder bundle (flagged so, and so on every output)."""
     model, config = load_slice_run(run)
     options, training_range = read_run_preprocessing(run)
-    prepared = prepare_records(discover(calibration), options)
+    prepared = prepare_records(discover(calibration), options, config.get("modality", "ct"))
     studies = [p.study.images[p.study.selection.kept_indices] for p in prepared]
     slices = calibration_slices(studies, max_slices)
     shape = (1, options.input_size, options.input_size, 1)
@@ -54,8 +54,9 @@ def quantize_slice_run(run: Path, calibration: Path, out: Path, name: str, versi
         variants[variant] = {"model": f"slice_{variant}.tflite"}
         (out / variants[variant]["model"]).write_bytes(data)
     untrained = config["epochs"] + config["freeze_epochs"] == 0
-    card = {"name": name, "version": version, "kind": "slice", "classes": config["classes"],
-            "patient_rule": config["patient_rule"], "demonstration": not clinical, "placeholder": untrained,
+    kind = config["kind"]
+    card = {"name": name, "version": version, "kind": kind, "classes": config["classes"],
+            "patient_rule": config["patient_rule"] if kind == "slice" else None, "demonstration": not clinical, "placeholder": untrained,
             "note": PLACEHOLDER_NOTE if untrained else "" if clinical else note, "preprocessing": asdict(options),
             "training_range": training_range.to_dict(), "variants": variants,
             "explain": export_slice_explain(model, config["gradcam_layer"], out, shape),

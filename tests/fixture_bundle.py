@@ -49,13 +49,14 @@ def make_constant_bundle(out: Path, probabilities: tuple[float, ...] = KNOWN_PRO
 SLICE_WEIGHT, SLICE_BIAS = 0.08, (-3.0, -6.0, 0.0)
 
 
-def slice_probabilities(image_means: np.ndarray, classes: tuple[str, ...] = CLASSES) -> np.ndarray:
+def slice_probabilities(image_means: np.ndarray, classes: tuple[str, ...] = CLASSES,
+                        weight: float = SLICE_WEIGHT) -> np.ndarray:
     """What the slice fixture answers for slices of the given mean grey value: the softmax of
-    ``SLICE_WEIGHT * mean + SLICE_BIAS`` (the first class's score grows with the mean; two classes
+    ``weight * mean + SLICE_BIAS`` (the first class's score grows with the mean; two classes
     take the first and last bias)."""
     bias = np.array(SLICE_BIAS if len(classes) == 3 else (SLICE_BIAS[0], SLICE_BIAS[-1]))
     logits = np.zeros((len(image_means), len(classes)))
-    logits[:, 0] = SLICE_WEIGHT * np.asarray(image_means, float)
+    logits[:, 0] = weight * np.asarray(image_means, float)
     logits += bias
     e = np.exp(logits - logits.max(axis=1, keepdims=True))
     return e / e.sum(axis=1, keepdims=True)
@@ -86,5 +87,41 @@ def make_slice_bundle(out: Path, classes: tuple[str, ...] = CLASSES, rule: dict 
             "placeholder": False, "note": "Test fixture: a fixed function of each slice's mean grey value. Not a model.",
             "preprocessing": options.model_input() | {"override": options.override}, "training_range": {},
             "variants": {"float32": {"model": "slice_float32.tflite"}}}
+    (out / "model.json").write_text(json.dumps(card, indent=2))
+    return out
+
+
+IMAGE_WEIGHT, IMAGE_SIZE = 0.02, 64
+
+
+def make_image_bundle(out: Path) -> Path:
+    """An UNTRAINED ``image`` (chest X-ray) bundle flagged ``placeholder``, whose answer is known by
+    construction: ``slice_probabilities(mean, weight=IMAGE_WEIGHT)`` of the radiograph's mean model-input
+    grey value. An identity 1x1 convolution (``conv``) feeds the pool, so its float32 Grad-CAM model
+    gives the model input itself (scaled to a maximum of 1) as the heatmap of the first class, and
+    zeros for the others."""
+    import training  # noqa: F401  (tf_keras set-up)
+    import tf_keras as keras
+
+    from quantize.convert import convert, export_slice_explain
+
+    options = PipelineOptions(input_size=IMAGE_SIZE)
+    image = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 1))
+    maps = keras.layers.Conv2D(1, 1, name="conv", kernel_initializer="ones", bias_initializer="zeros")(image)
+    kernel = np.zeros((1, len(CLASSES)), np.float32)
+    kernel[0, 0] = IMAGE_WEIGHT
+    logits = keras.layers.Dense(len(CLASSES), name="logits", kernel_initializer=keras.initializers.Constant(kernel),
+                                bias_initializer=keras.initializers.Constant(np.array(SLICE_BIAS, np.float32)))(
+        keras.layers.GlobalAveragePooling2D()(maps))
+    model = keras.Model(image, keras.layers.Softmax()(logits))
+    out.mkdir(parents=True, exist_ok=True)
+    shape = (1, IMAGE_SIZE, IMAGE_SIZE, 1)
+    (out / "image_float32.tflite").write_bytes(convert(model, shape, "float32"))
+    card = {"name": "xray-test-placeholder", "version": "0", "kind": "image", "modality": "xray",
+            "classes": list(CLASSES), "demonstration": True, "placeholder": True,
+            "note": "Test fixture, untrained: a fixed function of the radiograph's mean grey value. Not a model.",
+            "preprocessing": options.model_input() | {"override": options.override}, "training_range": {},
+            "variants": {"float32": {"model": "image_float32.tflite"}},
+            "explain": export_slice_explain(model, "conv", out, shape)}
     (out / "model.json").write_text(json.dumps(card, indent=2))
     return out

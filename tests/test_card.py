@@ -50,12 +50,14 @@ def bundle_with(tmp_path: Path, **changes) -> Path:
     ({"preprocessing__colour": "blue"}, "preprocessing must be an object with keys from"),
     ({"preprocessing__selection": "everything"}, "preprocessing: selection must be one of"),
     ({"training_range__slice_thickness_mm": [1.0]}, "training_range: each value must be [low, high]"),
-    ({"kind": "image"}, "kind 'image' is not supported by this ctedge version (supported: group, slice)"),
+    ({"kind": "video"}, "kind 'video' is not supported by this ctedge version (supported: group, slice, image)"),
+    ({"kind": "image"}, "kind 'image' reads xray studies, not modality 'ct'"),
     ({"kind": "slice"}, "a slice model needs patient_rule"),
     ({"kind": "slice", "patient_rule": {"name": "fraction", "threshold": 0.1}},
      "variant 'float32' must name the model file(s) of a slice model, got encoder, head"),
     ({"patient_rule": {"name": "fraction", "threshold": 0.1}}, "patient_rule applies to slice models only"),
-    ({"modality": "xray"}, "modality 'xray' is not supported"),
+    ({"modality": "xray"}, "kind 'group' reads ct studies, not modality 'xray'"),
+    ({"modality": "mri"}, "modality 'mri' is not supported"),
 ])
 def test_a_bad_card_is_refused_naming_the_file_and_key(tmp_path, changes, message):
     bundle = bundle_with(tmp_path, **changes)

@@ -64,7 +64,7 @@ def with_card(bundle: Path, tmp_path: Path, **changes) -> Path:
 
 
 def test_every_card_kind_has_an_implementation():
-    assert set(KINDS) == set(CARD_KINDS) == {"group", "slice"}
+    assert set(KINDS) == set(CARD_KINDS) == {"group", "slice", "image"}
 
 
 def test_slice_card_round_trips_with_its_rule_and_classes(bundle, tmp_path):

@@ -39,6 +39,9 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="run folder: models, config, metrics, plots")
     p.add_argument("--arch", choices=(GROUP_ARCH, *ARCH_INFO), default=GROUP_ARCH,
                    help="architecture: " + "; ".join(f"{n}: {src}, {size} px" for n, (size, src) in ARCH_INFO.items()))
+    p.add_argument("--modality", choices=("ct", "xray"), default="ct",
+                   help="slice models: ct (every kept slice of CT studies) or xray (one chest radiograph per study, "
+                        "DATA as <class>/<images> folders or a CSV; the bundle's kind is image)")
     p.add_argument("--recipe", choices=tuple(RECIPES), default="default",
                    help="slice models: " + "; ".join(f"{n}: {r.note}" for n, r in RECIPES.items()))
     p.add_argument("--weights", type=Path, default=None, help="slice models: local file of pretrained trunk weights")
@@ -80,6 +83,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from training.recipes import GROUP_ARCH
     from training.train import TrainConfig, train_classifier
 
+    if args.arch == GROUP_ARCH and args.modality != "ct":
+        raise UserError("--modality", f"{GROUP_ARCH} reads CT studies; choose a 2-D --arch (e.g. densenet121) for X-ray")
     if args.arch != GROUP_ARCH:
         return _train_slices(args)
 
@@ -117,6 +122,8 @@ def _train_slices(args: argparse.Namespace) -> int:
 
     if args.folds or args.test_fraction:
         raise UserError("--arch", f"{args.arch} is a slice model: --folds and --test-fraction are for cnn-bilstm")
+    if args.modality == "xray" and args.slice_labels:
+        raise UserError("--slice-labels", "slice labels are for CT studies, not --modality xray")
     if args.weights is not None and not args.weights.is_file():
         raise UserError(args.weights, "pretrained weights file not found (weights are never downloaded)")
     try:
@@ -128,10 +135,10 @@ def _train_slices(args: argparse.Namespace) -> int:
                               val_fraction=args.val_fraction, seed=args.seed,
                               weights=str(args.weights) if args.weights else None,
                               slice_labels=str(args.slice_labels) if args.slice_labels else None,
-                              patient_rule=rule.to_dict())
+                              patient_rule=rule.to_dict(), modality=args.modality)
     config = with_input_size(config, args.input_size or ARCH_INFO[args.arch][0])
     run = train_slice_run(discover(args.data), args.out, config)
-    print(f"slice model ({args.arch}, {config.preprocessing.input_size} px, classes {', '.join(config.classes)}): "
+    print(f"{config.kind} model ({args.arch}, {config.preprocessing.input_size} px, classes {', '.join(config.classes)}): "
           f"{args.out}/slice_model.keras; split (seed {config.seed}): "
           + ", ".join(f"{len(run.split[k])} {k}" for k in ("train", "val")) + " patients")
     print(f"next: ctedge quantize {args.out} --calibration STUDIES --out BUNDLE")

@@ -1,5 +1,6 @@
-"""Training of slice models (edge kind ``slice``): one 2-D classifier of the named architecture
-(``training.archs``) on every kept slice, read through ``edge.pipeline.prepare_study``.
+"""Training of 2-D models: edge kind ``slice``, one classifier of the named architecture
+(``training.archs``) on every kept CT slice, read through ``edge.pipeline.prepare_study``; or, with
+``modality`` xray, kind ``image``, on one chest radiograph per study (``prepare_radiograph``).
 
 Labels: each kept slice gets its patient's class (three classes), or, with a slice-labels CSV
 (``edge.selection_report.read_labels``), its own label (two classes, ``infection`` / ``none``;
@@ -33,6 +34,7 @@ from training.train import SliceBatches, prepare_records, write_run_preprocessin
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "slice_model.keras"
+KIND_OF_MODALITY = {"ct": "slice", "xray": "image"}   # the edge kind (edge.card.KIND_MODALITY) a 2-D model of each modality is
 SLICE_LABEL_CLASSES = ("infection", "none")
 
 
@@ -54,6 +56,11 @@ class SliceTrainConfig:
     slice_labels: str | None = None    # CSV patient_folder,file,infection: two-class slice labels
     patient_rule: dict = field(default_factory=lambda: {"name": "fraction", "threshold": 0.1})
     preprocessing: PipelineOptions = field(default_factory=PipelineOptions)
+    modality: str = "ct"               # ct: every kept slice of CT studies (kind slice); xray: one radiograph per study (kind image)
+
+    @property
+    def kind(self) -> str:
+        return KIND_OF_MODALITY[self.modality]
 
     @property
     def recipe_spec(self) -> Recipe:
@@ -134,8 +141,8 @@ def train_slice_run(records: list[StudyRecord], run_dir: Path, config: SliceTrai
     run_dir.mkdir(parents=True, exist_ok=True)
     labels = read_labels(config.slice_labels) if config.slice_labels else None
     split = patient_split(records, val_fraction=config.val_fraction, seed=config.seed)
-    train = prepare_records(split["train"], config.preprocessing)
-    val = prepare_records(split["val"], config.preprocessing)
+    train = prepare_records(split["train"], config.preprocessing, config.modality)
+    val = prepare_records(split["val"], config.preprocessing, config.modality)
     x, y, used = labelled_slices(train, config, labels)
     if not len(x):
         raise UserError(config.slice_labels or "data", "no labelled slice to train on")
@@ -167,7 +174,7 @@ def train_slice_run(records: list[StudyRecord], run_dir: Path, config: SliceTrai
             history.setdefault(f"{stage}_{key}", []).extend(map(float, values))
     model.save(run_dir / MODEL_FILE)
     split_names = {k: [r.patient for r in v] for k, v in split.items()}
-    doc = asdict(config) | {"kind": "slice", "classes": list(config.classes), "gradcam_layer": built.gradcam_layer,
+    doc = asdict(config) | {"kind": config.kind, "classes": list(config.classes), "gradcam_layer": built.gradcam_layer,
                             "n_train_slices": len(y), "n_val_slices": len(yv)}
     (run_dir / "config.json").write_text(json.dumps(doc, indent=2, default=str))
     (run_dir / "history.json").write_text(json.dumps(history, indent=2))

@@ -20,7 +20,7 @@ from edge import CLASSES
 from edge.card import DEMONSTRATION_BANNER, TrainingRange
 from edge.errors import UserError
 from edge.options import PipelineOptions
-from edge.pipeline import PreparedStudy, prepare_study
+from edge.pipeline import PREPARE, PreparedStudy, prepare_study
 from edge.vote import patient_verdict
 from training.augment import augment_group, mixup, random_augment
 from training.data import StudyRecord, class_weights, one_hot, patient_split
@@ -77,9 +77,10 @@ def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
     raise ValueError(f"unknown optimizer {config.optimizer!r}; choose adam or lamb")
 
 
-def prepare_records(records: list[StudyRecord], options: PipelineOptions) -> list[PreparedRecord]:
-    """Preprocess every study with the edge pipeline, with a progress bar."""
-    return [PreparedRecord(r, prepare_study(r.path, options)) for r in tqdm(records, desc="preprocessing studies")]
+def prepare_records(records: list[StudyRecord], options: PipelineOptions, modality: str = "ct") -> list[PreparedRecord]:
+    """Preprocess every study of ``modality`` with the edge pipeline, with a progress bar."""
+    prepare = PREPARE[modality]
+    return [PreparedRecord(r, prepare(r.path, options)) for r in tqdm(records, desc="preprocessing studies")]
 
 
 def slice_arrays(prepared: list[PreparedRecord]) -> tuple[np.ndarray, np.ndarray]:

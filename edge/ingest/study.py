@@ -20,7 +20,8 @@ from edge.ingest.sources import Limits, study_files
 
 @dataclass
 class Volume:
-    """One CT series as read from disk. Slice 0 is the most superior slice."""
+    """One CT series as read from disk (slice 0 the most superior), or for ``modality`` xray the
+    one radiograph as a single slice (see ``edge.pipeline.prepare_radiograph``)."""
 
     hu: np.ndarray | None                # (n, H, W) int16, Hounsfield units; None once released (or never held, see resized)
     files: list[str]                     # base name of each slice's file
@@ -33,6 +34,8 @@ class Volume:
     warnings: list[str] = field(default_factory=list)
     n_files: int = 0
     resized: np.ndarray | None = None    # (n, size, size) float32 HU when load_study(resize_to=size) read DICOM
+    modality: str = "ct"                 # edge.card.MODALITIES
+    view: str | None = None              # a radiograph's view position (PA, AP), None when not recorded
 
     @property
     def n_slices(self) -> int:

@@ -95,8 +95,9 @@ def study_file(study_id: str, name: str) -> Path:
 @bp.get("/api/v1/model")
 def model() -> Response:
     profile = current_app.config["PROFILE"]
-    info = current_app.extensions["ctedge"]["engine"].info
-    return jsonify(info.to_dict() | {"profile": profile.name})
+    engine = current_app.extensions["ctedge"]["engine"]
+    return jsonify(engine.info.to_dict() | {"profile": profile.name,
+                                            "by_modality": {m: e.info.to_dict() for m, e in engine.routes.items()}})
 
 
 @bp.get("/health")

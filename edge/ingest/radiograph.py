@@ -1,0 +1,138 @@
+"""Read one chest radiograph (DICOM CR/DX or an 8/16-bit PNG/JPEG) as a study.
+
+The picture comes out as grey values in [0, 1], dense tissue bright (MONOCHROME2 sense):
+the Modality LUT (or rescale) and the VOI LUT (or window) are applied when the file has them,
+MONOCHROME1 is inverted (as is a Presentation LUT Shape INVERSE; the two together cancel out),
+values beyond BitsStored are ignored. A DICOM without a VOI and a 16-bit image are stretched
+between their 0.5 and 99.5 percentiles; an 8-bit image is taken as displayed.
+PixelSpacing is not used (it is often missing or 0 on CR). The view (ViewPosition) must be PA or
+AP: a lateral view is refused, an unknown one accepted with a warning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+import zipfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pydicom
+from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+from edge.errors import CorruptFileError, FileTooLargeError, StudyError
+from edge.ingest.dicom_files import read_header
+from edge.ingest.image_files import check_image_size, is_image_file
+from edge.ingest.sources import Limits, study_files
+
+XRAY_MODALITIES = ("CR", "DX")
+FRONTAL_VIEWS = ("PA", "AP")
+LATERAL_VIEWS = ("LL", "RL", "LATERAL", "LLD", "RLD", "LAT")
+MAX_RADIOGRAPH_PIXELS = 4096 * 4096
+"""Detector images are up to about 3000 x 3000; a file declaring more is not decoded."""
+
+
+class LateralViewError(StudyError):
+    """A lateral radiograph: the model reads frontal (PA/AP) views only."""
+
+
+class NotOneRadiographError(StudyError):
+    """An X-ray study must be exactly one image."""
+
+
+@dataclass
+class Radiograph:
+    pixels: np.ndarray                 # (H, W) float32 in [0, 1], dense tissue bright
+    file: str                          # base name of the file
+    view: str | None                   # PA, AP, or None when the file does not say
+    series_uid: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+def study_modality(source: str | Path | Sequence[str | Path], limits: Limits = Limits()) -> str:
+    """``xray`` for one image file or a DICOM whose Modality is CR or DX, else ``ct`` (a zip is
+    taken as a CT study without unpacking it: a radiograph is sent as its file)."""
+    if isinstance(source, (str, Path)) and Path(source).is_file() and zipfile.is_zipfile(source):
+        return "ct"
+    with study_files(source, limits) as files:
+        if len(files) == 1 and is_image_file(files[0]):
+            return "xray"
+        first = next((f for f in files if not is_image_file(f)), None)
+        try:
+            modality = str(read_header(first).get("Modality", "")) if first else ""
+        except StudyError:
+            return "ct"                  # the CT reader reports the bad file as it always has
+        return "xray" if modality in XRAY_MODALITIES else "ct"
+
+
+def load_radiograph(source: str | Path | Sequence[str | Path], limits: Limits = Limits()) -> Radiograph:
+    """Read the one radiograph of ``source``; StudyError subclasses name the file and the problem."""
+    with study_files(source, limits) as files:
+        if len(files) != 1:
+            raise NotOneRadiographError(source if isinstance(source, (str, Path)) else files[0],
+                                        f"an X-ray study is one image, got {len(files)} files")
+        path = files[0]
+        return _read_image(path) if is_image_file(path) else _read_dicom(path)
+
+
+def _read_dicom(path: Path) -> Radiograph:
+    header = read_header(path)
+    rows, columns = int(header.get("Rows", 0)), int(header.get("Columns", 0))
+    if rows * columns > MAX_RADIOGRAPH_PIXELS:
+        raise FileTooLargeError(path, f"declares {rows} x {columns} pixels, above the 4096 x 4096 limit; not decoded")
+    given = str(header.get("ViewPosition", "") or "").strip().upper()
+    view = _check_view(path, given)
+    try:
+        ds = pydicom.dcmread(path)
+        raw = ds.pixel_array
+    except Exception as exc:  # noqa: BLE001 - any decoder failure
+        raise CorruptFileError(path, f"pixel data cannot be decoded ({type(exc).__name__}: {exc})") from exc
+    if raw.ndim != 2:
+        raise CorruptFileError(path, f"a radiograph is one grey frame, got pixel data of shape {raw.shape}")
+    bits = int(ds.get("BitsStored", raw.dtype.itemsize * 8))
+    if int(ds.get("PixelRepresentation", 0)) == 0:
+        raw = np.minimum(raw, (1 << bits) - 1)
+    values = apply_modality_lut(raw, ds).astype(np.float32)
+    has_voi = "VOILUTSequence" in ds or "WindowCenter" in ds
+    if has_voi:
+        values = apply_voi_lut(values, ds, index=0).astype(np.float32)
+    pixels = _stretch(values, 0.0 if has_voi else 0.5)
+    monochrome1 = str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1"
+    inverse_lut = str(ds.get("PresentationLUTShape", "")).upper() == "INVERSE"
+    if monochrome1 != inverse_lut:       # either one inverts the display; both cancel out
+        pixels = 1.0 - pixels
+    warnings = [] if view else [f"view position {given or 'not recorded'}: the model reads PA/AP chest radiographs"]
+    return Radiograph(pixels, path.name, view, str(ds.get("SeriesInstanceUID", "")) or None, warnings)
+
+
+def _read_image(path: Path) -> Radiograph:
+    check_image_size(path)
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise CorruptFileError(path, "cannot be decoded as an image")
+    if img.ndim == 3:
+        img = cv2.cvtColor(img[..., :3], cv2.COLOR_BGR2GRAY)
+    if img.dtype == np.uint8:
+        pixels = img.astype(np.float32) / 255.0
+    elif img.dtype == np.uint16:
+        pixels = _stretch(img.astype(np.float32), 0.5)
+    else:
+        raise CorruptFileError(path, f"unsupported image sample type {img.dtype}")
+    return Radiograph(pixels, path.name, None, None,
+                      ["image file: no view position recorded; the model reads PA/AP chest radiographs"])
+
+
+def _check_view(path: Path, view: str) -> str | None:
+    if view in LATERAL_VIEWS:
+        raise LateralViewError(path, f"a lateral view (ViewPosition {view}); the model reads frontal "
+                                     f"({'/'.join(FRONTAL_VIEWS)}) chest radiographs only")
+    return view if view in FRONTAL_VIEWS else None
+
+
+def _stretch(values: np.ndarray, percent: float) -> np.ndarray:
+    """``values`` mapped linearly to [0, 1] between their ``percent`` and ``100 - percent`` percentiles."""
+    low, high = np.percentile(values, [percent, 100.0 - percent])
+    if high <= low:
+        return np.zeros(values.shape, np.float32)
+    return np.clip((values - low) / (high - low), 0.0, 1.0).astype(np.float32)

@@ -1,0 +1,225 @@
+"""Chest X-ray studies: radiograph ingest (MONOCHROME1, VOI window, views, PNG), the ``image`` kind
+end to end on a real PA chest CR (pydicom-data's RG1_UNCR.dcm) with an untrained placeholder bundle
+whose answer is known by construction, and routing by modality between a CT and an X-ray bundle."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+
+from edge import CLASSES
+from edge.card import PLACEHOLDER_BANNER, load_card
+from edge.cli import main
+from edge.engine import Engine, NoModelForModalityError
+from edge.errors import ModelLoadError
+from edge.explain import SliceGradCam
+from edge.ingest.radiograph import LateralViewError, load_radiograph, study_modality
+from edge.phantom import make_phantom, write_dicom_series
+from edge.pipeline import prepare_radiograph
+from edge.profile import ProfileError, WatcherSettings, load_profile
+from edge.server import create_app
+from edge.watch import run_once
+from tests.server_support import PASSWORD, USER
+from tests.server_support import write_profile as server_profile
+from tests.fixture_bundle import IMAGE_WEIGHT, KNOWN_PROBABILITIES, make_constant_bundle, make_image_bundle, slice_probabilities
+
+RG1 = Path(get_testdata_file("RG1_UNCR.dcm"))
+TOKEN = "test-token-0123456789"
+
+
+@pytest.fixture(scope="module")
+def xray_bundle(tmp_path_factory) -> Path:
+    return make_image_bundle(tmp_path_factory.mktemp("xray") / "bundle")
+
+
+@pytest.fixture(scope="module")
+def ct_bundle(tmp_path_factory) -> Path:
+    return make_constant_bundle(tmp_path_factory.mktemp("ct") / "bundle")
+
+
+@pytest.fixture(scope="module")
+def ct_study(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("ctstudy") / "P1"
+    write_dicom_series(make_phantom(n_slices=12, size=64, seed=1), folder, seed=1)
+    return folder
+
+
+def edited(tmp_path: Path, **tags) -> Path:
+    """A copy of RG1 with ``tags`` set (None deletes the tag)."""
+    ds = pydicom.dcmread(RG1)
+    for key, value in tags.items():
+        if value is None:
+            delattr(ds, key)
+        else:
+            setattr(ds, key, value)
+    path = tmp_path / "edited.dcm"
+    ds.save_as(path)
+    return path
+
+
+def test_rg1_reads_as_a_frontal_radiograph_with_dense_tissue_bright():
+    picture = load_radiograph(RG1)
+    h, w = picture.pixels.shape
+    assert (h, w, picture.view, picture.warnings) == (1955, 1841, "PA", [])
+    spine, lung = picture.pixels[h // 3: h // 2, w // 2 - 40: w // 2 + 40], picture.pixels[h // 3: h // 2, w // 5: w // 3]
+    assert spine.mean() > lung.mean() + 0.1      # MONOCHROME1 inverted: bone brighter than aerated lung
+
+
+def test_the_jpeg_2000_lossless_copy_reads_identically():
+    np.testing.assert_array_equal(load_radiograph(get_testdata_file("RG1_J2KR.dcm")).pixels, load_radiograph(RG1).pixels)
+
+
+def test_monochrome1_is_the_inverse_of_the_same_pixels_read_as_monochrome2(tmp_path):
+    as_mono2 = load_radiograph(edited(tmp_path, PhotometricInterpretation="MONOCHROME2")).pixels
+    np.testing.assert_allclose(load_radiograph(RG1).pixels, 1.0 - as_mono2, atol=1e-6)
+
+
+def test_a_presentation_lut_shape_inverse_inverts_the_display(tmp_path):
+    np.testing.assert_allclose(load_radiograph(edited(tmp_path, PresentationLUTShape="INVERSE")).pixels,
+                               1.0 - load_radiograph(RG1).pixels, atol=1e-6)
+
+
+def test_the_voi_window_is_applied_when_present(tmp_path):
+    narrow = load_radiograph(edited(tmp_path, WindowCenter=15000, WindowWidth=2000)).pixels
+    assert 0.2 < (narrow == 0).mean() + (narrow == 1).mean()     # a narrow window saturates much of the image
+    assert ((load_radiograph(RG1).pixels == 0) | (load_radiograph(RG1).pixels == 1)).mean() < 0.05
+
+
+@pytest.mark.parametrize("view", ["LL", "RL", "LATERAL"])
+def test_a_lateral_view_is_refused_naming_the_file(tmp_path, capsys, xray_bundle, view):
+    path = edited(tmp_path, ViewPosition=view)
+    with pytest.raises(LateralViewError, match="lateral view"):
+        load_radiograph(path)
+    assert main(["predict", str(path), "--model", str(xray_bundle), "--variant", "float32"]) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and f"lateral view (ViewPosition {view})" in err
+
+
+def test_an_unknown_view_is_read_with_a_warning(tmp_path):
+    picture = load_radiograph(edited(tmp_path, ViewPosition=None))
+    assert picture.view is None and "view position not recorded" in picture.warnings[0]
+
+
+def test_png_radiographs_of_8_and_16_bits(tmp_path):
+    ramp = np.tile(np.arange(0, 256, dtype=np.uint8), (32, 1))
+    cv2.imwrite(str(tmp_path / "r8.png"), ramp)
+    np.testing.assert_allclose(load_radiograph(tmp_path / "r8.png").pixels, ramp / 255.0, atol=1e-6)
+    cv2.imwrite(str(tmp_path / "r16.png"), ramp.astype(np.uint16) * 16)
+    sixteen = load_radiograph(tmp_path / "r16.png").pixels
+    assert sixteen.min() == 0 and sixteen.max() == 1 and np.all(np.diff(sixteen[0]) >= 0)
+    assert study_modality(tmp_path / "r8.png") == "xray"
+
+
+def test_rg1_predict_json_gives_the_known_answer_and_says_placeholder(xray_bundle, capsys):
+    image = prepare_radiograph(RG1, load_card(xray_bundle).preprocessing).images[0]
+    assert image.shape == (64, 64)
+    assert main(["predict", str(RG1), "--model", str(xray_bundle), "--json"]) == 0      # the command of issue 13
+    doc = json.loads(capsys.readouterr().out)
+    expected = slice_probabilities(np.array([image.mean()]), weight=IMAGE_WEIGHT)[0]
+    assert doc["modality"] == "xray" and doc["classes"] == list(CLASSES) and doc["input"]["view"] == "PA"
+    np.testing.assert_allclose([doc["probabilities"][c] for c in CLASSES], expected, atol=1e-4)
+    assert doc["label"] == CLASSES[int(np.argmax(expected))]
+    assert doc["model"]["placeholder"] is True and doc["model"]["banner"] == PLACEHOLDER_BANNER
+
+
+def test_rg1_heatmap_on_the_radiograph_is_the_known_grad_cam(xray_bundle, tmp_path):
+    engine = Engine.from_bundle(xray_bundle, "float32")
+    doc = engine.analyse(RG1, tmp_path / "out")
+    assert doc["label"] == "covid" and doc["heatmaps"][0]["file"] == RG1.name
+    assert (tmp_path / "out" / doc["heatmaps"][0]["png"]).is_file()
+    report = (tmp_path / "out" / "report.html").read_text()
+    assert PLACEHOLDER_BANNER in report and "Chest X-ray triage report" in report
+    assert "Radiograph RG1_UNCR.dcm, view PA." in report and 'id="slice-plot"' not in report
+    image = engine.run(RG1).images[0]
+    heat = SliceGradCam(load_card(xray_bundle)).explain_slice(image, 0)
+    np.testing.assert_allclose(heat, image / image.max(), atol=1e-4)    # identity conv: the input itself
+
+
+def write_profile(tmp_path: Path, bundle: Path, more: list[Path]) -> Path:
+    lines = ["name: box", "description: test", "model:", f"  bundle: {bundle}", "  variant: float32",
+             f"  more_bundles: [{', '.join(map(str, more))}]"]
+    path = tmp_path / "box.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_a_profile_with_ct_and_xray_bundles_routes_by_modality(tmp_path, ct_bundle, xray_bundle, ct_study):
+    engine = Engine.from_profile(load_profile(write_profile(tmp_path, ct_bundle, [xray_bundle])))
+    assert engine.run(RG1).to_dict()["model"]["name"] == "xray-test-placeholder"
+    ct = engine.run(ct_study).to_dict()
+    assert ct["modality"] == "ct" and ct["model"]["name"] == "constant-test-model"
+    assert [ct["probabilities"][c] for c in CLASSES] == pytest.approx(KNOWN_PROBABILITIES, abs=1e-4)
+
+
+def test_a_study_of_a_modality_the_device_has_no_model_for_is_refused(tmp_path, capsys, ct_bundle, xray_bundle, ct_study):
+    with pytest.raises(NoModelForModalityError, match=r"a study of modality CT, but this device has no CT model \(it reads: X-ray\)"):
+        Engine.from_bundle(xray_bundle, "float32").run(ct_study)
+    assert main(["predict", str(RG1), "--model", str(ct_bundle), "--variant", "float32"]) == 2
+    err = capsys.readouterr().err
+    assert str(RG1) in err and "a study of modality X-ray, but this device has no X-ray model (it reads: CT)" in err
+
+
+def test_one_bundle_per_modality_in_a_profile(tmp_path, xray_bundle):
+    with pytest.raises(ProfileError, match=r"model.more_bundles\[0\] reads xray studies.*one bundle per modality"):
+        load_profile(write_profile(tmp_path, xray_bundle, [xray_bundle]))
+
+
+def test_an_image_card_must_read_xray(xray_bundle, tmp_path):
+    doc = json.loads((xray_bundle / "model.json").read_text()) | {"modality": "ct"}
+    (tmp_path / "model.json").write_text(json.dumps(doc))
+    with pytest.raises(ModelLoadError, match="kind 'image' reads xray studies, not modality 'ct'"):
+        load_card(tmp_path)
+
+
+def test_the_watcher_analyses_a_radiograph_dropped_as_one_file(xray_bundle, tmp_path):
+    inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
+    inbox.mkdir()
+    shutil.copy(RG1, inbox / "chest.dcm")
+    summary = run_once(Engine.from_bundle(xray_bundle, "float32"), inbox, outbox,
+                       WatcherSettings(poll_seconds=0, stable_seconds=0))
+    assert summary.done == 1
+    doc = json.loads((outbox / "chest.dcm" / "result.json").read_text())
+    assert doc["modality"] == "xray" and doc["model"]["placeholder"] and len(doc["heatmaps"]) == 1
+
+
+def test_the_web_form_and_the_api_analyse_a_radiograph(xray_bundle, tmp_path, monkeypatch):
+    monkeypatch.setenv("CTEDGE_API_TOKEN", TOKEN)
+    app = create_app(load_profile(server_profile(tmp_path, max_upload_mb=16)), Engine.from_bundle(xray_bundle, "float32"))
+    try:
+        client = app.test_client()
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        api_id = client.post("/api/v1/studies", data={"files": [(RG1.open("rb"), RG1.name)]},
+                             headers=auth).get_json()["id"]
+        token = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/login").get_data(as_text=True)).group(1)
+        client.post("/login", data={"user": USER, "password": PASSWORD, "csrf_token": token})
+        token = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/").get_data(as_text=True)).group(1)
+        form = client.post("/studies", data={"files": [(RG1.open("rb"), RG1.name)], "csrf_token": token})
+        assert form.status_code == 303
+        form_id = form.headers["Location"].rstrip("/").rsplit("/", 1)[-1]
+        for study_id in (api_id, form_id):
+            deadline = time.monotonic() + 60
+            while (state := client.get(f"/api/v1/studies/{study_id}", headers=auth).get_json())["status"] not in ("done", "failed"):
+                assert time.monotonic() < deadline, state
+                time.sleep(0.1)
+            assert state["status"] == "done", state
+            assert state["result"]["modality"] == "xray" and state["result"]["model"]["banner"] == PLACEHOLDER_BANNER
+        assert client.get("/api/v1/model", headers=auth).get_json()["by_modality"]["xray"]["placeholder"] is True
+        page = client.get(f"/studies/{form_id}").get_data(as_text=True)
+        assert f'id="verdict">{state["result"]["label"]}<' in page and PLACEHOLDER_BANNER in page
+    finally:
+        app.extensions["ctedge"]["jobs"].stop()
+
+
+def test_the_text_summary_names_the_radiograph_and_the_placeholder(xray_bundle, capsys):
+    assert main(["predict", str(RG1), "--model", str(xray_bundle), "--variant", "float32"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"*** {PLACEHOLDER_BANNER} ***") and "Radiograph: RG1_UNCR.dcm (view PA)" in out
