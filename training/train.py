@@ -20,7 +20,7 @@ from edge import CLASSES
 from edge.card import DEMONSTRATION_BANNER, TrainingRange
 from edge.errors import UserError
 from edge.options import PipelineOptions
-from edge.pipeline import PREPARE, PreparedStudy, prepare_study
+from edge.pipeline import PREPARE, PreparedStudy
 from edge.vote import patient_verdict
 from training.augment import augment_group, mixup, random_augment
 from training.data import StudyRecord, class_weights, one_hot, patient_split
