@@ -26,11 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edge import CLASSES
+from edge.card import load_card
 from edge.errors import UserError
 from edge.profile import Profile, load_profile
 from edge.runtime import EDGETPU_LIBRARY
-from edge.tune import AUTO, FALLBACK_VARIANT, cpu_identity, tuned_choice
+from edge.tune import AUTO, FALLBACK_VARIANT, cpu_identity, phantom_group, tuned_choice
 
 FAST_INT8 = {"avx512_vnni", "avx_vnni", "asimddp"}
 
@@ -154,22 +154,21 @@ def check_delegate(profile: Profile) -> Check:
 
 def check_model(profile: Profile) -> Check:
     """Load the profile's engine (the model card checked against the model files and the profile) and
-    classify one blank group of the card's group and input size."""
+    classify one input of the card's kind made from a synthetic phantom (a group, a slice or an image)."""
     from edge.engine import Engine
 
     try:
         engine = Engine.from_profile(profile)
-        options = engine.options
-        probs = np.asarray(engine.classifier.predict(
-            np.zeros((options.group_size, options.input_size, options.input_size), np.uint8)))
+        probs = np.asarray(engine.classifier.predict(phantom_group(load_card(profile.model.bundle))))
     except UserError as exc:
         return Check("model", False, str(exc))
-    if probs.shape != (len(CLASSES),) or not np.all(np.isfinite(probs)) or abs(float(probs.sum()) - 1) > 1e-3:
+    classes = engine.classifier.classes
+    if probs.shape != (len(classes),) or not np.all(np.isfinite(probs)) or abs(float(probs.sum()) - 1) > 1e-3:
         return Check("model", False, f"{profile.model.bundle}: output {probs.tolist()} is not "
-                                     f"{len(CLASSES)} probabilities ({', '.join(CLASSES)})")
+                                     f"{len(classes)} probabilities ({', '.join(classes)})")
     info = engine.info
     return Check("model", True, f"{info.name} {info.version} from {profile.model.bundle}: matches its card, classifies "
-                                f"a {options.group_size}-slice group" + (f" ({info.banner})" if info.banner else ""))
+                                "a synthetic input" + (f" ({info.banner})" if info.banner else ""))
 
 
 def can(user: pwd.struct_passwd, path: Path, want: str) -> bool:

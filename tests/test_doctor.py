@@ -73,3 +73,15 @@ def test_bad_profile_stops_early_naming_the_key(tmp_path, capsys):
     assert main(["doctor", "--config", str(REPO / "firmware_config/coral-edgetpu.yaml")]) == 1
     out = capsys.readouterr().out
     assert "[FAIL] profile:" in out and "model.variant" in out and "NOT READY" in out
+
+
+def test_the_model_check_classifies_an_input_of_the_bundle_s_own_kind(tmp_path):
+    """A slice bundle takes one slice, not a group: the check feeds each kind its own unit."""
+    pytest.importorskip("tensorflow")
+    from edge.doctor import check_model
+    from edge.profile import default_profile
+    from tests.fixture_bundle import make_slice_bundle
+
+    bundle = make_slice_bundle(tmp_path / "slice")
+    check = check_model(default_profile(bundle))
+    assert check.ok, check.detail
