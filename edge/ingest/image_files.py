@@ -45,18 +45,23 @@ def check_image_size(path: Path) -> None:
                                       "slice; not decoded")
 
 
+def read_grey(path: Path) -> np.ndarray:
+    """One PNG/JPEG/TIFF image as a greyscale array of its own sample type (size checked from the
+    header first); CorruptFileError when it cannot be decoded."""
+    check_image_size(path)
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise CorruptFileError(path, "cannot be decoded as an image")
+    return cv2.cvtColor(img[..., :3], cv2.COLOR_BGR2GRAY) if img.ndim == 3 else img
+
+
 def read_image_hu(path: Path) -> tuple[np.ndarray, bool]:
     """Read one image slice as approximate HU; return (hu, exact).
 
     8-bit images are assumed to be lung-windowed and mapped back through the lung window
     (``exact`` False); 16-bit images are taken as HU + 1024 (``exact`` True but unverified).
     """
-    check_image_size(path)
-    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise CorruptFileError(path, "cannot be decoded as an image")
-    if img.ndim == 3:
-        img = cv2.cvtColor(img[..., :3], cv2.COLOR_BGR2GRAY)
+    img = read_grey(path)
     if img.dtype == np.uint8:
         low, high = LUNG_WINDOW
         return (img.astype(np.float32) / 255.0 * (high - low) + low), False

@@ -16,14 +16,13 @@ from dataclasses import dataclass, field
 import zipfile
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pydicom
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
 from edge.errors import CorruptFileError, FileTooLargeError, StudyError
 from edge.ingest.dicom_files import read_header
-from edge.ingest.image_files import check_image_size, is_image_file
+from edge.ingest.image_files import is_image_file, read_grey
 from edge.ingest.sources import Limits, study_files
 
 XRAY_MODALITIES = ("CR", "DX")
@@ -107,12 +106,7 @@ def _read_dicom(path: Path) -> Radiograph:
 
 
 def _read_image(path: Path) -> Radiograph:
-    check_image_size(path)
-    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise CorruptFileError(path, "cannot be decoded as an image")
-    if img.ndim == 3:
-        img = cv2.cvtColor(img[..., :3], cv2.COLOR_BGR2GRAY)
+    img = read_grey(path)
     if img.dtype == np.uint8:
         pixels = img.astype(np.float32) / 255.0
     elif img.dtype == np.uint16:
