@@ -170,7 +170,7 @@ def bench(study: Path, bundle: Path, keras_run: Path | None, repeats: int, threa
         "end_to_end_ms_by_stage_int8": run_study(study, int8, card.preprocessing,
                                                  release_full_resolution=True).to_dict()["timings_ms"],
         "decode": decode_modes(study),
-        "variants_by_threads": _tune_rows(card, units[0], threads, repeats) if card.kind == "group" else None,
+        "variants_by_threads": _tune_rows(card, units[0], threads, repeats),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "layers": _layers(card, units[0], threads, repeats) if layers and card.kind == "group" else None,
     }
