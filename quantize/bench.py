@@ -156,11 +156,12 @@ def bench(study: Path, bundle: Path, keras_run: Path | None, repeats: int, threa
     variants.update({name: {"error": why} for name, why in errors.items()})
     peak = measure_peak_gflops()
     median = {n: r[f"ms_per_{unit}_median"] for n, r in results.items()}
+    cpu = cpu_identity()
     return {
         "model": {"name": card.name, "kind": card.kind, "banner": card.banner, "input_size": card.preprocessing.input_size},
         "unit": unit, "study_units": len(units), "repeats": repeats, "threads": threads,
         "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-        "cpu_flags": cpu_identity()["flags"], "cpu_model": cpu_identity()["model"],
+        "cpu_flags": cpu["flags"], "cpu_model": cpu["model"],
         "variants": variants,
         "speedup_int8_vs_float32": round(median["tflite_float32"] / median["tflite_int8"], 2),
         "speedup_int8_vs_keras": round(median["keras"] / median["tflite_int8"], 2) if "keras" in median else None,
