@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.card import KIND_MODALITY, load_card
+from edge.errors import UserError
 from edge.ingest.parallel import decode_series
 from edge.ingest.sources import study_files
 from edge.kinds import KINDS
@@ -200,12 +201,33 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--layers", action="store_true",
                    help="also time the encoder stage by stage in each quantization layout (needs TensorFlow)")
+    p.add_argument("--dispatch", choices=("native", "avx2"), default="native",
+                   help="avx2: run XNNPACK's AVX2 + FMA kernels even on a CPU with AVX-512/VNNI/AMX (its flags hidden "
+                        "from the runtime's CPU detection), to predict an AVX2-only box; ratios hold, times are this CPU's")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench)
 
 
+def _dispatch(choice: str) -> dict:
+    """Set the kernels XNNPACK (and oneDNN, for Keras) may use in this process, before any model loads."""
+    if choice == "native":
+        return {"kernels": "native"}
+    from quantize.avx2_dispatch import DispatchError, dispatch_avx2
+
+    try:
+        hidden = dispatch_avx2()
+    except DispatchError as exc:
+        raise UserError("--dispatch avx2", str(exc)) from exc
+    os.environ["ONEDNN_MAX_CPU_ISA"] = "AVX2"
+    return {"kernels": "avx2", "hidden_flags": hidden,
+            "note": "XNNPACK's AVX2 + FMA kernels on this CPU (flags hidden from the runtime's CPU detection): "
+                    "ratios predict an AVX2-only CPU, absolute times are this CPU's; decoding and the NumPy GEMM peak "
+                    "are not affected"}
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
-    doc = bench(args.study, args.model, args.keras, args.repeats, args.threads, args.layers)
+    dispatch = _dispatch(args.dispatch)
+    doc = {**bench(args.study, args.model, args.keras, args.repeats, args.threads, args.layers), "dispatch": dispatch}
     if args.json:
         print(json.dumps(doc, indent=2))
         return 0
@@ -247,6 +269,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if d:
         print(f"decode {d['n_slices']} slices ({d['transfer_syntax']}), s: " + ", ".join(f"{k} {v}" for k, v in d["seconds"].items())
               + f"; speed-up threads {d['speedup_threads']}x, processes {d['speedup_processes']}x")
+    if dispatch["kernels"] != "native":
+        print(f"dispatch: {dispatch['note']}; hidden: {' '.join(dispatch['hidden_flags']) or 'none (AVX2-only CPU)'}")
     print(f"peak RSS {doc['peak_rss_mb']} MB; {doc['threads']} threads on {doc['cpu_count']} CPUs ({doc['cpu_model']}; "
           f"flags: {' '.join(doc['cpu_flags'])})")
     return 0
