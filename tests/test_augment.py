@@ -2,8 +2,16 @@ import cv2
 import numpy as np
 import pytest
 
-from training.augment import (XRAY_WARP, XrayWarp, augment_group, custom_canvas, mixup, random_augment, warp_matrix,
-                              xray_augment)
+from training.augment import (
+    XRAY_WARP,
+    XrayWarp,
+    augment_group,
+    custom_canvas,
+    mixup,
+    random_augment,
+    warp_matrix,
+    xray_augment,
+)
 
 
 def test_random_augment_keeps_shape_and_dtype_and_is_seeded():

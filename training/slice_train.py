@@ -28,10 +28,10 @@ from edge.errors import UserError
 from edge.options import PipelineOptions
 from edge.selection_report import read_labels
 from training.archs import build_slice_model, make_optimizer
+from training.augment import AUGMENTATIONS, XRAY_WARP, xray_augment
 from training.data import StudyRecord, patient_split
 from training.models import StandardizedConv2D
 from training.plots import plot_training_curves
-from training.augment import AUGMENTATIONS, XRAY_WARP, xray_augment
 from training.recipes import RECIPES, Recipe, learning_rate
 from training.train import SliceBatches, prepare_records, write_run_preprocessing
 

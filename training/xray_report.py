@@ -94,14 +94,17 @@ def format_markdown(report: dict) -> str:
         s = summary["per_class"][c]
         lines.append(f"| {c} | " + " | ".join(_mean_sd(s[m]) for m in METRICS) + f" | {s['support']} |")
     lines.append("| macro average | " + " | ".join(_mean_sd(summary["macro"][m]) for m in METRICS) + " | |")
-    pooled = np.sum([f["confusion_matrix"] for f in report["folds"]], axis=0).tolist()
-    lines += ["", "Confusion matrix, all validation folds pooled:", "", *_confusion(pooled, classes), ""]
+    if report["folds"]:
+        pooled = np.sum([f["confusion_matrix"] for f in report["folds"]], axis=0).tolist()
+        lines += ["", "Confusion matrix, all validation folds pooled:", "", *_confusion(pooled, classes), ""]
+    else:
+        lines += ["", "No validation images (no class has 2+ patients outside the hold-out).", ""]
     held = report["holdout"]
     if held is None:
         return "\n".join(lines + ["## Hold-out", "", "No hold-out patients (--test-fraction 0, or no class with 3+ patients).", ""])
     boot = held["bootstrap_95"]
-    lines += [f"## Hold-out: {held['n']} radiograph(s), never used for fitting, early stopping, learning-rate "
-              f"cuts or model choice; in % (patient bootstrap 95% interval, {boot['n_boot']} draws)", "", head]
+    lines += [(f"## Hold-out: {held['n']} radiograph(s), never used for fitting, early stopping, learning-rate "
+               f"cuts or model choice; in % (patient bootstrap 95% interval, {boot['n_boot']} draws)"), "", head]
     for c in classes:
         m = held["per_class"][c]
         lines.append(f"| {c} | " + " | ".join(_with_interval(m[x], boot["per_class"][c][x]) for x in METRICS)
