@@ -169,15 +169,16 @@ def macro_roc_curve(y_true: Sequence[int], y_prob: np.ndarray) -> tuple[np.ndarr
     return grid, np.mean([np.interp(grid, fpr, tpr) for fpr, tpr in curves], axis=0)
 
 
+def spread(values: Sequence[float]) -> dict:
+    """Mean, standard deviation (ddof 1), minimum and maximum of the values that are not NaN, and how many there are."""
+    x = np.asarray(values, float)
+    x = x[~np.isnan(x)]
+    nan = float("nan")
+    return {"mean": float(x.mean()) if len(x) else nan, "sd": float(x.std(ddof=1)) if len(x) > 1 else nan,
+            "min": float(x.min()) if len(x) else nan, "max": float(x.max()) if len(x) else nan, "folds": len(x)}
+
+
 def mean_and_spread(reports: Sequence[dict], metrics: Sequence[str] = ("accuracy", "sensitivity", "specificity", "f1", "roc_auc")) -> dict:
-    """Mean, standard deviation (ddof 1), minimum and maximum across folds of each macro-average metric
-    of ``classification_report`` outputs; NaN folds are left out."""
-    out = {}
-    for m in metrics:
-        values = np.array([r["macro"][m] for r in reports], float)
-        values = values[~np.isnan(values)]
-        out[m] = {"mean": float(values.mean()) if len(values) else float("nan"),
-                  "sd": float(values.std(ddof=1)) if len(values) > 1 else float("nan"),
-                  "min": float(values.min()) if len(values) else float("nan"),
-                  "max": float(values.max()) if len(values) else float("nan"), "folds": len(values)}
-    return out
+    """The :func:`spread` across folds of each macro-average metric of ``classification_report`` outputs;
+    NaN folds are left out."""
+    return {m: spread([r["macro"][m] for r in reports]) for m in metrics}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
 
@@ -50,14 +52,37 @@ def mixup(x: np.ndarray, y: np.ndarray, alpha: float, rng: np.random.Generator) 
     return lx * x + (1 - lx) * x[order], lam[:, None] * y + (1 - lam[:, None]) * y[order]
 
 
-def xray_augment(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """The DenseNet121 X-ray augmentation: rotation up to 5 degrees, zoom up to 2%, shear up to 2 degrees,
-    as one affine warp (tf_keras has no shear layer, so this is NumPy/OpenCV)."""
+@dataclass(frozen=True)
+class XrayWarp:
+    """The published DenseNet121 X-ray augmentation ranges (Luiz et al.): rotation, zoom and shear, each
+    drawn uniformly in [-range, range] for every training image and epoch, applied as one affine warp
+    (tf_keras has no shear layer, so this is OpenCV)."""
+
+    rotation_deg: float = 5.0
+    zoom: float = 0.02             # scale in [1 - zoom, 1 + zoom]
+    shear_deg: float = 2.0
+
+    def draw(self, rng: np.random.Generator) -> tuple[float, float, float]:
+        """One (rotation in degrees, scale, shear in degrees)."""
+        return (float(rng.uniform(-self.rotation_deg, self.rotation_deg)), float(1 + rng.uniform(-self.zoom, self.zoom)),
+                float(rng.uniform(-self.shear_deg, self.shear_deg)))
+
+
+XRAY_WARP = XrayWarp()
+
+
+def warp_matrix(height: int, width: int, rotation_deg: float, scale: float, shear_deg: float) -> np.ndarray:
+    """The 2 x 3 affine matrix about the image centre: horizontal shear (x += tan(shear) (y - centre)),
+    then rotation (counter-clockwise as displayed) and scaling."""
+    m = cv2.getRotationMatrix2D((width / 2, height / 2), rotation_deg, scale)
+    shear = np.tan(np.radians(shear_deg))
+    return (m @ np.array([[1, shear, -shear * height / 2], [0, 1, 0], [0, 0, 1]]))[:2]
+
+
+def xray_augment(image: np.ndarray, rng: np.random.Generator, ranges: XrayWarp = XRAY_WARP) -> np.ndarray:
+    """``image`` warped by a random rotation, zoom and shear within ``ranges``; shape and dtype kept."""
     h, w = image.shape[:2]
-    angle, zoom, shear = rng.uniform(-5, 5), 1 + rng.uniform(-0.02, 0.02), np.tan(np.radians(rng.uniform(-2, 2)))
-    m = cv2.getRotationMatrix2D((w / 2, h / 2), angle, zoom)
-    m = m @ np.array([[1, shear, -shear * h / 2], [0, 1, 0], [0, 0, 1]])
-    return cv2.warpAffine(image, m[:2], (w, h), flags=cv2.INTER_LINEAR, borderValue=0)
+    return cv2.warpAffine(image, warp_matrix(h, w, *ranges.draw(rng)), (w, h), flags=cv2.INTER_LINEAR, borderValue=0)
 
 
 def custom_canvas(image: np.ndarray, size: int = 224, fill: float = 0) -> np.ndarray:

@@ -26,7 +26,7 @@ def _require_tensorflow() -> None:
 
 
 def add_train(sub: argparse._SubParsersAction) -> None:
-    from training.recipes import ARCH_INFO, GROUP_ARCH, RECIPES
+    from training.recipes import ARCH_INFO, DEFAULT_RECIPE, GROUP_ARCH, RECIPES
 
     p = sub.add_parser("train", help="train a classifier (CNN + biLSTM, or a slice model by --arch) (needs [train])",
                        description="Train on studies laid out as <root>/<class>/<patient>/... or listed in a CSV "
@@ -42,8 +42,9 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--modality", choices=("ct", "xray"), default="ct",
                    help="slice models: ct (every kept slice of CT studies) or xray (one chest radiograph per study, "
                         "DATA as <class>/<images> folders or a CSV; the bundle's kind is image)")
-    p.add_argument("--recipe", choices=tuple(RECIPES), default="default",
-                   help="slice models: " + "; ".join(f"{n}: {r.note}" for n, r in RECIPES.items()))
+    p.add_argument("--recipe", choices=tuple(RECIPES), default=None,
+                   help="slice models (default: " + ", ".join(f"{v} for {k}" for k, v in DEFAULT_RECIPE.items()) + "): "
+                        + "; ".join(f"{n}: {r.note}" for n, r in RECIPES.items()))
     p.add_argument("--weights", type=Path, default=None, help="slice models: local file of pretrained trunk weights")
     p.add_argument("--freeze-epochs", type=int, default=0,
                    help="slice models: train only the head for this many epochs first, the trunk frozen")
@@ -65,13 +66,15 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (0 = off)")
     p.add_argument("--no-augment", action="store_true", help="no rotation/flip/blur/brightness augmentation")
     p.add_argument("--val-fraction", type=float, default=0.2,
-                   help="patients held out for early stopping, per class (default 0.2)")
+                   help="patients held out for early stopping, per class (default 0.2; unused by X-ray runs with --folds: each fold validates on its own)")
     p.add_argument("--test-fraction", type=float, default=0.0,
                    help="patients held out as a test set, per class (stratified, seeded; classes with 3+ patients): "
-                        "never used for fitting or early stopping, reported on after training")
+                        "never used for fitting or early stopping, reported on after training (X-ray: the hold-out, "
+                        "also with --folds, evaluated once with the final model)")
     p.add_argument("--folds", type=int, default=0,
                    help="k-fold cross-validation by patient: k runs in OUT/fold<i>/, each evaluated on the fold it "
-                        "never saw; metrics pooled over the folds and their mean and spread across folds")
+                        "never saw; metrics pooled over the folds and their mean and spread across folds (X-ray: "
+                        "each fold stops early on its validation fold; the best fold's model is the run's)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_train)
 
@@ -117,11 +120,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _train_slices(args: argparse.Namespace) -> int:
     from edge.vote import PatientRule
     from training.data import discover
-    from training.recipes import ARCH_INFO
+    from training.recipes import ARCH_INFO, DEFAULT_RECIPE
     from training.slice_train import SliceTrainConfig, train_slice_run, with_input_size
 
-    if args.folds or args.test_fraction:
-        raise UserError("--arch", f"{args.arch} is a slice model: --folds and --test-fraction are for cnn-bilstm")
+    if args.modality != "xray" and (args.folds or args.test_fraction):
+        raise UserError("--arch", f"{args.arch} on CT is a slice model: --folds and --test-fraction are for "
+                                  "cnn-bilstm and --modality xray")
+    if not 0 <= args.test_fraction < 1:
+        raise UserError("--test-fraction", f"must be in [0, 1), got {args.test_fraction}")
     if args.modality == "xray" and args.slice_labels:
         raise UserError("--slice-labels", "slice labels are for CT studies, not --modality xray")
     if args.weights is not None and not args.weights.is_file():
@@ -130,17 +136,30 @@ def _train_slices(args: argparse.Namespace) -> int:
         rule = PatientRule(args.patient_rule, args.threshold)
     except ValueError as exc:
         raise UserError("--threshold", str(exc)) from exc
-    config = SliceTrainConfig(arch=args.arch, recipe=args.recipe, learning_rate=args.lr, epochs=args.epochs, freeze_epochs=args.freeze_epochs,
+    config = SliceTrainConfig(arch=args.arch, recipe=args.recipe or DEFAULT_RECIPE[args.modality], learning_rate=args.lr,
+                              epochs=args.epochs, freeze_epochs=args.freeze_epochs,
                               batch_size=args.batch_size, patience=args.patience, augment=not args.no_augment,
                               val_fraction=args.val_fraction, seed=args.seed,
                               weights=str(args.weights) if args.weights else None,
                               slice_labels=str(args.slice_labels) if args.slice_labels else None,
-                              patient_rule=rule.to_dict(), modality=args.modality)
+                              patient_rule=rule.to_dict(), modality=args.modality, folds=args.folds,
+                              test_fraction=args.test_fraction)
     config = with_input_size(config, args.input_size or ARCH_INFO[args.arch][0])
-    run = train_slice_run(discover(args.data), args.out, config)
-    print(f"{config.kind} model ({args.arch}, {config.preprocessing.input_size} px, classes {', '.join(config.classes)}): "
-          f"{args.out}/slice_model.keras; split (seed {config.seed}): "
-          + ", ".join(f"{len(run.split[k])} {k}" for k in ("train", "val")) + " patients")
+    records = discover(args.data)
+    what = f"{config.kind} model ({args.arch}, {config.preprocessing.input_size} px, classes {', '.join(config.classes)}): "
+    if args.modality == "xray":
+        from training.xray_cv import train_xray_run
+
+        run = train_xray_run(records, args.out, config)
+        print(run.text)
+        print(what + f"{args.out}/slice_model.keras (fold {run.final_fold}); split (seed {config.seed}, "
+              f"{args.out}/split.json): {len(run.split['holdout'])} hold-out patients, "
+              + ", ".join(f"fold {i}: {len(f['train'])} train / {len(f['val'])} val" for i, f in enumerate(run.split["folds"]))
+              + f"; per-class report {args.out}/report.md")
+    else:
+        run = train_slice_run(records, args.out, config)
+        print(what + f"{args.out}/slice_model.keras; split (seed {config.seed}): "
+              + ", ".join(f"{len(run.split[k])} {k}" for k in ("train", "val")) + " patients")
     print(f"next: ctedge quantize {args.out} --calibration STUDIES --out BUNDLE")
     return 0
 

@@ -27,7 +27,9 @@ class Recipe:
     weight_decay: float = 0.0      # LAMB's decoupled weight decay
     warmup_epochs: int = 0         # linear warm-up from 0
     decay_every: int = 0           # step schedule: multiply by decay_factor every this many epochs (0: constant)
-    decay_factor: float = 0.1
+    decay_factor: float = 0.1      # the factor of each step, or of each plateau
+    plateau_patience: int = 0      # ReduceLROnPlateau: multiply by decay_factor after this many epochs without
+                                   # a lower validation loss (0: off; replaces the step schedule)
     mixup_alpha: float = 0.0
     random_crop: float = 0.0       # crop up to this fraction of each side, resized back (0: off)
     note: str = ""
@@ -41,7 +43,11 @@ RECIPES: dict[str, Recipe] = {
     "seed-004": Recipe("sgd", 3e-3, warmup_epochs=2, decay_every=10, decay_factor=0.1, mixup_alpha=0.1,
                        random_crop=0.1, note="seed 004 (Zhao et al., BiT): SGD momentum 0.9, warm-up, step decay, "
                                              "mixup, random crop"),
+    "xray": Recipe("adam", 1e-4, decay_factor=0.1, plateau_patience=3,
+                   note="chest X-ray after Luiz et al. (Adam, ReduceLROnPlateau; the rates were not checked against "
+                        "the paper): Adam 1e-4, cut tenfold after 3 epochs without a lower validation loss"),
 }
+DEFAULT_RECIPE = {"ct": "default", "xray": "xray"}    # by --modality
 
 
 def learning_rate(recipe: Recipe, epoch: int) -> float:

@@ -48,7 +48,7 @@ def evaluate_slice_run(run: Path, records: list[StudyRecord], out_dir: Path, not
     truth = SliceTrainConfig(slice_labels=config.get("slice_labels"), preprocessing=options)
     slice_true, slice_prob, patient_true, patient_prob, patient_pred, predictions = [], [], [], [], [], []
     features = []
-    for p in prepare_records(records, options):
+    for p in prepare_records(records, options, config.get("modality", "ct")):
         kept = p.study.images[p.study.selection.kept_indices]
         probs = model.predict(kept[..., None].astype(np.float32), batch_size=32, verbose=0)
         verdict = rule.verdict(probs, classes)

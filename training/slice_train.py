@@ -5,7 +5,10 @@
 Labels: each kept slice gets its patient's class (three classes), or, with a slice-labels CSV
 (``edge.selection_report.read_labels``), its own label (two classes, ``infection`` / ``none``;
 kept slices the CSV does not list are left out, and so are studies it does not label at all). With ``freeze_epochs``, the trunk is frozen and
-only the head trained first (for a trunk loaded from ``--weights``), then everything.
+only the head trained first (for a trunk loaded from ``--weights``), then everything; each stage stops
+early on the validation loss, and the run keeps the weights of the best validation epoch of either stage.
+X-ray runs are augmented with the published warp (``training.augment.XRAY_WARP``), CT runs with one
+random augmentation per slice; validation images never are.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from edge.errors import UserError
 from edge.options import PipelineOptions
 from edge.selection_report import read_labels
 from training.archs import build_slice_model, make_optimizer
+from training.augment import AUGMENTATIONS, XRAY_WARP, xray_augment
 from training.data import StudyRecord, patient_split
 from training.models import StandardizedConv2D
 from training.plots import plot_training_curves
@@ -57,6 +61,8 @@ class SliceTrainConfig:
     patient_rule: dict = field(default_factory=lambda: {"name": "fraction", "threshold": 0.1})
     preprocessing: PipelineOptions = field(default_factory=PipelineOptions)
     modality: str = "ct"               # ct: every kept slice of CT studies (kind slice); xray: one radiograph per study (kind image)
+    folds: int = 0                     # X-ray: k-fold cross-validation of the non-hold-out patients (0: one train/val split)
+    test_fraction: float = 0.0         # X-ray: hold-out patients per class, never used in training or model selection
 
     @property
     def kind(self) -> str:
@@ -75,6 +81,15 @@ class SliceTrainConfig:
     def classes(self) -> tuple[str, ...]:
         return SLICE_LABEL_CLASSES if self.slice_labels else CLASSES
 
+    @property
+    def augmentation(self) -> dict | None:
+        """What the training images get (recorded in config.json); None when off."""
+        if not self.augment:
+            return None
+        if self.modality == "xray":
+            return {"warp": asdict(XRAY_WARP)}
+        return {"one_random_of": list(AUGMENTATIONS), "random_crop": self.recipe_spec.random_crop}
+
 
 @dataclass
 class SliceRun:
@@ -82,14 +97,19 @@ class SliceRun:
     gradcam_layer: str
     history: dict[str, list[float]]
     split: dict[str, list[str]]
+    selected: dict                     # the kept epoch: stage, epoch (1-based) and its monitored loss
 
 
-class CroppedBatches(SliceBatches):
-    """SliceBatches with the recipe's random crop: up to ``crop`` of each side cut, resized back."""
+class RecipeBatches(SliceBatches):
+    """SliceBatches with the recipe's random crop (up to ``crop`` of each side cut, resized back) and,
+    for X-ray, the published warp in place of the random augmentation."""
 
     def __init__(self, x: np.ndarray, y: np.ndarray, n_classes: int, config: SliceTrainConfig):
         super().__init__(x, y, n_classes, config)
         self.crop = config.recipe_spec.random_crop
+
+    def augment_image(self, image: np.ndarray) -> np.ndarray:
+        return xray_augment(image, self.rng) if self.config.modality == "xray" else super().augment_image(image)
 
     def __getitem__(self, i: int):
         x, y = super().__getitem__(i)
@@ -134,13 +154,15 @@ def labelled_slices(prepared, config: SliceTrainConfig, labels: dict[tuple[str, 
     return np.concatenate(xs)[..., None], np.concatenate(ys), used
 
 
-def train_slice_run(records: list[StudyRecord], run_dir: Path, config: SliceTrainConfig) -> SliceRun:
-    """Split by patient, train the slice model (early stopping on ``val``), and save the run folder:
-    slice_model.keras, config.json (with kind, classes and the Grad-CAM layer), preprocessing.json,
-    history.json, split.json, training curves."""
+def train_slice_run(records: list[StudyRecord], run_dir: Path, config: SliceTrainConfig,
+                    split: dict[str, list[StudyRecord]] | None = None) -> SliceRun:
+    """Split by patient (or use ``split``'s ``train`` and ``val``), train the slice model (early stopping,
+    the recipe's schedule and the kept epoch all watch ``val``), and save the run folder:
+    slice_model.keras, config.json (with kind, classes, the Grad-CAM layer, the augmentation and the
+    kept epoch), preprocessing.json, history.json, split.json, training curves."""
     run_dir.mkdir(parents=True, exist_ok=True)
     labels = read_labels(config.slice_labels) if config.slice_labels else None
-    split = patient_split(records, val_fraction=config.val_fraction, seed=config.seed)
+    split = split or patient_split(records, val_fraction=config.val_fraction, seed=config.seed)
     train = prepare_records(split["train"], config.preprocessing, config.modality)
     val = prepare_records(split["val"], config.preprocessing, config.modality)
     x, y, used = labelled_slices(train, config, labels)
@@ -157,6 +179,7 @@ def train_slice_run(records: list[StudyRecord], run_dir: Path, config: SliceTrai
     weights = {k: len(y) / (np.count_nonzero(counts) * c) for k, c in enumerate(counts) if c}
     monitor = "val_loss" if len(xv) else "loss"
     history: dict[str, list[float]] = {}
+    best: tuple[float, list[np.ndarray], dict] | None = None
     stages = [("head", config.freeze_epochs, True), ("all", config.epochs, False)]
     for stage, epochs, frozen in stages:
         if epochs <= 0:
@@ -164,17 +187,22 @@ def train_slice_run(records: list[StudyRecord], run_dir: Path, config: SliceTrai
         for layer in model.layers:
             layer.trainable = not (frozen and layer.name in built.trunk_layers)
         model.compile(optimizer=make_optimizer(config.recipe_spec), loss="categorical_crossentropy", metrics=["accuracy"])
+        stopper = keras.callbacks.EarlyStopping(monitor=monitor, patience=config.patience, restore_best_weights=True)
         fit = model.fit(
-            CroppedBatches(x, y, n, config),
+            RecipeBatches(x, y, n, config),
             validation_data=(xv.astype(np.float32), np.eye(n)[yv]) if len(xv) else None,
-            epochs=epochs, class_weight=weights, verbose=2,
-            callbacks=[keras.callbacks.LearningRateScheduler(lambda e, _: learning_rate(config.recipe_spec, e)),
-                       keras.callbacks.EarlyStopping(monitor=monitor, patience=config.patience, restore_best_weights=True)])
+            epochs=epochs, class_weight=weights, verbose=2, callbacks=[_schedule(config.recipe_spec, monitor), stopper])
         for key, values in fit.history.items():
             history.setdefault(f"{stage}_{key}", []).extend(map(float, values))
+        if best is None or stopper.best < best[0]:    # the stopper restored its stage's best epoch
+            best = (stopper.best, model.get_weights(), {"stage": stage, "epoch": stopper.best_epoch + 1, monitor: stopper.best})
+    if best is not None:
+        model.set_weights(best[1])
+    selected = best[2] if best else {}
     model.save(run_dir / MODEL_FILE)
     split_names = {k: [r.patient for r in v] for k, v in split.items()}
     doc = asdict(config) | {"kind": config.kind, "classes": list(config.classes), "gradcam_layer": built.gradcam_layer,
+                            "augmentation": config.augmentation, "selected_epoch": selected,
                             "n_train_slices": len(y), "n_val_slices": len(yv)}
     (run_dir / "config.json").write_text(json.dumps(doc, indent=2, default=str))
     (run_dir / "history.json").write_text(json.dumps(history, indent=2))
@@ -183,7 +211,15 @@ def train_slice_run(records: list[StudyRecord], run_dir: Path, config: SliceTrai
     if curves:
         plot_training_curves(curves, run_dir / "training_slices.png", title=f"Training, {config.arch} slices",
                              note=DEMONSTRATION_BANNER.lower() if len(records) < 30 else "")
-    return SliceRun(model, built.gradcam_layer, history, split_names)
+    return SliceRun(model, built.gradcam_layer, history, split_names, selected)
+
+
+def _schedule(recipe: Recipe, monitor: str) -> keras.callbacks.Callback:
+    """The recipe's learning-rate schedule: ReduceLROnPlateau on ``monitor``, or the epoch schedule."""
+    if recipe.plateau_patience:
+        return keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=recipe.decay_factor,
+                                                 patience=recipe.plateau_patience, verbose=1)
+    return keras.callbacks.LearningRateScheduler(lambda e, _: learning_rate(recipe, e))
 
 
 def is_slice_run(run_dir: Path) -> bool:

@@ -106,12 +106,16 @@ class SliceBatches(keras.utils.Sequence):
         idx = self.order[i * self.config.batch_size:(i + 1) * self.config.batch_size]
         x = self.x[idx]
         if self.config.augment:
-            x = np.stack([random_augment(s[..., 0], self.rng)[..., None] for s in x])
+            x = np.stack([self.augment_image(s[..., 0])[..., None] for s in x])
         y = np.eye(self.n_classes, dtype=np.float32)[self.y[idx]]
         x = x.astype(np.float32)
         if self.config.mixup_alpha > 0:
             x, y = mixup(x, y, self.config.mixup_alpha, self.rng)
         return x, y
+
+    def augment_image(self, image: np.ndarray) -> np.ndarray:
+        """One training image (H, W) augmented: one random type and range (``random_augment``)."""
+        return random_augment(image, self.rng)
 
     def on_epoch_end(self) -> None:
         self.order = self.rng.permutation(len(self.x))
