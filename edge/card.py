@@ -41,6 +41,7 @@ CARD_FILE = "model.json"
 KINDS = ("group", "slice", "image")
 PARTS = {"group": ("encoder", "head"), "slice": ("model",), "image": ("model",)}   # the model files of each variant, by kind
 MODALITIES = ("ct", "xray")
+MODALITY_NAMES = {"ct": "CT", "xray": "X-ray"}     # how outputs name each modality
 KIND_MODALITY = {"group": "ct", "slice": "ct", "image": "xray"}   # what a study of each kind is
 DEMONSTRATION_BANNER = "DEMONSTRATION MODEL - NOT FOR CLINICAL USE"
 PLACEHOLDER_BANNER = "PLACEHOLDER MODEL (UNTRAINED) - NOT FOR CLINICAL USE"

@@ -20,7 +20,7 @@ from edge.doctor import add_doctor
 from edge.errors import UserError
 from edge.engine import DEFAULT_BUNDLE, Engine
 from edge.ingest import configure_pydicom
-from edge.profile import default_profile, load_profile, with_model
+from edge.profile import command_profile
 from edge.preprocess.select import METHODS
 from edge.selection_report import evaluate_study, format_table, read_labels
 from edge.server.command import add_serve
@@ -58,7 +58,9 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--override", type=float, default=None,
                    help="a group's covid/other_pneumonia probability above this overrides a healthy majority (default 0.9)")
     p.add_argument("--model", type=Path, default=None,
-                   help="TFLite model bundle folder (model.json); default: the bundled demonstration model")
+                   help="TFLite model bundle folder (model.json). With --config it replaces the profile's bundle of "
+                        "the same modality (CT or X-ray) and keeps the others; without, it is the only bundle. "
+                        "Default: the profile's bundles, else the bundled demonstration model")
     p.add_argument("--variant", default=None, help="bundle variant to run (int8, float32, ...) or auto (default): the "
                                                  "one `ctedge tune` measured fastest on this CPU, else int8")
     p.add_argument("--threads", type=int, default=None, help="interpreter threads (default: all cores)")
@@ -70,8 +72,7 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
 def predict_engine(args: argparse.Namespace) -> Engine:
     """The engine that ``predict`` options describe: a device profile (or the defaults), overridden
     by explicit flags; pipeline flags are checked against the model card like profile keys."""
-    profile = with_model(load_profile(args.config) if args.config else default_profile(DEFAULT_BUNDLE),
-                         args.model, args.variant, args.threads)
+    profile = command_profile(args.config, args.model, DEFAULT_BUNDLE, args.variant, args.threads)
     flags: dict[str, tuple[Any, str]] = {}
     for key, value, flag in (("selection", args.selection, "--selection"), ("override", args.override, "--override"),
                              ("mask_lungs", False if args.no_mask else None, "--no-mask"),

@@ -1,9 +1,10 @@
 """``ctedge doctor``: is this box ready to run the services of a profile?
 
-Checks Python and the installed packages, the profile, that the model bundle loads and runs a
-group of the profile's size, the CPU, the Coral delegate (edgetpu profiles), the data folders
-(owner-only, usable by the service user), the config files, the server port, the API token and
-the login users. Prints one line per check; exit 0 only when nothing failed.
+Checks Python and the installed packages, the profile, each model bundle of the profile (CT, X-ray:
+it loads and classifies a synthetic input of its own kind; the variant it runs and its tune record),
+the CPU, the Coral delegate (edgetpu profiles), the data folders (owner-only, usable by the service
+user), the config files, the server port, the API token and the login users. Prints one line per
+check; exit 0 only when nothing failed.
 """
 
 from __future__ import annotations
@@ -26,11 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.card import load_card
+from edge.card import MODALITY_NAMES, ModelCard, load_card
 from edge.errors import UserError
 from edge.profile import Profile, load_profile
 from edge.runtime import EDGETPU_LIBRARY
-from edge.tune import AUTO, FALLBACK_VARIANT, cpu_identity, phantom_group, tuned_choice
+from edge.tune import AUTO, cpu_identity, fallback_variant, phantom_group, tuned_choice
 
 FAST_INT8 = {"avx512_vnni", "avx_vnni", "asimddp"}
 
@@ -45,9 +46,9 @@ class Check:
 
 def add_doctor(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("doctor", help="check that this box is ready to run a profile (exit 0 when ready)",
-                       description="Check Python and packages, the model bundle, CPU, Coral delegate, data folders, "
-                                   "config files, port, API token and login users for a profile. Exit 0 only when "
-                                   "every check passes.")
+                       description="Check Python and packages, every model bundle of the profile (CT, X-ray), CPU, "
+                                   "Coral delegate, data folders, config files, port, API token and login users for a "
+                                   "profile. Exit 0 only when every check passes.")
     p.add_argument("--config", type=Path, required=True, help="the profile the services run, e.g. /etc/ctedge/ctedge.yaml")
     p.add_argument("--folder", type=Path, action="append", default=[],
                    help="another data folder to check, e.g. the watcher's inbox and outbox (repeatable)")
@@ -88,8 +89,9 @@ def run_checks(config: Path, folders: list[Path], user: pwd.struct_passwd, env_f
     if profile.model.delegate == "edgetpu":
         checks.append(check_delegate(profile))
     readable = [(Path(sys.executable).resolve(), "rx"), (config, "r"), *([(env_file, "r")] if env_file else []),
-                (profile.model.bundle, "rx")]
-    return checks + [check_model(profile), check_tuned(profile), check_access(user, readable),
+                *[(bundle, "rx") for bundle in profile.model.bundles]]
+    models = [check for bundle in profile.model.bundles for check in check_bundle(profile, bundle)]
+    return checks + [*models, check_access(user, readable),
                      *[check_folder(user, d) for d in [profile.server.results_dir, *folders]],
                      check_port(profile), check_token(profile, read_env(env_file) if env_file else {}, env_file),
                      check_users(profile)]
@@ -130,19 +132,6 @@ def check_cpu() -> Check:
     return Check("cpu", True, detail)
 
 
-def check_tuned(profile: Profile) -> Check:
-    """The variant ``ctedge tune`` recorded for this CPU and bundle (informational: serve and watch
-    tune on their first start when none is recorded)."""
-    if profile.model.variant != AUTO:
-        return Check("variant", True, f"{profile.model.variant} (set by the profile)")
-    choice = tuned_choice(profile.model.bundle)
-    if choice is None:
-        return Check("variant", True, "not tuned on this CPU yet: serve and watch tune on first start "
-                                      f"(or run ctedge tune --config ...); until then {FALLBACK_VARIANT}")
-    return Check("variant", True, f"{choice.variant}, {choice.threads} thread(s), {choice.ms_per_group} ms per group "
-                                  f"(tuned on this CPU {choice.tuned_at})")
-
-
 def check_delegate(profile: Profile) -> Check:
     try:
         ctypes.CDLL(EDGETPU_LIBRARY)
@@ -152,23 +141,51 @@ def check_delegate(profile: Profile) -> Check:
     return Check("coral delegate", True, f"{EDGETPU_LIBRARY} loads")
 
 
-def check_model(profile: Profile) -> Check:
-    """Load the profile's engine (the model card checked against the model files and the profile) and
-    classify one input of the card's kind made from a synthetic phantom (a group, a slice or an image)."""
+def check_bundle(profile: Profile, bundle: Path) -> list[Check]:
+    """The ``model`` and ``variant`` checks of one bundle of ``profile``, each naming the bundle and
+    its modality (a card that cannot be read is one failed ``model`` check)."""
+    try:
+        card = load_card(bundle)
+    except UserError as exc:
+        return [Check("model", False, str(exc))]
+    return [check_model(profile, card), check_tuned(profile, card)]
+
+
+def _named(card: ModelCard) -> str:
+    return f"{MODALITY_NAMES[card.modality]} bundle {card.bundle}"
+
+
+def check_model(profile: Profile, card: ModelCard) -> Check:
+    """Load the engine of ``card``'s bundle as the profile runs it (the model card checked against the
+    model files and the profile) and classify one input of the card's kind made from a synthetic
+    phantom (a group, a slice or an image)."""
     from edge.engine import Engine
 
     try:
-        engine = Engine.from_profile(profile)
-        probs = np.asarray(engine.classifier.predict(phantom_group(load_card(profile.model.bundle))))
+        engine = Engine.from_profile_bundle(profile, card.bundle)
+        probs = np.asarray(engine.classifier.predict(phantom_group(card)))
     except UserError as exc:
-        return Check("model", False, str(exc))
+        return Check("model", False, f"{_named(card)}: {exc}")
     classes = engine.classifier.classes
     if probs.shape != (len(classes),) or not np.all(np.isfinite(probs)) or abs(float(probs.sum()) - 1) > 1e-3:
-        return Check("model", False, f"{profile.model.bundle}: output {probs.tolist()} is not "
+        return Check("model", False, f"{_named(card)}: output {probs.tolist()} is not "
                                      f"{len(classes)} probabilities ({', '.join(classes)})")
     info = engine.info
-    return Check("model", True, f"{info.name} {info.version} from {profile.model.bundle}: matches its card, classifies "
+    return Check("model", True, f"{info.name} {info.version}, {_named(card)}: matches its card, classifies "
                                 "a synthetic input" + (f" ({info.banner})" if info.banner else ""))
+
+
+def check_tuned(profile: Profile, card: ModelCard) -> Check:
+    """The variant ``ctedge tune`` recorded for this CPU and ``card``'s bundle (informational: serve
+    and watch tune on their first start when none is recorded)."""
+    if profile.model.variant != AUTO:
+        return Check("variant", True, f"{_named(card)}: {profile.model.variant} (set by the profile)")
+    choice = tuned_choice(card)
+    if choice is None:
+        return Check("variant", True, f"{_named(card)}: not tuned on this CPU yet: serve and watch tune on first "
+                                      f"start (or run ctedge tune --config ...); until then {fallback_variant(card)}")
+    return Check("variant", True, f"{_named(card)}: {choice.variant}, {choice.threads} thread(s), "
+                                  f"{choice.ms_per_group} ms per group (tuned on this CPU {choice.tuned_at})")
 
 
 def can(user: pwd.struct_passwd, path: Path, want: str) -> bool:

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from edge.card import KIND_MODALITY, ModelCard, TrainingRange, load_card
+from edge.card import KIND_MODALITY, MODALITY_NAMES, ModelCard, TrainingRange, load_card
 from edge.errors import UserError
 from edge.explain import GradCam, SliceGradCam
 from edge.infer import Classifier, ModelInfo
@@ -104,16 +104,21 @@ class Engine:
         (command-line settings, same form as the profile's) are applied after the profile's.
         ``model.variant: auto`` takes the variant and threads tuned for this CPU (``edge.tune``);
         ``tune_if_missing`` tunes now when there is no such choice yet."""
-        engines = []
-        for bundle in profile.model.bundles:
-            card = load_card(bundle)
-            variant, threads, chosen = resolve(card, profile.model.variant, profile.model.threads, tune_if_missing)
-            engines.append(cls.from_bundle(card, variant, threads, edgetpu=profile.model.delegate == "edgetpu",
-                                           settings=profile.pipeline_settings() | dict(flags or {}), copies=copies,
-                                           chosen=chosen))
+        engines = [cls.from_profile_bundle(profile, bundle, flags, copies, tune_if_missing)
+                   for bundle in profile.model.bundles]
         first = engines[0]
         first.routes = {e.modality: e for e in engines}
         return first
+
+    @classmethod
+    def from_profile_bundle(cls, profile: Profile, bundle: Path, flags: Mapping[str, tuple[Any, str]] | None = None,
+                            copies: int = 1, tune_if_missing: bool = False) -> Engine:
+        """The engine of one of ``profile``'s bundles alone, as ``from_profile`` loads it for that
+        bundle's modality (what ``ctedge doctor`` checks and ``ctedge validate`` measures)."""
+        card = load_card(bundle)
+        variant, threads, chosen = resolve(card, profile.model.variant, profile.model.threads, tune_if_missing)
+        return cls.from_bundle(card, variant, threads, edgetpu=profile.model.delegate == "edgetpu",
+                               settings=profile.pipeline_settings() | dict(flags or {}), copies=copies, chosen=chosen)
 
     @classmethod
     def default(cls) -> Engine:
@@ -168,8 +173,6 @@ class Engine:
                 result.timings_ms["total"] += result.timings_ms["explain"]
         return write_result(result, heatmaps, out_dir, models.explainer.method if models.explainer else None)
 
-
-MODALITY_NAMES = {"ct": "CT", "xray": "X-ray"}
 
 
 def _card_segmenter(value: Any, card: ModelCard) -> Any:

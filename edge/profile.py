@@ -114,11 +114,29 @@ def default_profile(bundle: Path) -> Profile:
 
 def with_model(profile: Profile, bundle: Path | None = None, variant: str | None = None,
                threads: int | None = None) -> Profile:
-    """``profile`` with the model settings that command-line flags give (None keeps the profile's);
-    a ``bundle`` replaces all the profile's bundles."""
-    given = {"bundle": bundle, "more_bundles": () if bundle else None, "variant": variant, "threads": threads}
+    """``profile`` with the model settings that command-line flags give (None keeps the profile's).
+    A ``bundle`` replaces the profile's bundle of the same modality and keeps the others (it is
+    added when the profile has no bundle of its modality)."""
+    model = profile.model
+    if bundle is not None:
+        modality = load_card(bundle).modality
+        modalities = [load_card(b).modality for b in model.bundles]
+        bundles = [bundle if m == modality else b for b, m in zip(model.bundles, modalities)]
+        bundles += [] if modality in modalities else [bundle]
+        model = dataclasses.replace(model, bundle=bundles[0], more_bundles=tuple(bundles[1:]))
+    given = {"variant": variant, "threads": threads}
     return dataclasses.replace(profile, model=dataclasses.replace(
-        profile.model, **{k: v for k, v in given.items() if v is not None}))
+        model, **{k: v for k, v in given.items() if v is not None}))
+
+
+def command_profile(config: Path | None, bundle: Path | None, default_bundle: Path, variant: str | None = None,
+                    threads: int | None = None) -> Profile:
+    """The profile that a command's ``--config``, ``--model``, ``--variant`` and ``--threads`` describe:
+    the device profile with ``bundle`` in place of its bundle of the same modality (see
+    :func:`with_model`), or without a profile the defaults with ``bundle`` alone (else ``default_bundle``)."""
+    if config is None:
+        return with_model(default_profile(bundle or default_bundle), variant=variant, threads=threads)
+    return with_model(load_profile(config), bundle, variant, threads)
 
 
 def load_profile(path: str | Path) -> Profile:

@@ -6,7 +6,8 @@ bundle's fidelity thresholds (``fidelity.json``: top-1 agreement >= 99 % and max
 difference <= 0.05 against the Keras reference) runs on one group with 1..N threads; the fastest
 (median ms) is recorded in the tune cache under a key made of the CPU model, its instruction-set
 flags and core count, and the bundle's content hash. A profile whose ``model.variant`` is
-``auto`` (the default) uses that choice.
+``auto`` (the default) uses that choice. ``ctedge tune`` does this for every bundle of a profile
+(CT, X-ray: each has its own record); for a 2-D bundle the "group" is one slice or radiograph.
 
 The cache is one JSON file, owner-only (0600 in a 0700 folder): ``$CTEDGE_TUNE_CACHE`` if set,
 else ``$XDG_CACHE_HOME/ctedge/tuned.json`` (``~/.cache/ctedge/tuned.json``).
@@ -29,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.card import ModelCard, load_card
+from edge.card import MODALITY_NAMES, ModelCard, load_card
 from edge.errors import ModelLoadError, UserError
 from edge.kinds import KINDS
 
@@ -167,10 +168,10 @@ def phantom_group(card: ModelCard, seed: int = 0) -> np.ndarray:
 
 
 def study_group(card: ModelCard, study: Path) -> np.ndarray:
-    """The first model input (group or slice, by the card's kind) of a real study."""
-    from edge.pipeline import prepare_study
+    """The first model input (group, slice or radiograph, by the card's kind) of a real study."""
+    from edge.pipeline import PREPARE
 
-    return KINDS[card.kind].units(prepare_study(study, card.preprocessing))[0]
+    return KINDS[card.kind].units(PREPARE[card.modality](study, card.preprocessing))[0]
 
 
 def time_variant(card: ModelCard, variant: str, threads: int, group: np.ndarray, repeats: int) -> tuple[float, np.ndarray]:
@@ -212,6 +213,11 @@ def record(card: ModelCard, choice: Choice, cache: Path | None = None) -> Path:
     return path
 
 
+def fallback_variant(card: ModelCard) -> str:
+    """The variant run where none is tuned for this CPU: int8, else the card's first."""
+    return FALLBACK_VARIANT if FALLBACK_VARIANT in card.variants else next(iter(card.variants))
+
+
 def resolve(card: ModelCard, variant: str, threads: int, tune_if_missing: bool = False) -> tuple[str, int, str]:
     """The variant and threads to run, and how they were chosen. ``variant`` ``auto`` takes the tuned
     choice for this CPU (tuning now with a phantom group when ``tune_if_missing``, else falling back
@@ -224,7 +230,7 @@ def resolve(card: ModelCard, variant: str, threads: int, tune_if_missing: bool =
         choice, _ = tune(card, phantom_group(card), repeats=3)
         log.warning("tuned: %s (recorded in %s)", choice.describe(), record(card, choice))
     if choice is None:
-        fallback = FALLBACK_VARIANT if FALLBACK_VARIANT in card.variants else next(iter(card.variants))
+        fallback = fallback_variant(card)
         log.info("no tuned model variant for this CPU: using %s; run `ctedge tune` to measure", fallback)
         return fallback, threads or os.cpu_count() or 1, "default (not tuned on this CPU: run ctedge tune)"
     return choice.variant, threads or choice.threads, f"tuned on this CPU ({choice.tuned_at})"
@@ -232,13 +238,17 @@ def resolve(card: ModelCard, variant: str, threads: int, tune_if_missing: bool =
 
 def add_tune(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("tune", help="measure the model variants and thread counts on this CPU and record the fastest",
-                       description="Times every variant of the bundle that passes its fidelity thresholds with "
-                                   "1..N threads on one group (of STUDY, else of a synthetic phantom) and records "
-                                   f"the fastest for this CPU in the tune cache ({cache_path()}); profiles with "
+                       description="For every model bundle of the profile (CT, X-ray), times each variant that passes "
+                                   "the bundle's fidelity thresholds with 1..N threads on one input (of STUDY for the "
+                                   "bundle of the study's modality, else of a synthetic phantom) and records the "
+                                   f"fastest for this CPU and bundle in the tune cache ({cache_path()}); profiles with "
                                    "model.variant: auto (the default) then run it.")
-    p.add_argument("--config", type=Path, default=None, help="device profile whose model bundle is tuned")
-    p.add_argument("--model", type=Path, default=None, help="model bundle folder (default: the profile's or the demo)")
-    p.add_argument("--study", type=Path, default=None, help="time on the first group of this study instead of a phantom")
+    p.add_argument("--config", type=Path, default=None, help="device profile whose model bundles are tuned")
+    p.add_argument("--model", type=Path, default=None,
+                   help="model bundle folder: with --config it replaces the profile's bundle of the same modality, "
+                        "without it is the only bundle tuned (default: the profile's bundles, else the demo)")
+    p.add_argument("--study", type=Path, default=None,
+                   help="time the bundle of this study's modality on the study's first input instead of a phantom")
     p.add_argument("--max-threads", type=int, default=None, help="largest thread count tried (default: all cores)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--json", action="store_true")
@@ -247,22 +257,37 @@ def add_tune(sub: argparse._SubParsersAction) -> None:
 
 def cmd_tune(args: argparse.Namespace) -> int:
     from edge.engine import DEFAULT_BUNDLE
-    from edge.profile import load_profile
+    from edge.ingest.radiograph import study_modality
+    from edge.profile import command_profile
 
     if args.repeats < 1 or (args.max_threads is not None and args.max_threads < 1):
         raise UserError("ctedge tune", "--repeats and --max-threads must be at least 1")
-    bundle = args.model or (load_profile(args.config).model.bundle if args.config else DEFAULT_BUNDLE)
-    card = load_card(bundle)
-    group = study_group(card, args.study) if args.study else phantom_group(card)
-    choice, rows = tune(card, group, args.max_threads, args.repeats)
-    path = record(card, choice)
+    cards = [load_card(b) for b in command_profile(args.config, args.model, DEFAULT_BUNDLE).model.bundles]
+    modality = study_modality(args.study) if args.study else None
+    if modality and modality not in {c.modality for c in cards}:
+        raise UserError(args.study, f"a {MODALITY_NAMES[modality]} study, but no bundle tuned here reads "
+                                    f"{MODALITY_NAMES[modality]} (bundles: {', '.join(str(c.bundle) for c in cards)})")
+    for card in cards:              # every bundle can be tuned, before the first is timed
+        eligible_variants(card)
+    done, path = [], cache_path()
+    for card in cards:
+        on_study = card.modality == modality
+        unit = study_group(card, args.study) if on_study else phantom_group(card)
+        choice, rows = tune(card, unit, args.max_threads, args.repeats)
+        record(card, choice, path)
+        done.append({"bundle": bundle_key(card), "path": str(card.bundle), "modality": card.modality,
+                     "input": str(args.study) if on_study else "synthetic phantom", "rows": rows,
+                     "choice": asdict(choice)})
     if args.json:
-        print(json.dumps({"cpu": cpu_identity(), "bundle": bundle_key(card), "rows": rows, "choice": asdict(choice),
-                          "cache": str(path)}, indent=2))
+        print(json.dumps({"cpu": cpu_identity(), "cache": str(path), "bundles": done}, indent=2))
         return 0
     print(f"CPU: {cpu_key()}")
-    print(f"{'variant':<10}{'threads':>8}{'median ms/group':>17}{'max |dp| vs first':>19}")
-    for r in rows:
-        print(f"{r['variant']:<10}{r['threads']:>8}{r['ms_per_group_median']:>17.1f}{r['max_prob_diff_vs_first']:>19.4f}")
-    print(f"chosen: {choice.describe()}; recorded in {path}")
+    for d in done:
+        print(f"\n{MODALITY_NAMES[d['modality']]} bundle {d['path']} ({d['bundle']}), timed on {d['input']}:")
+        print(f"{'variant':<10}{'threads':>8}{'median ms/group':>17}{'max |dp| vs first':>19}")
+        for r in d["rows"]:
+            print(f"{r['variant']:<10}{r['threads']:>8}{r['ms_per_group_median']:>17.1f}"
+                  f"{r['max_prob_diff_vs_first']:>19.4f}")
+        print(f"chosen: {Choice(**d['choice']).describe()}")
+    print(f"recorded in {path}")
     return 0

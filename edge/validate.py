@@ -1,6 +1,9 @@
 """``ctedge validate``: measure a model bundle on a site's own labelled studies, on the edge install.
 
-Every study goes through the same :class:`edge.engine.Engine` as ``ctedge predict``. Each finished
+One bundle is measured, CT (study folders or zips) or chest X-ray (one radiograph file per study,
+DICOM CR/DX or PNG/JPEG): ``--model``, else the profile's bundle of the modality most studies have.
+Every study goes through the same :class:`edge.engine.Engine` as ``ctedge predict``; a study of
+another modality is an error of that study. Each finished
 study is appended to ``OUT/studies.jsonl`` at once, so a crash or Ctrl-C loses nothing and a rerun
 resumes. Then: per-study CSV, Table 2 with patient bootstrap 95% intervals, ROC, confusion matrix,
 reliability diagram and one HTML page, all readable by the owner only.
@@ -14,6 +17,7 @@ import contextlib
 import csv
 import json
 import os
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -23,12 +27,14 @@ import numpy as np
 from tqdm import tqdm
 
 from edge import CLASSES
+from edge.card import MODALITY_NAMES, load_card
 from edge.dataset import StudyRecord, discover
-from edge.engine import DEFAULT_BUNDLE, Engine
+from edge.engine import DEFAULT_BUNDLE, Engine, NoModelForModalityError
 from edge.errors import StudyError, UserError
 from edge.evidence import MIN_PATIENTS, card_summary, evidence_line, record
+from edge.ingest.radiograph import study_modality
 from edge.metrics import TABLE2, bootstrap_table2, clopper_pearson, confusion_matrix, one_vs_rest, reliability, roc_auc
-from edge.profile import default_profile, load_profile, with_model
+from edge.profile import command_profile
 from edge.selection_report import read_labels
 
 RECORDS = "studies.jsonl"
@@ -52,18 +58,22 @@ def _key(r: StudyRecord) -> str:
 
 
 def analyse(r: StudyRecord, engine: Engine, slice_labels: dict[tuple[str, str], int] | None = None) -> dict:
-    """One study's outcome: verdict, probabilities, groups, time, warnings (or the error that stopped it)
-    and, with slice labels, how many labelled infected slices the selection kept."""
+    """One study's outcome: verdict, probabilities, time, warnings (or the error that stopped it), for a
+    CT study its groups and slice counts, for a radiograph its file name and view, and with slice
+    labels how many labelled infected slices the selection kept."""
     outcome = {"key": _key(r), "patient": r.patient, "label": r.label, "path": str(r.path), "error": None}
     try:
         result = engine.run(r.path)
-    except StudyError as exc:
+    except (StudyError, NoModelForModalityError) as exc:
         return outcome | {"error": exc.problem}
     doc = result.to_dict()
     outcome |= {"verdict": doc["label"], "probabilities": [doc["probabilities"][c] for c in CLASSES],
-                "groups": [[g["probabilities"][c] for c in CLASSES] for g in doc["groups"]],
-                "n_slices_read": doc["n_slices_read"], "n_slices_used": doc["n_slices_used"],
                 "time_ms": doc["timings_ms"]["total"], "warnings": doc["warnings"]}
+    if doc["modality"] == "xray":
+        outcome |= {"file": doc["slices_used"][0]["file"], "view": doc["input"]["view"]}
+    else:
+        outcome |= {"groups": [[g["probabilities"][c] for c in CLASSES] for g in doc["groups"]],
+                    "n_slices_read": doc["n_slices_read"], "n_slices_used": doc["n_slices_used"]}
     if slice_labels is not None:
         files = result.volume.files
         infected = np.array([slice_labels.get((r.path.name, f), 0) == 1 for f in files], bool)
@@ -214,10 +224,20 @@ def format_table2(summary: dict) -> str:
                      for r in rows) + f"\n(% with patient bootstrap 95% intervals, {summary['table2']['n_boot']} resamples)"
 
 
-def _write_csv(outcomes: Sequence[dict], path: Path) -> None:
-    fields = ["patient", "class", "verdict", "correct", *[f"p_{c}" for c in CLASSES], "n_groups", "group_probabilities",
-              "n_slices_read", "n_slices_used", "time_ms", "warnings", "error",
-              "infected_slices", "infected_slices_kept"]
+CSV_UNIT_FIELDS = {"ct": ["n_groups", "group_probabilities", "n_slices_read", "n_slices_used"], "xray": ["file", "view"]}
+"""The per-study CSV columns that describe what was read, by modality."""
+
+
+def _unit_columns(o: dict, modality: str) -> dict:
+    if modality == "xray":
+        return {"file": o["file"], "view": o["view"] or ""}
+    return {"n_groups": len(o["groups"]), "group_probabilities": json.dumps(o["groups"]),
+            "n_slices_read": o["n_slices_read"], "n_slices_used": o["n_slices_used"]}
+
+
+def _write_csv(outcomes: Sequence[dict], path: Path, modality: str = "ct") -> None:
+    fields = ["patient", "class", "verdict", "correct", *[f"p_{c}" for c in CLASSES], *CSV_UNIT_FIELDS[modality],
+              "time_ms", "warnings", "error", *(["infected_slices", "infected_slices_kept"] if modality == "ct" else [])]
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
@@ -226,9 +246,8 @@ def _write_csv(outcomes: Sequence[dict], path: Path) -> None:
             if o["error"] is None:
                 row |= {"verdict": o["verdict"], "correct": int(o["verdict"] == o["label"]),
                         **{f"p_{c}": f"{p:.4f}" for c, p in zip(CLASSES, o["probabilities"])},
-                        "n_groups": len(o["groups"]), "group_probabilities": json.dumps(o["groups"]),
-                        "n_slices_read": o["n_slices_read"], "n_slices_used": o["n_slices_used"],
-                        "time_ms": f"{o['time_ms']:.0f}", "warnings": "; ".join(o["warnings"])}
+                        **_unit_columns(o, modality), "time_ms": f"{o['time_ms']:.0f}",
+                        "warnings": "; ".join(o["warnings"])}
                 if o.get("slices", {}).get("labelled"):
                     row |= {"infected_slices": o["slices"]["infected"], "infected_slices_kept": o["slices"]["infected_kept"]}
             w.writerow(row)
@@ -238,16 +257,17 @@ def _png_data(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
 
 
-def write_outputs(outcomes: Sequence[dict], summary: dict, out: Path, model: dict) -> Path:
-    """studies.csv, metrics.json, table2.txt, the three plots and validation.html; returns the page."""
+def write_outputs(outcomes: Sequence[dict], summary: dict, out: Path, model: dict, modality: str = "ct") -> Path:
+    """studies.csv, metrics.json, table2.txt, the three plots and validation.html for a bundle of
+    ``modality``; returns the page."""
     from edge.plots import plot_confusion, plot_reliability, plot_roc  # matplotlib: only when plotting
 
     ok = [o for o in outcomes if o["error"] is None]
     y = [CLASSES.index(o["label"]) for o in ok]
     prob = np.array([o["probabilities"] for o in ok])
-    note = "demonstration model - not for clinical use" if model["demonstration"] or model["placeholder"] else ""
-    _write_csv(outcomes, out / "studies.csv")
-    (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+    note = model["banner"].lower()
+    _write_csv(outcomes, out / "studies.csv", modality)
+    (out / "metrics.json").write_text(json.dumps(summary | {"modality": modality}, indent=2))
     (out / "table2.txt").write_text(format_table2(summary) + "\n")
     plots = {
         "roc": plot_roc(y, prob, out / "roc.png", title=f"ROC, patient level ({len(ok)} studies)", note=note),
@@ -258,26 +278,33 @@ def write_outputs(outcomes: Sequence[dict], summary: dict, out: Path, model: dic
     }
     page = _TEMPLATES.get_template("validation.html").render(
         s=summary, model=model, classes=CLASSES, outcomes=outcomes, table=table2_rows(summary),
-        plots={k: _png_data(p) for k, p in plots.items()}, min_patients=MIN_PATIENTS)
+        plots={k: _png_data(p) for k, p in plots.items()}, min_patients=MIN_PATIENTS, modality=modality,
+        modality_name=MODALITY_NAMES[modality])
     (out / "validation.html").write_text(page)
     return out / "validation.html"
 
 
 def add_validate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("validate", help="measure a model bundle on your own labelled studies (no TensorFlow)",
-                       description="Run every labelled study through the same engine as predict and write a per-study "
+                       description="Run every labelled study (CT study folders or zips, or chest radiographs: one "
+                                   "DICOM CR/DX or PNG/JPEG file per study) through the same engine as predict with "
+                                   "one bundle (--model, else the profile's bundle of the studies' modality) and "
+                                   "write a per-study "
                                    "CSV, Table 2 (accuracy, specificity, sensitivity, F1 per class) with patient "
                                    "bootstrap 95% intervals, ROC curves, the normalised confusion matrix, a reliability "
                                    "plot with the expected calibration error and OUT/validation.html. A rerun with "
                                    "the same OUT resumes where a crash or Ctrl-C stopped.")
-    p.add_argument("data", type=Path, help="labelled studies: <root>/<class>/<patient>/... or a CSV patient,class,path")
+    p.add_argument("data", type=Path, help="labelled studies: <root>/<class>/<patient>/... (a radiograph file directly "
+                                           "under <class>/ is one study) or a CSV patient,class,path")
     p.add_argument("--model", type=Path, default=None,
-                   help="TFLite model bundle folder (model.json); default: the profile's, else the bundled demonstration model")
+                   help="the TFLite model bundle folder (model.json) measured; default: the profile's bundle of the "
+                        "studies' modality, else the bundled demonstration model")
     p.add_argument("--config", type=Path, default=None, help="device profile: variant, delegate, threads and pipeline settings")
     p.add_argument("--variant", default=None, help="bundle variant (default: the profile's, else int8)")
     p.add_argument("--out", type=Path, required=True, help="output folder (resumed when it holds an earlier run)")
     p.add_argument("--slice-labels", type=Path, default=None,
-                   help="CSV patient_folder,file,infection: also measure how many infected slices the selection keeps")
+                   help="CSV patient_folder,file,infection: also measure how many infected slices the selection "
+                        "keeps (CT only)")
     p.add_argument("--record", action="store_true", help="append the evidence summary to the bundle's model.json")
     p.add_argument("--description", default=None, help="what the data are (site, period, selection); needed with --record")
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the intervals (default 2000)")
@@ -285,11 +312,30 @@ def add_validate(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_validate)
 
 
-def validate_engine(args: argparse.Namespace) -> tuple[Engine, Path]:
-    """The engine ``predict`` would build from the same options, and its bundle folder."""
-    profile = with_model(load_profile(args.config) if args.config else default_profile(DEFAULT_BUNDLE),
-                         args.model, args.variant)
-    return Engine.from_profile(profile), profile.model.bundle
+def data_modality(records: Sequence[StudyRecord]) -> str:
+    """The modality (``ct`` or ``xray``) most of the studies have, each read as ``predict`` reads it;
+    studies that cannot be read are not counted (they fail later with their own error)."""
+    counts: Counter[str] = Counter()
+    for r in records:
+        with contextlib.suppress(StudyError):
+            counts[study_modality(r.path)] += 1
+    return counts.most_common(1)[0][0] if counts else "ct"
+
+
+def validate_engine(args: argparse.Namespace, records: Sequence[StudyRecord]) -> tuple[Engine, Path]:
+    """The engine of the one bundle measured and its folder: ``--model`` (with ``--config``, in place of
+    the profile's bundle of its modality, as ``predict`` takes it), else the profile's only bundle, else
+    its bundle of the modality most ``records`` have."""
+    profile = command_profile(args.config, args.model, DEFAULT_BUNDLE, args.variant)
+    bundles = profile.model.bundles
+    if args.model:
+        bundle = args.model
+    elif len(bundles) == 1:
+        bundle = bundles[0]
+    else:
+        modality = data_modality(records)
+        bundle = next((b for b in bundles if load_card(b).modality == modality), bundles[0])
+    return Engine.from_profile_bundle(profile, bundle), bundle
 
 
 def _auc(value: float | None) -> str:
@@ -300,8 +346,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if args.record and not args.description:
         raise UserError("--record", "say what the data are with --description (site, period, how studies were chosen)")
     records = discover(args.data)
+    engine, bundle = validate_engine(args, records)
+    if args.slice_labels and engine.modality != "ct":
+        raise UserError("--slice-labels", f"{bundle} reads {MODALITY_NAMES[engine.modality]} studies: a radiograph "
+                                          "has no slices to select, so slice labels apply to CT bundles only")
     labels = read_labels(args.slice_labels) if args.slice_labels else None
-    engine, bundle = validate_engine(args)
     if engine.classifier.classes != CLASSES:
         raise UserError(bundle, f"classes {', '.join(engine.classifier.classes)}: validate compares verdicts with "
                                 f"patient labels {', '.join(CLASSES)}, so it needs a three-class model")
@@ -313,10 +362,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
             print(f"Finished studies are kept in {args.out / RECORDS}; run the same command to resume.")
             raise
         if all(o["error"] for o in outcomes):
-            _write_csv(outcomes, args.out / "studies.csv")
+            _write_csv(outcomes, args.out / "studies.csv", engine.modality)
             raise UserError(args.data, f"no study could be analysed; the errors are in {args.out / 'studies.csv'}")
         summary = summarise(outcomes, args.bootstrap, args.seed)
-        page = write_outputs(outcomes, summary, args.out, model)
+        page = write_outputs(outcomes, summary, args.out, model, engine.modality)
     if model["banner"]:
         print(f"*** {model['banner']} *** {model['note']}")
     print(format_table2(summary))

@@ -78,10 +78,11 @@ def test_bad_profile_stops_early_naming_the_key(tmp_path, capsys):
 def test_the_model_check_classifies_an_input_of_the_bundle_s_own_kind(tmp_path):
     """A slice bundle takes one slice, not a group: the check feeds each kind its own unit."""
     pytest.importorskip("tensorflow")
-    from edge.doctor import check_model
+    from edge.doctor import check_bundle
     from edge.profile import default_profile
     from tests.fixture_bundle import make_slice_bundle
 
     bundle = make_slice_bundle(tmp_path / "slice")
-    check = check_model(default_profile(bundle))
-    assert check.ok, check.detail
+    model, variant = check_bundle(default_profile(bundle), bundle)
+    assert model.ok and f"CT bundle {bundle}" in model.detail, model.detail
+    assert variant.detail.startswith(f"CT bundle {bundle}: not tuned on this CPU yet") and variant.detail.endswith("float32")

@@ -61,13 +61,14 @@ def test_the_tuned_variant_is_recorded_owner_only_and_used_by_predict(tmp_path, 
     monkeypatch.setenv("CTEDGE_TUNE_CACHE", str(cache))
     assert main(["tune", "--max-threads", "1", "--repeats", "1", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert {r["variant"] for r in doc["rows"]} == set(eligible_variants(load_card(DEFAULT_BUNDLE)))
-    assert doc["choice"]["variant"] == min(doc["rows"], key=lambda r: r["ms_per_group_median"])["variant"]
+    [tuned] = doc["bundles"]
+    assert {r["variant"] for r in tuned["rows"]} == set(eligible_variants(load_card(DEFAULT_BUNDLE)))
+    assert tuned["choice"]["variant"] == min(tuned["rows"], key=lambda r: r["ms_per_group_median"])["variant"]
     assert set(doc["cpu"]["flags"]) <= {"sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni",
                                         "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16", "asimd",
                                         "asimddp", "i8mm", "sve"}
     assert stat.S_IMODE(cache.stat().st_mode) == 0o600 and stat.S_IMODE(cache.parent.stat().st_mode) == 0o700
-    assert tuned_choice(DEFAULT_BUNDLE).variant == doc["choice"]["variant"]
+    assert tuned_choice(DEFAULT_BUNDLE).variant == tuned["choice"]["variant"]
 
     record(load_card(DEFAULT_BUNDLE), Choice("float32", 1, 1.0, "now", cpu_key()))   # whatever was measured
     assert main(["predict", str(STUDY), "--json"]) == 0
