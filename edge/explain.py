@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import cv2
 import numpy as np
@@ -132,7 +132,7 @@ class SliceGradCam:
     """Grad-CAM of slice and image (radiograph) models with the bundle's ``explain`` model; see the
     module docstring."""
 
-    METHODS = {
+    METHODS: ClassVar[dict[str, str]] = {
         "slice": "Grad-CAM on the last convolutional features of the float32 slice model, for the verdict class, "
                  "computed on the edge runtime; the slices shown are those the model gives the highest probability "
                  "of that class (share = that probability)",

@@ -28,7 +28,7 @@ from edge.engine import DEFAULT_BUNDLE, Engine
 from edge.explain import overlay
 from edge.ingest.radiograph import study_modality
 from edge.pipeline import prepare_radiograph
-from edge.profile import DicomPeer, DicomSettings, WatcherSettings, load_profile
+from edge.profile import WatcherSettings, load_profile
 from edge.report import _captioned, _legible
 from edge.server import create_app
 from edge.watch import watch

@@ -232,7 +232,7 @@ def test_the_web_form_and_the_api_analyse_a_radiograph(xray_bundle, tmp_path, mo
 
 def visible_text(html: str) -> str:
     """The text a reader sees (no tags, scripts or styles), its white space collapsed."""
-    return " ".join(re.sub(r"<[^>]+>", " ", re.sub(r"<(script|style)\b.*?</\1>", " ", html, flags=re.S)).split())
+    return " ".join(re.sub(r"<[^>]+>", " ", re.sub(r"<(script|style)\b.*?</\1>", " ", html, flags=re.DOTALL)).split())
 
 
 def test_a_device_with_ct_and_xray_models_says_so_on_every_page(tmp_path, ct_bundle, xray_bundle):
