@@ -28,6 +28,7 @@ import dataclasses
 import json
 import os
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,6 @@ CARD_FILE = "model.json"
 KINDS = ("group", "slice", "image")
 PARTS = {"group": ("encoder", "head"), "slice": ("model",), "image": ("model",)}   # the model files of each variant, by kind
 MODALITIES = ("ct", "xray")
-MODALITY_NAMES = {"ct": "CT", "xray": "X-ray"}     # how outputs name each modality
 KIND_MODALITY = {"group": "ct", "slice": "ct", "image": "xray"}   # what a study of each kind is
 DEMONSTRATION_BANNER = "DEMONSTRATION MODEL - NOT FOR CLINICAL USE"
 PLACEHOLDER_BANNER = "PLACEHOLDER MODEL (UNTRAINED) - NOT FOR CLINICAL USE"
@@ -52,6 +52,22 @@ DEMONSTRATION_NOTE = ("Demonstration model trained on very few patients; it show
 def banner_for(demonstration: bool, placeholder: bool) -> str:
     """The warning every output of a model shows ('' for a clinical model): the one source of that text."""
     return PLACEHOLDER_BANNER if placeholder else DEMONSTRATION_BANNER if demonstration else ""
+
+
+@dataclass(frozen=True)
+class ModalityTerms:
+    """How outputs name a modality and one image of its studies."""
+
+    name: str       # CT, X-ray
+    image: str      # one image of a study: slice, radiograph
+
+
+MODALITY_TERMS = {"ct": ModalityTerms("CT", "slice"), "xray": ModalityTerms("X-ray", "radiograph")}
+
+
+def modality_names(modalities: Iterable[str]) -> str:
+    """Modalities as outputs name them, e.g. what a device reads: ``CT, X-ray``."""
+    return ", ".join(MODALITY_TERMS[m].name for m in modalities)
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.card import MODALITY_NAMES, ModelCard, load_card
+from edge.card import MODALITY_TERMS, ModelCard, load_card
 from edge.errors import UserError
 from edge.profile import Profile, load_profile
 from edge.runtime import EDGETPU_LIBRARY
@@ -152,7 +152,7 @@ def check_bundle(profile: Profile, bundle: Path) -> list[Check]:
 
 
 def _named(card: ModelCard) -> str:
-    return f"{MODALITY_NAMES[card.modality]} bundle {card.bundle}"
+    return f"{MODALITY_TERMS[card.modality].name} bundle {card.bundle}"
 
 
 def check_model(profile: Profile, card: ModelCard) -> Check:

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from edge.card import KIND_MODALITY, MODALITY_NAMES, ModelCard, TrainingRange, load_card
+from edge.card import KIND_MODALITY, MODALITY_TERMS, ModelCard, TrainingRange, load_card, modality_names
 from edge.errors import UserError
 from edge.explain import GradCam, SliceGradCam
 from edge.infer import Classifier, ModelInfo
@@ -143,9 +143,9 @@ class Engine:
         this device has no model for it."""
         modality = study_modality(source, self.limits)
         if modality not in self.routes:
-            raise NoModelForModalityError(source_name(source), f"a study of modality {MODALITY_NAMES[modality]}, but "
-                                          f"this device has no {MODALITY_NAMES[modality]} model (it reads: "
-                                          f"{', '.join(MODALITY_NAMES[m] for m in self.routes)})")
+            name = MODALITY_TERMS[modality].name
+            raise NoModelForModalityError(source_name(source), f"a study of modality {name}, but this device has "
+                                          f"no {name} model (it reads: {modality_names(self.routes)})")
         return self.routes[modality]
 
     def run(self, source: Source) -> StudyResult:

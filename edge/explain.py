@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import cv2
 import numpy as np
@@ -129,15 +129,22 @@ class GradCam:
 
 
 class SliceGradCam:
-    """Grad-CAM of slice models with the bundle's ``explain`` model; see the module docstring."""
+    """Grad-CAM of slice and image (radiograph) models with the bundle's ``explain`` model; see the
+    module docstring."""
 
-    method = ("Grad-CAM on the last convolutional features of the float32 slice model, for the verdict class, "
-              "computed on the edge runtime; the slices shown are those the model gives the highest probability "
-              "of that class (share = that probability)")
+    METHODS: ClassVar[dict[str, str]] = {
+        "slice": "Grad-CAM on the last convolutional features of the float32 slice model, for the verdict class, "
+                 "computed on the edge runtime; the slices shown are those the model gives the highest probability "
+                 "of that class (share = that probability)",
+        "image": "Grad-CAM on the last convolutional features of the float32 image model, for the verdict class, "
+                 "computed on the edge runtime over the whole radiograph",
+    }
+    """How the heatmaps of each kind were made (shown with them)."""
 
     def __init__(self, card: ModelCard, threads: int | None = None):
         if not card.explain:
             raise ModelLoadError(card.path, "no 'explain' model: re-export the bundle with ctedge quantize to get heatmaps")
+        self.method = self.METHODS[card.kind]
         self.model = load_interpreter(card.bundle / card.explain["model"], threads)
         self.layer = card.explain["layer"]
 

@@ -37,6 +37,11 @@ class ModelSettings:
         """Every model bundle of the device; a study goes to the one of its modality."""
         return (self.bundle, *self.more_bundles)
 
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """The modality each bundle reads (``edge.card.MODALITIES``): what the DICOM receiver accepts."""
+        return tuple(load_card(bundle).modality for bundle in self.bundles)
+
 
 @dataclass(frozen=True)
 class ServerSettings:

@@ -1,8 +1,8 @@
 """A study's result folder: what a clinician opens and what machines read.
 
 ``out_dir/result.json``   the ``ctedge predict --json`` document plus ``heatmaps`` and ``slice_png``
-``out_dir/heatmaps/<n>.png``  Grad-CAM overlays of the slices that drove the verdict
-``out_dir/slices/<index>.png`` every slice read, lung window, for the slice viewer
+``out_dir/heatmaps/<n>.png``  Grad-CAM overlays of the images that drove the verdict (CT slices, or the radiograph)
+``out_dir/slices/<index>.png`` every image read (CT slices in the lung window, for the slice viewer; the radiograph)
 ``out_dir/report.html``   one self-contained page (no network, no framework)
 """
 
@@ -15,7 +15,9 @@ import cv2
 import jinja2
 import numpy as np
 
+from edge.card import MODALITY_TERMS, ModalityTerms
 from edge.explain import SliceHeatmap, overlay
+from edge.ingest import Volume
 from edge.pipeline import StudyResult
 
 _TEMPLATES = jinja2.Environment(loader=jinja2.PackageLoader("edge", "templates"), autoescape=True)
@@ -39,14 +41,13 @@ def write_result(result: StudyResult, heatmaps: list[SliceHeatmap], out_dir: Pat
         sources = list(h.sources)
         index = max(sources, key=lambda s: s[1])[0]
         picture = sum(w * display[i].astype(np.float32) for i, w in sources)
-        single = result.volume.files[index] if result.volume.n_slices == 1 else f"slice {index}"   # a radiograph: its file
-        where = single if len(sources) == 1 else \
-            "blend of slices " + " + ".join(f"{i} ({w:.2f})" for i, w in sources)
+        caption = [doc["label"]] + ([f"group {h.group}"] if h.group is not None else [])
+        caption.append(_heatmap_on(result.volume, sources))
+        if result.volume.n_slices > 1:     # the image's part of its group's evidence; all of it for one image
+            caption.append(f"share {h.share:.2f}")
         name = f"heatmaps/{n}.png"
         cv2.imwrite(str(out_dir / name), _captioned(_legible(overlay(np.rint(picture).astype(np.uint8), h.heatmap)),
-                                                    " | ".join([doc["label"]] + ([f"group {h.group}"] if h.group is not None else [])
-                                                               + [where, f"share {h.share:.2f}"]),
-                                                    result.classifier.info.banner))
+                                                    " | ".join(caption), result.classifier.info.banner))
         doc["heatmaps"].append({"n": n, "group": h.group, "slice_index": index, "file": result.volume.files[index],
                                 "sources": [{"slice_index": i, "file": result.volume.files[i], "weight": round(w, 4)}
                                             for i, w in sources],
@@ -59,10 +60,25 @@ def write_result(result: StudyResult, heatmaps: list[SliceHeatmap], out_dir: Pat
     return doc
 
 
+def _heatmap_on(volume: Volume, sources: list[tuple[int, float]]) -> str:
+    """What a heatmap lies on, in its caption: ``slice 12``, a blend of slices, or ``radiograph, view PA``."""
+    image = MODALITY_TERMS[volume.modality].image
+    if volume.n_slices == 1:
+        return image + (f", view {volume.view}" if volume.view else "")
+    if len(sources) == 1:
+        return f"{image} {sources[0][0]}"
+    return f"blend of {image}s " + " + ".join(f"{i} ({w:.2f})" for i, w in sources)
+
+
 def render_report(doc: dict, base_url: str = "") -> str:
     """The one-page HTML report of a result document; image paths are relative to ``base_url``."""
     return _TEMPLATES.get_template("report.html").render(doc=doc, classes=doc["classes"], base=base_url,
-                                                         plot=slice_plot(doc))
+                                                         plot=slice_plot(doc), terms=terms_of(doc))
+
+
+def terms_of(doc: dict) -> ModalityTerms:
+    """How the pages name the modality of a result document and its images (older results: CT)."""
+    return MODALITY_TERMS[doc.get("modality", "ct")]
 
 
 def slice_plot(doc: dict, width: int = 640, height: int = 200) -> dict | None:

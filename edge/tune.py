@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.card import MODALITY_NAMES, ModelCard, load_card
+from edge.card import MODALITY_TERMS, ModelCard, load_card
 from edge.errors import ModelLoadError, UserError
 from edge.kinds import KINDS
 
@@ -265,8 +265,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     cards = [load_card(b) for b in command_profile(args.config, args.model, DEFAULT_BUNDLE).model.bundles]
     modality = study_modality(args.study) if args.study else None
     if modality and modality not in {c.modality for c in cards}:
-        raise UserError(args.study, f"a {MODALITY_NAMES[modality]} study, but no bundle tuned here reads "
-                                    f"{MODALITY_NAMES[modality]} (bundles: {', '.join(str(c.bundle) for c in cards)})")
+        raise UserError(args.study, f"a {MODALITY_TERMS[modality].name} study, but no bundle tuned here reads "
+                                    f"{MODALITY_TERMS[modality].name} (bundles: {', '.join(str(c.bundle) for c in cards)})")
     for card in cards:              # every bundle can be tuned, before the first is timed
         eligible_variants(card)
     done, path = [], cache_path()
@@ -283,7 +283,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         return 0
     print(f"CPU: {cpu_key()}")
     for d in done:
-        print(f"\n{MODALITY_NAMES[d['modality']]} bundle {d['path']} ({d['bundle']}), timed on {d['input']}:")
+        print(f"\n{MODALITY_TERMS[d['modality'].name]} bundle {d['path']} ({d['bundle']}), timed on {d['input']}:")
         print(f"{'variant':<10}{'threads':>8}{'median ms/group':>17}{'max |dp| vs first':>19}")
         for r in d["rows"]:
             print(f"{r['variant']:<10}{r['threads']:>8}{r['ms_per_group_median']:>17.1f}"

@@ -27,7 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from edge import CLASSES
-from edge.card import MODALITY_NAMES, load_card
+from edge.card import MODALITY_TERMS, load_card
 from edge.dataset import StudyRecord, discover
 from edge.engine import DEFAULT_BUNDLE, Engine, NoModelForModalityError
 from edge.errors import StudyError, UserError
@@ -279,7 +279,7 @@ def write_outputs(outcomes: Sequence[dict], summary: dict, out: Path, model: dic
     page = _TEMPLATES.get_template("validation.html").render(
         s=summary, model=model, classes=CLASSES, outcomes=outcomes, table=table2_rows(summary),
         plots={k: _png_data(p) for k, p in plots.items()}, min_patients=MIN_PATIENTS, modality=modality,
-        modality_name=MODALITY_NAMES[modality])
+        modality_name=MODALITY_TERMS[modality].name)
     (out / "validation.html").write_text(page)
     return out / "validation.html"
 
@@ -348,7 +348,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     records = discover(args.data)
     engine, bundle = validate_engine(args, records)
     if args.slice_labels and engine.modality != "ct":
-        raise UserError("--slice-labels", f"{bundle} reads {MODALITY_NAMES[engine.modality]} studies: a radiograph "
+        raise UserError("--slice-labels", f"{bundle} reads {MODALITY_TERMS[engine.modality].name} studies: a radiograph "
                                           "has no slices to select, so slice labels apply to CT bundles only")
     labels = read_labels(args.slice_labels) if args.slice_labels else None
     if engine.classifier.classes != CLASSES:

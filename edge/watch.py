@@ -307,7 +307,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     if profile and profile.dicom:  # receive into INBOX, send results to the profile's destinations
         from edge.dicomnet.service import DicomService
 
-        dicom = DicomService(profile.dicom, args.inbox, args.out)
+        dicom = DicomService(profile.dicom, args.inbox, args.out, profile.model.modalities)
         dicom.start(receive=not args.once, send=not args.once)  # --once: after_pass delivers
     try:
         summary = watch(engine, args.inbox, args.out, profile.watcher if profile else WatcherSettings(), args.once,

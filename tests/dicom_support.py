@@ -15,7 +15,7 @@ from pynetdicom.sop_class import Verification
 from edge.dicomnet.orthanc import Orthanc, free_port
 from edge.phantom import make_phantom, write_dicom_series
 
-__all__ = ["Orthanc", "StorageSCP", "dciodvfy_errors", "echo", "free_port", "phantom_study", "send"]
+__all__ = ["Orthanc", "StorageSCP", "dciodvfy_errors", "echo", "free_port", "phantom_study", "send", "send_statuses"]
 
 
 def phantom_study(folder: Path, n_slices: int = 40, size: int = 128, seed: int = 3, **lesions) -> list[Path]:
@@ -26,6 +26,12 @@ def send(port: int, files: list[Path | Dataset], calling: str = "TESTSCU", calle
          abort_after: int | None = None) -> list[int | None]:
     """C-STORE ``files`` (paths are sent as encoded, without decoding) and return each status; with
     ``abort_after``, abort the association after that many instances."""
+    return [rsp.get("Status") for rsp in send_statuses(port, files, calling, called, abort_after)]
+
+
+def send_statuses(port: int, files: list[Path | Dataset], calling: str = "TESTSCU", called: str = "CTEDGE",
+                  abort_after: int | None = None) -> list[Dataset]:
+    """As :func:`send`, but each whole C-STORE response status (with its ErrorComment); empty when none came."""
     ae = AE(calling)
     classes = {pydicom.dcmread(f, stop_before_pixels=True).SOPClassUID if not isinstance(f, Dataset) else f.SOPClassUID
                for f in files}
@@ -40,8 +46,7 @@ def send(port: int, files: list[Path | Dataset], calling: str = "TESTSCU", calle
         if abort_after is not None and n == abort_after:
             assoc.abort()
             return statuses
-        rsp = assoc.send_c_store(f)
-        statuses.append(rsp.get("Status") if rsp else None)
+        statuses.append(assoc.send_c_store(f) or Dataset())
     assoc.release()
     return statuses
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pydicom
 import pytest
 import yaml
+from pydicom.data import get_testdata_file
 from werkzeug.serving import make_server
 
 from edge.dicomnet.orthanc import BINARY as ORTHANC_BINARY, DICOMWEB_PLUGIN
@@ -24,6 +25,7 @@ from edge.profile import DicomPeer, DicomSettings, load_profile
 from edge.server import create_app
 from tests.conftest import REPO
 from tests.dicom_support import Orthanc, dciodvfy_errors, free_port, phantom_study
+from tests.fixture_bundle import make_image_bundle
 from tests.server_support import write_profile
 
 MISSING = [tool for tool in (ORTHANC_BINARY, "storescu", "dciodvfy") if not shutil.which(tool)]
@@ -89,7 +91,7 @@ def test_orthanc_pushes_a_study_to_ctedge(tmp_path):
         for f in study:
             orthanc.post("/instances", f.read_bytes())
         settings = DicomSettings(port=port, allowed_callers=(DicomPeer("ORTHANC", "127.0.0.1"),))
-        service = DicomService(settings, tmp_path / "inbox", tmp_path / "outbox")
+        service = DicomService(settings, tmp_path / "inbox", tmp_path / "outbox", ("ct",))
         service.start()
         try:
             assert orthanc.post("/modalities/ctedge/echo", {}) == {}
@@ -105,7 +107,7 @@ def test_orthanc_pushes_a_study_to_ctedge(tmp_path):
 def test_jpeg_lossless_study_is_stored_without_re_encoding(tmp_path, shared_data):
     study = sorted((shared_data / "Normal_normal001").glob("*.dcm"))
     port = free_port()
-    service = DicomService(DicomSettings(port=port), tmp_path / "inbox", tmp_path / "outbox")
+    service = DicomService(DicomSettings(port=port), tmp_path / "inbox", tmp_path / "outbox", ("ct",))
     service.start()
     try:
         sent = storescu(port, study, "-xs")
@@ -123,10 +125,27 @@ def test_jpeg_lossless_study_is_stored_without_re_encoding(tmp_path, shared_data
 def test_generated_objects_pass_dciodvfy(tmp_path, engine):
     phantom_study(tmp_path / "src", n_slices=30, size=96, seed=4, consolidation=2)
     engine.analyse(tmp_path / "src", tmp_path / "result")
+    assert_valid(result_objects(tmp_path / "result", tmp_path / "src"), tmp_path)
+
+
+def test_generated_objects_of_a_radiograph_pass_dciodvfy(tmp_path):
+    """pydicom-data's RG1_UNCR.dcm (a PA chest CR) read by the untrained X-ray placeholder bundle."""
+    rg1 = get_testdata_file("RG1_UNCR.dcm", download=False)
+    if rg1 is None:
+        pytest.skip("pydicom-data's RG1_UNCR.dcm is not installed (pip install pydicom-data)")
+    (tmp_path / "src").mkdir()
+    shutil.copy(rg1, tmp_path / "src")
+    Engine.from_bundle(make_image_bundle(tmp_path / "xray"), "float32").analyse(tmp_path / "src", tmp_path / "result")
     objects = result_objects(tmp_path / "result", tmp_path / "src")
+    assert [ds.Modality for ds in objects] == ["SR", "OT"]
+    assert_valid(objects, tmp_path)
+
+
+def assert_valid(objects: list[pydicom.Dataset], folder: Path) -> None:
+    """An SR and at least one Secondary Capture, each without a dciodvfy error once written."""
     assert len(objects) >= 2
     for n, ds in enumerate(objects):
-        path = tmp_path / f"{n}.dcm"
+        path = folder / f"{n}.dcm"
         ds.save_as(path, enforce_file_format=True)
         assert dciodvfy_errors(path) == [], path
         assert pydicom.dcmread(path).SOPInstanceUID == ds.SOPInstanceUID

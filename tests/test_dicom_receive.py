@@ -30,6 +30,7 @@ from tests.dicom_support import StorageSCP, echo, free_port, phantom_study, send
 
 REPO = Path(__file__).resolve().parents[1]
 NOW = WatcherSettings(poll_seconds=0.1, stable_seconds=0.0)
+CT = ("ct",)   # the modality of the demonstration model: what these receivers accept
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +46,7 @@ def study(tmp_path_factory) -> list[Path]:
 @pytest.fixture
 def receiver(tmp_path):
     r = Receiver(DicomSettings(port=0, allowed_callers=(DicomPeer("TESTSCU"), DicomPeer("LOCALONLY", "127.0.0.1"))),
-                 tmp_path / "inbox")
+                 tmp_path / "inbox", CT)
     r.start()
     yield r
     r.stop()
@@ -85,7 +86,7 @@ def test_c_echo_and_allowed_callers(receiver):
 
 
 def test_caller_from_another_address_is_rejected(tmp_path):
-    r = Receiver(DicomSettings(port=0, allowed_callers=(DicomPeer("TESTSCU", "192.0.2.7"),)), tmp_path / "inbox")
+    r = Receiver(DicomSettings(port=0, allowed_callers=(DicomPeer("TESTSCU", "192.0.2.7"),)), tmp_path / "inbox", CT)
     r.start()
     try:
         assert echo(r.port, "TESTSCU")[:2] == (False, True)
@@ -119,7 +120,7 @@ def test_received_study_is_analysed_and_the_sr_reaches_pacs(tmp_path, study, eng
     pacs = StorageSCP("PACS").start()
     settings = DicomSettings(port=0, destinations=(DicomPeer("PACS", "127.0.0.1", pacs.port),))
     inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
-    service = DicomService(settings, inbox, outbox)
+    service = DicomService(settings, inbox, outbox, CT)
     service.start(send=False)
     try:
         assert send(service.receiver.port, study) == [0] * len(study)
@@ -164,11 +165,11 @@ def test_destination_down_keeps_the_result_until_it_is_up(tmp_path, study, engin
     (inbox / "s").mkdir(parents=True)
     for f in study:
         (inbox / "s" / f.name).write_bytes(f.read_bytes())
-    service = DicomService(settings, inbox, outbox, retry_base_s=0.01)
+    service = DicomService(settings, inbox, outbox, CT, retry_base_s=0.01)
     watch(engine, inbox, outbox, NOW, once=True, after_pass=service.after_pass)
     status = service.outbox.status()
     assert status["pending"] == 1 and status["failing"] == 1 and "no association" in status["failures"][0]["last_error"]
-    restarted = DicomService(settings, inbox, outbox)  # the queue survives a restart
+    restarted = DicomService(settings, inbox, outbox, CT)  # the queue survives a restart
     pacs = StorageSCP("PACS", port).start()
     try:
         assert restarted.outbox.deliver_due(now=float("inf")) == 1
@@ -202,7 +203,7 @@ def test_study_with_invalid_uids_is_analysed_but_not_sent(tmp_path, engine):
     inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
     shutil.copytree(SAMPLES / "COVID-19_P002", inbox / "P002")  # hyphenated GUIDs as UIDs
     settings = DicomSettings(port=0, destinations=(DicomPeer("PACS", "127.0.0.1", free_port()),))
-    service = DicomService(settings, inbox, outbox)
+    service = DicomService(settings, inbox, outbox, CT)
     assert watch(engine, inbox, outbox, NOW, once=True, after_pass=service.after_pass).done == 1
     status = service.outbox.status()
     assert (status["pending"], status["skipped"]) == (0, 1)

@@ -405,6 +405,8 @@ def test_form_upload_status_result_and_history(client, app):
     token = login(client)
     form = client.get("/").get_data(as_text=True)
     assert "webkitdirectory" in form and 'id="demo-banner"' in form and "NOT FOR CLINICAL USE" in form
+    assert "Choose the DICOM files of one CT study" in form and "radiograph" not in form   # a CT-only device
+    assert "chest CT pneumonia triage" in form
     response = client.post("/studies", data={"files": dicom_files(), "csrf_token": token})
     assert response.status_code == 303
     study_id = response.headers["Location"].rsplit("/", 1)[1]
@@ -416,6 +418,8 @@ def test_form_upload_status_result_and_history(client, app):
     assert result["model"]["name"] in page and result["model"]["version"] in page
     assert f'id="model-validation">{result["model"]["validation"]}<' in page
     assert page.count("<tr><td>") >= 3 + len(result["groups"])
+    assert f'id="input">{result["n_slices_read"]} slices read, {result["n_slices_used"]} used' in page
+    assert "Slices that drove the decision" in page and "Groups of 50 slices" in page
     assert all(w in page for w in result["warnings"])
     assert 'id="viewer"' in page and f'data-count="{len(result["slice_png"])}"' in page
     slice_png = client.get(f"/studies/{study_id}/slices/0.png")

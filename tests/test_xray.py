@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import pydicom
 import pytest
+import yaml
 from pydicom.data import get_testdata_file
 
 from edge import CLASSES
@@ -201,7 +202,10 @@ def test_the_web_form_and_the_api_analyse_a_radiograph(xray_bundle, tmp_path, mo
                              headers=auth).get_json()["id"]
         token = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/login").get_data(as_text=True)).group(1)
         client.post("/login", data={"user": USER, "password": PASSWORD, "csrf_token": token})
-        token = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/").get_data(as_text=True)).group(1)
+        upload = client.get("/").get_data(as_text=True)
+        assert "Choose one chest radiograph (DICOM CR/DX, PNG or JPEG). Files are uploaded" in visible_text(upload)
+        assert "CT" not in visible_text(upload)
+        token = re.search(r'name="csrf_token" value="([^"]+)"', upload).group(1)
         form = client.post("/studies", data={"files": [(RG1.open("rb"), RG1.name)], "csrf_token": token})
         assert form.status_code == 303
         form_id = form.headers["Location"].rstrip("/").rsplit("/", 1)[-1]
@@ -214,9 +218,38 @@ def test_the_web_form_and_the_api_analyse_a_radiograph(xray_bundle, tmp_path, mo
             assert state["result"]["modality"] == "xray" and state["result"]["model"]["banner"] == PLACEHOLDER_BANNER
         assert client.get("/api/v1/model", headers=auth).get_json()["by_modality"]["xray"]["placeholder"] is True
         page = client.get(f"/studies/{form_id}").get_data(as_text=True)
-        assert f'id="verdict">{state["result"]["label"]}<' in page and PLACEHOLDER_BANNER in page
+        assert f'id="verdict">{state["result"]["label"]}<' in page
+        assert f'id="result-banner">{PLACEHOLDER_BANNER}: this result has no clinical validity' in page
+        assert 'id="input">one radiograph, view PA<' in page and "Heatmap on the radiograph" in page
+        report = client.get(f"/studies/{form_id}/report.html").get_data(as_text=True)
+        assert PLACEHOLDER_BANNER in report and "Chest X-ray triage report" in report
+        for html in (page, report):      # no CT wording for a radiograph
+            words = visible_text(html).lower()
+            assert "slice" not in words and "group" not in words and "ct study" not in words, words
     finally:
         app.extensions["ctedge"]["jobs"].stop()
+
+
+def visible_text(html: str) -> str:
+    """The text a reader sees (no tags, scripts or styles), its white space collapsed."""
+    return " ".join(re.sub(r"<[^>]+>", " ", re.sub(r"<(script|style)\b.*?</\1>", " ", html, flags=re.DOTALL)).split())
+
+
+def test_a_device_with_ct_and_xray_models_says_so_on_every_page(tmp_path, ct_bundle, xray_bundle):
+    path = server_profile(tmp_path)
+    doc = yaml.safe_load(path.read_text())
+    doc["model"] |= {"bundle": str(ct_bundle), "more_bundles": [str(xray_bundle)], "variant": "float32"}
+    path.write_text(yaml.safe_dump(doc))
+    profile = load_profile(path)
+    client = create_app(profile, Engine.from_profile(profile), start_workers=False).test_client()
+    token = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/login").get_data(as_text=True)).group(1)
+    client.post("/login", data={"user": USER, "password": PASSWORD, "csrf_token": token})
+    upload = visible_text(client.get("/").get_data(as_text=True))
+    assert "chest CT and X-ray pneumonia triage" in upload
+    assert "Choose the DICOM files of one CT study, a whole study folder, or one zip archive; or one chest " \
+           "radiograph (DICOM CR/DX, PNG or JPEG). The study's modality picks the model of this device." in upload
+    assert "constant-test-model: DEMONSTRATION MODEL" in upload and f"xray-test-placeholder: {PLACEHOLDER_BANNER}" in upload
+    assert "Models constant-test-model 1 (float32), xray-test-placeholder 0 (float32)" in upload
 
 
 def test_the_text_summary_names_the_radiograph_and_the_placeholder(xray_bundle, capsys):

@@ -19,9 +19,9 @@ from pydicom.errors import InvalidDicomError
 
 from edge.dicomnet.orthanc import BINARY as ORTHANC, Orthanc, free_port
 from edge.dicomnet.service import DicomService
-from edge.engine import Engine
+from edge.engine import DEFAULT_BUNDLE, Engine
 from edge.errors import UserError
-from edge.profile import DicomPeer, DicomSettings, WatcherSettings, load_profile
+from edge.profile import DicomPeer, DicomSettings, WatcherSettings, default_profile, load_profile
 
 
 def cmd_bench_dicom(args: argparse.Namespace) -> int:
@@ -31,8 +31,8 @@ def cmd_bench_dicom(args: argparse.Namespace) -> int:
     files = sorted(p for p in args.study.rglob("*") if p.is_file() and _is_dicom(p))
     if not files:
         raise UserError(args.study, "no DICOM file found")
-    profile = load_profile(args.config) if args.config else None
-    engine = Engine.from_profile(profile) if profile else Engine.default()
+    profile = load_profile(args.config) if args.config else default_profile(DEFAULT_BUNDLE)
+    engine = Engine.from_profile(profile) if args.config else Engine.default()
     size_mb = sum(p.stat().st_size for p in files) / 1e6
     with tempfile.TemporaryDirectory(prefix="ctedge-bench-dicom-") as tmp:
         port = free_port()
@@ -41,7 +41,7 @@ def cmd_bench_dicom(args: argparse.Namespace) -> int:
             seconds = []
             for run in range(args.runs):
                 inbox = Path(tmp) / f"inbox-{run}"
-                service = DicomService(settings, inbox, Path(tmp) / f"out-{run}")
+                service = DicomService(settings, inbox, Path(tmp) / f"out-{run}", profile.model.modalities)
                 service.start(send=False)
                 try:
                     seconds.append(_storescu(port, files))

@@ -13,9 +13,11 @@ from edge.profile import load_profile
 
 def add_receive(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("receive", help="receive studies over DICOM (C-STORE) into the profile's dicom.inbox",
-                       description="Run the DICOM C-STORE/C-ECHO receiver of the profile's dicom: section: each CT "
-                                   "instance is stored as dicom.inbox/<StudyInstanceUID>/<SOPInstanceUID>.dcm before "
-                                   "it is acknowledged. Nothing is analysed: run `ctedge watch INBOX --out OUTBOX "
+                       description="Run the DICOM C-STORE/C-ECHO receiver of the profile's dicom: section: each "
+                                   "image of a modality the profile has a model for (CT Image Storage with a CT "
+                                   "bundle; CR and DX with an X-ray bundle) is stored as dicom.inbox/"
+                                   "<StudyInstanceUID>/<SOPInstanceUID>.dcm before it is acknowledged; others get "
+                                   "0x0122. Nothing is analysed: run `ctedge watch INBOX --out OUTBOX "
                                    "--config PROFILE` to receive, analyse and send results in one process.")
     p.add_argument("--config", type=Path, required=True, help="device profile with a dicom: section")
     p.set_defaults(func=cmd_receive)
@@ -29,7 +31,7 @@ def cmd_receive(args: argparse.Namespace) -> int:
         raise UserError(args.config, "dicom.inbox is not set: where should received studies be written?")
     from edge.dicomnet.receiver import Receiver
 
-    receiver = Receiver(profile.dicom, profile.dicom.inbox)
+    receiver = Receiver(profile.dicom, profile.dicom.inbox, profile.model.modalities)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     receiver.start()

@@ -1,4 +1,8 @@
-"""C-STORE SCP: every acknowledged CT instance is on disk, fsynced, under ``INBOX/<StudyInstanceUID>/``.
+"""C-STORE SCP: every acknowledged image is on disk, fsynced, under ``INBOX/<StudyInstanceUID>/``.
+
+The receiver accepts the images of the modalities the device has a model for (``STORAGE_CLASSES``:
+CT Image Storage with a CT bundle, CR and DX with an X-ray bundle); any other instance gets 0x0122
+with a comment naming what the device reads.
 
 An instance is written to ``INBOX/.receiving/`` (hidden: the watcher ignores it), fsynced and renamed
 into ``INBOX/<StudyInstanceUID>/<SOPInstanceUID>.dcm`` before the success status is sent, exactly as
@@ -15,17 +19,20 @@ import os
 import socket
 import re
 import uuid
+from collections.abc import Iterable
 from io import BytesIO
 from pathlib import Path
 
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.pixels import get_decoder
-from pydicom.uid import AllTransferSyntaxes, CTImageStorage, UID
+from pydicom.uid import (UID, AllTransferSyntaxes, ComputedRadiographyImageStorage, CTImageStorage,
+                         DigitalXRayImageStorageForPresentation, DigitalXRayImageStorageForProcessing)
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification
 
+from edge.card import MODALITY_TERMS, modality_names
 from edge.errors import UserError
 from edge.profile import DicomPeer, DicomSettings
 from edge.storage import fsync_path, private_dir
@@ -37,8 +44,15 @@ _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 # DIMSE C-STORE statuses (PS3.4 B.2.3, PS3.7 C.4.2.1.4)
 SUCCESS, OUT_OF_RESOURCES, SOP_CLASS_NOT_SUPPORTED, CANNOT_UNDERSTAND = 0x0000, 0xA700, 0x0122, 0xC000
 
+STORAGE_CLASSES: dict[str, tuple[UID, ...]] = {
+    "ct": (CTImageStorage,),
+    "xray": (ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation,
+             DigitalXRayImageStorageForProcessing),
+}
+"""The SOP classes of the images of each modality (``edge.card.MODALITIES``) that the ingest reads."""
 
-def ct_transfer_syntaxes() -> list[str]:
+
+def decodable_transfer_syntaxes() -> list[str]:
     """The transfer syntaxes the ingest decodes: uncompressed ones, and compressed ones with an installed decoder."""
     def decodable(uid: UID) -> bool:
         try:
@@ -123,19 +137,32 @@ def is_allowed(caller: str, address: str, allowed: tuple[DicomPeer, ...]) -> boo
 
 
 class Receiver:
-    """The C-STORE/C-ECHO SCP of a profile's ``dicom:`` section, serving in background threads."""
+    """The C-STORE/C-ECHO SCP of a profile's ``dicom:`` section, serving in background threads; it
+    accepts the images of ``modalities``, those the device has a model for (``ModelSettings.modalities``)."""
 
-    def __init__(self, settings: DicomSettings, inbox: Path):
+    def __init__(self, settings: DicomSettings, inbox: Path, modalities: Iterable[str]):
         self.settings = settings
         self.inbox = StudyInbox(inbox)
+        self.modalities = tuple(modalities)
+        self.accepted = frozenset(uid for m in self.modalities for uid in STORAGE_CLASSES[m])
         self.ae = AE(ae_title=settings.ae_title)
         self.ae.maximum_pdu_size = 0  # no limit: fewer, larger P-DATA for big slices
         self.ae.add_supported_context(Verification)
-        syntaxes = ct_transfer_syntaxes()
+        syntaxes = decodable_transfer_syntaxes()
         for cx in AllStoragePresentationContexts:  # other classes get a clear refusal status, not a bare reject
-            self.ae.add_supported_context(cx.abstract_syntax, syntaxes if cx.abstract_syntax == CTImageStorage
+            self.ae.add_supported_context(cx.abstract_syntax, syntaxes if cx.abstract_syntax in self.accepted
                                           else ALL_TRANSFER_SYNTAXES)
         self._server = None
+
+    def refusal(self, sop_class: str) -> str | None:
+        """Why an instance of ``sop_class`` is refused (None: it is accepted)."""
+        if sop_class in self.accepted:
+            return None
+        reads = modality_names(self.modalities)
+        modality = next((m for m, classes in STORAGE_CLASSES.items() if sop_class in classes), None)
+        if modality is not None:
+            return f"this device has no {MODALITY_TERMS[modality].name} model (it reads: {reads})"
+        return f"this device reads {reads} images only"
 
     def start(self) -> None:
         pynetdicom_log = logging.getLogger("pynetdicom")
@@ -151,8 +178,8 @@ class Receiver:
         except OSError as exc:
             raise UserError(f"{self.settings.host}:{self.settings.port}",
                             f"the DICOM receiver cannot listen there ({exc.strerror}); see dicom.host and dicom.port") from exc
-        log.info("DICOM receiver %s listening on %s:%d, studies in %s", self.settings.ae_title,
-                 self.settings.host, self.port, self.inbox.root)
+        log.info("DICOM receiver %s listening on %s:%d for %s images, studies in %s", self.settings.ae_title,
+                 self.settings.host, self.port, modality_names(self.modalities), self.inbox.root)
         if not self.settings.allowed_callers and not ipaddress.ip_address(_resolve(self.settings.host)).is_loopback:
             log.warning("dicom.allowed_callers is empty: any DICOM node that reaches %s:%d may send studies",
                         self.settings.host, self.port)
@@ -177,10 +204,9 @@ class Receiver:
     def _on_store(self, event: Event) -> Dataset:
         request = event.request
         sop_class, sop_uid = UID(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID)
-        if sop_class != CTImageStorage:
-            log.warning("refused a %s instance from %r: only CT Image Storage is analysed",
-                        sop_class.name, event.assoc.requestor.ae_title)
-            return _status(SOP_CLASS_NOT_SUPPORTED, f"ctedge accepts CT Image Storage only, not {sop_class.name}")
+        if refusal := self.refusal(sop_class):
+            log.warning("refused a %s instance from %r: %s", sop_class.name, event.assoc.requestor.ae_title, refusal)
+            return _status(SOP_CLASS_NOT_SUPPORTED, refusal[:64])
         data = event.encoded_dataset(include_meta=True)
         try:
             ds = check_instance(data, sop_uid)

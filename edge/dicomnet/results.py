@@ -1,9 +1,11 @@
 """The DICOM objects that carry a verdict back into PACS, made with highdicom from a result folder.
 
 * a Comprehensive SR: verdict, class probabilities, decision rule, model name and version, the
-  demonstration flag ("not for clinical use" when it applies), and IMAGE references to the source
-  instances that drove the verdict (those of the heatmaps; every slice used when there are none);
-* one Secondary Capture image per heatmap overlay, caption and warning banner burned in.
+  demonstration flag (the model's warning banner when it has one), the modality of the source, and
+  IMAGE references to the source instances that drove the verdict (those of the heatmaps; every
+  image used when there are none: the CT slices, or the one radiograph);
+* one Secondary Capture image per heatmap overlay, caption and warning banner burned in, in the
+  patient orientation of its source image.
 
 Both go into the source study (same StudyInstanceUID, patient and study attributes copied from the
 source) as new series with new UIDs; Manufacturer, model name and software versions name ctedge.
@@ -24,6 +26,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import generate_uid
 
 from edge import CLASSES, __version__
+from edge.card import MODALITY_TERMS
 from edge.dicomnet.receiver import is_uid
 from edge.errors import UserError
 
@@ -44,6 +47,9 @@ REPORT = _code("18748-4", "Diagnostic imaging report", "LN")
 DECISION_RULE, DEMONSTRATION = _code("decision-rule", "Decision rule"), _code("demonstration-model", "Demonstration model")
 VALIDATION = _code("validation-evidence", "Validation evidence")
 NO_UNITS = _code("1", "no units", "UCUM")
+MODALITY = _code("121139", "Modality", "DCM")
+ACQUISITION_MODALITIES = {"CT": "Computed Tomography", "CR": "Computed Radiography", "DX": "Digital Radiography"}
+"""DCM codes (CID 29) of the source modalities the receiver accepts."""
 
 
 class NoDicomSourceError(UserError):
@@ -68,7 +74,7 @@ def result_objects(result_dir: Path, study_dir: Path) -> list[Dataset]:
     driving = [s["file"] for h in doc.get("heatmaps", []) for s in h["sources"]] or [s["file"] for s in doc["slices_used"]]
     evidence = [_complete(headers[name]) for name in dict.fromkeys(driving) if name in headers]
     if not evidence:
-        raise NoDicomSourceError(study_dir, "no DICOM source instance of the analysed slices was found; "
+        raise NoDicomSourceError(study_dir, "no DICOM source instance of the analysed images was found; "
                                             "results can only be sent for DICOM studies")
     for ds in evidence:
         for key in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
@@ -87,6 +93,7 @@ def structured_report(doc: dict, evidence: list[Dataset]) -> hd.sr.Comprehensive
     """A Comprehensive SR of the result document, referencing ``evidence`` (the driving instances)."""
     model = doc["model"]
     demonstration = bool(model["banner"])
+    modality = MODALITY_TERMS[doc.get("modality", "ct")].name          # older results have no modality: CT
     items: list[Dataset] = [hd.sr.TextContentItem(FINDING, doc["label"], "CONTAINS")]
     items += [hd.sr.NumContentItem(_code(f"probability-{c}", f"Probability of {c}"), float(doc["probabilities"][c]),
                                    NO_UNITS, relationship_type="CONTAINS") for c in doc.get("classes", CLASSES)]
@@ -99,30 +106,56 @@ def structured_report(doc: dict, evidence: list[Dataset]) -> hd.sr.Comprehensive
         items.append(hd.sr.TextContentItem(COMMENT, f"{model['banner']}. {model['note']}"[:1024], "CONTAINS"))
     items += [hd.sr.ImageContentItem(SOURCE_IMAGE, ds.SOPClassUID, ds.SOPInstanceUID, relationship_type="CONTAINS")
               for ds in evidence]
+    source = str(evidence[0].get("Modality", ""))
+    if source in ACQUISITION_MODALITIES:
+        items.append(hd.sr.CodeContentItem(MODALITY, _code(source, ACQUISITION_MODALITIES[source], "DCM"), "CONTAINS"))
     root = hd.sr.ContainerContentItem(REPORT)
     root.ContentSequence = hd.sr.ContentSequence(items)
     sr = hd.sr.ComprehensiveSR(
         evidence=evidence, content=root, series_instance_uid=generate_uid(), series_number=SR_SERIES_NUMBER,
         sop_instance_uid=generate_uid(), instance_number=1, manufacturer="ctedge", is_complete=True,
-        series_description=f"ctedge verdict{' (not for clinical use)' if demonstration else ''}"[:64])
+        series_description=f"ctedge {modality} verdict{' (not for clinical use)' if demonstration else ''}"[:64])
     _name_device(sr)
     return sr
 
 
 def secondary_capture(png: Path, ref: Dataset, series_uid: str, number: int) -> hd.sc.SCImage:
-    """One heatmap overlay (with its burned-in caption and banner) as an RGB Secondary Capture image."""
+    """One heatmap overlay (with its burned-in caption and banner) of the source image ``ref`` as an
+    RGB Secondary Capture image."""
     picture = cv2.imread(str(png), cv2.IMREAD_COLOR)
     if picture is None:
         raise UserError(png, "the heatmap image cannot be read")
+    orientation = patient_orientation(ref)
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=ref, pixel_array=cv2.cvtColor(picture, cv2.COLOR_BGR2RGB), photometric_interpretation="RGB",
-        bits_allocated=8, coordinate_system="PATIENT", patient_orientation=("L", "P"), series_instance_uid=series_uid, series_number=SC_SERIES_NUMBER,
-        sop_instance_uid=generate_uid(), instance_number=number, manufacturer="ctedge",
-        series_description="ctedge heatmaps")
+        bits_allocated=8, coordinate_system="PATIENT", patient_orientation=orientation or ("L", "P"),  # emptied below
+        series_instance_uid=series_uid, series_number=SC_SERIES_NUMBER, sop_instance_uid=generate_uid(),
+        instance_number=number, manufacturer="ctedge", series_description="ctedge heatmaps")
+    if orientation is None:
+        sc.PatientOrientation = ""  # type 2C: known to be present, its value unknown
     sc.BurnedInAnnotation = "YES"
     sc.Laterality = ""  # type 2C in General Series: the chest is not a paired body part
     _name_device(sc)
     return sc
+
+
+def patient_orientation(ref: Dataset) -> tuple[str, str] | None:
+    """The patient directions of the rows and columns of a source image (the overlay keeps them): its
+    Patient Orientation (a radiograph), else the main axes of its Image Orientation (Patient) (a CT
+    slice); None when it records neither."""
+    given = [str(v).strip() for v in ref.get("PatientOrientation") or []]
+    if len(given) == 2 and all(given):
+        return given[0][0], given[1][0]  # the main direction of each (an oblique one lists more letters)
+    cosines = [float(v) for v in ref.get("ImageOrientationPatient") or []]
+    if len(cosines) != 6:
+        return None
+    return _direction(cosines[:3]), _direction(cosines[3:])
+
+
+def _direction(cosine: list[float]) -> str:
+    """The patient direction (L/R, P/A, H/F) that a direction cosine mainly points to."""
+    axis = max(range(3), key=lambda i: abs(cosine[i]))
+    return ("LR", "PA", "HF")[axis][0 if cosine[axis] > 0 else 1]
 
 
 def _name_device(ds: Dataset) -> None:

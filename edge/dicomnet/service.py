@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 
 from edge.dicomnet.outbox import Outbox
@@ -27,13 +28,14 @@ SEND_DIR = ".dicom-send"
 
 
 class DicomService:
-    """A profile's receiver (into ``inbox``) and outbox (under ``results/.dicom-send``)."""
+    """A profile's receiver (into ``inbox``, accepting the images of ``modalities``: those the device
+    has a model for, ``profile.model.modalities``) and outbox (under ``results/.dicom-send``)."""
 
-    def __init__(self, settings: DicomSettings, inbox: Path, results: Path, retry_base_s: float = 5.0,
-                 retry_max_s: float = 600.0):
+    def __init__(self, settings: DicomSettings, inbox: Path, results: Path, modalities: Iterable[str],
+                 retry_base_s: float = 5.0, retry_max_s: float = 600.0):
         self.settings = settings
         self.inbox, self.results = Path(inbox), Path(results)
-        self.receiver = Receiver(settings, self.inbox)
+        self.receiver = Receiver(settings, self.inbox, modalities)
         private_dir(self.results)
         self.outbox = Outbox(self.results / SEND_DIR, settings.ae_title, retry_base_s, retry_max_s)
         self._stop = threading.Event()
@@ -62,7 +64,7 @@ class DicomService:
         watch`` does (results in ``results_dir/dicom``), send to the destinations; all in background threads."""
         if profile.dicom is None or profile.dicom.inbox is None:
             raise UserError(profile.source, "dicom.inbox is not set: where should received studies be written?")
-        service = cls(profile.dicom, profile.dicom.inbox, profile.server.results_dir / "dicom")
+        service = cls(profile.dicom, profile.dicom.inbox, profile.server.results_dir / "dicom", profile.model.modalities)
         service.start()
         service._threads.append(threading.Thread(target=service._watch, args=(engine, profile.watcher),
                                                  name="ctedge-dicom-watch", daemon=True))

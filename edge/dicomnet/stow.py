@@ -6,7 +6,6 @@ a C-STORE would be; the answer lists stored and failed instances (PS3.18 10.5): 
 from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, jsonify, request
-from pydicom.uid import CTImageStorage
 from werkzeug.http import parse_options_header
 
 from edge.dicomnet.receiver import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, SOP_CLASS_NOT_SUPPORTED, check_instance, log
@@ -31,7 +30,8 @@ def store_instances() -> Response:
     boundary = options.get("boundary", "")
     if mimetype != "multipart/related" or options.get("type", "").lower() != "application/dicom" or not boundary:
         return json_error(415, 'send multipart/related; type="application/dicom" with a boundary')
-    inbox = current_app.extensions["ctedge"]["dicom"].receiver.inbox
+    receiver = current_app.extensions["ctedge"]["dicom"].receiver
+    inbox = receiver.inbox
     stored, failed = [], []
     for n, part in enumerate(split_parts(request.get_data(), boundary.encode()), start=1):
         try:
@@ -42,7 +42,8 @@ def store_instances() -> Response:
             continue
         ref = {SOP_CLASS: {"vr": "UI", "Value": [str(ds.SOPClassUID)]},
                SOP_INSTANCE: {"vr": "UI", "Value": [str(ds.SOPInstanceUID)]}}
-        if ds.SOPClassUID != CTImageStorage:
+        if refusal := receiver.refusal(ds.SOPClassUID):
+            log.warning("STOW-RS part %d refused: %s", n, refusal)
             failed.append(ref | {FAILURE_REASON: {"vr": "US", "Value": [SOP_CLASS_NOT_SUPPORTED]}})
             continue
         try:

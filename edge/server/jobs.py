@@ -22,7 +22,7 @@ import secrets
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
@@ -41,9 +41,11 @@ DISK_FULL_MESSAGE = ("the server's disk is full: the result could not be written
 
 
 class Analyser(Protocol):
-    """What the queue needs from :class:`edge.engine.Engine`."""
+    """What the server needs from :class:`edge.engine.Engine` (the queue: ``analyse``; the pages: the
+    model of each modality the device reads)."""
 
     info: ModelInfo
+    routes: Mapping[str, Analyser]
 
     def analyse(self, source: Path, out_dir: Path) -> dict: ...
 

@@ -9,6 +9,8 @@ from flask import (Blueprint, Response, abort, current_app, redirect, render_tem
                    url_for)
 
 from edge import CLASSES
+from edge.card import MODALITY_TERMS
+from edge.report import terms_of
 from edge.server.api import RETRY_AFTER_S, jobs, send_heatmap, store, study_file, upload_policy
 from edge.server.auth import check_csrf, check_login, csrf_token, read_users
 from edge.server.jobs import QueueFull
@@ -56,7 +58,9 @@ def safe_target(target: str) -> str:
 
 @bp.app_context_processor
 def _template_globals() -> dict:
-    return {"csrf_token": csrf_token, "model": current_app.extensions["ctedge"]["engine"].info,
+    routes = current_app.extensions["ctedge"]["engine"].routes   # the model of each modality this device reads
+    return {"csrf_token": csrf_token, "models": [e.info for e in routes.values()],
+            "reads": {m: MODALITY_TERMS[m].name for m in routes},
             "user": session.get("user"), "login_required": current_app.config["LOGIN_REQUIRED"]}
 
 
@@ -114,7 +118,7 @@ def study(study_id: str) -> str:
     if state["status"] in ("queued", "running"):
         return render_template("status.html", state=state, position=jobs().position(study_id))
     result = store().result(study_id) if state["status"] == "done" else None
-    return render_template("result.html", state=state, result=result,
+    return render_template("result.html", state=state, result=result, terms=terms_of(result) if result else None,
                            classes=result.get("classes", CLASSES) if result else CLASSES)
 
 
