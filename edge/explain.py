@@ -72,9 +72,9 @@ class GradCam:
 
     @cached_property
     def encoder(self) -> Any:
-        """The explain encoder, loaded on first use: a float32 interpreter holds ~260 MB, which a
-        ``predict`` without heatmaps never needs."""
-        return load_interpreter(self._files[0], self._threads)
+        """The explain encoder, loaded on first use with a batch of one slice (as the classifier's,
+        ``edge.infer.TFLiteClassifier``)."""
+        return load_interpreter(self._files[0], self._threads, batch=1)
 
     @cached_property
     def head(self) -> Any:
