@@ -126,14 +126,21 @@ def dequantize_output(y: np.ndarray, detail: dict) -> np.ndarray:
 
 def invoke_all(interpreter: Any, x: np.ndarray) -> list[np.ndarray]:
     """Run a single-input model on ``x``; every output as float32. ``x`` has the input's static shape,
-    or stacks several static batches along the first axis (a model loaded with ``batch``): they run
-    one after the other and each output is their concatenation."""
+    or stacks several static batches along the first axis (a model loaded with ``batch``, whose
+    outputs have one item per input item): they run one after the other, their outputs stacked."""
     inp = interpreter.get_input_details()[0]
     shape = tuple(int(d) for d in inp["shape"])
     if tuple(x.shape[1:]) != shape[1:] or not len(x) or len(x) % shape[0]:
         raise ValueError(f"input shape {tuple(x.shape)} does not match the model's {shape}")
-    runs = [_invoke_once(interpreter, inp, x[i:i + shape[0]]) for i in range(0, len(x), shape[0])]
-    return runs[0] if len(runs) == 1 else [np.concatenate(outputs) for outputs in zip(*runs)]
+    n = shape[0]
+    first = _invoke_once(interpreter, inp, x[:n])
+    if len(x) == n:
+        return first
+    outputs = [np.empty((len(x), *o.shape[1:]), np.float32) for o in first]
+    for i in range(0, len(x), n):
+        for out, part in zip(outputs, first if i == 0 else _invoke_once(interpreter, inp, x[i:i + n])):
+            out[i:i + n] = part
+    return outputs
 
 
 def _invoke_once(interpreter: Any, inp: dict, x: np.ndarray) -> list[np.ndarray]:
