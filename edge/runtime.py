@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import importlib
 import os
+import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +69,8 @@ def load_interpreter(path: str | Path, threads: int | None = None, edgetpu: bool
 
 def input_shape(path: str | Path) -> tuple[int, ...]:
     """The static shape of a TFLite model's first input, read from the file (nothing is allocated)."""
-    return _input_shape(_read_model(bytearray(Path(path).read_bytes()), path))
+    with _reading(path, bytearray(Path(path).read_bytes())) as model:
+        return _input_shape(model)
 
 
 def with_batch(path: str | Path, batch: int) -> bytes:
@@ -75,27 +79,32 @@ def with_batch(path: str | Path, batch: int) -> bytes:
     batch items are independent; one that writes its batch into a constant (a reshape target) then
     fails to load, naming the file."""
     data = bytearray(Path(path).read_bytes())
-    model = _read_model(data, path)
-    old = _input_shape(model)[0]
-    for g in range(model.SubgraphsLength()):
-        graph = model.Subgraphs(g)
-        for t in range(graph.TensorsLength()):
-            tensor = graph.Tensors(t)
-            buffer = model.Buffers(tensor.Buffer())
-            if tensor.ShapeLength() and tensor.ShapeAsNumpy()[0] == old and not (buffer.DataLength() or buffer.Size()):
-                tensor.ShapeAsNumpy()[0] = batch              # a view into ``data``: rewritten in place
-                if tensor.ShapeSignatureLength():
-                    tensor.ShapeSignatureAsNumpy()[0] = batch
+    with _reading(path, data) as model:
+        old = _input_shape(model)[0]
+        for g in range(model.SubgraphsLength()):
+            graph = model.Subgraphs(g)
+            for t in range(graph.TensorsLength()):
+                tensor = graph.Tensors(t)
+                buffer = model.Buffers(tensor.Buffer())
+                if tensor.ShapeLength() and tensor.ShapeAsNumpy()[0] == old and not (buffer.DataLength() or buffer.Size()):
+                    tensor.ShapeAsNumpy()[0] = batch              # a view into ``data``: rewritten in place
+                    if tensor.ShapeSignatureLength():
+                        tensor.ShapeSignatureAsNumpy()[0] = batch
     return bytes(data)
 
 
-def _read_model(data: bytearray, path: str | Path) -> Any:
-    """The flatbuffer reader of a TFLite model's bytes (ai-edge-litert's generated schema)."""
+@contextmanager
+def _reading(path: str | Path, data: bytearray) -> Iterator[Any]:
+    """The flatbuffer reader of a TFLite model's bytes (ai-edge-litert's generated schema); a file
+    that is not one, or is cut short, is a ModelLoadError naming it."""
     from ai_edge_litert import schema_py_generated as schema
 
     if data[4:8] != b"TFL3":
         raise ModelLoadError(path, "not a TFLite model (no TFL3 identifier)")
-    return schema.Model.GetRootAs(data)
+    try:
+        yield schema.Model.GetRootAs(data)
+    except (struct.error, IndexError) as exc:
+        raise ModelLoadError(path, f"not a valid TFLite model, truncated or damaged ({exc})") from exc
 
 
 def _input_shape(model: Any) -> tuple[int, ...]:
