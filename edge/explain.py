@@ -72,9 +72,9 @@ class GradCam:
 
     @cached_property
     def encoder(self) -> Any:
-        """The explain encoder, loaded on first use: a float32 interpreter holds ~260 MB, which a
-        ``predict`` without heatmaps never needs."""
-        return load_interpreter(self._files[0], self._threads)
+        """The explain encoder, loaded on first use with a batch of one slice (as the classifier's,
+        ``edge.infer.TFLiteClassifier``)."""
+        return load_interpreter(self._files[0], self._threads, batch=1)
 
     @cached_property
     def head(self) -> Any:
@@ -82,7 +82,7 @@ class GradCam:
 
     def _encode(self, group: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Features (G, F) and last-convolution maps (G, h, w, K) of a (G, H, W) uint8 group."""
-        outputs = invoke_all(self.encoder, group[..., None].astype(np.float32))
+        outputs = invoke_all(self.encoder, group[..., None])
         return _by_rank(outputs, 2), _by_rank(outputs, 4)
 
     def _scores(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -97,34 +97,40 @@ class GradCam:
             self._black = self._encode(np.zeros(size[:3], np.uint8))[0][0]
         return self._black
 
-    def explain_group(self, group: np.ndarray, class_index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Heatmaps (G, H, W) in [0, 1] for class ``class_index`` on every slice of a (G, H, W) uint8
-        group, and each slice's share of the evidence (G,), summing to 1 unless no slice counts."""
+    def evidence(self, group: np.ndarray, class_index: int) -> tuple[np.ndarray, np.ndarray]:
+        """For class ``class_index`` on every slice of a (G, H, W) uint8 group: the Grad-CAM maps at
+        the last convolution's resolution (G, h, w), and each slice's share of the evidence (G,),
+        summing to 1 unless no slice counts."""
         features, maps = self._encode(group)
         scores, grads = self._scores(features)
         k = maps.shape[-1]
         weights = grads[class_index, :, -k:] / (maps.shape[1] * maps.shape[2])        # (G, K)
         raw = np.maximum(np.einsum("ghwk,gk->ghw", maps, weights), 0.0)
-        heat = normalise(np.stack([cv2.resize(r, group.shape[2:0:-1], interpolation=cv2.INTER_LINEAR) for r in raw]))
         drop = np.zeros(len(group))
         for i in range(len(group)):
             occluded = features.copy()
             occluded[i] = self.black_features()
             drop[i] = max(0.0, scores[class_index] - self._scores(occluded)[0][class_index])
         share = drop / drop.sum() if drop.sum() > 0 else drop
-        return heat, share
+        return raw, share
+
+    def explain_group(self, group: np.ndarray, class_index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Heatmaps (G, H, W) in [0, 1] for class ``class_index`` on every slice of a (G, H, W) uint8
+        group, and each slice's share of the evidence (G,) (see ``evidence``)."""
+        raw, share = self.evidence(group, class_index)
+        return heatmaps(raw, group.shape[1:]), share
 
     def explain(self, result: StudyResult, per_group: int = 3) -> list[SliceHeatmap]:
         """For the verdict class, the ``per_group`` real (not padding) slices of each group with the
-        largest share."""
+        largest share (only theirs are resized to heatmaps)."""
         class_index = result.classes.index(result.verdict.label)
         kept = result.selection.kept_indices
         found = []
         for group, scored in zip(result.prepared.groups(), result.groups):
-            heat, share = self.explain_group(group, class_index)
-            real = [k for k in np.argsort(-share) if not np.isnan(scored.plan[k])]
-            found += [SliceHeatmap(heat[k], float(share[k]), tuple(scored.slot_sources(int(k), kept)), scored.index)
-                      for k in real[:per_group]]
+            raw, share = self.evidence(group, class_index)
+            chosen = [int(k) for k in np.argsort(-share) if not np.isnan(scored.plan[k])][:per_group]
+            found += [SliceHeatmap(heat, float(share[k]), tuple(scored.slot_sources(k, kept)), scored.index)
+                      for k, heat in zip(chosen, heatmaps(raw[chosen], group.shape[1:]))]
         return found
 
 
@@ -153,7 +159,7 @@ class SliceGradCam:
         outputs = invoke_all(self.model, image[None, ..., None].astype(np.float32))
         maps, weights = _by_rank(outputs, 4)[0], _by_rank(outputs, 2)
         raw = np.maximum(np.einsum("hwk,k->hw", maps, weights[class_index]), 0.0)
-        return normalise(cv2.resize(raw, image.shape[::-1], interpolation=cv2.INTER_LINEAR)[None])[0]
+        return heatmaps(raw[None], image.shape)[0]
 
     def explain(self, result: StudyResult, top: int = 3) -> list[SliceHeatmap]:
         """Heatmaps of the ``top`` slices with the highest probability of the verdict class."""
@@ -161,6 +167,11 @@ class SliceGradCam:
         ranked = sorted(result.slices, key=lambda s: -s.probabilities[class_index])[:top]
         return [SliceHeatmap(self.explain_slice(result.images[s.index], class_index), float(s.probabilities[class_index]),
                              ((s.index, 1.0),)) for s in ranked]
+
+
+def heatmaps(raw: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
+    """Grad-CAM maps (n, h, w) resized to (n, *size) and each scaled to a maximum of 1."""
+    return normalise(np.stack([cv2.resize(r, size[::-1], interpolation=cv2.INTER_LINEAR) for r in raw]))
 
 
 def normalise(maps: np.ndarray) -> np.ndarray:

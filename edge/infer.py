@@ -14,7 +14,7 @@ from edge import CLASSES
 from edge.card import ModelCard, banner_for, load_card
 from edge.errors import ModelLoadError
 from edge.evidence import NO_EVIDENCE, evidence_line
-from edge.runtime import invoke, load_interpreter
+from edge.runtime import input_shape, invoke, load_interpreter
 
 
 @dataclass(frozen=True)
@@ -73,9 +73,10 @@ class PlaceholderClassifier:
 class TFLiteClassifier:
     """The CNN encoder + biLSTM head as two TFLite models, described by the bundle's model card.
 
-    The encoder takes a whole group (static batch = group size) and returns one feature vector per
-    slice; the head turns the (1, group size, features) sequence into class probabilities. The
-    encoder's input shape must be the card's (group size, input size, input size, 1).
+    The encoder's file takes a whole group (static batch = group size, the card's (group size, input
+    size, input size, 1)) and returns one feature vector per slice; it is loaded with a batch of one
+    slice, and a group runs through it slice by slice (``edge.runtime``: ~50x less memory, same
+    features). The head turns the (1, group size, features) sequence into class probabilities.
     """
 
     kind = "group"
@@ -86,14 +87,14 @@ class TFLiteClassifier:
         files = self.card.files(variant)
         self.variant = variant
         self.classes = self.card.classes
-        self.encoder = load_interpreter(files["encoder"], threads, edgetpu=edgetpu)
-        self.head = load_interpreter(files["head"], threads)
         p = self.card.preprocessing
         expected = (p.group_size, p.input_size, p.input_size, 1)
-        shape = tuple(int(d) for d in self.encoder.get_input_details()[0]["shape"])
+        shape = input_shape(files["encoder"])
         if shape != expected:
             raise ModelLoadError(files["encoder"], f"input shape {shape} does not match the model card "
                                                    f"{self.card.path} (group_size, input_size): {expected}")
+        self.encoder = load_interpreter(files["encoder"], threads, edgetpu=edgetpu, batch=1)
+        self.head = load_interpreter(files["head"], threads)
         self.info = ModelInfo.of(self.card, variant)
 
     def features(self, group: np.ndarray) -> np.ndarray:

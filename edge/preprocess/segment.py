@@ -108,5 +108,5 @@ class TFLiteSegmenter:
         self.threshold = threshold
 
     def segment(self, hu: np.ndarray) -> np.ndarray:
-        slices = lung_window(hu).astype(np.float32)
-        return np.stack([invoke(self.interpreter, s[None, ..., None])[0, ..., 0] > self.threshold for s in slices])
+        # uint8 slices: each becomes float32 as it goes in (the whole volume as float32 would be ~80 MB at 300 slices)
+        return np.stack([invoke(self.interpreter, s[None, ..., None])[0, ..., 0] > self.threshold for s in lung_window(hu)])
