@@ -78,7 +78,10 @@ class GradCam:
 
     @cached_property
     def head(self) -> Any:
-        return load_interpreter(self._files[1], self._threads)
+        """The explain head (the biLSTM head and its gradient), loaded on first use with TFLite's own
+        kernels: measured 4x faster than XNNPACK per group and 7 instead of 148 MB (it has ~800
+        FULLY_CONNECTED operators, whose weights XNNPACK packs one by one)."""
+        return load_interpreter(self._files[1], self._threads, xnnpack=False)
 
     def _encode(self, group: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Features (G, F) and last-convolution maps (G, h, w, K) of a (G, H, W) uint8 group."""

@@ -42,10 +42,12 @@ def _interpreter_module() -> Any:
 
 
 def load_interpreter(path: str | Path, threads: int | None = None, edgetpu: bool = False,
-                     batch: int | None = None) -> Any:
+                     batch: int | None = None, xnnpack: bool = True) -> Any:
     """Create and allocate an interpreter for ``path`` with ``threads`` (default: all cores);
     with ``edgetpu``, load the Coral delegate. ``batch`` rewrites the model's static batch (see the
-    module docstring; not with ``edgetpu``, whose compiled operator fixes the shapes)."""
+    module docstring; not with ``edgetpu``, whose compiled operator fixes the shapes). ``xnnpack=False``
+    runs TFLite's own kernels: for a model of many small operators (the Grad-CAM head) they are
+    faster than XNNPACK and hold far less memory."""
     path = Path(path)
     threads = threads or os.cpu_count() or 1
     if not path.is_file():
@@ -59,6 +61,9 @@ def load_interpreter(path: str | Path, threads: int | None = None, edgetpu: bool
         except (ValueError, OSError) as exc:
             raise ModelLoadError(path, f"the Edge TPU runtime ({EDGETPU_LIBRARY}) is not installed or no Coral "
                                        "device is attached; install libedgetpu from Coral's repository") from exc
+    if not xnnpack:
+        resolvers = getattr(module, "OpResolverType", None) or module.experimental.OpResolverType   # tf.lite keeps it there
+        model["experimental_op_resolver_type"] = resolvers.BUILTIN_WITHOUT_DEFAULT_DELEGATES
     try:
         interpreter = module.Interpreter(**model, num_threads=threads, experimental_delegates=delegates or None)
         interpreter.allocate_tensors()
