@@ -21,6 +21,7 @@ import numpy as np
 from edge.card import KIND_MODALITY, load_card
 from edge.errors import UserError
 from edge.ingest.parallel import decode_series
+from edge.ingest.pydicom_adapter import first_plugin
 from edge.ingest.sources import study_files
 from edge.kinds import KINDS
 from edge.pipeline import PREPARE, run_study
@@ -93,8 +94,9 @@ class KerasClassifier:
 
 
 def decode_modes(study: Path, repeats: int = 2) -> dict | None:
-    """Seconds to decode every file of ``study`` serially, with threads and with processes (best of
-    ``repeats``, same run), and the speed-ups over serial: whether this decoder releases the GIL.
+    """Seconds (and ms per slice) to decode every file of ``study`` serially, with threads and with
+    processes (best of ``repeats``, same run), the speed-ups over serial (whether the decoder
+    releases the GIL) and the pydicom plugin tried first for the study's transfer syntax.
     None for a study without DICOM files (e.g. one PNG radiograph)."""
     with study_files(study) as files:
         paths = sorted(f for f in files if f.suffix.lower() in ("", ".dcm"))
@@ -106,8 +108,10 @@ def decode_modes(study: Path, repeats: int = 2) -> dict | None:
         shape = (int(first.Rows), int(first.Columns))
         seconds = {mode: min(_decode_seconds(paths, shape, mode) for _ in range(repeats))
                    for mode in ("serial", "threads", "processes")}
-    return {"n_slices": len(paths), "transfer_syntax": str(first.file_meta.get("TransferSyntaxUID")),
+    syntax = str(first.file_meta.get("TransferSyntaxUID"))
+    return {"n_slices": len(paths), "transfer_syntax": syntax, "decoder": first_plugin(syntax),
             "seconds": {m: round(s, 3) for m, s in seconds.items()},
+            "ms_per_slice": {m: round(s * 1000 / len(paths), 2) for m, s in seconds.items()},
             "speedup_threads": round(seconds["serial"] / seconds["threads"], 2),
             "speedup_processes": round(seconds["serial"] / seconds["processes"], 2)}
 
@@ -267,7 +271,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
                                                        for f, ops in doc["layers"]["undelegated_ops"].items()))
     d = doc["decode"]
     if d:
-        print(f"decode {d['n_slices']} slices ({d['transfer_syntax']}), s: " + ", ".join(f"{k} {v}" for k, v in d["seconds"].items())
+        print(f"decode {d['n_slices']} slices ({d['transfer_syntax']}) with {d['decoder']}, ms/slice: "
+              + ", ".join(f"{k} {v}" for k, v in d["ms_per_slice"].items())
               + f"; speed-up threads {d['speedup_threads']}x, processes {d['speedup_processes']}x")
     if dispatch["kernels"] != "native":
         print(f"dispatch: {dispatch['note']}; hidden: {' '.join(dispatch['hidden_flags']) or 'none (AVX2-only CPU)'}")

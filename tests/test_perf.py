@@ -1,5 +1,6 @@
 """Speed on the box: the tuned variant, concurrent studies, parallel decoding and peak memory."""
 
+import importlib.util
 import json
 import shutil
 import stat
@@ -187,3 +188,6 @@ def test_bench_json_states_the_cpu_flags_every_variant_by_threads_and_the_decode
     rows = doc["variants_by_threads"]["rows"]
     assert {(r["variant"], r["threads"]) for r in rows} == {(v, 1) for v in eligible_variants(load_card(DEFAULT_BUNDLE))}
     assert set(doc["decode"]["seconds"]) == {"serial", "threads", "processes"} and doc["decode"]["n_slices"] == 10
+    decoder = "gdcm" if importlib.util.find_spec("gdcm") else "pylibjpeg"     # the samples are JPEG lossless
+    assert doc["decode"]["decoder"] == decoder
+    assert doc["decode"]["ms_per_slice"]["serial"] == pytest.approx(doc["decode"]["seconds"]["serial"] * 100, abs=0.06)
