@@ -26,7 +26,8 @@ NOW = WatcherSettings(poll_seconds=0.0, stable_seconds=0.0)
 
 
 class CountingEngine(Engine):
-    """The placeholder engine, counting the studies it analyses; ``fail`` makes analyse raise it."""
+    """The placeholder engine, counting the studies it analyses (the watcher hands it each study read
+    ahead); ``fail`` makes analyse raise it."""
 
     def __init__(self, fail: BaseException | None = None):
         super().__init__(PlaceholderClassifier())
@@ -34,7 +35,7 @@ class CountingEngine(Engine):
         self.fail = fail
 
     def analyse(self, source, out_dir):
-        self.calls.append(Path(source).name)
+        self.calls.append(Path(source.source).name)
         if self.fail is not None:
             raise self.fail
         return super().analyse(source, out_dir)
