@@ -2,8 +2,9 @@
 
 ``ctedge predict``, the server and the watcher all build one :class:`Engine` and call it. An
 interpreter is not thread-safe, so the engine holds ``copies`` sets of interpreters (classifier,
-explainer, segmenter; loaded once): each study borrows one set for its whole analysis, so with
-``server.workers: 2`` two studies are analysed at the same time, each on its own set.
+explainer, segmenter; loaded once): each study, once read, borrows one set for the rest of its
+analysis, so with ``server.workers: 2`` two studies are analysed at the same time, each on its own
+set. Reading needs no set (``Engine.read``): the watcher reads the next study during this one.
 """
 
 from __future__ import annotations
