@@ -2,8 +2,9 @@
 
 ``ctedge predict``, the server and the watcher all build one :class:`Engine` and call it. An
 interpreter is not thread-safe, so the engine holds ``copies`` sets of interpreters (classifier,
-explainer, segmenter; loaded once): each study borrows one set for its whole analysis, so with
-``server.workers: 2`` two studies are analysed at the same time, each on its own set.
+explainer, segmenter; loaded once): each study, once read, borrows one set for the rest of its
+analysis, so with ``server.workers: 2`` two studies are analysed at the same time, each on its own
+set. Reading needs no set (``Engine.read``): the watcher reads the next study during this one.
 """
 
 from __future__ import annotations
@@ -24,15 +25,13 @@ from edge.ingest import Limits, source_name
 from edge.ingest.radiograph import study_modality
 from edge.kinds import KINDS
 from edge.options import PipelineOptions, apply_settings
-from edge.pipeline import StudyResult, run_study
+from edge.pipeline import ReadStudy, Source, StudyResult, read_study, run_study
 from edge.preprocess.segment import LungSegmenter, TFLiteSegmenter
 from edge.profile import Profile
 from edge.report import write_result
 from edge.tune import resolve
 
 DEFAULT_BUNDLE = Path(__file__).resolve().parent / "models" / "demo"
-
-Source = str | Path | Sequence[str | Path]
 
 
 class NoModelForModalityError(UserError):
@@ -148,23 +147,36 @@ class Engine:
                                           f"no {name} model (it reads: {modality_names(self.routes)})")
         return self.routes[modality]
 
-    def run(self, source: Source) -> StudyResult:
-        """Read, preprocess, classify and vote one study (raises StudyError subclasses on bad input);
-        the study's modality picks the model (see ``route``)."""
+    def read(self, source: Source) -> ReadStudy:
+        """Read (decode) ``source`` for the engine of its modality (see ``route``), without a model set:
+        the first stage of ``run`` and ``analyse``, which a caller may do ahead (``ctedge watch`` reads
+        the next study while this one is analysed)."""
         engine = self.route(source)
-        with engine._borrow() as models:
-            return engine._run(source, models)
+        return read_study(source, engine.modality, engine.options, engine.limits, release_full_resolution=True)
 
-    def _run(self, source: Source, models: Models) -> StudyResult:
-        return run_study(source, models.classifier, self.options, models.segmenter, self.limits,
+    def run(self, source: Source | ReadStudy) -> StudyResult:
+        """Read (unless ``source`` was read by ``read``), preprocess, classify and vote one study (raises
+        StudyError subclasses on bad input); the study's modality picks the model (see ``route``)."""
+        engine, study = self._routed(source)
+        with engine._borrow() as models:
+            return engine._run(study, models)
+
+    def _routed(self, source: Source | ReadStudy) -> tuple[Engine, ReadStudy]:
+        """The engine of the study's modality and the study, read now unless it was read ahead."""
+        study = source if isinstance(source, ReadStudy) else self.read(source)
+        return self.routes[study.modality], study
+
+    def _run(self, study: ReadStudy, models: Models) -> StudyResult:
+        return run_study(study, models.classifier, self.options, models.segmenter, self.limits,
                          self.training_range, release_full_resolution=True)
 
-    def analyse(self, source: Source, out_dir: Path) -> dict:
-        """Run one study and write its result folder (see ``edge.report.write_result``); return the
-        result document: the ``ctedge predict --json`` object plus heatmaps and slice images."""
-        engine = self.route(source)
+    def analyse(self, source: Source | ReadStudy, out_dir: Path) -> dict:
+        """Run one study (read ahead by ``read``, or now) and write its result folder (see
+        ``edge.report.write_result``); return the result document: the ``ctedge predict --json``
+        object plus heatmaps and slice images."""
+        engine, study = self._routed(source)
         with engine._borrow() as models:
-            result = engine._run(source, models)
+            result = engine._run(study, models)
             start = time.perf_counter()
             heatmaps = []
             if models.explainer is not None:

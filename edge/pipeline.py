@@ -17,7 +17,7 @@ from edge.card import KIND_MODALITY, TrainingRange
 from edge.errors import NoLungFoundError
 from edge.infer import Classifier, PlaceholderClassifier
 from edge.ingest import Limits, Volume, load_study, source_name
-from edge.ingest.radiograph import load_radiograph
+from edge.ingest.radiograph import Radiograph, load_radiograph
 from edge.kinds import KINDS, GroupResult, SliceScore, timed
 from edge.options import PipelineOptions
 from edge.preprocess.group import assemble, group_plan
@@ -26,7 +26,10 @@ from edge.preprocess.select import Selection, select_slices
 from edge.preprocess.window import clahe, lung_window, resize_slices
 from edge.vote import Verdict
 
-__all__ = ["GroupResult", "PipelineOptions", "PreparedStudy", "SliceScore", "StudyResult", "prepare_study", "run_study"]
+__all__ = ["GroupResult", "PipelineOptions", "PreparedStudy", "ReadStudy", "SliceScore", "StudyResult", "prepare_study",
+           "read_study", "run_study"]
+
+Source = str | Path | Sequence[str | Path]
 
 
 @dataclass
@@ -126,18 +129,59 @@ class PreparedStudy:
         return [assemble(kept, plan) for plan in self.plans]
 
 
-def prepare_study(source: str | Path | Sequence[str | Path], options: PipelineOptions = PipelineOptions(),
+@dataclass
+class ReadStudy:
+    """A study read from disk, not yet preprocessed: the first stage of :func:`run_study`, which a
+    caller may run ahead (``ctedge watch`` reads the next study while this one is analysed). It
+    remembers what it was read for: it can only be prepared with the same modality and settings."""
+
+    source: Source
+    data: Volume | Radiograph   # the CT volume (see load_study's resize_to) or the radiograph
+    read_ms: float
+    modality: str               # edge.card.MODALITIES
+    options: PipelineOptions
+    limits: Limits
+    release_full_resolution: bool
+
+
+def read_study(source: Source, modality: str = "ct", options: PipelineOptions = PipelineOptions(),
+               limits: Limits = Limits(), release_full_resolution: bool = False) -> ReadStudy:
+    """Read (decode) a study of ``modality``. With ``release_full_resolution`` CT slices are resized
+    to the model input as they are decoded (unless the selection rule needs full resolution), so a
+    study read ahead holds only the small volume."""
+    t: dict[str, float] = {}
+    with timed(t, "read"):
+        if modality == "xray":
+            data: Volume | Radiograph = load_radiograph(source, limits)
+        else:
+            stream = release_full_resolution and options.selection != "rahimzadeh"
+            data = load_study(source, limits, resize_to=options.input_size if stream else None)
+    return ReadStudy(source, data, t["read"], modality, options, limits, release_full_resolution)
+
+
+def _read(source: Source | ReadStudy, modality: str, options: PipelineOptions, limits: Limits,
+          release_full_resolution: bool) -> ReadStudy:
+    """``source`` read now, or as it was read ahead (checked against the settings it is prepared with)."""
+    if not isinstance(source, ReadStudy):
+        return read_study(source, modality, options, limits, release_full_resolution)
+    if (source.modality, source.options, source.limits, source.release_full_resolution) != \
+            (modality, options, limits, release_full_resolution):
+        raise ValueError(f"{source_name(source.source)}: read ahead with other settings than it is prepared with")
+    return source
+
+
+def prepare_study(source: Source | ReadStudy, options: PipelineOptions = PipelineOptions(),
                   segmenter: LungSegmenter | None = None, limits: Limits = Limits(),
                   release_full_resolution: bool = False) -> PreparedStudy:
-    """Read and preprocess one study: HU volume, lung mask, model-input slices, selection, group plans.
+    """Read (unless ``source`` was read ahead by :func:`read_study`) and preprocess one study: HU
+    volume, lung mask, model-input slices, selection, group plans.
     With ``release_full_resolution`` DICOM slices are resized as they are decoded and the
     full-resolution HU volume is never kept (``volume.hu`` is None) unless the selection rule needs
     it: peak memory stays low (the "read" time then includes resizing)."""
     segmenter = segmenter or ThresholdSegmenter()
-    t: dict[str, float] = {}
-    stream = release_full_resolution and options.selection != "rahimzadeh"
-    with timed(t, "read"):
-        volume = load_study(source, limits, resize_to=options.input_size if stream else None)
+    read = _read(source, "ct", options, limits, release_full_resolution)
+    volume = read.data
+    t: dict[str, float] = {"read": read.read_ms}
     with timed(t, "resize"):
         hu256 = volume.resized if volume.resized is not None else resize_slices(volume.hu, options.input_size)
     volume.resized = None
@@ -150,7 +194,7 @@ def prepare_study(source: str | Path | Sequence[str | Path], options: PipelineOp
         selection = select_slices(options.selection, full_hu, mask)
     del full_hu
     if not selection.keep.any():
-        raise NoLungFoundError(source_name(source), f"no slice with lung found by the {selection.method!r} selection")
+        raise NoLungFoundError(source_name(read.source), f"no slice with lung found by the {selection.method!r} selection")
     with timed(t, "window_clahe"):
         windowed = lung_window(hu256, options.window)
         images = clahe(windowed, options.clahe_clip)
@@ -160,14 +204,15 @@ def prepare_study(source: str | Path | Sequence[str | Path], options: PipelineOp
     return PreparedStudy(volume, mask, windowed, images, selection, plans, t)
 
 
-def prepare_radiograph(source: str | Path | Sequence[str | Path], options: PipelineOptions = PipelineOptions(),
+def prepare_radiograph(source: Source | ReadStudy, options: PipelineOptions = PipelineOptions(),
                        segmenter: LungSegmenter | None = None, limits: Limits = Limits(),
                        release_full_resolution: bool = False) -> PreparedStudy:
-    """Read one chest radiograph and resize it to the model input: a study of one unit (slice 0).
-    No segmentation or selection (``segmenter`` is not used); the display image is the input itself."""
-    t: dict[str, float] = {}
-    with timed(t, "read"):
-        picture = load_radiograph(source, limits)
+    """Read one chest radiograph (unless ``source`` was read ahead) and resize it to the model input:
+    a study of one unit (slice 0). No segmentation or selection (``segmenter`` is not used); the
+    display image is the input itself."""
+    read = _read(source, "xray", options, limits, release_full_resolution)
+    picture = read.data
+    t: dict[str, float] = {"read": read.read_ms}
     with timed(t, "resize"):
         size = options.input_size
         image = np.rint(cv2.resize(picture.pixels, (size, size), interpolation=cv2.INTER_AREA) * 255).astype(np.uint8)
@@ -182,12 +227,12 @@ PREPARE = {"ct": prepare_study, "xray": prepare_radiograph}
 """How a study of each modality (``edge.card.KIND_MODALITY``) becomes model input."""
 
 
-def run_study(source: str | Path | Sequence[str | Path], classifier: Classifier | None = None,
+def run_study(source: Source | ReadStudy, classifier: Classifier | None = None,
               options: PipelineOptions = PipelineOptions(), segmenter: LungSegmenter | None = None,
               limits: Limits = Limits(), training_range: TrainingRange = TrainingRange(),
               release_full_resolution: bool = False) -> StudyResult:
-    """Read, preprocess, score (``edge.kinds``: groups or slices, by the classifier's kind) and decide
-    one study; raises StudyError subclasses on bad input.
+    """Read (unless ``source`` was read ahead by :func:`read_study`), preprocess, score (``edge.kinds``:
+    groups or slices, by the classifier's kind) and decide one study; raises StudyError subclasses on bad input.
     A study whose geometry lies outside ``training_range`` gets a warning."""
     classifier = classifier or PlaceholderClassifier()
     prepare = PREPARE[KIND_MODALITY[classifier.kind]]

@@ -13,6 +13,10 @@ An inbox entry (a folder, a zip, or a stray file) is a study. Its *name* is the 
 * **Changed** (same name, other fingerprint): processed again; the previous record is moved to
   ``OUTBOX/.superseded/<name>-<UTC time>/`` before the new one is renamed into place.
 * The inbox is never modified: ctedge does not delete or move patient data.
+* **Read ahead**: while one study is preprocessed, classified and explained, the next ready study of
+  the pass is read and decoded in a background thread (the decoding itself runs in the worker
+  processes of ``edge.ingest.parallel``), one study ahead at most. Reading writes nothing to the
+  outbox, so a kill during it loses nothing: that study has no record and is taken after the restart.
 * **Links**: a symbolic link (the entry itself or anything in it) whose target is outside the inbox
   is not followed; the study goes to ``OUTBOX/failed/<name>/`` with the link named in ``error.txt``.
 * The outbox and everything in it are owner-only (0700/0600), whatever the umask. Names from the
@@ -33,6 +37,7 @@ import time
 import traceback
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -43,6 +48,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from edge import __version__
 from edge.engine import DEFAULT_BUNDLE, Engine
 from edge.errors import UserError
+from edge.pipeline import ReadStudy
 from edge.profile import WatcherSettings, default_profile, load_profile
 from edge.storage import fsync_path, private_dir, restrict_tree
 from edge.untrusted import printable
@@ -158,19 +164,27 @@ def recover(outbox: Path) -> int:
     return len(leftovers)
 
 
-def process_one(engine: Engine, outbox: Path, entry: Entry, marker: str = "") -> str:
-    """Analyse one study and commit its record; return "done", "failed", or "changed" when the entry
-    changed while it was analysed (nothing is committed then; it is taken again once stable)."""
+def read_entry(engine: Engine, entry: Entry) -> ReadStudy:
+    """The first stage of a study's analysis, which ``run_once`` runs one study ahead: refuse links
+    that leave the inbox (before anything behind them is read), then read and decode the study."""
+    if links := links_leaving(entry.path, entry.path.parent):
+        raise UserError(links[0], f"a symbolic link to {os.readlink(links[0])!r}, outside the inbox: links that "
+                                  f"leave the inbox are not followed ({len(links)} such link(s) in the study)")
+    return engine.read(entry.path)
+
+
+def process_one(engine: Engine, outbox: Path, entry: Entry, marker: str = "",
+                read: Future[ReadStudy] | None = None) -> str:
+    """Analyse one study (``read``: its :func:`read_entry` run ahead; else it is read now) and commit
+    its record; return "done", "failed", or "changed" when the entry changed between its survey and
+    the end of its analysis (nothing is committed then; it is taken again once stable)."""
     work = outbox / PARTIAL / f"{entry.name}-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     private_dir(work.parent)
     private_dir(work)
     status, error = "done", ""
     try:
-        if links := links_leaving(entry.path, entry.path.parent):
-            raise UserError(links[0], f"a symbolic link to {os.readlink(links[0])!r}, outside the inbox: links that "
-                                      f"leave the inbox are not followed ({len(links)} such link(s) in the study)")
-        engine.analyse(entry.path, work)
+        engine.analyse(read.result() if read is not None else read_entry(engine, entry), work)
     except UserError as exc:
         status, error = "failed", f"{exc}\n"
     except Exception as exc:  # noqa: BLE001 - one study must never stop the watcher
@@ -229,19 +243,26 @@ def run_once(engine: Engine, inbox: Path, outbox: Path, settings: WatcherSetting
     todo = [e for e in found.entries if not is_done(outbox, e)]
     ready = [e for e in todo if is_stable(e, settings)]
     summary = Summary(waiting=len(todo) - len(ready))
-    with logging_redirect_tqdm():
-        for entry in tqdm(ready, desc="studies", unit="study", disable=None):
-            status = process_one(engine, outbox, entry, settings.marker_file)
-            name = printable(entry.name)
-            if status == "done":
-                summary.done += 1
-                log.info("%s: result in %s", name, printable(str(outbox / entry.name), 200))
-            elif status == "failed":
-                summary.failed += 1
-                log.warning("%s: failed, see %s", name, printable(str(outbox / FAILED / entry.name / "error.txt"), 200))
-            else:
-                summary.waiting += 1
-                log.info("%s: changed while it was analysed; taken again once stable", name)
+    reader = ThreadPoolExecutor(1, thread_name_prefix="ctedge-read-ahead")
+    try:
+        with logging_redirect_tqdm():
+            ahead = reader.submit(read_entry, engine, ready[0]) if ready else None
+            for i, entry in enumerate(tqdm(ready, desc="studies", unit="study", disable=None)):
+                read, ahead = ahead, reader.submit(read_entry, engine, ready[i + 1]) if i + 1 < len(ready) else None
+                status = process_one(engine, outbox, entry, settings.marker_file, read)
+                name = printable(entry.name)
+                if status == "done":
+                    summary.done += 1
+                    log.info("%s: result in %s", name, printable(str(outbox / entry.name), 200))
+                elif status == "failed":
+                    summary.failed += 1
+                    log.warning("%s: failed, see %s", name,
+                                printable(str(outbox / FAILED / entry.name / "error.txt"), 200))
+                else:
+                    summary.waiting += 1
+                    log.info("%s: changed while it was analysed; taken again once stable", name)
+    finally:
+        reader.shutdown(cancel_futures=True)
     if ready:
         log.info("pass: %d done, %d failed, %d waiting", summary.done, summary.failed, summary.waiting)
     return summary

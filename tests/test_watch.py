@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from pydicom.uid import RLELossless
+
 from edge.cli import main
 from edge.engine import Engine
 from edge.errors import UserError
@@ -26,7 +28,8 @@ NOW = WatcherSettings(poll_seconds=0.0, stable_seconds=0.0)
 
 
 class CountingEngine(Engine):
-    """The placeholder engine, counting the studies it analyses; ``fail`` makes analyse raise it."""
+    """The placeholder engine, counting the studies it analyses (the watcher hands it each study read
+    ahead); ``fail`` makes analyse raise it."""
 
     def __init__(self, fail: BaseException | None = None):
         super().__init__(PlaceholderClassifier())
@@ -34,7 +37,7 @@ class CountingEngine(Engine):
         self.fail = fail
 
     def analyse(self, source, out_dir):
-        self.calls.append(Path(source).name)
+        self.calls.append(Path(source.source).name)
         if self.fail is not None:
             raise self.fail
         return super().analyse(source, out_dir)
@@ -43,6 +46,39 @@ class CountingEngine(Engine):
 def phantom_study(folder: Path, seed: int = 0) -> Path:
     write_dicom_series(make_phantom(n_slices=8, size=64, seed=seed), folder, seed=seed)
     return folder
+
+
+class Timeline(Engine):
+    """A real engine noting, with perf_counter, when each study's read and each classifier call
+    start and end: ``intervals`` holds (stage, study, start, end)."""
+
+    intervals: list[tuple[str, str, float, float]]
+    current = ""
+
+    @classmethod
+    def of_bundle(cls, bundle: Path) -> Timeline:
+        engine = cls.from_bundle(bundle, "float32", threads=1)
+        engine.intervals = []
+        predict = engine.classifier.predict
+
+        def noted(unit):
+            start = time.perf_counter()
+            probabilities = predict(unit)
+            engine.intervals.append(("infer", engine.current, start, time.perf_counter()))
+            return probabilities
+
+        engine.classifier.predict = noted
+        return engine
+
+    def read(self, source):
+        start = time.perf_counter()
+        study = super().read(source)
+        self.intervals.append(("read", Path(source).name, start, time.perf_counter()))
+        return study
+
+    def analyse(self, source, out_dir):
+        self.current = Path(source.source).name
+        return super().analyse(source, out_dir)
 
 
 def zipped(folder: Path, archive: Path) -> Path:
@@ -304,3 +340,29 @@ def test_log_lines_escape_names_from_the_inbox(box, caplog):
     run_once(CountingEngine(), inbox, outbox, NOW)
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert "Evil\\x0aFAKE: done: failed" in text and "\nFAKE" not in text
+
+
+def test_the_next_study_is_read_while_this_one_is_classified(box):
+    """Three compressed (RLE) phantom studies, decoded in the worker processes, through the
+    known-answer bundle: each study is read (decoded) after the one before it was read and before
+    that one's classification ended, and every result is its own study's, with the known answer."""
+    pytest.importorskip("tensorflow")
+    from tests.fixture_bundle import KNOWN_LABEL, KNOWN_PROBABILITIES, make_constant_bundle
+
+    inbox, outbox = box
+    slices = {"A": 16, "B": 20, "C": 24}
+    for seed, (name, n) in enumerate(slices.items()):
+        write_dicom_series(make_phantom(n_slices=n, size=128, seed=seed), inbox / name, transfer_syntax=RLELossless,
+                           seed=seed)
+    engine = Timeline.of_bundle(make_constant_bundle(box[0].parent / "bundle"))
+    assert run_once(engine, inbox, outbox, NOW).done == 3
+    for name, n in slices.items():
+        result = json.loads((outbox / name / "result.json").read_text())
+        assert (result["label"], result["n_slices_read"], result["input"]["n_files"]) == (KNOWN_LABEL, n, n)
+        assert [result["probabilities"][c] for c in result["classes"]] == pytest.approx(KNOWN_PROBABILITIES, abs=1e-5)
+    reads = {study: (start, end) for stage, study, start, end in engine.intervals if stage == "read"}
+    infer_end = {study: end for stage, study, _, end in engine.intervals if stage == "infer"}
+    assert list(reads) == ["A", "B", "C"]
+    for before, after in (("A", "B"), ("B", "C")):
+        assert reads[before][1] <= reads[after][0] < infer_end[before], \
+            f"{after} was not read while {before} was analysed: {engine.intervals}"

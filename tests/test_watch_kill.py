@@ -6,6 +6,7 @@ duplicates, no partial folders left, and a final ``--once`` run is a no-op."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import signal
@@ -18,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from pydicom.uid import RLELossless
 
 from edge import CLASSES
 from edge.phantom import make_phantom, write_dicom_series, write_image_slices
@@ -177,3 +179,50 @@ def test_watcher_survives_three_sigkills_without_losing_or_duplicating_a_study(t
     print(f"\n50 studies ({len(good)} good, {len(bad)} bad, {len(late)} copied during the run), "
           f"{len(KILL_AFTER)} SIGKILLs, {recoveries} restart(s) cleaned a partial record, "
           f"{len(good)} results, {len(bad)} failed, 0 duplicates, {elapsed:.0f} s")
+
+
+@pytest.mark.slow
+def test_a_kill_while_the_next_study_is_read_ahead_loses_nothing(tmp_path):
+    """SIGKILL while one study is analysed and the next one is being read ahead (seen as its zip
+    unpacked in the watcher's TMPDIR): the restarted watcher gives every study exactly one result,
+    with heatmaps, and no record was committed for the study being read."""
+    inbox, outbox, tmp = tmp_path / "inbox", tmp_path / "outbox", tmp_path / "tmp"
+    tmp.mkdir()
+    inbox.mkdir()
+    names = [f"S{i}" for i in range(3)]
+    for i, name in enumerate(names):
+        write_dicom_series(make_phantom(n_slices=24, size=128, ground_glass=i % 2, seed=i), tmp_path / name,
+                           transfer_syntax=RLELossless, seed=i)
+        shutil.move(zip_folder(tmp_path / name), inbox)
+    profile = tmp_path / "profile.yaml"
+    profile.write_text(f"name: read-ahead-kill\ndescription: kill during the read ahead\n"
+                       f"model:\n  bundle: {REPO / 'edge/models/demo'}\n  threads: 1\n"
+                       f"watcher:\n  poll_seconds: 0.2\n  stable_seconds: 0.5\n")
+    command = [sys.executable, "-m", "edge.cli", "-v", "watch", str(inbox), "--out", str(outbox), "--config", str(profile)]
+    log = tmp_path / "watcher.log"
+    env = os.environ | {"TMPDIR": str(tmp)}
+    watcher = subprocess.Popen(command, cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    seen: dict[str, set[str]] = {}
+
+    def reading_ahead() -> bool:
+        seen["analysed"] = {p.name.rsplit("-", 1)[0] for p in outbox.glob(".partial/*")}
+        seen["read"] = {p.name for p in tmp.glob("ctedge-zip-*/*")}
+        return bool(seen["analysed"]) and bool(seen["read"] - seen["analysed"])
+
+    wait_for(reading_ahead, "a study read ahead while another is analysed", time.monotonic() + 120, [log])
+    watcher.send_signal(signal.SIGKILL)
+    assert watcher.wait() == -signal.SIGKILL
+    ahead = seen["read"] - seen["analysed"]
+    assert not any((outbox / name).exists() or (outbox / "failed" / name).exists() for name in ahead)
+    before = committed(outbox)
+    final = subprocess.run([*command, "--once"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert final.returncode == 0 and f"{len(names) - before} done, 0 failed, 0 waiting" in final.stdout, \
+        final.stdout + final.stderr
+    assert {p.name for p in outbox.iterdir()} == set(names) | {".partial", ".lock"}, "duplicate or missing records"
+    assert list((outbox / ".partial").iterdir()) == []
+    for name in names:
+        result = json.loads((outbox / name / "result.json").read_text())
+        assert result["n_slices_read"] == 24 and result["label"] in CLASSES
+        assert result["heatmaps"] and all((outbox / name / h["png"]).is_file() for h in result["heatmaps"])
+    print(f"\nkilled while {sorted(seen['analysed'])} was analysed and {sorted(ahead)} read ahead; "
+          f"{before} record(s) before the restart, {len(names)} results after it")
