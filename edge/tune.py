@@ -276,15 +276,15 @@ def cmd_tune(args: argparse.Namespace) -> int:
         choice, rows = tune(card, unit, args.max_threads, args.repeats)
         record(card, choice, path)
         done.append({"bundle": bundle_key(card), "path": str(card.bundle), "modality": card.modality,
-                     "input": str(args.study) if on_study else "synthetic phantom", "rows": rows,
+                     "unit": KINDS[card.kind].unit, "input": str(args.study) if on_study else "synthetic phantom", "rows": rows,
                      "choice": asdict(choice)})
     if args.json:
         print(json.dumps({"cpu": cpu_identity(), "cache": str(path), "bundles": done}, indent=2))
         return 0
     print(f"CPU: {cpu_key()}")
     for d in done:
-        print(f"\n{MODALITY_TERMS[d['modality'].name]} bundle {d['path']} ({d['bundle']}), timed on {d['input']}:")
-        print(f"{'variant':<10}{'threads':>8}{'median ms/group':>17}{'max |dp| vs first':>19}")
+        print(f"\n{MODALITY_TERMS[d['modality']].name} bundle {d['path']} ({d['bundle']}), timed on {d['input']}:")
+        print(f"{'variant':<10}{'threads':>8}{'median ms/' + d['unit']:>17}{'max |dp| vs first':>19}")
         for r in d["rows"]:
             print(f"{r['variant']:<10}{r['threads']:>8}{r['ms_per_group_median']:>17.1f}"
                   f"{r['max_prob_diff_vs_first']:>19.4f}")

@@ -71,6 +71,9 @@ def test_the_tuned_variant_is_recorded_owner_only_and_used_by_predict(tmp_path, 
                                         "asimddp", "i8mm", "sve"}
     assert stat.S_IMODE(cache.stat().st_mode) == 0o600 and stat.S_IMODE(cache.parent.stat().st_mode) == 0o700
     assert tuned_choice(DEFAULT_BUNDLE).variant == tuned["choice"]["variant"]
+    assert main(["tune", "--max-threads", "1", "--repeats", "1"]) == 0
+    text = capsys.readouterr().out
+    assert f"CT bundle {DEFAULT_BUNDLE}" in text and "median ms/group" in text and "chosen: " in text
 
     record(load_card(DEFAULT_BUNDLE), Choice("float32", 1, 1.0, "now", cpu_key()))   # whatever was measured
     assert main(["predict", str(STUDY), "--json"]) == 0
