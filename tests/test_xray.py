@@ -21,7 +21,7 @@ from edge import CLASSES
 from edge.card import PLACEHOLDER_BANNER, load_card
 from edge.cli import main
 from edge.engine import Engine, NoModelForModalityError
-from edge.errors import ModelLoadError
+from edge.errors import ModelLoadError, StudyError
 from edge.explain import SliceGradCam
 from edge.ingest.radiograph import LateralViewError, load_radiograph, study_modality
 from edge.phantom import make_phantom, write_dicom_series
@@ -108,6 +108,55 @@ def test_a_lateral_view_is_refused_naming_the_file(tmp_path, capsys, xray_bundle
 def test_an_unknown_view_is_read_with_a_warning(tmp_path):
     picture = load_radiograph(edited(tmp_path, ViewPosition=None))
     assert picture.view is None and "view position not recorded" in picture.warnings[0]
+
+
+def study_of(folder: Path, *views: tuple[str, dict]) -> Path:
+    """A study folder of RG1 copies, each named and tagged as given (None deletes a tag)."""
+    folder.mkdir()
+    for i, (name, tags) in enumerate(views, start=1):
+        ds = pydicom.dcmread(RG1)
+        ds.SOPInstanceUID = f"{ds.SOPInstanceUID}.{i}"
+        for key, value in tags.items():
+            if value is None:
+                delattr(ds, key)
+            else:
+                setattr(ds, key, value)
+        ds.save_as(folder / name)
+    return folder
+
+
+def test_a_study_with_pa_and_lateral_is_read_as_its_pa_naming_the_lateral(tmp_path, capsys, xray_bundle):
+    study = study_of(tmp_path / "S", ("lat.dcm", {"ViewPosition": "LL", "InstanceNumber": 2}),
+                     ("pa.dcm", {"InstanceNumber": 1}))
+    picture = load_radiograph(study)
+    assert (picture.file, picture.view) == ("pa.dcm", "PA")
+    assert picture.warnings == ["lat.dcm: lateral view, not analysed (one frontal radiograph is read: pa.dcm)"]
+    np.testing.assert_array_equal(picture.pixels, load_radiograph(RG1).pixels)
+    assert main(["predict", str(study), "--model", str(xray_bundle), "--variant", "float32", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["slices_used"][0]["file"] == "pa.dcm" and any("lat.dcm: lateral view" in w for w in result["warnings"])
+
+
+def test_of_two_frontal_views_the_pa_and_then_the_last_taken_is_read(tmp_path):
+    study = study_of(tmp_path / "S", ("ap.dcm", {"ViewPosition": "AP", "InstanceNumber": 9}),
+                     ("pa1.dcm", {"InstanceNumber": 1}), ("pa2.dcm", {"InstanceNumber": 2}))
+    picture = load_radiograph(study)
+    assert picture.file == "pa2.dcm"
+    assert [w.split(":")[0] for w in picture.warnings] == ["ap.dcm", "pa1.dcm"]
+
+
+def test_a_study_of_lateral_views_only_or_of_unknown_views_is_refused(tmp_path):
+    with pytest.raises(LateralViewError, match="only lateral views"):
+        load_radiograph(study_of(tmp_path / "L", ("a.dcm", {"ViewPosition": "LL"}), ("b.dcm", {"ViewPosition": "RL"})))
+    with pytest.raises(StudyError, match="2 radiographs without a PA/AP ViewPosition"):
+        load_radiograph(study_of(tmp_path / "U", ("a.dcm", {"ViewPosition": None}), ("b.dcm", {"ViewPosition": None})))
+
+
+def test_a_study_of_one_unknown_view_and_a_lateral_reads_the_unknown_one_with_warnings(tmp_path):
+    picture = load_radiograph(study_of(tmp_path / "S", ("a.dcm", {"ViewPosition": None}),
+                                       ("b.dcm", {"ViewPosition": "LL"})))
+    assert picture.file == "a.dcm" and picture.view is None
+    assert "view position not recorded" in picture.warnings[0] and picture.warnings[1].startswith("b.dcm: lateral view")
 
 
 def test_png_radiographs_of_8_and_16_bits(tmp_path):

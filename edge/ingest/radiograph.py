@@ -7,6 +7,11 @@ values beyond BitsStored are ignored. A DICOM without a VOI and a 16-bit image a
 between their 0.5 and 99.5 percentiles; an 8-bit image is taken as displayed.
 PixelSpacing is not used (it is often missing or 0 on CR). The view (ViewPosition) must be PA or
 AP: a lateral view is refused, an unknown one accepted with a warning.
+
+A DICOM study of several images (PA and lateral sent together, a retake) is read as its frontal
+radiograph: PA before AP, the last taken (highest InstanceNumber) of that view; every other file is
+named in a warning as not analysed. Without a frontal view the study is refused, unless it holds
+exactly one image of unknown view.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ class LateralViewError(StudyError):
 
 
 class NotOneRadiographError(StudyError):
-    """An X-ray study must be exactly one image."""
+    """An X-ray study whose one frontal radiograph cannot be chosen."""
 
 
 @dataclass
@@ -66,13 +71,53 @@ def study_modality(source: str | Path | Sequence[str | Path], limits: Limits = L
 
 
 def load_radiograph(source: str | Path | Sequence[str | Path], limits: Limits = Limits()) -> Radiograph:
-    """Read the one radiograph of ``source``; StudyError subclasses name the file and the problem."""
+    """Read the frontal radiograph of ``source`` (see the module docstring for a study of several
+    images); StudyError subclasses name the file and the problem."""
     with study_files(source, limits) as files:
-        if len(files) != 1:
-            raise NotOneRadiographError(source if isinstance(source, (str, Path)) else files[0],
-                                        f"an X-ray study is one image, got {len(files)} files")
-        path = files[0]
-        return _read_image(path) if is_image_file(path) else _read_dicom(path)
+        if len(files) == 1:
+            path = files[0]
+            return _read_image(path) if is_image_file(path) else _read_dicom(path)
+        where = source if isinstance(source, (str, Path)) else files[0]
+        if any(is_image_file(f) for f in files):
+            raise NotOneRadiographError(where, f"an X-ray study of image files is one file, got {len(files)}")
+        chosen, notes = _choose_frontal(where, files)
+        radiograph = _read_dicom(chosen)
+        radiograph.warnings.extend(notes)
+        return radiograph
+
+
+def _choose_frontal(where: str | Path, files: Sequence[Path]) -> tuple[Path, list[str]]:
+    """The file to analyse among a study's DICOM files, and a note on each file left out."""
+    views: dict[Path, str] = {}
+    notes: list[str] = []
+    order: dict[Path, int] = {}
+    for path in files:
+        header = read_header(path)
+        if str(header.get("Modality", "")) not in XRAY_MODALITIES:
+            notes.append(f"{path.name}: Modality {header.get('Modality', 'not recorded')}, not a radiograph; not analysed")
+            continue
+        views[path] = str(header.get("ViewPosition", "") or "").strip().upper()
+        order[path] = int(header.get("InstanceNumber", 0) or 0)
+    frontal = [p for v in FRONTAL_VIEWS for p in sorted(views, key=lambda q: (-order[q], q.name)) if views[p] == v]
+    unknown = [p for p, v in views.items() if v not in FRONTAL_VIEWS + LATERAL_VIEWS]
+    if frontal:
+        chosen = frontal[0]
+    elif len(unknown) == 1:
+        chosen = unknown[0]
+    elif unknown:
+        raise NotOneRadiographError(where, f"{len(unknown)} radiographs without a PA/AP ViewPosition "
+                                           f"({', '.join(sorted(p.name for p in unknown))}): cannot choose the frontal one")
+    elif views:
+        first = sorted(views, key=lambda q: q.name)[0]
+        raise LateralViewError(first, f"only lateral views ({', '.join(sorted(p.name for p in views))}); "
+                                      f"the model reads frontal ({'/'.join(FRONTAL_VIEWS)}) chest radiographs only")
+    else:
+        raise NotOneRadiographError(where, f"no CR/DX radiograph among its {len(files)} files")
+    for path, view in sorted(views.items(), key=lambda item: item[0].name):
+        if path != chosen:
+            kind = "lateral view" if view in LATERAL_VIEWS else f"view {view or 'not recorded'}"
+            notes.append(f"{path.name}: {kind}, not analysed (one frontal radiograph is read: {chosen.name})")
+    return chosen, notes
 
 
 def _read_dicom(path: Path) -> Radiograph:
