@@ -106,10 +106,27 @@ def _legible(picture: np.ndarray, width: int = 256) -> np.ndarray:
     return picture if scale <= 1 else cv2.resize(picture, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
 
 
+CAPTION_FONT, CAPTION_SCALE, CAPTION_LINE = cv2.FONT_HERSHEY_SIMPLEX, 0.36, 16
+
+
+def caption_lines(text: str, width: int) -> list[str]:
+    """``text`` broken at spaces into lines that each fit ``width`` pixels of caption (a word wider
+    than that stands alone), so that no warning is cut off."""
+    lines: list[str] = []
+    for word in text.split():
+        joined = f"{lines[-1]} {word}" if lines else word
+        if lines and cv2.getTextSize(joined, CAPTION_FONT, CAPTION_SCALE, 1)[0][0] <= width - 8:
+            lines[-1] = joined
+        else:
+            lines.append(word)
+    return lines
+
+
 def _captioned(picture: np.ndarray, text: str, banner: str) -> np.ndarray:
-    """The picture with a caption bar underneath (and the model's warning banner, if any)."""
-    lines = [text] + ([banner] if banner else [])
-    bar = np.zeros((16 * len(lines) + 4, picture.shape[1], 3), np.uint8)
+    """The picture with a caption bar underneath (and the model's warning banner, if any), each
+    wrapped to the picture's width."""
+    lines = [line for part in (text, banner) if part for line in caption_lines(part, picture.shape[1])]
+    bar = np.zeros((CAPTION_LINE * len(lines) + 4, picture.shape[1], 3), np.uint8)
     for i, line in enumerate(lines):
-        cv2.putText(bar, line, (4, 14 + 16 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.36, (255, 255, 255), 1, cv2.LINE_AA)
+        cv2.putText(bar, line, (4, 14 + CAPTION_LINE * i), CAPTION_FONT, CAPTION_SCALE, (255, 255, 255), 1, cv2.LINE_AA)
     return np.vstack([picture, bar])

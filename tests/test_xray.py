@@ -26,6 +26,7 @@ from edge.explain import SliceGradCam
 from edge.ingest.radiograph import LateralViewError, load_radiograph, study_modality
 from edge.phantom import make_phantom, write_dicom_series
 from edge.pipeline import prepare_radiograph
+from edge.report import caption_lines
 from edge.profile import ProfileError, WatcherSettings, load_profile
 from edge.server import create_app
 from edge.watch import run_once
@@ -192,6 +193,17 @@ def test_rg1_heatmap_on_the_radiograph_is_the_known_grad_cam(xray_bundle, tmp_pa
     image = engine.run(RG1).images[0]
     heat = SliceGradCam(load_card(xray_bundle)).explain_slice(image, 0)
     np.testing.assert_allclose(heat, image / image.max(), atol=1e-4)    # identity conv: the input itself
+
+
+def test_the_heatmap_caption_and_banner_are_wrapped_not_cut_off(xray_bundle, tmp_path):
+    doc = Engine.from_bundle(xray_bundle, "float32").analyse(RG1, tmp_path / "out")
+    png = cv2.imread(str(tmp_path / "out" / doc["heatmaps"][0]["png"]))
+    width = png.shape[1]
+    lines = caption_lines(PLACEHOLDER_BANNER, width)
+    assert len(lines) > 1 and " ".join(lines) == PLACEHOLDER_BANNER, "the banner is wider than this picture"
+    assert all(cv2.getTextSize(line, cv2.FONT_HERSHEY_SIMPLEX, 0.36, 1)[0][0] <= width - 8 for line in lines)
+    bar = png[width:]                       # the picture is square; the caption bar is underneath
+    assert bar.shape[0] >= 16 * (len(lines) + 1) and not bar[:, -3:].any(), "text runs into the right edge"
 
 
 def write_profile(tmp_path: Path, bundle: Path, more: list[Path]) -> Path:
