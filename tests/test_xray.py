@@ -339,6 +339,8 @@ def test_the_web_form_and_the_api_analyse_a_radiograph(xray_bundle, tmp_path, mo
             assert state["status"] == "done", state
             assert state["result"]["modality"] == "xray" and state["result"]["model"]["banner"] == PLACEHOLDER_BANNER
         assert client.get("/api/v1/model", headers=auth).get_json()["by_modality"]["xray"]["placeholder"] is True
+        history = visible_text(client.get("/history").get_data(as_text=True))
+        assert f'{state["result"]["label"]} {PLACEHOLDER_BANNER}' in history and "demonstration" not in history.lower()
         page = client.get(f"/studies/{form_id}").get_data(as_text=True)
         assert f'id="verdict">{state["result"]["label"]}<' in page
         assert f'id="result-banner">{PLACEHOLDER_BANNER}: this result has no clinical validity' in page
