@@ -5,8 +5,10 @@ whose answer is known by construction, and routing by modality between a CT and 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import stat
 import time
 from pathlib import Path
 
@@ -252,6 +254,19 @@ def test_rg1_predict_json_gives_the_known_answer_and_says_placeholder(xray_bundl
     np.testing.assert_allclose([doc["probabilities"][c] for c in CLASSES], expected, atol=1e-4)
     assert doc["label"] == CLASSES[int(np.argmax(expected))]
     assert doc["model"]["placeholder"] is True and doc["model"]["banner"] == PLACEHOLDER_BANNER
+
+
+def test_the_predict_result_folder_is_owner_only_whatever_the_umask(xray_bundle, tmp_path, capsys):
+    out = tmp_path / "results" / "rg1"
+    previous = os.umask(0o022)
+    try:
+        assert main(["predict", str(RG1), "--model", str(xray_bundle), "--variant", "float32", "--out", str(out)]) == 0
+    finally:
+        os.umask(previous)
+    capsys.readouterr()
+    modes = {str(p.relative_to(out)): stat.S_IMODE(p.stat().st_mode) for p in [out, *out.rglob("*")]}
+    assert {"heatmaps/1.png", "slices/0000.png", "report.html", "result.json"} <= set(modes)
+    assert modes == {name: 0o700 if (out / name).is_dir() else 0o600 for name in modes}
 
 
 def test_rg1_heatmap_on_the_radiograph_is_the_known_grad_cam(xray_bundle, tmp_path):
