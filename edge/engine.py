@@ -37,6 +37,10 @@ DEFAULT_BUNDLE = Path(__file__).resolve().parent / "models" / "demo"
 class NoModelForModalityError(UserError):
     """A study of a modality (CT, X-ray) for which this device has no model bundle."""
 
+    def __init__(self, path: str | Path, problem: str, modality: str):
+        super().__init__(path, problem)
+        self.modality = modality        # the study's (edge.card.MODALITIES)
+
 
 class Models(NamedTuple):
     """One set of interpreters: used by one study at a time."""
@@ -144,7 +148,7 @@ class Engine:
         if modality not in self.routes:
             name = MODALITY_TERMS[modality].name
             raise NoModelForModalityError(source_name(source), f"a study of modality {name}, but this device has "
-                                          f"no {name} model (it reads: {modality_names(self.routes)})")
+                                          f"no {name} model (it reads: {modality_names(self.routes)})", modality)
         return self.routes[modality]
 
     def read(self, source: Source) -> ReadStudy:

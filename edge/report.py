@@ -4,11 +4,15 @@
 ``out_dir/heatmaps/<n>.png``  Grad-CAM overlays of the images that drove the verdict (CT slices, or the radiograph)
 ``out_dir/slices/<index>.png`` every image read (CT slices in the lung window, for the slice viewer; the radiograph)
 ``out_dir/report.html``   one self-contained page (no network, no framework)
+
+The folder and what is written in it are owner-only (0700 folders, 0600 files) whatever the umask:
+they hold patient images.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import cv2
@@ -19,6 +23,7 @@ from edge.card import MODALITY_TERMS, ModalityTerms
 from edge.explain import SliceHeatmap, overlay
 from edge.ingest import Volume
 from edge.pipeline import StudyResult
+from edge.storage import private_dir
 
 _TEMPLATES = jinja2.Environment(loader=jinja2.PackageLoader("edge", "templates"), autoescape=True)
 
@@ -27,8 +32,8 @@ def write_result(result: StudyResult, heatmaps: list[SliceHeatmap], out_dir: Pat
     """Write the result folder of one study and return its ``result.json`` document; ``method`` says
     how the heatmaps were made (None: the model has no explain models)."""
     out_dir = Path(out_dir)
-    (out_dir / "heatmaps").mkdir(parents=True, exist_ok=True)
-    (out_dir / "slices").mkdir(exist_ok=True)
+    for folder in (out_dir, out_dir / "heatmaps", out_dir / "slices"):
+        private_dir(folder)
     doc = result.to_dict()
     display = result.prepared.windowed
     doc["slice_png"] = []
@@ -57,6 +62,8 @@ def write_result(result: StudyResult, heatmaps: list[SliceHeatmap], out_dir: Pat
         doc["warnings"].append("no heatmaps: the model has no explain models (re-export it with ctedge quantize)")
     (out_dir / "report.html").write_text(render_report(doc))
     (out_dir / "result.json").write_text(json.dumps(doc, indent=2))
+    for name in ["report.html", "result.json", *doc["slice_png"], *(h["png"] for h in doc["heatmaps"])]:
+        os.chmod(out_dir / name, 0o600)
     return doc
 
 

@@ -64,8 +64,12 @@ def analyse(r: StudyRecord, engine: Engine, slice_labels: dict[tuple[str, str], 
     outcome = {"key": _key(r), "patient": r.patient, "label": r.label, "path": str(r.path), "error": None}
     try:
         result = engine.run(r.path)
-    except (StudyError, NoModelForModalityError) as exc:
+    except StudyError as exc:
         return outcome | {"error": exc.problem}
+    except NoModelForModalityError as exc:       # the device may have that model: validate measures one bundle
+        return outcome | {"error": f"a study of modality {MODALITY_TERMS[exc.modality].name}, but this validation run "
+                                   f"measures only the {MODALITY_TERMS[engine.modality].name} bundle "
+                                   f"{engine.info.name}; validate these studies in a run of their own"}
     doc = result.to_dict()
     outcome |= {"verdict": doc["label"], "probabilities": [doc["probabilities"][c] for c in CLASSES],
                 "time_ms": doc["timings_ms"]["total"], "warnings": doc["warnings"]}

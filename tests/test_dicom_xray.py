@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import shutil
 import time
+import warnings
 from pathlib import Path
 
 import cv2
@@ -22,7 +25,7 @@ from pydicom.uid import (ComprehensiveSRStorage, ComputedRadiographyImageStorage
 from edge import CLASSES
 from edge.card import PLACEHOLDER_BANNER, load_card
 from edge.dicomnet.receiver import SOP_CLASS_NOT_SUPPORTED, Receiver
-from edge.dicomnet.results import patient_orientation
+from edge.dicomnet.results import patient_orientation, result_objects
 from edge.dicomnet.service import DicomService
 from edge.engine import DEFAULT_BUNDLE, Engine
 from edge.explain import overlay
@@ -198,6 +201,26 @@ def test_a_device_with_only_an_xray_model_refuses_ct_and_other_objects(tmp_path,
     assert (other.Status, other.ErrorComment) == \
         (SOP_CLASS_NOT_SUPPORTED, "this device reads X-ray images only")
     assert stored(tmp_path / "inbox") == []
+
+
+def test_making_the_results_of_rg1_logs_no_patient_or_physician_name(rg1, xray_bundle, tmp_path, caplog):
+    """highdicom warns with the name itself about a person name without a ``^`` (RG1's referring
+    physician, ``ward``): the results give it the delimiter, the same name in DICOM."""
+    source = pydicom.dcmread(rg1, stop_before_pixels=True)
+    assert str(source.ReferringPhysicianName) == "ward"
+    study = tmp_path / "study"
+    study.mkdir()
+    shutil.copy(rg1, study)
+    Engine.from_bundle(xray_bundle, "float32").analyse(study, tmp_path / "out")
+    with caplog.at_level(logging.DEBUG), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        objects = result_objects(tmp_path / "out", study)
+    said = caplog.text + "\n".join(str(w.message) for w in caught)
+    for value in ("ward", source.PatientName.family_name, str(source.PatientName), source.PatientID):
+        assert not re.search(rf"\b{re.escape(value)}\b", said), value
+    for ds in objects:
+        assert (ds.PatientName, ds.PatientID) == (source.PatientName, source.PatientID)
+        assert (ds.ReferringPhysicianName.family_name, ds.ReferringPhysicianName.given_name) == ("ward", "")
 
 
 def test_the_overlay_keeps_the_patient_orientation_of_its_source(rg1, tmp_path):

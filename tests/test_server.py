@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from edge import CLASSES
+from edge.card import DEMONSTRATION_BANNER
 from edge.cli import main
 from edge.engine import Engine
 from edge.errors import UserError
@@ -428,6 +429,7 @@ def test_form_upload_status_result_and_history(client, app):
     assert report.status_code == 200 and "script-src 'unsafe-inline'" in report.headers["Content-Security-Policy"]
     history = client.get("/history").get_data(as_text=True)
     assert f'href="/studies/{study_id}"' in history and result["label"] in history
+    assert f'{result["label"]} <small class="result-banner">{DEMONSTRATION_BANNER}</small>' in history
 
 
 def test_status_page_refreshes_while_waiting(app, client):

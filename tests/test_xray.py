@@ -5,8 +5,10 @@ whose answer is known by construction, and routing by modality between a CT and 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import stat
 import time
 from pathlib import Path
 
@@ -16,14 +18,16 @@ import pydicom
 import pytest
 import yaml
 from pydicom.data import get_testdata_file
+from pydicom.fileset import FileSet
 
 from edge import CLASSES
 from edge.card import PLACEHOLDER_BANNER, load_card
 from edge.cli import main
 from edge.engine import Engine, NoModelForModalityError
-from edge.errors import ModelLoadError, StudyError
+from edge.errors import FileTooLargeError, ModelLoadError, StudyError
 from edge.explain import SliceGradCam
 from edge.ingest.radiograph import LateralViewError, load_radiograph, study_modality
+from edge.ingest.study import load_study
 from edge.phantom import make_phantom, write_dicom_series
 from edge.pipeline import prepare_radiograph
 from edge.report import caption_lines
@@ -160,6 +164,77 @@ def test_a_study_of_one_unknown_view_and_a_lateral_reads_the_unknown_one_with_wa
     assert "view position not recorded" in picture.warnings[0] and picture.warnings[1].startswith("b.dcm: lateral view")
 
 
+def with_dicomdir(folder: Path) -> Path:
+    """A study folder of RG1 indexed by a DICOMDIR (which sorts before the image's subfolder)."""
+    fileset = FileSet()
+    fileset.add(pydicom.dcmread(RG1))
+    fileset.write(folder)
+    return folder
+
+
+def test_a_dicomdir_or_a_notes_file_beside_the_radiograph_is_skipped(tmp_path, capsys, xray_bundle):
+    notes = study_of(tmp_path / "N", ("b.dcm", {}))
+    (notes / "a_notes.txt").write_text("PA film\n")
+    indexed = with_dicomdir(tmp_path / "D")
+    assert sorted(p.name for p in indexed.rglob("*") if p.is_file())[0] == "DICOMDIR"
+    for study, skipped in ((notes, "a_notes.txt: not a DICOM file"), (indexed, "DICOMDIR: a DICOMDIR index, not an image")):
+        assert study_modality(study) == "xray"
+        picture = load_radiograph(study)
+        assert picture.view == "PA" and len(picture.warnings) == 1 and picture.warnings[0].startswith(skipped)
+        np.testing.assert_array_equal(picture.pixels, load_radiograph(RG1).pixels)
+        assert main(["predict", str(study), "--model", str(xray_bundle), "--variant", "float32", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["modality"] == "xray"
+
+
+def test_an_image_file_beside_a_dicom_radiograph_is_ignored_as_in_a_ct_study(tmp_path):
+    study = study_of(tmp_path / "S", ("b.dcm", {}))
+    cv2.imwrite(str(study / "a.png"), np.zeros((8, 8), np.uint8))
+    assert study_modality(study) == "xray"
+    picture = load_radiograph(study)
+    assert picture.file == "b.dcm" and picture.warnings == ["a.png: image file ignored, the study has DICOM files"]
+
+
+def test_the_modality_comes_from_the_first_dicom_file_that_records_one(tmp_path, ct_study):
+    study = study_of(tmp_path / "S", ("a.dcm", {"Modality": None}), ("b.dcm", {}))
+    assert study_modality(study) == "xray"
+    ct = tmp_path / "ct"
+    shutil.copytree(ct_study, ct)
+    shutil.copy(with_dicomdir(tmp_path / "D") / "DICOMDIR", ct)
+    (ct / "0_notes.txt").write_text("x")
+    assert study_modality(ct) == "ct"               # the CT reader skips both files too, naming them
+    volume = load_study(ct)
+    assert volume.n_slices == 12 and volume.warnings[0].startswith(
+        "2 file(s) skipped: 0_notes.txt: not a DICOM file (no DICM preamble, no SOP Class UID); "
+        "DICOMDIR: a DICOMDIR index, not an image")
+
+
+def test_the_watcher_analyses_a_radiograph_folder_with_a_dicomdir(xray_bundle, tmp_path):
+    inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
+    inbox.mkdir()
+    with_dicomdir(inbox / "study")
+    summary = run_once(Engine.from_bundle(xray_bundle, "float32"), inbox, outbox,
+                       WatcherSettings(poll_seconds=0, stable_seconds=0))
+    assert summary.done == 1
+    assert json.loads((outbox / "study" / "result.json").read_text())["modality"] == "xray"
+
+
+def test_a_png_or_jpeg_radiograph_may_be_as_large_as_a_dicom_one(tmp_path, xray_bundle, capsys):
+    big = np.full((3000, 2500), 128, np.uint8)
+    cv2.imwrite(str(tmp_path / "big8.png"), big)
+    assert load_radiograph(tmp_path / "big8.png").pixels.shape == (3000, 2500)
+    assert main(["predict", str(tmp_path / "big8.png"), "--model", str(xray_bundle), "--variant", "float32"]) == 0
+    capsys.readouterr()
+    cv2.imwrite(str(tmp_path / "huge.png"), np.zeros((4097, 4096), np.uint8))
+    with pytest.raises(FileTooLargeError, match="declares 4096 x 4097 pixels, above the limit of one 4096 x 4096 radiograph"):
+        load_radiograph(tmp_path / "huge.png")
+    slices = tmp_path / "slices"
+    slices.mkdir()
+    for i in range(2):
+        cv2.imwrite(str(slices / f"s{i}.png"), np.zeros((2049, 2048), np.uint8))
+    with pytest.raises(FileTooLargeError, match="declares 2048 x 2049 pixels, above the limit of one 2048 x 2048 slice"):
+        load_study(slices)
+
+
 def test_png_radiographs_of_8_and_16_bits(tmp_path):
     ramp = np.tile(np.arange(0, 256, dtype=np.uint8), (32, 1))
     cv2.imwrite(str(tmp_path / "r8.png"), ramp)
@@ -180,6 +255,19 @@ def test_rg1_predict_json_gives_the_known_answer_and_says_placeholder(xray_bundl
     np.testing.assert_allclose([doc["probabilities"][c] for c in CLASSES], expected, atol=1e-4)
     assert doc["label"] == CLASSES[int(np.argmax(expected))]
     assert doc["model"]["placeholder"] is True and doc["model"]["banner"] == PLACEHOLDER_BANNER
+
+
+def test_the_predict_result_folder_is_owner_only_whatever_the_umask(xray_bundle, tmp_path, capsys):
+    out = tmp_path / "results" / "rg1"
+    previous = os.umask(0o022)
+    try:
+        assert main(["predict", str(RG1), "--model", str(xray_bundle), "--variant", "float32", "--out", str(out)]) == 0
+    finally:
+        os.umask(previous)
+    capsys.readouterr()
+    modes = {str(p.relative_to(out)): stat.S_IMODE(p.stat().st_mode) for p in [out, *out.rglob("*")]}
+    assert {"heatmaps/1.png", "slices/0000.png", "report.html", "result.json"} <= set(modes)
+    assert modes == {name: 0o700 if (out / name).is_dir() else 0o600 for name in modes}
 
 
 def test_rg1_heatmap_on_the_radiograph_is_the_known_grad_cam(xray_bundle, tmp_path):
@@ -278,6 +366,8 @@ def test_the_web_form_and_the_api_analyse_a_radiograph(xray_bundle, tmp_path, mo
             assert state["status"] == "done", state
             assert state["result"]["modality"] == "xray" and state["result"]["model"]["banner"] == PLACEHOLDER_BANNER
         assert client.get("/api/v1/model", headers=auth).get_json()["by_modality"]["xray"]["placeholder"] is True
+        history = visible_text(client.get("/history").get_data(as_text=True))
+        assert f'{state["result"]["label"]} {PLACEHOLDER_BANNER}' in history and "demonstration" not in history.lower()
         page = client.get(f"/studies/{form_id}").get_data(as_text=True)
         assert f'id="verdict">{state["result"]["label"]}<' in page
         assert f'id="result-banner">{PLACEHOLDER_BANNER}: this result has no clinical validity' in page

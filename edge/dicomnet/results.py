@@ -34,6 +34,9 @@ SR_SERIES_NUMBER, SC_SERIES_NUMBER = 9901, 9902
 SCHEME = "99CTEDGE"  # private coding scheme for the concepts no standard code names
 _TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID", "StudyDate",
           "StudyTime", "ReferringPhysicianName")
+_PERSON_NAMES = ("PatientName", "ReferringPhysicianName")
+"""The person names highdicom checks: one without a component delimiter (``ward``) makes it warn
+with the name in the message, which would print it in the log."""
 
 
 def _code(value: str, meaning: str, scheme: str = SCHEME) -> hd.sr.CodedConcept:
@@ -165,9 +168,21 @@ def _name_device(ds: Dataset) -> None:
 
 
 def _complete(header: Dataset) -> Dataset:
-    """A copy of a source header with the type 2 patient/study attributes highdicom copies present."""
+    """A copy of a source header with the type 2 patient/study attributes highdicom copies present,
+    and its person names in the form highdicom expects (see ``_PERSON_NAMES``)."""
     ds = deepcopy(header)
     for key in _TYPE2:
         if key not in ds:
             setattr(ds, key, "")
+    for key in _PERSON_NAMES:
+        ds[key].value = _delimited(str(ds[key].value or ""))
     return ds
+
+
+def _delimited(name: str) -> str:
+    """A person name with its component delimiter: ``ward`` (a family name alone) as ``ward^``, the
+    same name in DICOM (trailing delimiters may be omitted), which highdicom accepts silently."""
+    if not name or "^" in name:
+        return name
+    alphabetic, _, others = name.partition("=")
+    return f"{alphabetic}^={others}" if "=" in name else f"{name}^"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import warnings
 from pathlib import Path
@@ -28,9 +29,9 @@ def natural_key(path: Path) -> list:
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", path.name)]
 
 
-def check_image_size(path: Path) -> None:
-    """Refuse, from the header and before decoding, an image declaring more than MAX_SLICE_PIXELS:
-    a few MB of PNG can declare gigabytes of pixels."""
+def check_image_size(path: Path, max_pixels: int, kind: str) -> None:
+    """Refuse, from the header and before decoding, an image declaring more than ``max_pixels``
+    (the limit of one ``kind``: a CT slice, a radiograph): a few MB of PNG can declare gigabytes of pixels."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -40,15 +41,16 @@ def check_image_size(path: Path) -> None:
         raise FileTooLargeError(path, f"declares more than {Image.MAX_IMAGE_PIXELS} pixels; not decoded") from exc
     except Exception as exc:  # noqa: BLE001 - any header Pillow cannot parse
         raise CorruptFileError(path, "cannot be decoded as an image") from exc
-    if width * height > MAX_SLICE_PIXELS:
-        raise FileTooLargeError(path, f"declares {width} x {height} pixels, above the limit of one 2048 x 2048 "
-                                      "slice; not decoded")
+    if width * height > max_pixels:
+        side = math.isqrt(max_pixels)
+        raise FileTooLargeError(path, f"declares {width} x {height} pixels, above the limit of one {side} x {side} "
+                                      f"{kind}; not decoded")
 
 
-def read_grey(path: Path) -> np.ndarray:
-    """One PNG/JPEG/TIFF image as a greyscale array of its own sample type (size checked from the
-    header first); CorruptFileError when it cannot be decoded."""
-    check_image_size(path)
+def read_grey(path: Path, max_pixels: int, kind: str) -> np.ndarray:
+    """One PNG/JPEG/TIFF image as a greyscale array of its own sample type (its size checked from the
+    header first against ``max_pixels``, the limit of one ``kind``); CorruptFileError when it cannot be decoded."""
+    check_image_size(path, max_pixels, kind)
     img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if img is None:
         raise CorruptFileError(path, "cannot be decoded as an image")
@@ -61,7 +63,7 @@ def read_image_hu(path: Path) -> tuple[np.ndarray, bool]:
     8-bit images are assumed to be lung-windowed and mapped back through the lung window
     (``exact`` False); 16-bit images are taken as HU + 1024 (``exact`` True but unverified).
     """
-    img = read_grey(path)
+    img = read_grey(path, MAX_SLICE_PIXELS, "slice")
     if img.dtype == np.uint8:
         low, high = LUNG_WINDOW
         return (img.astype(np.float32) / 255.0 * (high - low) + low), False

@@ -11,7 +11,9 @@ AP: a lateral view is refused, an unknown one accepted with a warning.
 A DICOM study of several images (PA and lateral sent together, a retake) is read as its frontal
 radiograph: PA before AP, the last taken (highest InstanceNumber) of that view; every other file is
 named in a warning as not analysed. Without a frontal view the study is refused, unless it holds
-exactly one image of unknown view.
+exactly one image of unknown view. As in a CT study, a file that is not a DICOM image (a DICOMDIR,
+a notes.txt) is skipped with a warning, and image files are ignored when there are DICOM files.
+A radiograph (DICOM or image file) of more than 4096 x 4096 pixels is refused from its header.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
 from edge.errors import CorruptFileError, FileTooLargeError, StudyError
@@ -55,44 +58,66 @@ class Radiograph:
 
 
 def study_modality(source: str | Path | Sequence[str | Path], limits: Limits = Limits()) -> str:
-    """``xray`` for one image file or a DICOM whose Modality is CR or DX, else ``ct`` (a zip is
-    taken as a CT study without unpacking it: a radiograph is sent as its file)."""
+    """``xray`` when the study's first DICOM file with a Modality (headers only; a DICOMDIR, a file
+    without Modality and a non-DICOM file are skipped) says CR or DX, or when it has no such file
+    and exactly one image file; else ``ct`` (a zip is taken as a CT study without unpacking it: a
+    radiograph is sent as its file)."""
     if isinstance(source, (str, Path)) and Path(source).is_file() and zipfile.is_zipfile(source):
         return "ct"
     with study_files(source, limits) as files:
-        if len(files) == 1 and is_image_file(files[0]):
-            return "xray"
-        first = next((f for f in files if not is_image_file(f)), None)
-        try:
-            modality = str(read_header(first).get("Modality", "")) if first else ""
-        except StudyError:
-            return "ct"                  # the CT reader reports the bad file as it always has
-        return "xray" if modality in XRAY_MODALITIES else "ct"
+        for path in files:
+            if is_image_file(path):
+                continue
+            try:
+                modality = str(read_header(path).get("Modality", "") or "")
+            except StudyError:
+                continue                 # the reader names the file in a warning, or in its error
+            if modality:
+                return "xray" if modality in XRAY_MODALITIES else "ct"
+        return "xray" if sum(map(is_image_file, files)) == 1 else "ct"
 
 
 def load_radiograph(source: str | Path | Sequence[str | Path], limits: Limits = Limits()) -> Radiograph:
     """Read the frontal radiograph of ``source`` (see the module docstring for a study of several
-    images); StudyError subclasses name the file and the problem."""
+    images). As the CT reader does, a file that is not a DICOM image (a DICOMDIR, a notes.txt) is
+    skipped and named in a warning, and image files are ignored when the study has DICOM files.
+    StudyError subclasses name the file and the problem."""
     with study_files(source, limits) as files:
         if len(files) == 1:
             path = files[0]
             return _read_image(path) if is_image_file(path) else _read_dicom(path)
         where = source if isinstance(source, (str, Path)) else files[0]
-        if any(is_image_file(f) for f in files):
-            raise NotOneRadiographError(where, f"an X-ray study of image files is one file, got {len(files)}")
-        chosen, notes = _choose_frontal(where, files)
-        radiograph = _read_dicom(chosen)
+        images = [f for f in files if is_image_file(f)]
+        headers, notes, rejected = {}, [], []
+        for path in files:
+            if not is_image_file(path):
+                try:
+                    headers[path] = read_header(path)
+                except StudyError as exc:
+                    rejected.append(exc)
+                    notes.append(f"{path.name}: {exc.problem}; skipped")
+        if headers:
+            chosen, more = _choose_frontal(where, headers)
+            radiograph = _read_dicom(chosen)
+            notes += more + [f"{p.name}: image file ignored, the study has DICOM files" for p in images]
+        elif len(images) == 1:
+            radiograph = _read_image(images[0])
+        elif images:
+            raise NotOneRadiographError(where, f"an X-ray study of image files is one file, got {len(images)}")
+        else:
+            raise type(rejected[0])(rejected[0].path, rejected[0].problem
+                                    + f" (and {len(rejected) - 1} other file(s) of the study not usable)")
         radiograph.warnings.extend(notes)
         return radiograph
 
 
-def _choose_frontal(where: str | Path, files: Sequence[Path]) -> tuple[Path, list[str]]:
-    """The file to analyse among a study's DICOM files, and a note on each file left out."""
+def _choose_frontal(where: str | Path, headers: dict[Path, Dataset]) -> tuple[Path, list[str]]:
+    """The file to analyse among a study's DICOM files (with their headers), and a note on each
+    file left out."""
     views: dict[Path, str] = {}
     notes: list[str] = []
     order: dict[Path, int] = {}
-    for path in files:
-        header = read_header(path)
+    for path, header in headers.items():
         if str(header.get("Modality", "")) not in XRAY_MODALITIES:
             notes.append(f"{path.name}: Modality {header.get('Modality', 'not recorded')}, not a radiograph; not analysed")
             continue
@@ -112,7 +137,7 @@ def _choose_frontal(where: str | Path, files: Sequence[Path]) -> tuple[Path, lis
         raise LateralViewError(first, f"only lateral views ({', '.join(sorted(p.name for p in views))}); "
                                       f"the model reads frontal ({'/'.join(FRONTAL_VIEWS)}) chest radiographs only")
     else:
-        raise NotOneRadiographError(where, f"no CR/DX radiograph among its {len(files)} files")
+        raise NotOneRadiographError(where, f"no CR/DX radiograph among its {len(headers)} DICOM files")
     for path, view in sorted(views.items(), key=lambda item: item[0].name):
         if path != chosen:
             kind = "lateral view" if view in LATERAL_VIEWS else f"view {view or 'not recorded'}"
@@ -124,7 +149,8 @@ def _read_dicom(path: Path) -> Radiograph:
     header = read_header(path)
     rows, columns = int(header.get("Rows", 0)), int(header.get("Columns", 0))
     if rows * columns > MAX_RADIOGRAPH_PIXELS:
-        raise FileTooLargeError(path, f"declares {rows} x {columns} pixels, above the 4096 x 4096 limit; not decoded")
+        raise FileTooLargeError(path, f"declares {rows} x {columns} pixels, above the limit of one 4096 x 4096 "
+                                      "radiograph; not decoded")
     given = str(header.get("ViewPosition", "") or "").strip().upper()
     view = _check_view(path, given)
     try:
@@ -151,7 +177,7 @@ def _read_dicom(path: Path) -> Radiograph:
 
 
 def _read_image(path: Path) -> Radiograph:
-    img = read_grey(path)
+    img = read_grey(path, MAX_RADIOGRAPH_PIXELS, "radiograph")
     if img.dtype == np.uint8:
         pixels = img.astype(np.float32) / 255.0
     elif img.dtype == np.uint16:

@@ -282,7 +282,7 @@ class JobQueue:
             log.error("study %s failed: %s", study_id, "disk full" if is_disk_full(exc) else type(exc).__name__)
         else:
             model = result.get("model", {})
-            self._finish(study_id, status="done", label=result.get("label"),
+            self._finish(study_id, status="done", label=result.get("label"), banner=model.get("banner", ""),
                          demonstration=bool(model.get("demonstration") or model.get("placeholder")))
             log.info("study %s done in %.1f s", study_id, time.perf_counter() - start)
 
