@@ -249,7 +249,7 @@ def resolve(card: ModelCard, model: ModelSettings, tune_if_missing: bool = False
 def add_tune(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("tune", help="measure the model variants and thread counts on this CPU and record the fastest",
                        description="For every model bundle of the profile (CT, X-ray), times each variant that passes "
-                                   "the bundle's fidelity thresholds with 1..N threads on one input (of STUDY for the "
+                                   "the bundle's fidelity thresholds (a bundle of one variant: that one) with 1..N threads on one input (of STUDY for the "
                                    "bundle of the study's modality, else of a synthetic phantom) and records the "
                                    f"fastest for this CPU and bundle in the tune cache ({cache_path()}); profiles with "
                                    "model.variant: auto (the default) then run it.")
