@@ -62,7 +62,8 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
                         "the same modality (CT or X-ray) and keeps the others; without, it is the only bundle. "
                         "Default: the profile's bundles, else the bundled demonstration model")
     p.add_argument("--variant", default=None, help="bundle variant to run (int8, float32, ...) or auto (default): the "
-                                                 "one `ctedge tune` measured fastest on this CPU, else int8")
+                                                 "one `ctedge tune` measured fastest on this CPU, else int8. Binds the "
+                                                 "profile's main bundle; another bundle lacking it runs its own auto choice")
     p.add_argument("--threads", type=int, default=None, help="interpreter threads (default: all cores)")
     p.add_argument("--segmenter", default=None,
                    help="'threshold' or a U-Net .tflite; must be the segmenter the model card names (checked)")

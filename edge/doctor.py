@@ -178,13 +178,15 @@ def check_model(profile: Profile, card: ModelCard) -> Check:
 def check_tuned(profile: Profile, card: ModelCard) -> Check:
     """The variant ``ctedge tune`` recorded for this CPU and ``card``'s bundle (informational: serve
     and watch tune on their first start when none is recorded)."""
-    if profile.model.variant != AUTO:
-        return Check("variant", True, f"{_named(card)}: {profile.model.variant} (set by the profile)")
+    variant, why = profile.model.variant_of(card)
+    if variant != AUTO:
+        return Check("variant", True, f"{_named(card)}: {variant} (set by the profile)")
+    named = f"{_named(card)}: {why}:" if why else f"{_named(card)}:"
     choice = tuned_choice(card)
     if choice is None:
-        return Check("variant", True, f"{_named(card)}: not tuned on this CPU yet: serve and watch tune on first "
+        return Check("variant", True, f"{named} not tuned on this CPU yet: serve and watch tune on first "
                                       f"start (or run ctedge tune --config ...); until then {fallback_variant(card)}")
-    return Check("variant", True, f"{_named(card)}: {choice.variant}, {choice.threads} thread(s), "
+    return Check("variant", True, f"{named} {choice.variant}, {choice.threads} thread(s), "
                                   f"{choice.ms_per_group} ms per group (tuned on this CPU {choice.tuned_at})")
 
 

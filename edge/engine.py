@@ -119,7 +119,7 @@ class Engine:
         """The engine of one of ``profile``'s bundles alone, as ``from_profile`` loads it for that
         bundle's modality (what ``ctedge doctor`` checks and ``ctedge validate`` measures)."""
         card = load_card(bundle)
-        variant, threads, chosen = resolve(card, profile.model.variant, profile.model.threads, tune_if_missing)
+        variant, threads, chosen = resolve(card, profile.model, tune_if_missing)
         return cls.from_bundle(card, variant, threads, edgetpu=profile.model.delegate == "edgetpu",
                                settings=profile.pipeline_settings() | dict(flags or {}), copies=copies, chosen=chosen)
 

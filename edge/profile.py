@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import yaml
 
-from edge.card import load_card
+from edge.card import ModelCard, load_card
 from edge.errors import ModelLoadError, UserError
 from edge.options import PipelineOptions
 
@@ -36,6 +36,15 @@ class ModelSettings:
     def bundles(self) -> tuple[Path, ...]:
         """Every model bundle of the device; a study goes to the one of its modality."""
         return (self.bundle, *self.more_bundles)
+
+    def variant_of(self, card: ModelCard) -> tuple[str, str]:
+        """The variant asked of ``card``'s bundle, and why it is not ``variant`` ('' when it is). An
+        explicit variant binds the main bundle (loading it fails when it lacks it); an extra bundle
+        that lacks it makes its own automatic choice (``auto``)."""
+        main = load_card(self.bundle).path.resolve() == card.path.resolve()
+        if self.variant == "auto" or self.variant in card.variants or main:
+            return self.variant, ""
+        return "auto", f"{self.variant} requested; this bundle has only {', '.join(card.variants)}"
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -215,9 +224,10 @@ def _check(profile: Profile, path: Path) -> None:
             card = load_card(bundle)
         except ModelLoadError as exc:
             raise ProfileError(path, f"{key}: {exc}") from exc
+        variant, _ = profile.model.variant_of(card)
         try:
-            for variant in (card.variants if profile.model.variant == "auto" else [profile.model.variant]):
-                card.files(variant)
+            for name in (card.variants if variant == "auto" else [variant]):
+                card.files(name)
         except ModelLoadError as exc:
             raise ProfileError(path, f"model.variant: {exc}") from exc
         if card.modality in modalities:

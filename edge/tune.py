@@ -3,10 +3,12 @@
 The same bundle is fastest as int8 on a CPU with AVX-512 VNNI but may be fastest as float32 on
 one with AVX2 only, so the choice is measured, not assumed. Every variant that passes the
 bundle's fidelity thresholds (``fidelity.json``: top-1 agreement >= 99 % and max probability
-difference <= 0.05 against the Keras reference) runs on one group with 1..N threads; the fastest
+difference <= 0.05 against the Keras reference; a bundle of one variant needs no report: that
+variant) runs on one group with 1..N threads; the fastest
 (median ms) is recorded in the tune cache under a key made of the CPU model, its instruction-set
 flags and core count, and the bundle's content hash. A profile whose ``model.variant`` is
-``auto`` (the default) uses that choice. ``ctedge tune`` does this for every bundle of a profile
+``auto`` (the default) uses that choice, as does an extra bundle (``model.more_bundles``) that lacks
+the profile's explicit variant. ``ctedge tune`` does this for every bundle of a profile
 (CT, X-ray: each has its own record); for a 2-D bundle the "group" is one slice or radiograph.
 
 The cache is one JSON file, owner-only (0600 in a 0700 folder): ``$CTEDGE_TUNE_CACHE`` if set,
@@ -33,6 +35,7 @@ import numpy as np
 from edge.card import MODALITY_TERMS, ModelCard, load_card
 from edge.errors import ModelLoadError, UserError
 from edge.kinds import KINDS
+from edge.profile import ModelSettings
 
 log = logging.getLogger("ctedge.tune")
 
@@ -133,7 +136,10 @@ def tuned_choice(bundle: str | Path | ModelCard, cache: Path | None = None) -> C
 
 
 def eligible_variants(card: ModelCard) -> list[str]:
-    """The CPU variants of the bundle whose ``fidelity.json`` record passes the thresholds."""
+    """The CPU variants of the bundle whose ``fidelity.json`` record passes the thresholds; a bundle
+    of one variant has nothing to choose between, so that variant (no fidelity report needed)."""
+    if len(card.variants) == 1:
+        return list(card.variants)
     path = card.bundle / "fidelity.json"
     try:
         fidelity = json.loads(path.read_text())["variants"]
@@ -218,12 +224,16 @@ def fallback_variant(card: ModelCard) -> str:
     return FALLBACK_VARIANT if FALLBACK_VARIANT in card.variants else next(iter(card.variants))
 
 
-def resolve(card: ModelCard, variant: str, threads: int, tune_if_missing: bool = False) -> tuple[str, int, str]:
-    """The variant and threads to run, and how they were chosen. ``variant`` ``auto`` takes the tuned
-    choice for this CPU (tuning now with a phantom group when ``tune_if_missing``, else falling back
-    to int8); ``threads`` 0 takes the tuned thread count (else all cores)."""
+def resolve(card: ModelCard, model: ModelSettings, tune_if_missing: bool = False) -> tuple[str, int, str]:
+    """The variant and threads that ``card``'s bundle runs under the profile's ``model`` settings, and
+    how they were chosen. The variant asked of the bundle (``ModelSettings.variant_of``) ``auto``
+    takes the tuned choice for this CPU (tuning now with a phantom group when ``tune_if_missing``,
+    else falling back to int8); ``model.threads`` 0 takes the tuned thread count (else all cores)."""
+    variant, why = model.variant_of(card)
+    threads = model.threads
     if variant != AUTO:
         return variant, threads or os.cpu_count() or 1, "set by the profile or flags"
+    why = f"{why}: " if why else ""
     choice = tuned_choice(card)
     if choice is None and tune_if_missing:
         log.warning("no tuned model variant for this CPU yet: measuring the variants (ctedge tune) once")
@@ -232,14 +242,14 @@ def resolve(card: ModelCard, variant: str, threads: int, tune_if_missing: bool =
     if choice is None:
         fallback = fallback_variant(card)
         log.info("no tuned model variant for this CPU: using %s; run `ctedge tune` to measure", fallback)
-        return fallback, threads or os.cpu_count() or 1, "default (not tuned on this CPU: run ctedge tune)"
-    return choice.variant, threads or choice.threads, f"tuned on this CPU ({choice.tuned_at})"
+        return fallback, threads or os.cpu_count() or 1, f"{why}default (not tuned on this CPU: run ctedge tune)"
+    return choice.variant, threads or choice.threads, f"{why}tuned on this CPU ({choice.tuned_at})"
 
 
 def add_tune(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("tune", help="measure the model variants and thread counts on this CPU and record the fastest",
                        description="For every model bundle of the profile (CT, X-ray), times each variant that passes "
-                                   "the bundle's fidelity thresholds with 1..N threads on one input (of STUDY for the "
+                                   "the bundle's fidelity thresholds (a bundle of one variant: that one) with 1..N threads on one input (of STUDY for the "
                                    "bundle of the study's modality, else of a synthetic phantom) and records the "
                                    f"fastest for this CPU and bundle in the tune cache ({cache_path()}); profiles with "
                                    "model.variant: auto (the default) then run it.")

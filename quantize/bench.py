@@ -1,5 +1,6 @@
 """``ctedge bench``: Keras float vs TFLite float32 vs TFLite int8 on the same real units (50-slice
-groups of a group model, kept slices of a slice model), in one process.
+groups of a group model, kept slices of a slice model), in one process; a bundle without one of the
+two TFLite variants runs the other (the int8 vs float32 figures are then null).
 
 Every figure printed comes from this run: per-unit latency (min and median over repeats),
 agreement with Keras, the per-patient time by stage, peak memory, parameters, FLOPs per unit and
@@ -129,16 +130,25 @@ def _decode_seconds(paths: list[Path], shape: tuple[int, int], mode: str) -> flo
     return time.perf_counter() - start
 
 
+BENCH_VARIANTS = ("float32", "int8")
+"""The TFLite variants compared with Keras, those of them that the bundle has."""
+
+
 def bench(study: Path, bundle: Path, keras_run: Path | None, repeats: int, threads: int | None,
           layers: bool = False) -> dict:
-    """Run every variant on the units (groups, slices or the radiograph, by the bundle's kind) of ``study`` and
-    return the benchmark document."""
+    """Run the bundle's float32 and int8 variants (those it has) and Keras on the units (groups, slices or
+    the radiograph, by the bundle's kind) of ``study`` and return the benchmark document; the int8 vs
+    float32 figures are None unless the bundle has both."""
     threads = threads or os.cpu_count() or 1
     card = load_card(bundle)
     kind = KINDS[card.kind]
     unit = kind.unit
-    int8 = kind.classifier(card, "int8", threads)
-    predictors = {"tflite_float32": kind.classifier(card, "float32", threads).predict, "tflite_int8": int8.predict}
+    present = [v for v in BENCH_VARIANTS if v in card.variants]
+    if not present:
+        raise UserError(card.path, f"no {' or '.join(BENCH_VARIANTS)} variant to benchmark; "
+                                   f"available: {', '.join(card.variants)}")
+    classifiers = {v: kind.classifier(card, v, threads) for v in present}
+    predictors = {f"tflite_{v}": c.predict for v, c in classifiers.items()}
     errors, flops, parameters = {}, None, None
     try:
         if keras_run is None:
@@ -151,16 +161,19 @@ def bench(study: Path, bundle: Path, keras_run: Path | None, repeats: int, threa
     except (FileNotFoundError, OSError) as exc:
         errors["keras"] = str(exc)
     units = kind.units(PREPARE[KIND_MODALITY[card.kind]](study, card.preprocessing))
-    reference = "keras" if "keras" in predictors else "tflite_float32"
+    reference = next(iter(predictors))               # Keras, else float32, else int8
     results = compare(predictors, [units], reference, repeats, unit)
     sizes = bundle_sizes(card)
     variants = {name: {f"ms_per_{unit}_median": r[f"ms_per_{unit}_median"], f"ms_per_{unit}_min": r[f"ms_per_{unit}_min"],
                        "size_bytes": sizes.get(name.removeprefix("tflite_")),
-                       f"agreement_with_{reference}": r["top1_agreement"], "max_prob_diff": r["max_abs_prob_diff"]}
+                       f"agreement_with_{reference}": None if name == reference else r["top1_agreement"],
+                       "max_prob_diff": None if name == reference else r["max_abs_prob_diff"]}
                 for name, r in results.items()}
     variants.update({name: {"error": why} for name, why in errors.items()})
     peak = measure_peak_gflops()
     median = {n: r[f"ms_per_{unit}_median"] for n, r in results.items()}
+    both = len(present) == len(BENCH_VARIANTS)
+    end_to_end = present[-1]                         # int8 where the bundle has it
     cpu = cpu_identity()
     return {
         "model": {"name": card.name, "kind": card.kind, "banner": card.banner, "input_size": card.preprocessing.input_size},
@@ -168,13 +181,15 @@ def bench(study: Path, bundle: Path, keras_run: Path | None, repeats: int, threa
         "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
         "cpu_flags": cpu["flags"], "cpu_model": cpu["model"],
         "variants": variants,
-        "speedup_int8_vs_float32": round(median["tflite_float32"] / median["tflite_int8"], 2),
-        "speedup_int8_vs_keras": round(median["keras"] / median["tflite_int8"], 2) if "keras" in median else None,
-        "size_ratio_float32_vs_int8": round(sizes["float32"] / sizes["int8"], 2),
+        "speedup_int8_vs_float32": round(median["tflite_float32"] / median["tflite_int8"], 2) if both else None,
+        "speedup_int8_vs_keras": round(median["keras"] / median["tflite_int8"], 2)
+                                 if "keras" in median and "tflite_int8" in median else None,
+        "size_ratio_float32_vs_int8": round(sizes["float32"] / sizes["int8"], 2) if both else None,
         "parameters": parameters, f"flops_per_{unit}": flops, "cpu_peak_gflops_float32_gemm": round(peak, 1),
         "fraction_of_peak": {n: round(flops / (ms / 1000) / 1e9 / peak, 3) for n, ms in median.items()} if flops else None,
-        "end_to_end_ms_by_stage_int8": run_study(study, int8, card.preprocessing,
-                                                 release_full_resolution=True).to_dict()["timings_ms"],
+        "end_to_end_variant": end_to_end,
+        "end_to_end_ms_by_stage": run_study(study, classifiers[end_to_end], card.preprocessing,
+                                            release_full_resolution=True).to_dict()["timings_ms"],
         "decode": decode_modes(study),
         "variants_by_threads": _tune_rows(card, units[0], threads, repeats),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
@@ -193,7 +208,7 @@ def _layers(card, group: np.ndarray, threads: int, repeats: int) -> dict:
 
 def add_bench(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmark Keras vs TFLite float32 vs TFLite int8 on one study",
-                       description="Runs every variant in this process on the same real units (50-slice groups of "
+                       description="Runs Keras (--keras) and the bundle's float32 and int8 variants (those it has) in this process on the same real units (50-slice groups of "
                                    "a group model, kept slices of a slice model) and prints latency per unit, "
                                    "agreement, speed-ups, parameters, FLOPs, the fraction of the CPU's measured peak, "
                                    "time per stage and peak memory.")
@@ -247,16 +262,24 @@ def cmd_bench(args: argparse.Namespace) -> int:
             continue
         agree = next(v for k, v in r.items() if k.startswith("agreement_with_"))
         size = f"{r['size_bytes'] / 1024:.0f}" if r["size_bytes"] else "-"
+        agree, diff = ("ref", "-") if agree is None else (f"{agree:.1%}", f"{r['max_prob_diff']:.4f}")
         print(f"{name:<16}{r[f'ms_per_{unit}_median']:>17.1f}{r[f'ms_per_{unit}_min']:>14.1f}"
-              f"{size:>8}{agree:>8.1%}{r['max_prob_diff']:>10.4f}")
-    print(f"speed-up int8 vs float32: {doc['speedup_int8_vs_float32']}x; int8 vs Keras: {doc['speedup_int8_vs_keras']}x; "
-          f"float32/int8 size: {doc['size_ratio_float32_vs_int8']}x")
+              f"{size:>8}{agree:>8}{diff:>10}")
+    if doc["speedup_int8_vs_float32"] is None:
+        print("speed-up int8 vs float32, float32/int8 size: not in this bundle (it has "
+              f"{', '.join(n.removeprefix('tflite_') for n in doc['variants'] if n.startswith('tflite_'))})")
+    else:
+        print(f"speed-up int8 vs float32: {doc['speedup_int8_vs_float32']}x; "
+              f"float32/int8 size: {doc['size_ratio_float32_vs_int8']}x")
+    if doc["speedup_int8_vs_keras"] is not None:
+        print(f"speed-up int8 vs Keras: {doc['speedup_int8_vs_keras']}x")
     if doc[f"flops_per_{unit}"]:
         print(f"parameters: {doc['parameters']:,}; FLOPs per {unit}: {doc[f'flops_per_{unit}'] / 1e9:.2f} G; CPU float32 GEMM peak "
               f"{doc['cpu_peak_gflops_float32_gemm']} GFLOP/s (NumPy); fraction of that peak reached: "
               f"{doc['fraction_of_peak']} (int8 counts the same operations against the float32 peak; "
               "8-bit SIMD arithmetic has up to 4x its throughput, so int8 can pass 1)")
-    print("end to end with int8, ms: " + ", ".join(f"{k} {v:.0f}" for k, v in doc["end_to_end_ms_by_stage_int8"].items()))
+    print(f"end to end with {doc['end_to_end_variant']}, ms: "
+          + ", ".join(f"{k} {v:.0f}" for k, v in doc["end_to_end_ms_by_stage"].items()))
     for r in doc["variants_by_threads"]["rows"]:
         print(f"  {r['variant']:<8} {r['threads']} thread(s): {r['ms_per_group_median']:.1f} ms/group "
               f"(max |dp| vs first row {r['max_prob_diff_vs_first']:.4f})")

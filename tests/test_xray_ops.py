@@ -25,10 +25,11 @@ from pydicom.data import get_testdata_file
 from edge import CLASSES
 from edge.card import PLACEHOLDER_BANNER, load_card
 from edge.cli import main
-from edge.doctor import run_checks
+from edge.doctor import check_tuned, run_checks
 from edge.engine import DEFAULT_BUNDLE, Engine
 from edge.phantom import make_phantom, write_dicom_series
-from edge.profile import command_profile, load_profile, with_model
+from edge.profile import ProfileError, command_profile, load_profile, with_model
+from edge.server import create_app
 from edge.server.auth import add_user
 from edge.tune import Choice, cpu_key, record, tuned_choice
 from tests.conftest import SAMPLES
@@ -253,3 +254,88 @@ def test_model_flag_replaces_the_bundle_of_its_modality_and_keeps_the_others(tmp
     assert json.loads(capsys.readouterr().out)["model"]["name"] == "another-xray-placeholder"
     engine = Engine.from_profile(with_model(profile, other))
     assert set(engine.routes) == {"ct", "xray"} and engine.info.name == "cnn-bilstm-demo"
+
+
+# --- a bundle of one variant; an explicit variant -----------------------------------------------------
+
+@pytest.fixture
+def bare_xray(tmp_path, xray_bundle) -> Path:
+    """The placeholder as ``make_image_bundle`` builds it: one variant (float32), no fidelity.json."""
+    bundle = shutil.copytree(xray_bundle, tmp_path / "bare-xray")
+    (bundle / "fidelity.json").unlink()
+    return bundle
+
+
+def test_a_bundle_of_one_variant_without_fidelity_report_is_tuned_by_tune_and_watch(tmp_path, bare_xray,
+                                                                                   private_cache, capsys):
+    profile = two_bundle_profile(tmp_path, bare_xray)
+    assert main(["tune", "--config", str(profile), "--max-threads", "2", "--repeats", "1", "--json"]) == 0
+    ct, xray = json.loads(capsys.readouterr().out)["bundles"]
+    assert {r["variant"] for r in ct["rows"]} == {"float32", "float16", "dynamic", "int8"}, "several: fidelity gate"
+    assert [(r["variant"], r["threads"]) for r in xray["rows"]] == [("float32", 1), ("float32", 2)]
+    assert tuned_choice(bare_xray).variant == "float32"
+
+    private_cache.unlink()                   # the first start of watch: every bundle tuned, then the radiograph read
+    inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
+    (inbox / "rg1").mkdir(parents=True)
+    shutil.copy(RG1, inbox / "rg1" / "RG1_UNCR.dcm")
+    profile.write_text(profile.read_text() + "watcher:\n  stable_seconds: 0\n  poll_seconds: 0.1\n")
+    assert main(["watch", str(inbox), "--out", str(outbox), "--config", str(profile), "--once"]) == 0
+    assert capsys.readouterr().out.startswith("1 done, 0 failed")
+    choice = tuned_choice(bare_xray)
+    model = json.loads((outbox / "rg1" / "result.json").read_text())["model"]
+    assert choice is not None and tuned_choice(DEFAULT_BUNDLE) is not None
+    assert (model["variant"], model["chosen"]) == ("float32", f"tuned on this CPU ({choice.tuned_at})")
+
+
+def test_an_explicit_variant_binds_the_main_bundle_and_an_extra_one_lacking_it_chooses_its_own(
+        tmp_path, bare_xray, private_cache, capsys, monkeypatch):
+    profile = two_bundle_profile(tmp_path, bare_xray)
+    ct_study = SAMPLES / "COVID-19_P002"
+    assert main(["predict", str(ct_study), "--config", str(profile), "--variant", "int8", "--json"]) == 0
+    ct = json.loads(capsys.readouterr().out)["model"]
+    assert (ct["name"], ct["variant"], ct["chosen"]) == ("cnn-bilstm-demo", "int8", "set by the profile or flags")
+    assert main(["predict", str(RG1), "--config", str(profile), "--variant", "int8", "--json"]) == 0
+    xray = json.loads(capsys.readouterr().out)["model"]
+    assert (xray["variant"], xray["chosen"]) == \
+           ("float32", "int8 requested; this bundle has only float32: default (not tuned on this CPU: run ctedge tune)")
+
+    assert main(["predict", str(RG1), "--config", str(profile), "--variant", "edgetpu"]) == 2
+    assert f"{DEFAULT_BUNDLE / 'model.json'}: no 'edgetpu' variant" in capsys.readouterr().err, \
+        "the main bundle lacks it: refused, whatever the study"
+    missing = tmp_path / "missing.yaml"
+    missing.write_text(profile.read_text() + "  variant: edgetpu\n")
+    with pytest.raises(ProfileError, match=r"model.variant: .*demo/model.json: no 'edgetpu' variant"):
+        load_profile(missing)
+
+    box = tmp_path / "box"                       # a profile setting int8: doctor's line and /api/v1/model say why
+    box.mkdir()
+    path = ready_box(box, bare_xray)
+    path.write_text(path.read_text().replace("\nserver:", "\n  variant: int8\nserver:", 1))
+    loaded = load_profile(path)
+    assert check_tuned(loaded, load_card(bare_xray)).detail.startswith(
+        f"X-ray bundle {bare_xray}: int8 requested; this bundle has only float32: not tuned on this CPU yet")
+    assert check_tuned(loaded, load_card(DEFAULT_BUNDLE)).detail == f"CT bundle {DEFAULT_BUNDLE}: int8 (set by the profile)"
+    monkeypatch.setenv("CTEDGE_API_TOKEN", "t" * 32)
+    client = create_app(loaded, start_workers=False).test_client()     # the first start of serve tunes the X-ray bundle
+    models = client.get("/api/v1/model", headers={"Authorization": "Bearer " + "t" * 32}).get_json()["by_modality"]
+    assert (models["ct"]["variant"], models["ct"]["chosen"]) == ("int8", "set by the profile or flags")
+    assert (models["xray"]["variant"], models["xray"]["chosen"]) == \
+           ("float32", f"int8 requested; this bundle has only float32: tuned on this CPU ({tuned_choice(bare_xray).tuned_at})")
+
+
+def test_bench_runs_the_variants_a_bundle_has(bare_xray, capsys):
+    assert main(["bench", str(RG1), "--model", str(bare_xray), "--repeats", "1", "--threads", "1", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [n for n, r in doc["variants"].items() if "error" not in r] == ["tflite_float32"]
+    assert doc["variants"]["tflite_float32"]["ms_per_image_median"] > 0
+    assert doc["variants"]["tflite_float32"]["agreement_with_tflite_float32"] is None, "nothing to compare with"
+    assert (doc["speedup_int8_vs_float32"], doc["size_ratio_float32_vs_int8"], doc["speedup_int8_vs_keras"]) == \
+           (None, None, None)
+    assert doc["end_to_end_variant"] == "float32" and doc["end_to_end_ms_by_stage"]["total"] > 0
+    assert {r["variant"] for r in doc["variants_by_threads"]["rows"]} == {"float32"}
+
+    assert main(["bench", str(RG1), "--model", str(bare_xray), "--repeats", "1", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "speed-up int8 vs float32, float32/int8 size: not in this bundle (it has float32)" in out
+    assert "Keras:" not in out and "None" not in out and "end to end with float32" in out
