@@ -251,6 +251,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(json.dumps(doc, indent=2))
         return 0
     unit = doc["unit"]
+    if dispatch["kernels"] != "native":
+        print(f"*** AVX2 KERNELS: {dispatch['note']}; hidden flags: "
+              f"{' '.join(dispatch['hidden_flags']) or 'none (AVX2-only CPU)'} ***")
     if doc["model"]["banner"]:
         print(f"*** {doc['model']['banner']} *** (timings are valid; its verdicts are not)")
     print(f"{doc['model']['name']} ({doc['model']['kind']} model, {doc['model']['input_size']} px): "
@@ -297,8 +300,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(f"decode {d['n_slices']} slices ({d['transfer_syntax']}) with {d['decoder']}, ms/slice: "
               + ", ".join(f"{k} {v}" for k, v in d["ms_per_slice"].items())
               + f"; speed-up threads {d['speedup_threads']}x, processes {d['speedup_processes']}x")
-    if dispatch["kernels"] != "native":
-        print(f"dispatch: {dispatch['note']}; hidden: {' '.join(dispatch['hidden_flags']) or 'none (AVX2-only CPU)'}")
     print(f"peak RSS {doc['peak_rss_mb']} MB; {doc['threads']} threads on {doc['cpu_count']} CPUs ({doc['cpu_model']}; "
           f"flags: {' '.join(doc['cpu_flags'])})")
     return 0

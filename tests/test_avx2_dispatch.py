@@ -56,6 +56,10 @@ def test_bench_with_avx2_dispatch_reports_it_and_the_variants_agree():
     assert doc["dispatch"]["kernels"] == "avx2"
     assert BEYOND_AVX2 <= set(doc["dispatch"]["hidden_flags"])
     assert doc["variants"]["tflite_int8"]["agreement_with_tflite_float32"] == 1.0
+    text = subprocess.run([sys.executable, "-m", "edge.cli", "bench", str(SAMPLES / "COVID-19_P002"), "--model",
+                           str(DEFAULT_BUNDLE), "--repeats", "1", "--threads", "1", "--dispatch", "avx2"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600).stdout
+    assert text.startswith("*** AVX2 KERNELS: "), "the text output says first which kernels its figures are"
 
 
 def test_dispatch_after_a_model_is_loaded_is_refused(capsys):
