@@ -15,6 +15,7 @@ that does not match this CPU's ``/proc/cpuinfo``, or XNNPACK already initialised
 from __future__ import annotations
 
 import ctypes
+import platform
 import struct
 from pathlib import Path
 
@@ -65,14 +66,16 @@ def _loaded_library() -> tuple[Path, int]:
 
 
 def cpu_flags() -> set[str]:
-    """This CPU's flags as the kernel reports them."""
-    line = next(x for x in Path("/proc/cpuinfo").read_text().splitlines() if x.startswith("flags"))
+    """This x86 CPU's flags as the kernel reports them (empty on other CPUs)."""
+    line = next((x for x in Path("/proc/cpuinfo").read_text().splitlines() if x.startswith("flags")), "flags:")
     return set(line.split(":", 1)[1].split())
 
 
 def dispatch_avx2() -> list[str]:
     """Hide every instruction-set extension beyond AVX2 + FMA from XNNPACK in this process; returns
     the flags hidden (empty on an AVX2-only CPU). Call before the first interpreter is created."""
+    if platform.machine() not in ("x86_64", "AMD64"):
+        raise DispatchError(f"AVX2 kernels exist on x86-64 only, not on this {platform.machine()} CPU")
     path, base = _loaded_library()
     symbols = _symbols(path)
     for name in ("cpuinfo_isa", "cpuinfo_initialize", "hardware_config"):
