@@ -4,12 +4,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pydicom
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "samples" / "covid-ct-md"
 SHARED = REPO.parent / "shared" / "data" / "covid-ct-md"
 STUDIES = ("COVID-19_P002", "CAP_cap002", "Normal_normal001")
+
+
+def edit_tags(source: Path, target: Path, **tags) -> Path:
+    """Write ``source`` to ``target`` with ``tags`` set (None deletes the tag)."""
+    ds = pydicom.dcmread(source)
+    for key, value in tags.items():
+        if value is None:
+            delattr(ds, key)
+        else:
+            setattr(ds, key, value)
+    ds.save_as(target)
+    return target
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ from edge.errors import (CorruptFileError, EmptyStudyError, FileTooLargeError, M
                          NotDicomError, NoUsableSeriesError, TooFewSlicesError, UnsafeArchiveError,
                          UnsupportedTransferSyntaxError)
 from edge.ingest import Limits, load_study
-from tests.conftest import SAMPLES
+from tests.conftest import SAMPLES, edit_tags
 
 STUDY = SAMPLES / "COVID-19_P002"
 
@@ -26,13 +26,7 @@ def study(tmp_path) -> Path:
 
 
 def _edit(path: Path, **tags) -> None:
-    ds = pydicom.dcmread(path)
-    for key, value in tags.items():
-        if value is None:
-            delattr(ds, key)
-        else:
-            setattr(ds, key, value)
-    ds.save_as(path)
+    edit_tags(path, path, **tags)
 
 
 def test_reads_real_jpeg_lossless_slices_in_z_order():

@@ -34,6 +34,7 @@ from edge.report import caption_lines
 from edge.profile import ProfileError, WatcherSettings, load_profile
 from edge.server import create_app
 from edge.watch import run_once
+from tests.conftest import edit_tags
 from tests.server_support import PASSWORD, USER
 from tests.server_support import write_profile as server_profile
 from tests.fixture_bundle import IMAGE_WEIGHT, KNOWN_PROBABILITIES, make_constant_bundle, make_image_bundle, slice_probabilities
@@ -61,15 +62,7 @@ def ct_study(tmp_path_factory) -> Path:
 
 def edited(tmp_path: Path, **tags) -> Path:
     """A copy of RG1 with ``tags`` set (None deletes the tag)."""
-    ds = pydicom.dcmread(RG1)
-    for key, value in tags.items():
-        if value is None:
-            delattr(ds, key)
-        else:
-            setattr(ds, key, value)
-    path = tmp_path / "edited.dcm"
-    ds.save_as(path)
-    return path
+    return edit_tags(RG1, tmp_path / "edited.dcm", **tags)
 
 
 def test_rg1_reads_as_a_frontal_radiograph_with_dense_tissue_bright():
@@ -118,15 +111,9 @@ def test_an_unknown_view_is_read_with_a_warning(tmp_path):
 def study_of(folder: Path, *views: tuple[str, dict]) -> Path:
     """A study folder of RG1 copies, each named and tagged as given (None deletes a tag)."""
     folder.mkdir()
+    uid = pydicom.dcmread(RG1, stop_before_pixels=True).SOPInstanceUID
     for i, (name, tags) in enumerate(views, start=1):
-        ds = pydicom.dcmread(RG1)
-        ds.SOPInstanceUID = f"{ds.SOPInstanceUID}.{i}"
-        for key, value in tags.items():
-            if value is None:
-                delattr(ds, key)
-            else:
-                setattr(ds, key, value)
-        ds.save_as(folder / name)
+        edit_tags(RG1, folder / name, SOPInstanceUID=f"{uid}.{i}", **tags)
     return folder
 
 
