@@ -98,7 +98,7 @@ def load_radiograph(source: str | Path | Sequence[str | Path], limits: Limits = 
                     notes.append(f"{path.name}: {exc.problem}; skipped")
         if headers:
             chosen, more = _choose_frontal(where, headers)
-            radiograph = _read_dicom(chosen)
+            radiograph = _read_dicom(chosen, headers[chosen])
             notes += more + [f"{p.name}: image file ignored, the study has DICOM files" for p in images]
         elif len(images) == 1:
             radiograph = _read_image(images[0])
@@ -145,8 +145,9 @@ def _choose_frontal(where: str | Path, headers: dict[Path, Dataset]) -> tuple[Pa
     return chosen, notes
 
 
-def _read_dicom(path: Path) -> Radiograph:
-    header = read_header(path)
+def _read_dicom(path: Path, header: Dataset | None = None) -> Radiograph:
+    """The radiograph of one DICOM file (``header``: its header, when already read)."""
+    header = header if header is not None else read_header(path)
     rows, columns = int(header.get("Rows", 0)), int(header.get("Columns", 0))
     if rows * columns > MAX_RADIOGRAPH_PIXELS:
         raise FileTooLargeError(path, f"declares {rows} x {columns} pixels, above the limit of one 4096 x 4096 "
