@@ -23,19 +23,26 @@ from edge.cli import build_parser
 WIDTH = 100
 DEFAULT_OUT = Path(__file__).with_name("cli.md")
 # Variables that the help texts read (terminal width, the tune cache's folder): fixed while writing.
-FIXED_ENV = {"COLUMNS": str(WIDTH), "XDG_CACHE_HOME": "~/.cache", "CTEDGE_TUNE_CACHE": None}
+FIXED_ENV: dict[str, str | None] = {"COLUMNS": str(WIDTH), "XDG_CACHE_HOME": "~/.cache", "CTEDGE_TUNE_CACHE": None}
+
+
+def _set_environment(values: dict[str, str | None]) -> None:
+    for key, value in values.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 @contextmanager
 def fixed_environment() -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in FIXED_ENV}
+    """FIXED_ENV while the parsers are built and formatted; the caller's environment afterwards."""
+    saved = {key: os.environ.get(key) for key in FIXED_ENV}
     try:
-        for key, value in FIXED_ENV.items():
-            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+        _set_environment(FIXED_ENV)
         yield
     finally:
-        for key, value in saved.items():
-            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+        _set_environment(saved)
 
 
 def _subcommands(parser: argparse.ArgumentParser) -> tuple[dict[str, argparse.ArgumentParser], dict[str, str]]:
@@ -49,11 +56,10 @@ def cli_reference() -> str:
     with fixed_environment():
         parser = build_parser([])  # no command named: every plugin command is loaded
         commands, helps = _subcommands(parser)
-        lines = ["# Command-line reference", "",
-                 "Generated from the parsers by `docs/make_cli_reference.py`; do not edit by hand "
+        intro = ("Generated from the parsers by `docs/make_cli_reference.py`; do not edit by hand "
                  "(`tests/test_docs.py` fails when this page is stale). Commands whose help says *(needs [train])* "
-                 "run only with the training extra (`pip install 'ctedge[train]'`).", "",
-                 "| command | what it does |", "| --- | --- |"]
+                 "run only with the training extra (`pip install 'ctedge[train]'`).")
+        lines = ["# Command-line reference", "", intro, "", "| command | what it does |", "| --- | --- |"]
         lines += [f"| [`ctedge {name}`](#ctedge-{name}) | {helps[name]} |" for name in commands]
         lines += ["", "## ctedge", "", "```text", parser.format_help().rstrip(), "```"]
         for name, sub in commands.items():

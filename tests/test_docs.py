@@ -14,7 +14,7 @@ PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 # Pages other branches of issue 21 add; a link to one is accepted while it is absent.
 PENDING = {REPO / "docs" / "architecture.md", REPO / "docs" / "testing.md"}
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
-FENCE = re.compile(r"^(```|~~~).*?^\1", re.M | re.S)
+FENCE = re.compile(r"^(```|~~~).*?^\1", re.MULTILINE | re.DOTALL)
 CODE = re.compile(r"`[^`\n]*`")
 
 
@@ -41,7 +41,7 @@ def slug(heading: str) -> str:
 
 def anchors(page: Path) -> set[str]:
     text = FENCE.sub("", page.read_text())
-    return {slug(m.group(1)) for m in re.finditer(r"^#{1,6} (.+)$", text, re.M)}
+    return {slug(m.group(1)) for m in re.finditer(r"^#{1,6} (.+)$", text, re.MULTILINE)}
 
 
 def links(page: Path) -> list[str]:
