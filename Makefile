@@ -30,7 +30,7 @@ demo-model: $(TRAIN)
 	$(BIN)/ctedge quantize runs/demo --calibration training/demo_studies.csv --out edge/models/demo \
 		--name cnn-bilstm-demo --version 0.2.0
 
-# Offline installer archives dist/ctedge-<version>-linux_<arch>.tar.gz (see README: Offline install).
+# Offline installer archives dist/ctedge-<version>-linux_<arch>.tar.gz (see docs/operations.md: Offline install).
 # Downloads the edge wheels once per target; narrow it with e.g. make bundle BUNDLE_ARCHES=x86_64 BUNDLE_PYTHONS=3.12
 BUNDLE_ARCHES ?= x86_64 aarch64
 BUNDLE_PYTHONS ?= 3.10 3.11 3.12 3.13
