@@ -28,14 +28,17 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import get_decoder
 from pydicom.uid import (UID, AllTransferSyntaxes, ComputedRadiographyImageStorage, CTImageStorage,
                          DigitalXRayImageStorageForPresentation, DigitalXRayImageStorageForProcessing)
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification
 
 from edge.card import MODALITY_TERMS, modality_names
+from edge.dicomnet.guard import GuardedAE
 from edge.errors import UserError
+from edge.limits import MAX_INSTANCE_BYTES
 from edge.profile import DicomPeer, DicomSettings
 from edge.storage import fsync_path, private_dir
+from edge.untrusted import printable
 
 log = logging.getLogger("ctedge.dicom")
 RECEIVING = ".receiving"
@@ -145,8 +148,7 @@ class Receiver:
         self.inbox = StudyInbox(inbox)
         self.modalities = tuple(modalities)
         self.accepted = frozenset(uid for m in self.modalities for uid in STORAGE_CLASSES[m])
-        self.ae = AE(ae_title=settings.ae_title)
-        self.ae.maximum_pdu_size = 0  # no limit: fewer, larger P-DATA for big slices
+        self.ae = GuardedAE(settings.ae_title)  # bounded PDUs, instances and negotiating connections
         self.ae.add_supported_context(Verification)
         syntaxes = decodable_transfer_syntaxes()
         for cx in AllStoragePresentationContexts:  # other classes get a clear refusal status, not a bare reject
@@ -204,6 +206,12 @@ class Receiver:
     def _on_store(self, event: Event) -> Dataset:
         request = event.request
         sop_class, sop_uid = UID(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID)
+        oversize = event.assoc.dimse.oversize
+        if request.MessageID in oversize:  # its data set was discarded as it arrived
+            oversize.discard(request.MessageID)
+            log.warning("refused instance %s from %r: larger than %d MB", printable(sop_uid),
+                        event.assoc.requestor.ae_title, MAX_INSTANCE_BYTES // 2**20)
+            return _status(OUT_OF_RESOURCES, f"instance larger than {MAX_INSTANCE_BYTES // 2**20} MB")
         if refusal := self.refusal(sop_class):
             log.warning("refused a %s instance from %r: %s", sop_class.name, event.assoc.requestor.ae_title, refusal)
             return _status(SOP_CLASS_NOT_SUPPORTED, refusal[:64])
