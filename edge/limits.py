@@ -35,3 +35,6 @@ MAX_INFLATED_BYTES = 128 * 2**20
 MAX_INFLATE_RATIO = 100
 """Deflated Explicit VR Little Endian: the most one byte of deflated data set may inflate to (with
 ``MAX_INFLATED_BYTES``, whichever is reached first). CT pixel data deflates about 2-4x."""
+MIN_INFLATE_ALLOWANCE = 8 * 2**20
+"""Deflated Explicit VR Little Endian: what any file may inflate to whatever its ratio (one 2048 x
+2048 16-bit slice: a blank slice deflates about 1000x)."""

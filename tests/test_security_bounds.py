@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -17,9 +18,14 @@ from typing import TypeVar
 import psutil
 import pydicom
 import pytest
-from pydicom.uid import generate_uid
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset, write_file_meta_info
+from pydicom.uid import DeflatedExplicitVRLittleEndian, generate_uid
 from pynetdicom import _config
 
+from edge.dicomnet.receiver import check_instance
+from edge.errors import FileTooLargeError
+from edge.ingest.dicom_files import read_header
 from edge.limits import ASSOCIATION_PHASE_S, MAX_CONTROL_PDU_BYTES
 from tests.dicom_support import echo, phantom_study, send_statuses
 
@@ -173,3 +179,70 @@ def test_an_instance_above_the_size_limit_is_refused_without_being_held(receiver
     assert peak - before < 3.5 * 8  # what arrived up to the limit (and BytesIO's growth), not 4x the instance
     stored = [p.name for p in (tmp_path / "inbox").rglob("*.dcm")]
     assert stored == [f"{pydicom.dcmread(ok[1]).SOPInstanceUID}.dcm"]
+
+
+def deflate_bomb(source: Path, target: Path, pixel_bytes: int) -> Path:
+    """``source``'s header with ``pixel_bytes`` of zero pixel data, written Deflated Explicit VR
+    Little Endian by streaming zeros into the compressor (the test never holds the inflated data)."""
+    ds = pydicom.dcmread(source)
+    del ds.PixelData
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    header = DicomBytesIO()
+    header.is_little_endian, header.is_implicit_VR = True, False
+    write_dataset(header, ds)
+    meta = DicomBytesIO()
+    meta.write(b"\0" * 128 + b"DICM")
+    write_file_meta_info(meta, ds.file_meta)
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    with open(target, "wb") as f:
+        f.write(meta.getvalue())
+        f.write(deflate.compress(header.getvalue() + struct.pack("<HH2sHL", 0x7FE0, 0x0010, b"OW", 0, pixel_bytes)))
+        zeros = bytes(MB)
+        for _ in range(pixel_bytes // MB):
+            f.write(deflate.compress(zeros))
+        f.write(deflate.flush())
+    return target
+
+
+READ_STUDY = """
+import resource, sys
+from pathlib import Path
+from edge.errors import StudyError
+from edge.ingest import load_study
+try:
+    load_study(Path(sys.argv[1]))
+    print("read")
+except StudyError as exc:
+    print(type(exc).__name__, exc)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+"""
+
+
+def test_a_deflate_bomb_is_refused_before_it_is_inflated(tmp_path):
+    study = phantom_study(tmp_path / "s", n_slices=4, size=64)
+    bomb = deflate_bomb(study[0], tmp_path / "s" / "bomb.dcm", 600 * MB)
+    assert bomb.stat().st_size < 1 * MB
+    with pytest.raises(FileTooLargeError, match="bomb.dcm: the deflated data set .* inflates to more than"):
+        read_header(bomb)
+    with pytest.raises(ValueError, match="inflates to more than"):  # the receiver's check of a C-STORE
+        check_instance(bomb.read_bytes())
+    bomb.rename(tmp_path / "bomb.dcm")
+    baseline = subprocess.run([sys.executable, "-c", READ_STUDY, str(tmp_path / "s")], cwd=REPO,
+                              capture_output=True, text=True, check=True).stdout.split("\n")
+    (tmp_path / "bomb.dcm").rename(tmp_path / "s" / "bomb.dcm")
+    started = time.monotonic()
+    out = subprocess.run([sys.executable, "-c", READ_STUDY, str(tmp_path / "s")], cwd=REPO,
+                         capture_output=True, text=True, check=True).stdout.split("\n")
+    print(f"load_study of 4 slices: peak RSS {baseline[1]} MB; with a {bomb.stat().st_size // 1024} KB "
+          f"deflate bomb (600 MB inflated): {out[1]} MB, {time.monotonic() - started:.1f} s")
+    assert out[0] == "read"  # the study is read without the bomb, which is reported as a skipped file
+    assert int(out[1]) < int(baseline[1]) + 40
+
+
+def test_a_deflated_file_within_the_bounds_is_read(tmp_path):
+    study = phantom_study(tmp_path / "s", n_slices=2, size=64)
+    ds = pydicom.dcmread(study[0])
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.save_as(tmp_path / "deflated.dcm", enforce_file_format=True)
+    assert read_header(tmp_path / "deflated.dcm").SOPInstanceUID == ds.SOPInstanceUID
+    assert check_instance((tmp_path / "deflated.dcm").read_bytes()).SOPInstanceUID == ds.SOPInstanceUID

@@ -34,7 +34,8 @@ from pynetdicom.sop_class import Verification
 
 from edge.card import MODALITY_TERMS, modality_names
 from edge.dicomnet.guard import GuardedAE
-from edge.errors import UserError
+from edge.errors import StudyError, UserError
+from edge.ingest.dicom_files import check_inflated_size
 from edge.limits import MAX_INSTANCE_BYTES
 from edge.profile import DicomPeer, DicomSettings
 from edge.storage import fsync_path, private_dir
@@ -111,6 +112,10 @@ class StudyInbox:
 def check_instance(data: bytes, sop_uid: str | None = None) -> Dataset:
     """Parse a received file; raise ValueError naming the problem when it is truncated or unusable
     (or when its SOP Instance UID is not ``sop_uid``, the one announced in the C-STORE request)."""
+    try:
+        check_inflated_size(BytesIO(data), Path("instance"))
+    except StudyError as exc:
+        raise ValueError(exc.problem) from exc
     try:
         ds = pydicom.dcmread(BytesIO(data), defer_size=None)
         ds.get("PixelData")  # read every element up to the end: a truncated one raises here
