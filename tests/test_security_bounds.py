@@ -15,18 +15,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+import numpy as np
 import psutil
 import pydicom
 import pytest
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset, write_file_meta_info
-from pydicom.uid import DeflatedExplicitVRLittleEndian, generate_uid
+from PIL import Image
+from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEG2000Lossless, generate_uid
 from pynetdicom import _config
 
 from edge.dicomnet.receiver import check_instance
-from edge.errors import FileTooLargeError
-from edge.ingest.dicom_files import read_header
+from edge.errors import CorruptFileError, FileTooLargeError
+from edge.ingest.dicom_files import check_pixel_size, j2k_size, read_header
 from edge.limits import ASSOCIATION_PHASE_S, MAX_CONTROL_PDU_BYTES
+from edge.phantom import make_phantom, write_dicom_series
 from tests.dicom_support import echo, phantom_study, send_statuses
 
 T = TypeVar("T")
@@ -246,3 +249,50 @@ def test_a_deflated_file_within_the_bounds_is_read(tmp_path):
     ds.save_as(tmp_path / "deflated.dcm", enforce_file_format=True)
     assert read_header(tmp_path / "deflated.dcm").SOPInstanceUID == ds.SOPInstanceUID
     assert check_instance((tmp_path / "deflated.dcm").read_bytes()).SOPInstanceUID == ds.SOPInstanceUID
+
+
+DECODE = """
+import resource, sys
+from pathlib import Path
+from edge.ingest.parallel import decode_path
+print(decode_path(Path(sys.argv[1]), (64, 64)))
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+"""
+
+
+def resized_codestream(source: Path, target: Path, width: int, height: int) -> Path:
+    """``source`` (JPEG 2000) with its codestream's SIZ marker stating ``width`` x ``height``: the
+    DICOM header still says the original size."""
+    ds = pydicom.dcmread(source)
+    data = bytearray(ds.PixelData)
+    siz = data.index(b"\xff\x4f\xff\x51")
+    data[siz + 8:siz + 16] = struct.pack(">II", width, height)
+    ds.PixelData = bytes(data)
+    ds.save_as(target)
+    return target
+
+
+def test_a_jpeg2000_codestream_larger_than_its_header_is_not_decoded(tmp_path):
+    files = write_dicom_series(make_phantom(n_slices=2, size=64, seed=1), tmp_path / "s", transfer_syntax=JPEG2000Lossless)
+    bomb = resized_codestream(files[0], tmp_path / "bomb.dcm", 8192, 8192)
+    assert bomb.stat().st_size < 64 * 2**10
+    runs = {}
+    for name, path in (("valid", files[1]), ("bomb", bomb)):
+        started = time.monotonic()
+        out = subprocess.run([sys.executable, "-c", DECODE, str(path)], cwd=REPO, capture_output=True, text=True,
+                             check=True).stdout.strip().split("\n")
+        runs[name] = (out[0], int(out[-1]), time.monotonic() - started)
+    print(f"decode_path, peak RSS: a valid 64 x 64 slice {runs['valid'][1]} MB; a 64 x 64 header with an "
+          f"8192 x 8192 codestream {runs['bomb'][1]} MB ({runs['bomb'][2]:.1f} s)")
+    assert "codestream is 8192 x 8192 pixels x 1 component(s), the header says 64 x 64 x 1" in runs["bomb"][0]
+    assert runs["bomb"][1] < runs["valid"][1] + 20
+    with pytest.raises(CorruptFileError, match="bomb.dcm: the JPEG 2000 codestream is 8192 x 8192"):
+        check_pixel_size(pydicom.dcmread(bomb), bomb)
+
+
+@pytest.mark.parametrize("suffix", [".j2k", ".jp2"])
+def test_the_size_of_a_jpeg2000_codestream_or_jp2_file_is_read_from_its_siz_marker(tmp_path, suffix):
+    Image.fromarray(np.zeros((30, 70), np.uint8)).save(tmp_path / f"x{suffix}")
+    data = (tmp_path / f"x{suffix}").read_bytes()
+    assert j2k_size(data) == (70, 30, 1)
+    assert j2k_size(data[:30]) is None and j2k_size(b"\0" * 100) is None

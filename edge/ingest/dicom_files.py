@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import struct
 import warnings
 import zlib
 from pathlib import Path
@@ -10,7 +11,9 @@ from typing import BinaryIO
 
 import numpy as np
 import pydicom
+from pydicom import uid
 from pydicom.dataset import Dataset
+from pydicom.encaps import generate_frames
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 
@@ -21,6 +24,8 @@ from edge.limits import MAX_INFLATE_RATIO, MAX_INFLATED_BYTES, MIN_INFLATE_ALLOW
 
 DICOMDIR_UID = "1.2.840.10008.1.3.10"
 DEFLATED = "1.2.840.10008.1.2.1.99"   # Deflated Explicit VR Little Endian: pydicom inflates it whole
+JPEG_2000 = frozenset({uid.JPEG2000Lossless, uid.JPEG2000, uid.JPEG2000MCLossless, uid.JPEG2000MC,
+                       uid.HTJ2KLossless, uid.HTJ2KLosslessRPCL, uid.HTJ2K})
 MAX_SLICE_PIXELS = 2048 * 2048
 """CT slices are 512x512, occasionally 1024x1024: a file declaring more pixels is not decoded."""
 
@@ -162,6 +167,51 @@ def check_pixel_size(ds: Dataset, path: Path) -> None:
     if rows * columns * max(frames, 1) * max(samples, 1) > MAX_SLICE_PIXELS or bits > 32:
         raise FileTooLargeError(path, f"declares {rows} x {columns} pixels x {frames} frame(s) x {samples} sample(s) "
                                       f"of {bits} bits, above the limit of one 2048 x 2048 slice; not decoded")
+    check_codestream_size(ds, path)
+
+
+def check_codestream_size(ds: Dataset, path: Path) -> None:
+    """Refuse JPEG 2000 pixel data whose codestream (its SIZ marker, in the first frame) states
+    another image size or component count than the data set's Rows, Columns and SamplesPerPixel:
+    the decoder allocates what the codestream states, whatever the header says."""
+    if ds.file_meta.get("TransferSyntaxUID") not in JPEG_2000:
+        return
+    try:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        fragment = next(generate_frames(ds.PixelData, number_of_frames=frames), b"")
+    except Exception as exc:  # noqa: BLE001 - broken item tags: the encapsulation is damaged
+        raise CorruptFileError(path, f"the encapsulated pixel data cannot be read ({type(exc).__name__})") from exc
+    size = j2k_size(fragment)
+    if size is None:
+        raise CorruptFileError(path, "the JPEG 2000 pixel data has no SIZ marker where the standard puts it")
+    header = (int(ds.get("Columns", 0)), int(ds.get("Rows", 0)), int(ds.get("SamplesPerPixel", 1) or 1))
+    if size != header:
+        raise CorruptFileError(path, "the JPEG 2000 codestream is {} x {} pixels x {} component(s), the header says "
+                                     "{} x {} x {}; not decoded".format(*size, *header))
+
+
+def j2k_size(data: bytes) -> tuple[int, int, int] | None:
+    """(width, height, components) stated by the SIZ marker of a JPEG 2000 codestream, or of the
+    codestream box of a JP2 file; None when there is none where the standard puts it."""
+    if data[4:8] == b"jP  ":  # a JP2 file: its boxes, up to the contiguous codestream box
+        pos = 0
+        while True:
+            if pos + 8 > len(data):
+                return None
+            length, box = struct.unpack(">I4s", data[pos:pos + 8])
+            header = 8
+            if length == 1 and pos + 16 <= len(data):
+                length, header = struct.unpack(">Q", data[pos + 8:pos + 16])[0], 16
+            if box == b"jp2c":
+                data = data[pos + header:]
+                break
+            if length < header:  # 0: the box runs to the end, and it is not the codestream
+                return None
+            pos += length
+    if len(data) < 42 or data[:4] != b"\xff\x4f\xff\x51":  # SOC, then SIZ
+        return None
+    xsiz, ysiz, xosiz, yosiz = struct.unpack(">4I", data[8:24])
+    return xsiz - xosiz, ysiz - yosiz, struct.unpack(">H", data[40:42])[0]
 
 
 def has_rescale(ds: Dataset) -> bool:
