@@ -4,6 +4,7 @@ own process so that its resident memory (psutil) is the receiver's alone."""
 
 from __future__ import annotations
 
+import logging
 import socket
 import struct
 import subprocess
@@ -30,7 +31,8 @@ from edge.errors import CorruptFileError, FileTooLargeError
 from edge.ingest.dicom_files import check_pixel_size, j2k_size, read_header
 from edge.limits import ASSOCIATION_PHASE_S, MAX_CONTROL_PDU_BYTES
 from edge.phantom import make_phantom, write_dicom_series
-from tests.dicom_support import echo, phantom_study, send_statuses
+from edge.untrusted import log_handler
+from tests.dicom_support import echo, free_port, phantom_study, send_statuses
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[1]
@@ -296,3 +298,39 @@ def test_the_size_of_a_jpeg2000_codestream_or_jp2_file_is_read_from_its_siz_mark
     data = (tmp_path / f"x{suffix}").read_bytes()
     assert j2k_size(data) == (70, 30, 1)
     assert j2k_size(data[:30]) is None and j2k_size(b"\0" * 100) is None
+
+
+FORGED = "\nCRITICAL FORGED-LINE admin ok"
+
+
+def test_a_newline_in_a_dicom_string_cannot_forge_a_log_line_of_ctedge_receive(tmp_path):
+    study = phantom_study(tmp_path / "s", n_slices=2, size=64)
+    port = free_port()
+    profile = tmp_path / "p.yaml"
+    profile.write_text(f"name: t\ndescription: t\nmodel: {{bundle: {REPO / 'edge/models/demo'}}}\n"
+                       f"dicom: {{port: {port}, inbox: {tmp_path / 'inbox'}}}\n")
+    proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "receive", "--config", str(profile)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert "receiving DICOM" in proc.stdout.readline()
+        ds = pydicom.dcmread(study[0])
+        ds.SOPInstanceUID = "1.2" + FORGED  # the request UID the receiver refuses, and logs
+        assert send_statuses(port, [ds])[0].Status == 0xC000
+    finally:
+        proc.kill()  # each record is flushed as it is written
+        log = proc.communicate(timeout=30)[0]
+    assert "refused instance" in log and "\\nCRITICAL FORGED-LINE admin ok" in log
+    assert not [line for line in log.splitlines() if line.startswith("CRITICAL FORGED")]
+
+
+def test_the_log_formatter_keeps_each_record_and_its_traceback_off_column_one(caplog):
+    formatter = log_handler().formatter
+    try:
+        raise ValueError(f"from the PACS{FORGED}")
+    except ValueError:
+        record = logging.getLogger("t").makeRecord("t", logging.WARNING, __file__, 1, "study %s failed: %s",
+                                                   (f"x{FORGED}\r\x1b[2J", "e"), sys.exc_info())
+    text = formatter.format(record)
+    lines = text.splitlines()
+    assert lines[0] == "WARNING study x\\nCRITICAL FORGED-LINE admin ok\\r\\x1b[2J failed: e"
+    assert all(line.startswith("    ") for line in lines[1:]) and "    Traceback" in text
