@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import stat
 import struct
 import subprocess
 import sys
@@ -24,7 +25,8 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset, write_file_meta_info
 from PIL import Image
 from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEG2000Lossless, generate_uid
-from pynetdicom import _config
+from pynetdicom import AE, _config
+from pynetdicom.sop_class import Verification
 
 from edge.dicomnet.receiver import check_instance
 from edge.errors import CorruptFileError, FileTooLargeError
@@ -334,3 +336,31 @@ def test_the_log_formatter_keeps_each_record_and_its_traceback_off_column_one(ca
     lines = text.splitlines()
     assert lines[0] == "WARNING study x\\nCRITICAL FORGED-LINE admin ok\\r\\x1b[2J failed: e"
     assert all(line.startswith("    ") for line in lines[1:]) and "    Traceback" in text
+
+
+def test_smaller_findings_outbox_owner_only_called_ae_checked_replacement_logged(tmp_path, caplog):
+    from edge.dicomnet.outbox import Outbox
+    from edge.dicomnet.receiver import Receiver
+    from edge.profile import DicomSettings
+
+    Outbox(tmp_path / "results" / ".dicom-send", "CTEDGE")
+    assert stat.S_IMODE((tmp_path / "results" / ".dicom-send").stat().st_mode) == 0o700
+
+    receiver = Receiver(DicomSettings(port=0), tmp_path / "inbox", ("ct",))
+    receiver.start()
+    try:
+        ae = AE("TESTSCU")
+        ae.add_requested_context(Verification)
+        assoc = ae.associate("127.0.0.1", receiver.port, ae_title="NOTCTEDGE")
+        assert assoc.is_rejected and (assoc.acceptor.primitive.result_source, assoc.acceptor.primitive.diagnostic) \
+            == (0x01, 0x07)  # service user, called AE title not recognised
+        study = phantom_study(tmp_path / "s", n_slices=2, size=64)
+        changed = pydicom.dcmread(study[0])
+        changed.SeriesDescription = "changed"
+        with caplog.at_level(logging.WARNING, "ctedge.dicom"):
+            assert [s.Status for s in send_statuses(receiver.port, [study[0], study[0], changed])] == [0, 0, 0]
+        replaced = [r.getMessage() for r in caplog.records if "received again" in r.getMessage()]
+        assert replaced == [f"instance {changed.SOPInstanceUID} of study {changed.StudyInstanceUID} received again "
+                            "with different content: it replaces the earlier copy"]
+    finally:
+        receiver.stop()

@@ -8,7 +8,8 @@ An instance is written to ``INBOX/.receiving/`` (hidden: the watcher ignores it)
 into ``INBOX/<StudyInstanceUID>/<SOPInstanceUID>.dcm`` before the success status is sent, exactly as
 it was encoded by the sender (no re-encoding). A kill at any moment leaves at most a ``.part`` file in
 ``.receiving``, removed at the next start. Sending an identical instance again changes nothing on disk;
-a different instance with the same SOP Instance UID replaces the earlier copy.
+a different instance with the same SOP Instance UID replaces the earlier copy (a warning names the
+study and instance UIDs, no patient data).
 """
 
 from __future__ import annotations
@@ -89,8 +90,11 @@ class StudyInbox:
     def commit(self, study_uid: str, sop_uid: str, data: bytes) -> Path:
         """Write ``data`` durably as the instance ``sop_uid`` of ``study_uid``; return its path."""
         target = self.root / study_uid / f"{sop_uid}.dcm"
-        if target.is_file() and target.stat().st_size == len(data) and target.read_bytes() == data:
-            return target  # the same instance again: leave the study untouched
+        if target.is_file():
+            if target.stat().st_size == len(data) and target.read_bytes() == data:
+                return target  # the same instance again: leave the study untouched
+            log.warning("instance %s of study %s received again with different content: it replaces the "
+                        "earlier copy", sop_uid, study_uid)
         tmp = self.receiving / f"{sop_uid}-{uuid.uuid4().hex}.part"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -202,8 +206,14 @@ class Receiver:
 
     def _on_request(self, event: Event) -> None:
         caller = event.assoc.requestor.primitive.calling_ae_title.strip()
+        called = event.assoc.requestor.primitive.called_ae_title.strip()
         address = event.assoc.requestor.address
-        if not is_allowed(caller, address, self.settings.allowed_callers):
+        if called != self.settings.ae_title:
+            log.warning("association from %r at %s rejected: it calls %r, this receiver is %r", caller, address,
+                        called, self.settings.ae_title)
+            event.assoc.acse.send_reject(0x01, 0x01, 0x07)  # rejected-permanent, service user, called AE not recognised
+            event.assoc.kill()
+        elif not is_allowed(caller, address, self.settings.allowed_callers):
             log.warning("association from %r at %s rejected: not in dicom.allowed_callers", caller, address)
             event.assoc.acse.send_reject(0x01, 0x01, 0x03)  # rejected-permanent, service user, calling AE not recognised
             event.assoc.kill()  # as pynetdicom does: waits until the A-ASSOCIATE-RJ has gone out
