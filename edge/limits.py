@@ -30,6 +30,9 @@ MAX_INSTANCE_BYTES = 64 * 2**20
 of a larger one is discarded as it arrives and the instance refused with 0xA700."""
 
 # --- every DICOM file, whatever door it came through ----------------------------------------------
+MAX_DATA_ELEMENTS = 10_000
+"""Top-level data elements of one DICOM file (a CT slice has a few hundred): reading stops there and
+the file is refused. Elements nested in sequences are not counted yet."""
 MAX_INFLATED_BYTES = 128 * 2**20
 """Deflated Explicit VR Little Endian: the most bytes one file's data set may inflate to."""
 MAX_INFLATE_RATIO = 100

@@ -21,6 +21,7 @@ import numpy as np
 import psutil
 import pydicom
 import pytest
+from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset, write_file_meta_info
 from PIL import Image
@@ -31,7 +32,7 @@ from pynetdicom.sop_class import Verification
 from edge.dicomnet.receiver import check_instance
 from edge.errors import CorruptFileError, FileTooLargeError
 from edge.ingest.dicom_files import check_pixel_size, j2k_size, read_header
-from edge.limits import ASSOCIATION_PHASE_S, MAX_CONTROL_PDU_BYTES
+from edge.limits import ASSOCIATION_PHASE_S, MAX_CONTROL_PDU_BYTES, MAX_DATA_ELEMENTS
 from edge.phantom import make_phantom, write_dicom_series
 from edge.untrusted import log_handler
 from tests.dicom_support import echo, free_port, phantom_study, send_statuses
@@ -364,3 +365,41 @@ def test_smaller_findings_outbox_owner_only_called_ae_checked_replacement_logged
                             "with different content: it replaces the earlier copy"]
     finally:
         receiver.stop()
+
+
+def element_bomb(source: Path, target: Path, n_elements: int) -> Path:
+    """``source`` with ``n_elements`` 10-byte private elements (US) before its image group, written raw."""
+    ds = pydicom.dcmread(source)
+    parts = []
+    for keep in (lambda tag: tag < 0x00110000, lambda tag: tag >= 0x00110000):
+        part = DicomBytesIO()
+        part.is_little_endian, part.is_implicit_VR = True, False
+        write_dataset(part, Dataset({e.tag: e for e in ds if keep(e.tag)}))
+        parts.append(part.getvalue())
+    tags = [(group, element) for group in range(0x0011, 0x0020, 2) for element in range(0x1000, 0x10000)]
+    elements = b"".join(struct.pack("<HH2sHH", g, e, b"US", 2, 0) for g, e in tags[:n_elements])
+    meta = DicomBytesIO()
+    meta.write(b"\0" * 128 + b"DICM")
+    write_file_meta_info(meta, ds.file_meta)
+    target.write_bytes(meta.getvalue() + parts[0] + elements + parts[1])
+    return target
+
+
+def test_a_file_of_too_many_data_elements_is_refused_after_reading_the_limit(tmp_path):
+    study = phantom_study(tmp_path / "s", n_slices=4, size=64)
+    bomb = element_bomb(study[0], tmp_path / "bomb.dcm", 400_000)
+    with pytest.raises(FileTooLargeError, match=f"bomb.dcm: more than {MAX_DATA_ELEMENTS} data elements"):
+        read_header(bomb)
+    with pytest.raises(ValueError, match=f"more than {MAX_DATA_ELEMENTS} data elements"):
+        check_instance(bomb.read_bytes())
+    assert read_header(element_bomb(study[1], tmp_path / "fine.dcm", 1000)).Rows == 64  # under the limit: read
+    baseline = subprocess.run([sys.executable, "-c", READ_STUDY, str(tmp_path / "s")], cwd=REPO,
+                              capture_output=True, text=True, check=True).stdout.split("\n")
+    bomb = bomb.rename(tmp_path / "s" / "bomb.dcm")
+    started = time.monotonic()
+    out = subprocess.run([sys.executable, "-c", READ_STUDY, str(tmp_path / "s")], cwd=REPO,
+                         capture_output=True, text=True, check=True).stdout.split("\n")
+    print(f"load_study of 4 slices: peak RSS {baseline[1]} MB; with a {bomb.stat().st_size // MB} MB file of "
+          f"400,000 elements: {out[1]} MB, {time.monotonic() - started:.1f} s")
+    assert out[0] == "read"
+    assert int(out[1]) < int(baseline[1]) + 40

@@ -36,7 +36,7 @@ from pynetdicom.sop_class import Verification
 from edge.card import MODALITY_TERMS, modality_names
 from edge.dicomnet.guard import GuardedAE
 from edge.errors import StudyError, UserError
-from edge.ingest.dicom_files import check_inflated_size
+from edge.ingest.dicom_files import check_inflated_size, read_bounded
 from edge.limits import MAX_INSTANCE_BYTES
 from edge.profile import DicomPeer, DicomSettings
 from edge.storage import fsync_path, private_dir
@@ -118,11 +118,10 @@ def check_instance(data: bytes, sop_uid: str | None = None) -> Dataset:
     (or when its SOP Instance UID is not ``sop_uid``, the one announced in the C-STORE request)."""
     try:
         check_inflated_size(BytesIO(data), Path("instance"))
-    except StudyError as exc:
-        raise ValueError(exc.problem) from exc
-    try:
-        ds = pydicom.dcmread(BytesIO(data), defer_size=None)
+        ds = read_bounded(BytesIO(data))
         ds.get("PixelData")  # read every element up to the end: a truncated one raises here
+    except StudyError as exc:  # bounds: deflated size, element count
+        raise ValueError(exc.problem) from exc
     except Exception as exc:  # noqa: BLE001 - any parse failure is the sender's problem, not ours
         raise ValueError(f"the dataset cannot be parsed ({type(exc).__name__}: {exc})") from exc
     for key in ("StudyInstanceUID", "SOPInstanceUID"):

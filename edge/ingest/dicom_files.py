@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import struct
 import warnings
@@ -15,12 +16,14 @@ from pydicom import uid
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_partial
+from pydicom.misc import size_in_bytes
 from pydicom.multival import MultiValue
 
 from edge.errors import (CorruptFileError, FileTooLargeError, NoPixelDataError, NotDicomError,
                          UnsupportedTransferSyntaxError)
 from edge.ingest.pydicom_adapter import data_set_syntax, missing_decoder, truncation_warned
-from edge.limits import MAX_INFLATE_RATIO, MAX_INFLATED_BYTES, MIN_INFLATE_ALLOWANCE
+from edge.limits import MAX_DATA_ELEMENTS, MAX_INFLATE_RATIO, MAX_INFLATED_BYTES, MIN_INFLATE_ALLOWANCE
 
 DICOMDIR_UID = "1.2.840.10008.1.3.10"
 DEFLATED = "1.2.840.10008.1.2.1.99"   # Deflated Explicit VR Little Endian: pydicom inflates it whole
@@ -41,23 +44,49 @@ def read_header(path: Path) -> Dataset:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            ds = pydicom.dcmread(path, defer_size="64 KB")
+            ds = read_bounded(path, defer_size="64 KB")
         if truncation_warned(caught):
             raise CorruptFileError(path, "truncated: the file ends inside a data element")
     except InvalidDicomError:
         try:
-            ds = pydicom.dcmread(path, defer_size="64 KB", force=True)
+            ds = read_bounded(path, defer_size="64 KB", force=True)
+        except TooManyElementsError:
+            raise
         except Exception as exc:  # noqa: BLE001 - any parser failure means "not DICOM"
             raise NotDicomError(path, "not a DICOM file") from exc
         if "SOPClassUID" not in ds:
             raise NotDicomError(path, "not a DICOM file (no DICM preamble, no SOP Class UID)")
-    except CorruptFileError:
+    except (CorruptFileError, TooManyElementsError):
         raise
     except Exception as exc:  # noqa: BLE001 - truncated or malformed element streams
         raise CorruptFileError(path, f"cannot be parsed as DICOM ({type(exc).__name__}: {exc})") from exc
     if ds.get("MediaStorageSOPClassUID", ds.file_meta.get("MediaStorageSOPClassUID")) == DICOMDIR_UID:
         raise NotDicomError(path, "a DICOMDIR index, not an image")
     check_tags(ds, path)
+    return ds
+
+
+class TooManyElementsError(FileTooLargeError):
+    """A data set with more than MAX_DATA_ELEMENTS data elements at its top level."""
+
+
+def read_bounded(source: Path | BinaryIO, defer_size: str | int | None = None, force: bool = False) -> Dataset:
+    """``pydicom.dcmread(source, defer_size=..., force=...)``, except that reading stops after
+    MAX_DATA_ELEMENTS top-level data elements and the file is refused (TooManyElementsError): a few
+    MB of tiny elements would otherwise cost gigabytes of Python objects."""
+    seen = 0
+
+    def enough(tag: object, vr: object, length: int) -> bool:
+        nonlocal seen
+        seen += 1
+        return seen > MAX_DATA_ELEMENTS + 1   # +1: pydicom also shows it the first element to guess the VR
+
+    with contextlib.ExitStack() as stack:
+        fp = stack.enter_context(open(source, "rb")) if isinstance(source, Path) else source
+        ds = read_partial(fp, enough, defer_size=size_in_bytes(defer_size), force=force)
+    if seen > MAX_DATA_ELEMENTS + 1:
+        raise TooManyElementsError(source if isinstance(source, Path) else "instance",
+                                   f"more than {MAX_DATA_ELEMENTS} data elements; not read")
     return ds
 
 
