@@ -403,3 +403,26 @@ def test_a_file_of_too_many_data_elements_is_refused_after_reading_the_limit(tmp
           f"400,000 elements: {out[1]} MB, {time.monotonic() - started:.1f} s")
     assert out[0] == "read"
     assert int(out[1]) < int(baseline[1]) + 40
+
+
+def test_random_and_crafted_pdus_cost_the_receiver_a_bounded_amount(receiver_process):
+    """Fuzz the receiver's door before authentication: random PDU types and declared lengths, random
+    bytes; memory stays bounded, nothing crashes, and C-ECHO still works."""
+    port, process = receiver_process
+    rng = np.random.default_rng(23)
+    before = rss_mb(process)
+
+    def fuzz() -> None:
+        for _ in range(150):
+            pdu_type = int(rng.choice([1, 2, 3, 4, 5, 6, 7, int(rng.integers(0, 256))]))
+            length = int(rng.choice([0, 1, int(rng.integers(0, 2**16)), int(rng.integers(0, 2**32))]))
+            body = rng.bytes(int(rng.integers(0, 2**16)))
+            with socket.create_connection(("127.0.0.1", port)) as s:
+                try:
+                    s.sendall(struct.pack(">BBL", pdu_type, 0, length) + body)
+                except OSError:
+                    pass  # the receiver closed the connection first
+    peak, _ = peak_rss_mb(process, fuzz)
+    print(f"receiver RSS {before:.0f} MB -> peak {peak:.0f} MB over 150 random PDUs")
+    assert peak - before < 64  # measured +32 MB: threads of connections being closed, PDUs of up to 64 KB
+    assert process.is_running() and echo(port)[2] == 0
