@@ -426,3 +426,21 @@ def test_random_and_crafted_pdus_cost_the_receiver_a_bounded_amount(receiver_pro
     print(f"receiver RSS {before:.0f} MB -> peak {peak:.0f} MB over 150 random PDUs")
     assert peak - before < 64  # measured +32 MB: threads of connections being closed, PDUs of up to 64 KB
     assert process.is_running() and echo(port)[2] == 0
+
+
+def test_refused_connections_cannot_flood_the_log(tmp_path, caplog):
+    from edge.dicomnet.receiver import Receiver
+    from edge.profile import DicomSettings
+
+    receiver = Receiver(DicomSettings(port=0), tmp_path / "inbox", ("ct",))
+    receiver.start()
+    try:
+        with caplog.at_level(logging.WARNING, "ctedge.dicom"):
+            for _ in range(30):
+                with socket.create_connection(("127.0.0.1", receiver.port)) as s:
+                    s.sendall(struct.pack(">BBL", 0x01, 0, 500_000_000))
+                    s.settimeout(5)
+                    assert s.recv(10)[:1] == b"\x07"
+    finally:
+        receiver.stop()
+    assert len([r for r in caplog.records if "aborted a DICOM connection" in r.getMessage()]) <= 1

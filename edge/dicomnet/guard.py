@@ -36,6 +36,27 @@ P_DATA_TF = 0x04
 INVALID_PDU_PARAMETER = 0x06   # A-ABORT reason (PS3.8 9.3.8)
 
 
+class _Throttled:
+    """A warning logged at most once per ASSOCIATION_PHASE_S, saying how many events it stands for:
+    an attacker opening connections cannot flood the log."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._count, self._at = 0, None
+
+    def __call__(self, message: str, *args: object) -> None:
+        with self._lock:
+            self._count += 1
+            now = time.monotonic()
+            if self._at is not None and now - self._at < ASSOCIATION_PHASE_S:
+                return
+            count, self._count, self._at = self._count, 0, now
+        log.warning(message + (f" ({count} such events since the last such line)" if count > 1 else ""), *args)
+
+
+_ABORTED, _EVICTED, _EXPIRED = _Throttled(), _Throttled(), _Throttled()
+
+
 class GuardedAE(AE):
     """An AE whose servers are ``GuardedServer``: use it exactly as pynetdicom's AE."""
 
@@ -57,7 +78,6 @@ class GuardedServer(ThreadedAssociationServer):
     def __init__(self, *args, **kwargs):  # noqa: ANN002, ANN003 - pynetdicom's signature
         self._pending: dict[Association, tuple[str, float]] = {}
         self._pending_lock = threading.Lock()
-        self._closed, self._warned_at = 0, -ASSOCIATION_PHASE_S   # one log line per ASSOCIATION_PHASE_S at most
         super().__init__(*args, request_handler=GuardedHandler, **kwargs)
 
     def admit(self, assoc: Association, address: str) -> None:
@@ -69,12 +89,8 @@ class GuardedServer(ThreadedAssociationServer):
             oldest = same[0] if len(same) >= MAX_PENDING_PER_ADDRESS else \
                 next(iter(self._pending)) if len(self._pending) >= MAX_PENDING else None
             if oldest is not None:
-                self._closed += 1
-                if time.monotonic() - self._warned_at > ASSOCIATION_PHASE_S:
-                    log.warning("closed %d DICOM connection(s) still negotiating when more came (the last from %s; "
-                                "at most %d per address, %d in all)", self._closed, address,
-                                MAX_PENDING_PER_ADDRESS, MAX_PENDING)
-                    self._closed, self._warned_at = 0, time.monotonic()
+                _EVICTED("closed a DICOM connection still negotiating when another came from %s (at most %d per "
+                         "address, %d in all)", address, MAX_PENDING_PER_ADDRESS, MAX_PENDING)
                 del self._pending[oldest]
                 _close(oldest)
             self._pending[assoc] = (address, time.monotonic())
@@ -87,8 +103,8 @@ class GuardedServer(ThreadedAssociationServer):
             self._prune()
             for assoc, (address, since) in list(self._pending.items()):
                 if now - since > ASSOCIATION_PHASE_S:
-                    log.warning("closed a DICOM connection from %s: no association after %.0f s",
-                                address, ASSOCIATION_PHASE_S)
+                    _EXPIRED("closed a DICOM connection from %s: no association after %.0f s",
+                             address, ASSOCIATION_PHASE_S)
                     del self._pending[assoc]
                     _close(assoc)
 
@@ -122,8 +138,8 @@ class GuardedDUL(DULServiceProvider):
             limit = self.assoc.acceptor.maximum_length \
                 if pdu_type == P_DATA_TF and self.assoc.is_established else MAX_CONTROL_PDU_BYTES
             if length > limit:
-                log.warning("aborted a DICOM connection from %s: a PDU of type 0x%02X announces %d bytes "
-                            "(at most %d here)", self.assoc.requestor.address, pdu_type, length, limit)
+                _ABORTED("aborted a DICOM connection from %s: a PDU of type 0x%02X announces %d bytes "
+                         "(at most %d here)", self.assoc.requestor.address, pdu_type, length, limit)
                 abort = A_ABORT_RQ()
                 abort.source, abort.reason_diagnostic = 0x02, INVALID_PDU_PARAMETER  # service provider
                 self.socket.send(abort.encode())
