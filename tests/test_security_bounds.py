@@ -23,6 +23,7 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_dataset, write_file_meta_info
 from PIL import Image
 from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEG2000Lossless, generate_uid
@@ -32,6 +33,7 @@ from pynetdicom.sop_class import Verification
 from edge.dicomnet.receiver import check_instance
 from edge.errors import CorruptFileError, FileTooLargeError
 from edge.ingest.dicom_files import check_pixel_size, j2k_size, read_header
+from edge.ingest.pydicom_adapter import data_set_syntax
 from edge.limits import ASSOCIATION_PHASE_S, MAX_CONTROL_PDU_BYTES, MAX_DATA_ELEMENTS
 from edge.phantom import make_phantom, write_dicom_series
 from edge.untrusted import log_handler
@@ -444,3 +446,17 @@ def test_refused_connections_cannot_flood_the_log(tmp_path, caplog):
     finally:
         receiver.stop()
     assert len([r for r in caplog.records if "aborted a DICOM connection" in r.getMessage()]) <= 1
+
+
+def test_data_set_syntax_stops_where_pydicom_starts_the_data_set(tmp_path):
+    """Pins edge.ingest.pydicom_adapter.data_set_syntax (pydicom's private meta readers) to the
+    installed pydicom: the deflate check inflates from exactly where pydicom would."""
+    source = phantom_study(tmp_path / "s", n_slices=2, size=64)[0]
+    ds = pydicom.dcmread(source)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.save_as(tmp_path / "deflated.dcm", enforce_file_format=True)
+    with open(tmp_path / "deflated.dcm", "rb") as f:
+        assert data_set_syntax(f) == DeflatedExplicitVRLittleEndian
+        inflated = zlib.decompress(f.read(), -zlib.MAX_WBITS)
+    parsed = read_dataset(DicomBytesIO(inflated), False, True)
+    assert parsed.SOPInstanceUID == ds.SOPInstanceUID and parsed.PixelData == ds.PixelData
