@@ -26,7 +26,7 @@ class OneLineFormatter(logging.Formatter):
     PACS's error comment: a newline in them would forge a log line); a traceback that follows is
     indented, so that no line of it can pass for a record either."""
 
-    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+    def formatMessage(self, record: logging.LogRecord) -> str:
         record.message = one_line(record.message)
         return super().formatMessage(record)
 

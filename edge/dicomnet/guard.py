@@ -67,7 +67,7 @@ class GuardedAE(AE):
         self.acse_timeout = ASSOCIATION_PHASE_S
 
     def make_server(self, address, ae_title=None, contexts=None, ssl_context=None, evt_handlers=None,
-                    server_class=None, **kwargs):  # noqa: ANN001, ANN201 - pynetdicom's signature
+                    server_class=None, **kwargs):
         return super().make_server(address, ae_title, contexts, ssl_context, evt_handlers,
                                    server_class=GuardedServer, **kwargs)
 
@@ -75,7 +75,7 @@ class GuardedAE(AE):
 class GuardedServer(ThreadedAssociationServer):
     """Keeps the connections still negotiating (oldest first) and closes those over the bounds."""
 
-    def __init__(self, *args, **kwargs):  # noqa: ANN002, ANN003 - pynetdicom's signature
+    def __init__(self, *args, **kwargs):
         self._pending: dict[Association, tuple[str, float]] = {}
         self._pending_lock = threading.Lock()
         super().__init__(*args, request_handler=GuardedHandler, **kwargs)
@@ -171,7 +171,7 @@ class GuardedDIMSE(DIMSEServiceProvider):
     """Counts the data set bytes of each message; past MAX_INSTANCE_BYTES they are dropped as they
     arrive and the message id is recorded in ``oversize`` for the C-STORE handler to refuse."""
 
-    def receive_primitive(self, primitive) -> None:  # noqa: ANN001 - pynetdicom's P_DATA
+    def receive_primitive(self, primitive) -> None:
         if self.message is None:
             self._dataset_bytes = 0
         values = []

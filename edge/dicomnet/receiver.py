@@ -24,7 +24,6 @@ from collections.abc import Iterable
 from io import BytesIO
 from pathlib import Path
 
-import pydicom
 from pydicom.dataset import Dataset
 from pydicom.pixels import get_decoder
 from pydicom.uid import (UID, AllTransferSyntaxes, ComputedRadiographyImageStorage, CTImageStorage,

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-import pydicom
 from pydicom import uid
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
