@@ -25,6 +25,7 @@ from edge.preprocess.select import METHODS
 from edge.selection_report import evaluate_study, format_table, read_labels
 from edge.server.command import add_serve
 from edge.tune import add_tune
+from edge.untrusted import log_handler
 from edge.validate import add_validate
 from edge.watch import add_watch
 
@@ -191,7 +192,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser(argv).parse_args(argv)
     configure_pydicom()
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, handlers=[log_handler()])
     try:
         return args.func(args)
     except UserError as exc:

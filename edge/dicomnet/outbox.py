@@ -58,7 +58,7 @@ class Outbox:
         self.root = Path(root)
         self.calling_ae = calling_ae
         self.retry_base_s, self.retry_max_s, self.timeout_s = retry_base_s, retry_max_s, timeout_s
-        for name in ("pending", "sent", "skipped", ".tmp"):
+        for name in ("", "pending", "sent", "skipped", ".tmp"):  # the root too: mkdir makes parents 0755
             private_dir(self.root / name)
         for leftover in (self.root / ".tmp").iterdir():  # an enqueue interrupted by a kill
             shutil.rmtree(leftover)

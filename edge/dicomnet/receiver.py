@@ -8,7 +8,8 @@ An instance is written to ``INBOX/.receiving/`` (hidden: the watcher ignores it)
 into ``INBOX/<StudyInstanceUID>/<SOPInstanceUID>.dcm`` before the success status is sent, exactly as
 it was encoded by the sender (no re-encoding). A kill at any moment leaves at most a ``.part`` file in
 ``.receiving``, removed at the next start. Sending an identical instance again changes nothing on disk;
-a different instance with the same SOP Instance UID replaces the earlier copy.
+a different instance with the same SOP Instance UID replaces the earlier copy (a warning names the
+study and instance UIDs, no patient data).
 """
 
 from __future__ import annotations
@@ -23,19 +24,22 @@ from collections.abc import Iterable
 from io import BytesIO
 from pathlib import Path
 
-import pydicom
 from pydicom.dataset import Dataset
 from pydicom.pixels import get_decoder
 from pydicom.uid import (UID, AllTransferSyntaxes, ComputedRadiographyImageStorage, CTImageStorage,
                          DigitalXRayImageStorageForPresentation, DigitalXRayImageStorageForProcessing)
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification
 
 from edge.card import MODALITY_TERMS, modality_names
-from edge.errors import UserError
+from edge.dicomnet.guard import GuardedAE
+from edge.errors import StudyError, UserError
+from edge.ingest.dicom_files import check_inflated_size, read_bounded
+from edge.limits import MAX_INSTANCE_BYTES
 from edge.profile import DicomPeer, DicomSettings
 from edge.storage import fsync_path, private_dir
+from edge.untrusted import printable
 
 log = logging.getLogger("ctedge.dicom")
 RECEIVING = ".receiving"
@@ -85,8 +89,11 @@ class StudyInbox:
     def commit(self, study_uid: str, sop_uid: str, data: bytes) -> Path:
         """Write ``data`` durably as the instance ``sop_uid`` of ``study_uid``; return its path."""
         target = self.root / study_uid / f"{sop_uid}.dcm"
-        if target.is_file() and target.stat().st_size == len(data) and target.read_bytes() == data:
-            return target  # the same instance again: leave the study untouched
+        if target.is_file():
+            if target.stat().st_size == len(data) and target.read_bytes() == data:
+                return target  # the same instance again: leave the study untouched
+            log.warning("instance %s of study %s received again with different content: it replaces the "
+                        "earlier copy", sop_uid, study_uid)
         tmp = self.receiving / f"{sop_uid}-{uuid.uuid4().hex}.part"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -109,8 +116,11 @@ def check_instance(data: bytes, sop_uid: str | None = None) -> Dataset:
     """Parse a received file; raise ValueError naming the problem when it is truncated or unusable
     (or when its SOP Instance UID is not ``sop_uid``, the one announced in the C-STORE request)."""
     try:
-        ds = pydicom.dcmread(BytesIO(data), defer_size=None)
+        check_inflated_size(BytesIO(data), Path("instance"))
+        ds = read_bounded(BytesIO(data))
         ds.get("PixelData")  # read every element up to the end: a truncated one raises here
+    except StudyError as exc:  # bounds: deflated size, element count
+        raise ValueError(exc.problem) from exc
     except Exception as exc:  # noqa: BLE001 - any parse failure is the sender's problem, not ours
         raise ValueError(f"the dataset cannot be parsed ({type(exc).__name__}: {exc})") from exc
     for key in ("StudyInstanceUID", "SOPInstanceUID"):
@@ -145,8 +155,7 @@ class Receiver:
         self.inbox = StudyInbox(inbox)
         self.modalities = tuple(modalities)
         self.accepted = frozenset(uid for m in self.modalities for uid in STORAGE_CLASSES[m])
-        self.ae = AE(ae_title=settings.ae_title)
-        self.ae.maximum_pdu_size = 0  # no limit: fewer, larger P-DATA for big slices
+        self.ae = GuardedAE(settings.ae_title)  # bounded PDUs, instances and negotiating connections
         self.ae.add_supported_context(Verification)
         syntaxes = decodable_transfer_syntaxes()
         for cx in AllStoragePresentationContexts:  # other classes get a clear refusal status, not a bare reject
@@ -195,8 +204,14 @@ class Receiver:
 
     def _on_request(self, event: Event) -> None:
         caller = event.assoc.requestor.primitive.calling_ae_title.strip()
+        called = event.assoc.requestor.primitive.called_ae_title.strip()
         address = event.assoc.requestor.address
-        if not is_allowed(caller, address, self.settings.allowed_callers):
+        if called != self.settings.ae_title:
+            log.warning("association from %r at %s rejected: it calls %r, this receiver is %r", caller, address,
+                        called, self.settings.ae_title)
+            event.assoc.acse.send_reject(0x01, 0x01, 0x07)  # rejected-permanent, service user, called AE not recognised
+            event.assoc.kill()
+        elif not is_allowed(caller, address, self.settings.allowed_callers):
             log.warning("association from %r at %s rejected: not in dicom.allowed_callers", caller, address)
             event.assoc.acse.send_reject(0x01, 0x01, 0x03)  # rejected-permanent, service user, calling AE not recognised
             event.assoc.kill()  # as pynetdicom does: waits until the A-ASSOCIATE-RJ has gone out
@@ -204,6 +219,12 @@ class Receiver:
     def _on_store(self, event: Event) -> Dataset:
         request = event.request
         sop_class, sop_uid = UID(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID)
+        oversize = event.assoc.dimse.oversize
+        if request.MessageID in oversize:  # its data set was discarded as it arrived
+            oversize.discard(request.MessageID)
+            log.warning("refused instance %s from %r: larger than %d MB", printable(sop_uid),
+                        event.assoc.requestor.ae_title, MAX_INSTANCE_BYTES // 2**20)
+            return _status(OUT_OF_RESOURCES, f"instance larger than {MAX_INSTANCE_BYTES // 2**20} MB")
         if refusal := self.refusal(sop_class):
             log.warning("refused a %s instance from %r: %s", sop_class.name, event.assoc.requestor.ae_title, refusal)
             return _status(SOP_CLASS_NOT_SUPPORTED, refusal[:64])

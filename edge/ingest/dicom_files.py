@@ -2,21 +2,32 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import struct
 import warnings
+import zlib
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
-import pydicom
+from pydicom import uid
 from pydicom.dataset import Dataset
+from pydicom.encaps import generate_frames
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_partial
+from pydicom.misc import size_in_bytes
 from pydicom.multival import MultiValue
 
 from edge.errors import (CorruptFileError, FileTooLargeError, NoPixelDataError, NotDicomError,
                          UnsupportedTransferSyntaxError)
-from edge.ingest.pydicom_adapter import missing_decoder, truncation_warned
+from edge.ingest.pydicom_adapter import data_set_syntax, missing_decoder, truncation_warned
+from edge.limits import MAX_DATA_ELEMENTS, MAX_INFLATE_RATIO, MAX_INFLATED_BYTES, MIN_INFLATE_ALLOWANCE
 
 DICOMDIR_UID = "1.2.840.10008.1.3.10"
+DEFLATED = "1.2.840.10008.1.2.1.99"   # Deflated Explicit VR Little Endian: pydicom inflates it whole
+JPEG_2000 = frozenset({uid.JPEG2000Lossless, uid.JPEG2000, uid.JPEG2000MCLossless, uid.JPEG2000MC,
+                       uid.HTJ2KLossless, uid.HTJ2KLosslessRPCL, uid.HTJ2K})
 MAX_SLICE_PIXELS = 2048 * 2048
 """CT slices are 512x512, occasionally 1024x1024: a file declaring more pixels is not decoded."""
 
@@ -27,20 +38,24 @@ def read_header(path: Path) -> Dataset:
     Files without the 128-byte preamble are accepted only if they carry an SOP Class UID.
     Raises NotDicomError or CorruptFileError naming the file.
     """
+    with open(path, "rb") as f:
+        check_inflated_size(f, path)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            ds = pydicom.dcmread(path, defer_size="64 KB")
+            ds = read_bounded(path, defer_size="64 KB")
         if truncation_warned(caught):
             raise CorruptFileError(path, "truncated: the file ends inside a data element")
     except InvalidDicomError:
         try:
-            ds = pydicom.dcmread(path, defer_size="64 KB", force=True)
+            ds = read_bounded(path, defer_size="64 KB", force=True)
+        except TooManyElementsError:
+            raise
         except Exception as exc:  # noqa: BLE001 - any parser failure means "not DICOM"
             raise NotDicomError(path, "not a DICOM file") from exc
         if "SOPClassUID" not in ds:
             raise NotDicomError(path, "not a DICOM file (no DICM preamble, no SOP Class UID)")
-    except CorruptFileError:
+    except (CorruptFileError, TooManyElementsError):
         raise
     except Exception as exc:  # noqa: BLE001 - truncated or malformed element streams
         raise CorruptFileError(path, f"cannot be parsed as DICOM ({type(exc).__name__}: {exc})") from exc
@@ -48,6 +63,62 @@ def read_header(path: Path) -> Dataset:
         raise NotDicomError(path, "a DICOMDIR index, not an image")
     check_tags(ds, path)
     return ds
+
+
+class TooManyElementsError(FileTooLargeError):
+    """A data set with more than MAX_DATA_ELEMENTS data elements at its top level."""
+
+
+def read_bounded(source: Path | BinaryIO, defer_size: str | int | None = None, force: bool = False) -> Dataset:
+    """``pydicom.dcmread(source, defer_size=..., force=...)``, except that reading stops after
+    MAX_DATA_ELEMENTS top-level data elements and the file is refused (TooManyElementsError): a few
+    MB of tiny elements would otherwise cost gigabytes of Python objects."""
+    seen = 0
+
+    def enough(tag: object, vr: object, length: int) -> bool:
+        nonlocal seen
+        seen += 1
+        return seen > MAX_DATA_ELEMENTS + 1   # +1: pydicom also shows it the first element to guess the VR
+
+    with contextlib.ExitStack() as stack:
+        fp = stack.enter_context(open(source, "rb")) if isinstance(source, Path) else source
+        ds = read_partial(fp, enough, defer_size=size_in_bytes(defer_size), force=force)
+    if seen > MAX_DATA_ELEMENTS + 1:
+        raise TooManyElementsError(source if isinstance(source, Path) else "instance",
+                                   f"more than {MAX_DATA_ELEMENTS} data elements; not read")
+    return ds
+
+
+def check_inflated_size(fp: BinaryIO, path: Path) -> None:
+    """Refuse a Deflated Explicit VR Little Endian file whose data set inflates to more than the
+    smaller of MAX_INFLATED_BYTES and MAX_INFLATE_RATIO x its deflated size (but always allowing
+    MIN_INFLATE_ALLOWANCE), before pydicom inflates it whole: it is inflated here in chunks and
+    thrown away, so the check costs about 1 MB whatever the file declares. Other files pass
+    untouched (``fp`` is read from its start and left where it was)."""
+    start = fp.tell()
+    try:
+        syntax = data_set_syntax(fp)
+    except Exception:  # noqa: BLE001 - not DICOM or a broken header: dcmread says which, next
+        syntax = None
+    try:
+        if syntax != DEFLATED:
+            return
+        data_start = fp.tell()
+        deflated = fp.seek(0, 2) - data_start
+        fp.seek(data_start)
+        limit = min(MAX_INFLATED_BYTES, max(MAX_INFLATE_RATIO * deflated, MIN_INFLATE_ALLOWANCE))
+        inflater, inflated = zlib.decompressobj(-zlib.MAX_WBITS), 0
+        while not inflater.eof and (chunk := inflater.unconsumed_tail or fp.read(2**16)):
+            try:
+                inflated += len(inflater.decompress(chunk, 2**20))
+            except zlib.error as exc:
+                raise CorruptFileError(path, f"the deflated data set cannot be inflated ({exc})") from exc
+            if inflated > limit:
+                raise FileTooLargeError(path, f"the deflated data set ({deflated} bytes) inflates to more than "
+                                              f"{limit} bytes (at most {MAX_INFLATE_RATIO}x, "
+                                              f"{MAX_INFLATED_BYTES // 2**20} MB); not read")
+    finally:
+        fp.seek(start)
 
 
 NUMERIC_TAGS = {"Rows": 1, "Columns": 1, "NumberOfFrames": 1, "InstanceNumber": 1, "SliceLocation": 1,
@@ -124,6 +195,51 @@ def check_pixel_size(ds: Dataset, path: Path) -> None:
     if rows * columns * max(frames, 1) * max(samples, 1) > MAX_SLICE_PIXELS or bits > 32:
         raise FileTooLargeError(path, f"declares {rows} x {columns} pixels x {frames} frame(s) x {samples} sample(s) "
                                       f"of {bits} bits, above the limit of one 2048 x 2048 slice; not decoded")
+    check_codestream_size(ds, path)
+
+
+def check_codestream_size(ds: Dataset, path: Path) -> None:
+    """Refuse JPEG 2000 pixel data whose codestream (its SIZ marker, in the first frame) states
+    another image size or component count than the data set's Rows, Columns and SamplesPerPixel:
+    the decoder allocates what the codestream states, whatever the header says."""
+    if ds.file_meta.get("TransferSyntaxUID") not in JPEG_2000:
+        return
+    try:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        fragment = next(generate_frames(ds.PixelData, number_of_frames=frames), b"")
+    except Exception as exc:  # noqa: BLE001 - broken item tags: the encapsulation is damaged
+        raise CorruptFileError(path, f"the encapsulated pixel data cannot be read ({type(exc).__name__})") from exc
+    size = j2k_size(fragment)
+    if size is None:
+        raise CorruptFileError(path, "the JPEG 2000 pixel data has no SIZ marker where the standard puts it")
+    header = (int(ds.get("Columns", 0)), int(ds.get("Rows", 0)), int(ds.get("SamplesPerPixel", 1) or 1))
+    if size != header:
+        raise CorruptFileError(path, "the JPEG 2000 codestream is {} x {} pixels x {} component(s), the header says "
+                                     "{} x {} x {}; not decoded".format(*size, *header))
+
+
+def j2k_size(data: bytes) -> tuple[int, int, int] | None:
+    """(width, height, components) stated by the SIZ marker of a JPEG 2000 codestream, or of the
+    codestream box of a JP2 file; None when there is none where the standard puts it."""
+    if data[4:8] == b"jP  ":  # a JP2 file: its boxes, up to the contiguous codestream box
+        pos = 0
+        while True:
+            if pos + 8 > len(data):
+                return None
+            length, box = struct.unpack(">I4s", data[pos:pos + 8])
+            header = 8
+            if length == 1 and pos + 16 <= len(data):
+                length, header = struct.unpack(">Q", data[pos + 8:pos + 16])[0], 16
+            if box == b"jp2c":
+                data = data[pos + header:]
+                break
+            if length < header:  # 0: the box runs to the end, and it is not the codestream
+                return None
+            pos += length
+    if len(data) < 42 or data[:4] != b"\xff\x4f\xff\x51":  # SOC, then SIZ
+        return None
+    xsiz, ysiz, xosiz, yosiz = struct.unpack(">4I", data[8:24])
+    return xsiz - xosiz, ysiz - yosiz, struct.unpack(">H", data[40:42])[0]
 
 
 def has_rescale(ds: Dataset) -> bool:

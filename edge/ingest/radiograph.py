@@ -29,7 +29,7 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
 from edge.errors import CorruptFileError, FileTooLargeError, StudyError
-from edge.ingest.dicom_files import read_header
+from edge.ingest.dicom_files import check_codestream_size, read_header
 from edge.ingest.image_files import is_image_file, read_grey
 from edge.ingest.sources import Limits, study_files
 
@@ -156,7 +156,10 @@ def _read_dicom(path: Path, header: Dataset | None = None) -> Radiograph:
     view = _check_view(path, given)
     try:
         ds = pydicom.dcmread(path)
+        check_codestream_size(ds, path)
         raw = ds.pixel_array
+    except StudyError:
+        raise
     except Exception as exc:  # noqa: BLE001 - any decoder failure
         raise CorruptFileError(path, f"pixel data cannot be decoded ({type(exc).__name__}: {exc})") from exc
     if raw.ndim != 2:
