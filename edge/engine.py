@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from edge.card import KIND_MODALITY, MODALITY_TERMS, ModelCard, TrainingRange, load_card, modality_names
+from edge.card import DEFAULT_BUNDLE, KIND_MODALITY, MODALITY_TERMS, ModelCard, TrainingRange, load_card, modality_names
 from edge.errors import UserError
 from edge.explain import GradCam, SliceGradCam
 from edge.infer import Classifier, ModelInfo
@@ -25,13 +25,12 @@ from edge.ingest import Limits, source_name
 from edge.ingest.radiograph import study_modality
 from edge.kinds import KINDS
 from edge.options import PipelineOptions, apply_settings
-from edge.pipeline import ReadStudy, Source, StudyResult, read_study, run_study
+from edge.pipeline import read_study, run_study
 from edge.preprocess.segment import LungSegmenter, TFLiteSegmenter
 from edge.profile import Profile
 from edge.report import write_result
+from edge.stages import ReadStudy, Source, StudyResult
 from edge.tune import resolve
-
-DEFAULT_BUNDLE = Path(__file__).resolve().parent / "models" / "demo"
 
 
 class NoModelForModalityError(UserError):

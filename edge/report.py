@@ -22,7 +22,7 @@ import numpy as np
 from edge.card import MODALITY_TERMS, ModalityTerms
 from edge.explain import SliceHeatmap, overlay
 from edge.ingest import Volume
-from edge.pipeline import StudyResult
+from edge.stages import StudyResult
 from edge.storage import private_dir
 
 _TEMPLATES = jinja2.Environment(loader=jinja2.PackageLoader("edge", "templates"), autoescape=True)

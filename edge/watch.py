@@ -48,8 +48,8 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from edge import __version__
 from edge.engine import DEFAULT_BUNDLE, Engine
 from edge.errors import UserError
-from edge.pipeline import ReadStudy
 from edge.profile import WatcherSettings, default_profile, load_profile
+from edge.stages import ReadStudy
 from edge.storage import fsync_path, private_dir, restrict_tree
 from edge.untrusted import printable
 
