@@ -7,7 +7,7 @@ from pathlib import Path
 from flask import Blueprint, Response, abort, current_app, jsonify, request, send_file, url_for
 from werkzeug.datastructures import FileStorage
 
-from edge.server import json_error
+from edge.server.errors import json_error
 from edge.server.auth import api_token_problem
 from edge.server.jobs import JobQueue, QueueFull, StudyStore
 from edge.server.uploads import UploadError, UploadPolicy, receive_study

@@ -9,7 +9,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.http import parse_options_header
 
 from edge.dicomnet.receiver import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, SOP_CLASS_NOT_SUPPORTED, check_instance, log
-from edge.server import json_error
+from edge.server.errors import json_error
 from edge.server.auth import api_token_problem
 
 bp = Blueprint("stow", __name__)
