@@ -11,6 +11,7 @@ from typing import Any
 from edge.cli.common import add_model_options, model_profile
 from edge.engine import Engine
 from edge.options import METHODS
+from edge.result import modality_of
 
 SELECTION_HELP = (
     "slice selection rule: 'lung-extent' (default; keeps every slice between the lung apex and base), "
@@ -75,7 +76,7 @@ def summary(d: dict) -> str:
     lines.append(f"Verdict: {d['label']}   ({d['decision_rule']})")
     classes = d["classes"]
     lines.append("Probabilities: " + "  ".join(f"{c} {d['probabilities'][c]:.3f}" for c in classes))
-    lines += INPUT_LINES[d.get("modality", "ct")](d)      # older results have no modality: CT
+    lines += INPUT_LINES[modality_of(d)](d)
     for g in d["groups"]:
         probs = " ".join(f"{g['probabilities'][c]:.3f}" for c in classes)
         lines.append(f"  group {g['index']}: slices {g['slice_range'][0]}-{g['slice_range'][1]}  {g['label']:<16} [{probs}]")

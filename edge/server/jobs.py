@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 from edge.errors import UserError
 from edge.infer import ModelInfo
+from edge.result import load_result
 from edge.storage import is_disk_full, private_dir, restrict_tree
 
 log = logging.getLogger("ctedge.server")
@@ -165,7 +166,7 @@ class StudyStore:
     def result(self, study_id: str) -> dict | None:
         """The engine's result document of a finished study."""
         try:
-            return json.loads((self.folder(study_id) / "result.json").read_text())
+            return load_result(self.folder(study_id))
         except (KeyError, OSError, ValueError):
             return None
 
