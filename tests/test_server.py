@@ -21,7 +21,7 @@ import yaml
 from edge import CLASSES
 from edge.card import DEMONSTRATION_BANNER
 from edge.cli import main
-from edge.engine import Engine
+from edge.engine import Device, Engine
 from edge.errors import UserError
 from edge.infer import TFLiteClassifier
 from edge.pipeline import run_study
@@ -40,7 +40,7 @@ P002 = SAMPLES / "COVID-19_P002"
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory) -> Engine:
     """One engine (the bundled demonstration model) shared by every app of this module."""
-    return Engine.from_profile(load_profile(write_profile(tmp_path_factory.mktemp("engine"))))
+    return Device.from_profile(load_profile(write_profile(tmp_path_factory.mktemp("engine"))))
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ import pydicom
 import pytest
 from pydicom.uid import JPEG2000Lossless
 
-from edge.engine import Engine
+from edge.engine import Device, Engine
 from edge.errors import FileTooLargeError, NotDicomError, UserError
 from edge.ingest.dicom_files import decode_hu, read_header
 from edge.ingest.sources import Limits, extract_zip
@@ -40,7 +40,7 @@ from tests.test_server import AUTH, P002, TOKEN, csrf, dicom_files, login, study
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory) -> Engine:
-    return Engine.from_profile(load_profile(write_profile(tmp_path_factory.mktemp("engine"))))
+    return Device.from_profile(load_profile(write_profile(tmp_path_factory.mktemp("engine"))))
 
 
 @pytest.fixture
