@@ -34,7 +34,6 @@ import numpy as np
 from edge.card import ModelCard, load_card
 from edge.errors import ModelLoadError
 from edge.kinds import KINDS
-from edge.phantom import make_phantom
 from edge.pipeline import PREPARE
 from edge.preprocess.segment import ThresholdSegmenter
 from edge.preprocess.window import clahe, lung_window, resize_slices
@@ -165,6 +164,8 @@ def eligible_variants(card: ModelCard) -> list[str]:
 def phantom_group(card: ModelCard, seed: int = 0) -> np.ndarray:
     """One model input made from a synthetic chest phantom (no patient data needed): a group, or for a
     2-D model (slice, image) the middle slice of that group."""
+    from edge.phantom import make_phantom  # synthetic studies: never loaded by predict (tests/test_card.py)
+
     p = card.preprocessing
     hu = resize_slices(make_phantom(p.group_size, 2 * p.input_size, ground_glass=2, seed=seed).hu, p.input_size)
     images = clahe(lung_window(hu, p.window), p.clahe_clip)

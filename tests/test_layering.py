@@ -40,6 +40,7 @@ LAZY = {
     ("edge.server", "edge.dicomnet.service"): "pynetdicom only when the profile has a dicom: section",
     ("edge.server", "edge.server.stow"): "pynetdicom only when the profile has a dicom: section",
     ("edge.validate", "edge.plots"): "matplotlib only when plotting",
+    ("edge.tune", "edge.phantom"): "synthetic studies are never loaded by predict",
 }
 """The edge imports inside functions outside edge/cli/ (where commands load their services lazily,
 so that ``ctedge predict`` starts fast), each with its reason: an import hidden in a function must
