@@ -46,7 +46,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from edge import __version__
-from edge.engine import Engine
+from edge.engine import Device, Engine
 from edge.errors import UserError
 from edge.profile import WatcherSettings
 from edge.stages import ReadStudy
@@ -164,7 +164,7 @@ def recover(outbox: Path) -> int:
     return len(leftovers)
 
 
-def read_entry(engine: Engine, entry: Entry) -> ReadStudy:
+def read_entry(engine: Engine | Device, entry: Entry) -> ReadStudy:
     """The first stage of a study's analysis, which ``run_once`` runs one study ahead: refuse links
     that leave the inbox (before anything behind them is read), then read and decode the study."""
     if links := links_leaving(entry.path, entry.path.parent):
@@ -173,7 +173,7 @@ def read_entry(engine: Engine, entry: Entry) -> ReadStudy:
     return engine.read(entry.path)
 
 
-def process_one(engine: Engine, outbox: Path, entry: Entry, marker: str = "",
+def process_one(engine: Engine | Device, outbox: Path, entry: Entry, marker: str = "",
                 read: Future[ReadStudy] | None = None) -> str:
     """Analyse one study (``read``: its :func:`read_entry` run ahead; else it is read now) and commit
     its record; return "done", "failed", or "changed" when the entry changed between its survey and
@@ -231,7 +231,7 @@ class Summary:
     waiting: int = 0    # not yet stable, or changed while it was analysed
 
 
-def run_once(engine: Engine, inbox: Path, outbox: Path, settings: WatcherSettings,
+def run_once(engine: Engine | Device, inbox: Path, outbox: Path, settings: WatcherSettings,
              warned: set[str] | None = None) -> Summary:
     """One pass: process every ready study that is not done yet, with a progress bar. Problems the
     operator must fix are logged once per name in ``warned``."""
@@ -268,7 +268,7 @@ def run_once(engine: Engine, inbox: Path, outbox: Path, settings: WatcherSetting
     return summary
 
 
-def watch(engine: Engine, inbox: Path, outbox: Path, settings: WatcherSettings, once: bool = False,
+def watch(engine: Engine | Device, inbox: Path, outbox: Path, settings: WatcherSettings, once: bool = False,
           after_pass: Callable[[], object] | None = None, stop: threading.Event | None = None) -> Summary:
     """Hold the outbox lock, clean up after a crash, then poll the inbox until ``stop`` is set (a
     single pass with ``once``), calling ``after_pass`` after each pass (the DICOM sender queues new

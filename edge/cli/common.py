@@ -1,5 +1,5 @@
 """What several commands share: the model options (``--config/--model/--variant/--threads``) and
-the profile they describe, from which every command builds its engine (``Engine.from_profile``)."""
+the profile they describe, from which every command builds its engine (``Device.from_profile``)."""
 
 from __future__ import annotations
 

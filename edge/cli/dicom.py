@@ -9,7 +9,7 @@ import threading
 from pathlib import Path
 
 from edge.cli.common import add_model_options, model_profile
-from edge.engine import Engine
+from edge.engine import Device
 from edge.errors import UserError
 from edge.profile import load_profile
 
@@ -65,7 +65,7 @@ def cmd_bench_dicom(args: argparse.Namespace) -> int:
     from edge.dicomnet.bench import bench_dicom  # pydicom, pynetdicom, Orthanc: only for this command
 
     profile = model_profile(args)
-    doc = bench_dicom(args.study, args.runs, Engine.from_profile(profile), profile.model.modalities)
+    doc = bench_dicom(args.study, args.runs, Device.from_profile(profile), profile.model.modalities)
     if args.json:
         print(json.dumps(doc, indent=2))
         return 0

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.cli.common import add_model_options, model_profile
-from edge.engine import Engine
+from edge.engine import Device
 from edge.options import METHODS
 from edge.result import modality_of
 
@@ -43,7 +43,7 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_predict)
 
 
-def predict_engine(args: argparse.Namespace) -> Engine:
+def predict_engine(args: argparse.Namespace) -> Device:
     """The engine that ``predict`` options describe: a device profile (or the defaults), overridden
     by explicit flags; pipeline flags are checked against the model card like profile keys."""
     profile = model_profile(args)
@@ -53,7 +53,7 @@ def predict_engine(args: argparse.Namespace) -> Engine:
                              ("segmenter", args.segmenter, "--segmenter")):
         if value is not None:
             flags[key] = (value, flag)
-    return Engine.from_profile(profile, flags)
+    return Device.from_profile(profile, flags)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

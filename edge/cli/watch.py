@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from edge.cli.common import add_model_options, model_profile
-from edge.engine import Engine
+from edge.engine import Device
 from edge.watch import watch
 
 
@@ -26,7 +26,7 @@ def add_watch(sub: argparse._SubParsersAction) -> None:
 
 def cmd_watch(args: argparse.Namespace) -> int:
     profile = model_profile(args)
-    engine = Engine.from_profile(profile, tune_if_missing=True)
+    engine = Device.from_profile(profile, tune_if_missing=True)
     dicom = None
     if profile.dicom:  # receive into INBOX, send results to the profile's destinations
         from edge.dicomnet.service import DicomService  # pynetdicom: only when a profile needs it

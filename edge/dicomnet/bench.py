@@ -17,13 +17,13 @@ from pydicom.errors import InvalidDicomError
 
 from edge.dicomnet.orthanc import BINARY as ORTHANC, Orthanc, free_port
 from edge.dicomnet.service import DicomService
-from edge.engine import Engine
+from edge.engine import Device, Engine
 from edge.errors import UserError
 from edge.profile import DicomPeer, DicomSettings, WatcherSettings
 from edge.watch import run_once
 
 
-def bench_dicom(study: Path, runs: int, engine: Engine, modalities: tuple[str, ...]) -> dict:
+def bench_dicom(study: Path, runs: int, engine: Engine | Device, modalities: tuple[str, ...]) -> dict:
     """Send ``study`` to a receiver on loopback ``runs`` times, then analyse it with ``engine`` and send
     its results to a local Orthanc; the figures as a document (see ``ctedge bench-dicom``)."""
     for tool in ("storescu", ORTHANC):
@@ -67,7 +67,7 @@ def _storescu(port: int, files: list[Path]) -> float:
     return time.perf_counter() - start
 
 
-def _time_to_sr(engine: Engine, service: DicomService, pacs: Orthanc, study_uid: str) -> float:
+def _time_to_sr(engine: Engine | Device, service: DicomService, pacs: Orthanc, study_uid: str) -> float:
     """Seconds from now (the last instance just acknowledged) until the SR is in Orthanc."""
     start = time.perf_counter()
     run_once(engine, service.inbox, service.results, replace(WatcherSettings(), stable_seconds=0.0))

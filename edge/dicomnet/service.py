@@ -19,7 +19,7 @@ from pathlib import Path
 from edge.dicomnet.outbox import Outbox
 from edge.dicomnet.receiver import Receiver
 from edge.dicomnet.results import result_objects
-from edge.engine import Engine
+from edge.engine import Device, Engine
 from edge.errors import UserError
 from edge.profile import DicomPeer, DicomSettings, Profile, WatcherSettings
 from edge.storage import private_dir
@@ -73,7 +73,7 @@ class DicomService:
         service._threads[-1].start()
         return service
 
-    def _watch(self, engine: Engine, settings: WatcherSettings) -> None:
+    def _watch(self, engine: Engine | Device, settings: WatcherSettings) -> None:
         """The watcher of ``ctedge watch`` on this service's inbox, until :meth:`stop`."""
         try:
             watch(engine, self.inbox, self.results, settings, after_pass=self.after_pass, stop=self._stop)

@@ -2,7 +2,7 @@
 
 Blueprints: :mod:`edge.server.ui` (login, upload form, status, results, history) and
 :mod:`edge.server.api` (``/api/v1``, ``/health``). Studies are analysed by a bounded worker
-queue (:mod:`edge.server.jobs`) sharing one :class:`edge.engine.Engine`. Every request must name
+queue (:mod:`edge.server.jobs`) sharing one :class:`edge.engine.Device`. Every request must name
 an allowed ``Host`` (DNS rebinding) and a state-changing one must not come from another ``Origin``.
 """
 
@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 from flask import Flask, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
-from edge.engine import Engine
+from edge.engine import Device
 from edge.ingest.sources import Limits
 from edge.profile import Profile
 from edge.server import api, ui
@@ -65,11 +65,11 @@ def allowed_hosts(profile: Profile) -> frozenset[str]:
 
 
 def create_app(profile: Profile, engine: Analyser | None = None, *, start_workers: bool = True) -> Flask:
-    """Build the app for ``profile``; ``engine`` defaults to ``Engine.from_profile(profile)``."""
+    """Build the app for ``profile``; ``engine`` defaults to ``Device.from_profile(profile)``."""
     check_settings(profile)
     s = profile.server
     if engine is None:
-        engine = Engine.from_profile(profile, copies=s.workers, tune_if_missing=True)
+        engine = Device.from_profile(profile, copies=s.workers, tune_if_missing=True)
     store = StudyStore(s.results_dir)
     app = Flask(__name__)
     app.config.update(

@@ -42,7 +42,7 @@ DISK_FULL_MESSAGE = ("the server's disk is full: the result could not be written
 
 
 class Analyser(Protocol):
-    """What the server needs from :class:`edge.engine.Engine` (the queue: ``analyse``; the pages: the
+    """What the server needs from :class:`edge.engine.Device` (the queue: ``analyse``; the pages: the
     model of each modality the device reads)."""
 
     info: ModelInfo
