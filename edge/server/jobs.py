@@ -45,8 +45,11 @@ class Analyser(Protocol):
     """What the server needs from :class:`edge.engine.Device` (the queue: ``analyse``; the pages: the
     model of each modality the device reads)."""
 
-    info: ModelInfo
-    routes: Mapping[str, Analyser]
+    @property
+    def info(self) -> ModelInfo: ...
+
+    @property
+    def routes(self) -> Mapping[str, Analyser]: ...
 
     def analyse(self, source: Path, out_dir: Path) -> dict: ...
 
