@@ -251,7 +251,7 @@ def test_api_study_gives_the_predict_json(client, app):
     state = wait_done(client, study_id)
     assert state["status"] == "done" and state["n_files"] == 10, state
     result = state["result"]
-    expected = run_study(P002, app.extensions["ctedge"]["engine"].classifier).to_dict()
+    expected = run_study(P002, app.extensions["ctedge"]["engine"].routes["ct"].classifier).to_dict()
     assert set(expected) <= set(result) and "heatmaps" in result
     assert result["label"] == expected["label"]
     assert result["model"]["demonstration"] is True
