@@ -39,6 +39,8 @@ from edge.options import PipelineOptions
 from edge.vote import PatientRule
 
 CARD_FILE = "model.json"
+DEFAULT_BUNDLE = Path(__file__).resolve().parent / "models" / "demo"
+"""The bundled demonstration model: what commands run without ``--config`` or ``--model``."""
 KINDS = ("group", "slice", "image")
 PARTS = {"group": ("encoder", "head"), "slice": ("model",), "image": ("model",)}   # the model files of each variant, by kind
 MODALITIES = ("ct", "xray")

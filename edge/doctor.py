@@ -9,9 +9,7 @@ check; exit 0 only when nothing failed.
 
 from __future__ import annotations
 
-import argparse
 import ctypes
-import json
 import os
 import platform
 import pwd
@@ -28,9 +26,12 @@ from pathlib import Path
 import numpy as np
 
 from edge.card import MODALITY_TERMS, ModelCard, load_card
+from edge.engine import Engine
 from edge.errors import UserError
 from edge.profile import Profile, load_profile
 from edge.runtime import EDGETPU_LIBRARY
+from edge.server import users_file
+from edge.server.auth import read_users
 from edge.tune import AUTO, cpu_identity, fallback_variant, phantom_group, tuned_choice
 
 FAST_INT8 = {"avx512_vnni", "avx_vnni", "asimddp"}
@@ -42,40 +43,6 @@ class Check:
     ok: bool
     detail: str
     warning: bool = False           # shown, but does not make the box "not ready"
-
-
-def add_doctor(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("doctor", help="check that this box is ready to run a profile (exit 0 when ready)",
-                       description="Check Python and packages, every model bundle of the profile (CT, X-ray), CPU, "
-                                   "Coral delegate, data folders, config files, port, API token and login users for a "
-                                   "profile. Exit 0 only when every check passes.")
-    p.add_argument("--config", type=Path, required=True, help="the profile the services run, e.g. /etc/ctedge/ctedge.yaml")
-    p.add_argument("--folder", type=Path, action="append", default=[],
-                   help="another data folder to check, e.g. the watcher's inbox and outbox (repeatable)")
-    p.add_argument("--user", default=None, help="account the services run as (default: the current user)")
-    p.add_argument("--env-file", type=Path, default=None,
-                   help="environment file of the services (default: ctedge.env next to the profile, if present)")
-    p.add_argument("--json", action="store_true", help="print the checks as JSON")
-    p.set_defaults(func=cmd_doctor)
-
-
-def cmd_doctor(args: argparse.Namespace) -> int:
-    try:
-        user = pwd.getpwnam(args.user) if args.user else pwd.getpwuid(os.getuid())
-    except KeyError:
-        raise UserError(args.user, "no such user (--user)") from None
-    env_file = args.env_file or args.config.parent / "ctedge.env"
-    if not args.env_file and not env_file.is_file():
-        env_file = None
-    checks = run_checks(args.config, args.folder, user, env_file)
-    failed = [c for c in checks if not c.ok and not c.warning]
-    if args.json:
-        print(json.dumps({"ready": not failed, "checks": [c.__dict__ for c in checks]}, indent=2))
-    else:
-        for c in checks:
-            print(f"[{'ok' if c.ok else 'warn' if c.warning else 'FAIL':>4}] {c.name}: {c.detail}")
-        print("READY" if not failed else f"NOT READY: {len(failed)} check(s) failed")
-    return 0 if not failed else 1
 
 
 def run_checks(config: Path, folders: list[Path], user: pwd.struct_passwd, env_file: Path | None) -> list[Check]:
@@ -159,8 +126,6 @@ def check_model(profile: Profile, card: ModelCard) -> Check:
     """Load the engine of ``card``'s bundle as the profile runs it (the model card checked against the
     model files and the profile) and classify one input of the card's kind made from a synthetic
     phantom (a group, a slice or an image)."""
-    from edge.engine import Engine
-
     try:
         engine = Engine.from_profile_bundle(profile, card.bundle)
         probs = np.asarray(engine.classifier.predict(phantom_group(card)))
@@ -286,9 +251,6 @@ def check_token(profile: Profile, env: dict[str, str], env_file: Path | None) ->
 
 
 def check_users(profile: Profile) -> Check:
-    from edge.server import users_file
-    from edge.server.auth import read_users
-
     path = users_file(profile)
     if not profile.server.login_required:
         return Check("login users", True, "login disabled (server.login_required: false, loopback only)")

@@ -1,10 +1,15 @@
-"""The loaded pipeline: model, heatmaps and options of a device profile, used for many studies.
+"""The loaded pipeline of a device, used for many studies.
 
-``ctedge predict``, the server and the watcher all build one :class:`Engine` and call it. An
-interpreter is not thread-safe, so the engine holds ``copies`` sets of interpreters (classifier,
-explainer, segmenter; loaded once): each study, once read, borrows one set for the rest of its
-analysis, so with ``server.workers: 2`` two studies are analysed at the same time, each on its own
-set. Reading needs no set (``Engine.read``): the watcher reads the next study during this one.
+An :class:`Engine` is one model bundle loaded with its options: an interpreter is not thread-safe,
+so it holds ``copies`` sets of interpreters (classifier, explainer, segmenter; loaded once): each
+study, once read, borrows one set for the rest of its analysis, so with ``server.workers: 2`` two
+studies are analysed at the same time, each on its own set. Reading needs no set (``read``): the
+watcher reads the next study during this one. An engine reads studies of its own modality only.
+
+A :class:`Device` is what a device profile loads: one engine per modality (CT, X-ray), each study
+routed to the engine of its modality. ``ctedge predict``, ``watch``, ``bench-dicom`` and the server
+all build it one way, :meth:`Device.from_profile`; ``validate`` and ``doctor`` take one bundle's
+engine (:meth:`Engine.from_profile_bundle`).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from edge.card import KIND_MODALITY, MODALITY_TERMS, ModelCard, TrainingRange, load_card, modality_names
+from edge.card import DEFAULT_BUNDLE, KIND_MODALITY, MODALITY_TERMS, ModelCard, TrainingRange, load_card, modality_names
 from edge.errors import UserError
 from edge.explain import GradCam, SliceGradCam
 from edge.infer import Classifier, ModelInfo
@@ -25,13 +30,12 @@ from edge.ingest import Limits, source_name
 from edge.ingest.radiograph import study_modality
 from edge.kinds import KINDS
 from edge.options import PipelineOptions, apply_settings
-from edge.pipeline import ReadStudy, Source, StudyResult, read_study, run_study
+from edge.pipeline import read_study, run_study
 from edge.preprocess.segment import LungSegmenter, TFLiteSegmenter
 from edge.profile import Profile
 from edge.report import write_result
+from edge.stages import ReadStudy, Source, StudyResult
 from edge.tune import resolve
-
-DEFAULT_BUNDLE = Path(__file__).resolve().parent / "models" / "demo"
 
 
 class NoModelForModalityError(UserError):
@@ -70,7 +74,6 @@ class Engine:
             self._free.put(models)
         self.concurrency = 1 + len(spares)
         self.modality = KIND_MODALITY[classifier.kind]
-        self.routes: dict[str, Engine] = {self.modality: self}   # the engine of each modality this device reads
 
     @classmethod
     def from_bundle(cls, bundle: str | Path | ModelCard = DEFAULT_BUNDLE, variant: str = "int8",
@@ -101,23 +104,13 @@ class Engine:
                    spares=spares)
 
     @classmethod
-    def from_profile(cls, profile: Profile, flags: Mapping[str, tuple[Any, str]] | None = None,
-                     copies: int = 1, tune_if_missing: bool = False) -> Engine:
-        """The model, delegate, threads and pipeline settings of a validated device profile; ``flags``
-        (command-line settings, same form as the profile's) are applied after the profile's.
-        ``model.variant: auto`` takes the variant and threads tuned for this CPU (``edge.tune``);
-        ``tune_if_missing`` tunes now when there is no such choice yet."""
-        engines = [cls.from_profile_bundle(profile, bundle, flags, copies, tune_if_missing)
-                   for bundle in profile.model.bundles]
-        first = engines[0]
-        first.routes = {e.modality: e for e in engines}
-        return first
-
-    @classmethod
     def from_profile_bundle(cls, profile: Profile, bundle: Path, flags: Mapping[str, tuple[Any, str]] | None = None,
                             copies: int = 1, tune_if_missing: bool = False) -> Engine:
-        """The engine of one of ``profile``'s bundles alone, as ``from_profile`` loads it for that
-        bundle's modality (what ``ctedge doctor`` checks and ``ctedge validate`` measures)."""
+        """The engine of one of ``profile``'s bundles, as :meth:`Device.from_profile` loads it for that
+        bundle's modality (what ``ctedge doctor`` checks and ``ctedge validate`` measures). ``flags``
+        (command-line settings, same form as the profile's) are applied after the profile's;
+        ``model.variant: auto`` takes the variant and threads tuned for this CPU (``edge.tune``);
+        ``tune_if_missing`` tunes now when there is no such choice yet."""
         card = load_card(bundle)
         variant, threads, chosen = resolve(card, profile.model, tune_if_missing)
         return cls.from_bundle(card, variant, threads, edgetpu=profile.model.delegate == "edgetpu",
@@ -141,34 +134,34 @@ class Engine:
         finally:
             self._free.put(models)
 
-    def route(self, source: Source) -> Engine:
-        """The engine of ``source``'s modality (CT, or one X-ray image); NoModelForModalityError when
-        this device has no model for it."""
-        modality = study_modality(source, self.limits)
-        if modality not in self.routes:
-            name = MODALITY_TERMS[modality].name
-            raise NoModelForModalityError(source_name(source), f"a study of modality {name}, but this device has "
-                                          f"no {name} model (it reads: {modality_names(self.routes)})", modality)
-        return self.routes[modality]
+    @property
+    def routes(self) -> dict[str, Engine]:
+        """The engine of each modality it reads: itself (a :class:`Device` has one per modality)."""
+        return {self.modality: self}
 
     def read(self, source: Source) -> ReadStudy:
-        """Read (decode) ``source`` for the engine of its modality (see ``route``), without a model set:
-        the first stage of ``run`` and ``analyse``, which a caller may do ahead (``ctedge watch`` reads
-        the next study while this one is analysed)."""
-        engine = self.route(source)
-        return read_study(source, engine.modality, engine.options, engine.limits, release_full_resolution=True)
+        """Read (decode) ``source`` without a model set: the first stage of ``run`` and ``analyse``,
+        which a caller may do ahead (``ctedge watch`` reads the next study while this one is
+        analysed). NoModelForModalityError for a study of another modality."""
+        route(self.routes, source, self.limits)
+        return self._read(source)
+
+    def _read(self, source: Source) -> ReadStudy:
+        return read_study(source, self.modality, self.options, self.limits, release_full_resolution=True)
 
     def run(self, source: Source | ReadStudy) -> StudyResult:
-        """Read (unless ``source`` was read by ``read``), preprocess, classify and vote one study (raises
-        StudyError subclasses on bad input); the study's modality picks the model (see ``route``)."""
-        engine, study = self._routed(source)
-        with engine._borrow() as models:
-            return engine._run(study, models)
+        """Read (unless ``source`` was read by ``read``), preprocess, classify and vote one study
+        (raises StudyError subclasses on bad input)."""
+        study = self._own(source)
+        with self._borrow() as models:
+            return self._run(study, models)
 
-    def _routed(self, source: Source | ReadStudy) -> tuple[Engine, ReadStudy]:
-        """The engine of the study's modality and the study, read now unless it was read ahead."""
-        study = source if isinstance(source, ReadStudy) else self.read(source)
-        return self.routes[study.modality], study
+    def _own(self, source: Source | ReadStudy) -> ReadStudy:
+        """The study, read now unless it was read ahead (then it must be of this engine's modality)."""
+        if not isinstance(source, ReadStudy):
+            return self.read(source)
+        route(self.routes, source.source, self.limits, source.modality)
+        return source
 
     def _run(self, study: ReadStudy, models: Models) -> StudyResult:
         return run_study(study, models.classifier, self.options, models.segmenter, self.limits,
@@ -178,17 +171,71 @@ class Engine:
         """Run one study (read ahead by ``read``, or now) and write its result folder (see
         ``edge.report.write_result``); return the result document: the ``ctedge predict --json``
         object plus heatmaps and slice images."""
-        engine, study = self._routed(source)
-        with engine._borrow() as models:
-            result = engine._run(study, models)
+        study = self._own(source)
+        with self._borrow() as models:
+            result = self._run(study, models)
             start = time.perf_counter()
             heatmaps = []
             if models.explainer is not None:
-                heatmaps = models.explainer.explain(result, engine.heatmaps_per_group)
+                heatmaps = models.explainer.explain(result, self.heatmaps_per_group)
                 result.timings_ms["explain"] = (time.perf_counter() - start) * 1000.0
                 result.timings_ms["total"] += result.timings_ms["explain"]
         return write_result(result, heatmaps, out_dir, models.explainer.method if models.explainer else None)
 
+
+class Device:
+    """The engines of a device profile, one per modality (the main bundle's first): each study goes to
+    the engine of its modality. Same interface as an :class:`Engine` for ``read``, ``run``, ``analyse``,
+    ``info``, ``routes`` and ``concurrency``."""
+
+    def __init__(self, engines: Sequence[Engine]):
+        self.routes: dict[str, Engine] = {}
+        for engine in engines:
+            if engine.modality in self.routes:
+                raise ValueError(f"two engines read {MODALITY_TERMS[engine.modality].name} studies")
+            self.routes[engine.modality] = engine
+        self.main = engines[0]
+
+    @classmethod
+    def from_profile(cls, profile: Profile, flags: Mapping[str, tuple[Any, str]] | None = None,
+                     copies: int = 1, tune_if_missing: bool = False) -> Device:
+        """Every bundle of a validated device profile, each loaded by :meth:`Engine.from_profile_bundle`."""
+        return cls([Engine.from_profile_bundle(profile, bundle, flags, copies, tune_if_missing)
+                    for bundle in profile.model.bundles])
+
+    @property
+    def info(self) -> ModelInfo:
+        """The main bundle's model (the device's others are in ``routes``)."""
+        return self.main.info
+
+    @property
+    def concurrency(self) -> int:
+        return self.main.concurrency
+
+    def read(self, source: Source) -> ReadStudy:
+        """Read ``source`` for the engine of its modality (NoModelForModalityError when the device has none)."""
+        return route(self.routes, source, self.main.limits)._read(source)
+
+    def run(self, source: Source | ReadStudy) -> StudyResult:
+        """:meth:`Engine.run` on the engine of the study's modality."""
+        study = source if isinstance(source, ReadStudy) else self.read(source)
+        return self.routes[study.modality].run(study)
+
+    def analyse(self, source: Source | ReadStudy, out_dir: Path) -> dict:
+        """:meth:`Engine.analyse` on the engine of the study's modality."""
+        study = source if isinstance(source, ReadStudy) else self.read(source)
+        return self.routes[study.modality].analyse(study, out_dir)
+
+
+def route(routes: Mapping[str, Engine], source: Source, limits: Limits, modality: str | None = None) -> Engine:
+    """The engine of ``source``'s modality (CT, or one X-ray image; ``modality`` when it is known);
+    NoModelForModalityError when ``routes`` has none."""
+    modality = modality or study_modality(source, limits)
+    if modality not in routes:
+        name = MODALITY_TERMS[modality].name
+        raise NoModelForModalityError(source_name(source), f"a study of modality {name}, but this device has "
+                                      f"no {name} model (it reads: {modality_names(routes)})", modality)
+    return routes[modality]
 
 
 def _card_segmenter(value: Any, card: ModelCard) -> Any:

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import cv2
 import numpy as np
@@ -39,9 +39,7 @@ import numpy as np
 from edge.card import ModelCard
 from edge.errors import ModelLoadError
 from edge.runtime import invoke_all, load_interpreter
-
-if TYPE_CHECKING:
-    from edge.pipeline import StudyResult
+from edge.stages import StudyResult
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,9 @@ call these; the result document carries ``groups`` or per-slice probabilities, n
 
 from __future__ import annotations
 
-import contextlib
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -22,51 +20,8 @@ from edge.explain import GradCam, SliceGradCam
 from edge.infer import Classifier, SliceClassifier, TFLiteClassifier
 from edge.options import PipelineOptions
 from edge.preprocess.group import position_sources
+from edge.stages import GroupResult, PreparedStudy, Scores, SliceScore, timed
 from edge.vote import Verdict, patient_verdict
-
-if TYPE_CHECKING:
-    from edge.pipeline import PreparedStudy
-
-
-@contextlib.contextmanager
-def timed(timings: dict[str, float], stage: str) -> Iterator[None]:
-    """Record the wall time of the block in ``timings[stage]`` (ms)."""
-    start = time.perf_counter()
-    yield
-    timings[stage] = (time.perf_counter() - start) * 1000.0
-
-
-@dataclass
-class GroupResult:
-    index: int
-    plan: np.ndarray          # fractional positions into the kept slices; NaN = black padding
-    source: np.ndarray        # volume indices of the real slices that feed this group
-    probabilities: np.ndarray
-    classes: tuple[str, ...]
-
-    @property
-    def label(self) -> str:
-        return self.classes[int(np.argmax(self.probabilities))]
-
-    def slot_sources(self, slot: int, kept: np.ndarray) -> list[tuple[int, float]]:
-        """The volume indices and weights of the real slices blended into position ``slot`` of this
-        group (one slice with weight 1 unless the group is interpolated; none for padding)."""
-        return [(int(kept[i]), w) for i, w in position_sources(self.plan[slot])]
-
-
-@dataclass
-class SliceScore:
-    index: int                # volume index of the slice
-    probabilities: np.ndarray
-
-
-@dataclass
-class Scores:
-    """A study's scored units and verdict: ``groups`` for a group model, ``slices`` for a slice model."""
-
-    verdict: Verdict
-    groups: list[GroupResult] = field(default_factory=list)
-    slices: list[SliceScore] = field(default_factory=list)
 
 
 def score_groups(prepared: PreparedStudy, classifier: Classifier, options: PipelineOptions,

@@ -15,7 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from edge.errors import UserError
-from edge.preprocess.select import METHODS
+
+METHODS = ("lung-extent", "seed-area", "rahimzadeh")
+"""The slice selection rules (``edge.preprocess.select``), named here so that options are checked
+without importing the preprocessing."""
 
 
 class SettingConflictError(UserError):
@@ -31,7 +34,7 @@ class PipelineOptions:
     input_size: int = 256             # slices are padded to square and resized to input_size x input_size
     clahe_clip: float = 2.0           # CLAHE clip limit, 8x8 tiles
     mask_lungs: bool = True           # non-lung pixels black
-    selection: str = "lung-extent"    # slice selection rule (edge.preprocess.select.METHODS)
+    selection: str = "lung-extent"    # slice selection rule (METHODS)
     group_size: int = 50              # slices per group
     segmenter: str = "threshold"      # "threshold", or a U-Net .tflite file name inside the model bundle
     override: float = 0.9             # a group's disease probability above this overrides a healthy majority

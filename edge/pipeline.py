@@ -5,144 +5,24 @@ The CLI, the server and the watcher all call :func:`run_study`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
-
 import cv2
 import numpy as np
 
-from edge import __version__
 from edge.card import KIND_MODALITY, TrainingRange
 from edge.errors import NoLungFoundError
 from edge.infer import Classifier, PlaceholderClassifier
 from edge.ingest import Limits, Volume, load_study, source_name
 from edge.ingest.radiograph import Radiograph, load_radiograph
-from edge.kinds import KINDS, GroupResult, SliceScore, timed
+from edge.kinds import KINDS
 from edge.options import PipelineOptions
-from edge.preprocess.group import assemble, group_plan
+from edge.preprocess.group import group_plan
 from edge.preprocess.segment import LungSegmenter, ThresholdSegmenter
 from edge.preprocess.select import Selection, select_slices
 from edge.preprocess.window import clahe, lung_window, resize_slices
-from edge.vote import Verdict
+from edge.stages import PreparedStudy, ReadStudy, Source, StudyResult, timed
 
-__all__ = ["GroupResult", "PipelineOptions", "PreparedStudy", "ReadStudy", "SliceScore", "StudyResult", "prepare_study",
-           "read_study", "run_study"]
-
-Source = str | Path | Sequence[str | Path]
-
-
-@dataclass
-class StudyResult:
-    prepared: PreparedStudy
-    groups: list[GroupResult]     # a group model's groups (empty for a slice model)
-    slices: list[SliceScore]      # a slice model's per-slice probabilities (empty for a group model)
-    verdict: Verdict
-    classifier: Classifier
-    options: PipelineOptions
-
-    @property
-    def classes(self) -> tuple[str, ...]:
-        return self.classifier.classes
-
-    @property
-    def volume(self) -> Volume:
-        return self.prepared.volume
-
-    @property
-    def lung_mask(self) -> np.ndarray:
-        return self.prepared.lung_mask
-
-    @property
-    def images(self) -> np.ndarray:
-        return self.prepared.images
-
-    @property
-    def selection(self) -> Selection:
-        return self.prepared.selection
-
-    @property
-    def timings_ms(self) -> dict[str, float]:
-        return self.prepared.timings_ms
-
-    def to_dict(self) -> dict:
-        """The JSON document printed by ``ctedge predict --json`` and served by the API."""
-        v, sel = self.volume, self.selection
-        z = [None if v.position_mm is None else round(float(p), 3) for p in
-             (v.position_mm if v.position_mm is not None else [None] * v.n_slices)]
-        kept = sel.kept_indices
-        classes = self.classes
-        scored = {s.index: s.probabilities for s in self.slices}
-        return {
-            "modality": v.modality,
-            "label": self.verdict.label,
-            "classes": list(classes),
-            "probabilities": self.verdict.probabilities,
-            "decision_rule": self.verdict.rule,
-            "groups": [{
-                "index": g.index,
-                "slice_range": [int(g.source.min()), int(g.source.max())],
-                "n_padding_slices": int(np.isnan(g.plan).sum()),
-                "interpolated": bool(np.any(np.mod(g.plan[~np.isnan(g.plan)], 1) > 0)),
-                "probabilities": _named(classes, g.probabilities),
-                "label": g.label,
-            } for g in self.groups],
-            "n_slices_read": v.n_slices,
-            "n_slices_used": len(kept),
-            "selection": sel.method,
-            "slices_used": [{"index": int(i), "file": v.files[i], "z": z[i]}
-                            | ({"probabilities": _named(classes, scored[i]), "label": classes[int(np.argmax(scored[i]))]}
-                               if i in scored else {}) for i in kept],
-            "slices_dropped": [{"index": i, "file": v.files[i], "z": z[i], "reason": sel.reasons[i]}
-                               for i in range(v.n_slices) if not sel.keep[i]],
-            "series": {"chosen": v.series_uid,
-                       "skipped": [{"uid": s.uid, "n_files": s.n_files, "code": s.code, "reason": s.reason}
-                                   for s in v.skipped_series]},
-            "input": {"n_files": v.n_files, "hu_exact": v.hu_exact, "pixel_spacing_mm": v.pixel_spacing_mm,
-                      "slice_thickness_mm": v.slice_thickness_mm, "view": v.view},
-            "warnings": list(v.warnings),
-            "timings_ms": {k: round(t, 1) for k, t in self.timings_ms.items()},
-            "model": self.classifier.info.to_dict(),
-            "software": {"name": "ctedge", "version": __version__},
-        }
-
-
-def _named(classes: tuple[str, ...], probabilities: np.ndarray) -> dict[str, float]:
-    return {c: round(float(p), 6) for c, p in zip(classes, probabilities)}
-
-
-@dataclass
-class PreparedStudy:
-    """A study preprocessed up to model input: what training and inference share."""
-
-    volume: Volume
-    lung_mask: np.ndarray     # (n, size, size) bool
-    windowed: np.ndarray      # (n, size, size) uint8 lung window, before CLAHE and masking: for display
-    images: np.ndarray        # (n, size, size) uint8 model inputs (CLAHE, lungs masked if asked)
-    selection: Selection
-    plans: list[np.ndarray]   # group plans over the kept slices (see group_plan)
-    timings_ms: dict[str, float]
-
-    def groups(self) -> list[np.ndarray]:
-        """The (group_size, size, size) uint8 groups fed to the classifier."""
-        kept = self.images[self.selection.kept_indices]
-        return [assemble(kept, plan) for plan in self.plans]
-
-
-@dataclass
-class ReadStudy:
-    """A study read from disk, not yet preprocessed: the first stage of :func:`run_study`, which a
-    caller may run ahead (``ctedge watch`` reads the next study while this one is analysed). It
-    remembers what it was read for: it can only be prepared with the same modality and settings."""
-
-    source: Source
-    data: Volume | Radiograph   # the CT volume (see load_study's resize_to) or the radiograph
-    read_ms: float
-    modality: str               # edge.card.MODALITIES
-    options: PipelineOptions
-    limits: Limits
-    release_full_resolution: bool
-
+__all__ = ["PREPARE", "PreparedStudy", "ReadStudy", "StudyResult", "prepare_radiograph", "prepare_study", "read_study",
+           "run_study"]
 
 def read_study(source: Source, modality: str = "ct", options: PipelineOptions = PipelineOptions(),
                limits: Limits = Limits(), release_full_resolution: bool = False) -> ReadStudy:

@@ -22,7 +22,8 @@ import numpy as np
 from edge.card import MODALITY_TERMS, ModalityTerms
 from edge.explain import SliceHeatmap, overlay
 from edge.ingest import Volume
-from edge.pipeline import StudyResult
+from edge.result import RESULT_FILE, modality_of
+from edge.stages import StudyResult
 from edge.storage import private_dir
 
 _TEMPLATES = jinja2.Environment(loader=jinja2.PackageLoader("edge", "templates"), autoescape=True)
@@ -61,8 +62,8 @@ def write_result(result: StudyResult, heatmaps: list[SliceHeatmap], out_dir: Pat
     if method is None:
         doc["warnings"].append("no heatmaps: the model has no explain models (re-export it with ctedge quantize)")
     (out_dir / "report.html").write_text(render_report(doc))
-    (out_dir / "result.json").write_text(json.dumps(doc, indent=2))
-    for name in ["report.html", "result.json", *doc["slice_png"], *(h["png"] for h in doc["heatmaps"])]:
+    (out_dir / RESULT_FILE).write_text(json.dumps(doc, indent=2))
+    for name in ["report.html", RESULT_FILE, *doc["slice_png"], *(h["png"] for h in doc["heatmaps"])]:
         os.chmod(out_dir / name, 0o600)
     return doc
 
@@ -84,8 +85,8 @@ def render_report(doc: dict, base_url: str = "") -> str:
 
 
 def terms_of(doc: dict) -> ModalityTerms:
-    """How the pages name the modality of a result document and its images (older results: CT)."""
-    return MODALITY_TERMS[doc.get("modality", "ct")]
+    """How the pages name the modality of a result document and its images."""
+    return MODALITY_TERMS[modality_of(doc)]
 
 
 def slice_plot(doc: dict, width: int = 640, height: int = 200) -> dict | None:

@@ -17,7 +17,6 @@ else ``$XDG_CACHE_HOME/ctedge/tuned.json`` (``~/.cache/ctedge/tuned.json``).
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -32,9 +31,12 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.card import MODALITY_TERMS, ModelCard, load_card
-from edge.errors import ModelLoadError, UserError
+from edge.card import ModelCard, load_card
+from edge.errors import ModelLoadError
 from edge.kinds import KINDS
+from edge.pipeline import PREPARE
+from edge.preprocess.segment import ThresholdSegmenter
+from edge.preprocess.window import clahe, lung_window, resize_slices
 from edge.profile import ModelSettings
 
 log = logging.getLogger("ctedge.tune")
@@ -162,9 +164,7 @@ def eligible_variants(card: ModelCard) -> list[str]:
 def phantom_group(card: ModelCard, seed: int = 0) -> np.ndarray:
     """One model input made from a synthetic chest phantom (no patient data needed): a group, or for a
     2-D model (slice, image) the middle slice of that group."""
-    from edge.phantom import make_phantom
-    from edge.preprocess.segment import ThresholdSegmenter
-    from edge.preprocess.window import clahe, lung_window, resize_slices
+    from edge.phantom import make_phantom  # synthetic studies: never loaded by predict (tests/test_card.py)
 
     p = card.preprocessing
     hu = resize_slices(make_phantom(p.group_size, 2 * p.input_size, ground_glass=2, seed=seed).hu, p.input_size)
@@ -175,8 +175,6 @@ def phantom_group(card: ModelCard, seed: int = 0) -> np.ndarray:
 
 def study_group(card: ModelCard, study: Path) -> np.ndarray:
     """The first model input (group, slice or radiograph, by the card's kind) of a real study."""
-    from edge.pipeline import PREPARE
-
     return KINDS[card.kind].units(PREPARE[card.modality](study, card.preprocessing))[0]
 
 
@@ -244,60 +242,3 @@ def resolve(card: ModelCard, model: ModelSettings, tune_if_missing: bool = False
         log.info("no tuned model variant for this CPU: using %s; run `ctedge tune` to measure", fallback)
         return fallback, threads or os.cpu_count() or 1, f"{why}default (not tuned on this CPU: run ctedge tune)"
     return choice.variant, threads or choice.threads, f"{why}tuned on this CPU ({choice.tuned_at})"
-
-
-def add_tune(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("tune", help="measure the model variants and thread counts on this CPU and record the fastest",
-                       description="For every model bundle of the profile (CT, X-ray), times each variant that passes "
-                                   "the bundle's fidelity thresholds (a bundle of one variant: that one) with 1..N threads on one input (of STUDY for the "
-                                   "bundle of the study's modality, else of a synthetic phantom) and records the "
-                                   f"fastest for this CPU and bundle in the tune cache ({cache_path()}); profiles with "
-                                   "model.variant: auto (the default) then run it.")
-    p.add_argument("--config", type=Path, default=None, help="device profile whose model bundles are tuned")
-    p.add_argument("--model", type=Path, default=None,
-                   help="model bundle folder: with --config it replaces the profile's bundle of the same modality, "
-                        "without it is the only bundle tuned (default: the profile's bundles, else the demo)")
-    p.add_argument("--study", type=Path, default=None,
-                   help="time the bundle of this study's modality on the study's first input instead of a phantom")
-    p.add_argument("--max-threads", type=int, default=None, help="largest thread count tried (default: all cores)")
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_tune)
-
-
-def cmd_tune(args: argparse.Namespace) -> int:
-    from edge.engine import DEFAULT_BUNDLE
-    from edge.ingest.radiograph import study_modality
-    from edge.profile import command_profile
-
-    if args.repeats < 1 or (args.max_threads is not None and args.max_threads < 1):
-        raise UserError("ctedge tune", "--repeats and --max-threads must be at least 1")
-    cards = [load_card(b) for b in command_profile(args.config, args.model, DEFAULT_BUNDLE).model.bundles]
-    modality = study_modality(args.study) if args.study else None
-    if modality and modality not in {c.modality for c in cards}:
-        raise UserError(args.study, f"a {MODALITY_TERMS[modality].name} study, but no bundle tuned here reads "
-                                    f"{MODALITY_TERMS[modality].name} (bundles: {', '.join(str(c.bundle) for c in cards)})")
-    for card in cards:              # every bundle can be tuned, before the first is timed
-        eligible_variants(card)
-    done, path = [], cache_path()
-    for card in cards:
-        on_study = card.modality == modality
-        unit = study_group(card, args.study) if on_study else phantom_group(card)
-        choice, rows = tune(card, unit, args.max_threads, args.repeats)
-        record(card, choice, path)
-        done.append({"bundle": bundle_key(card), "path": str(card.bundle), "modality": card.modality,
-                     "unit": KINDS[card.kind].unit, "input": str(args.study) if on_study else "synthetic phantom", "rows": rows,
-                     "choice": asdict(choice)})
-    if args.json:
-        print(json.dumps({"cpu": cpu_identity(), "cache": str(path), "bundles": done}, indent=2))
-        return 0
-    print(f"CPU: {cpu_key()}")
-    for d in done:
-        print(f"\n{MODALITY_TERMS[d['modality']].name} bundle {d['path']} ({d['bundle']}), timed on {d['input']}:")
-        print(f"{'variant':<10}{'threads':>8}{'median ms/' + d['unit']:>17}{'max |dp| vs first':>19}")
-        for r in d["rows"]:
-            print(f"{r['variant']:<10}{r['threads']:>8}{r['ms_per_group_median']:>17.1f}"
-                  f"{r['max_prob_diff_vs_first']:>19.4f}")
-        print(f"chosen: {Choice(**d['choice']).describe()}")
-    print(f"recorded in {path}")
-    return 0

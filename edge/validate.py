@@ -11,7 +11,6 @@ reliability diagram and one HTML page, all readable by the owner only.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import contextlib
 import csv
@@ -28,14 +27,13 @@ from tqdm import tqdm
 
 from edge import CLASSES
 from edge.card import MODALITY_TERMS, load_card
-from edge.dataset import StudyRecord, discover
-from edge.engine import DEFAULT_BUNDLE, Engine, NoModelForModalityError
+from edge.dataset import StudyRecord
+from edge.engine import Engine, NoModelForModalityError
 from edge.errors import StudyError, UserError
-from edge.evidence import MIN_PATIENTS, card_summary, evidence_line, record
+from edge.evidence import MIN_PATIENTS
 from edge.ingest.radiograph import study_modality
 from edge.metrics import TABLE2, bootstrap_table2, clopper_pearson, confusion_matrix, one_vs_rest, reliability, roc_auc
-from edge.profile import command_profile
-from edge.selection_report import read_labels
+from edge.profile import Profile
 
 RECORDS = "studies.jsonl"
 RUN = "run.json"
@@ -44,7 +42,7 @@ _TEMPLATES = jinja2.Environment(loader=jinja2.PackageLoader("edge", "templates")
 
 
 @contextlib.contextmanager
-def _owner_only() -> Iterator[None]:
+def owner_only() -> Iterator[None]:
     """Files and folders created inside are readable by their owner only."""
     old = os.umask(0o077)
     try:
@@ -239,7 +237,7 @@ def _unit_columns(o: dict, modality: str) -> dict:
             "n_slices_read": o["n_slices_read"], "n_slices_used": o["n_slices_used"]}
 
 
-def _write_csv(outcomes: Sequence[dict], path: Path, modality: str = "ct") -> None:
+def write_csv(outcomes: Sequence[dict], path: Path, modality: str = "ct") -> None:
     fields = ["patient", "class", "verdict", "correct", *[f"p_{c}" for c in CLASSES], *CSV_UNIT_FIELDS[modality],
               "time_ms", "warnings", "error", *(["infected_slices", "infected_slices_kept"] if modality == "ct" else [])]
     with open(path, "w", newline="") as f:
@@ -270,7 +268,7 @@ def write_outputs(outcomes: Sequence[dict], summary: dict, out: Path, model: dic
     y = [CLASSES.index(o["label"]) for o in ok]
     prob = np.array([o["probabilities"] for o in ok])
     note = model["banner"].lower()
-    _write_csv(outcomes, out / "studies.csv", modality)
+    write_csv(outcomes, out / "studies.csv", modality)
     (out / "metrics.json").write_text(json.dumps(summary | {"modality": modality}, indent=2))
     (out / "table2.txt").write_text(format_table2(summary) + "\n")
     plots = {
@@ -288,34 +286,6 @@ def write_outputs(outcomes: Sequence[dict], summary: dict, out: Path, model: dic
     return out / "validation.html"
 
 
-def add_validate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("validate", help="measure a model bundle on your own labelled studies (no TensorFlow)",
-                       description="Run every labelled study (CT study folders or zips, or chest radiographs: one "
-                                   "DICOM CR/DX or PNG/JPEG file per study) through the same engine as predict with "
-                                   "one bundle (--model, else the profile's bundle of the studies' modality) and "
-                                   "write a per-study "
-                                   "CSV, Table 2 (accuracy, specificity, sensitivity, F1 per class) with patient "
-                                   "bootstrap 95% intervals, ROC curves, the normalised confusion matrix, a reliability "
-                                   "plot with the expected calibration error and OUT/validation.html. A rerun with "
-                                   "the same OUT resumes where a crash or Ctrl-C stopped.")
-    p.add_argument("data", type=Path, help="labelled studies: <root>/<class>/<patient>/... (a radiograph file directly "
-                                           "under <class>/ is one study) or a CSV patient,class,path")
-    p.add_argument("--model", type=Path, default=None,
-                   help="the TFLite model bundle folder (model.json) measured; default: the profile's bundle of the "
-                        "studies' modality, else the bundled demonstration model")
-    p.add_argument("--config", type=Path, default=None, help="device profile: variant, delegate, threads and pipeline settings")
-    p.add_argument("--variant", default=None, help="bundle variant (default: the profile's, else int8)")
-    p.add_argument("--out", type=Path, required=True, help="output folder (resumed when it holds an earlier run)")
-    p.add_argument("--slice-labels", type=Path, default=None,
-                   help="CSV patient_folder,file,infection: also measure how many infected slices the selection "
-                        "keeps (CT only)")
-    p.add_argument("--record", action="store_true", help="append the evidence summary to the bundle's model.json")
-    p.add_argument("--description", default=None, help="what the data are (site, period, selection); needed with --record")
-    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the intervals (default 2000)")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    p.set_defaults(func=cmd_validate)
-
-
 def data_modality(records: Sequence[StudyRecord]) -> str:
     """The modality (``ct`` or ``xray``) most of the studies have, each read as ``predict`` reads it;
     studies that cannot be read are not counted (they fail later with their own error)."""
@@ -326,63 +296,16 @@ def data_modality(records: Sequence[StudyRecord]) -> str:
     return counts.most_common(1)[0][0] if counts else "ct"
 
 
-def validate_engine(args: argparse.Namespace, records: Sequence[StudyRecord]) -> tuple[Engine, Path]:
-    """The engine of the one bundle measured and its folder: ``--model`` (with ``--config``, in place of
-    the profile's bundle of its modality, as ``predict`` takes it), else the profile's only bundle, else
-    its bundle of the modality most ``records`` have."""
-    profile = command_profile(args.config, args.model, DEFAULT_BUNDLE, args.variant)
+def validate_engine(profile: Profile, model: Path | None, records: Sequence[StudyRecord]) -> tuple[Engine, Path]:
+    """The engine of the one bundle measured and its folder: ``model`` (a bundle given on the command
+    line, already in ``profile`` in place of its bundle of that modality, as ``predict`` takes it), else
+    the profile's only bundle, else its bundle of the modality most ``records`` have."""
     bundles = profile.model.bundles
-    if args.model:
-        bundle = args.model
+    if model:
+        bundle = model
     elif len(bundles) == 1:
         bundle = bundles[0]
     else:
         modality = data_modality(records)
         bundle = next((b for b in bundles if load_card(b).modality == modality), bundles[0])
     return Engine.from_profile_bundle(profile, bundle), bundle
-
-
-def _auc(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
-
-
-def cmd_validate(args: argparse.Namespace) -> int:
-    if args.record and not args.description:
-        raise UserError("--record", "say what the data are with --description (site, period, how studies were chosen)")
-    records = discover(args.data)
-    engine, bundle = validate_engine(args, records)
-    if args.slice_labels and engine.modality != "ct":
-        raise UserError("--slice-labels", f"{bundle} reads {MODALITY_TERMS[engine.modality].name} studies: a radiograph "
-                                          "has no slices to select, so slice labels apply to CT bundles only")
-    labels = read_labels(args.slice_labels) if args.slice_labels else None
-    if engine.classifier.classes != CLASSES:
-        raise UserError(bundle, f"classes {', '.join(engine.classifier.classes)}: validate compares verdicts with "
-                                f"patient labels {', '.join(CLASSES)}, so it needs a three-class model")
-    model = engine.info.to_dict()
-    with _owner_only():
-        try:
-            outcomes = run_studies(records, engine, args.out, labels)
-        except KeyboardInterrupt:
-            print(f"Finished studies are kept in {args.out / RECORDS}; run the same command to resume.")
-            raise
-        if all(o["error"] for o in outcomes):
-            _write_csv(outcomes, args.out / "studies.csv", engine.modality)
-            raise UserError(args.data, f"no study could be analysed; the errors are in {args.out / 'studies.csv'}")
-        summary = summarise(outcomes, args.bootstrap, args.seed)
-        page = write_outputs(outcomes, summary, args.out, model, engine.modality)
-    if model["banner"]:
-        print(f"*** {model['banner']} *** {model['note']}")
-    print(format_table2(summary))
-    auc = summary["roc_auc"]
-    print("ROC AUC: " + ", ".join(f"{c} {_auc(a)}" for c, a in auc["per_class"].items()) + f"; macro {_auc(auc['macro'])}")
-    print(f"Expected calibration error: {summary['calibration']['ece']:.3f}")
-    if summary["retention"] is not None:
-        r = summary["retention"]
-        print(f"Infected slices kept by the selection: {r['infected_kept']}/{r['infected']} in {r['studies']} studies")
-    for line in summary["statements"]:
-        print(f"Note: {line}")
-    if args.record:
-        card = record(bundle, card_summary(summary, args.description, model))
-        print(f"Recorded in {card.path}: {evidence_line(card.validations)}")
-    print(f"Page: {page}")
-    return 0

@@ -25,7 +25,6 @@ An inbox entry (a folder, a zip, or a stray file) is a study. Its *name* is the 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import fcntl
 import hashlib
@@ -33,6 +32,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 import traceback
 from collections import Counter
@@ -46,10 +46,10 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from edge import __version__
-from edge.engine import DEFAULT_BUNDLE, Engine
+from edge.engine import Device, Engine
 from edge.errors import UserError
-from edge.pipeline import ReadStudy
-from edge.profile import WatcherSettings, default_profile, load_profile
+from edge.profile import WatcherSettings
+from edge.stages import ReadStudy
 from edge.storage import fsync_path, private_dir, restrict_tree
 from edge.untrusted import printable
 
@@ -164,7 +164,7 @@ def recover(outbox: Path) -> int:
     return len(leftovers)
 
 
-def read_entry(engine: Engine, entry: Entry) -> ReadStudy:
+def read_entry(engine: Engine | Device, entry: Entry) -> ReadStudy:
     """The first stage of a study's analysis, which ``run_once`` runs one study ahead: refuse links
     that leave the inbox (before anything behind them is read), then read and decode the study."""
     if links := links_leaving(entry.path, entry.path.parent):
@@ -173,7 +173,7 @@ def read_entry(engine: Engine, entry: Entry) -> ReadStudy:
     return engine.read(entry.path)
 
 
-def process_one(engine: Engine, outbox: Path, entry: Entry, marker: str = "",
+def process_one(engine: Engine | Device, outbox: Path, entry: Entry, marker: str = "",
                 read: Future[ReadStudy] | None = None) -> str:
     """Analyse one study (``read``: its :func:`read_entry` run ahead; else it is read now) and commit
     its record; return "done", "failed", or "changed" when the entry changed between its survey and
@@ -231,7 +231,7 @@ class Summary:
     waiting: int = 0    # not yet stable, or changed while it was analysed
 
 
-def run_once(engine: Engine, inbox: Path, outbox: Path, settings: WatcherSettings,
+def run_once(engine: Engine | Device, inbox: Path, outbox: Path, settings: WatcherSettings,
              warned: set[str] | None = None) -> Summary:
     """One pass: process every ready study that is not done yet, with a progress bar. Problems the
     operator must fix are logged once per name in ``warned``."""
@@ -268,25 +268,35 @@ def run_once(engine: Engine, inbox: Path, outbox: Path, settings: WatcherSetting
     return summary
 
 
-def watch(engine: Engine, inbox: Path, outbox: Path, settings: WatcherSettings, once: bool = False,
-          after_pass: Callable[[], object] | None = None) -> Summary:
-    """Hold the outbox lock, clean up after a crash, then poll the inbox (a single pass with ``once``),
-    calling ``after_pass`` after each pass (the DICOM sender queues new results there)."""
+def watch(engine: Engine | Device, inbox: Path, outbox: Path, settings: WatcherSettings, once: bool = False,
+          after_pass: Callable[[], object] | None = None, stop: threading.Event | None = None) -> Summary:
+    """Hold the outbox lock, clean up after a crash, then poll the inbox until ``stop`` is set (a
+    single pass with ``once``), calling ``after_pass`` after each pass (the DICOM sender queues new
+    results there). While polling, a pass that raises is logged and the next pass tries again; with
+    ``once`` the error is raised. Returns the last pass's summary."""
     if not inbox.is_dir():
         raise UserError(inbox, "the inbox is not a folder")
+    stop = stop or threading.Event()
     private_dir(outbox)
     with outbox_lock(outbox):
         removed = recover(outbox)
         if removed:
             log.warning("removed %d partial record(s) left by an interrupted run", removed)
         warned: set[str] = set()
-        while True:
-            summary = run_once(engine, inbox, outbox, settings, warned)
+        summary = Summary()
+        while not stop.is_set():
+            try:
+                summary = run_once(engine, inbox, outbox, settings, warned)
+            except Exception:  # noqa: BLE001 - logged; a service must outlive a bad pass
+                if once:
+                    raise
+                log.exception("a watcher pass failed; trying again after %.0f s", settings.poll_seconds)
             if after_pass is not None:
                 after_pass()
             if once:
-                return summary
-            time.sleep(settings.poll_seconds)
+                break
+            stop.wait(settings.poll_seconds)
+        return summary
 
 
 @contextlib.contextmanager
@@ -305,36 +315,3 @@ def _unchanged(entry: Entry, marker: str) -> bool:
         return survey(entry.path, marker).fingerprint == entry.fingerprint
     except OSError:  # removed or renamed meanwhile
         return False
-
-
-
-def add_watch(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("watch", help="process every study dropped into an inbox folder, once each",
-                       description="Watch INBOX for studies (a folder or a zip per study) and write each result "
-                                   "to OUTBOX/<study>/ (result.json, heatmaps, report.html), or the error to "
-                                   "OUTBOX/failed/<study>/error.txt. Crash-safe; the inbox is never modified.")
-    p.add_argument("inbox", type=Path, help="folder where studies are dropped")
-    p.add_argument("--out", type=Path, required=True, help="folder for the results (OUTBOX)")
-    p.add_argument("--config", type=Path, default=None,
-                   help="device profile (firmware_config/*.yaml): model, pipeline and watcher settings")
-    p.add_argument("--once", action="store_true", help="process the studies that are ready, then exit")
-    p.set_defaults(func=cmd_watch)
-
-
-def cmd_watch(args: argparse.Namespace) -> int:
-    profile = load_profile(args.config) if args.config else None
-    engine = Engine.from_profile(profile or default_profile(DEFAULT_BUNDLE), tune_if_missing=True)
-    dicom = None
-    if profile and profile.dicom:  # receive into INBOX, send results to the profile's destinations
-        from edge.dicomnet.service import DicomService
-
-        dicom = DicomService(profile.dicom, args.inbox, args.out, profile.model.modalities)
-        dicom.start(receive=not args.once, send=not args.once)  # --once: after_pass delivers
-    try:
-        summary = watch(engine, args.inbox, args.out, profile.watcher if profile else WatcherSettings(), args.once,
-                        after_pass=dicom.after_pass if dicom else None)
-    finally:
-        if dicom:
-            dicom.stop()
-    print(f"{summary.done} done, {summary.failed} failed, {summary.waiting} waiting for their copy to finish")
-    return 0

@@ -27,7 +27,7 @@ from edge.card import PLACEHOLDER_BANNER, load_card
 from edge.dicomnet.receiver import SOP_CLASS_NOT_SUPPORTED, Receiver
 from edge.dicomnet.results import patient_orientation, result_objects
 from edge.dicomnet.service import DicomService
-from edge.engine import DEFAULT_BUNDLE, Engine
+from edge.engine import DEFAULT_BUNDLE, Device, Engine
 from edge.explain import overlay
 from edge.ingest.radiograph import study_modality
 from edge.pipeline import prepare_radiograph
@@ -90,7 +90,7 @@ def test_a_radiograph_is_received_analysed_as_xray_and_its_sr_and_heatmap_reach_
     profile = load_profile(device(tmp_path, [DEFAULT_BUNDLE, xray_bundle],
                                   destinations=[{"ae_title": "PACS", "host": "127.0.0.1", "port": pacs.port}]))
     assert profile.model.modalities == ("ct", "xray")
-    engine = Engine.from_profile(profile)
+    engine = Device.from_profile(profile)
     inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
     service = DicomService(profile.dicom, inbox, outbox, profile.model.modalities)
     with caplog.at_level(logging.INFO, "ctedge.dicom"):
@@ -247,7 +247,7 @@ def test_ctedge_serve_receives_a_radiograph_and_sends_its_sr(tmp_path, rg1, xray
                     "destinations": [{"ae_title": "PACS", "host": "127.0.0.1", "port": pacs.port}]}
     path.write_text(yaml.safe_dump(doc))
     profile = load_profile(path)
-    app = create_app(profile, Engine.from_profile(profile))
+    app = create_app(profile, Device.from_profile(profile))
     client = app.test_client()
     try:
         assert send(port, [rg1]) == [0]

@@ -9,7 +9,7 @@ import pytest
 
 from edge import CLASSES
 from edge.cli import main
-from edge.engine import DEFAULT_BUNDLE, Engine
+from edge.engine import DEFAULT_BUNDLE, Device, Engine
 from edge.explain import overlay
 from edge.infer import TFLiteClassifier
 from edge.pipeline import prepare_study
@@ -73,10 +73,11 @@ def test_profile_settings_reach_the_pipeline_and_flags_override_them(capsys, tmp
     profile = tmp_path / "device.yaml"
     profile.write_text(f"name: t\ndescription: t\nmodel:\n  bundle: {DEFAULT_BUNDLE}\n  variant: float32\n"
                        "  threads: 1\npipeline:\n  override: 0.6\n  selection: lung-extent\n")
-    engine = Engine.from_profile(load_profile(profile))
+    engine = Device.from_profile(load_profile(profile)).routes["ct"]
     assert engine.options.override == 0.6 and "(float32)" in engine.info.version
     assert engine.options.selection == "lung-extent", "a key equal to the card's value is accepted"
-    assert Engine.from_profile(load_profile(profile), {"override": (0.75, "--override")}).options.override == 0.75
+    flagged = Device.from_profile(load_profile(profile), {"override": (0.75, "--override")})
+    assert flagged.routes["ct"].options.override == 0.75
     assert main(["predict", str(STUDY), "--config", str(profile), "--variant", "int8", "--json"]) == 0
     assert "(int8)" in json.loads(capsys.readouterr().out)["model"]["version"]
 

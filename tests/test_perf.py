@@ -13,7 +13,7 @@ import pytest
 
 from edge.card import load_card
 from edge.cli import main
-from edge.engine import DEFAULT_BUNDLE, Engine, Models
+from edge.engine import DEFAULT_BUNDLE, Device, Engine, Models
 from edge.errors import ModelLoadError
 from edge.infer import PlaceholderClassifier, TFLiteClassifier
 from edge.ingest.parallel import decode_series
@@ -88,7 +88,7 @@ def test_a_choice_tuned_on_another_cpu_is_not_used(tmp_path, monkeypatch):
     other = cpu_identity() | {"flags": ["avx2", "fma"], "model": "some other CPU"}
     record(load_card(DEFAULT_BUNDLE), Choice("float32", 1, 1.0, "now", cpu_key(other)))
     assert tuned_choice(DEFAULT_BUNDLE) is None
-    info = Engine.from_profile(default_profile(DEFAULT_BUNDLE)).info
+    info = Device.from_profile(default_profile(DEFAULT_BUNDLE)).info
     assert info.variant == "int8" and "not tuned" in info.chosen
 
 

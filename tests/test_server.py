@@ -21,7 +21,7 @@ import yaml
 from edge import CLASSES
 from edge.card import DEMONSTRATION_BANNER
 from edge.cli import main
-from edge.engine import Engine
+from edge.engine import Device, Engine
 from edge.errors import UserError
 from edge.infer import TFLiteClassifier
 from edge.pipeline import run_study
@@ -40,7 +40,7 @@ P002 = SAMPLES / "COVID-19_P002"
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory) -> Engine:
     """One engine (the bundled demonstration model) shared by every app of this module."""
-    return Engine.from_profile(load_profile(write_profile(tmp_path_factory.mktemp("engine"))))
+    return Device.from_profile(load_profile(write_profile(tmp_path_factory.mktemp("engine"))))
 
 
 @pytest.fixture
@@ -251,7 +251,7 @@ def test_api_study_gives_the_predict_json(client, app):
     state = wait_done(client, study_id)
     assert state["status"] == "done" and state["n_files"] == 10, state
     result = state["result"]
-    expected = run_study(P002, app.extensions["ctedge"]["engine"].classifier).to_dict()
+    expected = run_study(P002, app.extensions["ctedge"]["engine"].routes["ct"].classifier).to_dict()
     assert set(expected) <= set(result) and "heatmaps" in result
     assert result["label"] == expected["label"]
     assert result["model"]["demonstration"] is True

@@ -23,7 +23,7 @@ import pydicom
 import pytest
 from pydicom.uid import JPEG2000Lossless
 
-from edge.engine import Engine
+from edge.engine import Device, Engine
 from edge.errors import FileTooLargeError, NotDicomError, UserError
 from edge.ingest.dicom_files import decode_hu, read_header
 from edge.ingest.sources import Limits, extract_zip
@@ -40,7 +40,7 @@ from tests.test_server import AUTH, P002, TOKEN, csrf, dicom_files, login, study
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory) -> Engine:
-    return Engine.from_profile(load_profile(write_profile(tmp_path_factory.mktemp("engine"))))
+    return Device.from_profile(load_profile(write_profile(tmp_path_factory.mktemp("engine"))))
 
 
 @pytest.fixture
@@ -401,6 +401,51 @@ def test_stow_with_the_token_may_use_the_upload_limit_and_without_it_gets_401(ma
     assert limit > app.config["MAX_UPLOAD_MB"] * 2**20
     limit, refusal = body_limit(app, "POST", "/dicom-web/studies", {"AUTHORIZATION": "Bearer wrong"})
     assert limit == SMALL_BODY and refusal.code == 401
+
+
+def test_stow_answers_a_missing_token_as_the_api_does(make_app):
+    """One token check for every route: STOW-RS's 401 names the scheme (WWW-Authenticate) like the API's."""
+    from edge.server.stow import bp
+
+    app = make_app()
+    app.register_blueprint(bp)
+    client = app.test_client()
+    for path in ("/api/v1/studies", "/dicom-web/studies"):
+        response = client.post(path, data=b"--b--", headers={"Content-Type": 'multipart/related; type="application/dicom"; '
+                                                                             'boundary=b'})
+        assert response.status_code == 401, path
+        assert response.headers["WWW-Authenticate"] == 'Bearer realm="ctedge"', path
+        assert "token" in response.json["error"]
+
+
+def test_a_removed_user_s_session_may_not_send_a_large_body(make_app):
+    """The body limit asks the same session check as the pages: a user removed from the users file
+    loses the upload limit at once, not only the pages."""
+    from edge.server.bodies import SMALL_BODY, body_limit
+
+    app = make_app()
+    client = app.test_client()
+    login(client)
+    cookie = {"COOKIE": f"ctedge_session={client.get_cookie('ctedge_session').value}"}
+    assert body_limit(app, "POST", "/studies", cookie)[0] > app.config["MAX_UPLOAD_MB"] * 2**20
+    users = app.config["USERS_FILE"]
+    users.unlink()
+    add_user(users, "someone-else", "another password")
+    limit, refusal = body_limit(app, "POST", "/studies", cookie)
+    assert limit == SMALL_BODY and refusal.code == 401
+
+
+def test_without_login_a_configured_api_token_still_guards_upload_bodies(make_app):
+    """login_required false on loopback opens the pages; the API still wants its token when one is set,
+    and the body limit says so before the body is read (the route would answer 401 after reading it)."""
+    from edge.server.bodies import SMALL_BODY, body_limit
+
+    app = make_app(login_required=False)
+    limit, refusal = body_limit(app, "POST", "/api/v1/studies", {})
+    assert limit == SMALL_BODY and refusal.code == 401
+    assert app.test_client().post("/api/v1/studies", data=b"").status_code == 401
+    assert body_limit(app, "POST", "/api/v1/studies", {"AUTHORIZATION": AUTH["Authorization"]})[0] > SMALL_BODY
+    assert body_limit(app, "POST", "/studies", {})[0] > SMALL_BODY
 
 
 # --- 9. login throttling -------------------------------------------------------------------------------------

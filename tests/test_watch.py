@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -366,3 +367,36 @@ def test_the_next_study_is_read_while_this_one_is_classified(box):
     for before, after in (("A", "B"), ("B", "C")):
         assert reads[before][1] <= reads[after][0] < infer_end[before], \
             f"{after} was not read while {before} was analysed: {engine.intervals}"
+
+
+def test_watch_polls_until_stopped_and_a_failed_pass_does_not_end_it(box, caplog):
+    """The one watch loop, run by ``ctedge watch`` and by the DICOM service of ``ctedge serve``: it
+    polls until its stop signal is set; a pass that raises (here: the inbox is gone) is logged and the
+    next pass runs, as the service's copy of the loop did."""
+    inbox, outbox = box
+    aside, passes, stop = inbox.with_name("aside"), [], threading.Event()
+
+    def after_pass():
+        passes.append(len(passes))
+        if len(passes) == 1:
+            inbox.rename(aside)
+        elif len(passes) == 2:
+            aside.rename(inbox)
+            phantom_study(inbox / "P1")
+        else:
+            stop.set()
+
+    summary = watch(CountingEngine(), inbox, outbox, NOW, after_pass=after_pass, stop=stop)
+    assert len(passes) == 3 and summary.done == 1 and records(outbox) == ["P1"]
+    assert "pass failed" in caplog.text
+
+
+def test_watch_once_lets_a_failed_pass_raise(box, monkeypatch):
+    inbox, outbox = box
+
+    def broken(*args, **kwargs):
+        raise OSError("disk gone")
+
+    monkeypatch.setattr("edge.watch.run_once", broken)
+    with pytest.raises(OSError, match="disk gone"):
+        watch(CountingEngine(), inbox, outbox, NOW, once=True)

@@ -23,7 +23,7 @@ from pydicom.fileset import FileSet
 from edge import CLASSES
 from edge.card import PLACEHOLDER_BANNER, load_card
 from edge.cli import main
-from edge.engine import Engine, NoModelForModalityError
+from edge.engine import Device, Engine, NoModelForModalityError
 from edge.errors import FileTooLargeError, ModelLoadError, StudyError
 from edge.explain import SliceGradCam
 from edge.ingest.radiograph import LateralViewError, load_radiograph, study_modality
@@ -290,11 +290,26 @@ def write_profile(tmp_path: Path, bundle: Path, more: list[Path]) -> Path:
 
 
 def test_a_profile_with_ct_and_xray_bundles_routes_by_modality(tmp_path, ct_bundle, xray_bundle, ct_study):
-    engine = Engine.from_profile(load_profile(write_profile(tmp_path, ct_bundle, [xray_bundle])))
+    engine = Device.from_profile(load_profile(write_profile(tmp_path, ct_bundle, [xray_bundle])))
     assert engine.run(RG1).to_dict()["model"]["name"] == "xray-test-placeholder"
     ct = engine.run(ct_study).to_dict()
     assert ct["modality"] == "ct" and ct["model"]["name"] == "constant-test-model"
     assert [ct["probabilities"][c] for c in CLASSES] == pytest.approx(KNOWN_PROBABILITIES, abs=1e-4)
+
+
+def test_a_device_holds_one_engine_per_modality_each_reading_only_its_own(tmp_path, ct_bundle, xray_bundle, ct_study):
+    """Device: the modality -> engine routing, built once from a profile; Engine: one bundle and its pool."""
+    device = Device.from_profile(load_profile(write_profile(tmp_path, ct_bundle, [xray_bundle])))
+    assert {m: e.info.name for m, e in device.routes.items()} == {"ct": "constant-test-model",
+                                                                  "xray": "xray-test-placeholder"}
+    assert device.info == device.routes["ct"].info, "the main bundle names the device's model"
+    assert device.read(RG1).modality == "xray" and device.run(device.read(ct_study)).volume.modality == "ct"
+    with pytest.raises(ValueError, match="two engines read CT studies"):
+        Device([device.routes["ct"], device.routes["ct"]])
+    ct_alone = device.routes["ct"]
+    assert ct_alone.routes == {"ct": ct_alone}
+    with pytest.raises(NoModelForModalityError, match="no X-ray model"):
+        ct_alone.run(RG1)
 
 
 def test_a_study_of_a_modality_the_device_has_no_model_for_is_refused(tmp_path, capsys, ct_bundle, xray_bundle, ct_study):
@@ -379,7 +394,7 @@ def test_a_device_with_ct_and_xray_models_says_so_on_every_page(tmp_path, ct_bun
     doc["model"] |= {"bundle": str(ct_bundle), "more_bundles": [str(xray_bundle)], "variant": "float32"}
     path.write_text(yaml.safe_dump(doc))
     profile = load_profile(path)
-    client = create_app(profile, Engine.from_profile(profile), start_workers=False).test_client()
+    client = create_app(profile, Device.from_profile(profile), start_workers=False).test_client()
     token = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/login").get_data(as_text=True)).group(1)
     client.post("/login", data={"user": USER, "password": PASSWORD, "csrf_token": token})
     upload = visible_text(client.get("/").get_data(as_text=True))

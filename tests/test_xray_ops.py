@@ -26,7 +26,7 @@ from edge import CLASSES
 from edge.card import PLACEHOLDER_BANNER, load_card
 from edge.cli import main
 from edge.doctor import check_tuned, run_checks
-from edge.engine import DEFAULT_BUNDLE, Engine
+from edge.engine import DEFAULT_BUNDLE, Device
 from edge.phantom import make_phantom, write_dicom_series
 from edge.profile import ProfileError, command_profile, load_profile, with_model
 from edge.server import create_app
@@ -127,10 +127,10 @@ def test_an_extra_xray_bundle_runs_its_tuned_variant_and_the_result_names_it(tmp
     profile = two_bundle_profile(tmp_path, xray_bundle)
     record(load_card(DEFAULT_BUNDLE), Choice("int8", 1, 1.0, "test", cpu_key()))
     assert tuned_choice(xray_bundle) is None
-    untuned = Engine.from_profile(load_profile(profile)).run(RG1).to_dict()["model"]
+    untuned = Device.from_profile(load_profile(profile)).run(RG1).to_dict()["model"]
     assert (untuned["variant"], untuned["chosen"]) == ("float32", "default (not tuned on this CPU: run ctedge tune)")
 
-    engine = Engine.from_profile(load_profile(profile), tune_if_missing=True)    # the first start of serve and watch
+    engine = Device.from_profile(load_profile(profile), tune_if_missing=True)    # the first start of serve and watch
     choice = tuned_choice(xray_bundle)
     assert choice is not None and tuned_choice(DEFAULT_BUNDLE).tuned_at == "test", "the tuned CT bundle is not retuned"
     model = engine.run(RG1).to_dict()["model"]
@@ -252,7 +252,7 @@ def test_model_flag_replaces_the_bundle_of_its_modality_and_keeps_the_others(tmp
 
     assert main(["predict", str(RG1), "--config", str(profile.source), "--model", str(other), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["model"]["name"] == "another-xray-placeholder"
-    engine = Engine.from_profile(with_model(profile, other))
+    engine = Device.from_profile(with_model(profile, other))
     assert set(engine.routes) == {"ct", "xray"} and engine.info.name == "cnn-bilstm-demo"
 
 

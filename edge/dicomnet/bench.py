@@ -3,8 +3,6 @@ last instance acknowledged to the SR stored in a real Orthanc (needs dcmtk and o
 
 from __future__ import annotations
 
-import argparse
-import json
 import platform
 import shutil
 import statistics
@@ -19,29 +17,30 @@ from pydicom.errors import InvalidDicomError
 
 from edge.dicomnet.orthanc import BINARY as ORTHANC, Orthanc, free_port
 from edge.dicomnet.service import DicomService
-from edge.engine import DEFAULT_BUNDLE, Engine
+from edge.engine import Device, Engine
 from edge.errors import UserError
-from edge.profile import DicomPeer, DicomSettings, WatcherSettings, default_profile, load_profile
+from edge.profile import DicomPeer, DicomSettings, WatcherSettings
+from edge.watch import run_once
 
 
-def cmd_bench_dicom(args: argparse.Namespace) -> int:
+def bench_dicom(study: Path, runs: int, engine: Engine | Device, modalities: tuple[str, ...]) -> dict:
+    """Send ``study`` to a receiver on loopback ``runs`` times, then analyse it with ``engine`` and send
+    its results to a local Orthanc; the figures as a document (see ``ctedge bench-dicom``)."""
     for tool in ("storescu", ORTHANC):
         if not shutil.which(tool):
             raise UserError(tool, "not installed (Debian: apt-get install dcmtk orthanc)")
-    files = sorted(p for p in args.study.rglob("*") if p.is_file() and _is_dicom(p))
+    files = sorted(p for p in study.rglob("*") if p.is_file() and _is_dicom(p))
     if not files:
-        raise UserError(args.study, "no DICOM file found")
-    profile = load_profile(args.config) if args.config else default_profile(DEFAULT_BUNDLE)
-    engine = Engine.from_profile(profile) if args.config else Engine.default()
+        raise UserError(study, "no DICOM file found")
     size_mb = sum(p.stat().st_size for p in files) / 1e6
     with tempfile.TemporaryDirectory(prefix="ctedge-bench-dicom-") as tmp:
         port = free_port()
         with Orthanc(Path(tmp) / "orthanc", port) as pacs:
             settings = DicomSettings(port=port, destinations=(DicomPeer("ORTHANC", "127.0.0.1", pacs.dicom_port),))
             seconds = []
-            for run in range(args.runs):
+            for run in range(runs):
                 inbox = Path(tmp) / f"inbox-{run}"
-                service = DicomService(settings, inbox, Path(tmp) / f"out-{run}", profile.model.modalities)
+                service = DicomService(settings, inbox, Path(tmp) / f"out-{run}", modalities)
                 service.start(send=False)
                 try:
                     seconds.append(_storescu(port, files))
@@ -49,24 +48,14 @@ def cmd_bench_dicom(args: argparse.Namespace) -> int:
                     service.stop()
                 received = len(list(inbox.glob("*/*.dcm")))
                 if received != len(files):
-                    raise UserError(args.study, f"only {received} of {len(files)} instances were stored")
+                    raise UserError(study, f"only {received} of {len(files)} instances were stored")
             to_sr = _time_to_sr(engine, service, pacs, pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
     receive_s = statistics.median(seconds)
-    doc = {"study": str(args.study), "instances": len(files), "megabytes": round(size_mb, 1),
-           "transfer_syntax": str(pydicom.dcmread(files[0], stop_before_pixels=True).file_meta.TransferSyntaxUID.name),
-           "runs": args.runs, "receive_seconds_median": round(receive_s, 3),
-           "instances_per_second": round(len(files) / receive_s, 1), "megabytes_per_second": round(size_mb / receive_s, 1),
-           "last_instance_to_sr_in_orthanc_seconds": round(to_sr, 2), "cpu": _cpu()}
-    if args.json:
-        print(json.dumps(doc, indent=2))
-    else:
-        print(f"CPU: {doc['cpu']}")
-        print(f"{doc['instances']} instances, {doc['megabytes']} MB ({doc['transfer_syntax']}), storescu -xs over loopback:"
-              f" median of {args.runs}: {receive_s:.2f} s = {doc['instances_per_second']} instances/s, "
-              f"{doc['megabytes_per_second']} MB/s")
-        print(f"last instance acknowledged -> SR stored in Orthanc: {to_sr:.2f} s (analysis + SR/SC + C-STORE; "
-              "watcher.stable_seconds not included)")
-    return 0
+    return {"study": str(study), "instances": len(files), "megabytes": round(size_mb, 1),
+            "transfer_syntax": str(pydicom.dcmread(files[0], stop_before_pixels=True).file_meta.TransferSyntaxUID.name),
+            "runs": runs, "receive_seconds_median": round(receive_s, 3),
+            "instances_per_second": round(len(files) / receive_s, 1), "megabytes_per_second": round(size_mb / receive_s, 1),
+            "last_instance_to_sr_in_orthanc_seconds": round(to_sr, 2), "cpu": _cpu()}
 
 
 def _storescu(port: int, files: list[Path]) -> float:
@@ -78,10 +67,8 @@ def _storescu(port: int, files: list[Path]) -> float:
     return time.perf_counter() - start
 
 
-def _time_to_sr(engine: Engine, service: DicomService, pacs: Orthanc, study_uid: str) -> float:
+def _time_to_sr(engine: Engine | Device, service: DicomService, pacs: Orthanc, study_uid: str) -> float:
     """Seconds from now (the last instance just acknowledged) until the SR is in Orthanc."""
-    from edge.watch import run_once
-
     start = time.perf_counter()
     run_once(engine, service.inbox, service.results, replace(WatcherSettings(), stable_seconds=0.0))
     service.after_pass()

@@ -14,7 +14,6 @@ Only the result document (``result.json``) and the source files are read, never 
 
 from __future__ import annotations
 
-import json
 from copy import deepcopy
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from edge import CLASSES, __version__
 from edge.card import MODALITY_TERMS
 from edge.dicomnet.receiver import is_uid
 from edge.errors import UserError
+from edge.result import load_result, modality_of
 
 SR_SERIES_NUMBER, SC_SERIES_NUMBER = 9901, 9902
 SCHEME = "99CTEDGE"  # private coding scheme for the concepts no standard code names
@@ -72,7 +72,7 @@ def source_headers(study_dir: Path) -> dict[str, Dataset]:
 
 def result_objects(result_dir: Path, study_dir: Path) -> list[Dataset]:
     """The SR and the Secondary Capture images of one analysed study (the SR first)."""
-    doc = json.loads((Path(result_dir) / "result.json").read_text())
+    doc = load_result(result_dir)
     headers = source_headers(study_dir)
     driving = [s["file"] for h in doc.get("heatmaps", []) for s in h["sources"]] or [s["file"] for s in doc["slices_used"]]
     evidence = [_complete(headers[name]) for name in dict.fromkeys(driving) if name in headers]
@@ -96,7 +96,7 @@ def structured_report(doc: dict, evidence: list[Dataset]) -> hd.sr.Comprehensive
     """A Comprehensive SR of the result document, referencing ``evidence`` (the driving instances)."""
     model = doc["model"]
     demonstration = bool(model["banner"])
-    modality = MODALITY_TERMS[doc.get("modality", "ct")].name          # older results have no modality: CT
+    modality = MODALITY_TERMS[modality_of(doc)].name
     items: list[Dataset] = [hd.sr.TextContentItem(FINDING, doc["label"], "CONTAINS")]
     items += [hd.sr.NumContentItem(_code(f"probability-{c}", f"Probability of {c}"), float(doc["probabilities"][c]),
                                    NO_UNITS, relationship_type="CONTAINS") for c in doc.get("classes", CLASSES)]

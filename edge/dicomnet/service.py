@@ -19,9 +19,11 @@ from pathlib import Path
 from edge.dicomnet.outbox import Outbox
 from edge.dicomnet.receiver import Receiver
 from edge.dicomnet.results import result_objects
+from edge.engine import Device, Engine
 from edge.errors import UserError
 from edge.profile import DicomPeer, DicomSettings, Profile, WatcherSettings
 from edge.storage import private_dir
+from edge.watch import watch
 
 log = logging.getLogger("ctedge.dicom")
 SEND_DIR = ".dicom-send"
@@ -71,20 +73,10 @@ class DicomService:
         service._threads[-1].start()
         return service
 
-    def _watch(self, engine, settings: WatcherSettings) -> None:
-        from edge.watch import outbox_lock, recover, run_once
-
+    def _watch(self, engine: Engine | Device, settings: WatcherSettings) -> None:
+        """The watcher of ``ctedge watch`` on this service's inbox, until :meth:`stop`."""
         try:
-            with outbox_lock(self.results):
-                recover(self.results)
-                warned: set[str] = set()
-                while not self._stop.is_set():
-                    try:
-                        run_once(engine, self.inbox, self.results, settings, warned)
-                    except Exception:  # noqa: BLE001 - logged; the next pass tries again
-                        log.exception("the DICOM study watcher's pass failed; trying again")
-                    self.after_pass()
-                    self._stop.wait(settings.poll_seconds)
+            watch(engine, self.inbox, self.results, settings, after_pass=self.after_pass, stop=self._stop)
         except UserError as exc:
             log.error("the DICOM study watcher cannot run: %s", exc)
 

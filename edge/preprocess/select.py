@@ -22,7 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-METHODS = ("lung-extent", "seed-area", "rahimzadeh")
+from edge.options import METHODS
+
 RAHIMZADEH_DARK_HU = 300 - 1024
 RAHIMZADEH_ROWS = (240, 340)
 RAHIMZADEH_COLS = (120, 370)

@@ -2,7 +2,7 @@
 
 Blueprints: :mod:`edge.server.ui` (login, upload form, status, results, history) and
 :mod:`edge.server.api` (``/api/v1``, ``/health``). Studies are analysed by a bounded worker
-queue (:mod:`edge.server.jobs`) sharing one :class:`edge.engine.Engine`. Every request must name
+queue (:mod:`edge.server.jobs`) sharing one :class:`edge.engine.Device`. Every request must name
 an allowed ``Host`` (DNS rebinding) and a state-changing one must not come from another ``Origin``.
 """
 
@@ -14,12 +14,15 @@ from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from flask import Flask, Response, current_app, jsonify, render_template, request
+from flask import Flask, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
+from edge.engine import Device
 from edge.ingest.sources import Limits
 from edge.profile import Profile
+from edge.server import api, ui
 from edge.server.auth import ServerConfigError, is_loopback, read_users, secret_key
+from edge.server.errors import error_answer
 from edge.server.jobs import Analyser, JobQueue, StudyStore
 from edge.server.sessions import Sessions
 from edge.server.throttle import LoginThrottle
@@ -62,13 +65,11 @@ def allowed_hosts(profile: Profile) -> frozenset[str]:
 
 
 def create_app(profile: Profile, engine: Analyser | None = None, *, start_workers: bool = True) -> Flask:
-    """Build the app for ``profile``; ``engine`` defaults to ``Engine.from_profile(profile)``."""
+    """Build the app for ``profile``; ``engine`` defaults to ``Device.from_profile(profile)``."""
     check_settings(profile)
     s = profile.server
     if engine is None:
-        from edge.engine import Engine
-
-        engine = Engine.from_profile(profile, copies=s.workers, tune_if_missing=True)
+        engine = Device.from_profile(profile, copies=s.workers, tune_if_missing=True)
     store = StudyStore(s.results_dir)
     app = Flask(__name__)
     app.config.update(
@@ -93,9 +94,6 @@ def create_app(profile: Profile, engine: Analyser | None = None, *, start_worker
     policy = UploadPolicy(Limits(max_archive_bytes=s.max_unpacked_mb * 2**20), s.min_free_mb * 2**20)
     app.extensions["ctedge"] = {"store": store, "jobs": jobs, "engine": engine, "uploads": policy,
                                 "sessions": Sessions(SESSION_LIFETIME.total_seconds()), "throttle": LoginThrottle()}
-
-    from edge.server import api, ui
-
     app.register_blueprint(ui.bp)
     app.register_blueprint(api.bp)
     app.register_error_handler(HTTPException, _http_error)
@@ -105,23 +103,12 @@ def create_app(profile: Profile, engine: Analyser | None = None, *, start_worker
     if start_workers:
         jobs.start()
         if profile.dicom is not None:  # DICOM receiver, analysis of received studies, results sent to PACS
-            from edge.dicomnet.service import DicomService
-            from edge.dicomnet.stow import bp as stow
+            from edge.dicomnet.service import DicomService  # pynetdicom: only when the profile has DICOM
+            from edge.server.stow import bp as stow
 
             app.extensions["ctedge"]["dicom"] = DicomService.for_server(profile, engine)
             app.register_blueprint(stow)  # DICOMweb STOW-RS into the same inbox
     return app
-
-
-def wants_json() -> bool:
-    return request.path.startswith(("/api/", "/dicom-web/")) or request.path == "/health"
-
-
-def json_error(status: int, message: str, **headers: str) -> Response:
-    response = jsonify(error=message)
-    response.status_code = status
-    response.headers.update(headers)
-    return response
 
 
 def _http_error(exc: HTTPException) -> Response | tuple[str, int]:
@@ -157,13 +144,6 @@ def host_name(host: str) -> str:
     if host.count(":") == 1 or (host.startswith("[") and "]:" in host):
         host = host.rsplit(":", 1)[0]
     return host.strip("[]").lower()
-
-
-def error_answer(code: int, title: str, message: str) -> Response | tuple[str, int]:
-    """The error as JSON for the API, as a page otherwise."""
-    if wants_json():
-        return json_error(code, message)
-    return render_template("error.html", code=code, title=title, message=message), code
 
 
 def _security_headers(response: Response) -> Response:

@@ -7,8 +7,8 @@ from pathlib import Path
 from flask import Blueprint, Response, abort, current_app, jsonify, request, send_file, url_for
 from werkzeug.datastructures import FileStorage
 
-from edge.server import json_error
-from edge.server.auth import api_token_problem
+from edge.server.errors import json_error
+from edge.server.auth import require_token
 from edge.server.jobs import JobQueue, QueueFull, StudyStore
 from edge.server.uploads import UploadError, UploadPolicy, receive_study
 
@@ -32,12 +32,7 @@ def upload_policy() -> UploadPolicy:
 
 @bp.before_request
 def _require_token() -> Response | None:
-    if request.endpoint in PUBLIC:
-        return None
-    if problem := api_token_problem():
-        status, message = problem
-        return json_error(status, message, **({"WWW-Authenticate": 'Bearer realm="ctedge"'} if status == 401 else {}))
-    return None
+    return None if request.endpoint in PUBLIC else require_token()
 
 
 @bp.post("/api/v1/studies")

@@ -1,4 +1,5 @@
-"""Access control: the API bearer token, the form login (users file) and CSRF tokens.
+"""Access control, for every route: the API bearer token, the form login (users file, sessions) and
+CSRF tokens.
 
 The users file has one ``name:hash`` line per user (hashes from werkzeug's
 ``generate_password_hash``, scrypt); ``ctedge serve --add-user NAME`` appends one.
@@ -11,12 +12,16 @@ import hmac
 import ipaddress
 import os
 import secrets
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-from flask import abort, current_app, request, session
+from flask import Flask, Response, abort, current_app, request, session
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from edge.errors import UserError
+from edge.server.errors import json_error
+from edge.server.sessions import Sessions
 
 
 @functools.cache
@@ -87,20 +92,38 @@ def secret_key(env_name: str, results_dir: Path) -> str:
     return key
 
 
-def api_token_problem() -> tuple[int, str] | None:
-    """None when the request may use the API, else (HTTP status, message)."""
-    expected: str = current_app.config["API_TOKEN"]
+def token_problem(config: Mapping[str, Any], authorization: str) -> tuple[int, str] | None:
+    """None when a request with this ``Authorization`` header may use the token routes (the API and
+    STOW-RS) of an app with ``config``, else (HTTP status, message)."""
+    expected: str = config["API_TOKEN"]
     if not expected:
-        if not current_app.config["LOGIN_REQUIRED"]:
+        if not config["LOGIN_REQUIRED"]:
             return None  # explicitly open: login_required false on a loopback host
-        env = current_app.config["API_TOKEN_ENV"]
+        env = config["API_TOKEN_ENV"]
         return 503, f"the API is disabled: no token configured (set the environment variable {env} and restart)"
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    scheme, _, given = authorization.partition(" ")
     if scheme.lower() != "bearer" or not given:
         return 401, "missing API token: send 'Authorization: Bearer <token>'"
     if not hmac.compare_digest(given.strip().encode(), expected.encode()):
         return 401, "wrong API token"
     return None
+
+
+def require_token() -> Response | None:
+    """The ``before_request`` of every token route: None, or the JSON refusal (a 401 names the scheme)."""
+    problem = token_problem(current_app.config, request.headers.get("Authorization", ""))
+    if problem is None:
+        return None
+    status, message = problem
+    return json_error(status, message, **({"WWW-Authenticate": 'Bearer realm="ctedge"'} if status == 401 else {}))
+
+
+def session_user(app: Flask, cookie: Mapping[str, Any]) -> str | None:
+    """The user logged in by a session cookie's contents: its session is open and unexpired, its user's
+    line in the users file is unchanged since the login, and the cookie names that user; else None."""
+    sessions: Sessions = app.extensions["ctedge"]["sessions"]
+    user = sessions.user(cookie.get("sid"), read_users(app.config["USERS_FILE"]))
+    return user if user is not None and user == cookie.get("user") else None
 
 
 def csrf_token() -> str:

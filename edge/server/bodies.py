@@ -9,7 +9,6 @@ larger body is answered at once, unread: 401 for an upload without a valid token
 from __future__ import annotations
 
 import copy
-import hmac
 import json
 from http.cookies import CookieError, SimpleCookie
 
@@ -20,6 +19,8 @@ from waitress.channel import HTTPChannel
 from waitress.parser import HTTPRequestParser
 from waitress.server import BaseWSGIServer
 from waitress.utilities import Error, RequestEntityTooLarge
+
+from edge.server.auth import session_user, token_problem
 
 SMALL_BODY = 64 * 2**10
 FORM_OVERHEAD = 2**20            # multipart boundaries, headers and fields around the files
@@ -54,20 +55,19 @@ def body_limit(app: Flask, method: str, path: str, headers: dict[str, str]) -> t
 
 
 def _may_upload(app: Flask, path: str, headers: dict[str, str]) -> bool:
+    """The checks of ``edge.server.auth`` on the request's headers: the API token on the token routes,
+    else a logged-in session (unless login is off)."""
+    if path.startswith(TOKEN_PREFIXES):
+        return token_problem(app.config, headers.get("AUTHORIZATION", "")) is None
     if not app.config["LOGIN_REQUIRED"]:
         return True
-    if path.startswith(TOKEN_PREFIXES):
-        expected: str = app.config["API_TOKEN"]
-        scheme, _, given = headers.get("AUTHORIZATION", "").partition(" ")
-        return bool(expected) and scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(),
-                                                                                      expected.encode())
     try:
         cookie = SimpleCookie(headers.get("COOKIE", "")).get(app.config["SESSION_COOKIE_NAME"])
         serializer = app.session_interface.get_signing_serializer(app)
         data = serializer.loads(cookie.value, max_age=int(app.permanent_session_lifetime.total_seconds()))
     except (AttributeError, CookieError, BadSignature):
         return False
-    return app.extensions["ctedge"]["sessions"].user(data.get("sid")) is not None
+    return session_user(app, data) is not None
 
 
 def create_server(app: Flask, host: str, port: int, threads: int) -> BaseWSGIServer:

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 from edge.errors import UserError
 from edge.infer import ModelInfo
+from edge.result import load_result
 from edge.storage import is_disk_full, private_dir, restrict_tree
 
 log = logging.getLogger("ctedge.server")
@@ -41,11 +42,14 @@ DISK_FULL_MESSAGE = ("the server's disk is full: the result could not be written
 
 
 class Analyser(Protocol):
-    """What the server needs from :class:`edge.engine.Engine` (the queue: ``analyse``; the pages: the
+    """What the server needs from :class:`edge.engine.Device` (the queue: ``analyse``; the pages: the
     model of each modality the device reads)."""
 
-    info: ModelInfo
-    routes: Mapping[str, Analyser]
+    @property
+    def info(self) -> ModelInfo: ...
+
+    @property
+    def routes(self) -> Mapping[str, Analyser]: ...
 
     def analyse(self, source: Path, out_dir: Path) -> dict: ...
 
@@ -165,7 +169,7 @@ class StudyStore:
     def result(self, study_id: str) -> dict | None:
         """The engine's result document of a finished study."""
         try:
-            return json.loads((self.folder(study_id) / "result.json").read_text())
+            return load_result(self.folder(study_id))
         except (KeyError, OSError, ValueError):
             return None
 

@@ -12,7 +12,7 @@ from edge import CLASSES
 from edge.card import MODALITY_TERMS
 from edge.report import terms_of
 from edge.server.api import RETRY_AFTER_S, jobs, send_heatmap, store, study_file, upload_policy
-from edge.server.auth import check_csrf, check_login, csrf_token, read_users
+from edge.server.auth import check_csrf, check_login, csrf_token, read_users, session_user
 from edge.server.jobs import QueueFull
 from edge.server.sessions import Sessions
 from edge.server.throttle import LoginThrottle
@@ -44,8 +44,7 @@ def _login_and_csrf() -> Response | None:
 
 def _logged_in() -> bool:
     """True when the cookie's session is open and its user's line in the users file is unchanged."""
-    user = sessions().user(session.get("sid"), read_users(current_app.config["USERS_FILE"]))
-    return user is not None and user == session.get("user")
+    return session_user(current_app, session) is not None
 
 
 def safe_target(target: str) -> str:

@@ -9,19 +9,15 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.http import parse_options_header
 
 from edge.dicomnet.receiver import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, SOP_CLASS_NOT_SUPPORTED, check_instance, log
-from edge.server import json_error
-from edge.server.auth import api_token_problem
+from edge.server.errors import json_error
+from edge.server.auth import require_token
 
 bp = Blueprint("stow", __name__)
 RETRIEVE_URL, REFERENCED, FAILED, FAILURE_REASON = "00081190", "00081199", "00081198", "00081197"
 SOP_CLASS, SOP_INSTANCE = "00081150", "00081155"
 
 
-@bp.before_request
-def _require_token() -> Response | None:
-    if problem := api_token_problem():
-        return json_error(*problem)
-    return None
+bp.before_request(require_token)
 
 
 @bp.post("/dicom-web/studies")

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import threading
 from pathlib import Path
 
+from edge.cli.common import add_model_options, model_profile
+from edge.engine import Device
 from edge.errors import UserError
 from edge.profile import load_profile
 
@@ -53,12 +56,23 @@ def add_bench_dicom(sub: argparse._SubParsersAction) -> None:
                                    "is set to 0 here; in service it adds to that time).")
     p.add_argument("study", type=Path, help="a folder of DICOM files with valid UIDs (one study)")
     p.add_argument("--runs", type=int, default=3, help="receive runs (default 3); the median is reported")
-    p.add_argument("--config", type=Path, default=None, help="device profile for the model (default: the demo model)")
+    add_model_options(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(func=_bench)
+    p.set_defaults(func=cmd_bench_dicom)
 
 
-def _bench(args: argparse.Namespace) -> int:
-    from edge.dicomnet.bench import cmd_bench_dicom
+def cmd_bench_dicom(args: argparse.Namespace) -> int:
+    from edge.dicomnet.bench import bench_dicom  # pydicom, pynetdicom, Orthanc: only for this command
 
-    return cmd_bench_dicom(args)
+    profile = model_profile(args)
+    doc = bench_dicom(args.study, args.runs, Device.from_profile(profile), profile.model.modalities)
+    if args.json:
+        print(json.dumps(doc, indent=2))
+        return 0
+    print(f"CPU: {doc['cpu']}")
+    print(f"{doc['instances']} instances, {doc['megabytes']} MB ({doc['transfer_syntax']}), storescu -xs over loopback:"
+          f" median of {args.runs}: {doc['receive_seconds_median']:.2f} s = {doc['instances_per_second']} instances/s, "
+          f"{doc['megabytes_per_second']} MB/s")
+    print(f"last instance acknowledged -> SR stored in Orthanc: {doc['last_instance_to_sr_in_orthanc_seconds']:.2f} s "
+          "(analysis + SR/SC + C-STORE; watcher.stable_seconds not included)")
+    return 0

@@ -1,0 +1,43 @@
+"""``ctedge watch``: the watcher of an inbox folder, with the profile's DICOM receiver and sender."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from edge.cli.common import add_model_options, model_profile
+from edge.engine import Device
+from edge.watch import watch
+
+
+def add_watch(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("watch", help="process every study dropped into an inbox folder, once each",
+                       description="Watch INBOX for studies (a folder or a zip per study) and write each result "
+                                   "to OUTBOX/<study>/ (result.json, heatmaps, report.html), or the error to "
+                                   "OUTBOX/failed/<study>/error.txt. Crash-safe; the inbox is never modified. With a "
+                                   "profile that has a dicom: section, also receive studies into INBOX and send the "
+                                   "results to its destinations.")
+    p.add_argument("inbox", type=Path, help="folder where studies are dropped")
+    p.add_argument("--out", type=Path, required=True, help="folder for the results (OUTBOX)")
+    add_model_options(p)
+    p.add_argument("--once", action="store_true", help="process the studies that are ready, then exit")
+    p.set_defaults(func=cmd_watch)
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    profile = model_profile(args)
+    engine = Device.from_profile(profile, tune_if_missing=True)
+    dicom = None
+    if profile.dicom:  # receive into INBOX, send results to the profile's destinations
+        from edge.dicomnet.service import DicomService  # pynetdicom: only when a profile needs it
+
+        dicom = DicomService(profile.dicom, args.inbox, args.out, profile.model.modalities)
+        dicom.start(receive=not args.once, send=not args.once)  # --once: after_pass delivers
+    try:
+        summary = watch(engine, args.inbox, args.out, profile.watcher, args.once,
+                        after_pass=dicom.after_pass if dicom else None)
+    finally:
+        if dicom:
+            dicom.stop()
+    print(f"{summary.done} done, {summary.failed} failed, {summary.waiting} waiting for their copy to finish")
+    return 0
