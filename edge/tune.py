@@ -204,8 +204,8 @@ def tune(card: ModelCard, group: np.ndarray, max_threads: int | None = None, rep
             reference = probs if reference is None else reference
             rows.append({"variant": variant, "threads": threads, "ms_per_group_median": round(ms, 2),
                          "max_prob_diff_vs_first": round(float(np.abs(probs - reference).max()), 6)})
-    best = min(rows, key=lambda r: r["ms_per_group_median"])
-    choice = Choice(best["variant"], best["threads"], best["ms_per_group_median"],
+    best = min(rows, key=lambda r: r["ms_per_group_median"])  # type: ignore[arg-type, return-value]
+    choice = Choice(best["variant"], best["threads"], best["ms_per_group_median"],  # type: ignore[arg-type]
                     datetime.now(timezone.utc).isoformat(timespec="seconds"), cpu_key())
     return choice, rows
 
@@ -293,11 +293,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
         return 0
     print(f"CPU: {cpu_key()}")
     for d in done:
-        print(f"\n{MODALITY_TERMS[d['modality']].name} bundle {d['path']} ({d['bundle']}), timed on {d['input']}:")
-        print(f"{'variant':<10}{'threads':>8}{'median ms/' + d['unit']:>17}{'max |dp| vs first':>19}")
+        print(f"\n{MODALITY_TERMS[d['modality']].name} bundle {d['path']} ({d['bundle']}), timed on {d['input']}:")  # type: ignore[index]
+        print(f"{'variant':<10}{'threads':>8}{'median ms/' + d['unit']:>17}{'max |dp| vs first':>19}")  # type: ignore[operator]
         for r in d["rows"]:
-            print(f"{r['variant']:<10}{r['threads']:>8}{r['ms_per_group_median']:>17.1f}"
-                  f"{r['max_prob_diff_vs_first']:>19.4f}")
-        print(f"chosen: {Choice(**d['choice']).describe()}")
+            print(f"{r['variant']:<10}{r['threads']:>8}{r['ms_per_group_median']:>17.1f}"  # type: ignore[index]
+                  f"{r['max_prob_diff_vs_first']:>19.4f}")  # type: ignore[index]
+        print(f"chosen: {Choice(**d['choice']).describe()}")  # type: ignore[arg-type]
     print(f"recorded in {path}")
     return 0

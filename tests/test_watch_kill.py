@@ -146,7 +146,7 @@ def test_watcher_survives_three_sigkills_without_losing_or_duplicating_a_study(t
     watcher = start_watcher()
     copier.start()
     for threshold in KILL_AFTER:
-        wait_for(lambda: committed(outbox) >= threshold and analysing(outbox, watcher.pid),
+        wait_for(lambda: committed(outbox) >= threshold and analysing(outbox, watcher.pid),  # noqa: B023 (waited for in this pass)
                  f"{threshold} records and a study in progress", deadline, logs)
         time.sleep(rng.uniform(0.0, 0.15))
         watcher.send_signal(signal.SIGKILL)

@@ -30,7 +30,7 @@ from pydicom.uid import (UID, AllTransferSyntaxes, ComputedRadiographyImageStora
                          DigitalXRayImageStorageForPresentation, DigitalXRayImageStorageForProcessing)
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.events import Event
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from edge.card import MODALITY_TERMS, modality_names
 from edge.errors import UserError
@@ -150,7 +150,7 @@ class Receiver:
         self.ae.add_supported_context(Verification)
         syntaxes = decodable_transfer_syntaxes()
         for cx in AllStoragePresentationContexts:  # other classes get a clear refusal status, not a bare reject
-            self.ae.add_supported_context(cx.abstract_syntax, syntaxes if cx.abstract_syntax in self.accepted
+            self.ae.add_supported_context(cx.abstract_syntax, syntaxes if cx.abstract_syntax in self.accepted  # type: ignore[arg-type]
                                           else ALL_TRANSFER_SYNTAXES)
         self._server = None
 
@@ -172,7 +172,7 @@ class Receiver:
         if removed:
             log.warning("removed %d partial instance(s) left by an interrupted receiver", removed)
         try:
-            self._server = self.ae.start_server(
+            self._server = self.ae.start_server(  # type: ignore[assignment]
                 (self.settings.host, self.settings.port), block=False,
                 evt_handlers=[(evt.EVT_REQUESTED, self._on_request), (evt.EVT_C_STORE, self._on_store)])
         except OSError as exc:
@@ -194,7 +194,7 @@ class Receiver:
             self._server = None
 
     def _on_request(self, event: Event) -> None:
-        caller = event.assoc.requestor.primitive.calling_ae_title.strip()
+        caller = event.assoc.requestor.primitive.calling_ae_title.strip()  # type: ignore[union-attr]
         address = event.assoc.requestor.address
         if not is_allowed(caller, address, self.settings.allowed_callers):
             log.warning("association from %r at %s rejected: not in dicom.allowed_callers", caller, address)
@@ -203,7 +203,7 @@ class Receiver:
 
     def _on_store(self, event: Event) -> Dataset:
         request = event.request
-        sop_class, sop_uid = UID(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID)
+        sop_class, sop_uid = UID(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID)  # type: ignore[arg-type, union-attr]
         if refusal := self.refusal(sop_class):
             log.warning("refused a %s instance from %r: %s", sop_class.name, event.assoc.requestor.ae_title, refusal)
             return _status(SOP_CLASS_NOT_SUPPORTED, refusal[:64])

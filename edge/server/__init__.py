@@ -68,7 +68,7 @@ def create_app(profile: Profile, engine: Analyser | None = None, *, start_worker
     if engine is None:
         from edge.engine import Engine
 
-        engine = Engine.from_profile(profile, copies=s.workers, tune_if_missing=True)
+        engine = Engine.from_profile(profile, copies=s.workers, tune_if_missing=True)  # type: ignore[assignment]
     store = StudyStore(s.results_dir)
     app = Flask(__name__)
     app.config.update(
@@ -89,7 +89,7 @@ def create_app(profile: Profile, engine: Analyser | None = None, *, start_worker
         ALLOWED_HOSTS=allowed_hosts(profile),
         PROFILE=profile,
     )
-    jobs = JobQueue(store, engine, s.workers, s.queue_size, s.keep_uploads_days)
+    jobs = JobQueue(store, engine, s.workers, s.queue_size, s.keep_uploads_days)  # type: ignore[arg-type]
     policy = UploadPolicy(Limits(max_archive_bytes=s.max_unpacked_mb * 2**20), s.min_free_mb * 2**20)
     app.extensions["ctedge"] = {"store": store, "jobs": jobs, "engine": engine, "uploads": policy,
                                 "sessions": Sessions(SESSION_LIFETIME.total_seconds()), "throttle": LoginThrottle()}
