@@ -4,12 +4,16 @@ VENV := .venv
 BIN := $(VENV)/bin
 TRAIN := $(VENV)/.train-extra
 
-.PHONY: demo test demo-model demo-slice-model bundle clean
+.PHONY: demo test test-fast lint demo-model demo-slice-model bundle clean
 
-# Edge install: NumPy, OpenCV, pydicom, Flask, PyYAML and the TFLite interpreter; no TensorFlow.
-$(BIN)/ctedge: pyproject.toml
+# The virtual environment is created once; the installs below rerun only when pyproject.toml changes
+# (pip then finds what is already installed and only refreshes the editable ctedge).
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Edge install: NumPy, OpenCV, pydicom, Flask, PyYAML and the TFLite interpreter; no TensorFlow.
+$(BIN)/ctedge: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e .
 	touch $@
 
@@ -21,8 +25,19 @@ $(TRAIN): $(BIN)/ctedge
 demo: $(BIN)/ctedge
 	$(BIN)/ctedge predict samples/covid-ct-md/COVID-19_P002
 
+# Test lanes (docs/testing.md). test: everything, as CI runs it (after lint). test-fast: the edge only,
+# without the slow, train (TensorFlow) and external (Orthanc, dcmtk, Chromium, installer builds) tests.
+# More pytest options with e.g. make test-fast PYTEST_ARGS="-x --durations=20".
 test: $(TRAIN)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-fast: $(TRAIN)
+	$(BIN)/python -m pytest -q -m "not slow and not train and not external" $(PYTEST_ARGS)
+
+# ruff and mypy, configured in pyproject.toml.
+lint: $(TRAIN)
+	$(BIN)/python -m ruff check edge training quantize tests
+	$(BIN)/python -m mypy
 
 # Retrain and re-export the bundled demonstration model from ../shared/data (about 15 min on 2 cores).
 demo-model: $(TRAIN)

@@ -76,7 +76,7 @@ def check_packages() -> Check:
         own = metadata.version("ctedge")
     except metadata.PackageNotFoundError:
         return Check("packages", False, "the ctedge distribution is not installed (pip install ctedge)")
-    names = [re.match(r"[A-Za-z0-9._-]+", r)[0] for r in requires if "extra ==" not in r]
+    names = [re.match(r"[A-Za-z0-9._-]+", r)[0] for r in requires if "extra ==" not in r]  # type: ignore[index]
     found, missing = [], []
     for name in names:
         try:

@@ -185,7 +185,7 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.6) -> np.nd
     """A BGR uint8 picture of a uint8 slice with a JET-coloured heatmap blended over it, each pixel's
     opacity ``alpha`` times its heat, so that cold regions show the slice unchanged."""
     heat = np.clip(heatmap, 0, 1)
-    colour = cv2.applyColorMap(np.uint8(255 * heat), cv2.COLORMAP_JET).astype(np.float32)
+    colour = cv2.applyColorMap((255 * heat).astype(np.uint8), cv2.COLORMAP_JET).astype(np.float32)
     grey = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR).astype(np.float32)
     weight = (alpha * heat)[..., None]
     return np.rint(colour * weight + grey * (1 - weight)).astype(np.uint8)

@@ -46,7 +46,7 @@ def score_slices(prepared: PreparedStudy, classifier: SliceClassifier, options: 
     with timed(t, "infer"):
         probs = np.stack([np.asarray(classifier.predict(image), float) for image in kept_slices(prepared)])
     with timed(t, "vote"):
-        verdict = classifier.rule.verdict(probs, classifier.classes)
+        verdict = classifier.rule.verdict(probs, classifier.classes)  # type: ignore[union-attr]
     return Scores(verdict, slices=[SliceScore(int(i), p) for i, p in zip(kept, probs)])
 
 

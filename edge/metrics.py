@@ -7,6 +7,7 @@ import warnings
 from collections.abc import Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy.special import betaincinv
 
 from edge import CLASSES
@@ -14,14 +15,14 @@ from edge import CLASSES
 RATIOS = ("accuracy", "sensitivity", "specificity", "precision", "npv", "f1", "roc_auc")
 
 
-def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], n_classes: int = 3) -> np.ndarray:
+def confusion_matrix(y_true: ArrayLike, y_pred: ArrayLike, n_classes: int = 3) -> np.ndarray:
     """Counts with rows = true class, columns = predicted class."""
     cm = np.zeros((n_classes, n_classes), int)
     np.add.at(cm, (np.asarray(y_true, int), np.asarray(y_pred, int)), 1)
     return cm
 
 
-def roc_curve(y_true: Sequence[int], scores: Sequence[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def roc_curve(y_true: ArrayLike, scores: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """False- and true-positive rates at every distinct score threshold (descending), from (0, 0)."""
     y, s = np.asarray(y_true, bool), np.asarray(scores, float)
     order = np.argsort(-s, kind="stable")
@@ -32,7 +33,7 @@ def roc_curve(y_true: Sequence[int], scores: Sequence[float]) -> tuple[np.ndarra
     return np.r_[0.0, fp / neg], np.r_[0.0, tp / pos], np.r_[np.inf, s[last]]
 
 
-def roc_auc(y_true: Sequence[int], scores: Sequence[float]) -> float:
+def roc_auc(y_true: ArrayLike, scores: ArrayLike) -> float:
     """Area under the ROC curve (ties count one half); NaN without positives or without negatives."""
     y = np.asarray(y_true, bool)
     if y.all() or not y.any():
@@ -45,7 +46,7 @@ def _ratio(num: float, den: float) -> float:
     return float(num / den) if den else 0.0
 
 
-def classification_report(y_true: Sequence[int], y_prob: np.ndarray, classes: Sequence[str] = CLASSES) -> dict:
+def classification_report(y_true: ArrayLike, y_prob: ArrayLike, classes: Sequence[str] = CLASSES) -> dict:
     """Per class (one-vs-rest): accuracy, sensitivity, specificity, precision (PPV), NPV, F1, ROC AUC and
     support; their macro averages; overall accuracy; the confusion matrix. Ratios with a zero
     denominator are 0.0; AUC is NaN for a class without positives or negatives."""
@@ -100,7 +101,7 @@ def one_vs_rest(cm: np.ndarray) -> dict[str, np.ndarray]:
                 "f1": 2 * tp / (2 * tp + fp + fn)}
 
 
-def bootstrap_table2(y_true: Sequence[int], y_pred: Sequence[int], patients: Sequence[str], classes: Sequence[str] = CLASSES,
+def bootstrap_table2(y_true: ArrayLike, y_pred: ArrayLike, patients: ArrayLike, classes: Sequence[str] = CLASSES,
                      n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> dict:
     """Percentile bootstrap confidence intervals of the Table 2 metrics, per class and macro average.
 
@@ -139,7 +140,7 @@ def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
     return lo, hi
 
 
-def reliability(y_true: Sequence[int], y_prob: np.ndarray, n_bins: int = 10) -> dict:
+def reliability(y_true: ArrayLike, y_prob: ArrayLike, n_bins: int = 10) -> dict:
     """Calibration of the top-class probability: equal-width confidence bins with their mean
     confidence and accuracy, and the expected calibration error ECE = sum_b n_b / N |accuracy_b - confidence_b|."""
     y_true, y_prob = np.asarray(y_true, int), np.asarray(y_prob, float)
@@ -157,7 +158,7 @@ def reliability(y_true: Sequence[int], y_prob: np.ndarray, n_bins: int = 10) -> 
     return {"bins": bins, "ece": float(ece), "n_bins": n_bins}
 
 
-def macro_roc_curve(y_true: Sequence[int], y_prob: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def macro_roc_curve(y_true: ArrayLike, y_prob: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     """Macro-average ROC curve: the one-vs-rest curves of the classes with positives and negatives,
     averaged vertically on the union of their false-positive rates."""
     y_true, y_prob = np.asarray(y_true, int), np.asarray(y_prob, float)
@@ -169,7 +170,7 @@ def macro_roc_curve(y_true: Sequence[int], y_prob: np.ndarray) -> tuple[np.ndarr
     return grid, np.mean([np.interp(grid, fpr, tpr) for fpr, tpr in curves], axis=0)
 
 
-def spread(values: Sequence[float]) -> dict:
+def spread(values: ArrayLike) -> dict:
     """Mean, standard deviation (ddof 1), minimum and maximum of the values that are not NaN, and how many there are."""
     x = np.asarray(values, float)
     x = x[~np.isnan(x)]

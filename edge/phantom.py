@@ -129,7 +129,7 @@ def write_dicom_series(phantom: Phantom, folder: str | Path, *, transfer_syntax:
             ds.PixelData = stored.tobytes()
             ds.compress(transfer_syntax, stored)
         else:
-            ds.file_meta.TransferSyntaxUID = transfer_syntax
+            ds.file_meta.TransferSyntaxUID = transfer_syntax  # type: ignore[assignment]
             ds.PixelData = stored.tobytes()
         path = folder / f"IM{int(names[i]):04d}.dcm"
         ds.save_as(path, implicit_vr=transfer_syntax == ImplicitVRLittleEndian, little_endian=True,

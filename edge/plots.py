@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from numpy.typing import ArrayLike  # noqa: E402
 
 from edge import CLASSES  # noqa: E402
 from edge.metrics import macro_roc_curve, roc_auc, roc_curve  # noqa: E402
@@ -24,7 +25,7 @@ def finish(fig, path: Path, title: str, note: str) -> Path:
     return path
 
 
-def plot_roc(y_true: Sequence[int], y_prob: np.ndarray, path: Path, classes: Sequence[str] = CLASSES,
+def plot_roc(y_true: ArrayLike, y_prob: ArrayLike, path: Path, classes: Sequence[str] = CLASSES,
              title: str = "ROC", note: str = "") -> Path:
     """One-vs-rest ROC curve per class and their macro average, AUC in the legend."""
     y_true, y_prob = np.asarray(y_true, int), np.asarray(y_prob, float)

@@ -140,7 +140,7 @@ def with_model(profile: Profile, bundle: Path | None = None, variant: str | None
         model = dataclasses.replace(model, bundle=bundles[0], more_bundles=tuple(bundles[1:]))
     given = {"variant": variant, "threads": threads}
     return dataclasses.replace(profile, model=dataclasses.replace(
-        model, **{k: v for k, v in given.items() if v is not None}))
+        model, **{k: v for k, v in given.items() if v is not None}))  # type: ignore[arg-type]
 
 
 def command_profile(config: Path | None, bundle: Path | None, default_bundle: Path, variant: str | None = None,
@@ -197,7 +197,7 @@ def _convert(hint: Any, value: Any, path: Path, key: str, base: Path) -> Any:
     if dataclasses.is_dataclass(hint) and isinstance(value, str):  # a peer written as its AE title alone
         value = {dataclasses.fields(hint)[0].name: value}
     if dataclasses.is_dataclass(hint):
-        return _build(hint, value, path, key + ".", base)
+        return _build(hint, value, path, key + ".", base)  # type: ignore[arg-type]
     if type(None) in typing.get_args(hint):        # Optional: null allowed, otherwise the other type
         if value is None:
             return None

@@ -63,7 +63,7 @@ def evaluate_study(study: Path, labels: dict[tuple[str, str], int], out_dir: Pat
                    segmenter: LungSegmenter | None = None) -> list[Retention]:
     """Apply every selection rule to one study; write its montage to ``out_dir`` if given."""
     volume = load_study(study)
-    hu256 = resize_slices(volume.hu)
+    hu256 = resize_slices(volume.hu)  # type: ignore[arg-type]
     mask = (segmenter or ThresholdSegmenter()).segment(hu256)
     infected = np.array([labels.get((study.name, f), 0) == 1 for f in volume.files])
     selections = [select_slices(m, volume.hu, mask) for m in METHODS]

@@ -105,7 +105,7 @@ class StudyResult:
     def to_dict(self) -> dict:
         """The JSON document printed by ``ctedge predict --json`` and served by the API."""
         v, sel = self.volume, self.selection
-        z = [None if v.position_mm is None else round(float(p), 3) for p in
+        z = [None if v.position_mm is None else round(float(p), 3) for p in  # type: ignore[arg-type]
              (v.position_mm if v.position_mm is not None else [None] * v.n_slices)]
         kept = sel.kept_indices
         classes = self.classes

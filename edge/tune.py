@@ -202,8 +202,8 @@ def tune(card: ModelCard, group: np.ndarray, max_threads: int | None = None, rep
             reference = probs if reference is None else reference
             rows.append({"variant": variant, "threads": threads, "ms_per_group_median": round(ms, 2),
                          "max_prob_diff_vs_first": round(float(np.abs(probs - reference).max()), 6)})
-    best = min(rows, key=lambda r: r["ms_per_group_median"])
-    choice = Choice(best["variant"], best["threads"], best["ms_per_group_median"],
+    best = min(rows, key=lambda r: r["ms_per_group_median"])  # type: ignore[arg-type, return-value]
+    choice = Choice(best["variant"], best["threads"], best["ms_per_group_median"],  # type: ignore[arg-type]
                     datetime.now(timezone.utc).isoformat(timespec="seconds"), cpu_key())
     return choice, rows
 

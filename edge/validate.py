@@ -59,7 +59,7 @@ def analyse(r: StudyRecord, engine: Engine, slice_labels: dict[tuple[str, str], 
     """One study's outcome: verdict, probabilities, time, warnings (or the error that stopped it), for a
     CT study its groups and slice counts, for a radiograph its file name and view, and with slice
     labels how many labelled infected slices the selection kept."""
-    outcome = {"key": _key(r), "patient": r.patient, "label": r.label, "path": str(r.path), "error": None}
+    outcome: dict = {"key": _key(r), "patient": r.patient, "label": r.label, "path": str(r.path), "error": None}
     try:
         result = engine.run(r.path)
     except StudyError as exc:

@@ -126,7 +126,7 @@ def _tune_rows(card, group: np.ndarray, threads: int, repeats: int) -> dict:
 
 def _decode_seconds(paths: list[Path], shape: tuple[int, int], mode: str) -> float:
     start = time.perf_counter()
-    decode_series(paths, shape, mode=mode)
+    decode_series(paths, shape, mode=mode)  # type: ignore[arg-type]
     return time.perf_counter() - start
 
 

@@ -93,10 +93,10 @@ def validate_encoder_onnx(path: Path, encoder: tf.keras.Model, head: tf.keras.Mo
         feature_scale = max(feature_scale, float(np.abs(ref).max()))
         p_keras.append(head(ref[None], training=False).numpy()[0])
         p_onnx.append(head(got[None], training=False).numpy()[0])
-    p_keras, p_onnx = np.stack(p_keras), np.stack(p_onnx)
-    prob_diff = np.abs(p_onnx - p_keras)
+    p_keras, p_onnx = np.stack(p_keras), np.stack(p_onnx)  # type: ignore[assignment]
+    prob_diff = np.abs(p_onnx - p_keras)  # type: ignore[operator]
     return {"groups": len(groups), "max_abs_feature_diff": feature_diff, "feature_scale": feature_scale,
-            "top1_agreement": float((p_onnx.argmax(1) == p_keras.argmax(1)).mean()),
+            "top1_agreement": float((p_onnx.argmax(1) == p_keras.argmax(1)).mean()),  # type: ignore[attr-defined]
             "mean_abs_prob_diff": float(prob_diff.mean()), "max_abs_prob_diff": float(prob_diff.max())}
 
 

@@ -1,28 +1,13 @@
-"""Shared fixtures: paths to the bundled samples and to the full real studies (when present)."""
+"""Fixtures only; what tests import lives in tests/helpers."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import pydicom
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SAMPLES = REPO / "samples" / "covid-ct-md"
-SHARED = REPO.parent / "shared" / "data" / "covid-ct-md"
-STUDIES = ("COVID-19_P002", "CAP_cap002", "Normal_normal001")
-
-
-def edit_tags(source: Path, target: Path, **tags) -> Path:
-    """Write ``source`` to ``target`` with ``tags`` set (None deletes the tag)."""
-    ds = pydicom.dcmread(source)
-    for key, value in tags.items():
-        if value is None:
-            delattr(ds, key)
-        else:
-            setattr(ds, key, value)
-    ds.save_as(target)
-    return target
+from tests.helpers.dicom import phantom_tree
+from tests.helpers.paths import SHARED
 
 
 @pytest.fixture(scope="session")
@@ -67,18 +52,39 @@ def _seed_keras():
         sys.modules["tf_keras"].utils.set_random_seed(0)
 
 
-PHANTOM_LESIONS = {"covid": {"ground_glass": 3}, "other_pneumonia": {"consolidation": 3}, "healthy": {}}
-
-
 @pytest.fixture(scope="session")
 def phantom_dataset(tmp_path_factory) -> Path:
     """A labelled folder tree ``<root>/<class>/<patient>`` of small synthetic DICOM studies
     (two per class, 24 slices of 128x128), for commands that take DATA."""
-    from edge.phantom import make_phantom, write_dicom_series
+    return phantom_tree(tmp_path_factory.mktemp("phantom-data"))
 
-    root = tmp_path_factory.mktemp("phantom-data")
-    for c, (cls, lesions) in enumerate(PHANTOM_LESIONS.items()):
-        for k in range(2):
-            seed = 100 * c + k
-            write_dicom_series(make_phantom(n_slices=24, size=128, seed=seed, **lesions), root / cls / f"{cls}-{k}", seed=seed)
-    return root
+
+# One bundle per kind whose answer is known by construction (tests/helpers/bundles.py), built once per
+# session with TensorFlow's converter (skipped where TensorFlow is absent). Tests read them and never
+# write into them: a test that needs a changed bundle copies it first.
+
+@pytest.fixture(scope="session")
+def constant_bundle(tmp_path_factory) -> Path:
+    """A ``group`` (CT) bundle answering other_pneumonia 0.8 (``KNOWN_PROBABILITIES``) for every study."""
+    pytest.importorskip("tensorflow")
+    from tests.helpers.bundles import make_constant_bundle
+
+    return make_constant_bundle(tmp_path_factory.mktemp("constant") / "bundle")
+
+
+@pytest.fixture(scope="session")
+def slice_bundle(tmp_path_factory) -> Path:
+    """A ``slice`` (CT) bundle: ``slice_probabilities`` of each slice's mean grey value, fraction rule 0.1."""
+    pytest.importorskip("tensorflow")
+    from tests.helpers.bundles import make_slice_bundle
+
+    return make_slice_bundle(tmp_path_factory.mktemp("slice") / "bundle")
+
+
+@pytest.fixture(scope="session")
+def xray_bundle(tmp_path_factory) -> Path:
+    """The untrained ``image`` (chest X-ray) placeholder of ``make_image_bundle``, float32 only, no fidelity.json."""
+    pytest.importorskip("tensorflow")
+    from tests.helpers.bundles import make_image_bundle
+
+    return make_image_bundle(tmp_path_factory.mktemp("xray") / "bundle")

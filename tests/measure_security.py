@@ -19,7 +19,7 @@ import psutil
 import pydicom
 from pydicom.uid import JPEG2000Lossless
 
-from tests.server_support import multipart, phantom_study, serve, write_profile
+from tests.helpers.server import multipart, phantom_study, serve, write_profile
 
 tmp = Path(tempfile.mkdtemp(prefix="sec-measure-"))
 src = phantom_study(tmp / "src", n_slices=4, size=64)

@@ -10,7 +10,7 @@ from edge.cli import main
 from edge.engine import DEFAULT_BUNDLE
 from edge.runtime import load_interpreter
 from quantize.avx2_dispatch import cpu_flags
-from tests.conftest import REPO, SAMPLES
+from tests.helpers.paths import REPO, SAMPLES
 
 BEYOND_AVX2 = {"avx512f", "avx_vnni", "avx512_vnni"} & cpu_flags()
 PROBE = """
@@ -45,6 +45,7 @@ def test_hiding_the_flags_changes_the_kernels_xnnpack_configures():
     assert avx2 != native, "XNNPACK configured the same kernels with the flags hidden"
 
 
+@pytest.mark.slow
 def test_bench_with_avx2_dispatch_reports_it_and_the_variants_agree():
     run = subprocess.run([sys.executable, "-m", "edge.cli", "bench", str(SAMPLES / "COVID-19_P002"), "--model",
                           str(DEFAULT_BUNDLE), "--repeats", "1", "--threads", "1", "--dispatch", "avx2", "--json"],

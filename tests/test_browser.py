@@ -10,8 +10,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.conftest import SAMPLES
-from tests.server_support import PASSWORD, USER, serve, write_profile
+from tests.helpers.paths import SAMPLES
+from tests.helpers.server import PASSWORD, USER, serve, write_profile
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -19,8 +19,9 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-f
 
 ALL_IMAGES_LOADED = "[...document.images].every(i => i.complete && i.naturalWidth > 0)"
 
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is absent: install Debian's "
-                                                               "chromium package (apt-get install chromium)")
+pytestmark = [pytest.mark.external,   # drives Debian's chromium
+              pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is absent: install Debian's "
+                                                               "chromium package (apt-get install chromium)")]
 
 
 def wait_until(page, expression: str, timeout_s: float = 30.0) -> None:

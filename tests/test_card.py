@@ -22,7 +22,7 @@ from edge.options import PipelineOptions
 from edge.phantom import make_phantom, write_dicom_series
 from edge.pipeline import prepare_study
 from edge.preprocess.window import resize_slices
-from tests.conftest import REPO, SAMPLES
+from tests.helpers.paths import REPO, SAMPLES
 
 STUDY = SAMPLES / "COVID-19_P002"
 
@@ -183,6 +183,7 @@ def test_predict_imports_neither_training_nor_quantize_nor_sets_tensorflow_varia
     assert done.returncode == 0, done.stderr[-2000:]
 
 
+@pytest.mark.train
 def test_unet_segmenter_runs_without_tensorflow(tmp_path):
     pytest.importorskip("tensorflow")
     import training  # noqa: F401
@@ -212,11 +213,9 @@ def test_unet_segmenter_runs_without_tensorflow(tmp_path):
     assert engine.segmenter is not None and engine.segmenter.name == "unet", "the card's own U-Net, named by path"
 
 
-def test_the_constant_fixture_bundle_answers_as_constructed(tmp_path):
-    pytest.importorskip("tensorflow")
-    from tests.fixture_bundle import KNOWN_LABEL, KNOWN_PROBABILITIES, make_constant_bundle
+def test_the_constant_fixture_bundle_answers_as_constructed(constant_bundle):
+    from tests.helpers.bundles import KNOWN_LABEL, KNOWN_PROBABILITIES
 
-    bundle = make_constant_bundle(tmp_path / "constant")
-    doc = Engine.from_bundle(bundle, "float32").run(STUDY).to_dict()
+    doc = Engine.from_bundle(constant_bundle, "float32").run(STUDY).to_dict()
     assert doc["label"] == KNOWN_LABEL == "other_pneumonia"
     assert list(doc["probabilities"].values()) == pytest.approx(KNOWN_PROBABILITIES, abs=1e-5)

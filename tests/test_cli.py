@@ -10,7 +10,7 @@ import pydicom
 import pytest
 
 from edge.cli import main
-from tests.conftest import REPO, SAMPLES
+from tests.helpers.paths import REPO, SAMPLES
 
 STUDY = SAMPLES / "CAP_cap002"
 

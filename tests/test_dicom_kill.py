@@ -15,9 +15,10 @@ import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage
 
-from tests.dicom_support import free_port, phantom_study, send
+from tests.helpers.dicomnet import free_port, phantom_study, send
+from tests.helpers.paths import REPO
+from tests.helpers.profiles import write_profile
 
-REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
@@ -32,9 +33,7 @@ def start_receiver(profile: Path) -> subprocess.Popen:
 def test_kill_during_transfer_loses_no_acknowledged_instance(tmp_path):
     study = phantom_study(tmp_path / "src", n_slices=80, size=512, seed=5)
     port = free_port()
-    profile = tmp_path / "p.yaml"
-    profile.write_text(f"name: t\ndescription: t\nmodel: {{bundle: {REPO / 'edge/models/demo'}}}\n"
-                       f"dicom: {{port: {port}, inbox: {tmp_path / 'inbox'}, allowed_callers: [TESTSCU]}}\n")
+    profile = write_profile(tmp_path / "p.yaml", dicom={"port": port, "inbox": tmp_path / "inbox", "allowed_callers": ["TESTSCU"]})
     proc = start_receiver(profile)
     acknowledged: list[str] = []
 

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pydicom
 import pytest
-import yaml
 from pydicom.data import get_testdata_file
 from werkzeug.serving import make_server
 
@@ -23,14 +22,15 @@ from edge.dicomnet.service import DicomService
 from edge.engine import Engine
 from edge.profile import DicomPeer, DicomSettings, load_profile
 from edge.server import create_app
-from tests.conftest import REPO
-from tests.dicom_support import Orthanc, dciodvfy_errors, free_port, phantom_study
-from tests.fixture_bundle import make_image_bundle
-from tests.server_support import write_profile
+from tests.helpers.dicomnet import Orthanc, dciodvfy_errors, free_port, phantom_study
+from tests.helpers.paths import REPO
+from tests.helpers.profiles import write_profile as device_profile
+from tests.helpers.server import write_profile
 
 MISSING = [tool for tool in (ORTHANC_BINARY, "storescu", "dciodvfy") if not shutil.which(tool)]
-pytestmark = pytest.mark.skipif(bool(MISSING), reason=f"not installed: {', '.join(MISSING)} "
-                                                      "(apt-get install orthanc dcmtk dicom3tools)")
+pytestmark = [pytest.mark.external,   # a real Orthanc, dcmtk's storescu, dicom3tools' dciodvfy
+              pytest.mark.skipif(bool(MISSING), reason=f"not installed: {', '.join(MISSING)} "
+                                                       "(apt-get install orthanc dcmtk dicom3tools)")]
 
 
 @pytest.fixture(scope="module")
@@ -52,12 +52,9 @@ def test_ctedge_watch_receives_from_storescu_and_results_appear_in_orthanc(tmp_p
     study = phantom_study(tmp_path / "src", ground_glass=3)
     port = free_port()
     with Orthanc(tmp_path / "orthanc", port) as orthanc:
-        profile = tmp_path / "pacs.yaml"
-        profile.write_text(yaml.safe_dump({
-            "name": "t", "description": "t", "model": {"bundle": str(REPO / "edge" / "models" / "demo"), "threads": 1},
-            "watcher": {"poll_seconds": 0.5, "stable_seconds": 1},
-            "dicom": {"port": port, "allowed_callers": ["STORESCU", "ORTHANC"],
-                      "destinations": [{"ae_title": "ORTHANC", "host": "127.0.0.1", "port": orthanc.dicom_port}]}}))
+        profile = device_profile(tmp_path / "pacs.yaml", model={"threads": 1}, watcher={"poll_seconds": 0.5, "stable_seconds": 1},
+                                 dicom={"port": port, "allowed_callers": ["STORESCU", "ORTHANC"],
+                                        "destinations": [{"ae_title": "ORTHANC", "host": "127.0.0.1", "port": orthanc.dicom_port}]})
         (tmp_path / "inbox").mkdir()
         proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "watch", str(tmp_path / "inbox"), "--out",
                                  str(tmp_path / "outbox"), "--config", str(profile)], cwd=REPO,
@@ -128,14 +125,14 @@ def test_generated_objects_pass_dciodvfy(tmp_path, engine):
     assert_valid(result_objects(tmp_path / "result", tmp_path / "src"), tmp_path)
 
 
-def test_generated_objects_of_a_radiograph_pass_dciodvfy(tmp_path):
+def test_generated_objects_of_a_radiograph_pass_dciodvfy(tmp_path, xray_bundle):
     """pydicom-data's RG1_UNCR.dcm (a PA chest CR) read by the untrained X-ray placeholder bundle."""
     rg1 = get_testdata_file("RG1_UNCR.dcm", download=False)
     if rg1 is None:
         pytest.skip("pydicom-data's RG1_UNCR.dcm is not installed (pip install pydicom-data)")
     (tmp_path / "src").mkdir()
     shutil.copy(rg1, tmp_path / "src")
-    Engine.from_bundle(make_image_bundle(tmp_path / "xray"), "float32").analyse(tmp_path / "src", tmp_path / "result")
+    Engine.from_bundle(xray_bundle, "float32").analyse(tmp_path / "src", tmp_path / "result")
     objects = result_objects(tmp_path / "result", tmp_path / "src")
     assert [ds.Modality for ds in objects] == ["SR", "OT"]
     assert_valid(objects, tmp_path)
@@ -155,10 +152,7 @@ def assert_valid(objects: list[pydicom.Dataset], folder: Path) -> None:
 def test_orthanc_pushes_a_study_over_stow_rs(tmp_path, engine, monkeypatch):
     monkeypatch.setenv("CTEDGE_API_TOKEN", "stow-token")
     study = phantom_study(tmp_path / "src", n_slices=12, size=64, seed=9)
-    path = write_profile(tmp_path)
-    doc = yaml.safe_load(path.read_text())
-    doc["dicom"] = {"port": free_port(), "inbox": str(tmp_path / "received")}
-    path.write_text(yaml.safe_dump(doc))
+    path = write_profile(tmp_path, sections={"dicom": {"port": free_port(), "inbox": str(tmp_path / "received")}})
     app = create_app(load_profile(path), engine)
     http = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=http.serve_forever, daemon=True)

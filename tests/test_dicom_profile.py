@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from edge.profile import DicomPeer, ProfileError, load_profile
-from tests.conftest import REPO
+from tests.helpers.paths import REPO
 
 BASE = "name: x\ndescription: y\nmodel:\n  bundle: model\n"
 

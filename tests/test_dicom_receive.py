@@ -25,10 +25,10 @@ from edge.ingest import load_study
 from edge.phantom import make_phantom, write_dicom_series
 from edge.profile import DicomPeer, DicomSettings, WatcherSettings
 from edge.watch import watch
-from tests.conftest import SAMPLES
-from tests.dicom_support import StorageSCP, echo, free_port, phantom_study, send
+from tests.helpers.dicomnet import StorageSCP, echo, free_port, phantom_study, send
+from tests.helpers.paths import SAMPLES
+from tests.helpers.profiles import write_profile
 
-REPO = Path(__file__).resolve().parents[1]
 NOW = WatcherSettings(poll_seconds=0.1, stable_seconds=0.0)
 CT = ("ct",)   # the modality of the demonstration model: what these receivers accept
 
@@ -106,6 +106,7 @@ def test_non_ct_and_truncated_instances_are_refused_cleanly(receiver, study, tmp
     assert len(stored(receiver.inbox.root)) == 1
 
 
+@pytest.mark.slow
 def test_same_study_twice_changes_nothing_and_dropped_association_keeps_acknowledged(receiver, study):
     assert send(receiver.port, study[:10], abort_after=6) == [0] * 6
     assert len(stored(receiver.inbox.root)) == 6
@@ -116,6 +117,7 @@ def test_same_study_twice_changes_nothing_and_dropped_association_keeps_acknowle
     assert len(before) == len(study)
 
 
+@pytest.mark.slow
 def test_received_study_is_analysed_and_the_sr_reaches_pacs(tmp_path, study, engine):
     pacs = StorageSCP("PACS").start()
     settings = DicomSettings(port=0, destinations=(DicomPeer("PACS", "127.0.0.1", pacs.port),))
@@ -187,10 +189,8 @@ def test_ctedge_watch_with_a_dicom_profile_sends_results(tmp_path, study):
     (tmp_path / "inbox" / "s").mkdir(parents=True)
     for f in study:
         (tmp_path / "inbox" / "s" / f.name).write_bytes(f.read_bytes())
-    profile = tmp_path / "p.yaml"
-    profile.write_text(f"name: t\ndescription: t\nmodel: {{bundle: {REPO / 'edge/models/demo'}}}\n"
-                       f"watcher: {{stable_seconds: 0}}\n"
-                       f"dicom: {{port: 0, destinations: [{{ae_title: PACS, host: 127.0.0.1, port: {pacs.port}}}]}}\n")
+    profile = write_profile(tmp_path / "p.yaml", watcher={"stable_seconds": 0},
+                            dicom={"port": 0, "destinations": [{"ae_title": "PACS", "host": "127.0.0.1", "port": pacs.port}]})
     try:
         assert main(["watch", str(tmp_path / "inbox"), "--out", str(tmp_path / "outbox"), "--config", str(profile),
                      "--once"]) == 0

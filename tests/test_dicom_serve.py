@@ -8,15 +8,17 @@ import time
 import uuid
 
 import pydicom
-import yaml
+import pytest
 from pydicom.uid import SecondaryCaptureImageStorage
 
 from edge.dicomnet.receiver import CANNOT_UNDERSTAND, SOP_CLASS_NOT_SUPPORTED
 from edge.engine import Engine
 from edge.profile import load_profile
 from edge.server import create_app
-from tests.dicom_support import StorageSCP, free_port, phantom_study, send
-from tests.server_support import PASSWORD, USER, write_profile
+from tests.helpers.dicomnet import StorageSCP, free_port, phantom_study, send
+from tests.helpers.server import PASSWORD, USER, write_profile
+
+pytestmark = pytest.mark.slow  # a real serve with C-STORE, STOW-RS and a PACS, end to end
 
 TOKEN = "stow-test-token"
 
@@ -41,12 +43,10 @@ def test_serve_receives_over_c_store_and_stow_analyses_and_reports_sends(tmp_pat
     monkeypatch.setenv("CTEDGE_API_TOKEN", TOKEN)
     pacs = StorageSCP("PACS").start()
     port = free_port()
-    path = write_profile(tmp_path)
-    doc = yaml.safe_load(path.read_text())
-    doc["watcher"] = {"poll_seconds": 0.2, "stable_seconds": 0.5}
-    doc["dicom"] = {"port": port, "inbox": str(tmp_path / "received"),
-                    "destinations": [{"ae_title": "PACS", "host": "127.0.0.1", "port": pacs.port}]}
-    path.write_text(yaml.safe_dump(doc))
+    path = write_profile(tmp_path, sections={
+        "watcher": {"poll_seconds": 0.2, "stable_seconds": 0.5},
+        "dicom": {"port": port, "inbox": str(tmp_path / "received"),
+                  "destinations": [{"ae_title": "PACS", "host": "127.0.0.1", "port": pacs.port}]}})
     app = create_app(load_profile(path), Engine.default())
     client = app.test_client()
     try:

@@ -17,7 +17,6 @@ import cv2
 import numpy as np
 import pydicom
 import pytest
-import yaml
 from pydicom.data import get_testdata_file
 from pydicom.uid import (ComprehensiveSRStorage, ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation,
                          DigitalXRayImageStorageForProcessing, SecondaryCaptureImageStorage)
@@ -35,9 +34,11 @@ from edge.profile import WatcherSettings, load_profile
 from edge.report import _captioned, _legible
 from edge.server import create_app
 from edge.watch import watch
-from tests.dicom_support import StorageSCP, free_port, phantom_study, send, send_statuses
-from tests.fixture_bundle import IMAGE_WEIGHT, make_image_bundle, slice_probabilities
-from tests.server_support import write_profile as server_profile
+from tests.helpers.bundles import IMAGE_WEIGHT, slice_probabilities
+from tests.helpers.dicomnet import StorageSCP, free_port, phantom_study, send, send_statuses
+from tests.helpers.profiles import DEMO_BUNDLE
+from tests.helpers.profiles import write_profile as device_profile
+from tests.helpers.server import write_profile as server_profile
 
 NOW = WatcherSettings(poll_seconds=0.1, stable_seconds=0.0)
 
@@ -54,18 +55,9 @@ def rg1() -> Path:
     return pydicom_data("RG1_UNCR.dcm")
 
 
-@pytest.fixture(scope="module")
-def xray_bundle(tmp_path_factory) -> Path:
-    return make_image_bundle(tmp_path_factory.mktemp("xray") / "bundle")
-
-
 def device(folder: Path, bundles: list[Path], **dicom) -> Path:
     """A device profile with these bundles (the first one ``model.bundle``) and a ``dicom:`` section."""
-    path = folder / "device.yaml"
-    path.write_text(yaml.safe_dump({
-        "name": "box", "description": "test", "dicom": {"port": 0} | dicom,
-        "model": {"bundle": str(bundles[0]), "more_bundles": [str(b) for b in bundles[1:]], "variant": "float32"}}))
-    return path
+    return device_profile(folder / "device.yaml", *bundles, name="box", model={"variant": "float32"}, dicom={"port": 0} | dicom)
 
 
 def receiver_of(folder: Path, bundles: list[Path]) -> Receiver:
@@ -239,13 +231,10 @@ def test_ctedge_serve_receives_a_radiograph_and_sends_its_sr(tmp_path, rg1, xray
     monkeypatch.setenv("CTEDGE_API_TOKEN", "xray-serve-token")
     pacs = StorageSCP("PACS").start()
     port = free_port()
-    path = server_profile(tmp_path)
-    doc = yaml.safe_load(path.read_text())
-    doc["model"] |= {"more_bundles": [str(xray_bundle)], "variant": "float32"}
-    doc["watcher"] = {"poll_seconds": 0.2, "stable_seconds": 0.2}
-    doc["dicom"] = {"port": port, "inbox": str(tmp_path / "received"),
-                    "destinations": [{"ae_title": "PACS", "host": "127.0.0.1", "port": pacs.port}]}
-    path.write_text(yaml.safe_dump(doc))
+    path = server_profile(tmp_path, DEMO_BUNDLE, xray_bundle, model={"variant": "float32"}, sections={
+        "watcher": {"poll_seconds": 0.2, "stable_seconds": 0.2},
+        "dicom": {"port": port, "inbox": str(tmp_path / "received"),
+                  "destinations": [{"ae_title": "PACS", "host": "127.0.0.1", "port": pacs.port}]}})
     profile = load_profile(path)
     app = create_app(profile, Device.from_profile(profile))
     client = app.test_client()

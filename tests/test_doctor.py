@@ -13,8 +13,9 @@ import pytest
 from edge.cli import main
 from edge.doctor import run_checks
 from edge.server.auth import add_user
+from tests.helpers.paths import REPO
+from tests.helpers.profiles import write_profile
 
-REPO = Path(__file__).resolve().parents[1]
 ME = pwd.getpwuid(os.getuid())
 
 
@@ -24,10 +25,7 @@ def box(tmp_path: Path, port: int, token: str = "x" * 32) -> Path:
     results.mkdir(mode=0o700)
     add_user(results / "users.txt", "radiologist", "correct horse battery")
     (tmp_path / "ctedge.env").write_text(f"# token\nCTEDGE_API_TOKEN={token}\n")
-    profile = tmp_path / "ctedge.yaml"
-    profile.write_text(f"name: test-box\ndescription: doctor test\nmodel:\n  bundle: {REPO / 'edge/models/demo'}\n"
-                       f"server:\n  port: {port}\n  results_dir: {results}\n")
-    return profile
+    return write_profile(tmp_path / "ctedge.yaml", name="test-box", server={"port": port, "results_dir": results})
 
 
 def failed(checks) -> dict[str, str]:
@@ -41,6 +39,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_ready_box_exits_0(tmp_path, free_port, capsys, monkeypatch):
     monkeypatch.delenv("CTEDGE_API_TOKEN", raising=False)
     profile = box(tmp_path, free_port)
@@ -75,14 +74,13 @@ def test_bad_profile_stops_early_naming_the_key(tmp_path, capsys):
     assert "[FAIL] profile:" in out and "model.variant" in out and "NOT READY" in out
 
 
-def test_the_model_check_classifies_an_input_of_the_bundle_s_own_kind(tmp_path):
+def test_the_model_check_classifies_an_input_of_the_bundle_s_own_kind(tmp_path, slice_bundle, monkeypatch):
     """A slice bundle takes one slice, not a group: the check feeds each kind its own unit."""
-    pytest.importorskip("tensorflow")
     from edge.doctor import check_bundle
     from edge.profile import default_profile
-    from tests.fixture_bundle import make_slice_bundle
 
-    bundle = make_slice_bundle(tmp_path / "slice")
+    monkeypatch.setenv("CTEDGE_TUNE_CACHE", str(tmp_path / "tuned.json"))  # untuned, whatever ran before
+    bundle = slice_bundle
     model, variant = check_bundle(default_profile(bundle), bundle)
     assert model.ok and f"CT bundle {bundle}" in model.detail, model.detail
     assert variant.detail.startswith(f"CT bundle {bundle}: not tuned on this CPU yet") and variant.detail.endswith("float32")

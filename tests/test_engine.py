@@ -14,11 +14,13 @@ from edge.explain import overlay
 from edge.infer import TFLiteClassifier
 from edge.pipeline import prepare_study
 from edge.profile import load_profile
-from tests.conftest import REPO, SAMPLES
+from tests.helpers.paths import REPO, SAMPLES
+from tests.helpers.profiles import write_profile
 
 STUDY = SAMPLES / "COVID-19_P002"
 
 
+@pytest.mark.slow
 def test_predict_out_writes_report_heatmaps_and_slices(capsys, tmp_path):
     out = tmp_path / "result"
     assert main(["predict", str(STUDY), "--out", str(out), "--json"]) == 0
@@ -49,6 +51,7 @@ def test_predict_out_writes_report_heatmaps_and_slices(capsys, tmp_path):
     assert all(f'src="{h["png"]}"' in html for h in doc["heatmaps"])
 
 
+@pytest.mark.slow
 def test_heatmaps_of_the_shipped_model_differ_between_slices(tmp_path):
     doc = Engine.default().analyse(STUDY, tmp_path)
     pictures = [cv2.imread(str(tmp_path / h["png"])).astype(float) for h in doc["heatmaps"]]
@@ -70,9 +73,8 @@ def test_a_bundle_without_explain_models_still_gives_a_verdict(tmp_path):
 
 
 def test_profile_settings_reach_the_pipeline_and_flags_override_them(capsys, tmp_path):
-    profile = tmp_path / "device.yaml"
-    profile.write_text(f"name: t\ndescription: t\nmodel:\n  bundle: {DEFAULT_BUNDLE}\n  variant: float32\n"
-                       "  threads: 1\npipeline:\n  override: 0.6\n  selection: lung-extent\n")
+    profile = write_profile(tmp_path / "device.yaml", DEFAULT_BUNDLE, model={"variant": "float32", "threads": 1},
+                            pipeline={"override": 0.6, "selection": "lung-extent"})
     engine = Device.from_profile(load_profile(profile)).routes["ct"]
     assert engine.options.override == 0.6 and "(float32)" in engine.info.version
     assert engine.options.selection == "lung-extent", "a key equal to the card's value is accepted"
@@ -102,6 +104,7 @@ def test_settings_that_contradict_the_model_card_are_refused(capsys, tmp_path, p
     assert where in err and key in err and f"{CARD}, which says {card_value}" in err, err
 
 
+@pytest.mark.slow
 def test_a_prediction_does_not_depend_on_the_groups_before_it():
     """TFLite LSTM kernels keep state in variable tensors; every call must start from zero."""
     groups = [prepare_study(s).groups()[0] for s in (STUDY, SAMPLES / "CAP_cap002")]

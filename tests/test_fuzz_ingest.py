@@ -21,9 +21,10 @@ from pydicom.encaps import encapsulate
 from edge.errors import UserError
 from edge.phantom import make_phantom, write_dicom_series
 from edge.pipeline import run_study
-from tests.conftest import SAMPLES
+from tests.helpers.paths import SAMPLES
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom warns about every mutated value it reads
+pytestmark = [pytest.mark.slow,   # hypothesis: hundreds of mutated studies and zips
+              pytest.mark.filterwarnings("ignore::UserWarning")]  # pydicom warns about every mutated value it reads
 ESCAPED = "ctedge-fuzz-escaped.dcm"
 SETTINGS = settings(max_examples=200, deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

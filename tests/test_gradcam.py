@@ -9,6 +9,8 @@ import tf_keras as keras  # noqa: E402
 from training.gradcam import consistency, gradcam_group, gradcam_slices  # noqa: E402
 from training.models import build_encoder, build_head, build_slice_classifier  # noqa: E402
 
+pytestmark = pytest.mark.train  # trains, converts or exports Keras models
+
 
 @pytest.fixture(scope="module")
 def trained():

@@ -8,7 +8,7 @@ from edge.errors import CorruptFileError, MixedSizesError, TooFewSlicesError
 from edge.ingest import load_study
 from edge.pipeline import run_study
 from edge.preprocess.window import lung_window
-from tests.conftest import SAMPLES
+from tests.helpers.paths import SAMPLES
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,8 @@ from edge.errors import (CorruptFileError, EmptyStudyError, FileTooLargeError, M
                          NotDicomError, NoUsableSeriesError, TooFewSlicesError, UnsafeArchiveError,
                          UnsupportedTransferSyntaxError)
 from edge.ingest import Limits, load_study
-from tests.conftest import SAMPLES, edit_tags
+from tests.helpers.dicom import edit_tags
+from tests.helpers.paths import SAMPLES
 
 STUDY = SAMPLES / "COVID-19_P002"
 

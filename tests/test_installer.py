@@ -17,8 +17,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tests.helpers.paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.external  # builds and installs the offline installer archive
+
 INSTALLER = REPO / "installer"
 SERVE_UNITS = ("ctedge-serve.service.in", "ctedge-watch.service.in")
 TOKEN = "0123456789abcdef0123456789abcdef"

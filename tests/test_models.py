@@ -11,6 +11,8 @@ from training.models import (FPN_LAYERS, build_bit_resnet, build_densenet121_xra
                              build_slice_classifier, build_unet, dice_coefficient, dice_loss)
 from training.optimizers import Lamb  # noqa: E402
 
+pytestmark = pytest.mark.train  # trains, converts or exports Keras models
+
 
 def blobs(n: int, size: int, seed: int, channels: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Noise images; class 1 has a bright Gaussian blob somewhere. Values in [0, 255]."""

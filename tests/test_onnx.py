@@ -21,6 +21,8 @@ from training.data import discover  # noqa: E402
 from training.models import build_encoder, build_head  # noqa: E402
 from training.train import write_run_preprocessing  # noqa: E402
 
+pytestmark = pytest.mark.train  # trains, converts or exports Keras models
+
 # Operators the encoder may use; all are in the TensorRT 8.2 ONNX parser (JetPack 4.6, Jetson Nano).
 TENSORRT_OPS = {"Mul", "Add", "Reshape", "Transpose", "Conv", "Relu", "MaxPool", "GlobalMaxPool", "Squeeze", "Flatten",
                 "Concat"}

@@ -6,7 +6,11 @@ import subprocess
 import sys
 import zipfile
 
-from tests.conftest import REPO
+import pytest
+
+from tests.helpers.paths import REPO
+
+pytestmark = pytest.mark.external  # builds the wheel with pip
 
 
 def test_the_wheel_holds_the_models_and_templates(tmp_path):

@@ -21,7 +21,7 @@ from edge.phantom import make_phantom, write_dicom_series
 from edge.profile import default_profile
 from edge.runtime import invoke, invoke_all, load_interpreter
 from edge.tune import Choice, cpu_identity, cpu_key, eligible_variants, record, tuned_choice
-from tests.conftest import REPO, SAMPLES
+from tests.helpers.paths import REPO, SAMPLES
 
 STUDY = SAMPLES / "COVID-19_P002"
 
@@ -58,6 +58,7 @@ def test_an_engine_with_two_model_sets_analyses_two_studies_at_once():
     assert len(results) == 2 and engine.concurrency == 2
 
 
+@pytest.mark.external  # a real tune
 def test_the_tuned_variant_is_recorded_owner_only_and_used_by_predict(tmp_path, monkeypatch, capsys):
     cache = tmp_path / "cache" / "tuned.json"
     monkeypatch.setenv("CTEDGE_TUNE_CACHE", str(cache))
@@ -122,6 +123,7 @@ def study_120(tmp_path_factory):
 
 @pytest.mark.parametrize("variant, heatmaps, limit_mb", [("int8", False, 300), ("float32", False, 300),
                                                          ("int8", True, 320), ("float32", True, 320)])
+@pytest.mark.slow
 def test_predict_peak_memory_on_a_120_slice_study(study_120, tmp_path, variant, heatmaps, limit_mb):
     """The full-resolution volume is freed once resized, the encoders run slice by slice, the heatmap
     models are loaded only for --out (300 slices: see README, "Speed on your CPU"). With the encoders
@@ -138,6 +140,7 @@ def test_predict_peak_memory_on_a_120_slice_study(study_120, tmp_path, variant, 
     assert int(run.stdout.split()[-1]) < limit_mb, f"peak RSS (MB), {variant}, heatmaps {heatmaps}"
 
 
+@pytest.mark.slow
 def test_encoders_run_slice_by_slice_give_what_the_whole_group_gives():
     """Each encoder is loaded with a batch of one slice; its features, Grad-CAM maps and the heatmaps
     shown equal bit for bit those of the model file's own batch (a whole group at once)."""
@@ -175,7 +178,7 @@ def test_a_damaged_encoder_file_is_named(tmp_path, capsys, damage, message):
 def test_the_server_loads_one_model_set_per_worker_and_names_the_tuned_variant(tmp_path):
     from edge.profile import load_profile
     from edge.server import create_app
-    from tests.server_support import write_profile
+    from tests.helpers.server import write_profile
 
     profile = load_profile(write_profile(tmp_path, workers=2))
     engine = create_app(profile, start_workers=False).extensions["ctedge"]["engine"]
@@ -184,6 +187,7 @@ def test_the_server_loads_one_model_set_per_worker_and_names_the_tuned_variant(t
     assert engine.info.threads == 1, "the profile's explicit thread count wins over the tuned one"
 
 
+@pytest.mark.slow
 def test_bench_json_states_the_cpu_flags_every_variant_by_threads_and_the_decode_modes(capsys):
     assert main(["bench", str(STUDY), "--model", str(DEFAULT_BUNDLE), "--repeats", "1", "--threads", "1", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)

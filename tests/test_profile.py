@@ -11,7 +11,7 @@ import numpy as np
 from edge.infer import TFLiteClassifier
 from edge.pipeline import prepare_study
 from edge.profile import ProfileError, load_profile
-from tests.conftest import REPO, SAMPLES
+from tests.helpers.paths import REPO, SAMPLES
 
 CONFIG = REPO / "firmware_config"
 SHIPPED = REPO / "edge" / "models" / "demo"
@@ -30,6 +30,7 @@ def test_coral_profile_explains_the_missing_compiled_encoder():
         load_profile(CONFIG / "coral-edgetpu.yaml")
 
 
+@pytest.mark.slow
 def test_every_shipped_tflite_model_loads_and_agrees_with_float32():
     card = json.loads((SHIPPED / "model.json").read_text())
     assert card["demonstration"] is True and "Not for clinical use" in card["note"]

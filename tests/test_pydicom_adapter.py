@@ -17,7 +17,7 @@ from pydicom.pixels import pixel_array
 from edge.errors import CorruptFileError
 from edge.ingest.dicom_files import decode_hu
 from edge.ingest.pydicom_adapter import first_plugin, missing_decoder, truncation_warned
-from tests.conftest import SAMPLES
+from tests.helpers.paths import SAMPLES
 
 SOURCE = sorted((SAMPLES / "COVID-19_P002").glob("*.dcm"))[0]
 
@@ -64,6 +64,7 @@ def test_gdcm_is_tried_first_for_jpeg_lossless_only_and_the_first_plugin_is_repo
     assert first_plugin(uid.ExplicitVRLittleEndian) == "native" and first_plugin(uid.MPEG2MPML) == "none"
 
 
+@pytest.mark.slow
 @needs_gdcm
 @pytest.mark.shared_data
 def test_gdcm_and_pylibjpeg_decode_a_real_study_bit_identically(shared_data):

@@ -18,6 +18,8 @@ from quantize.convert import VARIANTS, export_bundle  # noqa: E402
 from training.gradcam import gradcam_group  # noqa: E402
 from training.models import build_encoder, build_head  # noqa: E402
 
+pytestmark = pytest.mark.train  # trains, converts or exports Keras models
+
 GROUP = 10
 
 

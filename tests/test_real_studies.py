@@ -8,7 +8,9 @@ from edge.ingest import load_study
 from edge.pipeline import run_study
 from edge.preprocess.group import group_plan
 from edge.selection_report import read_labels
-from tests.conftest import STUDIES
+from tests.helpers.paths import STUDIES
+
+pytestmark = pytest.mark.slow  # the full real studies, read and selected
 
 EXPECTED_SLICES = {"COVID-19_P002": 133, "CAP_cap002": 131, "Normal_normal001": 154}
 

@@ -37,7 +37,7 @@ from edge.ingest.pydicom_adapter import data_set_syntax
 from edge.limits import ASSOCIATION_PHASE_S, MAX_CONTROL_PDU_BYTES, MAX_DATA_ELEMENTS
 from edge.phantom import make_phantom, write_dicom_series
 from edge.untrusted import log_handler
-from tests.dicom_support import echo, free_port, phantom_study, send_statuses
+from tests.helpers.dicomnet import echo, free_port, phantom_study, send_statuses
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[1]

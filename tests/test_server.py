@@ -29,8 +29,9 @@ from edge.profile import load_profile
 from edge.server import create_app
 from edge.server.auth import ServerConfigError, check_login, read_users
 from edge.server.jobs import StudyStore
-from tests.conftest import REPO, SAMPLES
-from tests.server_support import PASSWORD, USER, phantom_study, write_profile
+from tests.helpers.paths import REPO, SAMPLES
+from tests.helpers.profiles import write_profile as device_profile
+from tests.helpers.server import PASSWORD, USER, phantom_study, write_profile
 
 TOKEN = "test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -106,9 +107,7 @@ def zip_bytes(members: dict[str, bytes], compression: int = zipfile.ZIP_DEFLATED
 # --- settings and start-up -------------------------------------------------------------------------
 
 def test_profile_server_keys_are_parsed_and_relative_to_the_profile(tmp_path):
-    path = tmp_path / "p.yaml"
-    path.write_text(yaml.safe_dump({"name": "n", "description": "d", "model": {"bundle": str(REPO / "edge/models/demo")},
-                                    "server": {"users_file": "users.txt", "cookie_secure": True, "secret_key_env": "K"}}))
+    path = device_profile(tmp_path / "p.yaml", server={"users_file": "users.txt", "cookie_secure": True, "secret_key_env": "K"})
     server = load_profile(path).server
     assert server.users_file == tmp_path / "users.txt" and server.cookie_secure and server.secret_key_env == "K"
     path.write_text(path.read_text().replace("cookie_secure: true", "cookie_secure: 'yes'"))
@@ -243,6 +242,7 @@ def test_api_and_form_open_when_login_is_disabled_on_loopback(profile_path, engi
 
 # --- studies through the API -------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_api_study_gives_the_predict_json(client, app):
     response = client.post("/api/v1/studies", data={"files": dicom_files()}, headers=AUTH)
     assert response.status_code == 202
@@ -263,6 +263,7 @@ def test_api_study_gives_the_predict_json(client, app):
     assert missing.status_code == 404 and "has no heatmaps/999.png" in missing.get_json()["error"]
 
 
+@pytest.mark.slow
 def test_a_result_does_not_depend_on_the_studies_before_it(client):
     for study in (SAMPLES / "CAP_cap002", P002):
         response = client.post("/api/v1/studies", data={"files": dicom_files(study)}, headers=AUTH)
@@ -378,6 +379,7 @@ def test_full_queue_answers_503_with_retry_after(tmp_path, engine, monkeypatch):
     assert state["status"] == "failed" and state["error"] == "IM0001.dcm: rejected by the test engine"
 
 
+@pytest.mark.slow
 def test_restart_requeues_studies_but_not_one_that_stopped_the_server_twice(profile_path, engine, monkeypatch):
     monkeypatch.setenv("CTEDGE_API_TOKEN", TOKEN)
     profile = load_profile(profile_path)
@@ -496,15 +498,13 @@ def test_openapi_describes_exactly_the_routes(app):
     json.dumps(spec)  # plain data, no YAML-only types
 
 
-def test_the_api_reports_the_answer_of_a_known_answer_model(tmp_path, monkeypatch):
+def test_the_api_reports_the_answer_of_a_known_answer_model(tmp_path, monkeypatch, constant_bundle):
     """Independent of what the bundled demonstration model says: a fixture bundle that answers
-    other_pneumonia 0.8 for every study (tests/fixture_bundle.py) goes through upload, queue and API."""
-    pytest.importorskip("tensorflow")
-    from tests.fixture_bundle import KNOWN_LABEL, KNOWN_PROBABILITIES, make_constant_bundle
+    other_pneumonia 0.8 for every study (tests/helpers/bundles.py) goes through upload, queue and API."""
+    from tests.helpers.bundles import KNOWN_LABEL, KNOWN_PROBABILITIES
 
     monkeypatch.setenv("CTEDGE_API_TOKEN", TOKEN)
-    bundle = make_constant_bundle(tmp_path / "bundle")
-    engine = Engine.from_bundle(bundle, "float32", threads=1)
+    engine = Engine.from_bundle(constant_bundle, "float32", threads=1)
     (tmp_path / "server").mkdir()
     app = create_app(load_profile(write_profile(tmp_path / "server")), engine)
     try:

@@ -14,8 +14,11 @@ from concurrent.futures import ThreadPoolExecutor
 from io import BytesIO
 
 import psutil
+import pytest
 
-from tests.server_support import multipart, phantom_study, serve, write_profile
+from tests.helpers.server import multipart, phantom_study, serve, write_profile
+
+pytestmark = pytest.mark.slow  # a real server under load
 
 N_REQUESTS, CONCURRENCY = 200, 8
 MALFORMED = {"bad-zip": 400, "not-dicom": 415, "no-auth": 401, "oversize": 413}   # 10 of each

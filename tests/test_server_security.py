@@ -34,7 +34,7 @@ from edge.server.auth import ServerConfigError, add_user
 from edge.server.jobs import StudyStore
 from edge.server.throttle import FREE_FAILURES
 from edge.server.uploads import UploadPolicy
-from tests.server_support import PASSWORD, USER, multipart, phantom_study, serve, write_profile
+from tests.helpers.server import PASSWORD, USER, multipart, phantom_study, serve, write_profile
 from tests.test_server import AUTH, P002, TOKEN, csrf, dicom_files, login, study_folders, wait_done, zip_bytes
 
 
@@ -450,6 +450,7 @@ def test_without_login_a_configured_api_token_still_guards_upload_bodies(make_ap
 
 # --- 9. login throttling -------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_failed_logins_back_off_per_user_and_are_logged(make_app, caplog):
     caplog.set_level(logging.WARNING, logger="ctedge.server")
     app = make_app()
@@ -476,6 +477,7 @@ def test_failed_logins_back_off_per_user_and_are_logged(make_app, caplog):
     assert "wrong guess" not in text and PASSWORD not in text
 
 
+@pytest.mark.slow
 def test_failed_logins_back_off_per_address(make_app, caplog):
     caplog.set_level(logging.WARNING, logger="ctedge.server")
     app = make_app()

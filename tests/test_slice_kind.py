@@ -1,7 +1,7 @@
 """Slice models on the edge: the card's kind, per-slice probabilities in the result, the patient
 rule applied to them, the report's plot along the slice axis, and the same bundle through the CLI,
 the watcher and the server. The fixture bundle's answer is known by construction
-(tests.fixture_bundle.slice_probabilities of each slice's mean model-input grey value)."""
+(tests.helpers.bundles.slice_probabilities of each slice's mean model-input grey value)."""
 
 from __future__ import annotations
 
@@ -26,15 +26,15 @@ from edge.pipeline import prepare_study
 from edge.profile import WatcherSettings, load_profile
 from edge.server import create_app
 from edge.watch import run_once
-from tests.fixture_bundle import make_slice_bundle, slice_probabilities
-from tests.server_support import PASSWORD, USER, write_profile
+from tests.helpers.bundles import make_slice_bundle, slice_probabilities
+from tests.helpers.server import PASSWORD, USER, write_profile
 
 TOKEN = "test-token-0123456789"
 
 
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory) -> Path:
-    return make_slice_bundle(tmp_path_factory.mktemp("slice") / "bundle")
+@pytest.fixture
+def bundle(slice_bundle) -> Path:
+    return slice_bundle
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +112,7 @@ def test_every_kept_slice_gets_its_probabilities_and_the_rule_decides(bundle, st
     np.testing.assert_allclose([doc["probabilities"][c] for c in CLASSES], probs.mean(axis=0), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_real_study_fraction_rule_zero_and_ten_percent_variants(bundle, tmp_path, shared_data):
     """COVID-19_P002 has a few slices the fixture calls covid (more than 0, at most 10%): the
     paper's 0% variant calls the patient covid, the 10% variant healthy."""
@@ -200,7 +201,7 @@ def test_validate_refuses_a_two_class_model(tmp_path, phantom_dataset, capsys):
 
 def test_the_shipped_slice_demonstration_bundle_runs_and_says_what_it_is(tmp_path):
     from edge.engine import DEFAULT_BUNDLE
-    from tests.conftest import SAMPLES
+    from tests.helpers.paths import SAMPLES
 
     bundle = DEFAULT_BUNDLE.parent / "demo-slice"
     card = load_card(bundle)

@@ -24,6 +24,8 @@ from training.gradcam import gradcam_slice
 from training.recipes import ARCH_INFO, RECIPES, learning_rate
 from training.slice_train import load_slice_run
 
+pytestmark = pytest.mark.train  # trains, converts or exports Keras models
+
 SMALL = ["--arch", "small-cnn", "--input-size", "64", "--batch-size", "32"]
 
 

@@ -10,7 +10,9 @@ pytest.importorskip("tensorflow")
 
 from edge.cli import main
 from edge.engine import DEFAULT_BUNDLE  # noqa: E402
-from tests.conftest import PHANTOM_LESIONS as LESIONS  # noqa: E402
+from tests.helpers.dicom import PHANTOM_LESIONS as LESIONS  # noqa: E402
+
+pytestmark = pytest.mark.train  # trains, converts or exports Keras models
 
 
 def test_train_evaluate_quantize_predict(phantom_dataset, tmp_path, capsys):

@@ -22,7 +22,7 @@ from edge.profile import load_profile
 from edge.selection_report import evaluate_study, read_labels
 from edge.server import create_app
 from edge.validate import RECORDS, run_studies, summarise, write_outputs
-from tests.server_support import write_profile
+from tests.helpers.server import write_profile
 
 # One group per phantom study; studies come sorted by class then patient:
 # covid-0, covid-1, healthy-0, healthy-1, other_pneumonia-0, other_pneumonia-1.
@@ -158,6 +158,7 @@ def test_resuming_with_another_model_is_refused(phantom_dataset, tmp_path):
         run_studies(records, Engine(other), tmp_path)
 
 
+@pytest.mark.slow
 def test_cli_records_evidence_shown_with_results(phantom_dataset, tmp_path, capsys, monkeypatch):
     bundle = tmp_path / "bundle"
     shutil.copytree(DEFAULT_BUNDLE, bundle, ignore=shutil.ignore_patterns("*float16*", "*dynamic*", "*.onnx"))
@@ -219,6 +220,7 @@ def test_record_needs_a_description_and_labels_must_be_readable(phantom_dataset,
     assert str(labels) in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.shared_data
 def test_real_studies(shared_data, tmp_path, capsys):
     studies = {"COVID-19_P002": "covid", "CAP_cap002": "other_pneumonia", "Normal_normal001": "healthy"}

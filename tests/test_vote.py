@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from edge.vote import patient_verdict, slice_fraction_positive
+from edge.vote import PatientRule, patient_verdict, slice_fraction_positive
 
 COVID, OTHER, HEALTHY = np.eye(3)
 
@@ -49,7 +49,6 @@ def test_slice_fraction_rule_of_rahimzadeh():
 
 # --- slice models: the patient rules, worked by hand ---------------------------------------------
 
-from edge.vote import PatientRule
 
 
 def slices(*rows):

@@ -23,7 +23,7 @@ from edge.phantom import make_phantom, write_dicom_series
 from edge.profile import WatcherSettings
 from edge.watch import (is_done, is_stable, outbox_lock, process_one, recover, run_once, scan, survey,
                         watch)
-from tests.conftest import SAMPLES
+from tests.helpers.paths import SAMPLES
 
 NOW = WatcherSettings(poll_seconds=0.0, stable_seconds=0.0)
 
@@ -343,19 +343,18 @@ def test_log_lines_escape_names_from_the_inbox(box, caplog):
     assert "Evil\\x0aFAKE: done: failed" in text and "\nFAKE" not in text
 
 
-def test_the_next_study_is_read_while_this_one_is_classified(box):
+def test_the_next_study_is_read_while_this_one_is_classified(box, constant_bundle):
     """Three compressed (RLE) phantom studies, decoded in the worker processes, through the
     known-answer bundle: each study is read (decoded) after the one before it was read and before
     that one's classification ended, and every result is its own study's, with the known answer."""
-    pytest.importorskip("tensorflow")
-    from tests.fixture_bundle import KNOWN_LABEL, KNOWN_PROBABILITIES, make_constant_bundle
+    from tests.helpers.bundles import KNOWN_LABEL, KNOWN_PROBABILITIES
 
     inbox, outbox = box
     slices = {"A": 16, "B": 20, "C": 24}
     for seed, (name, n) in enumerate(slices.items()):
         write_dicom_series(make_phantom(n_slices=n, size=128, seed=seed), inbox / name, transfer_syntax=RLELossless,
                            seed=seed)
-    engine = Timeline.of_bundle(make_constant_bundle(box[0].parent / "bundle"))
+    engine = Timeline.of_bundle(constant_bundle)
     assert run_once(engine, inbox, outbox, NOW).done == 3
     for name, n in slices.items():
         result = json.loads((outbox / name / "result.json").read_text())

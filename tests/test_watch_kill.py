@@ -24,7 +24,10 @@ from pydicom.uid import RLELossless
 from edge import CLASSES
 from edge.phantom import make_phantom, write_dicom_series, write_image_slices
 from edge.watch import survey
-from tests.conftest import REPO, SAMPLES
+from tests.helpers.paths import REPO, SAMPLES
+from tests.helpers.profiles import write_profile
+
+pytestmark = pytest.mark.slow  # real watchers killed and restarted
 
 STABLE_SECONDS = 2.0
 STALL_S = 0.7             # a pause mid-copy: shorter than STABLE_SECONDS, longer than an analysis
@@ -116,7 +119,6 @@ def wait_for(condition: Callable[[], bool], what: str, deadline: float, logs: li
         time.sleep(0.005)
 
 
-@pytest.mark.slow
 def test_watcher_survives_three_sigkills_without_losing_or_duplicating_a_study(tmp_path):
     start = time.monotonic()
     deadline = start + DEADLINE_S
@@ -130,10 +132,8 @@ def test_watcher_survives_three_sigkills_without_losing_or_duplicating_a_study(t
     for name in names[15:]:
         copy = shutil.copytree if sources[name].is_dir() else shutil.copy
         copy(sources[name], inbox / sources[name].name)
-    profile = tmp_path / "profile.yaml"
-    profile.write_text(f"name: kill-test\ndescription: watcher kill test\n"
-                       f"model:\n  bundle: {REPO / 'edge/models/demo'}\n  threads: 1\n"
-                       f"watcher:\n  poll_seconds: 0.2\n  stable_seconds: {STABLE_SECONDS}\n")
+    profile = write_profile(tmp_path / "profile.yaml", name="kill-test", model={"threads": 1},
+                            watcher={"poll_seconds": 0.2, "stable_seconds": STABLE_SECONDS})
     command = [sys.executable, "-m", "edge.cli", "-v", "watch", str(inbox), "--out", str(outbox),
                "--config", str(profile)]
     logs: list[Path] = []
@@ -146,7 +146,7 @@ def test_watcher_survives_three_sigkills_without_losing_or_duplicating_a_study(t
     watcher = start_watcher()
     copier.start()
     for threshold in KILL_AFTER:
-        wait_for(lambda: committed(outbox) >= threshold and analysing(outbox, watcher.pid),
+        wait_for(lambda: committed(outbox) >= threshold and analysing(outbox, watcher.pid),  # noqa: B023 (waited for in this pass)
                  f"{threshold} records and a study in progress", deadline, logs)
         time.sleep(rng.uniform(0.0, 0.15))
         watcher.send_signal(signal.SIGKILL)
@@ -181,7 +181,6 @@ def test_watcher_survives_three_sigkills_without_losing_or_duplicating_a_study(t
           f"{len(good)} results, {len(bad)} failed, 0 duplicates, {elapsed:.0f} s")
 
 
-@pytest.mark.slow
 def test_a_kill_while_the_next_study_is_read_ahead_loses_nothing(tmp_path):
     """SIGKILL while one study is analysed and the next one is being read ahead (seen as its zip
     unpacked in the watcher's TMPDIR): the restarted watcher gives every study exactly one result,
@@ -194,10 +193,8 @@ def test_a_kill_while_the_next_study_is_read_ahead_loses_nothing(tmp_path):
         write_dicom_series(make_phantom(n_slices=24, size=128, ground_glass=i % 2, seed=i), tmp_path / name,
                            transfer_syntax=RLELossless, seed=i)
         shutil.move(zip_folder(tmp_path / name), inbox)
-    profile = tmp_path / "profile.yaml"
-    profile.write_text(f"name: read-ahead-kill\ndescription: kill during the read ahead\n"
-                       f"model:\n  bundle: {REPO / 'edge/models/demo'}\n  threads: 1\n"
-                       f"watcher:\n  poll_seconds: 0.2\n  stable_seconds: 0.5\n")
+    profile = write_profile(tmp_path / "profile.yaml", name="read-ahead-kill", model={"threads": 1},
+                            watcher={"poll_seconds": 0.2, "stable_seconds": 0.5})
     command = [sys.executable, "-m", "edge.cli", "-v", "watch", str(inbox), "--out", str(outbox), "--config", str(profile)]
     log = tmp_path / "watcher.log"
     env = os.environ | {"TMPDIR": str(tmp)}

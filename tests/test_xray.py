@@ -16,7 +16,6 @@ import cv2
 import numpy as np
 import pydicom
 import pytest
-import yaml
 from pydicom.data import get_testdata_file
 from pydicom.fileset import FileSet
 
@@ -34,23 +33,19 @@ from edge.report import caption_lines
 from edge.profile import ProfileError, WatcherSettings, load_profile
 from edge.server import create_app
 from edge.watch import run_once
-from tests.conftest import edit_tags
-from tests.server_support import PASSWORD, USER
-from tests.server_support import write_profile as server_profile
-from tests.fixture_bundle import IMAGE_WEIGHT, KNOWN_PROBABILITIES, make_constant_bundle, make_image_bundle, slice_probabilities
+from tests.helpers.bundles import IMAGE_WEIGHT, KNOWN_PROBABILITIES, slice_probabilities
+from tests.helpers.dicom import edit_tags
+from tests.helpers.profiles import write_profile as device_profile
+from tests.helpers.server import PASSWORD, USER
+from tests.helpers.server import write_profile as server_profile
 
 RG1 = Path(get_testdata_file("RG1_UNCR.dcm"))
 TOKEN = "test-token-0123456789"
 
 
-@pytest.fixture(scope="module")
-def xray_bundle(tmp_path_factory) -> Path:
-    return make_image_bundle(tmp_path_factory.mktemp("xray") / "bundle")
-
-
-@pytest.fixture(scope="module")
-def ct_bundle(tmp_path_factory) -> Path:
-    return make_constant_bundle(tmp_path_factory.mktemp("ct") / "bundle")
+@pytest.fixture
+def ct_bundle(constant_bundle) -> Path:
+    return constant_bundle
 
 
 @pytest.fixture(scope="module")
@@ -282,11 +277,7 @@ def test_the_heatmap_caption_and_banner_are_wrapped_not_cut_off(xray_bundle, tmp
 
 
 def write_profile(tmp_path: Path, bundle: Path, more: list[Path]) -> Path:
-    lines = ["name: box", "description: test", "model:", f"  bundle: {bundle}", "  variant: float32",
-             f"  more_bundles: [{', '.join(map(str, more))}]"]
-    path = tmp_path / "box.yaml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return device_profile(tmp_path / "box.yaml", bundle, *more, name="box", model={"variant": "float32"})
 
 
 def test_a_profile_with_ct_and_xray_bundles_routes_by_modality(tmp_path, ct_bundle, xray_bundle, ct_study):
@@ -389,10 +380,7 @@ def visible_text(html: str) -> str:
 
 
 def test_a_device_with_ct_and_xray_models_says_so_on_every_page(tmp_path, ct_bundle, xray_bundle):
-    path = server_profile(tmp_path)
-    doc = yaml.safe_load(path.read_text())
-    doc["model"] |= {"bundle": str(ct_bundle), "more_bundles": [str(xray_bundle)], "variant": "float32"}
-    path.write_text(yaml.safe_dump(doc))
+    path = server_profile(tmp_path, ct_bundle, xray_bundle, model={"variant": "float32"})
     profile = load_profile(path)
     client = create_app(profile, Device.from_profile(profile), start_workers=False).test_client()
     token = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/login").get_data(as_text=True)).group(1)

@@ -2,7 +2,7 @@
 ``tune`` (and the first start of serve/watch) tunes every bundle, ``validate`` measures an X-ray
 bundle on radiographs, ``predict --model`` replaces the bundle of its own modality.
 
-The X-ray bundle is the untrained placeholder of ``tests.fixture_bundle.make_image_bundle``: its
+The X-ray bundle is the untrained placeholder of ``tests.helpers.bundles.make_image_bundle``: its
 answer is a known function of the radiograph's mean model-input grey value, so the verdicts, and
 from them the metrics, are computed here by hand. It gets a ``fidelity.json`` saying its float32
 variant agrees with Keras (true of a float32 conversion; ``ctedge quantize`` writes this record)."""
@@ -32,16 +32,18 @@ from edge.profile import ProfileError, command_profile, load_profile, with_model
 from edge.server import create_app
 from edge.server.auth import add_user
 from edge.tune import Choice, cpu_key, record, tuned_choice
-from tests.conftest import SAMPLES
-from tests.fixture_bundle import IMAGE_WEIGHT, make_image_bundle, slice_probabilities
+from tests.helpers.bundles import IMAGE_WEIGHT, slice_probabilities
+from tests.helpers.paths import SAMPLES
+from tests.helpers.profiles import write_profile
 
 RG1 = Path(get_testdata_file("RG1_UNCR.dcm"))
 RG1_MEAN = 190.09          # its 64 px model input's mean grey value: above 150, so the placeholder says covid
 
 
 @pytest.fixture(scope="module")
-def xray_bundle(tmp_path_factory) -> Path:
-    bundle = make_image_bundle(tmp_path_factory.mktemp("xray") / "bundle")
+def xray_bundle(xray_bundle, tmp_path_factory) -> Path:
+    """The session's X-ray placeholder with a fidelity report (as ``ctedge quantize`` writes one)."""
+    bundle = shutil.copytree(xray_bundle, tmp_path_factory.mktemp("xray") / "bundle")
     (bundle / "fidelity.json").write_text(json.dumps(
         {"variants": {"tflite_float32": {"top1_agreement": 1.0, "max_abs_prob_diff": 0.0}}}))
     return bundle
@@ -55,15 +57,13 @@ def private_cache(tmp_path, monkeypatch) -> Path:
     return path
 
 
-def two_bundle_profile(folder: Path, xray: Path, ct: Path = DEFAULT_BUNDLE, extra: str = "") -> Path:
-    path = folder / "box.yaml"
-    path.write_text(f"name: box\ndescription: CT and X-ray\nmodel:\n  bundle: {ct}\n  more_bundles: [{xray}]\n{extra}")
-    return path
+def two_bundle_profile(folder: Path, xray: Path, ct: Path = DEFAULT_BUNDLE, **sections) -> Path:
+    return write_profile(folder / "box.yaml", ct, xray, name="box", description="CT and X-ray", **sections)
 
 
 # --- doctor -----------------------------------------------------------------------------------------
 
-def ready_box(tmp_path: Path, xray: Path) -> Path:
+def ready_box(tmp_path: Path, xray: Path, model: dict | None = None) -> Path:
     """A box that passes every check but the model's: token, one login, owner-only results, a free port."""
     results = tmp_path / "results"
     results.mkdir(mode=0o700)
@@ -72,7 +72,7 @@ def ready_box(tmp_path: Path, xray: Path) -> Path:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    return two_bundle_profile(tmp_path, xray, extra=f"server:\n  port: {port}\n  results_dir: {results}\n")
+    return two_bundle_profile(tmp_path, xray, model=model, server={"port": port, "results_dir": results})
 
 
 def test_doctor_checks_every_bundle_naming_it_and_its_modality(tmp_path, xray_bundle, private_cache, capsys, monkeypatch):
@@ -106,6 +106,7 @@ def test_doctor_checks_every_bundle_naming_it_and_its_modality(tmp_path, xray_bu
 
 # --- tune -------------------------------------------------------------------------------------------
 
+@pytest.mark.external  # a real tune
 def test_tune_times_every_bundle_and_the_study_only_for_its_modality(tmp_path, xray_bundle, private_cache, capsys):
     profile = two_bundle_profile(tmp_path, xray_bundle)
     assert main(["tune", "--config", str(profile), "--study", str(RG1), "--max-threads", "1", "--repeats", "1",
@@ -245,8 +246,7 @@ def test_model_flag_replaces_the_bundle_of_its_modality_and_keeps_the_others(tmp
     ct_card.mkdir()
     shutil.copy(DEFAULT_BUNDLE / "model.json", ct_card)
     assert with_model(profile, ct_card).model.bundles == (ct_card, xray_bundle)
-    ct_only = tmp_path / "ct.yaml"
-    ct_only.write_text(f"name: ct\ndescription: CT only\nmodel:\n  bundle: {DEFAULT_BUNDLE}\n")
+    ct_only = write_profile(tmp_path / "ct.yaml", DEFAULT_BUNDLE, name="ct", description="CT only")
     assert command_profile(ct_only, other, DEFAULT_BUNDLE).model.bundles == (DEFAULT_BUNDLE, other), "added"
     assert command_profile(None, other, DEFAULT_BUNDLE).model.bundles == (other,), "without a profile: alone"
 
@@ -266,6 +266,7 @@ def bare_xray(tmp_path, xray_bundle) -> Path:
     return bundle
 
 
+@pytest.mark.external  # a real tune
 def test_a_bundle_of_one_variant_without_fidelity_report_is_tuned_by_tune_and_watch(tmp_path, bare_xray,
                                                                                    private_cache, capsys):
     profile = two_bundle_profile(tmp_path, bare_xray)
@@ -303,16 +304,13 @@ def test_an_explicit_variant_binds_the_main_bundle_and_an_extra_one_lacking_it_c
     assert main(["predict", str(RG1), "--config", str(profile), "--variant", "edgetpu"]) == 2
     assert f"{DEFAULT_BUNDLE / 'model.json'}: no 'edgetpu' variant" in capsys.readouterr().err, \
         "the main bundle lacks it: refused, whatever the study"
-    missing = tmp_path / "missing.yaml"
-    missing.write_text(profile.read_text() + "  variant: edgetpu\n")
+    missing = two_bundle_profile(tmp_path / "missing", bare_xray, model={"variant": "edgetpu"})
     with pytest.raises(ProfileError, match=r"model.variant: .*demo/model.json: no 'edgetpu' variant"):
         load_profile(missing)
 
     box = tmp_path / "box"                       # a profile setting int8: doctor's line and /api/v1/model say why
     box.mkdir()
-    path = ready_box(box, bare_xray)
-    path.write_text(path.read_text().replace("\nserver:", "\n  variant: int8\nserver:", 1))
-    loaded = load_profile(path)
+    loaded = load_profile(ready_box(box, bare_xray, model={"variant": "int8"}))
     assert check_tuned(loaded, load_card(bare_xray)).detail.startswith(
         f"X-ray bundle {bare_xray}: int8 requested; this bundle has only float32: not tuned on this CPU yet")
     assert check_tuned(loaded, load_card(DEFAULT_BUNDLE)).detail == f"CT bundle {DEFAULT_BUNDLE}: int8 (set by the profile)"
@@ -324,6 +322,7 @@ def test_an_explicit_variant_binds_the_main_bundle_and_an_extra_one_lacking_it_c
            ("float32", f"int8 requested; this bundle has only float32: tuned on this CPU ({tuned_choice(bare_xray).tuned_at})")
 
 
+@pytest.mark.slow
 def test_bench_runs_the_variants_a_bundle_has(bare_xray, capsys):
     assert main(["bench", str(RG1), "--model", str(bare_xray), "--repeats", "1", "--threads", "1", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)

@@ -26,6 +26,8 @@ from training.slice_train import RecipeBatches, SliceTrainConfig, load_slice_run
 from training.train import prepare_records, read_run_preprocessing
 from training.xray_report import class_metrics
 
+pytestmark = pytest.mark.train  # trains, converts or exports Keras models
+
 
 def radiograph_phantom(label: str, size: int, seed: int) -> np.ndarray:
     """A frontal chest-like picture: bright body, two dark lung fields, bright patches for disease

@@ -157,7 +157,7 @@ def _train_slices(args: argparse.Namespace) -> int:
               + ", ".join(f"fold {i}: {len(f['train'])} train / {len(f['val'])} val" for i, f in enumerate(run.split["folds"]))
               + f"; per-class report {args.out}/report.md")
     else:
-        run = train_slice_run(records, args.out, config)
+        run = train_slice_run(records, args.out, config)  # type: ignore[assignment]
         print(what + f"{args.out}/slice_model.keras; split (seed {config.seed}): "
               + ", ".join(f"{len(run.split[k])} {k}" for k in ("train", "val")) + " patients")
     print(f"next: ctedge quantize {args.out} --calibration STUDIES --out BUNDLE")

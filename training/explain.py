@@ -50,7 +50,7 @@ def explain_study(study: Path, run: Path, out_dir: Path, class_name: str | None 
                      "png": name}
             if softmax is not None:
                 entry["consistency"] = consistency(encoder, softmax, group[k], min(target, softmax.units - 1))
-                scores.append(entry["consistency"]["mean"])
+                scores.append(entry["consistency"]["mean"])  # type: ignore[index]
             slices.append(entry)
     result = {"class": CLASSES[target], "verdict": verdict.label, "group_probabilities": probs.tolist(),
               "slices": slices, "mean_consistency": float(np.mean(scores)) if scores else None, "note": DEMONSTRATION_BANNER}

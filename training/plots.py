@@ -8,6 +8,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
+from numpy.typing import ArrayLike
 
 from edge.plots import finish
 
@@ -26,7 +27,7 @@ def plot_training_curves(history: dict[str, list[float]], path: Path, title: str
     return finish(fig, Path(path), title, note)
 
 
-def plot_tsne(points: np.ndarray, labels: Sequence[int], classes: Sequence[str], path: Path, title: str = "t-SNE",
+def plot_tsne(points: np.ndarray, labels: ArrayLike, classes: Sequence[str], path: Path, title: str = "t-SNE",
               note: str = "") -> Path:
     """A 2-D embedding (``points``, e.g. from ``training.slice_evaluate.tsne``) coloured by class."""
     fig, ax = plt.subplots(figsize=(5.2, 4.6))

@@ -63,13 +63,13 @@ def evaluate_slice_run(run: Path, records: list[StudyRecord], out_dir: Path, not
         patient_pred.append(classes.index(verdict.label))
         predictions.append({"patient": p.record.patient, "label": label, "verdict": verdict.label,
                             "rule": verdict.rule, "patient_probs": patient_prob[-1]})
-    slice_prob = np.concatenate(slice_prob) if slice_prob else np.zeros((0, len(classes)))
+    slice_prob = np.concatenate(slice_prob) if slice_prob else np.zeros((0, len(classes)))  # type: ignore[assignment]
     reports = {"slice": classification_report(slice_true, slice_prob, classes),
                "patient": classification_report(patient_true, np.eye(len(classes))[patient_pred], classes)}
     reports["patient"]["roc_auc_from_mean_probabilities"] = \
         classification_report(patient_true, np.array(patient_prob), classes)["macro"]["roc_auc"]
     out_dir.mkdir(parents=True, exist_ok=True)
-    for level, y, prob in (("slice", slice_true, slice_prob), ("patient", patient_true, np.array(patient_prob))):
+    for level, y, prob in (("slice", slice_true, slice_prob), ("patient", patient_true, np.array(patient_prob))):  # type: ignore[assignment]
         plot_roc(y, prob, out_dir / f"roc_{level}.png", classes, title=f"ROC, {level} level", note=note)
         plot_confusion(np.array(reports[level]["confusion_matrix"]), out_dir / f"confusion_{level}.png", classes,
                        title=f"Confusion matrix, {level} level", note=note)

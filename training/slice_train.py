@@ -105,11 +105,11 @@ class RecipeBatches(SliceBatches):
     for X-ray, the published warp in place of the random augmentation."""
 
     def __init__(self, x: np.ndarray, y: np.ndarray, n_classes: int, config: SliceTrainConfig):
-        super().__init__(x, y, n_classes, config)
+        super().__init__(x, y, n_classes, config)  # type: ignore[arg-type]
         self.crop = config.recipe_spec.random_crop
 
     def augment_image(self, image: np.ndarray) -> np.ndarray:
-        return xray_augment(image, self.rng) if self.config.modality == "xray" else super().augment_image(image)
+        return xray_augment(image, self.rng) if self.config.modality == "xray" else super().augment_image(image)  # type: ignore[attr-defined]
 
     def __getitem__(self, i: int):
         x, y = super().__getitem__(i)

@@ -25,10 +25,10 @@ from edge.vote import patient_verdict
 from training.augment import augment_group, mixup, random_augment
 from training.data import StudyRecord, class_weights, one_hot, patient_split
 from training.models import build_encoder, build_head, build_slice_classifier, predict_group
-
-PREPROCESSING_FILE = "preprocessing.json"
 from training.optimizers import Lamb
 from training.plots import plot_training_curves
+
+PREPROCESSING_FILE = "preprocessing.json"
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,7 @@ class _Throttled:
             now = time.monotonic()
             if self._at is not None and now - self._at < ASSOCIATION_PHASE_S:
                 return
-            count, self._count, self._at = self._count, 0, now
+            count, self._count, self._at = self._count, 0, now  # type: ignore[assignment]
         log.warning(message + (f" ({count} such events since the last such line)" if count > 1 else ""), *args)
 
 
@@ -78,7 +78,7 @@ class GuardedServer(ThreadedAssociationServer):
     def __init__(self, *args, **kwargs):
         self._pending: dict[Association, tuple[str, float]] = {}
         self._pending_lock = threading.Lock()
-        super().__init__(*args, request_handler=GuardedHandler, **kwargs)
+        super().__init__(*args, request_handler=GuardedHandler, **kwargs)  # type: ignore[misc]
 
     def admit(self, assoc: Association, address: str) -> None:
         """Record a new connection, closing the oldest negotiating one of ``address`` (or of all)
@@ -124,7 +124,7 @@ class GuardedHandler(RequestHandler):
         assoc.dul.__class__ = GuardedDUL
         assoc.dimse.__class__ = GuardedDIMSE
         self.request.settimeout(self.server.ae.network_timeout)  # a PDU stalling mid-way ends the connection
-        self.server.admit(assoc, self.client_address[0])
+        self.server.admit(assoc, self.client_address[0])  # type: ignore[attr-defined]
         return assoc
 
 
@@ -142,8 +142,8 @@ class GuardedDUL(DULServiceProvider):
                          "(at most %d here)", self.assoc.requestor.address, pdu_type, length, limit)
                 abort = A_ABORT_RQ()
                 abort.source, abort.reason_diagnostic = 0x02, INVALID_PDU_PARAMETER  # service provider
-                self.socket.send(abort.encode())
-                self.socket.close()
+                self.socket.send(abort.encode())  # type: ignore[union-attr]
+                self.socket.close()  # type: ignore[union-attr]
                 _end_wait(self.assoc)
                 return
         super()._read_pdu_data()
@@ -183,8 +183,8 @@ class GuardedDIMSE(DIMSEServiceProvider):
             values.append([context_id, data])
         primitive.presentation_data_value_list = values
         if self._dataset_bytes > MAX_INSTANCE_BYTES and self.message is not None:
-            self.message.data_set.seek(0)
-            self.message.data_set.truncate()  # drop what arrived before the bound was passed
+            self.message.data_set.seek(0)  # type: ignore[union-attr]
+            self.message.data_set.truncate()  # type: ignore[union-attr]  # drop what arrived before the bound was passed
             if "MessageID" in self.message.command_set:
                 self.oversize.add(int(self.message.command_set.MessageID))
         super().receive_primitive(primitive)
@@ -213,4 +213,4 @@ def _end_wait(assoc: Association) -> None:
     """While the acceptor still waits for the A-ASSOCIATE-RQ, end that wait as a timeout would
     (pynetdicom's acceptor takes None from its queue as one), so its thread ends now."""
     if assoc.requestor.primitive is None:
-        assoc.dul.to_user_queue.put(None)
+        assoc.dul.to_user_queue.put(None)  # type: ignore[arg-type]

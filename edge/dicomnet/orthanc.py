@@ -51,14 +51,15 @@ class Orthanc:
                 return self
             except OSError:
                 if self.proc.poll() is not None:
-                    raise RuntimeError(f"Orthanc exited: {(self.folder / 'orthanc.log').read_text()[-2000:]}")
+                    raise RuntimeError(f"Orthanc exited: {(self.folder / 'orthanc.log').read_text()[-2000:]}") from None
                 time.sleep(0.1)
         self.__exit__()
         raise RuntimeError("Orthanc did not answer within 30 s")
 
     def __exit__(self, *exc: object) -> None:
-        self.proc.terminate()
-        self.proc.wait(30)
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(30)
 
     def request(self, method: str, path: str, body: bytes | None = None) -> bytes:
         req = urllib.request.Request(self.url + path, data=body, method=method)

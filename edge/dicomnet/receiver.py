@@ -30,7 +30,7 @@ from pydicom.uid import (UID, AllTransferSyntaxes, ComputedRadiographyImageStora
                          DigitalXRayImageStorageForPresentation, DigitalXRayImageStorageForProcessing)
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.events import Event
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from edge.card import MODALITY_TERMS, modality_names
 from edge.dicomnet.guard import GuardedAE
@@ -159,7 +159,7 @@ class Receiver:
         self.ae.add_supported_context(Verification)
         syntaxes = decodable_transfer_syntaxes()
         for cx in AllStoragePresentationContexts:  # other classes get a clear refusal status, not a bare reject
-            self.ae.add_supported_context(cx.abstract_syntax, syntaxes if cx.abstract_syntax in self.accepted
+            self.ae.add_supported_context(cx.abstract_syntax, syntaxes if cx.abstract_syntax in self.accepted  # type: ignore[arg-type]
                                           else ALL_TRANSFER_SYNTAXES)
         self._server = None
 
@@ -181,7 +181,7 @@ class Receiver:
         if removed:
             log.warning("removed %d partial instance(s) left by an interrupted receiver", removed)
         try:
-            self._server = self.ae.start_server(
+            self._server = self.ae.start_server(  # type: ignore[assignment]
                 (self.settings.host, self.settings.port), block=False,
                 evt_handlers=[(evt.EVT_REQUESTED, self._on_request), (evt.EVT_C_STORE, self._on_store)])
         except OSError as exc:
@@ -203,8 +203,8 @@ class Receiver:
             self._server = None
 
     def _on_request(self, event: Event) -> None:
-        caller = event.assoc.requestor.primitive.calling_ae_title.strip()
-        called = event.assoc.requestor.primitive.called_ae_title.strip()
+        caller = event.assoc.requestor.primitive.calling_ae_title.strip()  # type: ignore[union-attr]
+        called = event.assoc.requestor.primitive.called_ae_title.strip()  # type: ignore[union-attr]
         address = event.assoc.requestor.address
         if called != self.settings.ae_title:
             log.warning("association from %r at %s rejected: it calls %r, this receiver is %r", caller, address,
@@ -218,8 +218,8 @@ class Receiver:
 
     def _on_store(self, event: Event) -> Dataset:
         request = event.request
-        sop_class, sop_uid = UID(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID)
-        oversize = event.assoc.dimse.oversize
+        sop_class, sop_uid = UID(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID)  # type: ignore[arg-type, union-attr]
+        oversize = event.assoc.dimse.oversize  # type: ignore[attr-defined]
         if request.MessageID in oversize:  # its data set was discarded as it arrived
             oversize.discard(request.MessageID)
             log.warning("refused instance %s from %r: larger than %d MB", printable(sop_uid),

@@ -61,7 +61,7 @@ class NoDicomSourceError(UserError):
 
 def source_headers(study_dir: Path) -> dict[str, Dataset]:
     """The headers of the DICOM files of a study folder, by file name."""
-    headers = {}
+    headers: dict[str, Dataset] = {}
     for path in sorted(p for p in Path(study_dir).rglob("*") if p.is_file()):
         try:
             headers[path.name] = pydicom.dcmread(path, stop_before_pixels=True)
@@ -113,7 +113,7 @@ def structured_report(doc: dict, evidence: list[Dataset]) -> hd.sr.Comprehensive
     if source in ACQUISITION_MODALITIES:
         items.append(hd.sr.CodeContentItem(MODALITY, _code(source, ACQUISITION_MODALITIES[source], "DCM"), "CONTAINS"))
     root = hd.sr.ContainerContentItem(REPORT)
-    root.ContentSequence = hd.sr.ContentSequence(items)
+    root.ContentSequence = hd.sr.ContentSequence(items)  # type: ignore[arg-type]
     sr = hd.sr.ComprehensiveSR(
         evidence=evidence, content=root, series_instance_uid=generate_uid(), series_number=SR_SERIES_NUMBER,
         sop_instance_uid=generate_uid(), instance_number=1, manufacturer="ctedge", is_complete=True,
@@ -135,7 +135,7 @@ def secondary_capture(png: Path, ref: Dataset, series_uid: str, number: int) -> 
         series_instance_uid=series_uid, series_number=SC_SERIES_NUMBER, sop_instance_uid=generate_uid(),
         instance_number=number, manufacturer="ctedge", series_description="ctedge heatmaps")
     if orientation is None:
-        sc.PatientOrientation = ""  # type 2C: known to be present, its value unknown
+        sc.PatientOrientation = ""  # type: ignore[assignment]  # type 2C: known to be present, its value unknown
     sc.BurnedInAnnotation = "YES"
     sc.Laterality = ""  # type 2C in General Series: the chest is not a paired body part
     _name_device(sc)

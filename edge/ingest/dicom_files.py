@@ -54,7 +54,7 @@ def read_header(path: Path) -> Dataset:
         except Exception as exc:  # noqa: BLE001 - any parser failure means "not DICOM"
             raise NotDicomError(path, "not a DICOM file") from exc
         if "SOPClassUID" not in ds:
-            raise NotDicomError(path, "not a DICOM file (no DICM preamble, no SOP Class UID)")
+            raise NotDicomError(path, "not a DICOM file (no DICM preamble, no SOP Class UID)") from None
     except (CorruptFileError, TooManyElementsError):
         raise
     except Exception as exc:  # noqa: BLE001 - truncated or malformed element streams
@@ -150,7 +150,7 @@ def check_tags(ds: Dataset, path: Path) -> None:
 def _numbers_ok(value: object, count: int) -> bool:
     values = list(value) if isinstance(value, (list, MultiValue)) else [value]
     try:
-        return len(values) == count and all(math.isfinite(float(v)) for v in values)
+        return len(values) == count and all(math.isfinite(float(v)) for v in values)  # type: ignore[arg-type]
     except (TypeError, ValueError, OverflowError):
         return False
 

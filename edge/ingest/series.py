@@ -118,9 +118,9 @@ def order_slices(series: Series) -> OrderedSlices:
     if with_pos:
         if len(with_pos) < len(items):
             warnings.append(f"{len(items) - len(with_pos)} slice(s) without ImagePositionPatient were dropped")
-        keyed = [(float(np.dot(np.asarray(ds.ImagePositionPatient, float), normal)), p, ds) for p, ds in with_pos]
+        keyed = [(float(np.dot(np.asarray(ds.ImagePositionPatient, float), normal)), p, ds) for p, ds in with_pos]  # type: ignore[arg-type]
         # The normal of an axial slice points to the patient's head (+z): larger projection = more superior.
-        sign = 1.0 if normal[2] >= 0 else -1.0
+        sign = 1.0 if normal[2] >= 0 else -1.0  # type: ignore[index]
         keyed = [(k * sign, p, ds) for k, p, ds in keyed]
     elif all("SliceLocation" in ds for _, ds in items):
         warnings.append("no ImagePositionPatient/ImageOrientationPatient: slices ordered by SliceLocation")

@@ -164,7 +164,7 @@ def _check_shapes(shapes: list[tuple[Path, tuple]]) -> None:
                                         f"{common[0]}x{common[1]}")
 
 
-def _summarise(what: str, errors: list[StudyError], shown: int = 5) -> list[str]:
+def _summarise(what: str, errors: Sequence[StudyError], shown: int = 5) -> list[str]:
     if not errors:
         return []
     details = "; ".join(f"{Path(e.path).name}: {e.problem}" for e in errors[:shown])

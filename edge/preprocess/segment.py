@@ -83,7 +83,7 @@ class ThresholdSegmenter:
         small, large = sorted(halves, key=lambda h: h.sum())
         if small.sum() < self.mirror_below * large.sum():
             # A lung that is mostly consolidated has little air left: borrow the other lung's outline.
-            flip = np.float32([[-1, 0, 2 * mid], [0, 1, 0]])
+            flip = np.array([[-1, 0, 2 * mid], [0, 1, 0]], np.float32)
             mirrored = cv2.warpAffine(large.astype(np.uint8), flip, lung.shape[::-1], flags=cv2.INTER_NEAREST)
             small = small | (mirrored.astype(bool) & ndimage.binary_fill_holes(body))
         return small | large

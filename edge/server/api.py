@@ -50,7 +50,7 @@ def submit() -> Response:
                           **{"Retry-After": str(RETRY_AFTER_S)})
     response = jsonify(id=study_id, status="queued", url=url_for("api.study", study_id=study_id))
     response.status_code = 202
-    response.headers["Location"] = response.json["url"]
+    response.headers["Location"] = response.json["url"]  # type: ignore[index]
     return response
 
 

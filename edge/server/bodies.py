@@ -63,8 +63,8 @@ def _may_upload(app: Flask, path: str, headers: dict[str, str]) -> bool:
         return True
     try:
         cookie = SimpleCookie(headers.get("COOKIE", "")).get(app.config["SESSION_COOKIE_NAME"])
-        serializer = app.session_interface.get_signing_serializer(app)
-        data = serializer.loads(cookie.value, max_age=int(app.permanent_session_lifetime.total_seconds()))
+        serializer = app.session_interface.get_signing_serializer(app)  # type: ignore[attr-defined]
+        data = serializer.loads(cookie.value, max_age=int(app.permanent_session_lifetime.total_seconds()))  # type: ignore[union-attr]
     except (AttributeError, CookieError, BadSignature):
         return False
     return session_user(app, data) is not None
@@ -78,12 +78,12 @@ def create_server(app: Flask, host: str, port: int, threads: int) -> BaseWSGISer
 
         def parse_header(self, header_plus: bytes) -> None:
             super().parse_header(header_plus)
-            self.adj = copy.copy(self.adj)   # waitress checks this limit before and while reading the body
+            self.adj = copy.copy(self.adj)  # type: ignore[has-type]  # waitress checks this limit before and while reading the body
             self.adj.max_request_body_size, self.refusal = body_limit(app, self.command, self.path, self.headers)
 
         def received(self, data: bytes) -> int:
             consumed = super().received(data)
-            if isinstance(self.error, RequestEntityTooLarge) and self.refusal:
+            if isinstance(self.error, RequestEntityTooLarge) and self.refusal:  # type: ignore[has-type]
                 self.error = self.refusal
             return consumed
 

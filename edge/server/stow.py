@@ -28,7 +28,8 @@ def store_instances() -> Response:
         return json_error(415, 'send multipart/related; type="application/dicom" with a boundary')
     receiver = current_app.extensions["ctedge"]["dicom"].receiver
     inbox = receiver.inbox
-    stored, failed = [], []
+    stored: list[dict] = []
+    failed: list[dict] = []
     for n, part in enumerate(split_parts(request.get_data(), boundary.encode()), start=1):
         try:
             ds = check_instance(part)

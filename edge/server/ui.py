@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 from urllib.parse import urlsplit
 
-from flask import (Blueprint, Response, abort, current_app, redirect, render_template, request, send_file, session,
+from flask import (Blueprint, abort, current_app, redirect, render_template, request, send_file, session,
                    url_for)
+from werkzeug.wrappers import Response
 
 from edge import CLASSES
 from edge.card import MODALITY_TERMS
@@ -64,7 +65,7 @@ def _template_globals() -> dict:
 
 
 @bp.route("/login", methods=["GET", "POST"])
-def login() -> Response | tuple[str, int] | str:
+def login() -> Response | tuple[str, int] | tuple[str, int, dict[str, str]] | str:
     target = safe_target(request.args.get("next", ""))
     if request.method == "GET":
         return render_template("login.html", next=target)

@@ -75,7 +75,8 @@ def save_upload(files: list[FileStorage], dest: Path, policy: UploadPolicy = Upl
     files = [f for f in files if f.filename and not _is_clutter(f.filename)]
     if not files:
         raise UploadError("upload", "no files: send DICOM files, a folder's files or one zip as the field 'files'")
-    limits, total, taken = policy.limits, 0, {}
+    limits, total = policy.limits, 0
+    taken: dict[Path, int] = {}
     try:
         for i, item in enumerate(files):
             path = _unique(dest / _safe_relative(item.filename or "", i), taken)

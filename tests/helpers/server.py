@@ -15,21 +15,22 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from edge.server.auth import add_user
-from tests.conftest import REPO
+from tests.helpers.paths import REPO
+from tests.helpers.profiles import DEMO_BUNDLE
+from tests.helpers.profiles import write_profile as write_device_profile
 
 USER, PASSWORD = "clinician", "correct horse battery"
 
 
-def write_profile(folder: Path, **server) -> Path:
-    """A device profile running the bundled demo model with results (and users) under ``folder``."""
+def write_profile(folder: Path, bundle: Path = DEMO_BUNDLE, *more_bundles: Path, model: dict | None = None,
+                  sections: dict | None = None, **server) -> Path:
+    """``folder``/profile.yaml: a device running ``bundle`` (default the bundled demo model; one thread, and
+    the ``model`` keys given) with results (and the test user) under ``folder``, the ``server`` settings
+    given and other top-level ``sections`` (``dicom``, ``watcher``)."""
     settings = {"results_dir": str(folder / "results"), "max_upload_mb": 4, "workers": 1, "queue_size": 4} | server
-    path = folder / "profile.yaml"
-    path.write_text(yaml.safe_dump({"name": "test-box", "description": "server tests",
-                                    "model": {"bundle": str(REPO / "edge" / "models" / "demo"), "threads": 1},
-                                    "server": settings}))
+    path = write_device_profile(folder / "profile.yaml", bundle, *more_bundles, name="test-box", description="server tests",
+                                model={"threads": 1} | (model or {}), server=settings, **(sections or {}))
     add_user(folder / "results" / "users.txt", USER, PASSWORD)
     return path
 
