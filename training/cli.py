@@ -48,6 +48,9 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", type=Path, default=None, help="slice models: local file of pretrained trunk weights")
     p.add_argument("--freeze-epochs", type=int, default=0,
                    help="slice models: train only the head for this many epochs first, the trunk frozen")
+    p.add_argument("--feature-cache", type=Path, default=None,
+                   help="slice models: folder caching the frozen trunk's pooled features of each image; the "
+                        "--freeze-epochs stage then trains the head on them (unaugmented), so a rerun takes minutes")
     p.add_argument("--epochs", type=int, default=30, help="slice models: epochs (default 30)")
     p.add_argument("--input-size", type=int, default=None, help="slice models: input canvas (default: the arch's)")
     p.add_argument("--slice-labels", type=Path, default=None,
@@ -143,7 +146,8 @@ def _train_slices(args: argparse.Namespace) -> int:
                               weights=str(args.weights) if args.weights else None,
                               slice_labels=str(args.slice_labels) if args.slice_labels else None,
                               patient_rule=rule.to_dict(), modality=args.modality, folds=args.folds,
-                              test_fraction=args.test_fraction)
+                              test_fraction=args.test_fraction,
+                              feature_cache=str(args.feature_cache) if args.feature_cache else None)
     config = with_input_size(config, args.input_size or ARCH_INFO[args.arch][0])
     records = discover(args.data)
     what = f"{config.kind} model ({args.arch}, {config.preprocessing.input_size} px, classes {', '.join(config.classes)}): "
