@@ -311,3 +311,29 @@ def cmd_train_unet(args: argparse.Namespace) -> int:
     print(f"U-Net: validation Dice {dice} on {metrics['n_val']} slices of {metrics['val_patients']}; "
           f"model {args.out}/unet.keras")
     return 0
+
+
+def add_xray_shortcuts(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("xray-shortcuts", help="how much of an X-ray run's data is told apart by source (needs [train])",
+                       description="On the run's frozen trunk features of every image of a manifest with a 'source' "
+                                   "column: how well a logistic regression predicts the source (grouped CV), the "
+                                   "floor (logistic regression on the frozen features, fitted outside the run's "
+                                   "hold-out, scored on it, patient bootstrap 95%% intervals), accuracy per source of "
+                                   "the run's final model and of the floor on the hold-out, and leave-one-source-out "
+                                   "results. Writes shortcuts.json, shortcuts.md and source_confusion.png.")
+    p.add_argument("manifest", type=Path, help="manifest CSV (patient, class, path, source, ...) the run was trained on")
+    p.add_argument("--run", type=Path, required=True, help="X-ray run folder of ctedge train --modality xray")
+    p.add_argument("--out", type=Path, default=None, help="report folder (default RUN/shortcuts)")
+    p.add_argument("--feature-cache", type=Path, default=None, help="trunk feature cache (as given to ctedge train)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_xray_shortcuts)
+
+
+def cmd_xray_shortcuts(args: argparse.Namespace) -> int:
+    _require_tensorflow()
+    from training.xray_shortcuts import format_markdown, run_shortcuts
+
+    out = args.out or args.run / "shortcuts"
+    print(format_markdown(run_shortcuts(args.manifest, args.run, out, args.feature_cache, args.seed)))
+    print(f"report: {out}/shortcuts.md, {out}/shortcuts.json, {out}/source_confusion.png")
+    return 0
