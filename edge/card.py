@@ -4,7 +4,9 @@ Training writes it from the options it actually used (``training.train`` saves t
 folder, ``ctedge quantize`` copies them into the bundle); the edge builds its pipeline from it, so
 what the model was trained on and what the edge feeds it cannot drift apart. A card records:
 
-- identity: ``name``, ``version``, ``classes``, ``demonstration``, ``placeholder``, ``note``;
+- identity: ``name``, ``version``, ``classes``, ``demonstration``, ``placeholder``, ``research``, ``note``
+  (a research model, trained on public collections, also carries ``training_data``: sources, counts,
+  licences, and ``known_biases``);
 - what it reads and how it is run: ``modality`` (``ct`` or ``xray``, fixed by the kind, see
   ``KIND_MODALITY``) and ``kind`` (``group``: a CNN encoder and
   a sequence head over groups of slices, voted to a patient verdict; ``slice``: one 2-D classifier
@@ -45,13 +47,24 @@ MODALITIES = ("ct", "xray")
 KIND_MODALITY = {"group": "ct", "slice": "ct", "image": "xray"}   # what a study of each kind is
 DEMONSTRATION_BANNER = "DEMONSTRATION MODEL - NOT FOR CLINICAL USE"
 PLACEHOLDER_BANNER = "PLACEHOLDER MODEL (UNTRAINED) - NOT FOR CLINICAL USE"
+RESEARCH_BANNER = "RESEARCH MODEL - TRAINED ON PUBLIC DATA, NOT VALIDATED FOR CLINICAL USE"
+RESEARCH_NOTE = ("Research model trained on public chest X-ray collections (see training_data and known_biases): "
+                 "its figures come from those collections, whose classes are tied to their sources; not validated "
+                 "for clinical use.")
 DEMONSTRATION_NOTE = ("Demonstration model trained on very few patients; it shows the pipeline working end to end "
                       "and has no clinical validity. Not for clinical use.")
 
 
-def banner_for(demonstration: bool, placeholder: bool) -> str:
+def banner_for(demonstration: bool, placeholder: bool, research: bool = False) -> str:
     """The warning every output of a model shows ('' for a clinical model): the one source of that text."""
-    return PLACEHOLDER_BANNER if placeholder else DEMONSTRATION_BANNER if demonstration else ""
+    return PLACEHOLDER_BANNER if placeholder else RESEARCH_BANNER if research else \
+        DEMONSTRATION_BANNER if demonstration else ""
+
+
+def status_of(demonstration: bool, placeholder: bool, research: bool = False) -> str:
+    """``placeholder`` (untrained), ``research`` (trained on public data), ``demonstration`` (a handful of
+    patients) or ``clinical``."""
+    return "placeholder" if placeholder else "research" if research else "demonstration" if demonstration else "clinical"
 
 
 @dataclass(frozen=True)
@@ -131,6 +144,7 @@ class ModelCard:
     explain: dict[str, str] | None = None
     patient_rule: PatientRule | None = None                # slice models only
     validations: tuple[dict[str, Any], ...] = ()           # site validations recorded by ctedge validate --record
+    research: bool = False                                 # trained on public collections: card keys training_data, known_biases
     extra: dict[str, Any] = field(default_factory=dict)    # provenance, onnx, edgetpu: kept as written
 
     @property
@@ -140,7 +154,12 @@ class ModelCard:
     @property
     def banner(self) -> str:
         """The warning every output of this model carries ('' for a validated clinical model)."""
-        return banner_for(self.demonstration, self.placeholder)
+        return banner_for(self.demonstration, self.placeholder, self.research)
+
+    @property
+    def status(self) -> str:
+        """``placeholder``, ``research``, ``demonstration`` or ``clinical`` (see :func:`status_of`)."""
+        return status_of(self.demonstration, self.placeholder, self.research)
 
     def files(self, variant: str) -> dict[str, Path]:
         """The model files of ``variant`` (``encoder``, ``head``); ModelLoadError when absent or missing."""
@@ -158,6 +177,7 @@ class ModelCard:
         doc = {"name": self.name, "version": self.version, "kind": self.kind, "modality": self.modality,
                "classes": list(self.classes),
                "demonstration": self.demonstration, "placeholder": self.placeholder, "note": self.note,
+               **({"research": True} if self.research else {}),
                "preprocessing": self.preprocessing.model_input() | {"override": self.preprocessing.override},
                "training_range": self.training_range.to_dict(), "variants": self.variants}
         if self.patient_rule:
@@ -170,7 +190,7 @@ class ModelCard:
 
 
 _REQUIRED = ("name", "version", "classes", "preprocessing", "variants")
-_KNOWN = set(_REQUIRED) | {"demonstration", "placeholder", "note", "training_range", "explain", "kind", "modality",
+_KNOWN = set(_REQUIRED) | {"demonstration", "placeholder", "research", "note", "training_range", "explain", "kind", "modality",
                             "validations", "patient_rule"}
 
 
@@ -218,7 +238,7 @@ def parse_card(doc: Any, path: Path) -> ModelCard:
                      demonstration=bool(doc.get("demonstration", True)), placeholder=bool(doc.get("placeholder", False)),
                      note=str(doc.get("note", "")), preprocessing=options, training_range=training_range,
                      variants=variants, explain=doc.get("explain"), kind=kind, patient_rule=rule,
-                     modality=modality, validations=tuple(doc.get("validations") or ()),
+                     modality=modality, validations=tuple(doc.get("validations") or ()), research=bool(doc.get("research", False)),
                      extra={k: v for k, v in doc.items() if k not in _KNOWN})
 
 

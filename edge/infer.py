@@ -28,11 +28,12 @@ class ModelInfo:
     variant: str = ""         # the bundle variant actually run (int8, float32, ...)
     chosen: str = ""          # how that variant was chosen: tuned on this CPU, set by the profile, default
     threads: int = 0          # interpreter threads (0: not recorded)
+    research: bool = False    # trained on public collections (edge.card.RESEARCH_BANNER)
 
     @property
     def banner(self) -> str:
         """The warning every output of this model shows ('' for a clinical model)."""
-        return banner_for(self.demonstration, self.placeholder)
+        return banner_for(self.demonstration, self.placeholder, self.research)
 
     def to_dict(self) -> dict:
         return asdict(self) | {"banner": self.banner}
@@ -40,7 +41,7 @@ class ModelInfo:
     @classmethod
     def of(cls, card: ModelCard, variant: str) -> ModelInfo:
         return cls(card.name, f"{card.version} ({variant})", card.demonstration, card.placeholder, card.note,
-                   evidence_line(card.validations), variant)
+                   evidence_line(card.validations), variant, research=card.research)
 
 
 class Classifier(Protocol):
