@@ -60,7 +60,8 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", type=Path, default=None,
                    help="TFLite model bundle folder (model.json). With --config it replaces the profile's bundle of "
                         "the same modality (CT or X-ray) and keeps the others; without, it is the only bundle. "
-                        "Default: the profile's bundles, else the bundled demonstration model")
+                        "Default: the profile's bundles, else the bundled models (CT: the demonstration model; X-ray: the "
+                        "X-ray research model edge/models/xray-research)")
     p.add_argument("--variant", default=None, help="bundle variant to run (int8, float32, ...) or auto (default): the "
                                                  "one `ctedge tune` measured fastest on this CPU, else int8. Binds the "
                                                  "profile's main bundle; another bundle lacking it runs its own auto choice")

@@ -49,7 +49,7 @@ from edge import __version__
 from edge.engine import DEFAULT_BUNDLE, Engine
 from edge.errors import UserError
 from edge.pipeline import ReadStudy
-from edge.profile import WatcherSettings, default_profile, load_profile
+from edge.profile import WatcherSettings, bundled_defaults, load_profile
 from edge.storage import fsync_path, private_dir, restrict_tree
 from edge.untrusted import printable
 
@@ -323,7 +323,7 @@ def add_watch(sub: argparse._SubParsersAction) -> None:
 
 def cmd_watch(args: argparse.Namespace) -> int:
     profile = load_profile(args.config) if args.config else None
-    engine = Engine.from_profile(profile or default_profile(DEFAULT_BUNDLE), tune_if_missing=True)
+    engine = Engine.from_profile(profile or bundled_defaults(DEFAULT_BUNDLE), tune_if_missing=True)
     dicom = None
     if profile and profile.dicom:  # receive into INBOX, send results to the profile's destinations
         from edge.dicomnet.service import DicomService
