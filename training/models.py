@@ -160,4 +160,9 @@ def load_local_weights(model: keras.Model, weights: str | Path | None) -> None:
     path = Path(weights)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: pretrained weights file not found (weights are never downloaded)")
+    if path.suffix == ".tflite":            # a quantised TFLite classifier (Coral's MobileNetV2), dequantised
+        from training.tflite_weights import load_tflite_weights
+
+        load_tflite_weights(model, path)
+        return
     model.load_weights(str(path), by_name=path.suffix == ".h5", skip_mismatch=path.suffix == ".h5")
