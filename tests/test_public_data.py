@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from edge.cli import main
-from training.public_data import NEAR_THRESHOLD, CollectionError, import_collections, phash
+from training.public_data import NEAR_CORRELATION, NEAR_THRESHOLD, CollectionError, import_collections, phash, thumbnail
 
 IEEE_COLUMNS = "patientid,offset,sex,age,finding,view,modality,folder,filename,license"
 
@@ -103,13 +103,16 @@ def test_import_reads_each_layout_keeps_frontal_views_and_removes_duplicates(tmp
     assert montage is not None and montage.shape == (30 + 128, 6 * 128) and montage[30:, :256].std() > 10
 
 
-def test_perceptual_hash_matches_a_resized_reencoded_copy_and_separates_other_pictures():
+def test_near_duplicate_test_matches_a_resized_reencoded_copy_and_separates_other_pictures():
     original = picture(5, (640, 512))
     ok, jpeg = cv2.imencode(".jpg", cv2.resize(original, (300, 240)), [cv2.IMWRITE_JPEG_QUALITY, 70])
     copy = cv2.imdecode(jpeg, cv2.IMREAD_GRAYSCALE)
     distance = lambda a, b: bin(phash(a) ^ phash(b)).count("1")  # noqa: E731
-    assert distance(original, copy) <= NEAR_THRESHOLD
-    assert min(distance(original, picture(seed, (640, 512))) for seed in range(6, 26)) > NEAR_THRESHOLD
+    correlation = lambda a, b: float(thumbnail(a) @ thumbnail(b)) / 1024  # noqa: E731
+    assert distance(original, copy) <= NEAR_THRESHOLD and correlation(original, copy) >= NEAR_CORRELATION
+    others = [picture(seed, (640, 512)) for seed in range(6, 26)]
+    assert min(distance(original, other) for other in others) > NEAR_THRESHOLD
+    assert max(correlation(original, other) for other in others) < NEAR_CORRELATION
 
 
 def test_ct_slices_keep_the_ucsd_classes_with_surrogate_patients(tmp_path):

@@ -313,7 +313,7 @@ def cmd_train_unet(args: argparse.Namespace) -> int:
 
 
 def add_data(sub: argparse._SubParsersAction) -> None:
-    from training.public_data import NEAR_THRESHOLD, PRIORITY, READERS
+    from training.public_data import NEAR_CORRELATION, NEAR_THRESHOLD, PRIORITY, READERS
 
     p = sub.add_parser("data", help="import public chest X-ray / CT-slice collections into one manifest CSV",
                        description="Work on public collections (no TensorFlow needed).")
@@ -336,7 +336,10 @@ def add_data(sub: argparse._SubParsersAction) -> None:
         q.add_argument(f"--{name}", type=Path, metavar="DIR", help=help_text)
     q.add_argument("--out", type=Path, required=True, help="folder for the manifest, summary and montages")
     q.add_argument("--near-threshold", type=int, default=NEAR_THRESHOLD,
-                   help=f"pHash Hamming distance (of 64 bits) at or under which two images are one (default {NEAR_THRESHOLD})")
+                   help=f"pHash Hamming distance (of 64 bits) at or under which two images may be one (default {NEAR_THRESHOLD})")
+    q.add_argument("--near-correlation", type=float, default=NEAR_CORRELATION,
+                   help="... and are, when their 32x32 grey thumbnails correlate at least this much "
+                        f"(default {NEAR_CORRELATION})")
     q.set_defaults(func=cmd_data_import)
 
 
@@ -344,7 +347,7 @@ def cmd_data_import(args: argparse.Namespace) -> int:
     from training.public_data import READERS, import_collections, summary_markdown
 
     sources = {name: getattr(args, name.replace("-", "_")) for name in READERS if getattr(args, name.replace("-", "_"))}
-    summary = import_collections(sources, args.out, args.near_threshold)
+    summary = import_collections(sources, args.out, args.near_threshold, args.near_correlation)
     print(summary_markdown(summary))
     print(f"wrote {args.out / 'manifest.csv'}, summary.json, summary.md, duplicates.csv and montages/")
     return 0
