@@ -14,7 +14,7 @@ import pytest
 from edge.cli import main
 from training.public_data import NEAR_CORRELATION, NEAR_THRESHOLD, CollectionError, import_collections, phash, thumbnail
 
-IEEE_COLUMNS = "patientid,offset,sex,age,finding,view,modality,folder,filename,license"
+IEEE_COLUMNS = "patientid,offset,sex,age,finding,view,modality,folder,filename,license,url"
 
 
 def picture(seed: int, size: tuple[int, int] = (320, 256)) -> np.ndarray:
@@ -46,8 +46,10 @@ def layouts(tmp_path: Path) -> dict[str, Path]:
         "3,0,F,40,No Finding,PA,X-ray,images,c.png,",
         "4,0,M,70,COVID-19,Axial,CT,images,d.png,CC BY",
         "5,0,M,70,todo,PA,X-ray,images,e.png,CC BY",
-        "6,0,M,70,COVID-19,PA,X-ray,images,absent.png,CC BY"])
-    for name, seed in (("a", 1), ("a_lat", 2), ("b", 3), ("c", 4), ("d", 5), ("e", 6)):
+        "6,0,M,70,COVID-19,PA,X-ray,images,absent.png,CC BY",
+        "7,0,M,70,COVID-19,AP,X-ray,images,img1.png,CC BY 3.0,https://github.com/ml-workgroup/covid-19-image-repository",
+        "8,0,M,70,No Finding,PA,X-ray,images,f.png,CC BY", "8,0,M,70,COVID-19,PA,X-ray,images,g.png,CC BY"])
+    for name, seed in (("a", 1), ("a_lat", 2), ("b", 3), ("c", 4), ("d", 5), ("e", 6), ("img1", 40), ("f", 41), ("g", 42)):
         write(ieee / "images" / f"{name}.png", seed)
     hannover = tmp_path / "hannover"
     write(hannover / "png" / "img1.png", 10)
@@ -58,6 +60,8 @@ def layouts(tmp_path: Path) -> dict[str, Path]:
     write(kermany / "test" / "NORMAL" / "NORMAL2-IM-0002-0001.jpeg", 21)
     write(kermany / "train" / "PNEUMONIA" / "person7_bacteria_30.jpeg", 22)
     write(kermany / "train" / "PNEUMONIA" / "person8_virus_31.jpeg", 23)
+    write(kermany / "train" / "PNEUMONIA" / "person8_virus_32_1.jpeg", 24)
+    write(kermany / "train" / "NORMAL" / "IM-0003-0001-0002.jpeg", 25)
     radiography = tmp_path / "radiography" / "COVID-19_Radiography_Dataset"
     write(radiography / "COVID" / "COVID-1.png", 30)
     write(radiography / "Normal" / "Normal-1.png", 31)
@@ -81,6 +85,7 @@ def test_import_reads_each_layout_keeps_frontal_views_and_removes_duplicates(tmp
         "IM-0001-0001.jpeg": ("healthy", "kermany", "AP"), "NORMAL2-IM-0002-0001.jpeg": ("healthy", "kermany", "AP"),
         "person7_bacteria_30.jpeg": ("other_pneumonia", "kermany", "AP"),
         "person8_virus_31.jpeg": ("other_pneumonia", "kermany", "AP"),
+        "person8_virus_32_1.jpeg": ("other_pneumonia", "kermany", "AP"), "IM-0003-0001-0002.jpeg": ("healthy", "kermany", "AP"),
         "COVID-1.png": ("covid", "radiography", "frontal"), "Normal-1.png": ("healthy", "radiography", "frontal")}
     assert rows["a.png"]["patient"] == "ieee8023:1" and rows["img1.png"]["patient"] == "hannover:p1"
     assert rows["person7_bacteria_30.jpeg"]["patient"] == "kermany:person7"
@@ -89,12 +94,14 @@ def test_import_reads_each_layout_keeps_frontal_views_and_removes_duplicates(tmp
     assert rows["c.png"]["licence"] == "not stated" and rows["img1.png"]["licence"] == "CC BY 3.0"
     assert (rows["a.png"]["width"], rows["a.png"]["height"]) == ("320", "256") and len(rows["a.png"]["sha256"]) == 64
     dropped = summary["sources"]["ieee8023"]["dropped"]
-    assert dropped == {"lateral view": 1, "not an X-ray (CT)": 1, "finding not a class (todo)": 1, "file absent": 1}
+    assert dropped == {"lateral view": 1, "not an X-ray (CT)": 1, "finding not a class (todo)": 1, "file absent": 1,
+                       "patient with films in two classes": 2}
     assert summary["sources"]["hannover"]["dropped"] == {"lateral view": 1}
     dup = summary["duplicates"]
-    assert (dup["exact_pairs"], dup["near_pairs"], dup["removed"]) == (1, 1, 2)
-    assert dup["pairs_by_sources"] == {"hannover~radiography (exact)": 1, "kermany~radiography (near)": 1}
-    assert summary["counts"]["healthy"]["kermany"] == {"AP": 2}
+    assert (dup["exact_pairs"], dup["near_pairs"], dup["same_id_pairs"], dup["removed"]) == (1, 1, 1, 3)
+    assert dup["pairs_by_sources"] == {"hannover~ieee8023 (same id)": 1, "hannover~radiography (exact)": 1,
+                                       "kermany~radiography (near)": 1}
+    assert summary["counts"]["healthy"]["kermany"] == {"AP": 3}
     assert summary["training_data"]["sources"]["radiography"] == {"covid": 1, "healthy": 1}
     assert summary["training_data"]["non_commercial"] is True
     assert json.loads((tmp_path / "out" / "summary.json").read_text()) == summary

@@ -4,7 +4,9 @@ Each layout has a reader that lists its images with class, patient (or a stated 
 licence, and counts what it drops (lateral and unstated views, CT rows of X-ray metadata, findings that
 are no class, files absent from the snapshot). Every kept image is then hashed (sha256 of its bytes and
 a 64-bit pHash of its grey pixels) and exact and near duplicates are removed across and within sources,
-keeping the copy of the source earliest in ``PRIORITY``. Near duplicates: pHash within ``NEAR_THRESHOLD`` bits
+keeping the copy of the source earliest in ``PRIORITY``; the Hannover images that ieee8023 re-publishes
+(padded to a square, beyond a perceptual match) are known by their image id. A patient whose films fall
+in two classes (ieee8023 lists baseline films of COVID-19 patients as No Finding) is dropped. Near duplicates: pHash within ``NEAR_THRESHOLD`` bits
 *and* a correlation of at least ``NEAR_CORRELATION`` between the two 32x32 grey thumbnails (chest films are
 so alike that an 8x8 pHash alone pairs different patients: on the real collections, distance 6 gave ~10,000
 pairs of different Radiography images; the correlation keeps the resized and re-encoded copies, >= 0.99). Written to OUT: ``manifest.csv`` (columns
@@ -66,6 +68,7 @@ class Entry:
     view: str
     source: str
     licence: str
+    origin: str = ""           # 'hannover:<image id>' for a Hannover image, also when another collection re-publishes it
 
 
 Listing = tuple[list[Entry], Counter]           # the images kept, and drop reason -> count
@@ -108,8 +111,14 @@ def read_ieee8023(root: Path) -> Listing:
         else:
             kept.append(Entry(root / row["folder"] / row["filename"], IEEE8023_CLASSES[row["finding"].strip()],
                               f"ieee8023:{row['patientid'].strip()}", FRONTAL[view], "ieee8023",
-                              row["license"].strip() or "not stated"))
+                              row["license"].strip() or "not stated", _hannover_origin(row)))
     return kept, dropped
+
+
+def _hannover_origin(row: dict[str, str]) -> str:
+    """ieee8023 re-publishes Hannover images (url: the Hannover repository, file name: its image id), re-sized
+    and padded beyond what a perceptual hash matches: they are known by that id."""
+    return f"hannover:{Path(row['filename']).stem}" if "ml-workgroup/covid-19-image-repository" in (row.get("url") or "") else ""
 
 
 def read_hannover(root: Path) -> Listing:
@@ -127,12 +136,13 @@ def read_hannover(root: Path) -> Listing:
         elif not path.is_file():
             dropped["file absent"] += 1
         else:
-            kept.append(Entry(path, "covid", f"hannover:{row['patient_id'].strip()}", FRONTAL[view], "hannover", "CC BY 3.0"))
+            kept.append(Entry(path, "covid", f"hannover:{row['patient_id'].strip()}", FRONTAL[view], "hannover", "CC BY 3.0",
+                              f"hannover:{row['image_id'].strip()}"))
     return kept, dropped
 
 
-KERMANY_PNEUMONIA = re.compile(r"(person\d+)_(bacteria|virus)_\d+$")
-KERMANY_NORMAL = re.compile(r"((?:NORMAL2-)?IM-\d+)-\d+$")
+KERMANY_PNEUMONIA = re.compile(r"(person\d+)_(bacteria|virus)_\d+(?:_\d+)*$")
+KERMANY_NORMAL = re.compile(r"((?:NORMAL2-)?IM-\d+)-\d+(?:-\d+)*$")
 
 
 def read_kermany(root: Path) -> Listing:
@@ -251,14 +261,18 @@ def correlation(a: Image, b: Image) -> float:
 
 def find_duplicates(images: list[Image], threshold: int = NEAR_THRESHOLD,
                     min_correlation: float = NEAR_CORRELATION) -> list[tuple[int, int, str]]:
-    """Pairs (i, j, 'exact' | 'near') of images that are one: equal sha256, or pHash within ``threshold`` bits
-    and thumbnails correlated at least ``min_correlation``."""
-    pairs, first = [], {}
+    """Pairs (i, j, 'exact' | 'near' | 'same id') of images that are one: equal sha256, or pHash within
+    ``threshold`` bits and thumbnails correlated at least ``min_correlation``, or the same ``origin``."""
+    pairs, first, origins = [], {}, {}
     for i, image in enumerate(images):
         if image.sha256 in first:
             pairs.append((first[image.sha256], i, "exact"))
         else:
             first[image.sha256] = i
+        if image.entry.origin and image.entry.origin in origins:
+            pairs.append((origins[image.entry.origin], i, "same id"))
+        if image.entry.origin:
+            origins.setdefault(image.entry.origin, i)
     hashes = np.array([image.phash for image in images], dtype=np.uint64)
     for start in range(0, len(images), 512):
         block = hashes[start:start + 512, None] ^ hashes[None, :]
@@ -341,6 +355,13 @@ def import_collections(sources: dict[str, Path], out: Path, threshold: int = NEA
             images.append(image)
     pairs = find_duplicates(images, threshold, min_correlation)
     kept, dropped = deduplicate(images, pairs)
+    classes = defaultdict(set)
+    for im in kept:
+        classes[im.entry.patient].add(im.entry.label)
+    for im in (im for im in kept if len(classes[im.entry.patient]) > 1):
+        reasons = report[im.entry.source]["dropped"]
+        reasons["patient with films in two classes"] = reasons.get("patient with films in two classes", 0) + 1
+    kept = [im for im in kept if len(classes[im.entry.patient]) == 1]
     out.mkdir(parents=True, exist_ok=True)
     _write_duplicates(out / "duplicates.csv", images, pairs)
     manifest = out / "manifest.csv"
@@ -393,7 +414,8 @@ def _summary(kept: list[Image], images: list[Image], pairs: list[tuple[int, int,
         "duplicates": {"hash": "sha256 of the file, and 64-bit pHash (DCT of the 32x32 grey image) confirmed by the "
                                "correlation of 32x32 grey thumbnails",
                        "near_threshold_bits": threshold, "near_min_correlation": min_correlation, "exact_pairs": sum(k == "exact" for *_, k in pairs),
-                       "near_pairs": sum(k == "near" for *_, k in pairs), "removed": dropped.get("duplicate", 0),
+                       "near_pairs": sum(k == "near" for *_, k in pairs), "same_id_pairs": sum(k == "same id" for *_, k in pairs),
+                       "removed": dropped.get("duplicate", 0),
                        "removed_conflicting_classes": dropped.get("duplicates with conflicting classes", 0),
                        "pairs_by_sources": dict(sorted(by_pair.items())), "kept_from": list(PRIORITY)},
         "training_data": {"sources": {s: dict(c) for s, c in sorted(sources.items())}, "licences": dict(licences.most_common()),
@@ -417,7 +439,8 @@ def summary_markdown(summary: dict) -> str:
     d = summary["duplicates"]
     lines += ["", f"Duplicates ({d['hash']}; near = pHash Hamming distance <= {d['near_threshold_bits']} bits and thumbnail correlation >= "
                   f"{d['near_min_correlation']}): "
-                  f"{d['exact_pairs']} exact and {d['near_pairs']} near pairs; {d['removed']} images removed, "
+                  f"{d['exact_pairs']} exact, {d['near_pairs']} near and {d['same_id_pairs']} same-id pairs (ieee8023 "
+                  f"re-publishing Hannover images); {d['removed']} images removed, "
                   f"{d['removed_conflicting_classes']} more dropped where copies disagreed on the class; "
                   f"the copy kept is from the earliest of {', '.join(d['kept_from'])}.", "",
               "| sources (kind) | pairs |", "|---|---:|"]
