@@ -104,6 +104,8 @@ def test_import_reads_each_layout_keeps_frontal_views_and_removes_duplicates(tmp
     assert summary["counts"]["healthy"]["kermany"] == {"AP": 3}
     assert summary["training_data"]["sources"]["radiography"] == {"covid": 1, "healthy": 1}
     assert summary["training_data"]["non_commercial"] is True
+    assert [b.split(":")[0] for b in summary["known_biases"]] == ["ieee8023 (covid-chestxray)", "Hannover", "Kermany",
+                                                                    "COVID-19 Radiography"]
     assert json.loads((tmp_path / "out" / "summary.json").read_text()) == summary
     assert "| covid | hannover | AP | 1 |" in (tmp_path / "out" / "summary.md").read_text()
     montage = cv2.imread(str(tmp_path / "out" / "montages" / "kermany_other_pneumonia.png"), cv2.IMREAD_GRAYSCALE)

@@ -48,6 +48,19 @@ FRONTAL = {"PA": "PA", "AP": "AP", "AP SUPINE": "AP supine", "AP ERECT": "AP"}
 LATERAL = {"L", "LL", "LAT", "LATERAL", "RL"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
 MONTAGE_TILES, TILE = 36, 128
+KNOWN_BIASES = {   # what each collection ties to its classes, in plain words (carried into summary.json and the card)
+    "ieee8023": "ieee8023 (covid-chestxray): many images are cut from papers and case reports (crops, arrows, "
+                "captions), often ICU AP supine films of severe cases.",
+    "hannover": "Hannover: every image is COVID-19, mostly portable AP films of ICU patients with lines and tubes, "
+                "from one hospital.",
+    "kermany": "Kermany: pediatric patients aged 1-5 from one Guangzhou hospital; all its normals and non-COVID "
+               "pneumonias are children, so age and hospital tie to the class.",
+    "radiography": "COVID-19 Radiography: no patient ids (one surrogate per image, so several images of one patient "
+                   "can fall on both sides of a split); images resized to 224x224; its normals mix Kermany pediatric "
+                   "films and adult RSNA films, its COVID images come from many web collections.",
+    "ucsd-ct": "UCSD COVID-CT: COVID slices are cut from paper figures (varied size, contrast, annotations), non-COVID "
+               "slices from other sources; no patient ids (surrogates: source paper / image number).",
+}
 IEEE8023_CLASSES = {
     "COVID-19": "covid", "COVID-19, ARDS": "covid", "No Finding": "healthy",
     **{f: "other_pneumonia" for f in ("Pneumocystis", "Streptococcus", "SARS", "Pneumonia", "Klebsiella",
@@ -418,6 +431,7 @@ def _summary(kept: list[Image], images: list[Image], pairs: list[tuple[int, int,
                        "removed": dropped.get("duplicate", 0),
                        "removed_conflicting_classes": dropped.get("duplicates with conflicting classes", 0),
                        "pairs_by_sources": dict(sorted(by_pair.items())), "kept_from": list(PRIORITY)},
+        "known_biases": [KNOWN_BIASES[name] for name in report],
         "training_data": {"sources": {s: dict(c) for s, c in sorted(sources.items())}, "licences": dict(licences.most_common()),
                           "non_commercial": any("NC" in licence for licence in licences),
                           "manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest()},
