@@ -255,7 +255,11 @@ class Image:
 
 
 def _hash(entry: Entry) -> Image | None:
-    data = entry.path.read_bytes()
+    """The image's hashes and size; None when the file cannot be read or decoded."""
+    try:
+        data = entry.path.read_bytes()
+    except OSError:
+        return None
     grey = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
     if grey is None or grey.size == 0:
         return None
@@ -269,6 +273,7 @@ def thumbnail(grey: np.ndarray) -> np.ndarray:
 
 
 def correlation(a: Image, b: Image) -> float:
+    """Correlation of the two images' 32x32 grey thumbnails (1: the same picture up to brightness and contrast)."""
     return float(a.thumb @ b.thumb) / a.thumb.size
 
 
@@ -282,10 +287,10 @@ def find_duplicates(images: list[Image], threshold: int = NEAR_THRESHOLD,
             pairs.append((first[image.sha256], i, "exact"))
         else:
             first[image.sha256] = i
-        if image.entry.origin and image.entry.origin in origins:
+        if image.entry.origin in origins:
             pairs.append((origins[image.entry.origin], i, "same id"))
-        if image.entry.origin:
-            origins.setdefault(image.entry.origin, i)
+        elif image.entry.origin:
+            origins[image.entry.origin] = i
     hashes = np.array([image.phash for image in images], dtype=np.uint64)
     for start in range(0, len(images), 512):
         block = hashes[start:start + 512, None] ^ hashes[None, :]
