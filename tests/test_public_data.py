@@ -167,7 +167,9 @@ def test_cli_prints_the_summary_and_writes_the_manifest(tmp_path, capsys):
     kermany = tmp_path / "kermany"
     write(kermany / "NORMAL" / "IM-0001-0001.jpeg", 1)
     write(kermany / "PNEUMONIA" / "person3_virus_9.jpeg", 2)
+    (kermany / "PNEUMONIA" / "person4_virus_10.jpeg").write_bytes(b"not a picture")
     assert main(["data", "import", "--kermany", str(kermany), "--out", str(tmp_path / "out")]) == 0
     printed = capsys.readouterr().out
     assert "| other_pneumonia | kermany | AP | 1 |" in printed and "manifest.csv" in printed
+    assert "| kermany | 3 | unreadable image: 1 |" in printed
     assert len(manifest_rows(tmp_path / "out")) == 2
