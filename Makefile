@@ -47,14 +47,13 @@ demo-slice-model: $(TRAIN)
 
 # Retrain and re-export the X-ray research model (docs/models-research.md; about 40 min on 2 shared cores, a
 # rerun of the head minutes: trunk features are cached in $(XRAY_RUN)-features). XRAY_MANIFEST: the manifest
-# CSV of the public collections (patient,class,path,source,...); CORAL: google-coral/test_data's folder.
+# CSV of the public collections (patient,class,path,source,...), capped per class and source.
 XRAY_MANIFEST ?= ../data/xraytrain/m700/manifest.csv
 XRAY_CALIBRATION ?= ../data/xraytrain/m700/calibration.csv
 XRAY_RESEARCH ?= training/xray_research_card.json
-CORAL ?= ../data/coral
 XRAY_RUN ?= runs/xray-research
 xray-model: $(TRAIN)
-	$(BIN)/ctedge train $(XRAY_MANIFEST) --modality xray --arch mobilenetv2 --weights $(CORAL)/mobilenet_v2_1.0_224_quant.tflite \
+	$(BIN)/ctedge train $(XRAY_MANIFEST) --modality xray --arch mobilenetv2 --weights training/pretrained/mobilenet_v2_1.0_224_quant.tflite \
 		--freeze-epochs 100 --epochs 0 --patience 10 --lr 1e-3 --folds 3 --test-fraction 0.2 --batch-size 32 \
 		--feature-cache $(XRAY_RUN)-features --out $(XRAY_RUN)
 	$(BIN)/ctedge xray-shortcuts $(XRAY_MANIFEST) --run $(XRAY_RUN) --feature-cache $(XRAY_RUN)-features

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 from pathlib import Path
 
-from edge.card import DEMONSTRATION_NOTE, RESEARCH_NOTE
+from edge.card import DEMONSTRATION_NOTE
 from edge.errors import UserError
 from training.cli import NO_NETWORK, _require_tensorflow
 
@@ -30,36 +29,35 @@ def add_quantize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-slices", type=int, default=500,
                    help="calibration (and, for slice models, fidelity) slices at most (100-500 advised)")
     p.add_argument("--clinical", action="store_true", help="do not mark the bundle as a demonstration model")
-    p.add_argument("--note", default=None, help="the card's note (default: the demonstration note, or with --research "
-                                             "the research note)")
-    p.add_argument("--research", type=Path, default=None,
-                   help="slice/X-ray runs: JSON with training_data (sources, counts, licences, non-commercial terms) "
-                        "and known_biases: the bundle becomes a research model (trained on public data, not "
-                        "validated for clinical use), shown so wherever it is named")
+    p.add_argument("--note", default=DEMONSTRATION_NOTE)
+    p.add_argument("--research", type=Path, default=None, metavar="SUMMARY_JSON",
+                   help="slice/X-ray runs: a research model trained on public data (status research): the "
+                        "summary.json of `ctedge data import` gives the card's training_data and known_biases")
+    p.add_argument("--known-bias", action="append", default=[], metavar="SENTENCE",
+                   help="with --research: one more known bias for the card (repeatable)")
     p.set_defaults(func=cmd_quantize)
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
     _require_tensorflow()
     from quantize.bundle import quantize_run
-    from quantize.slice_bundle import quantize_slice_run
+    from quantize.slice_bundle import quantize_slice_run, research_fields
     from training.slice_train import is_slice_run
 
     command = "ctedge " + shlex.join(sys.argv[1:])
+    if args.research and (args.clinical or not is_slice_run(args.run)):
+        raise UserError("--research", "is for runs of ctedge train --arch (slice and X-ray models), not with --clinical")
     if is_slice_run(args.run):
-        research = _research(args.research) if args.research else None
-        note = args.note or (RESEARCH_NOTE if research else DEMONSTRATION_NOTE)
+        research = research_fields(args.research, args.known_bias) if args.research else None
         result = quantize_slice_run(args.run, args.calibration, args.out, args.name or args.run.name, args.version,
-                                    args.max_slices, args.clinical, note, command, research)
+                                    args.max_slices, args.clinical, args.note, command, research)
         card = result.card
         rule = f"; patient rule {card.patient_rule.to_dict()}" if card.patient_rule else ""
         print(f"{card.kind} bundle: {card.path} ({card.extra['calibration']['slices']} calibration images{rule})")
         print(result.table)
         return 0
-    if args.research:
-        raise UserError("--research", "research bundles are slice or X-ray models (ctedge train --arch ...)")
     result = quantize_run(args.run, args.calibration, args.out, args.name or "cnn-bilstm", args.version,
-                          args.max_slices, args.clinical, args.note or DEMONSTRATION_NOTE, command=command)
+                          args.max_slices, args.clinical, args.note, command=command)
     card = result.card
     print(f"bundle: {card.path} ({card.extra['calibration']['groups']} calibration groups)")
     print(result.table)
@@ -69,18 +67,6 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     print(f"ONNX encoder for TensorRT: {card.bundle / onnx['file']} (opset {onnx['opset']}); "
           f"on the Jetson, in the bundle folder: {onnx['trtexec']}")
     return 0
-
-
-def _research(path: Path) -> dict:
-    """The ``--research`` JSON: ``training_data`` (an object) and ``known_biases`` (a list of strings)."""
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise UserError(path, f"cannot be read as JSON ({exc})") from exc
-    if not isinstance(doc, dict) or not isinstance(doc.get("training_data"), dict) \
-            or not isinstance(doc.get("known_biases"), list) or not doc["known_biases"]:
-        raise UserError(path, "needs training_data (an object) and known_biases (a non-empty list)")
-    return {"training_data": doc["training_data"], "known_biases": [str(b) for b in doc["known_biases"]]}
 
 
 def add_quantize_unet(sub: argparse._SubParsersAction) -> None:

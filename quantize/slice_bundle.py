@@ -11,6 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 from edge.card import CARD_FILE, DEMONSTRATION_NOTE, parse_card, write_card
+from edge.errors import UserError
 from edge.infer import SliceClassifier
 from quantize.bundle import QuantizeResult
 from quantize.convert import convert, export_slice_explain
@@ -20,8 +21,22 @@ from training.slice_train import load_slice_run
 from training.train import prepare_records, read_run_preprocessing
 
 SLICE_VARIANTS = ("float32", "int8")
+RESEARCH_NOTE = ("Research model trained on public collections; its figures are from those collections, not from "
+                 "this site. Not validated for clinical use.")
 PLACEHOLDER_NOTE = ("Untrained (placeholder) model: converted with its initial weights to measure speed and size only; "
                     "its verdicts carry no information. Not for clinical use.")
+
+
+def research_fields(summary: Path, known_biases: list[str]) -> dict:
+    """The card fields of a research model from the summary.json of ``ctedge data import`` (its
+    ``training_data`` and ``known_biases``) and further known biases; UserError names a bad file."""
+    try:
+        doc = json.loads(summary.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(summary, f"cannot read the data summary ({exc})") from exc
+    if not isinstance(doc, dict) or "training_data" not in doc:
+        raise UserError(summary, "not a summary.json of ctedge data import (it has no training_data)")
+    return {"training_data": doc["training_data"], "known_biases": list(doc.get("known_biases", [])) + known_biases}
 
 
 def calibration_slices(studies: list[np.ndarray], max_slices: int) -> list[np.ndarray]:
@@ -60,7 +75,7 @@ def quantize_slice_run(run: Path, calibration: Path, out: Path, name: str, versi
     the ``calibration`` studies, preprocessed with the run's options), export the float32 Grad-CAM
     model, write the bundle and compare every variant with the Keras model on those studies' slices.
     A run trained for no epoch gives a placeholder bundle (flagged so, and so on every output). ``research``
-    (``training_data``, ``known_biases``) makes it a research bundle (``edge.card.RESEARCH_BANNER``); an
+    (``training_data`` and ``known_biases``, see :func:`research_fields`) makes it a research model; an
     X-ray run's ``report.json`` becomes the card's ``validation``."""
     model, config = load_slice_run(run)
     options, training_range = read_run_preprocessing(run)
@@ -84,9 +99,8 @@ def quantize_slice_run(run: Path, calibration: Path, out: Path, name: str, versi
             "explain": export_slice_explain(model, config["gradcam_layer"], out, shape),
             "calibration": {"studies": str(calibration), "slices": len(slices)},
             "trained_with": config, "converted_with": command}
-    if research is not None and not untrained:
-        card |= {"demonstration": False, "research": True, "note": note, "training_data": research["training_data"],
-                 "known_biases": research["known_biases"]}
+    if research and not untrained:
+        card |= {"status": "research", "note": note if note != DEMONSTRATION_NOTE else RESEARCH_NOTE} | research
     if (run / "report.json").is_file():
         card["validation"] = validation_summary(json.loads((run / "report.json").read_text()))
     parsed = parse_card(card, out / CARD_FILE)

@@ -30,13 +30,14 @@ def test_the_research_card_names_its_data_and_validation():
     assert (card.kind, card.modality, card.classes) == ("image", "xray", CLASSES)
     assert card.status == "research" and "research model" in card.banner.lower()
     assert {"int8"} <= set(card.variants) and card.explain
-    training = card.extra["training_data"]
-    assert training["images"] > 1000 and len(training["sources"]) >= 4 and training["noncommercial_images"] > 0
+    training = card.training_data
+    assert training["images"] > 1000 and len(training["sources"]) >= 4 and training["non_commercial"]
+    assert sum(n for counts in training["sources"].values() for n in counts.values()) == training["images"]
     holdout = card.extra["validation"]["holdout"]
     for c in CLASSES:
         low, high = holdout["per_class"][c]["sensitivity_95"]
         assert 0 <= low <= holdout["per_class"][c]["sensitivity"] <= high <= 1
-    assert card.extra["known_biases"]
+    assert card.known_biases
 
 
 def test_predict_routes_a_real_radiograph_to_the_research_model(rg1, tmp_path, capsys):

@@ -80,18 +80,20 @@ def test_xray_shortcuts_command_on_a_tiny_run(tmp_path):
     assert (run / "shortcuts" / "source_confusion.png").is_file()
     # the run as a research bundle: its card names the data, the biases and the hold-out with intervals
     research = tmp_path / "research.json"
-    research.write_text(json.dumps({"training_data": {"sources": ["s0", "s1"], "images": 18}, "known_biases": ["tiny"]}))
+    research.write_text(json.dumps({"training_data": {"sources": {"s0": {"covid": 9}, "s1": {"healthy": 9}},
+                                                      "licences": {"CC BY": 18}, "non_commercial": False,
+                                                      "manifest_sha256": "0" * 64}, "known_biases": ["tiny"]}))
     bundle = tmp_path / "bundle"
     assert main(["quantize", str(run), "--calibration", str(manifest), "--out", str(bundle), "--max-slices", "6",
                  "--research", str(research)]) == 0
     card = load_card(bundle)
-    assert (card.status, card.banner, card.demonstration) == ("research", RESEARCH_BANNER, False)
-    assert card.extra["training_data"]["images"] == 18 and card.extra["known_biases"] == ["tiny"]
+    assert (card.status, card.banner) == ("research", RESEARCH_BANNER)
+    assert card.training_data["licences"] == {"CC BY": 18} and card.known_biases == ("tiny",)
     holdout = card.extra["validation"]["holdout"]
     assert holdout["n"] == 6
     for c in CLASSES:
         low, high = holdout["per_class"][c]["f1_95"] or (0.0, 1.0)
         assert 0 <= low <= high <= 1
-    research.write_text(json.dumps({"training_data": {}}))
+    research.write_text(json.dumps({"known_biases": ["no training_data"]}))
     assert main(["quantize", str(run), "--calibration", str(manifest), "--out", str(tmp_path / "b2"),
                  "--research", str(research)]) == 2

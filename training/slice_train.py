@@ -13,7 +13,6 @@ random augmentation per slice; validation images never are.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import asdict, dataclass, field, replace
@@ -35,6 +34,7 @@ from training.models import StandardizedConv2D
 from training.plots import plot_training_curves
 from training.recipes import RECIPES, Recipe, learning_rate
 from training.train import SliceBatches, prepare_records, write_run_preprocessing
+from training.trunk import weights_provenance
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +211,7 @@ def train_slice_run(records: list[StudyRecord], run_dir: Path, config: SliceTrai
     doc = asdict(config) | {"kind": config.kind, "classes": list(config.classes), "gradcam_layer": built.gradcam_layer,
                             "augmentation": config.augmentation, "selected_epoch": selected,
                             "n_train_slices": len(y), "n_val_slices": len(yv),
-                            "weights_sha256": _sha256(Path(config.weights)) if config.weights else None}
+                            "weights_file": weights_provenance(config.weights) if config.weights else None}
     (run_dir / "config.json").write_text(json.dumps(doc, indent=2, default=str))
     (run_dir / "history.json").write_text(json.dumps(history, indent=2))
     (run_dir / "split.json").write_text(json.dumps(split_names, indent=2))
@@ -220,10 +220,6 @@ def train_slice_run(records: list[StudyRecord], run_dir: Path, config: SliceTrai
         plot_training_curves(curves, run_dir / "training_slices.png", title=f"Training, {config.arch} slices",
                              note=DEMONSTRATION_BANNER.lower() if len(records) < 30 else "")
     return SliceRun(model, built.gradcam_layer, history, split_names, selected)
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _fit_head_on_features(model: keras.Model, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray],
