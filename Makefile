@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TRAIN := $(VENV)/.train-extra
 
-.PHONY: demo test test-fast lint demo-model demo-slice-model bundle clean
+.PHONY: demo test test-fast lint demo-model demo-slice-model xray-model bundle clean
 
 # The virtual environment is created once; the installs below rerun only when pyproject.toml changes
 # (pip then finds what is already installed and only refreshes the editable ctedge).
@@ -59,6 +59,21 @@ demo-slice-model: $(TRAIN)
 		--slice-labels ../shared/data/covid-ct-md/slice_labels.csv --out runs/demo-slice
 	$(BIN)/ctedge quantize runs/demo-slice --calibration training/demo_studies.csv --out edge/models/demo-slice \
 		--name small-cnn-slice-demo --version 0.1.0 --max-slices 200
+
+# Retrain and re-export the X-ray research model (docs/models-research.md; about 40 min on 2 shared cores, a
+# rerun of the head minutes: trunk features are cached in $(XRAY_RUN)-features). XRAY_MANIFEST: the manifest
+# CSV of the public collections (patient,class,path,source,...), capped per class and source.
+XRAY_MANIFEST ?= ../data/xraytrain/m700/manifest.csv
+XRAY_CALIBRATION ?= ../data/xraytrain/m700/calibration.csv
+XRAY_RESEARCH ?= training/xray_research_card.json
+XRAY_RUN ?= runs/xray-research
+xray-model: $(TRAIN)
+	$(BIN)/ctedge train $(XRAY_MANIFEST) --modality xray --arch mobilenetv2 --weights training/pretrained/mobilenet_v2_1.0_224_quant.tflite \
+		--freeze-epochs 100 --epochs 0 --patience 10 --lr 1e-3 --folds 3 --test-fraction 0.2 --batch-size 32 \
+		--feature-cache $(XRAY_RUN)-features --out $(XRAY_RUN)
+	$(BIN)/ctedge xray-shortcuts $(XRAY_MANIFEST) --run $(XRAY_RUN) --feature-cache $(XRAY_RUN)-features
+	$(BIN)/ctedge quantize $(XRAY_RUN) --calibration $(XRAY_CALIBRATION) --out edge/models/xray-research \
+		--name xray-research --version 0.1.0 --max-slices 300 --research $(XRAY_RESEARCH)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import yaml
 
-from edge.card import ModelCard, load_card
+from edge.card import CARD_FILE, ModelCard, load_card
 from edge.errors import ModelLoadError, UserError
 from edge.options import PipelineOptions
 
@@ -121,9 +121,21 @@ class Profile:
 INTERNAL_FIELDS = ("source", "pipeline_keys")
 
 
-def default_profile(bundle: Path) -> Profile:
-    """A profile with every default and the given model bundle (what ``ctedge predict`` uses without --config)."""
-    return Profile(name="default", description="defaults", model=ModelSettings(bundle=bundle))
+DEFAULT_XRAY_BUNDLE = Path(__file__).resolve().parent / "models" / "xray-research"
+"""The bundled X-ray research model: what a device without a profile reads X-ray studies with."""
+
+
+def default_profile(bundle: Path, more_bundles: tuple[Path, ...] = ()) -> Profile:
+    """A profile with every default and the given model bundles (what ``ctedge predict`` uses without --config)."""
+    return Profile(name="default", description="defaults", model=ModelSettings(bundle=bundle, more_bundles=more_bundles))
+
+
+def bundled_defaults(default_bundle: Path) -> Profile:
+    """The defaults without a profile or ``--model``: ``default_bundle``, and for X-ray studies the bundled
+    X-ray research model (:data:`DEFAULT_XRAY_BUNDLE`) when it is installed and ``default_bundle`` reads CT."""
+    xray = DEFAULT_XRAY_BUNDLE
+    more = (xray,) if (xray / CARD_FILE).is_file() and load_card(default_bundle).modality != "xray" else ()
+    return default_profile(default_bundle, more)
 
 
 def with_model(profile: Profile, bundle: Path | None = None, variant: str | None = None,
@@ -147,9 +159,10 @@ def command_profile(config: Path | None, bundle: Path | None, default_bundle: Pa
                     threads: int | None = None) -> Profile:
     """The profile that a command's ``--config``, ``--model``, ``--variant`` and ``--threads`` describe:
     the device profile with ``bundle`` in place of its bundle of the same modality (see
-    :func:`with_model`), or without a profile the defaults with ``bundle`` alone (else ``default_bundle``)."""
+    :func:`with_model`), or without a profile the defaults with ``bundle`` alone (else :func:`bundled_defaults`)."""
     if config is None:
-        return with_model(default_profile(bundle or default_bundle), variant=variant, threads=threads)
+        base = default_profile(bundle) if bundle else bundled_defaults(default_bundle)
+        return with_model(base, variant=variant, threads=threads)
     return with_model(load_profile(config), bundle, variant, threads)
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 from edge.card import CARD_FILE, DEMONSTRATION_NOTE, parse_card, write_card
+from edge.errors import UserError
 from edge.infer import SliceClassifier
 from quantize.bundle import QuantizeResult
 from quantize.convert import convert, export_slice_explain
@@ -20,8 +21,22 @@ from training.slice_train import load_slice_run
 from training.train import prepare_records, read_run_preprocessing
 
 SLICE_VARIANTS = ("float32", "int8")
+RESEARCH_NOTE = ("Research model trained on public collections; its figures are from those collections, not from "
+                 "this site. Not validated for clinical use.")
 PLACEHOLDER_NOTE = ("Untrained (placeholder) model: converted with its initial weights to measure speed and size only; "
                     "its verdicts carry no information. Not for clinical use.")
+
+
+def research_fields(summary: Path, known_biases: list[str]) -> dict:
+    """The card fields of a research model from the summary.json of ``ctedge data import`` (its
+    ``training_data`` and ``known_biases``) and further known biases; UserError names a bad file."""
+    try:
+        doc = json.loads(summary.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(summary, f"cannot read the data summary ({exc})") from exc
+    if not isinstance(doc, dict) or "training_data" not in doc:
+        raise UserError(summary, "not a summary.json of ctedge data import (it has no training_data)")
+    return {"training_data": doc["training_data"], "known_biases": list(doc.get("known_biases", [])) + known_biases}
 
 
 def calibration_slices(studies: list[np.ndarray], max_slices: int) -> list[np.ndarray]:
@@ -34,12 +49,34 @@ def calibration_slices(studies: list[np.ndarray], max_slices: int) -> list[np.nd
     return list(chosen)
 
 
+def validation_summary(report: dict) -> dict:
+    """The card's ``validation`` of an X-ray run (its ``report.json``): the hold-out per class and macro
+    sensitivity, specificity and F1 with patient-bootstrap 95% intervals, and the validation folds' macro
+    mean and spread."""
+    doc: dict = {"unit": report["unit"], "final_model": report["final_model"]["description"],
+                 "folds_macro": report["folds_summary"]["macro"]}
+    held = report.get("holdout")
+    if held:
+        boot = held["bootstrap_95"]
+        doc["holdout"] = {
+            "n": held["n"], "accuracy": held["accuracy"], "note": "never used for fitting, early stopping or choice",
+            "per_class": {c: {k: v for m in ("sensitivity", "specificity", "f1")
+                              for k, v in ((m, held["per_class"][c][m]), (f"{m}_95", boot["per_class"][c][m]))}
+                          | {"support": held["per_class"][c]["support"]} for c in held["per_class"]},
+            "macro": {k: v for m in ("sensitivity", "specificity", "f1")
+                      for k, v in ((m, held["macro"][m]), (f"{m}_95", boot["macro"][m]))}}
+    return doc
+
+
 def quantize_slice_run(run: Path, calibration: Path, out: Path, name: str, version: str, max_slices: int = 200,
-                       clinical: bool = False, note: str = DEMONSTRATION_NOTE, command: str = "") -> QuantizeResult:
+                       clinical: bool = False, note: str = DEMONSTRATION_NOTE, command: str = "",
+                       research: dict | None = None) -> QuantizeResult:
     """Convert the run's slice model to float32 and int8 TFLite (int8 calibrated on real kept slices of
     the ``calibration`` studies, preprocessed with the run's options), export the float32 Grad-CAM
     model, write the bundle and compare every variant with the Keras model on those studies' slices.
-    A run trained for no epoch gives a placeholder bundle (flagged so, and so on every output)."""
+    A run trained for no epoch gives a placeholder bundle (flagged so, and so on every output). ``research``
+    (``training_data`` and ``known_biases``, see :func:`research_fields`) makes it a research model; an
+    X-ray run's ``report.json`` becomes the card's ``validation``."""
     model, config = load_slice_run(run)
     options, training_range = read_run_preprocessing(run)
     prepared = prepare_records(discover(calibration), options, config.get("modality", "ct"))
@@ -62,6 +99,10 @@ def quantize_slice_run(run: Path, calibration: Path, out: Path, name: str, versi
             "explain": export_slice_explain(model, config["gradcam_layer"], out, shape),
             "calibration": {"studies": str(calibration), "slices": len(slices)},
             "trained_with": config, "converted_with": command}
+    if research and not untrained:
+        card |= {"status": "research", "note": note if note != DEMONSTRATION_NOTE else RESEARCH_NOTE} | research
+    if (run / "report.json").is_file():
+        card["validation"] = validation_summary(json.loads((run / "report.json").read_text()))
     parsed = parse_card(card, out / CARD_FILE)
     write_card(parsed)
     predictors = {"keras": lambda s: model(s[None, ..., None].astype(np.float32), training=False).numpy()[0]}

@@ -45,9 +45,13 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--recipe", choices=tuple(RECIPES), default=None,
                    help="slice models (default: " + ", ".join(f"{v} for {k}" for k, v in DEFAULT_RECIPE.items()) + "): "
                         + "; ".join(f"{n}: {r.note}" for n, r in RECIPES.items()))
-    p.add_argument("--weights", type=Path, default=None, help="slice models: local file of pretrained trunk weights")
+    p.add_argument("--weights", type=Path, default=None, help="slice models: local file of pretrained trunk weights (.h5; for mobilenetv2 also the uint8 TFLite "
+                   "training/pretrained/mobilenet_v2_1.0_224_quant.tflite, dequantised)")
     p.add_argument("--freeze-epochs", type=int, default=0,
                    help="slice models: train only the head for this many epochs first, the trunk frozen")
+    p.add_argument("--feature-cache", type=Path, default=None,
+                   help="slice models: folder caching the frozen trunk's pooled features of each image; the "
+                        "--freeze-epochs stage then trains the head on them (unaugmented), so a rerun takes minutes")
     p.add_argument("--epochs", type=int, default=30, help="slice models: epochs (default 30)")
     p.add_argument("--input-size", type=int, default=None, help="slice models: input canvas (default: the arch's)")
     p.add_argument("--slice-labels", type=Path, default=None,
@@ -132,6 +136,8 @@ def _train_slices(args: argparse.Namespace) -> int:
         raise UserError("--slice-labels", "slice labels are for CT studies, not --modality xray")
     if args.weights is not None and not args.weights.is_file():
         raise UserError(args.weights, "pretrained weights file not found (weights are never downloaded)")
+    if args.weights is not None and args.weights.suffix == ".tflite" and args.arch != "mobilenetv2":
+        raise UserError(args.weights, "a .tflite weights file is read as the uint8 MobileNetV2 1.0 224: use --arch mobilenetv2")
     try:
         rule = PatientRule(args.patient_rule, args.threshold)
     except ValueError as exc:
@@ -143,7 +149,8 @@ def _train_slices(args: argparse.Namespace) -> int:
                               weights=str(args.weights) if args.weights else None,
                               slice_labels=str(args.slice_labels) if args.slice_labels else None,
                               patient_rule=rule.to_dict(), modality=args.modality, folds=args.folds,
-                              test_fraction=args.test_fraction)
+                              test_fraction=args.test_fraction,
+                              feature_cache=str(args.feature_cache) if args.feature_cache else None)
     config = with_input_size(config, args.input_size or ARCH_INFO[args.arch][0])
     records = discover(args.data)
     what = f"{config.kind} model ({args.arch}, {config.preprocessing.input_size} px, classes {', '.join(config.classes)}): "
@@ -306,4 +313,71 @@ def cmd_train_unet(args: argparse.Namespace) -> int:
     dice = "n/a (no held-out patient)" if metrics["val_dice"] is None else f"{metrics['val_dice']:.3f}"
     print(f"U-Net: validation Dice {dice} on {metrics['n_val']} slices of {metrics['val_patients']}; "
           f"model {args.out}/unet.keras")
+    return 0
+
+
+def add_xray_shortcuts(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("xray-shortcuts", help="how much of an X-ray run's data is told apart by source (needs [train])",
+                       description="On the run's frozen trunk features of every image of a manifest with a 'source' "
+                                   "column: how well a logistic regression predicts the source (grouped CV), the "
+                                   "floor (logistic regression on the frozen features, fitted outside the run's "
+                                   "hold-out, scored on it, patient bootstrap 95%% intervals), accuracy per source of "
+                                   "the run's final model and of the floor on the hold-out, and leave-one-source-out "
+                                   "results. Writes shortcuts.json, shortcuts.md and source_confusion.png.")
+    p.add_argument("manifest", type=Path, help="manifest CSV (patient, class, path, source, ...) the run was trained on")
+    p.add_argument("--run", type=Path, required=True, help="X-ray run folder of ctedge train --modality xray")
+    p.add_argument("--out", type=Path, default=None, help="report folder (default RUN/shortcuts)")
+    p.add_argument("--feature-cache", type=Path, default=None, help="trunk feature cache (as given to ctedge train)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_xray_shortcuts)
+
+
+def cmd_xray_shortcuts(args: argparse.Namespace) -> int:
+    _require_tensorflow()
+    from training.xray_shortcuts import format_markdown, run_shortcuts
+
+    out = args.out or args.run / "shortcuts"
+    print(format_markdown(run_shortcuts(args.manifest, args.run, out, args.feature_cache, args.seed)))
+    print(f"report: {out}/shortcuts.md, {out}/shortcuts.json, {out}/source_confusion.png")
+    return 0
+
+
+def add_data(sub: argparse._SubParsersAction) -> None:
+    from training.public_data import NEAR_CORRELATION, NEAR_THRESHOLD, PRIORITY, READERS
+
+    p = sub.add_parser("data", help="import public chest X-ray / CT-slice collections into one manifest CSV",
+                       description="Work on public collections (no TensorFlow needed).")
+    commands = p.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
+    q = commands.add_parser("import", help="read collections into OUT/manifest.csv with summary and montages",
+                            description="Read each collection's layout and write OUT/manifest.csv (path, class, patient, "
+                                        "view, source, licence, sha256, width, height), OUT/duplicates.csv, "
+                                        "OUT/summary.json, OUT/summary.md and OUT/montages/<source>_<class>.png. X-ray: "
+                                        "frontal views only (laterals dropped and counted). Exact (sha256) and near "
+                                        "(pHash) duplicates are removed across sources, keeping the copy from the "
+                                        f"earliest of {', '.join(PRIORITY)}. The agchung Actualmed and Figure1 "
+                                        "collections are refused (reserved external test).")
+    layouts = {"ieee8023": "folder with metadata.csv in the ieee8023 covid-chestxray schema (e.g. GeneralBlockchain's)",
+               "hannover": "Hannover Medical School folder: data.csv and png/",
+               "kermany": "Kermany pediatric folders .../NORMAL and .../PNEUMONIA (patient id in the file name)",
+               "radiography": "COVID-19 Radiography Database folders COVID/, Normal/ (no patient ids: one per image)",
+               "ucsd-ct": "UCSD COVID-CT slices in CT_COVID/ and CT_NonCOVID/ (classes covid / non_covid)"}
+    assert set(layouts) == set(READERS)
+    for name, help_text in layouts.items():
+        q.add_argument(f"--{name}", type=Path, metavar="DIR", help=help_text)
+    q.add_argument("--out", type=Path, required=True, help="folder for the manifest, summary and montages")
+    q.add_argument("--near-threshold", type=int, default=NEAR_THRESHOLD,
+                   help=f"pHash Hamming distance (of 64 bits) at or under which two images may be one (default {NEAR_THRESHOLD})")
+    q.add_argument("--near-correlation", type=float, default=NEAR_CORRELATION,
+                   help="... and are, when their 32x32 grey thumbnails correlate at least this much "
+                        f"(default {NEAR_CORRELATION})")
+    q.set_defaults(func=cmd_data_import)
+
+
+def cmd_data_import(args: argparse.Namespace) -> int:
+    from training.public_data import READERS, import_collections, summary_markdown
+
+    sources = {name: getattr(args, name.replace("-", "_")) for name in READERS if getattr(args, name.replace("-", "_"))}
+    summary = import_collections(sources, args.out, args.near_threshold, args.near_correlation)
+    print(summary_markdown(summary))
+    print(f"wrote {args.out / 'manifest.csv'}, summary.json, summary.md, duplicates.csv and montages/")
     return 0

@@ -23,12 +23,12 @@ from training.slice_train import SliceTrainConfig, labelled_slices, load_slice_r
 from training.train import prepare_records, read_run_preprocessing
 
 
-def penultimate_features(model, x: np.ndarray) -> np.ndarray:
-    """The pooled features that feed the classifier layer (layer ``pool`` of ``training.archs``) of (N, H, W, 1) slices."""
+def _features_and_probabilities(model):
+    """``model`` with two outputs, in one pass: the pooled features that feed its classifier (layer ``pool``
+    of ``training.archs``) and the probabilities."""
     import tf_keras as keras
 
-    extractor = keras.Model(model.inputs, model.get_layer("pool").output)
-    return extractor.predict(x.astype(np.float32), batch_size=32, verbose=0)
+    return keras.Model(model.inputs, [model.get_layer("pool").output, model.output])
 
 
 def tsne(features: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -48,15 +48,18 @@ def evaluate_slice_run(run: Path, records: list[StudyRecord], out_dir: Path, not
     truth = SliceTrainConfig(slice_labels=config.get("slice_labels"), preprocessing=options)
     slice_true, slice_prob, patient_true, patient_prob, patient_pred, predictions = [], [], [], [], [], []
     features = []
+    both = _features_and_probabilities(model)
     for p in prepare_records(records, options, config.get("modality", "ct")):
         kept = p.study.images[p.study.selection.kept_indices]
-        probs = model.predict(kept[..., None].astype(np.float32), batch_size=32, verbose=0)
+        feats, probs = both.predict(kept[..., None].astype(np.float32), batch_size=32, verbose=0)
         verdict = rule.verdict(probs, classes)
         x, y, _ = labelled_slices([p], truth, labels)
         if len(x):
             slice_true += y.tolist()
-            slice_prob.append(model.predict(x.astype(np.float32), batch_size=32, verbose=0))
-            features.append(penultimate_features(model, x))
+            if labels is not None:          # slice labels: the labelled slices, a subset of the kept ones
+                feats, probs = both.predict(x.astype(np.float32), batch_size=32, verbose=0)
+            slice_prob.append(probs)
+            features.append(feats)
         label = p.record.label if classes == CLASSES else classes[-1] if p.record.label == "healthy" else classes[0]
         patient_true.append(classes.index(label))
         patient_prob.append([verdict.probabilities[c] for c in classes])

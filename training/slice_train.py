@@ -34,6 +34,7 @@ from training.models import StandardizedConv2D
 from training.plots import plot_training_curves
 from training.recipes import RECIPES, Recipe, learning_rate
 from training.train import SliceBatches, prepare_records, write_run_preprocessing
+from training.trunk import weights_provenance
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ class SliceTrainConfig:
     modality: str = "ct"               # ct: every kept slice of CT studies (kind slice); xray: one radiograph per study (kind image)
     folds: int = 0                     # X-ray: k-fold cross-validation of the non-hold-out patients (0: one train/val split)
     test_fraction: float = 0.0         # X-ray: hold-out patients per class, never used in training or model selection
+    feature_cache: str | None = None   # folder of cached trunk features: the frozen-trunk stage trains the head on them
 
     @property
     def kind(self) -> str:
@@ -87,7 +89,8 @@ class SliceTrainConfig:
         if not self.augment:
             return None
         if self.modality == "xray":
-            return {"warp": asdict(XRAY_WARP)}
+            cached = {"frozen_stage": "none: the head trains on cached features of the unaugmented images"}
+            return {"warp": asdict(XRAY_WARP)} | (cached if self.feature_cache else {})
         return {"one_random_of": list(AUGMENTATIONS), "random_crop": self.recipe_spec.random_crop}
 
 
@@ -186,12 +189,16 @@ def train_slice_run(records: list[StudyRecord], run_dir: Path, config: SliceTrai
             continue
         for layer in model.layers:
             layer.trainable = not (frozen and layer.name in built.trunk_layers)
-        model.compile(optimizer=make_optimizer(config.recipe_spec), loss="categorical_crossentropy", metrics=["accuracy"])
         stopper = keras.callbacks.EarlyStopping(monitor=monitor, patience=config.patience, restore_best_weights=True)
-        fit = model.fit(
-            RecipeBatches(x, y, n, config),
-            validation_data=(xv.astype(np.float32), np.eye(n)[yv]) if len(xv) else None,
-            epochs=epochs, class_weight=weights, verbose=2, callbacks=[_schedule(config.recipe_spec, monitor), stopper])
+        fitted = [_schedule(config.recipe_spec, monitor), stopper]
+        if frozen and config.feature_cache:
+            fit = _fit_head_on_features(model, (x, y), (xv, yv), n, config, epochs, weights, fitted)
+        else:
+            model.compile(optimizer=make_optimizer(config.recipe_spec), loss="categorical_crossentropy", metrics=["accuracy"])
+            fit = model.fit(
+                RecipeBatches(x, y, n, config),
+                validation_data=(xv.astype(np.float32), np.eye(n)[yv]) if len(xv) else None,
+                epochs=epochs, class_weight=weights, verbose=2, callbacks=fitted)
         for key, values in fit.history.items():
             history.setdefault(f"{stage}_{key}", []).extend(map(float, values))
         if best is None or stopper.best < best[0]:    # the stopper restored its stage's best epoch
@@ -203,7 +210,8 @@ def train_slice_run(records: list[StudyRecord], run_dir: Path, config: SliceTrai
     split_names = {k: [r.patient for r in v] for k, v in split.items()}
     doc = asdict(config) | {"kind": config.kind, "classes": list(config.classes), "gradcam_layer": built.gradcam_layer,
                             "augmentation": config.augmentation, "selected_epoch": selected,
-                            "n_train_slices": len(y), "n_val_slices": len(yv)}
+                            "n_train_slices": len(y), "n_val_slices": len(yv),
+                            "weights_file": weights_provenance(config.weights) if config.weights else None}
     (run_dir / "config.json").write_text(json.dumps(doc, indent=2, default=str))
     (run_dir / "history.json").write_text(json.dumps(history, indent=2))
     (run_dir / "split.json").write_text(json.dumps(split_names, indent=2))
@@ -212,6 +220,26 @@ def train_slice_run(records: list[StudyRecord], run_dir: Path, config: SliceTrai
         plot_training_curves(curves, run_dir / "training_slices.png", title=f"Training, {config.arch} slices",
                              note=DEMONSTRATION_BANNER.lower() if len(records) < 30 else "")
     return SliceRun(model, built.gradcam_layer, history, split_names, selected)
+
+
+def _fit_head_on_features(model: keras.Model, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray],
+                          n: int, config: SliceTrainConfig, epochs: int, weights: dict, callbacks: list):
+    """The frozen-trunk stage on cached pooled features (``training.feature_cache``): the model's own
+    dropout and ``logits`` layers, trained alone on the features of the unaugmented images, then their
+    weights set in ``model``. Returns the Keras history."""
+    from training.feature_cache import pooled_features
+
+    cache = Path(config.feature_cache)
+    f = pooled_features(model, train[0], cache)
+    fv = pooled_features(model, val[0], cache)
+    inputs = keras.Input(f.shape[1:], name="features")
+    logits = model.get_layer("logits")
+    y = logits(model.get_layer("dropout")(inputs))          # the model's layers, shared: trained in place
+    head = keras.Model(inputs, model.get_layer("probabilities")(y))
+    head.compile(optimizer=make_optimizer(config.recipe_spec), loss="categorical_crossentropy", metrics=["accuracy"])
+    return head.fit(f, np.eye(n)[train[1]], batch_size=config.batch_size, shuffle=True,
+                    validation_data=(fv, np.eye(n)[val[1]]) if len(fv) else None,
+                    epochs=epochs, class_weight=weights, verbose=2, callbacks=callbacks)
 
 
 def _schedule(recipe: Recipe, monitor: str) -> keras.callbacks.Callback:

@@ -13,7 +13,8 @@ CONFIG_HELP = ("device profile (firmware_config/*.yaml): model bundles, variant,
                "service settings; the model options given here override it")
 MODEL_HELP = ("TFLite model bundle folder (model.json). With --config it replaces the profile's bundle of the same "
               "modality (CT or X-ray) and keeps the others; without, it is the only bundle. Default: the profile's "
-              "bundles, else the bundled demonstration model")
+              "bundles, else the bundled models (CT: the demonstration model; X-ray: the X-ray research model "
+              "edge/models/xray-research)")
 VARIANT_HELP = ("bundle variant to run (int8, float32, ...) or auto: the one `ctedge tune` recorded as fastest on "
                 "this CPU, where none is recorded int8 (else the bundle's first variant). Default: the profile's "
                 "model.variant, which is auto unless set. Binds the profile's main bundle; another bundle lacking it "

@@ -287,7 +287,7 @@ class JobQueue:
         else:
             model = result.get("model", {})
             self._finish(study_id, status="done", label=result.get("label"), banner=model.get("banner", ""),
-                         demonstration=bool(model.get("demonstration") or model.get("placeholder")))
+                         demonstration=bool(model.get("demonstration") or model.get("placeholder") or model.get("research")))
             log.info("study %s done in %.1f s", study_id, time.perf_counter() - start)
 
     def _finish(self, study_id: str, **state: Any) -> None:
