@@ -157,7 +157,7 @@ def format_markdown(doc: dict) -> str:
             m, b = floor["per_class"][c], boot["per_class"][c]
             lines.append(f"| {c} | " + " | ".join(f"{pct(m[x])} ({pct(b[x][0])}-{pct(b[x][1])})" if b[x] else pct(m[x])
                                                   for x in METRICS) + f" | {m['support']} |")
-        lines.append(f"| macro | " + " | ".join(pct(floor["macro"][x]) for x in METRICS) + f" | accuracy {pct(floor['accuracy'])} |")
+        lines.append("| macro | " + " | ".join(pct(floor["macro"][x]) for x in METRICS) + f" | accuracy {pct(floor['accuracy'])} |")
     lines += ["", "## Leave one source out (fitted on the other sources' non-hold-out images)", "",
               "| left-out source | n | accuracy | true classes | predicted | classes in training |", "|---|---|---|---|---|---|"]
     lines += [f"| {s} | {t['n']} | {pct(t['accuracy'])} | {t['labels']} | {t['predicted']} | {', '.join(t['classes_in_training'])} |"
