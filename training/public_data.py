@@ -108,7 +108,8 @@ def read_ieee8023(root: Path) -> Listing:
     """The ieee8023 covid-chestxray schema (``metadata.csv``: patientid, finding, view, modality, folder,
     filename, license): X-ray rows with a frontal view and a finding of ``IEEE8023_CLASSES``."""
     rows = _read_csv(root / "metadata.csv", ("patientid", "finding", "view", "modality", "folder", "filename", "license"))
-    kept, dropped = [], Counter()
+    kept: list[Entry] = []
+    dropped: Counter[str] = Counter()
     for row in rows:
         view = row["view"].strip().upper()
         if row["modality"].strip() != "X-ray":
@@ -138,7 +139,8 @@ def read_hannover(root: Path) -> Listing:
     """Hannover Medical School (``data.csv``: patient_id, image_id, projection; ``png/<image_id>.png``):
     every image COVID-19, CC BY 3.0."""
     rows = _read_csv(root / "data.csv", ("patient_id", "image_id", "projection"))
-    kept, dropped = [], Counter()
+    kept: list[Entry] = []
+    dropped: Counter[str] = Counter()
     for row in rows:
         view = row["projection"].strip().upper()
         path = root / "png" / f"{row['image_id'].strip()}.png"
@@ -162,7 +164,8 @@ def read_kermany(root: Path) -> Listing:
     """Kermany et al. pediatric radiographs (``.../NORMAL/IM-0001-0001.jpeg``,
     ``.../PNEUMONIA/person1_bacteria_1.jpeg``): the patient id is in the name, bacterial and viral
     pneumonia are ``other_pneumonia``; anterior-posterior films (the collection's own statement)."""
-    kept, dropped = [], Counter()
+    kept: list[Entry] = []
+    dropped: Counter[str] = Counter()
     for path in _images(root):
         folder = path.parent.name.upper()
         pneumonia, normal = KERMANY_PNEUMONIA.match(path.stem), KERMANY_NORMAL.match(path.stem)
@@ -185,7 +188,8 @@ def read_radiography(root: Path) -> Listing:
     """The COVID-19 Radiography Database folders (``COVID/``, ``Normal/``, ``Viral Pneumonia/``; other
     folders such as ``Lung_Opacity`` are no class): no patient ids, each image its own surrogate patient
     (``radiography:<file stem>``); frontal films, the view not stated per image."""
-    kept, dropped = [], Counter()
+    kept: list[Entry] = []
+    dropped: Counter[str] = Counter()
     for path in _images(root):
         label = RADIOGRAPHY_CLASSES.get(path.parent.name.upper())
         if label is None:
@@ -204,7 +208,8 @@ def read_ucsd_ct(root: Path) -> Listing:
     """UCSD COVID-CT slices in class folders ``CT_COVID/`` and ``CT_NonCOVID/`` (classes covid / non_covid).
     No patient ids: the surrogate is the source paper for COVID slices (the name before ``-p<page>``)
     and the image number before ``%`` (crops of one image) for non-COVID slices."""
-    kept, dropped = [], Counter()
+    kept: list[Entry] = []
+    dropped: Counter[str] = Counter()
     for path in _images(root):
         label = CT_CLASSES.get(path.parent.name.upper())
         if label is None:
@@ -281,7 +286,9 @@ def find_duplicates(images: list[Image], threshold: int = NEAR_THRESHOLD,
                     min_correlation: float = NEAR_CORRELATION) -> list[tuple[int, int, str]]:
     """Pairs (i, j, 'exact' | 'near' | 'same id') of images that are one: equal sha256, or pHash within
     ``threshold`` bits and thumbnails correlated at least ``min_correlation``, or the same ``origin``."""
-    pairs, first, origins = [], {}, {}
+    pairs: list[tuple[int, int, str]] = []
+    first: dict[str, int] = {}
+    origins: dict[str, int] = {}
     for i, image in enumerate(images):
         if image.sha256 in first:
             pairs.append((first[image.sha256], i, "exact"))
@@ -319,7 +326,8 @@ def deduplicate(images: list[Image], pairs: list[tuple[int, int, str]]) -> tuple
     groups = defaultdict(list)
     for i in range(len(images)):
         groups[root(i)].append(i)
-    kept, dropped = [], Counter()
+    kept: list[Image] = []
+    dropped: Counter[str] = Counter()
     for members in groups.values():
         labels = {images[i].entry.label for i in members}
         if len(labels) > 1:
@@ -340,6 +348,8 @@ def montage(images: list[Image], title: str, seed: int = 0) -> np.ndarray:
     sheet = np.full((30 + rows * TILE, columns * TILE), 255, np.uint8)
     for k, image in enumerate(chosen):
         grey = cv2.imread(str(image.entry.path), cv2.IMREAD_GRAYSCALE)
+        if grey is None:
+            continue
         scale = TILE / max(grey.shape)
         tile = cv2.resize(grey, (max(1, round(grey.shape[1] * scale)), max(1, round(grey.shape[0] * scale))),
                           interpolation=cv2.INTER_AREA)
@@ -356,15 +366,16 @@ def import_collections(sources: dict[str, Path], out: Path, threshold: int = NEA
     into ``out``; returns the summary."""
     if not sources:
         raise CollectionError(out, "no collection given")
-    entries, report = [], {}
+    entries: list[Entry] = []
+    report: dict[str, dict] = {}
     for name, root in sources.items():
         refuse_reserved(root)
         if not root.is_dir():
             raise CollectionError(root, "not a folder")
-        kept, dropped = READERS[name](root)
-        entries += kept
-        report[name] = {"folder": str(root), "listed": len(kept) + sum(dropped.values()), "dropped": dict(dropped)}
-    images = []
+        listed, skipped = READERS[name](root)
+        entries += listed
+        report[name] = {"folder": str(root), "listed": len(listed) + sum(skipped.values()), "dropped": dict(skipped)}
+    images: list[Image] = []
     for entry in tqdm(entries, desc="hashing images"):
         image = _hash(entry)
         if image is None:
@@ -373,7 +384,7 @@ def import_collections(sources: dict[str, Path], out: Path, threshold: int = NEA
             images.append(image)
     pairs = find_duplicates(images, threshold, min_correlation)
     kept, dropped = deduplicate(images, pairs)
-    classes = defaultdict(set)
+    classes: defaultdict[str, set[str]] = defaultdict(set)
     for im in kept:
         classes[im.entry.patient].add(im.entry.label)
     for im in (im for im in kept if len(classes[im.entry.patient]) > 1):
@@ -394,7 +405,7 @@ def import_collections(sources: dict[str, Path], out: Path, threshold: int = NEA
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "summary.md").write_text(summary_markdown(summary))
     (out / "montages").mkdir(exist_ok=True)
-    by_group = defaultdict(list)
+    by_group: defaultdict[tuple[str, str], list[Image]] = defaultdict(list)
     for im in kept:
         by_group[(im.entry.source, im.entry.label)].append(im)
     for (source, label), group in sorted(by_group.items()):
@@ -421,7 +432,7 @@ def _summary(kept: list[Image], images: list[Image], pairs: list[tuple[int, int,
     by_pair = Counter("~".join(sorted((images[i].entry.source, images[j].entry.source))) + f" ({kind})"
                       for i, j, kind in pairs)
     licences = Counter(im.entry.licence for im in kept)
-    sources = defaultdict(Counter)
+    sources: defaultdict[str, Counter[str]] = defaultdict(Counter)
     for im in kept:
         sources[im.entry.source][im.entry.label] += 1
     return {

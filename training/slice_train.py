@@ -229,6 +229,7 @@ def _fit_head_on_features(model: keras.Model, train: tuple[np.ndarray, np.ndarra
     weights set in ``model``. Returns the Keras history."""
     from training.feature_cache import pooled_features
 
+    assert config.feature_cache is not None, "called only with a feature cache"
     cache = Path(config.feature_cache)
     f = pooled_features(model, train[0], cache)
     fv = pooled_features(model, val[0], cache)
