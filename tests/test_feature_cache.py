@@ -21,6 +21,8 @@ from training.train import prepare_records, read_run_preprocessing
 
 from test_xray_train import radiograph_phantom
 
+pytestmark = pytest.mark.train  # builds or trains Keras models
+
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):

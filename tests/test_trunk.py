@@ -13,6 +13,8 @@ from PIL import Image  # noqa: E402
 from training.archs import build_slice_model  # noqa: E402
 from training.trunk import CORAL_MOBILENET_V2, IMAGENET_LABELS, mobilenet_v2, weights_provenance  # noqa: E402
 
+pytestmark = pytest.mark.train  # builds or trains Keras models
+
 DATA = Path(__file__).parent / "data"
 IMAGES = ("cat", "grace_hopper", "hot_dog")
 

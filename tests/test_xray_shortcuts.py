@@ -18,6 +18,8 @@ from edge.card import RESEARCH_BANNER, load_card
 from edge.dataset import StudyRecord
 from training.xray_shortcuts import analyse, format_markdown
 
+pytestmark = pytest.mark.train  # builds or trains Keras models
+
 
 def _synthetic(n_per: int = 30, seed: int = 0):
     """Three sources: A (covid), B (healthy), C (other_pneumonia and healthy). Features: the class in
