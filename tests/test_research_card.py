@@ -16,7 +16,7 @@ from edge.cli import main
 from edge.engine import Engine
 from edge.profile import load_profile
 from edge.server import create_app
-from tests.fixture_bundle import make_image_bundle
+from tests.helpers.bundles import make_image_bundle
 from tests.server_support import PASSWORD, USER
 from tests.server_support import write_profile as server_profile
 
