@@ -17,8 +17,8 @@ from edge.engine import Engine
 from edge.profile import load_profile
 from edge.server import create_app
 from tests.helpers.bundles import make_image_bundle
-from tests.server_support import PASSWORD, USER
-from tests.server_support import write_profile as server_profile
+from tests.helpers.server import PASSWORD, USER
+from tests.helpers.server import write_profile as server_profile
 
 RG1 = Path(get_testdata_file("RG1_UNCR.dcm"))
 TOKEN = "test-token-0123456789"
