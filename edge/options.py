@@ -16,6 +16,7 @@ from typing import Any
 
 from edge.errors import UserError
 from edge.preprocess.select import METHODS
+from edge.preprocess.window import CROPS
 
 
 class SettingConflictError(UserError):
@@ -34,11 +35,14 @@ class PipelineOptions:
     selection: str = "lung-extent"    # slice selection rule (edge.preprocess.select.METHODS)
     group_size: int = 50              # slices per group
     segmenter: str = "threshold"      # "threshold", or a U-Net .tflite file name inside the model bundle
+    crop: str = "none"                # "lungs": every slice cut to the lungs' box over the kept slices (edge.preprocess.window.CROPS)
     override: float = 0.9             # a group's disease probability above this overrides a healthy majority
 
     def __post_init__(self) -> None:
         if self.selection not in METHODS:
             raise ValueError(f"selection must be one of {', '.join(METHODS)}, got {self.selection!r}")
+        if self.crop not in CROPS:
+            raise ValueError(f"crop must be one of {', '.join(CROPS)}, got {self.crop!r}")
 
     @property
     def window(self) -> tuple[float, float]:
