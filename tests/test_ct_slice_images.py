@@ -23,7 +23,7 @@ pytest.importorskip("tensorflow")
 from edge.card import load_card  # noqa: E402
 from edge.cli import main  # noqa: E402
 from training.ct_slice_images import (group_split, join_near_duplicates, load_inputs, read_slice_images,  # noqa: E402
-                                      slice_image_input, surrogate_patient)
+                                      slice_image_input, surrogate_patient, surrogate_patients)
 
 
 def test_surrogate_patient_is_the_paper_or_the_source_image():
@@ -32,7 +32,11 @@ def test_surrogate_patient_is_the_paper_or_the_source_image():
     assert surrogate_patient("kjr-21-e25-p1-6.png") == "paper:kjr-21-e25"
     assert surrogate_patient("2020.03.16.20036145-p19-128-2.png") == "paper:2020.03.16.20036145"
     assert surrogate_patient("51%3.jpg") == surrogate_patient("51%0.jpg") == "image:51"
-    assert surrogate_patient("660.png") == "image:660"
+    assert surrogate_patient("PIIS0140673620301549_0%1.png") == surrogate_patient("PIIS0140673620301549_2.png")
+    names = ["non_covid/660.png", "non_covid/661.png", "non_covid/662.png", "non_covid/664.png", "non_covid/5%0.jpg",
+             "non_covid/6%1.jpg", "covid/2020.02.10.20021584-p6-52%0.png"]
+    assert surrogate_patients(names) == ["run:660", "run:660", "run:660", "run:664", "image:5", "image:6",
+                                         "paper:2020.02.10.20021584"]
 
 
 def _chest(bright: int, seed: int, shape=(90, 120)) -> np.ndarray:
@@ -41,6 +45,9 @@ def _chest(bright: int, seed: int, shape=(90, 120)) -> np.ndarray:
     image = np.full(shape, 200, np.uint8)
     cv2.ellipse(image, (shape[1] // 3, shape[0] // 2), (shape[1] // 7, shape[0] // 3), 0, 0, 360, bright, -1)
     cv2.ellipse(image, (2 * shape[1] // 3, shape[0] // 2), (shape[1] // 7 + seed % 5, shape[0] // 3), 0, 0, 360, bright, -1)
+    for _ in range(6):     # vessels and lesions: what makes two slices differ
+        centre = (int(rng.integers(10, shape[1] - 10)), int(rng.integers(10, shape[0] - 10)))
+        cv2.circle(image, centre, int(rng.integers(4, 12)), int(rng.integers(0, 256)), -1)
     return np.clip(image + rng.normal(0, 12, shape), 0, 255).astype(np.uint8)
 
 

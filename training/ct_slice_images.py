@@ -4,9 +4,10 @@ COVID-CT slices: no DICOM, no patient ids, two classes (``covid`` / ``non_covid`
 Data: class folders (``CT_COVID/`` and ``CT_NonCOVID/``, as the UCSD collection, or ``covid/`` and
 ``non_covid/``) or a manifest CSV ``path,class,patient`` (``class`` covid, or non_covid / healthy /
 other_pneumonia, which all become ``non_covid``). Without patient ids every image gets a *surrogate*
-patient (:func:`surrogate_patient`: the paper it was cut from, or its source image), and images whose
-perceptual hashes nearly agree are joined into one surrogate patient (:func:`join_near_duplicates`), so
-that slices of one paper, source image or near copy never straddle two parts of the split.
+patient (:func:`surrogate_patients`: the paper it was cut from, its source image, or its run of
+consecutively numbered neighbours), and images whose thumbnails nearly agree are joined into one
+surrogate patient (:func:`join_near_duplicates`), so that slices of one paper, source image, scan or
+near copy never straddle two parts of the split.
 
 Each image becomes model input the way the edge prepares a CT slice cut to the lungs
 (``PipelineOptions.crop = "lungs"``, see ``edge.pipeline.prepare_study``): grey, padded to a square
@@ -44,7 +45,7 @@ CT_SLICE_CLASSES = ("covid", "non_covid")          # the positive class first, t
 FOLDER_CLASSES = {"CT_COVID": "covid", "covid": "covid", "CT_NonCOVID": "non_covid", "non_covid": "non_covid"}
 MANIFEST_CLASSES = {"covid": "covid", "non_covid": "non_covid", "healthy": "non_covid", "other_pneumonia": "non_covid"}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-NEAR_DUPLICATE_BITS = 4        # difference hashes (64 bits) this close are one surrogate patient
+NEAR_DUPLICATE_CORRELATION = 0.97   # thumbnails correlating this much are one surrogate patient
 
 
 @dataclass(frozen=True)
@@ -55,14 +56,26 @@ class SliceImage:
 
 
 def surrogate_patient(name: str) -> str:
-    """The surrogate patient of a UCSD COVID-CT file name: the paper (medRxiv/bioRxiv id or title)
+    """The surrogate patient of one UCSD COVID-CT file name: the paper (medRxiv/bioRxiv id or title)
     before ``-p<page>`` (``2020.02.10.20021584-p6-52%0.png`` -> ``2020.02.10.20021584``); else the
     source image before ``%`` (``51%3.jpg`` -> ``51``); else the file's own stem."""
     stem = Path(name).stem
     paper = re.match(r"(.+?)-p\d+[-_]", stem)
     if paper:
         return "paper:" + paper.group(1)
-    return "image:" + stem.split("%")[0]
+    return "image:" + re.split(r"[%_]", stem)[0]
+
+
+def surrogate_patients(names: list[str]) -> list[str]:
+    """Surrogate patients of file names (:func:`surrogate_patient`), with each run of consecutively
+    numbered PNGs (``1330.png``, ``1331.png``, ``1332.png``) one patient: in the UCSD non-COVID set
+    such neighbours are neighbouring slices of one scan."""
+    numbered = sorted({int(Path(n).stem) for n in names if re.fullmatch(r"\d+\.png", Path(n).name, re.I)})
+    run_of: dict[int, int] = {}
+    for number in numbered:
+        run_of[number] = run_of.get(number - 1, number)
+    return [f"run:{run_of[int(Path(n).stem)]}" if re.fullmatch(r"\d+\.png", Path(n).name, re.I) else surrogate_patient(n)
+            for n in names]
 
 
 def read_slice_images(source: Path) -> list[SliceImage]:
@@ -76,9 +89,9 @@ def read_slice_images(source: Path) -> list[SliceImage]:
     unknown = [p.name for p in folders if p.name not in FOLDER_CLASSES]
     if unknown or not folders:
         raise DatasetError(source, f"expected class folders {', '.join(FOLDER_CLASSES)}; found {', '.join(unknown) or 'none'}")
-    images = [SliceImage(p, FOLDER_CLASSES[d.name], surrogate_patient(p.name)) for d in folders
-              for p in sorted(d.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
-    return _checked(images, source)
+    files = [(p, FOLDER_CLASSES[d.name]) for d in folders for p in sorted(d.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+    patients = surrogate_patients([f"{label}/{p.name}" for p, label in files])
+    return _checked([SliceImage(p, label, patient) for (p, label), patient in zip(files, patients)], source)
 
 
 def _from_manifest(path: Path) -> list[SliceImage]:
@@ -122,18 +135,20 @@ def check_options(options: PipelineOptions) -> None:
                                          f"(got mask_lungs={options.mask_lungs}, crop={options.crop!r})")
 
 
-def difference_hash(image: np.ndarray) -> int:
-    """A 64-bit difference hash (row-wise gradients of the 9 x 8 thumbnail) of a grey image."""
-    small = cv2.resize(image, (9, 8), interpolation=cv2.INTER_AREA).astype(np.int16)
-    bits = (small[:, 1:] > small[:, :-1]).ravel()
-    return int("".join("1" if b else "0" for b in bits), 2)
+def thumbnails(inputs: np.ndarray, size: int = 32) -> np.ndarray:
+    """(N, size * size) zero-mean, unit-norm grey thumbnails of (N, H, W) images: their dot products
+    are the images' correlations."""
+    t = np.stack([cv2.resize(x, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32).ravel() for x in inputs])
+    t -= t.mean(axis=1, keepdims=True)
+    return t / np.maximum(np.linalg.norm(t, axis=1, keepdims=True), 1e-6)
 
 
 def join_near_duplicates(images: list[SliceImage], inputs: np.ndarray,
-                         max_bits: int = NEAR_DUPLICATE_BITS) -> tuple[list[SliceImage], int]:
-    """The images with each set of near duplicates (difference hashes at most ``max_bits`` apart) put
-    under one surrogate patient (the first's), and how many images changed patient."""
-    hashes = np.array([difference_hash(x) for x in inputs], dtype=np.uint64)
+                         min_correlation: float = NEAR_DUPLICATE_CORRELATION) -> tuple[list[SliceImage], int]:
+    """The images with near duplicates (32 x 32 thumbnails of the model inputs correlating at least
+    ``min_correlation``: the same slice cut or scaled differently, or its neighbour) put under one
+    surrogate patient, and how many images changed patient."""
+    t = thumbnails(inputs)
     parent = {i.patient: i.patient for i in images}
 
     def root(p: str) -> str:
@@ -143,8 +158,7 @@ def join_near_duplicates(images: list[SliceImage], inputs: np.ndarray,
         return p
 
     for a in range(len(images)):
-        distance = np.array([bin(int(h)).count("1") for h in hashes[a + 1:] ^ hashes[a]], int)
-        for b in np.flatnonzero(distance <= max_bits) + a + 1:
+        for b in np.flatnonzero(t[a + 1:] @ t[a] >= min_correlation) + a + 1:
             ra, rb = root(images[a].patient), root(images[int(b)].patient)
             if ra != rb:
                 parent[rb] = ra
