@@ -34,6 +34,18 @@ def calibration_slices(studies: list[np.ndarray], max_slices: int) -> list[np.nd
     return list(chosen)
 
 
+def calibration_studies(calibration: Path, options, config: dict) -> list[np.ndarray]:
+    """The model inputs to calibrate and compare on, one (n, size, size) array per study: the kept
+    slices of DICOM studies; for a run trained on slice images (``ctedge train --slice-images``), slice
+    images (the run's ``manifest.csv``: its ``train`` part only, never the hold-out)."""
+    if config.get("slice_classes"):
+        from training.ct_slice_images import load_inputs, read_slice_images
+
+        return [load_inputs(read_slice_images(calibration, part="train"), options)]
+    prepared = prepare_records(discover(calibration), options, config.get("modality", "ct"))
+    return [p.study.images[p.study.selection.kept_indices] for p in prepared]
+
+
 def quantize_slice_run(run: Path, calibration: Path, out: Path, name: str, version: str, max_slices: int = 200,
                        clinical: bool = False, note: str = DEMONSTRATION_NOTE, command: str = "") -> QuantizeResult:
     """Convert the run's slice model to float32 and int8 TFLite (int8 calibrated on real kept slices of
@@ -42,8 +54,7 @@ def quantize_slice_run(run: Path, calibration: Path, out: Path, name: str, versi
     A run trained for no epoch gives a placeholder bundle (flagged so, and so on every output)."""
     model, config = load_slice_run(run)
     options, training_range = read_run_preprocessing(run)
-    prepared = prepare_records(discover(calibration), options, config.get("modality", "ct"))
-    studies = [p.study.images[p.study.selection.kept_indices] for p in prepared]
+    studies = calibration_studies(calibration, options, config)
     slices = calibration_slices(studies, max_slices)
     shape = (1, options.input_size, options.input_size, 1)
     out.mkdir(parents=True, exist_ok=True)

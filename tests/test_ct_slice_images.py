@@ -127,7 +127,7 @@ def trained(layout, phantom_dataset, tmp_path_factory) -> tuple[Path, Path]:
     run, bundle = root / "run", root / "bundle"
     assert main(["train", str(layout), "--slice-images", "--arch", "small-cnn", "--input-size", "32", "--epochs", "1",
                  "--freeze-epochs", "1", "--test-fraction", "0.3", "--batch-size", "8", "--out", str(run)]) == 0
-    assert main(["quantize", str(run), "--calibration", str(phantom_dataset), "--out", str(bundle), "--max-slices", "20"]) == 0
+    assert main(["quantize", str(run), "--calibration", str(run / "manifest.csv"), "--out", str(bundle), "--max-slices", "20"]) == 0
     return run, bundle
 
 
@@ -156,6 +156,8 @@ def test_the_bundle_cuts_volumes_to_the_lungs_and_votes_covid_or_not(trained, ph
     _, bundle = trained
     card = load_card(bundle)
     assert (card.kind, card.classes) == ("slice", ("covid", "non_covid"))
+    train = sum(1 for line in (bundle.parent / "run" / "manifest.csv").read_text().splitlines() if line.endswith(",train"))
+    assert card.extra["calibration"]["slices"] == min(20, train), "calibrated on the train part only"
     assert card.preprocessing.crop == "lungs" and not card.preprocessing.mask_lungs
     capsys.readouterr()
     assert main(["predict", str(phantom_dataset / "healthy" / "healthy-0"), "--model", str(bundle), "--json"]) == 0

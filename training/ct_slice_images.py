@@ -78,11 +78,14 @@ def surrogate_patients(names: list[str]) -> list[str]:
             for n in names]
 
 
-def read_slice_images(source: Path) -> list[SliceImage]:
-    """The labelled slice images of class folders or a manifest CSV (see the module docstring)."""
+def read_slice_images(source: Path, part: str | None = None) -> list[SliceImage]:
+    """The labelled slice images of class folders or a manifest CSV (see the module docstring); with
+    ``part``, only the rows of that part of a manifest written by a training run (column ``part``)."""
     source = Path(source)
     if source.suffix.lower() == ".csv":
-        return _from_manifest(source)
+        return _from_manifest(source, part)
+    if part is not None:
+        raise DatasetError(source, f"only a run's manifest.csv says which images are its {part!r} part")
     if not source.is_dir():
         raise DatasetError(source, "not a folder of class folders or a .csv manifest")
     folders = [p for p in sorted(source.iterdir()) if p.is_dir() and not p.name.startswith(".")]
@@ -94,15 +97,17 @@ def read_slice_images(source: Path) -> list[SliceImage]:
     return _checked([SliceImage(p, label, patient) for (p, label), patient in zip(files, patients)], source)
 
 
-def _from_manifest(path: Path) -> list[SliceImage]:
+def _from_manifest(path: Path, part: str | None) -> list[SliceImage]:
     try:
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DatasetError(path, f"cannot read the manifest ({exc})") from exc
-    missing = {"path", "class", "patient"} - set(rows[0] if rows else {})
+    missing = ({"path", "class", "patient"} | ({"part"} if part else set())) - set(rows[0] if rows else {})
     if missing:
         raise DatasetError(path, f"missing column(s) {', '.join(sorted(missing))}")
+    if part:
+        rows = [r for r in rows if r["part"] == part]
     images = []
     for number, row in enumerate(rows, start=2):
         if row["class"] not in MANIFEST_CLASSES:
