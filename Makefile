@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TRAIN := $(VENV)/.train-extra
 
-.PHONY: demo test demo-model demo-slice-model bundle clean
+.PHONY: demo test demo-model demo-slice-model ct-slice-model bundle clean
 
 # Edge install: NumPy, OpenCV, pydicom, Flask, PyYAML and the TFLite interpreter; no TensorFlow.
 $(BIN)/ctedge: pyproject.toml
@@ -44,6 +44,18 @@ demo-slice-model: $(TRAIN)
 		--slice-labels ../shared/data/covid-ct-md/slice_labels.csv --out runs/demo-slice
 	$(BIN)/ctedge quantize runs/demo-slice --calibration training/demo_studies.csv --out edge/models/demo-slice \
 		--name small-cnn-slice-demo --version 0.1.0 --max-slices 200
+
+# The CT slice research model (docs/models-research.md): MobileNetV2 with the ImageNet weights of Coral's
+# TFLite file, fine-tuned on the UCSD COVID-CT slices (GKasperek/data_c19_cropped exported to CT_SLICES),
+# held out by surrogate patient; int8 calibrated on the training part. About 30 min on 2 shared cores.
+CT_SLICES ?= /work/data/data_c19_cropped
+MOBILENET_TFLITE ?= /work/data/coral/mobilenet_v2_1.0_224_quant.tflite
+ct-slice-model: $(TRAIN)
+	$(BIN)/ctedge train $(CT_SLICES) --slice-images --arch mobilenetv2 --weights $(MOBILENET_TFLITE) \
+		--recipe seed-001 --batch-size 32 --freeze-epochs 8 --epochs 12 --patience 4 --fine-tune-from block_13_expand \
+		--test-fraction 0.2 --val-fraction 0.15 --patient-rule fraction --threshold 0.3 --seed 0 --out runs/ct-slice-research
+	$(BIN)/ctedge quantize runs/ct-slice-research --calibration runs/ct-slice-research/manifest.csv \
+		--out edge/models/ct-slice-research --name mobilenetv2-ct-slice-research --version 0.1.0 --max-slices 300
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
