@@ -30,7 +30,9 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 class Arch:
     """A named trunk: ``build(rgb tensor, weights) -> (feature map tensor, Grad-CAM layer name, trunk
     model)`` (the trunk's layers are what ``--freeze-epochs`` freezes), and how its RGB input is
-    scaled (``imagenet``: mean/std of ImageNet on [0, 1]; ``raw``: [0, 255], the trunk normalises itself)."""
+    scaled (``imagenet``: mean/std of ImageNet on [0, 1]; ``tf``: [-1, 1], what MobileNetV2's ImageNet weights
+    (Coral's TFLite file: uint8 input, scale 1/128, zero point 128) were trained on; ``raw``: [0, 255], the
+    trunk normalises itself)."""
 
     build: Callable[[object, Path | None], tuple[object, str, keras.Model]]
     scaling: str = "imagenet"
@@ -87,7 +89,7 @@ def _small_cnn(x, weights: Path | None, filters: tuple[int, ...] = (16, 32, 64, 
 ARCHS: dict[str, Arch] = {
     "resnet50v2-fpn": Arch(_resnet50v2_fpn), "densenet121": Arch(_application("DenseNet121")),
     "bit-r50x1": Arch(_bit_r50x1), "small-cnn": Arch(_small_cnn),
-} | {name.lower(): Arch(_application(name), "raw" if name == "EfficientNetB0" else "imagenet") for name in (
+} | {name.lower(): Arch(_application(name), {"EfficientNetB0": "raw", "MobileNetV2": "tf"}.get(name, "imagenet")) for name in (
     "ResNet50V2", "ResNet101V2", "DenseNet169", "DenseNet201", "Xception", "InceptionV3", "MobileNetV2", "EfficientNetB0")}
 assert set(ARCHS) == set(ARCH_INFO), "every architecture has its canvas and source in training.recipes"
 
@@ -117,6 +119,8 @@ def build_slice_model(arch: str, input_size: int, n_classes: int, weights: Path 
     spec = ARCHS[arch]
     inputs = keras.Input((input_size, input_size, 1), name="slice")
     x = layers.Concatenate(name="grey_to_rgb")([inputs] * 3)
+    if spec.scaling == "tf":
+        x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="tf_scaling")(x)
     if spec.scaling == "imagenet":
         x = layers.Rescaling(1.0 / 255.0)(x)
         x = layers.Normalization(mean=IMAGENET_MEAN, variance=IMAGENET_STD**2, name="imagenet_normalisation")(x)
