@@ -45,7 +45,8 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--recipe", choices=tuple(RECIPES), default=None,
                    help="slice models (default: " + ", ".join(f"{v} for {k}" for k, v in DEFAULT_RECIPE.items()) + "): "
                         + "; ".join(f"{n}: {r.note}" for n, r in RECIPES.items()))
-    p.add_argument("--weights", type=Path, default=None, help="slice models: local file of pretrained trunk weights")
+    p.add_argument("--weights", type=Path, default=None, help="slice models: local file of pretrained trunk weights (.h5; for mobilenetv2 also the uint8 TFLite "
+                   "training/pretrained/mobilenet_v2_1.0_224_quant.tflite, dequantised)")
     p.add_argument("--freeze-epochs", type=int, default=0,
                    help="slice models: train only the head for this many epochs first, the trunk frozen")
     p.add_argument("--fine-tune-from", default=None, metavar="LAYER",
@@ -146,6 +147,8 @@ def _train_slices(args: argparse.Namespace) -> int:
         raise UserError("--slice-labels", "slice labels are for CT studies, not --modality xray")
     if args.weights is not None and not args.weights.is_file():
         raise UserError(args.weights, "pretrained weights file not found (weights are never downloaded)")
+    if args.weights is not None and args.weights.suffix == ".tflite" and args.arch != "mobilenetv2":
+        raise UserError(args.weights, "a .tflite weights file is read as the uint8 MobileNetV2 1.0 224: use --arch mobilenetv2")
     try:
         rule = PatientRule(args.patient_rule, args.threshold)
     except ValueError as exc:

@@ -155,9 +155,15 @@ def _bit_block(x, mid: int, stride: int, groups: int):
 
 
 def load_local_weights(model: keras.Model, weights: str | Path | None) -> None:
+    """Load a local weights file into ``model``: Keras weights (``.h5`` by layer name), or a uint8 TFLite
+    MobileNetV2 (``.tflite``, dequantised by :func:`training.trunk.load_tflite_weights`)."""
     if weights is None:
         return
     path = Path(weights)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: pretrained weights file not found (weights are never downloaded)")
+    if path.suffix == ".tflite":
+        from training.trunk import load_tflite_weights
+        load_tflite_weights(model, path)
+        return
     model.load_weights(str(path), by_name=path.suffix == ".h5", skip_mismatch=path.suffix == ".h5")

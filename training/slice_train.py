@@ -34,6 +34,7 @@ from training.models import StandardizedConv2D
 from training.plots import plot_training_curves
 from training.recipes import RECIPES, Recipe, learning_rate
 from training.train import SliceBatches, prepare_records, write_run_preprocessing
+from training.trunk import weights_provenance
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +221,8 @@ def fit_slice_run(x: np.ndarray, y: np.ndarray, xv: np.ndarray, yv: np.ndarray, 
     model.save(run_dir / MODEL_FILE)
     doc = asdict(config) | {"kind": config.kind, "classes": list(config.classes), "gradcam_layer": built.gradcam_layer,
                             "augmentation": config.augmentation, "selected_epoch": selected,
-                            "n_train_slices": len(y), "n_val_slices": len(yv)}
+                            "n_train_slices": len(y), "n_val_slices": len(yv),
+                            "weights_file": weights_provenance(config.weights) if config.weights else None}
     (run_dir / "config.json").write_text(json.dumps(doc, indent=2, default=str))
     (run_dir / "history.json").write_text(json.dumps(history, indent=2))
     (run_dir / "split.json").write_text(json.dumps(split_names, indent=2))
