@@ -49,10 +49,10 @@ demo-slice-model: $(TRAIN)
 # TFLite file, fine-tuned on the UCSD COVID-CT slices (GKasperek/data_c19_cropped exported to CT_SLICES),
 # held out by surrogate patient; int8 calibrated on the training part. About 30 min on 2 shared cores.
 CT_SLICES ?= /work/data/data_c19_cropped
-MOBILENET_TFLITE ?= /work/data/coral/mobilenet_v2_1.0_224_quant.tflite
+MOBILENET_TFLITE ?= training/pretrained/mobilenet_v2_1.0_224_quant.tflite
 ct-slice-model: $(TRAIN)
 	$(BIN)/ctedge train $(CT_SLICES) --slice-images --arch mobilenetv2 --weights $(MOBILENET_TFLITE) \
-		--recipe seed-001 --batch-size 32 --freeze-epochs 10 --epochs 20 --patience 5 --fine-tune-from block_13_expand \
+		--recipe default --lr 3e-4 --batch-size 32 --freeze-epochs 10 --epochs 20 --patience 5 --fine-tune-from block_13_expand \
 		--test-fraction 0.2 --val-fraction 0.15 --patient-rule fraction --threshold 0.3 --seed 0 --out runs/ct-slice-research
 	$(BIN)/ctedge quantize runs/ct-slice-research --calibration runs/ct-slice-research/manifest.csv \
 		--out edge/models/ct-slice-research --name mobilenetv2-ct-slice-research --version 0.1.0 --max-slices 300
