@@ -4,7 +4,11 @@ Training writes it from the options it actually used (``training.train`` saves t
 folder, ``ctedge quantize`` copies them into the bundle); the edge builds its pipeline from it, so
 what the model was trained on and what the edge feeds it cannot drift apart. A card records:
 
-- identity: ``name``, ``version``, ``classes``, ``demonstration``, ``placeholder``, ``note``;
+- identity: ``name``, ``version``, ``classes``, ``status`` (``clinical``, ``research``: trained on public
+  data, ``demonstration``: a handful of patients, ``placeholder``: untrained; cards without it give it by
+  the booleans ``demonstration`` and ``placeholder``, which every card still carries for older versions),
+  ``note``; for a model trained on public collections ``training_data`` (sources with counts per class,
+  licences, ``non_commercial``, ``manifest_sha256``) and ``known_biases`` (sentences);
 - what it reads and how it is run: ``modality`` (``ct`` or ``xray``, fixed by the kind, see
   ``KIND_MODALITY``) and ``kind`` (``group``: a CNN encoder and
   a sequence head over groups of slices, voted to a patient verdict; ``slice``: one 2-D classifier
@@ -45,13 +49,31 @@ MODALITIES = ("ct", "xray")
 KIND_MODALITY = {"group": "ct", "slice": "ct", "image": "xray"}   # what a study of each kind is
 DEMONSTRATION_BANNER = "DEMONSTRATION MODEL - NOT FOR CLINICAL USE"
 PLACEHOLDER_BANNER = "PLACEHOLDER MODEL (UNTRAINED) - NOT FOR CLINICAL USE"
+RESEARCH_BANNER = "RESEARCH MODEL - TRAINED ON PUBLIC DATA, NOT VALIDATED FOR CLINICAL USE"
+BANNERS = {"clinical": "", "research": RESEARCH_BANNER, "demonstration": DEMONSTRATION_BANNER,
+           "placeholder": PLACEHOLDER_BANNER}
+STATUSES = tuple(BANNERS)
+TRAINING_DATA_KEYS = ("sources", "licences", "non_commercial", "manifest_sha256")
 DEMONSTRATION_NOTE = ("Demonstration model trained on very few patients; it shows the pipeline working end to end "
                       "and has no clinical validity. Not for clinical use.")
 
 
-def banner_for(demonstration: bool, placeholder: bool) -> str:
-    """The warning every output of a model shows ('' for a clinical model): the one source of that text."""
-    return PLACEHOLDER_BANNER if placeholder else DEMONSTRATION_BANNER if demonstration else ""
+def banner_for(status: str) -> str:
+    """The warning every output of a model of ``status`` shows ('' for a clinical model): the one source of that text."""
+    return BANNERS[status]
+
+
+def training_data_summary(training_data: dict[str, Any] | None) -> str:
+    """One line on what a model was trained on, e.g. ``1200 images from 3 sources (hannover: covid 243; ...);
+    licences: CC BY 3.0 (243), ...; includes images under non-commercial terms``; '' without training data."""
+    if not training_data:
+        return ""
+    sources = training_data["sources"]
+    total = sum(sum(counts.values()) for counts in sources.values())
+    parts = "; ".join(f"{source}: " + ", ".join(f"{c} {n}" for c, n in counts.items()) for source, counts in sources.items())
+    licences = ", ".join(f"{licence} ({n})" for licence, n in training_data["licences"].items())
+    terms = "; includes images under non-commercial terms" if training_data["non_commercial"] else ""
+    return f"{total} images from {len(sources)} source{'s' if len(sources) != 1 else ''} ({parts}); licences: {licences}{terms}"
 
 
 @dataclass(frozen=True)
@@ -120,8 +142,7 @@ class ModelCard:
     name: str
     version: str
     classes: tuple[str, ...]
-    demonstration: bool
-    placeholder: bool
+    status: str                                            # one of STATUSES
     note: str
     preprocessing: PipelineOptions
     training_range: TrainingRange
@@ -131,6 +152,8 @@ class ModelCard:
     explain: dict[str, str] | None = None
     patient_rule: PatientRule | None = None                # slice models only
     validations: tuple[dict[str, Any], ...] = ()           # site validations recorded by ctedge validate --record
+    training_data: dict[str, Any] | None = None            # research models: see TRAINING_DATA_KEYS
+    known_biases: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)    # provenance, onnx, edgetpu: kept as written
 
     @property
@@ -140,7 +163,7 @@ class ModelCard:
     @property
     def banner(self) -> str:
         """The warning every output of this model carries ('' for a validated clinical model)."""
-        return banner_for(self.demonstration, self.placeholder)
+        return banner_for(self.status)
 
     def files(self, variant: str) -> dict[str, Path]:
         """The model files of ``variant`` (``encoder``, ``head``); ModelLoadError when absent or missing."""
@@ -157,7 +180,8 @@ class ModelCard:
         """The JSON document of the card (what :func:`write_card` writes)."""
         doc = {"name": self.name, "version": self.version, "kind": self.kind, "modality": self.modality,
                "classes": list(self.classes),
-               "demonstration": self.demonstration, "placeholder": self.placeholder, "note": self.note,
+               "status": self.status, "demonstration": self.status != "clinical",
+               "placeholder": self.status == "placeholder", "note": self.note,
                "preprocessing": self.preprocessing.model_input() | {"override": self.preprocessing.override},
                "training_range": self.training_range.to_dict(), "variants": self.variants}
         if self.patient_rule:
@@ -166,12 +190,16 @@ class ModelCard:
             doc["explain"] = self.explain
         if self.validations:
             doc["validations"] = list(self.validations)
+        if self.training_data:
+            doc["training_data"] = self.training_data
+        if self.known_biases:
+            doc["known_biases"] = list(self.known_biases)
         return doc | self.extra
 
 
 _REQUIRED = ("name", "version", "classes", "preprocessing", "variants")
-_KNOWN = set(_REQUIRED) | {"demonstration", "placeholder", "note", "training_range", "explain", "kind", "modality",
-                            "validations", "patient_rule"}
+_KNOWN = set(_REQUIRED) | {"status", "demonstration", "placeholder", "note", "training_range", "explain", "kind",
+                            "modality", "validations", "patient_rule", "training_data", "known_biases"}
 
 
 def parse_card(doc: Any, path: Path) -> ModelCard:
@@ -215,11 +243,47 @@ def parse_card(doc: Any, path: Path) -> ModelCard:
             raise ModelLoadError(path, f"variant {variant!r} must name the {' and '.join(PARTS[kind])} file(s) "
                                        f"of a {kind} model, got {', '.join(files) or 'none'}")
     return ModelCard(path=path, name=str(doc["name"]), version=str(doc["version"]), classes=classes,
-                     demonstration=bool(doc.get("demonstration", True)), placeholder=bool(doc.get("placeholder", False)),
-                     note=str(doc.get("note", "")), preprocessing=options, training_range=training_range,
+                     status=_status(doc, path), note=str(doc.get("note", "")), preprocessing=options, training_range=training_range,
                      variants=variants, explain=doc.get("explain"), kind=kind, patient_rule=rule,
                      modality=modality, validations=tuple(doc.get("validations") or ()),
+                     training_data=_training_data(doc.get("training_data"), path),
+                     known_biases=_known_biases(doc.get("known_biases"), path),
                      extra={k: v for k, v in doc.items() if k not in _KNOWN})
+
+
+def _status(doc: dict[str, Any], path: Path) -> str:
+    """The card's status: ``status`` if given, else from the booleans of older cards (``placeholder``,
+    ``research``, ``demonstration`` (default true), else clinical)."""
+    if "status" in doc:
+        if doc["status"] not in STATUSES:
+            raise ModelLoadError(path, f"status {doc['status']!r} must be one of {', '.join(STATUSES)}")
+        return doc["status"]
+    for status in ("placeholder", "research"):
+        if doc.get(status):
+            return status
+    return "demonstration" if doc.get("demonstration", True) else "clinical"
+
+
+def _training_data(value: Any, path: Path) -> dict[str, Any] | None:
+    """The card's ``training_data`` (None when absent); ModelLoadError on a malformed one."""
+    if value is None:
+        return None
+    ok = (isinstance(value, dict) and set(TRAINING_DATA_KEYS) <= set(value)
+          and isinstance(value["sources"], dict) and isinstance(value["licences"], dict)
+          and all(isinstance(c, dict) and all(isinstance(n, int) for n in c.values()) for c in value["sources"].values())
+          and all(isinstance(n, int) for n in value["licences"].values()) and isinstance(value["non_commercial"], bool))
+    if not ok:
+        raise ModelLoadError(path, "training_data must be an object with sources ({source: {class: count}}), "
+                                   "licences ({licence: count}), non_commercial (true/false) and manifest_sha256")
+    return value
+
+
+def _known_biases(value: Any, path: Path) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ModelLoadError(path, "known_biases must be a list of sentences")
+    return tuple(value)
 
 
 def _classes(value: Any, kind: str, path: Path) -> tuple[str, ...]:

@@ -11,7 +11,7 @@ from typing import Protocol
 import numpy as np
 
 from edge import CLASSES
-from edge.card import ModelCard, banner_for, load_card
+from edge.card import ModelCard, banner_for, load_card, training_data_summary
 from edge.errors import ModelLoadError
 from edge.evidence import NO_EVIDENCE, evidence_line
 from edge.runtime import input_shape, invoke, load_interpreter
@@ -21,26 +21,31 @@ from edge.runtime import input_shape, invoke, load_interpreter
 class ModelInfo:
     name: str
     version: str
-    demonstration: bool
-    placeholder: bool
+    status: str               # clinical, research, demonstration or placeholder (edge.card.STATUSES)
     note: str
     validation: str = NO_EVIDENCE   # the evidence line: "validated on N patients (...)" or "no validation recorded"
     variant: str = ""         # the bundle variant actually run (int8, float32, ...)
     chosen: str = ""          # how that variant was chosen: tuned on this CPU, set by the profile, default
     threads: int = 0          # interpreter threads (0: not recorded)
+    training_data: dict | None = None    # research models: what they were trained on (edge.card)
+    known_biases: tuple[str, ...] = ()
 
     @property
     def banner(self) -> str:
         """The warning every output of this model shows ('' for a clinical model)."""
-        return banner_for(self.demonstration, self.placeholder)
+        return banner_for(self.status)
 
     def to_dict(self) -> dict:
-        return asdict(self) | {"banner": self.banner}
+        """The model as outputs show it; ``demonstration`` (any model not for clinical use) and
+        ``placeholder`` are kept for readers of older results."""
+        return asdict(self) | {"banner": self.banner, "demonstration": self.status != "clinical",
+                               "placeholder": self.status == "placeholder", "known_biases": list(self.known_biases),
+                               "training_summary": training_data_summary(self.training_data)}
 
     @classmethod
     def of(cls, card: ModelCard, variant: str) -> ModelInfo:
-        return cls(card.name, f"{card.version} ({variant})", card.demonstration, card.placeholder, card.note,
-                   evidence_line(card.validations), variant)
+        return cls(card.name, f"{card.version} ({variant})", card.status, card.note, evidence_line(card.validations),
+                   variant, training_data=card.training_data, known_biases=card.known_biases)
 
 
 class Classifier(Protocol):
@@ -61,7 +66,7 @@ class PlaceholderClassifier:
     kind = "group"
     classes = CLASSES
     info = ModelInfo(
-        name="placeholder-uniform", version="0", demonstration=True, placeholder=True,
+        name="placeholder-uniform", version="0", status="placeholder",
         note="Placeholder, not a classifier: every group gets probability 1/3 for each class. "
              "Install a trained model to get a real verdict. Not for clinical use.",
     )

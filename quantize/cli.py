@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from edge.card import DEMONSTRATION_NOTE
+from edge.errors import UserError
 from training.cli import NO_NETWORK, _require_tensorflow
 
 
@@ -29,19 +30,27 @@ def add_quantize(sub: argparse._SubParsersAction) -> None:
                    help="calibration (and, for slice models, fidelity) slices at most (100-500 advised)")
     p.add_argument("--clinical", action="store_true", help="do not mark the bundle as a demonstration model")
     p.add_argument("--note", default=DEMONSTRATION_NOTE)
+    p.add_argument("--research", type=Path, default=None, metavar="SUMMARY_JSON",
+                   help="slice/X-ray runs: a research model trained on public data (status research): the "
+                        "summary.json of `ctedge data import` gives the card's training_data and known_biases")
+    p.add_argument("--known-bias", action="append", default=[], metavar="SENTENCE",
+                   help="with --research: one more known bias for the card (repeatable)")
     p.set_defaults(func=cmd_quantize)
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
     _require_tensorflow()
     from quantize.bundle import quantize_run
-    from quantize.slice_bundle import quantize_slice_run
+    from quantize.slice_bundle import quantize_slice_run, research_fields
     from training.slice_train import is_slice_run
 
     command = "ctedge " + shlex.join(sys.argv[1:])
+    if args.research and (args.clinical or not is_slice_run(args.run)):
+        raise UserError("--research", "is for runs of ctedge train --arch (slice and X-ray models), not with --clinical")
     if is_slice_run(args.run):
+        research = research_fields(args.research, args.known_bias) if args.research else None
         result = quantize_slice_run(args.run, args.calibration, args.out, args.name or args.run.name, args.version,
-                                    args.max_slices, args.clinical, args.note, command)
+                                    args.max_slices, args.clinical, args.note, command, research)
         card = result.card
         rule = f"; patient rule {card.patient_rule.to_dict()}" if card.patient_rule else ""
         print(f"{card.kind} bundle: {card.path} ({card.extra['calibration']['slices']} calibration images{rule})")

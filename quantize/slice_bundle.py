@@ -11,6 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 from edge.card import CARD_FILE, DEMONSTRATION_NOTE, parse_card, write_card
+from edge.errors import UserError
 from edge.infer import SliceClassifier
 from quantize.bundle import QuantizeResult
 from quantize.convert import convert, export_slice_explain
@@ -20,8 +21,22 @@ from training.slice_train import load_slice_run
 from training.train import prepare_records, read_run_preprocessing
 
 SLICE_VARIANTS = ("float32", "int8")
+RESEARCH_NOTE = ("Research model trained on public collections; its figures are from those collections, not from "
+                 "this site. Not validated for clinical use.")
 PLACEHOLDER_NOTE = ("Untrained (placeholder) model: converted with its initial weights to measure speed and size only; "
                     "its verdicts carry no information. Not for clinical use.")
+
+
+def research_fields(summary: Path, known_biases: list[str]) -> dict:
+    """The card fields of a research model from the summary.json of ``ctedge data import`` (its
+    ``training_data`` and ``known_biases``) and further known biases; UserError names a bad file."""
+    try:
+        doc = json.loads(summary.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(summary, f"cannot read the data summary ({exc})") from exc
+    if not isinstance(doc, dict) or "training_data" not in doc:
+        raise UserError(summary, "not a summary.json of ctedge data import (it has no training_data)")
+    return {"training_data": doc["training_data"], "known_biases": list(doc.get("known_biases", [])) + known_biases}
 
 
 def calibration_slices(studies: list[np.ndarray], max_slices: int) -> list[np.ndarray]:
@@ -47,11 +62,13 @@ def calibration_studies(calibration: Path, options, config: dict) -> list[np.nda
 
 
 def quantize_slice_run(run: Path, calibration: Path, out: Path, name: str, version: str, max_slices: int = 200,
-                       clinical: bool = False, note: str = DEMONSTRATION_NOTE, command: str = "") -> QuantizeResult:
+                       clinical: bool = False, note: str = DEMONSTRATION_NOTE, command: str = "",
+                       research: dict | None = None) -> QuantizeResult:
     """Convert the run's slice model to float32 and int8 TFLite (int8 calibrated on real kept slices of
     the ``calibration`` studies, preprocessed with the run's options), export the float32 Grad-CAM
     model, write the bundle and compare every variant with the Keras model on those studies' slices.
-    A run trained for no epoch gives a placeholder bundle (flagged so, and so on every output)."""
+    A run trained for no epoch gives a placeholder bundle (flagged so, and so on every output). ``research``
+    (``training_data`` and ``known_biases``, see :func:`research_fields`) makes it a research model."""
     model, config = load_slice_run(run)
     options, training_range = read_run_preprocessing(run)
     studies = calibration_studies(calibration, options, config)
@@ -73,6 +90,8 @@ def quantize_slice_run(run: Path, calibration: Path, out: Path, name: str, versi
             "explain": export_slice_explain(model, config["gradcam_layer"], out, shape),
             "calibration": {"studies": str(calibration), "slices": len(slices)},
             "trained_with": config, "converted_with": command}
+    if research and not untrained:
+        card |= {"status": "research", "note": note if note != DEMONSTRATION_NOTE else RESEARCH_NOTE} | research
     parsed = parse_card(card, out / CARD_FILE)
     write_card(parsed)
     predictors = {"keras": lambda s: model(s[None, ..., None].astype(np.float32), training=False).numpy()[0]}

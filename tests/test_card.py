@@ -13,7 +13,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from edge.card import load_card
+from edge.card import DEMONSTRATION_BANNER, PLACEHOLDER_BANNER, RESEARCH_BANNER, load_card, write_card
 from edge.cli import main
 from edge.engine import DEFAULT_BUNDLE, Engine
 from edge.errors import ModelLoadError
@@ -58,6 +58,9 @@ def bundle_with(tmp_path: Path, **changes) -> Path:
     ({"patient_rule": {"name": "fraction", "threshold": 0.1}}, "patient_rule applies to slice models only"),
     ({"modality": "xray"}, "kind 'group' reads ct studies, not modality 'xray'"),
     ({"modality": "mri"}, "modality 'mri' is not supported"),
+    ({"status": "trial"}, "status 'trial' must be one of clinical, research, demonstration, placeholder"),
+    ({"training_data": {"sources": {"a": {"covid": 1}}}}, "training_data must be an object with sources"),
+    ({"known_biases": "pediatric"}, "known_biases must be a list of sentences"),
 ])
 def test_a_bad_card_is_refused_naming_the_file_and_key(tmp_path, changes, message):
     bundle = bundle_with(tmp_path, **changes)
@@ -72,6 +75,31 @@ def test_the_shipped_card_round_trips_and_records_the_model_input():
     assert (card.training_range.slice_thickness_mm.low, card.training_range.slice_thickness_mm.high) == (2.0, 2.0)
     doc = json.loads((DEFAULT_BUNDLE / "model.json").read_text())
     assert card.to_dict() == doc
+
+
+@pytest.mark.parametrize("changes, status, banner", [
+    ({"status": "research"}, "research", RESEARCH_BANNER),
+    ({"status": None, "demonstration": True}, "demonstration", DEMONSTRATION_BANNER),
+    ({"status": None, "demonstration": False, "placeholder": True}, "placeholder", PLACEHOLDER_BANNER),
+    ({"status": None, "research": True}, "research", RESEARCH_BANNER),
+    ({"status": None, "demonstration": False}, "clinical", ""),
+])
+def test_the_status_and_its_banner_also_from_the_booleans_of_older_cards(tmp_path, changes, status, banner):
+    card = load_card(bundle_with(tmp_path, **changes))
+    assert (card.status, card.banner) == (status, banner)
+    doc = card.to_dict()
+    assert (doc["status"], doc["demonstration"], doc["placeholder"]) == (status, status != "clinical", status == "placeholder")
+
+
+def test_a_research_card_round_trips_its_training_data_and_known_biases(tmp_path):
+    training_data = {"sources": {"hannover": {"covid": 243}}, "licences": {"CC BY 3.0": 243}, "non_commercial": False,
+                     "manifest_sha256": "0" * 64}
+    biases = ["Every COVID-19 film is a portable ICU film."]
+    card = load_card(bundle_with(tmp_path, status="research", training_data=training_data, known_biases=biases))
+    write_card(replace(card, path=tmp_path / "copy" / "model.json"))
+    again = load_card(tmp_path / "copy")
+    assert (again.status, again.training_data, again.known_biases) == ("research", training_data, tuple(biases))
+    assert again.to_dict() == card.to_dict()
 
 
 def test_a_card_whose_group_size_differs_from_the_encoder_is_refused(tmp_path, capsys):

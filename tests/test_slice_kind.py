@@ -204,7 +204,7 @@ def test_the_shipped_slice_demonstration_bundle_runs_and_says_what_it_is(tmp_pat
 
     bundle = DEFAULT_BUNDLE.parent / "demo-slice"
     card = load_card(bundle)
-    assert (card.kind, card.classes, card.demonstration, card.placeholder) == ("slice", ("infection", "none"), True, False)
+    assert (card.kind, card.classes, card.status) == ("slice", ("infection", "none"), "demonstration")
     doc = Engine.from_bundle(bundle).analyse(SAMPLES / "COVID-19_P002", tmp_path / "out")
     assert doc["model"]["banner"] == "DEMONSTRATION MODEL - NOT FOR CLINICAL USE"
     assert doc["label"] in card.classes and len(doc["slices_used"]) == doc["n_slices_used"] > 0

@@ -46,7 +46,7 @@ def kept_images(study: Path, card) -> np.ndarray:
 def test_train_quantize_predict_through_the_cli(trained, phantom_dataset, capsys):
     _, bundle = trained
     card = load_card(bundle)
-    assert (card.kind, card.classes, card.demonstration) == ("slice", CLASSES, True)
+    assert (card.kind, card.classes, card.status) == ("slice", CLASSES, "demonstration")
     assert set(card.variants) == {"float32", "int8"} and card.explain["layer"] == "conv4"
     assert card.preprocessing.input_size == 64 and card.patient_rule.to_dict() == {"name": "fraction", "threshold": 0.1}
     fidelity = json.loads((bundle / "fidelity.json").read_text())
@@ -177,7 +177,7 @@ def test_an_untrained_run_becomes_a_placeholder_bundle(phantom_dataset, tmp_path
     assert main(["quantize", str(run), "--calibration", str(phantom_dataset), "--out", str(bundle),
                  "--max-slices", "8"]) == 0
     card = load_card(bundle)
-    assert card.placeholder and card.banner == "PLACEHOLDER MODEL (UNTRAINED) - NOT FOR CLINICAL USE"
+    assert card.status == "placeholder" and card.banner == "PLACEHOLDER MODEL (UNTRAINED) - NOT FOR CLINICAL USE"
     capsys.readouterr()
     assert main(["predict", str(phantom_dataset / "healthy" / "healthy-0"), "--model", str(bundle)]) == 0
     assert "*** PLACEHOLDER MODEL (UNTRAINED) - NOT FOR CLINICAL USE ***" in capsys.readouterr().out

@@ -34,7 +34,7 @@ ANSWERS = [[.8, .1, .1], [.2, .6, .2],      # covid: right, wrong (other_pneumon
 class Scripted:
     """A classifier whose answers are known by construction: the next scripted vector per group."""
 
-    info = ModelInfo("scripted", "1", demonstration=True, placeholder=False, note="test fixture")
+    info = ModelInfo("scripted", "1", status="demonstration", note="test fixture")
     kind, classes = "group", CLASSES
 
     def __init__(self, answers, stop_after: int | None = None):
@@ -153,7 +153,7 @@ def test_resuming_with_another_model_is_refused(phantom_dataset, tmp_path):
     records = discover(phantom_dataset)[:1]
     run_studies(records, Engine(Scripted(ANSWERS)), tmp_path)
     other = Scripted(ANSWERS)
-    other.info = ModelInfo("other", "2", demonstration=True, placeholder=False, note="")
+    other.info = ModelInfo("other", "2", status="demonstration", note="")
     with pytest.raises(UserError, match="another model"):
         run_studies(records, Engine(other), tmp_path)
 

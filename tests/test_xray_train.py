@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("tensorflow")
 
 from edge import CLASSES
-from edge.card import load_card
+from edge.card import RESEARCH_BANNER, load_card
 from edge.cli import main
 from edge.explain import SliceGradCam
 from edge.infer import SliceClassifier
@@ -79,6 +79,23 @@ def test_train_quantize_predict_an_xray_model(trained, dataset, capsys):
     expected = SliceClassifier(card, "int8").predict(prepare_radiograph(image, card.preprocessing).images[0])
     np.testing.assert_allclose([doc["probabilities"][c] for c in CLASSES], expected, atol=1e-5)
     assert doc["modality"] == "xray" and doc["model"]["banner"]
+
+
+def test_quantize_research_puts_the_data_summary_in_the_card(trained, dataset, tmp_path, capsys):
+    run, _ = trained
+    training_data = {"sources": {"phantoms": {c: 4 for c in CLASSES}}, "licences": {"CC0": 12}, "non_commercial": False,
+                     "manifest_sha256": "1" * 64}
+    summary = tmp_path / "summary.json"
+    summary.write_text(json.dumps({"training_data": training_data, "known_biases": ["Every image is a phantom."]}))
+    bundle = tmp_path / "bundle"
+    assert main(["quantize", str(run), "--calibration", str(dataset), "--out", str(bundle), "--research", str(summary),
+                 "--known-bias", "Twelve images only."]) == 0
+    card = load_card(bundle)
+    assert (card.status, card.banner) == ("research", RESEARCH_BANNER) and card.note.startswith("Research model")
+    assert card.training_data == training_data and card.known_biases == ("Every image is a phantom.", "Twelve images only.")
+    summary.write_text("{}")
+    assert main(["quantize", str(run), "--calibration", str(dataset), "--out", str(bundle), "--research", str(summary)]) == 2
+    assert f"{summary}: not a summary.json of ctedge data import" in capsys.readouterr().err
 
 
 def test_edge_gradcam_of_an_xray_model_matches_tensorflow(trained, dataset):

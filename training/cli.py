@@ -362,3 +362,44 @@ def cmd_train_unet(args: argparse.Namespace) -> int:
     print(f"U-Net: validation Dice {dice} on {metrics['n_val']} slices of {metrics['val_patients']}; "
           f"model {args.out}/unet.keras")
     return 0
+
+
+def add_data(sub: argparse._SubParsersAction) -> None:
+    from training.public_data import NEAR_CORRELATION, NEAR_THRESHOLD, PRIORITY, READERS
+
+    p = sub.add_parser("data", help="import public chest X-ray / CT-slice collections into one manifest CSV",
+                       description="Work on public collections (no TensorFlow needed).")
+    commands = p.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
+    q = commands.add_parser("import", help="read collections into OUT/manifest.csv with summary and montages",
+                            description="Read each collection's layout and write OUT/manifest.csv (path, class, patient, "
+                                        "view, source, licence, sha256, width, height), OUT/duplicates.csv, "
+                                        "OUT/summary.json, OUT/summary.md and OUT/montages/<source>_<class>.png. X-ray: "
+                                        "frontal views only (laterals dropped and counted). Exact (sha256) and near "
+                                        "(pHash) duplicates are removed across sources, keeping the copy from the "
+                                        f"earliest of {', '.join(PRIORITY)}. The agchung Actualmed and Figure1 "
+                                        "collections are refused (reserved external test).")
+    layouts = {"ieee8023": "folder with metadata.csv in the ieee8023 covid-chestxray schema (e.g. GeneralBlockchain's)",
+               "hannover": "Hannover Medical School folder: data.csv and png/",
+               "kermany": "Kermany pediatric folders .../NORMAL and .../PNEUMONIA (patient id in the file name)",
+               "radiography": "COVID-19 Radiography Database folders COVID/, Normal/ (no patient ids: one per image)",
+               "ucsd-ct": "UCSD COVID-CT slices in CT_COVID/ and CT_NonCOVID/ (classes covid / non_covid)"}
+    assert set(layouts) == set(READERS)
+    for name, help_text in layouts.items():
+        q.add_argument(f"--{name}", type=Path, metavar="DIR", help=help_text)
+    q.add_argument("--out", type=Path, required=True, help="folder for the manifest, summary and montages")
+    q.add_argument("--near-threshold", type=int, default=NEAR_THRESHOLD,
+                   help=f"pHash Hamming distance (of 64 bits) at or under which two images may be one (default {NEAR_THRESHOLD})")
+    q.add_argument("--near-correlation", type=float, default=NEAR_CORRELATION,
+                   help="... and are, when their 32x32 grey thumbnails correlate at least this much "
+                        f"(default {NEAR_CORRELATION})")
+    q.set_defaults(func=cmd_data_import)
+
+
+def cmd_data_import(args: argparse.Namespace) -> int:
+    from training.public_data import READERS, import_collections, summary_markdown
+
+    sources = {name: getattr(args, name.replace("-", "_")) for name in READERS if getattr(args, name.replace("-", "_"))}
+    summary = import_collections(sources, args.out, args.near_threshold, args.near_correlation)
+    print(summary_markdown(summary))
+    print(f"wrote {args.out / 'manifest.csv'}, summary.json, summary.md, duplicates.csv and montages/")
+    return 0
