@@ -55,7 +55,8 @@ ct-slice-model: $(TRAIN)
 		--recipe default --lr 3e-4 --batch-size 32 --freeze-epochs 10 --epochs 20 --patience 5 --fine-tune-from block_13_expand \
 		--test-fraction 0.2 --val-fraction 0.15 --patient-rule fraction --threshold 0.3 --seed 0 --out runs/ct-slice-research
 	$(BIN)/ctedge quantize runs/ct-slice-research --calibration runs/ct-slice-research/manifest.csv \
-		--out edge/models/ct-slice-research --name mobilenetv2-ct-slice-research --version 0.1.0 --max-slices 300
+		--out edge/models/ct-slice-research --name mobilenetv2-ct-slice-research --version 0.1.0 --max-slices 200 \
+		--research runs/ct-slice-research/research.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -90,6 +90,13 @@ def quantize_slice_run(run: Path, calibration: Path, out: Path, name: str, versi
             "explain": export_slice_explain(model, config["gradcam_layer"], out, shape),
             "calibration": {"studies": str(calibration), "slices": len(slices)},
             "trained_with": config, "converted_with": command}
+    evaluation = run / "evaluation.json"       # the hold-out of a slice-images run (training.ct_slice_images)
+    if evaluation.is_file():
+        doc = json.loads(evaluation.read_text())
+        card["validation"] = {"what": "slice level, hold-out surrogate patients never used for fitting, early stopping "
+                                      "or any choice; 95% intervals by surrogate-patient bootstrap",
+                              "counts": doc["counts"]["test"], "model": doc["model"],
+                              "floor_frozen_embedding_logistic_regression": doc["baseline"]}
     if research and not untrained:
         card |= {"status": "research", "note": note if note != DEMONSTRATION_NOTE else RESEARCH_NOTE} | research
     parsed = parse_card(card, out / CARD_FILE)

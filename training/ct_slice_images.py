@@ -25,6 +25,7 @@ on the same split.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import re
 from collections import Counter
@@ -233,6 +234,37 @@ def metrics(y_true: np.ndarray, prob: np.ndarray, patients: list[str], n_boot: i
             "confusion_matrix": report["confusion_matrix"]}
 
 
+UCSD_SOURCE = "ucsd-ct"
+UCSD_LICENCE = "none granted: copyright of the papers' authors and publishers (UCSD COVID-CT README)"
+KNOWN_BIASES = (
+    "COVID slices are figures cut from papers (medRxiv, bioRxiv, journals), non-COVID slices come from other "
+    "sources: resolution, compression, crop and windowing differ by class, so the model can learn the source "
+    "rather than the disease (logistic regression on the features of an untrained, random trunk already "
+    "separates the classes on the hold-out).",
+    "Slices were chosen by their authors to show findings, mostly at mid-lung; the edge scores every kept slice "
+    "of a volume, apex and bases included, which training never showed.",
+    "The images came windowed by their authors (windows unknown); the edge uses the lung window and cuts each "
+    "volume to its lungs; lungs are not masked.",
+    "non_covid mixes normal lungs and other diseases: the model does not tell other pneumonia from healthy.",
+    "No patient ids: the hold-out is by surrogate patient (paper, source figure, run of numbered slices); its "
+    "figures are per slice on one collection, not per patient.",
+)
+
+
+def research_summary(run_dir: Path) -> dict:
+    """What the card of a research model trained by :func:`train_slice_image_run` carries (the
+    ``--research`` file of ``ctedge quantize``): ``training_data`` (the images fitted on or used for
+    early stopping, i.e. the train and val parts of the run's manifest.csv, per class) and
+    ``known_biases``; written by the run as research.json."""
+    manifest = run_dir / "manifest.csv"
+    used = read_slice_images(manifest, part="train") + read_slice_images(manifest, part="val")
+    counts = Counter(i.label for i in used)
+    return {"training_data": {"sources": {UCSD_SOURCE: {c: counts[c] for c in CT_SLICE_CLASSES}},
+                              "licences": {UCSD_LICENCE: len(used)}, "non_commercial": False,
+                              "manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest()},
+            "known_biases": list(KNOWN_BIASES)}
+
+
 def embedding(model, x: np.ndarray) -> np.ndarray:
     """The pooled trunk features (layer ``pool`` of ``training.archs``) of (N, size, size) uint8 slices."""
     import tf_keras as keras
@@ -283,7 +315,8 @@ def _auc(m: dict) -> str:
 def train_slice_image_run(source: Path, out: Path, config, n_boot: int = 2000) -> dict:
     """Read, join near duplicates, split, train (``training.slice_train.fit_slice_run``), evaluate on
     the hold-out against the embedding floor; writes manifest.csv (with each image's part),
-    preprocessing.json, evaluation.json and report.md in ``out`` besides the run files."""
+    preprocessing.json, evaluation.json, report.md and research.json (:func:`research_summary`) in ``out``
+    besides the run files."""
     from training.slice_train import fit_slice_run
     from training.train import write_run_preprocessing
 
@@ -310,5 +343,6 @@ def train_slice_image_run(source: Path, out: Path, config, n_boot: int = 2000) -
            "selected_epoch": run.selected}
     doc["report"] = format_report(doc)
     (out / "evaluation.json").write_text(json.dumps(doc, indent=2, default=float))
+    (out / "research.json").write_text(json.dumps(research_summary(out), indent=2))
     (out / "report.md").write_text(doc["report"] + "\n")
     return doc
