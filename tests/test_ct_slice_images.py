@@ -183,3 +183,17 @@ def test_fine_tuning_freezes_the_trunk_below_the_named_layer():
     assert built.frozen_for_fine_tuning(None) == frozenset()
     with pytest.raises(ValueError, match="no trunk layer named 'conv9'"):
         built.frozen_for_fine_tuning("conv9")
+
+
+def test_mobilenetv2_slices_are_scaled_as_its_imagenet_weights_expect():
+    """A grey slice in [0, 255] reaches the Coral trunk as [-1, 1] RGB, what its weights were trained on."""
+    import tf_keras as keras
+
+    from training.archs import build_slice_model
+    from training.trunk import CORAL_MOBILENET_V2, mobilenet_v2
+
+    slice_model = build_slice_model("mobilenetv2", 224, 2, CORAL_MOBILENET_V2).model
+    grey = np.random.default_rng(0).integers(0, 256, (1, 224, 224, 1)).astype(np.float32)
+    ours = keras.Model(slice_model.inputs, slice_model.get_layer("pool").output)(grey).numpy()
+    reference = mobilenet_v2()(np.repeat(grey / 127.5 - 1, 3, axis=-1)).numpy().mean(axis=(1, 2))
+    np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-4)
