@@ -19,6 +19,9 @@ from edge.errors import UserError
 METHODS = ("lung-extent", "seed-area", "rahimzadeh")
 """The slice selection rules (``edge.preprocess.select``), named here so that options are checked
 without importing the preprocessing."""
+CROPS = ("none", "lungs")
+"""``PipelineOptions.crop``: ``none`` keeps the whole field of view; ``lungs`` cuts every slice to the box of
+the lung mask over the kept slices (``edge.preprocess.window.lung_box``), as the public slice collections are cut."""
 
 
 class SettingConflictError(UserError):
@@ -37,11 +40,14 @@ class PipelineOptions:
     selection: str = "lung-extent"    # slice selection rule (METHODS)
     group_size: int = 50              # slices per group
     segmenter: str = "threshold"      # "threshold", or a U-Net .tflite file name inside the model bundle
+    crop: str = "none"                # "lungs": every slice cut to the lungs' box over the kept slices (CROPS)
     override: float = 0.9             # a group's disease probability above this overrides a healthy majority
 
     def __post_init__(self) -> None:
         if self.selection not in METHODS:
             raise ValueError(f"selection must be one of {', '.join(METHODS)}, got {self.selection!r}")
+        if self.crop not in CROPS:
+            raise ValueError(f"crop must be one of {', '.join(CROPS)}, got {self.crop!r}")
 
     @property
     def window(self) -> tuple[float, float]:

@@ -16,6 +16,7 @@ from edge.infer import SliceClassifier
 from quantize.bundle import QuantizeResult
 from quantize.convert import convert, export_slice_explain
 from quantize.fidelity import bundle_sizes, compare, format_table
+from training.ct_slice_images import load_inputs, read_slice_images
 from training.data import discover
 from training.slice_train import load_slice_run
 from training.train import prepare_records, read_run_preprocessing
@@ -49,6 +50,20 @@ def calibration_slices(studies: list[np.ndarray], max_slices: int) -> list[np.nd
     return list(chosen)
 
 
+def run_validation(run: Path) -> dict | None:
+    """The card's ``validation``: the hold-out of an X-ray run (its ``report.json``) or of a slice-images run
+    (its ``evaluation.json``, see ``training.ct_slice_images``); None for a run without one."""
+    if (run / "report.json").is_file():
+        return validation_summary(json.loads((run / "report.json").read_text()))
+    if (run / "evaluation.json").is_file():
+        doc = json.loads((run / "evaluation.json").read_text())
+        return {"what": "slice level, hold-out surrogate patients never used for fitting, early stopping or any choice; "
+                        "95% intervals by surrogate-patient bootstrap",
+                "counts": doc["counts"]["test"], "model": doc["model"],
+                "floor_frozen_embedding_logistic_regression": doc["baseline"]}
+    return None
+
+
 def validation_summary(report: dict) -> dict:
     """The card's ``validation`` of an X-ray run (its ``report.json``): the hold-out per class and macro
     sensitivity, specificity and F1 with patient-bootstrap 95% intervals, and the validation folds' macro
@@ -68,6 +83,16 @@ def validation_summary(report: dict) -> dict:
     return doc
 
 
+def calibration_studies(calibration: Path, options, config: dict) -> list[np.ndarray]:
+    """The model inputs to calibrate and compare on, one (n, size, size) array per study: the kept
+    slices of DICOM studies; for a run trained on slice images (``ctedge train --slice-images``), slice
+    images (the run's ``manifest.csv``: its ``train`` part only, never the hold-out)."""
+    if config.get("slice_classes"):
+        return [load_inputs(read_slice_images(calibration, part="train"), options)]
+    prepared = prepare_records(discover(calibration), options, config.get("modality", "ct"))
+    return [p.study.images[p.study.selection.kept_indices] for p in prepared]
+
+
 def quantize_slice_run(run: Path, calibration: Path, out: Path, name: str, version: str, max_slices: int = 200,
                        clinical: bool = False, note: str = DEMONSTRATION_NOTE, command: str = "",
                        research: dict | None = None) -> QuantizeResult:
@@ -75,12 +100,11 @@ def quantize_slice_run(run: Path, calibration: Path, out: Path, name: str, versi
     the ``calibration`` studies, preprocessed with the run's options), export the float32 Grad-CAM
     model, write the bundle and compare every variant with the Keras model on those studies' slices.
     A run trained for no epoch gives a placeholder bundle (flagged so, and so on every output). ``research``
-    (``training_data`` and ``known_biases``, see :func:`research_fields`) makes it a research model; an
-    X-ray run's ``report.json`` becomes the card's ``validation``."""
+    (``training_data`` and ``known_biases``, see :func:`research_fields`) makes it a research model; the run's
+    hold-out (:func:`run_validation`) becomes the card's ``validation``."""
     model, config = load_slice_run(run)
     options, training_range = read_run_preprocessing(run)
-    prepared = prepare_records(discover(calibration), options, config.get("modality", "ct"))
-    studies = [p.study.images[p.study.selection.kept_indices] for p in prepared]
+    studies = calibration_studies(calibration, options, config)
     slices = calibration_slices(studies, max_slices)
     shape = (1, options.input_size, options.input_size, 1)
     out.mkdir(parents=True, exist_ok=True)
@@ -101,8 +125,8 @@ def quantize_slice_run(run: Path, calibration: Path, out: Path, name: str, versi
             "trained_with": config, "converted_with": command}
     if research and not untrained:
         card |= {"status": "research", "note": note if note != DEMONSTRATION_NOTE else RESEARCH_NOTE} | research
-    if (run / "report.json").is_file():
-        card["validation"] = validation_summary(json.loads((run / "report.json").read_text()))
+    if validation := run_validation(run):
+        card["validation"] = validation
     parsed = parse_card(card, out / CARD_FILE)
     write_card(parsed)
     predictors = {"keras": lambda s: model(s[None, ..., None].astype(np.float32), training=False).numpy()[0]}

@@ -98,6 +98,18 @@ class SliceModel:
     model: keras.Model
     gradcam_layer: str
     trunk_layers: frozenset[str]      # what --freeze-epochs freezes for the first epochs
+    trunk_order: tuple[str, ...] = ()  # the trunk's layer names, input to output
+    norm_layers: frozenset[str] = frozenset()   # the trunk's BatchNormalization layers
+
+    def frozen_for_fine_tuning(self, start: str | None) -> frozenset[str]:
+        """The trunk layers that stay frozen when fine-tuning from layer ``start`` on: every one before
+        it, and every BatchNormalization (kept in inference mode, as for small data); none when None."""
+        if start is None:
+            return frozenset()
+        if start not in self.trunk_order:
+            raise ValueError(f"--fine-tune-from: no trunk layer named {start!r} (e.g. {', '.join(self.trunk_order[-40::8])})")
+        before = self.trunk_order[:self.trunk_order.index(start)]
+        return frozenset(before) | self.norm_layers
 
 
 def build_slice_model(arch: str, input_size: int, n_classes: int, weights: Path | None = None,
@@ -116,7 +128,9 @@ def build_slice_model(arch: str, input_size: int, n_classes: int, weights: Path 
     y = layers.Dropout(dropout, name="dropout")(y)
     logits = layers.Dense(n_classes, name="logits")(y)
     model = keras.Model(inputs, layers.Activation("softmax", name="probabilities")(logits), name=arch)
-    return SliceModel(model, gradcam_layer, frozenset(layer.name for layer in trunk.layers if layer.trainable_weights))
+    weighted = [layer.name for layer in trunk.layers if layer.trainable_weights]
+    norms = frozenset(layer.name for layer in trunk.layers if isinstance(layer, layers.BatchNormalization))
+    return SliceModel(model, gradcam_layer, frozenset(weighted), tuple(weighted), norms & frozenset(weighted))
 
 
 def make_optimizer(recipe: Recipe) -> keras.optimizers.Optimizer:

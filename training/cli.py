@@ -52,6 +52,16 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--feature-cache", type=Path, default=None,
                    help="slice models: folder caching the frozen trunk's pooled features of each image; the "
                         "--freeze-epochs stage then trains the head on them (unaugmented), so a rerun takes minutes")
+    p.add_argument("--fine-tune-from", default=None, metavar="LAYER",
+                   help="slice models: after the head epochs, train only the trunk from this layer on (e.g. "
+                        "block_13_expand of mobilenetv2); BatchNormalization stays frozen")
+    p.add_argument("--slice-images", action="store_true",
+                   help="CT slice model from 2-D slice images (PNG/JPEG) instead of DICOM studies: DATA is class "
+                        "folders (CT_COVID/ and CT_NonCOVID/ as the UCSD COVID-CT collection, or covid/ and non_covid/) "
+                        "or a CSV path,class,patient; classes covid / non_covid; surrogate patients (paper, source "
+                        "image, near duplicates) when ids are missing; split by them into train / val (early "
+                        "stopping) / --test-fraction hold-out; the edge cuts volumes to the lungs and does not mask "
+                        "them for this model (crop lungs, mask_lungs off)")
     p.add_argument("--epochs", type=int, default=30, help="slice models: epochs (default 30)")
     p.add_argument("--input-size", type=int, default=None, help="slice models: input canvas (default: the arch's)")
     p.add_argument("--slice-labels", type=Path, default=None,
@@ -127,6 +137,10 @@ def _train_slices(args: argparse.Namespace) -> int:
     from training.recipes import ARCH_INFO, DEFAULT_RECIPE
     from training.slice_train import SliceTrainConfig, train_slice_run, with_input_size
 
+    if args.slice_images:
+        return _train_slice_images(args)
+    if args.fine_tune_from:
+        raise UserError("--fine-tune-from", "is for --slice-images runs")
     if args.modality != "xray" and (args.folds or args.test_fraction):
         raise UserError("--arch", f"{args.arch} on CT is a slice model: --folds and --test-fraction are for "
                                   "cnn-bilstm and --modality xray")
@@ -168,6 +182,44 @@ def _train_slices(args: argparse.Namespace) -> int:
         print(what + f"{args.out}/slice_model.keras; split (seed {config.seed}): "
               + ", ".join(f"{len(run.split[k])} {k}" for k in ("train", "val")) + " patients")
     print(f"next: ctedge quantize {args.out} --calibration STUDIES --out BUNDLE")
+    return 0
+
+
+def _train_slice_images(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from edge.vote import PatientRule
+    from training.ct_slice_images import CT_SLICE_CLASSES, train_slice_image_run
+    from training.recipes import ARCH_INFO
+    from training.slice_train import SliceTrainConfig, with_input_size
+
+    if args.modality != "ct" or args.slice_labels or args.folds:
+        raise UserError("--slice-images", "trains a CT slice model on labelled images: no --modality xray, "
+                                          "--slice-labels or --folds")
+    if not 0 < args.test_fraction < 1:
+        raise UserError("--test-fraction", f"--slice-images needs a hold-out, in (0, 1); got {args.test_fraction}")
+    if args.weights is not None and not args.weights.is_file():
+        raise UserError(args.weights, "pretrained weights file not found (weights are never downloaded)")
+    try:
+        rule = PatientRule(args.patient_rule, args.threshold)
+    except ValueError as exc:
+        raise UserError("--threshold", str(exc)) from exc
+    config = SliceTrainConfig(arch=args.arch, recipe=args.recipe or "default", learning_rate=args.lr,
+                              epochs=args.epochs, freeze_epochs=args.freeze_epochs, batch_size=args.batch_size,
+                              patience=args.patience, augment=not args.no_augment, val_fraction=args.val_fraction,
+                              seed=args.seed, weights=str(args.weights) if args.weights else None,
+                              patient_rule=rule.to_dict(), test_fraction=args.test_fraction,
+                              fine_tune_from=args.fine_tune_from, slice_classes=CT_SLICE_CLASSES)
+    config = with_input_size(config, args.input_size or ARCH_INFO[args.arch][0])
+    config = replace(config, preprocessing=replace(config.preprocessing, mask_lungs=False, crop="lungs"))
+    doc = train_slice_image_run(args.data, args.out, config)
+    c = doc["counts"]
+    print(f"slice model ({args.arch}, {config.preprocessing.input_size} px, classes {', '.join(CT_SLICE_CLASSES)}): "
+          f"{args.out}/slice_model.keras; {doc['near_duplicates_joined']} near-duplicate images joined to another "
+          "surrogate patient; " + ", ".join(f"{k}: {v.get('covid', 0)} covid + {v.get('non_covid', 0)} non_covid images "
+                                           f"of {v['patients']} patients" for k, v in c.items()))
+    print(doc["report"])
+    print(f"manifest with parts: {args.out}/manifest.csv; next: ctedge quantize {args.out} --calibration STUDIES --out BUNDLE")
     return 0
 
 

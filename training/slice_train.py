@@ -63,8 +63,10 @@ class SliceTrainConfig:
     preprocessing: PipelineOptions = field(default_factory=PipelineOptions)
     modality: str = "ct"               # ct: every kept slice of CT studies (kind slice); xray: one radiograph per study (kind image)
     folds: int = 0                     # X-ray: k-fold cross-validation of the non-hold-out patients (0: one train/val split)
-    test_fraction: float = 0.0         # X-ray: hold-out patients per class, never used in training or model selection
+    test_fraction: float = 0.0         # X-ray, CT slice images: hold-out patients (groups) per class, never used in training or model selection
     feature_cache: str | None = None   # folder of cached trunk features: the frozen-trunk stage trains the head on them
+    fine_tune_from: str | None = None  # after the head stage, train only the trunk from this layer on (BatchNorm stays frozen)
+    slice_classes: tuple[str, ...] | None = None   # CT slice images: the classes of their manifest (negative last)
 
     @property
     def kind(self) -> str:
@@ -81,6 +83,8 @@ class SliceTrainConfig:
 
     @property
     def classes(self) -> tuple[str, ...]:
+        if self.slice_classes:
+            return tuple(self.slice_classes)
         return SLICE_LABEL_CLASSES if self.slice_labels else CLASSES
 
     @property
@@ -173,6 +177,16 @@ def train_slice_run(records: list[StudyRecord], run_dir: Path, config: SliceTrai
         raise UserError(config.slice_labels or "data", "no labelled slice to train on")
     xv, yv, used_val = labelled_slices(val, config, labels)
     write_run_preprocessing(run_dir, config.preprocessing, [p.study for p in used + used_val])
+    split_names = {k: [r.patient for r in v] for k, v in split.items()}
+    return fit_slice_run(x, y, xv, yv, run_dir, config, split_names, demonstration=len(records) < 30)
+
+
+def fit_slice_run(x: np.ndarray, y: np.ndarray, xv: np.ndarray, yv: np.ndarray, run_dir: Path,
+                  config: SliceTrainConfig, split_names: dict, demonstration: bool = False) -> SliceRun:
+    """Train the slice model on (N, size, size, 1) uint8 slices ``x`` with class indices ``y`` in
+    ``config.classes``; ``xv``/``yv`` (may be empty) drive early stopping, the schedule and the kept
+    epoch. Saves slice_model.keras, config.json, history.json, split.json and the training curves
+    in ``run_dir`` (preprocessing.json is the caller's)."""
     n = len(config.classes)
     keras.utils.set_random_seed(config.seed)
     size = config.preprocessing.input_size
@@ -187,8 +201,12 @@ def train_slice_run(records: list[StudyRecord], run_dir: Path, config: SliceTrai
     for stage, epochs, frozen in stages:
         if epochs <= 0:
             continue
+        try:
+            frozen_layers = built.trunk_layers if frozen else built.frozen_for_fine_tuning(config.fine_tune_from)
+        except ValueError as exc:
+            raise UserError("--fine-tune-from", str(exc)) from exc
         for layer in model.layers:
-            layer.trainable = not (frozen and layer.name in built.trunk_layers)
+            layer.trainable = layer.name not in frozen_layers
         stopper = keras.callbacks.EarlyStopping(monitor=monitor, patience=config.patience, restore_best_weights=True)
         fitted = [_schedule(config.recipe_spec, monitor), stopper]
         if frozen and config.feature_cache:
@@ -207,7 +225,6 @@ def train_slice_run(records: list[StudyRecord], run_dir: Path, config: SliceTrai
         model.set_weights(best[1])
     selected = best[2] if best else {}
     model.save(run_dir / MODEL_FILE)
-    split_names = {k: [r.patient for r in v] for k, v in split.items()}
     doc = asdict(config) | {"kind": config.kind, "classes": list(config.classes), "gradcam_layer": built.gradcam_layer,
                             "augmentation": config.augmentation, "selected_epoch": selected,
                             "n_train_slices": len(y), "n_val_slices": len(yv),
@@ -218,7 +235,7 @@ def train_slice_run(records: list[StudyRecord], run_dir: Path, config: SliceTrai
     curves = {k.removeprefix("all_"): v for k, v in history.items() if k.startswith("all_") and k != "all_lr"}
     if curves:
         plot_training_curves(curves, run_dir / "training_slices.png", title=f"Training, {config.arch} slices",
-                             note=DEMONSTRATION_BANNER.lower() if len(records) < 30 else "")
+                             note=DEMONSTRATION_BANNER.lower() if demonstration else "")
     return SliceRun(model, built.gradcam_layer, history, split_names, selected)
 
 

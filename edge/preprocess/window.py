@@ -1,4 +1,4 @@
-"""Intensity and geometry steps: lung window, resize to the model grid, CLAHE."""
+"""Intensity and geometry steps: lung window, resize to the model grid, crop to the lungs, CLAHE."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ LUNG_WINDOW: tuple[float, float] = (-1350.0, 150.0)
 """Lung window in HU: centre -600, width 1500."""
 MODEL_SIZE = 256
 AIR_HU = -1024.0
+LUNG_BOX_MARGIN = 0.05
 
 
 def lung_window(hu: np.ndarray, window: tuple[float, float] = LUNG_WINDOW) -> np.ndarray:
@@ -52,4 +53,38 @@ def clahe(slices_u8: np.ndarray, clip_limit: float = 2.0, tile_grid: int = 8) ->
     out = np.empty_like(slices_u8)
     for i, s in enumerate(slices_u8):
         out[i] = op.apply(s)
+    return out
+
+
+def lung_box(mask: np.ndarray, margin: float = LUNG_BOX_MARGIN) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) of the lung pixels of an (n, H, W) mask, all slices together,
+    widened by ``margin`` of each side's extent (clipped to the image); the whole slice when empty."""
+    n, h, w = mask.shape
+    rows, cols = np.flatnonzero(mask.any(axis=(0, 2))), np.flatnonzero(mask.any(axis=(0, 1)))
+    if not rows.size:
+        return 0, h, 0, w
+    dy, dx = int(round(margin * (rows[-1] - rows[0] + 1))), int(round(margin * (cols[-1] - cols[0] + 1)))
+    return max(0, rows[0] - dy), min(h, rows[-1] + 1 + dy), max(0, cols[0] - dx), min(w, cols[-1] + 1 + dx)
+
+
+def fit_square(image: np.ndarray, size: int, interpolation: int | None = None) -> np.ndarray:
+    """A 2-D image padded with 0 (black) on both sides of its shorter axis to a square, then resized
+    to ``size`` x ``size`` (area averaging when shrinking, bilinear when enlarging, unless given):
+    how a cut slice, from a volume or a public slice collection alike, becomes the model input."""
+    h, w = image.shape
+    s = max(h, w)
+    top, left = (s - h) // 2, (s - w) // 2
+    square = np.zeros((s, s), image.dtype)
+    square[top:top + h, left:left + w] = image
+    if interpolation is None:
+        interpolation = cv2.INTER_AREA if s > size else cv2.INTER_LINEAR
+    return cv2.resize(square, (size, size), interpolation=interpolation)
+
+
+def crop_slices(slices: np.ndarray, box: tuple[int, int, int, int], size: int, interpolation: int | None = None) -> np.ndarray:
+    """Every slice of an (n, H, W) stack cut to ``box`` (see :func:`lung_box`) and fitted to ``size``."""
+    top, bottom, left, right = box
+    out = np.empty((len(slices), size, size), slices.dtype)
+    for i, s in enumerate(slices):
+        out[i] = fit_square(np.ascontiguousarray(s[top:bottom, left:right]), size, interpolation)
     return out
