@@ -120,6 +120,7 @@ def test_a_radiograph_is_received_analysed_as_xray_and_its_sr_and_heatmap_reach_
         assert float(items[f"Probability of {c}"].MeasuredValueSequence[0].NumericValue) == pytest.approx(p, abs=1e-6)
     assert items["Decision rule"].TextValue == "most probable class of the radiograph"
     assert items["Algorithm Name"].TextValue == "xray-test-placeholder"
+    assert items["Model status"].TextValue == "placeholder"
     assert items["Comment"].TextValue.startswith(PLACEHOLDER_BANNER + ". Test fixture, untrained")
     assert items["Validation evidence"].TextValue == "no validation recorded"
     modality = items["Modality"].ConceptCodeSequence[0]

@@ -8,11 +8,13 @@ import re
 import time
 from pathlib import Path
 
+import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
 from edge.card import RESEARCH_BANNER
 from edge.cli import main
+from edge.dicomnet.results import structured_report
 from edge.engine import Engine
 from edge.profile import load_profile
 from edge.server import create_app
@@ -52,6 +54,10 @@ def test_predict_text_json_and_report_carry_the_research_banner(research_bundle,
     report = (out / "report.html").read_text()
     assert f'<p class="banner">{RESEARCH_BANNER}. Research fixture.' in report
     assert f'id="training-data">{SUMMARY}<' in report and all(f"<li>{b}</li>" in report for b in BIASES)
+    sr = structured_report(json.loads((out / "result.json").read_text()), [pydicom.dcmread(RG1)])
+    items = {item.ConceptNameCodeSequence[0].CodeMeaning: item for item in sr.ContentSequence}
+    assert items["Model status"].TextValue == "research"
+    assert items["Comment"].TextValue == f"{RESEARCH_BANNER}. Research fixture. Trained on: {SUMMARY}."
 
 
 def test_the_web_pages_and_api_carry_the_research_banner(research_bundle, tmp_path, monkeypatch):

@@ -1,7 +1,8 @@
 """The DICOM objects that carry a verdict back into PACS, made with highdicom from a result folder.
 
 * a Comprehensive SR: verdict, class probabilities, decision rule, model name and version, the
-  demonstration flag (the model's warning banner when it has one), the modality of the source, and
+  demonstration flag (the model's warning banner when it has one), the model status (clinical, research,
+  demonstration, placeholder) and what a research model was trained on, the modality of the source, and
   IMAGE references to the source instances that drove the verdict (those of the heatmaps; every
   image used when there are none: the CT slices, or the one radiograph);
 * one Secondary Capture image per heatmap overlay, caption and warning banner burned in, in the
@@ -49,6 +50,7 @@ COMMENT, SOURCE_IMAGE = _code("121106", "Comment", "DCM"), _code("121112", "Sour
 REPORT = _code("18748-4", "Diagnostic imaging report", "LN")
 DECISION_RULE, DEMONSTRATION = _code("decision-rule", "Decision rule"), _code("demonstration-model", "Demonstration model")
 VALIDATION = _code("validation-evidence", "Validation evidence")
+MODEL_STATUS = _code("model-status", "Model status")     # clinical, research, demonstration or placeholder
 NO_UNITS = _code("1", "no units", "UCUM")
 MODALITY = _code("121139", "Modality", "DCM")
 ACQUISITION_MODALITIES = {"CT": "Computed Tomography", "CR": "Computed Radiography", "DX": "Digital Radiography"}
@@ -105,8 +107,11 @@ def structured_report(doc: dict, evidence: list[Dataset]) -> hd.sr.Comprehensive
               hd.sr.TextContentItem(ALGORITHM_VERSION, str(model["version"]), "CONTAINS"),
               hd.sr.TextContentItem(DEMONSTRATION, "yes" if demonstration else "no", "CONTAINS"),
               hd.sr.TextContentItem(VALIDATION, model["validation"][:1024], "CONTAINS")]
+    if model.get("status"):      # results written before the status have none
+        items.append(hd.sr.TextContentItem(MODEL_STATUS, model["status"], "CONTAINS"))
     if demonstration:
-        items.append(hd.sr.TextContentItem(COMMENT, f"{model['banner']}. {model['note']}"[:1024], "CONTAINS"))
+        trained_on = f" Trained on: {model['training_summary']}." if model.get("training_summary") else ""
+        items.append(hd.sr.TextContentItem(COMMENT, f"{model['banner']}. {model['note']}{trained_on}"[:1024], "CONTAINS"))
     items += [hd.sr.ImageContentItem(SOURCE_IMAGE, ds.SOPClassUID, ds.SOPInstanceUID, relationship_type="CONTAINS")
               for ds in evidence]
     source = str(evidence[0].get("Modality", ""))
