@@ -1,16 +1,19 @@
 """The DICOM objects that carry a verdict back into PACS, made with highdicom from a result folder.
 
-* a Comprehensive SR: verdict, class probabilities, decision rule, model name and version, the
-  demonstration flag (the model's warning banner when it has one), the model status (clinical, research,
-  demonstration, placeholder) and what a research model was trained on, the modality of the source, and
-  IMAGE references to the source instances that drove the verdict (those of the heatmaps; every
-  image used when there are none: the CT slices, or the one radiograph);
+* a Comprehensive SR following TID 1500 (Measurement Report): the device observer (the AE title),
+  the procedure, an image library of the source instances that drove the verdict (those of the
+  heatmaps; every image used when there are none: the CT slices, or the one radiograph), one
+  measurement group with the verdict as a SNOMED CT finding, the algorithm identification (TID 4019:
+  name, version, the model card's sha256) and the class probabilities, and under "Qualitative
+  Evaluations" the decision rule, the model status (clinical, research, demonstration, placeholder),
+  its validation evidence and the warning banner with what a research model was trained on;
 * one Secondary Capture image per heatmap overlay, caption and warning banner burned in, in the
-  patient orientation of its source image.
+  patient orientation of its source image, which it references (Source Image Sequence).
 
-Both go into the source study (same StudyInstanceUID, patient and study attributes copied from the
+Both go into the source study (same StudyInstanceUID, the patient and study modules copied from the
 source) as new series with new UIDs; Manufacturer, model name and software versions name ctedge.
 Only the result document (``result.json``) and the source files are read, never engine internals.
+The tree and every code: docs/conformance.md (tests/test_conformance.py keeps the two in step).
 """
 
 from __future__ import annotations
@@ -65,7 +68,7 @@ ACQUISITION_MODALITIES = {"CT": "Computed Tomography", "CR": "Computed Radiograp
 """DCM codes (CID 29) of the source modalities the receiver accepts."""
 TRACKING_ID = "ctedge verdict"
 PRIVATE_SCHEME = hd.coding_schemes.CodingSchemeIdentificationItem(SCHEME, name="ctedge private concepts",
-                                                   responsible_organization="ctedge")
+                                                                   responsible_organization="ctedge")
 
 
 def finding_code(label: str) -> hd.sr.CodedConcept:
@@ -135,7 +138,7 @@ def structured_report(doc: dict, evidence: list[Dataset], *, ae_title: str = "CT
         procedure_reported=PROCEDURES[modality], title=REPORT_TITLE, imaging_measurements=[verdict_group(doc)])
     content[0].ContentSequence.insert(-1, image_library(evidence))       # TID 1500 row 5, before the measurements
     content[0].ContentSequence.append(_qualitative_evaluations(doc))
-    demonstration = model["status"] != "clinical" if model.get("status") else bool(model["banner"])
+    demonstration = bool(model["banner"])       # any model not validated for clinical use
     sr = hd.sr.ComprehensiveSR(
         evidence=evidence, content=content[0], series_instance_uid=generate_uid(), series_number=SR_SERIES_NUMBER,
         sop_instance_uid=generate_uid(), instance_number=1, manufacturer="ctedge", is_complete=True,
