@@ -4,6 +4,7 @@ Each has ``kind`` (the card kind whose scoring, ``edge.kinds``, runs it) and ``c
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
@@ -29,6 +30,7 @@ class ModelInfo:
     threads: int = 0          # interpreter threads (0: not recorded)
     training_data: dict | None = None    # research models: what they were trained on (edge.card)
     known_biases: tuple[str, ...] = ()
+    card_sha256: str = ""     # sha256 of the bundle's model.json ('' for the built-in placeholder)
 
     @property
     def banner(self) -> str:
@@ -45,7 +47,8 @@ class ModelInfo:
     @classmethod
     def of(cls, card: ModelCard, variant: str) -> ModelInfo:
         return cls(card.name, f"{card.version} ({variant})", card.status, card.note, evidence_line(card.validations),
-                   variant, training_data=card.training_data, known_biases=card.known_biases)
+                   variant, training_data=card.training_data, known_biases=card.known_biases,
+                   card_sha256=hashlib.sha256(card.path.read_bytes()).hexdigest())
 
 
 class Classifier(Protocol):

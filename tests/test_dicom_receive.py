@@ -17,6 +17,7 @@ from pydicom.uid import (ComprehensiveSRStorage, ExplicitVRLittleEndian, Implici
 
 from edge.dicomnet.outbox import Outbox
 from edge.dicomnet.receiver import CANNOT_UNDERSTAND, SOP_CLASS_NOT_SUPPORTED, Receiver
+from edge.dicomnet.results import FINDINGS
 from edge.dicomnet.service import DicomService
 from edge import __version__
 from edge.cli import main
@@ -25,7 +26,7 @@ from edge.ingest import load_study
 from edge.phantom import make_phantom, write_dicom_series
 from edge.profile import DicomPeer, DicomSettings, WatcherSettings
 from edge.watch import watch
-from tests.helpers.dicomnet import StorageSCP, echo, free_port, phantom_study, send
+from tests.helpers.dicomnet import StorageSCP, code_of, echo, free_port, phantom_study, send, sr_by_meaning, sr_items
 from tests.helpers.paths import SAMPLES
 from tests.helpers.profiles import write_profile
 
@@ -139,13 +140,13 @@ def test_received_study_is_analysed_and_the_sr_reaches_pacs(tmp_path, study, eng
     assert len({ds.SeriesInstanceUID for ds in pacs.received}) == 2
     sr = pacs.received[0]
     assert sr.PatientID == "PHANTOM-0001" and sr.Manufacturer == "ctedge"
-    items = {item.ConceptNameCodeSequence[0].CodeMeaning: item for item in sr.ContentSequence}
-    assert items["Finding"].TextValue == doc["label"]
+    items = sr_by_meaning(sr)
+    assert code_of(items["Finding"]) == (FINDINGS[doc["label"]].value, "SCT", FINDINGS[doc["label"]].meaning)
     for c, p in doc["probabilities"].items():
         assert float(items[f"Probability of {c}"].MeasuredValueSequence[0].NumericValue) == pytest.approx(p, abs=1e-6)
     assert items["Comment"].TextValue.startswith(doc["model"]["banner"] + ".")
     assert items["Validation evidence"].TextValue == doc["model"]["validation"] == "no validation recorded"
-    referenced = {i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in sr.ContentSequence if i.ValueType == "IMAGE"}
+    referenced = {i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in sr_items(sr) if i.ValueType == "IMAGE"}
     sources = {pydicom.dcmread(inbox / study_uid / s["file"]).SOPInstanceUID for h in doc["heatmaps"] for s in h["sources"]}
     assert referenced == sources
     evidence = sr.CurrentRequestedProcedureEvidenceSequence[0]

@@ -24,7 +24,7 @@ from pydicom.uid import (ComprehensiveSRStorage, ComputedRadiographyImageStorage
 from edge import CLASSES
 from edge.card import PLACEHOLDER_BANNER, load_card
 from edge.dicomnet.receiver import SOP_CLASS_NOT_SUPPORTED, Receiver
-from edge.dicomnet.results import patient_orientation, result_objects
+from edge.dicomnet.results import FINDINGS, patient_orientation, result_objects
 from edge.dicomnet.service import DicomService
 from edge.engine import DEFAULT_BUNDLE, Device, Engine
 from edge.explain import overlay
@@ -35,7 +35,8 @@ from edge.report import _captioned, _legible
 from edge.server import create_app
 from edge.watch import watch
 from tests.helpers.bundles import IMAGE_WEIGHT, slice_probabilities
-from tests.helpers.dicomnet import StorageSCP, free_port, phantom_study, send, send_statuses
+from tests.helpers.dicomnet import (StorageSCP, code_of, free_port, phantom_study, send, send_statuses, sr_by_meaning,
+                                   sr_items)
 from tests.helpers.profiles import DEMO_BUNDLE
 from tests.helpers.profiles import write_profile as device_profile
 from tests.helpers.server import write_profile as server_profile
@@ -70,10 +71,6 @@ def receiver_of(folder: Path, bundles: list[Path]) -> Receiver:
 
 def stored(inbox: Path) -> list[Path]:
     return sorted(p for p in inbox.rglob("*.dcm") if ".receiving" not in p.parts)
-
-
-def items_by_meaning(sr: pydicom.Dataset) -> dict[str, pydicom.Dataset]:
-    return {item.ConceptNameCodeSequence[0].CodeMeaning: item for item in sr.ContentSequence}
 
 
 def test_a_radiograph_is_received_analysed_as_xray_and_its_sr_and_heatmap_reach_pacs(tmp_path, rg1, xray_bundle,
@@ -114,19 +111,18 @@ def test_a_radiograph_is_received_analysed_as_xray_and_its_sr_and_heatmap_reach_
     sr, sc = pacs.received
     assert (sr.PatientID, sr.Manufacturer) == (source.PatientID, "ctedge")
     assert sr.SeriesDescription == "ctedge X-ray verdict (not for clinical use)"
-    items = items_by_meaning(sr)
-    assert items["Finding"].TextValue == doc["label"]
+    items = sr_by_meaning(sr)
+    assert code_of(items["Finding"]) == (FINDINGS[doc["label"]].value, "SCT", FINDINGS[doc["label"]].meaning)
     for c, p in doc["probabilities"].items():
         assert float(items[f"Probability of {c}"].MeasuredValueSequence[0].NumericValue) == pytest.approx(p, abs=1e-6)
     assert items["Decision rule"].TextValue == "most probable class of the radiograph"
     assert items["Algorithm Name"].TextValue == "xray-test-placeholder"
+    assert items["Procedure reported"].ConceptCodeSequence[0].CodeValue == "399208008"    # Plain X-ray of chest
     assert items["Model status"].TextValue == "placeholder"
     assert items["Comment"].TextValue.startswith(PLACEHOLDER_BANNER + ". Test fixture, untrained")
     assert items["Validation evidence"].TextValue == "no validation recorded"
-    modality = items["Modality"].ConceptCodeSequence[0]
-    assert (modality.CodeValue, modality.CodingSchemeDesignator, modality.CodeMeaning) == \
-        ("CR", "DCM", "Computed Radiography")
-    [reference] = [i.ReferencedSOPSequence[0] for i in sr.ContentSequence if i.ValueType == "IMAGE"]
+    assert code_of(items["Modality"]) == ("CR", "DCM", "Computed Radiography")    # of the image library entry
+    [reference] = [i.ReferencedSOPSequence[0] for i in sr_items(sr) if i.ValueType == "IMAGE"]
     assert (reference.ReferencedSOPClassUID, reference.ReferencedSOPInstanceUID) == \
         (ComputedRadiographyImageStorage, source.SOPInstanceUID)
     evidence = sr.CurrentRequestedProcedureEvidenceSequence[0]
@@ -145,6 +141,7 @@ def test_a_radiograph_is_received_analysed_as_xray_and_its_sr_and_heatmap_reach_
     assert np.abs(sc.pixel_array.astype(int) - expected_sc).max() <= 1
     np.testing.assert_array_equal(sc.pixel_array[-len(bar):], expected_sc[-len(bar):])   # the text exactly
     assert sc.BurnedInAnnotation == "YES" and sc.PatientID == source.PatientID
+    assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID and "Laterality" not in sc
     assert list(sc.PatientOrientation) == ["L", "F"]      # as the radiograph's
 
 
@@ -251,4 +248,4 @@ def test_ctedge_serve_receives_a_radiograph_and_sends_its_sr(tmp_path, rg1, xray
         pacs.stop()
     sr = pacs.received[0]
     assert sr.SOPClassUID == ComprehensiveSRStorage and sr.SeriesDescription.startswith("ctedge X-ray verdict")
-    assert items_by_meaning(sr)["Comment"].TextValue.startswith(PLACEHOLDER_BANNER)
+    assert sr_by_meaning(sr)["Comment"].TextValue.startswith(PLACEHOLDER_BANNER)

@@ -19,6 +19,7 @@ from edge.engine import Engine
 from edge.profile import load_profile
 from edge.server import create_app
 from tests.helpers.bundles import make_image_bundle
+from tests.helpers.dicomnet import sr_by_meaning
 from tests.helpers.server import PASSWORD, USER
 from tests.helpers.server import write_profile as server_profile
 
@@ -55,7 +56,7 @@ def test_predict_text_json_and_report_carry_the_research_banner(research_bundle,
     assert f'<p class="banner">{RESEARCH_BANNER}. Research fixture.' in report
     assert f'id="training-data">{SUMMARY}<' in report and all(f"<li>{b}</li>" in report for b in BIASES)
     sr = structured_report(json.loads((out / "result.json").read_text()), [pydicom.dcmread(RG1)])
-    items = {item.ConceptNameCodeSequence[0].CodeMeaning: item for item in sr.ContentSequence}
+    items = sr_by_meaning(sr)
     assert items["Model status"].TextValue == "research"
     assert items["Comment"].TextValue == f"{RESEARCH_BANNER}. Research fixture. Trained on: {SUMMARY}."
 

@@ -23,13 +23,15 @@ from pathlib import Path
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pynetdicom import AE
+from pynetdicom import AE, DEFAULT_TRANSFER_SYNTAXES
 
 from edge.profile import DicomPeer
 from edge.storage import fsync_path, private_dir
 
 log = logging.getLogger("ctedge.dicom")
 JOB = "job.json"
+SEND_TRANSFER_SYNTAXES: tuple[str, ...] = tuple(DEFAULT_TRANSFER_SYNTAXES)
+"""Proposed for every SOP class sent: the uncompressed syntaxes (Implicit VR Little Endian first) and Deflated."""
 
 
 @dataclass
@@ -150,7 +152,7 @@ class Outbox:
         ae = AE(ae_title=self.calling_ae)
         ae.connection_timeout = ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout_s
         for uid in dict.fromkeys(ds.SOPClassUID for ds in datasets.values()):
-            ae.add_requested_context(uid)
+            ae.add_requested_context(uid, list(SEND_TRANSFER_SYNTAXES))
         dest = job.destination
         assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
         if not assoc.is_established:

@@ -1,16 +1,19 @@
 """The DICOM objects that carry a verdict back into PACS, made with highdicom from a result folder.
 
-* a Comprehensive SR: verdict, class probabilities, decision rule, model name and version, the
-  demonstration flag (the model's warning banner when it has one), the model status (clinical, research,
-  demonstration, placeholder) and what a research model was trained on, the modality of the source, and
-  IMAGE references to the source instances that drove the verdict (those of the heatmaps; every
-  image used when there are none: the CT slices, or the one radiograph);
+* a Comprehensive SR following TID 1500 (Measurement Report): the device observer (the AE title),
+  the procedure, an image library of the source instances that drove the verdict (those of the
+  heatmaps; every image used when there are none: the CT slices, or the one radiograph), one
+  measurement group with the verdict as a SNOMED CT finding, the algorithm identification (TID 4019:
+  name, version, the model card's sha256) and the class probabilities, and under "Qualitative
+  Evaluations" the decision rule, the model status (clinical, research, demonstration, placeholder),
+  its validation evidence and the warning banner with what a research model was trained on;
 * one Secondary Capture image per heatmap overlay, caption and warning banner burned in, in the
-  patient orientation of its source image.
+  patient orientation of its source image, which it references (Source Image Sequence).
 
-Both go into the source study (same StudyInstanceUID, patient and study attributes copied from the
+Both go into the source study (same StudyInstanceUID, the patient and study modules copied from the
 source) as new series with new UIDs; Manufacturer, model name and software versions name ctedge.
 Only the result document (``result.json``) and the source files are read, never engine internals.
+The tree and every code: docs/conformance.md (tests/test_conformance.py keeps the two in step).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from edge.errors import UserError
 from edge.result import load_result, modality_of
 
 SR_SERIES_NUMBER, SC_SERIES_NUMBER = 9901, 9902
-SCHEME = "99CTEDGE"  # private coding scheme for the concepts no standard code names
+SCHEME = "99CTEDGE"  # private coding scheme for the concepts no standard code names (code values <= 16 characters)
 _TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID", "StudyDate",
           "StudyTime", "ReferringPhysicianName")
 _PERSON_NAMES = ("PatientName", "ReferringPhysicianName")
@@ -44,17 +47,43 @@ def _code(value: str, meaning: str, scheme: str = SCHEME) -> hd.sr.CodedConcept:
     return hd.sr.CodedConcept(value, scheme, meaning)
 
 
-FINDING = _code("121071", "Finding", "DCM")
-ALGORITHM_NAME, ALGORITHM_VERSION = _code("111001", "Algorithm Name", "DCM"), _code("111003", "Algorithm Version", "DCM")
-COMMENT, SOURCE_IMAGE = _code("121106", "Comment", "DCM"), _code("121112", "Source of Measurement", "DCM")
-REPORT = _code("18748-4", "Diagnostic imaging report", "LN")
-DECISION_RULE, DEMONSTRATION = _code("decision-rule", "Decision rule"), _code("demonstration-model", "Demonstration model")
-VALIDATION = _code("validation-evidence", "Validation evidence")
-MODEL_STATUS = _code("model-status", "Model status")     # clinical, research, demonstration or placeholder
-NO_UNITS = _code("1", "no units", "UCUM")
+FINDINGS = {"covid": _code("882784691000119100", "Pneumonia caused by SARS-CoV-2", "SCT"),
+            "other_pneumonia": _code("233604007", "Pneumonia", "SCT"),
+            "healthy": _code("17621005", "Normal", "SCT")}
+"""The SNOMED CT concepts of the verdict classes; a class of another card (a slice model's ``non_covid``)
+gets a private code. The COVID-19 code (SNOMED CT US extension, a child of 233604007 Pneumonia) has
+18 digits: DICOM stores it in Long Code Value, the standard place for such SNOMED identifiers."""
+PROBABILITY_CODES = {"covid": "P-COVID", "other_pneumonia": "P-PNEUMONIA", "healthy": "P-HEALTHY"}
+"""Private code values of the class probabilities (no standard concept names the probability of one class)."""
+REPORT_TITLE = _code("126000", "Imaging Measurement Report", "DCM")
+PROCEDURES = {"ct": _code("169069000", "CT of chest", "SCT"), "xray": _code("399208008", "Plain X-ray of chest", "SCT")}
+QUALITATIVE_EVALUATIONS = _code("C0034375", "Qualitative Evaluations", "UMLS")   # TID 1500 row 12
+COMMENT = _code("121106", "Comment", "DCM")
+DECISION_RULE, VALIDATION = _code("DECISION-RULE", "Decision rule"), _code("VALIDATION", "Validation evidence")
+MODEL_STATUS = _code("MODEL-STATUS", "Model status")     # clinical, research, demonstration or placeholder
+NO_UNITS, PIXELS = _code("1", "no units", "UCUM"), _code("{pixels}", "Pixels", "UCUM")
+SOURCE = _code("260753009", "Source", "SCT")   # an image library entry (not "Source of Measurement")
 MODALITY = _code("121139", "Modality", "DCM")
 ACQUISITION_MODALITIES = {"CT": "Computed Tomography", "CR": "Computed Radiography", "DX": "Digital Radiography"}
 """DCM codes (CID 29) of the source modalities the receiver accepts."""
+TRACKING_ID = "ctedge verdict"
+PRIVATE_SCHEME = hd.coding_schemes.CodingSchemeIdentificationItem(SCHEME, name="ctedge private concepts",
+                                                                   responsible_organization="ctedge")
+
+
+def finding_code(label: str) -> hd.sr.CodedConcept:
+    """The coded concept of a verdict class."""
+    return FINDINGS.get(label) or _code(label.upper()[:16], label)
+
+
+def probability_code(label: str) -> hd.sr.CodedConcept:
+    """The concept name of the probability of a class."""
+    return _code(PROBABILITY_CODES.get(label) or f"P-{label.upper()[:14]}", f"Probability of {label}")
+
+
+def device_observer_uid(ae_title: str) -> str:
+    """The UID that names this device as the SR observer: the same for every report of one AE title."""
+    return generate_uid(entropy_srcs=["ctedge device observer", ae_title])
 
 
 class NoDicomSourceError(UserError):
@@ -72,8 +101,9 @@ def source_headers(study_dir: Path) -> dict[str, Dataset]:
     return headers
 
 
-def result_objects(result_dir: Path, study_dir: Path) -> list[Dataset]:
-    """The SR and the Secondary Capture images of one analysed study (the SR first)."""
+def result_objects(result_dir: Path, study_dir: Path, ae_title: str = "CTEDGE") -> list[Dataset]:
+    """The SR and the Secondary Capture images of one analysed study (the SR first); ``ae_title``
+    names this device as the observer in the SR."""
     doc = load_result(result_dir)
     headers = source_headers(study_dir)
     driving = [s["file"] for h in doc.get("heatmaps", []) for s in h["sources"]] or [s["file"] for s in doc["slices_used"]]
@@ -86,7 +116,7 @@ def result_objects(result_dir: Path, study_dir: Path) -> list[Dataset]:
             if not is_uid(ds.get(key)):
                 raise NoDicomSourceError(study_dir, f"the source {key} {str(ds.get(key, ''))[:70]!r} is not a valid "
                                                     "DICOM UID: PACS would refuse results referencing it")
-    objects: list[Dataset] = [structured_report(doc, evidence)]
+    objects: list[Dataset] = [structured_report(doc, evidence, ae_title=ae_title)]
     series_uid = generate_uid()
     for n, heatmap in enumerate(doc.get("heatmaps", []), start=1):
         ref = _complete(headers[heatmap["file"]]) if heatmap["file"] in headers else evidence[0]
@@ -94,42 +124,94 @@ def result_objects(result_dir: Path, study_dir: Path) -> list[Dataset]:
     return objects
 
 
-def structured_report(doc: dict, evidence: list[Dataset]) -> hd.sr.ComprehensiveSR:
-    """A Comprehensive SR of the result document, referencing ``evidence`` (the driving instances)."""
-    model = doc["model"]
-    demonstration = bool(model["banner"])
-    modality = MODALITY_TERMS[modality_of(doc)].name
-    items: list[Dataset] = [hd.sr.TextContentItem(FINDING, doc["label"], "CONTAINS")]
-    items += [hd.sr.NumContentItem(_code(f"probability-{c}", f"Probability of {c}"), float(doc["probabilities"][c]),
-                                   NO_UNITS, relationship_type="CONTAINS") for c in doc.get("classes", CLASSES)]
-    items += [hd.sr.TextContentItem(DECISION_RULE, doc["decision_rule"][:1024], "CONTAINS"),
-              hd.sr.TextContentItem(ALGORITHM_NAME, model["name"], "CONTAINS"),
-              hd.sr.TextContentItem(ALGORITHM_VERSION, str(model["version"]), "CONTAINS"),
-              hd.sr.TextContentItem(DEMONSTRATION, "yes" if demonstration else "no", "CONTAINS"),
-              hd.sr.TextContentItem(VALIDATION, model["validation"][:1024], "CONTAINS")]
-    if model.get("status"):      # results written before the status have none
-        items.append(hd.sr.TextContentItem(MODEL_STATUS, model["status"], "CONTAINS"))
-    if demonstration:
-        trained_on = f" Trained on: {model['training_summary']}." if model.get("training_summary") else ""
-        items.append(hd.sr.TextContentItem(COMMENT, f"{model['banner']}. {model['note']}{trained_on}"[:1024], "CONTAINS"))
-    items += [hd.sr.ImageContentItem(SOURCE_IMAGE, ds.SOPClassUID, ds.SOPInstanceUID, relationship_type="CONTAINS")
-              for ds in evidence]
-    source = str(evidence[0].get("Modality", ""))
-    if source in ACQUISITION_MODALITIES:
-        items.append(hd.sr.CodeContentItem(MODALITY, _code(source, ACQUISITION_MODALITIES[source], "DCM"), "CONTAINS"))
-    root = hd.sr.ContainerContentItem(REPORT)
-    root.ContentSequence = hd.sr.ContentSequence(items)  # type: ignore[arg-type]
+def structured_report(doc: dict, evidence: list[Dataset], *, ae_title: str = "CTEDGE") -> hd.sr.ComprehensiveSR:
+    """A Comprehensive SR of the result document following TID 1500 (Measurement Report), referencing
+    ``evidence`` (the driving instances) in its image library; see docs/conformance.md for the tree."""
+    model, modality = doc["model"], modality_of(doc)
+    evidence = [_complete(ds) for ds in evidence]
+    content = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=hd.sr.ObserverContext(
+            observer_type=hd.sr.CodedConcept("121007", "DCM", "Device"),
+            observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+                uid=device_observer_uid(ae_title), name=ae_title, manufacturer_name="ctedge",
+                model_name=f"ctedge {__version__}"[:64]))),
+        procedure_reported=PROCEDURES[modality], title=REPORT_TITLE, imaging_measurements=[verdict_group(doc)])
+    content[0].ContentSequence.insert(-1, image_library(evidence))       # TID 1500 row 5, before the measurements
+    content[0].ContentSequence.append(_qualitative_evaluations(doc))
+    demonstration = bool(model["banner"])       # any model not validated for clinical use
     sr = hd.sr.ComprehensiveSR(
-        evidence=evidence, content=root, series_instance_uid=generate_uid(), series_number=SR_SERIES_NUMBER,
+        evidence=evidence, content=content[0], series_instance_uid=generate_uid(), series_number=SR_SERIES_NUMBER,
         sop_instance_uid=generate_uid(), instance_number=1, manufacturer="ctedge", is_complete=True,
-        series_description=f"ctedge {modality} verdict{' (not for clinical use)' if demonstration else ''}"[:64])
+        coding_schemes=[PRIVATE_SCHEME],
+        series_description=f"ctedge {MODALITY_TERMS[modality].name} verdict"
+                           f"{' (not for clinical use)' if demonstration else ''}"[:64])
     _name_device(sr)
     return sr
 
 
+def verdict_group(doc: dict) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """The TID 1501 measurement group of the verdict: the coded finding, the algorithm (TID 4019:
+    name, version, the model card's sha256) and one probability per class, unit 1 (a fraction)."""
+    model = doc["model"]
+    parameters = [f"model card sha256 {model['card_sha256']}"] if model.get("card_sha256") else []
+    parameters += [f"variant {model['variant']}"] if model.get("variant") else []
+    algorithm = hd.sr.AlgorithmIdentification(name=model["name"][:64], version=str(model["version"])[:64],
+                                              parameters=parameters or None, manufacturer="ctedge")
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=TRACKING_ID),
+        finding_type=finding_code(doc["label"]), algorithm_id=algorithm,
+        measurements=[hd.sr.Measurement(name=probability_code(c), value=float(doc["probabilities"][c]), unit=NO_UNITS)
+                      for c in doc.get("classes", CLASSES)])
+
+
+def image_library(evidence: list[Dataset]) -> hd.sr.ContainerContentItem:
+    """TID 1600: the source images as "Source" (SCT 260753009) entries, each with its modality,
+    frame of reference and matrix size when its header records them (TID 1602)."""
+    group = hd.sr.ContainerContentItem(_code("126200", "Image Library Group", "DCM"), relationship_type="CONTAINS")
+    group.ContentSequence = hd.sr.ContentSequence([_library_entry(ds) for ds in evidence])
+    library = hd.sr.ContainerContentItem(_code("111028", "Image Library", "DCM"), relationship_type="CONTAINS")
+    library.ContentSequence = hd.sr.ContentSequence([group])
+    return library
+
+
+def _library_entry(ds: Dataset) -> hd.sr.ImageContentItem:
+    entry = hd.sr.ImageContentItem(SOURCE, ds.SOPClassUID, ds.SOPInstanceUID, relationship_type="CONTAINS")
+    descriptors: list[Dataset] = []
+    if str(ds.get("Modality", "")) in ACQUISITION_MODALITIES:
+        descriptors.append(hd.sr.CodeContentItem(MODALITY, _code(ds.Modality, ACQUISITION_MODALITIES[ds.Modality], "DCM"),
+                                                 "HAS ACQ CONTEXT"))
+    if is_uid(ds.get("FrameOfReferenceUID")):
+        descriptors.append(hd.sr.UIDRefContentItem(_code("112227", "Frame of Reference UID", "DCM"),
+                                                   ds.FrameOfReferenceUID, "HAS ACQ CONTEXT"))
+    for name, key in (("Pixel Data Rows", "Rows"), ("Pixel Data Columns", "Columns")):
+        if ds.get(key):
+            code = _code("110910" if key == "Rows" else "110911", name, "DCM")
+            descriptors.append(hd.sr.NumContentItem(code, int(ds[key].value), PIXELS, relationship_type="HAS ACQ CONTEXT"))
+    if descriptors:
+        entry.ContentSequence = hd.sr.ContentSequence(descriptors)  # type: ignore[arg-type]
+    return entry
+
+
+def _qualitative_evaluations(doc: dict) -> hd.sr.ContainerContentItem:
+    """TID 1500 rows 12-14: the decision rule, the model status, its validation evidence and, for a
+    model not validated for clinical use, its warning banner with what it was trained on."""
+    model = doc["model"]
+    items = [hd.sr.TextContentItem(DECISION_RULE, doc["decision_rule"][:1024], "CONTAINS")]
+    if model.get("status"):      # results written before the status have none
+        items.append(hd.sr.TextContentItem(MODEL_STATUS, model["status"], "CONTAINS"))
+    items.append(hd.sr.TextContentItem(VALIDATION, model["validation"][:1024], "CONTAINS"))
+    if model["banner"]:
+        trained_on = f" Trained on: {model['training_summary']}." if model.get("training_summary") else ""
+        items.append(hd.sr.TextContentItem(COMMENT, f"{model['banner']}. {model['note']}{trained_on}"[:1024], "CONTAINS"))
+    container = hd.sr.ContainerContentItem(QUALITATIVE_EVALUATIONS, relationship_type="CONTAINS")
+    container.ContentSequence = hd.sr.ContentSequence(items)
+    return container
+
+
 def secondary_capture(png: Path, ref: Dataset, series_uid: str, number: int) -> hd.sc.SCImage:
     """One heatmap overlay (with its burned-in caption and banner) of the source image ``ref`` as an
-    RGB Secondary Capture image."""
+    RGB Secondary Capture image in the source's study, carrying its patient and study modules and
+    referencing it (Source Image Sequence)."""
     picture = cv2.imread(str(png), cv2.IMREAD_COLOR)
     if picture is None:
         raise UserError(png, "the heatmap image cannot be read")
@@ -139,10 +221,17 @@ def secondary_capture(png: Path, ref: Dataset, series_uid: str, number: int) -> 
         bits_allocated=8, coordinate_system="PATIENT", patient_orientation=orientation or ("L", "P"),  # emptied below
         series_instance_uid=series_uid, series_number=SC_SERIES_NUMBER, sop_instance_uid=generate_uid(),
         instance_number=number, manufacturer="ctedge", series_description="ctedge heatmaps")
+    sc.copy_patient_and_study_information(ref)
     if orientation is None:
         sc.PatientOrientation = ""  # type: ignore[assignment]  # type 2C: known to be present, its value unknown
+    sc.BodyPartExamined = ref.get("BodyPartExamined") or "CHEST"  # what ctedge reads; names the part unpaired
+    if ref.get("Laterality"):    # type 2C, for a paired body part only: absent for the chest
+        sc.Laterality = ref.Laterality
+    sc.DerivationDescription = "Grad-CAM heatmap of the ctedge verdict over the source image, caption burned in"
+    source = Dataset()
+    source.ReferencedSOPClassUID, source.ReferencedSOPInstanceUID = ref.SOPClassUID, ref.SOPInstanceUID
+    sc.SourceImageSequence = [source]
     sc.BurnedInAnnotation = "YES"
-    sc.Laterality = ""  # type 2C in General Series: the chest is not a paired body part
     _name_device(sc)
     return sc
 

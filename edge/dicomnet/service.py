@@ -110,7 +110,7 @@ class DicomService:
         if not todo:
             return 0
         try:
-            objects = result_objects(result_dir, self.inbox / source["inbox_entry"])
+            objects = result_objects(result_dir, self.inbox / source["inbox_entry"], self.settings.ae_title)
         except Exception as exc:  # noqa: BLE001 - one study must never stop the watcher
             reason = str(exc) if isinstance(exc, UserError) else f"internal error: {type(exc).__name__}: {exc}"
             log.warning("%s: nothing sent to PACS: %s", source["study"], reason)

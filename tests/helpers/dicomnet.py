@@ -15,7 +15,8 @@ from pynetdicom.sop_class import Verification
 from edge.dicomnet.orthanc import Orthanc, free_port
 from edge.phantom import make_phantom, write_dicom_series
 
-__all__ = ["Orthanc", "StorageSCP", "dciodvfy_errors", "echo", "free_port", "phantom_study", "send", "send_statuses"]
+__all__ = ["Orthanc", "StorageSCP", "code_of", "dciodvfy_errors", "dciodvfy_warnings", "echo", "free_port", "phantom_study",
+           "send", "send_statuses", "sr_by_meaning", "sr_items"]
 
 
 def phantom_study(folder: Path, n_slices: int = 40, size: int = 128, seed: int = 3, **lesions) -> list[Path]:
@@ -102,3 +103,31 @@ def dciodvfy_errors(path: Path) -> list[str]:
     """The "Error" lines dciodvfy prints for a file."""
     out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
     return [line for line in (out.stdout + out.stderr).splitlines() if "Error" in line]
+
+
+def dciodvfy_warnings(path: Path) -> list[str]:
+    """The "Warning" lines dciodvfy prints for a file."""
+    out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+    return [line for line in (out.stdout + out.stderr).splitlines() if "Warning" in line]
+
+
+def sr_items(sr: Dataset) -> list[Dataset]:
+    """Every content item of an SR document, depth first."""
+    items: list[Dataset] = []
+    for item in sr.get("ContentSequence", []):
+        items += [item, *sr_items(item)]
+    return items
+
+
+def sr_by_meaning(sr: Dataset) -> dict[str, Dataset]:
+    """The content items of an SR document by the meaning of their concept name (the first of each)."""
+    found: dict[str, Dataset] = {}
+    for item in sr_items(sr):
+        found.setdefault(item.ConceptNameCodeSequence[0].CodeMeaning, item)
+    return found
+
+
+def code_of(item: Dataset) -> tuple[str, str, str]:
+    """(value, scheme, meaning) of the coded value of a CODE content item (Code Value or Long Code Value)."""
+    code = item.ConceptCodeSequence[0]
+    return code.get("CodeValue") or code.LongCodeValue, code.CodingSchemeDesignator, code.CodeMeaning
