@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import json
 import shutil
+import struct
 import uuid
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
-from pydicom.uid import (ComprehensiveSRStorage, EnhancedCTImageStorage, ExplicitVRLittleEndian,
+from pydicom.encaps import encapsulate, generate_frames
+from pydicom.uid import (ComprehensiveSRStorage, EnhancedCTImageStorage, ExplicitVRLittleEndian, JPEG2000Lossless,
                          LegacyConvertedEnhancedCTImageStorage)
 
 from edge.cli import main
@@ -155,6 +157,18 @@ def test_frames_larger_than_a_slice_and_a_wrong_frame_count_are_refused(objects,
     del ds.PerFrameFunctionalGroupsSequence[-1]
     ds.save_as(path)
     with pytest.raises(CorruptFileError, match="PerFrameFunctionalGroupsSequence has 9 item.s. for 10 frames"):
+        load_study(path.parent)
+
+
+def test_a_jpeg_2000_frame_stating_another_size_is_refused_before_decoding(tmp_path, single_frame):
+    path = build("legacy", tmp_path / "s" / "j2k.dcm", transfer_syntax=JPEG2000Lossless)
+    assert np.array_equal(load_study(path.parent).hu, single_frame.hu)
+    ds = pydicom.dcmread(path)
+    frames = [bytearray(f) for f in generate_frames(ds.PixelData, number_of_frames=10)]
+    frames[2][8:16] = struct.pack(">2I", 65536, 65536)    # the SIZ marker's image width and height
+    ds.PixelData = encapsulate([bytes(f) for f in frames])
+    ds.save_as(path)
+    with pytest.raises(CorruptFileError, match=r"codestream of frame 3 states \(65536, 65536, 1\), the header 512 x 512"):
         load_study(path.parent)
 
 
