@@ -15,7 +15,7 @@ import pydicom
 import pytest
 from pydicom.encaps import encapsulate, generate_frames
 from pydicom.uid import (ComprehensiveSRStorage, EnhancedCTImageStorage, ExplicitVRLittleEndian, JPEG2000Lossless,
-                         LegacyConvertedEnhancedCTImageStorage)
+                         LegacyConvertedEnhancedCTImageStorage, SecondaryCaptureImageStorage)
 
 from edge.cli import main
 from edge.dicomnet.receiver import SOP_CLASS_NOT_SUPPORTED, Receiver
@@ -231,6 +231,9 @@ def test_an_object_sent_by_c_store_is_analysed_and_its_sr_reaches_pacs(objects, 
     sr = next(ds for ds in pacs.received if ds.SOPClassUID == ComprehensiveSRStorage)
     referenced = {i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in sr.ContentSequence if i.ValueType == "IMAGE"}
     assert referenced == {header.SOPInstanceUID}
+    captures = [ds for ds in pacs.received if ds.SOPClassUID == SecondaryCaptureImageStorage]
+    assert len(captures) == len(doc["heatmaps"]) > 0
+    assert all(ds.StudyInstanceUID == header.StudyInstanceUID for ds in captures)
 
 
 @pytest.mark.slow
