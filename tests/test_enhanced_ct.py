@@ -21,7 +21,7 @@ from edge.cli import main
 from edge.dicomnet.receiver import SOP_CLASS_NOT_SUPPORTED, Receiver
 from edge.dicomnet.service import DicomService
 from edge.engine import Engine
-from edge.errors import CorruptFileError, FileTooLargeError
+from edge.errors import CorruptFileError, FileTooLargeError, NoUsableSeriesError
 from edge.ingest import load_study
 from edge.limits import MAX_FRAMES
 from edge.profile import DicomPeer, DicomSettings, WatcherSettings, load_profile
@@ -169,6 +169,17 @@ def test_a_jpeg_2000_frame_stating_another_size_is_refused_before_decoding(tmp_p
     ds.PixelData = encapsulate([bytes(f) for f in frames])
     ds.save_as(path)
     with pytest.raises(CorruptFileError, match=r"codestream of frame 3 states \(65536, 65536, 1\), the header 512 x 512"):
+        load_study(path.parent)
+
+
+def test_the_frame_type_is_each_frames_image_type(objects, tmp_path):
+    path = copy_alone(tmp_path, objects["enhanced"], "scout.dcm")
+    ds = pydicom.dcmread(path)
+    assert ds.ImageType[2] == "AXIAL"
+    ds.SharedFunctionalGroupsSequence[0].CTImageFrameTypeSequence[0].FrameType = ["ORIGINAL", "PRIMARY", "LOCALIZER",
+                                                                                  "NONE"]
+    ds.save_as(path)
+    with pytest.raises(NoUsableSeriesError, match="no axial CT series: localizer"):
         load_study(path.parent)
 
 

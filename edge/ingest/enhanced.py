@@ -125,7 +125,8 @@ def _frame(path: Path, common: list, ds: Dataset, shared: Dataset, item: Dataset
                         if keywords is None or element.keyword in keywords:
                             frame[element.tag] = element
         if "FrameType" in frame:
-            frame.ImageType = frame.pop("FrameType").value
+            frame.ImageType = frame.FrameType
+            del frame.FrameType
         check_tags(frame, path)
     except CorruptFileError as exc:
         raise CorruptFileError(path, f"{where}: {exc.problem}") from exc
