@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import struct
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -218,6 +219,27 @@ def test_the_receiver_negotiates_and_stores_both_classes(objects, tmp_path):
         assert send(xray_only.port, [objects["enhanced"]]) == [SOP_CLASS_NOT_SUPPORTED]
     finally:
         xray_only.stop()
+
+
+@pytest.mark.external
+def test_dcmtk_storescu_sends_both_classes_when_it_proposes_them(objects, tmp_path):
+    """storescu's default list of presentation contexts has no Legacy Converted Enhanced CT: ``-R``
+    proposes the classes of the files sent, ``-xs`` their JPEG Lossless (docs/dicom.md)."""
+    if shutil.which("storescu") is None:
+        pytest.skip("storescu (dcmtk) is not installed")
+    receiver = Receiver(DicomSettings(port=0), tmp_path / "inbox", ("ct",))
+    receiver.start()
+    try:
+        command = ["storescu", "-aec", "CTEDGE", "127.0.0.1", str(receiver.port), str(objects["legacy"])]
+        default = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        proposed = subprocess.run([*command[:1], "-R", "-xs", *command[1:], str(objects["enhanced"])],
+                                  capture_output=True, text=True, timeout=60)
+    finally:
+        receiver.stop()
+    assert default.returncode != 0 and "No presentation context for: (CTl)" in default.stderr
+    assert proposed.returncode == 0, proposed.stderr
+    stored = [p for p in (tmp_path / "inbox").rglob("*.dcm") if ".receiving" not in p.parts]
+    assert sorted(load_study(p).n_slices for p in stored) == [10, 10]
 
 
 @pytest.mark.slow
