@@ -4,10 +4,12 @@ received over DICOM (C-STORE and STOW-RS) and analysed, malformed objects refuse
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import struct
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -270,26 +272,36 @@ def test_an_object_sent_by_c_store_is_analysed_and_its_sr_reaches_pacs(objects, 
 
 
 @pytest.mark.slow
-def test_stow_rs_stores_the_object_for_analysis(objects, tmp_path, monkeypatch):
+def test_stow_rs_stores_the_object_and_the_api_upload_analyses_it(objects, engine, tmp_path, monkeypatch):
     from edge.server import create_app
     from tests.helpers.server import write_profile
 
     monkeypatch.setenv("CTEDGE_API_TOKEN", "stow-token")
+    auth = {"Authorization": "Bearer stow-token"}
     path = write_profile(tmp_path, sections={"dicom": {"port": 0, "inbox": str(tmp_path / "received")}})
-    app = create_app(load_profile(path), Engine.default())
+    app = create_app(load_profile(path), engine)
+    client = app.test_client()
     boundary = uuid.uuid4().hex
     body = (f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + objects["enhanced"].read_bytes()
             + f"\r\n--{boundary}--\r\n".encode())
     try:
-        answer = app.test_client().post("/dicom-web/studies", data=body, headers={
-            "Authorization": "Bearer stow-token",
-            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'})
+        answer = client.post("/dicom-web/studies", data=body, headers={
+            **auth, "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'})
+        upload = client.post("/api/v1/studies", headers=auth,
+                             data={"files": [(io.BytesIO(objects["legacy"].read_bytes()), "legacy.dcm")]})
+        assert upload.status_code == 202, upload.get_json()
+        deadline, state = time.monotonic() + 90, {}
+        while time.monotonic() < deadline and state.get("status") not in ("done", "failed"):
+            time.sleep(0.2)
+            state = client.get(upload.headers["Location"], headers=auth).get_json()
     finally:
         app.extensions["ctedge"]["dicom"].stop()
         app.extensions["ctedge"]["jobs"].stop()
     assert answer.status_code == 200, answer.get_json()
     header = pydicom.dcmread(objects["enhanced"], stop_before_pixels=True)
     assert (tmp_path / "received" / header.StudyInstanceUID / f"{header.SOPInstanceUID}.dcm").is_file()
+    assert state["status"] == "done", state
+    assert state["result"]["probabilities"] == engine.run(SERIES).to_dict()["probabilities"]
 
 
 # --- the whole real series ---------------------------------------------------------------------------
