@@ -41,3 +41,10 @@ MAX_INFLATE_RATIO = 100
 MIN_INFLATE_ALLOWANCE = 8 * 2**20
 """Deflated Explicit VR Little Endian: what any file may inflate to whatever its ratio (one 2048 x
 2048 16-bit slice: a blank slice deflates about 1000x)."""
+
+# --- every multi-frame CT object (edge/ingest/enhanced.py) ----------------------------------------
+MAX_FRAMES = 2000
+"""Frames of one multi-frame CT object (Enhanced or Legacy Converted Enhanced CT), checked from its
+header before its functional groups are interpreted; its frames x rows x columns may not exceed
+MAX_FRAMES x 512 x 512 either (the study bound of the ingest), and each frame is at most one slice of
+``MAX_SLICE_PIXELS``, all before any pixel is decoded."""

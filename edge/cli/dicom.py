@@ -17,8 +17,9 @@ from edge.profile import load_profile
 def add_receive(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("receive", help="receive studies over DICOM (C-STORE) into the profile's dicom.inbox",
                        description="Run the DICOM C-STORE/C-ECHO receiver of the profile's dicom: section: each "
-                                   "image of a modality the profile has a model for (CT Image Storage with a CT "
-                                   "bundle; CR and DX with an X-ray bundle) is stored as dicom.inbox/"
+                                   "image of a modality the profile has a model for (CT, Enhanced CT and Legacy "
+                                   "Converted Enhanced CT Image Storage with a CT bundle; CR and DX with an X-ray "
+                                   "bundle) is stored as dicom.inbox/"
                                    "<StudyInstanceUID>/<SOPInstanceUID>.dcm before it is acknowledged; others get "
                                    "0x0122. Nothing is analysed: run `ctedge watch INBOX --out OUTBOX "
                                    "--config PROFILE` to receive, analyse and send results in one process.")

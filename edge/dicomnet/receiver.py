@@ -1,8 +1,8 @@
 """C-STORE SCP: every acknowledged image is on disk, fsynced, under ``INBOX/<StudyInstanceUID>/``.
 
 The receiver accepts the images of the modalities the device has a model for (``STORAGE_CLASSES``:
-CT Image Storage with a CT bundle, CR and DX with an X-ray bundle); any other instance gets 0x0122
-with a comment naming what the device reads.
+CT Image Storage, Enhanced CT and Legacy Converted Enhanced CT Image Storage with a CT bundle, CR and
+DX with an X-ray bundle); any other instance gets 0x0122 with a comment naming what the device reads.
 
 An instance is written to ``INBOX/.receiving/`` (hidden: the watcher ignores it), fsynced and renamed
 into ``INBOX/<StudyInstanceUID>/<SOPInstanceUID>.dcm`` before the success status is sent, exactly as
@@ -36,6 +36,7 @@ from edge.card import MODALITY_TERMS, modality_names
 from edge.dicomnet.guard import GuardedAE
 from edge.errors import StudyError, UserError
 from edge.ingest.dicom_files import check_inflated_size, read_bounded
+from edge.ingest.enhanced import ENHANCED_CT_CLASSES
 from edge.limits import MAX_INSTANCE_BYTES
 from edge.profile import DicomPeer, DicomSettings
 from edge.storage import fsync_path, private_dir
@@ -49,7 +50,7 @@ _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 SUCCESS, OUT_OF_RESOURCES, SOP_CLASS_NOT_SUPPORTED, CANNOT_UNDERSTAND = 0x0000, 0xA700, 0x0122, 0xC000
 
 STORAGE_CLASSES: dict[str, tuple[UID, ...]] = {
-    "ct": (CTImageStorage,),
+    "ct": (CTImageStorage, *ENHANCED_CT_CLASSES),
     "xray": (ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation,
              DigitalXRayImageStorageForProcessing),
 }

@@ -19,7 +19,7 @@ from pydicom.filereader import read_partial
 from pydicom.misc import size_in_bytes
 from pydicom.multival import MultiValue
 
-from edge.errors import (CorruptFileError, FileTooLargeError, NoPixelDataError, NotDicomError,
+from edge.errors import (CorruptFileError, FileTooLargeError, NoPixelDataError, NotDicomError, StudyError,
                          UnsupportedTransferSyntaxError)
 from edge.ingest.pydicom_adapter import data_set_syntax, missing_decoder, truncation_warned
 from edge.limits import MAX_DATA_ELEMENTS, MAX_INFLATE_RATIO, MAX_INFLATED_BYTES, MIN_INFLATE_ALLOWANCE
@@ -163,16 +163,27 @@ def decode_hu(ds: Dataset, path: Path) -> np.ndarray:
     if "PixelData" not in ds:
         raise NoPixelDataError(path, "has no pixel data (7FE0,0010)")
     check_pixel_size(ds, path)
-    syntax = ds.file_meta.get("TransferSyntaxUID")
-    name = getattr(syntax, "name", str(syntax))
     try:
         pixels = ds.pixel_array
     except Exception as exc:  # noqa: BLE001 - no decoder, truncated pixel data, wrong lengths, bad codestreams
-        if missing_decoder(exc):
-            raise UnsupportedTransferSyntaxError(path, f"transfer syntax {name!r} ({syntax}) has no installed decoder") from exc
-        raise CorruptFileError(path, f"pixel data cannot be decoded ({type(exc).__name__}: {exc})") from exc
+        raise decoding_error(exc, ds, path) from exc
     if pixels.ndim != 2:
         raise CorruptFileError(path, f"expected one greyscale frame, got pixel array of shape {pixels.shape}")
+    return to_hu(pixels, ds)
+
+
+def decoding_error(exc: Exception, ds: Dataset, path: Path) -> StudyError:
+    """What a failure of pydicom to decode the pixel data of ``ds`` means for the user."""
+    syntax = ds.file_meta.get("TransferSyntaxUID")
+    if missing_decoder(exc):
+        return UnsupportedTransferSyntaxError(path, f"transfer syntax {getattr(syntax, 'name', str(syntax))!r} "
+                                                    f"({syntax}) has no installed decoder")
+    return CorruptFileError(path, f"pixel data cannot be decoded ({type(exc).__name__}: {exc})")
+
+
+def to_hu(pixels: np.ndarray, ds: Dataset) -> np.ndarray:
+    """Stored values rescaled by the RescaleSlope and RescaleIntercept of ``ds`` (1 and 0 when
+    missing) to Hounsfield units, as int16."""
     slope = float(ds.get("RescaleSlope", 1) or 1)
     intercept = float(ds.get("RescaleIntercept", 0) or 0)
     if slope == 1.0 and intercept.is_integer():

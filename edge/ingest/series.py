@@ -76,7 +76,7 @@ def rejection(series: Series) -> tuple[str, str] | None:
     if any("LOCALIZER" in str(t).upper() for t in ds.get("ImageType", [])):
         return "localizer", "localizer (scout) images"
     if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-        return "multi_frame", "multi-frame (enhanced) CT is not supported"
+        return "multi_frame", "multi-frame images other than Enhanced or Legacy Converted Enhanced CT"
     normal = slice_normal(ds)
     if normal is not None and abs(normal[2]) < AXIAL_MIN_NZ:
         return "not_axial", f"not axial (slice normal {np.round(normal, 2).tolist()})"

@@ -12,7 +12,7 @@ import numpy as np
 from edge.errors import (CorruptFileError, EmptyStudyError, FileTooLargeError, MixedSizesError,
                          NoUsableSeriesError, StudyError, TooFewSlicesError)
 from edge.ingest.dicom_files import has_rescale, read_header
-from edge.ingest.parallel import decode_series
+from edge.ingest.enhanced import decode_slices, frame_headers
 from edge.ingest.image_files import is_image_file, natural_key, read_image_hu
 from edge.ingest.series import SkippedSeries, order_slices, select_series, split_series
 from edge.ingest.sources import Limits, study_files
@@ -58,7 +58,7 @@ def load_study(source: str | Path | Sequence[str | Path], limits: Limits = Limit
             if is_image_file(f):
                 continue
             try:
-                headers.append((f, read_header(f)))
+                headers += frame_headers(f, read_header(f))   # a multi-frame CT object: one header per frame
             except StudyError as exc:
                 rejected.append(exc)
         images = sorted((f for f in files if is_image_file(f)), key=natural_key)
@@ -96,7 +96,7 @@ def _load_dicom(headers, source, warnings: list[str], resize_to: int | None) -> 
     warnings += ordered.warnings
     first = ordered.items[0][1]
     syntax = first.file_meta.get("TransferSyntaxUID")
-    hu, keep, failures = decode_series([p for p, _ in ordered.items], (int(first.get("Rows", 0)), int(first.get("Columns", 0))),
+    hu, keep, failures = decode_slices(ordered.items, (int(first.get("Rows", 0)), int(first.get("Columns", 0))),
                                        compressed=bool(getattr(syntax, "is_compressed", True)), size=resize_to)
     names = [ordered.items[i][0].name for i in keep]
     if len(keep) < 2:
