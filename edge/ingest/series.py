@@ -19,6 +19,7 @@ import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -52,6 +53,14 @@ OTHER_BODY_PARTS = frozenset({"HEAD", "BRAIN", "SKULL", "FACE", "ORBIT", "SINUS"
                               "ARM", "LEG", "HAND", "FOOT", "KNEE", "ANKLE", "ELBOW", "WRIST", "HIP", "SHOULDER",
                               "FEMUR", "TIBIA", "FIBULA", "HUMERUS", "FOREARM", "THIGH", "FINGER", "TOE", "HEEL"})
 """BodyPartExamined values of regions without lungs: outside the intended use."""
+
+
+T = TypeVar("T")
+
+
+def common(values: list[T]) -> T:
+    """The most frequent of ``values``."""
+    return Counter(values).most_common(1)[0][0]
 
 
 @dataclass
@@ -146,9 +155,6 @@ def screen_images(series: Series) -> tuple[Series, list[DroppedFile]]:
     if not items:
         return Series(series.uid, []), dropped
 
-    def common(values: list) -> object:
-        return Counter(values).most_common(1)[0][0]
-
     modality = common([str(ds.get("Modality", "")) for _, ds in items])
     kind = common([tuple(str(v).upper() for v in ds.get("ImageType", [])[:2]) for _, ds in items])
     frames = common([int(ds.get("NumberOfFrames", 1) or 1) for _, ds in items])
@@ -216,9 +222,9 @@ def select_series(all_series: list[Series], training_range: TrainingRange = Trai
     candidates: list[tuple[Series, OrderedSlices]] = []
     for s in all_series:
         screened, dropped = screen_images(s)
-        why = rejection(screened)
-        if why:
-            skipped.append(SkippedSeries(s.uid, len(s.items), *why))
+        rejected = rejection(screened)
+        if rejected:
+            skipped.append(SkippedSeries(s.uid, len(s.items), *rejected))
             continue
         try:
             ordered = order_slices(screened)
@@ -301,13 +307,13 @@ def order_slices(series: Series) -> OrderedSlices:
         keyed = [(float(ds.SliceLocation), p, ds) for p, ds in items]
     else:
         numbers = [ds.get("InstanceNumber") for _, ds in items]
-        if any(n is None for n in numbers) or len(set(map(int, numbers))) < len(numbers):  # type: ignore[arg-type]
+        if any(n is None for n in numbers) or len(set(map(int, numbers))) < len(numbers):
             raise GeometryError(items[0][0], "no ImagePositionPatient, SliceLocation or unique InstanceNumber "
                                              f"in its series ({len(items)} files): the slice order is unknown; not analysed")
         flags.append(Flag("no_position", "no slice positions (ImagePositionPatient, SliceLocation): slices ordered by "
                           "InstanceNumber, the first assumed most superior; neither the direction nor gaps can be checked",
                           {"order": "InstanceNumber"}))
-        keyed = sorted(((-float(n), p, ds) for n, (p, ds) in zip(numbers, items)), key=lambda t: -t[0])  # type: ignore[arg-type]
+        keyed = sorted(((-float(n), p, ds) for n, (p, ds) in zip(numbers, items)), key=lambda t: -t[0])
         return OrderedSlices([(p, ds) for _, p, ds in keyed], None, flags)
     keyed.sort(key=lambda t: (-t[0], t[1].name))
     unique, dropped, dup_flags = _resolve_duplicates(keyed)
@@ -352,7 +358,8 @@ def _resolve_duplicates(keyed: list[tuple[float, Path, Dataset]]):
             groups[-1].append(item)
         else:
             groups.append([item])
-    unique, dropped, conflicts, copies = [], [], [], []
+    unique, dropped, copies = [], [], []
+    conflicts: list[dict[str, Any]] = []
     for group in groups:
         if len(group) == 1:
             unique.append(group[0])
