@@ -118,7 +118,7 @@ LUNG_SLICE_RATIO = 0.05
 body plus tissue above -500 HU): 0.3-0.4 in the middle of the real sample studies, 0 in the neck and abdomen."""
 MIN_LUNG_SLICE_FRACTION = 0.25
 """A CT study where fewer slices than this fraction hold lung is refused (head, neck, abdomen, a
-limb); the real sample chest CTs hold lung in 79-92 % of their slices, a chest-abdomen-pelvis CT about 40 %."""
+limb); the real sample chest CTs hold lung in 79-92 % of their slices (docs/series-rules.md)."""
 
 
 def check_lung_fraction(hu: np.ndarray, mask: np.ndarray, where: str) -> None:
