@@ -13,8 +13,9 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
-from edge.card import Range, TrainingRange
+from edge.card import Range
 from edge.cli import main
+from edge.engine import Engine
 from edge.errors import GeometryError, NoUsableSeriesError, OutsideIntendedUseError
 from edge.ingest import load_study
 from edge.ingest.flags import lossy_flag
@@ -149,10 +150,12 @@ def _thin_series(files: list[Path], folder: Path) -> None:
 def test_the_series_at_the_model_training_thickness_wins_over_the_one_with_most_slices(chest):
     _thin_series(chest, chest[0].parent.parent / "thin")
     study = chest[0].parent.parent
-    card_range = TrainingRange(Range(2.0, 2.0), Range(0.6, 0.64))
-    v = load_study(study, training_range=card_range)
+    engine = Engine.default()                     # the demonstration card: trained on 2 mm slices
+    assert engine.training_range.slice_thickness_mm == Range(2.0, 2.0)
+    v = engine.read(study).data
     assert v.n_slices == 30 and v.slice_thickness_mm == 2.0
     assert "inside the model's training range" in v.series_why and "chosen among 2" in v.series_why
+    assert not any(f.code == "outside_training_range" for f in engine.run(engine.read(study)).volume.flags)
     skipped = v.skipped_series[0]
     assert skipped.code == "not_chosen" and "60 slices" in skipped.reason and "outside the model's training range" in skipped.reason
     assert load_study(study).n_slices == 60, "without a training range the most slices win"

@@ -15,7 +15,7 @@ CODES = {
     "no_position": "the series has no ImagePositionPatient: the order used is stated",
     "gap": "a spacing between neighbouring slices larger than the series' usual spacing",
     "gantry_tilt": "slices acquired with a tilted gantry: the volume is sheared, not resampled",
-    "no_modality": "the images carry no Modality; read as CT from their SOP class",
+    "no_modality": "the images carry no Modality; read as CT (SOP class CT Image Storage or not recorded)",
     "body_part": "BodyPartExamined is neither a chest value nor a known other region",
     "short_extent": "the series covers less of the body (along z) than a chest CT",
     "lossy": "the pixel data was lossy compressed",

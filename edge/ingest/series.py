@@ -4,7 +4,8 @@ threshold; in short:
 
 1. Per image (:func:`screen_images`): localizers, and images whose type, modality, orientation or
    position tags differ from the rest of their series, are dropped by file with a reason.
-2. Per series (:func:`rejection`): CT (or CT Image Storage without Modality), single-frame, not
+2. Per series (:func:`rejection`): CT (without Modality: unless the SOP class is another than CT
+   Image Storage), single-frame, not
    all localizers, axial (slice normal within about 37 degrees of the patient z axis), a chest body
    part if BodyPartExamined says one, at least two slices.
 3. Geometry (:func:`order_slices`): the order used is stated; conflicting duplicates, gaps and
@@ -198,8 +199,8 @@ def rejection(series: Series) -> tuple[str, str] | None:
         return "localizer", "localizer (scout) images"
     ds = series.first
     modality = str(ds.get("Modality", "") or "")
-    if not modality and str(ds.get("SOPClassUID", "")) != CT_IMAGE_STORAGE:
-        return "not_ct", f"no Modality, and SOP class {ds.get('SOPClassUID', 'missing')} is not CT Image Storage"
+    if not modality and str(ds.get("SOPClassUID", CT_IMAGE_STORAGE)) != CT_IMAGE_STORAGE:
+        return "not_ct", f"no Modality, and SOP class {ds.SOPClassUID} is not CT Image Storage"
     if modality and modality != "CT":
         return "not_ct", f"modality {modality}, not CT"
     if int(ds.get("NumberOfFrames", 1) or 1) > 1:

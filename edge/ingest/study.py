@@ -97,7 +97,7 @@ def _load_dicom(headers, source, warnings: list[str], resize_to: int | None, tra
     if choice.series is None or choice.ordered is None:
         raise _no_series(headers, source, skipped, choice.errors)
     chosen, ordered = choice.series, choice.ordered
-    _check_sizes(ordered.items)
+    _check_sizes(chosen.items)
     first_ds = ordered.items[0][1]
     _check_volume(len(ordered.items) * int(first_ds.get("Rows", 0)) * int(first_ds.get("Columns", 0)),
                   source_name(source))
@@ -110,7 +110,7 @@ def _load_dicom(headers, source, warnings: list[str], resize_to: int | None, tra
         raise failures[0] if failures else TooFewSlicesError(ordered.items[0][0], "fewer than two decodable slices")
     flags = _dropped_flags(ordered.dropped) + ordered.flags
     if not first.get("Modality"):
-        flags.append(Flag("no_modality", "the images carry no Modality: read as CT from their SOP class (CT Image Storage)"))
+        flags.append(Flag("no_modality", "the images carry no Modality: read as CT (their SOP class is CT Image Storage or not recorded)"))
     part = body_part(first)
     if part and part not in CHEST_BODY_PARTS:
         flags.append(Flag("body_part", f"BodyPartExamined {first.BodyPartExamined} is not a chest value: read as chest CT",
