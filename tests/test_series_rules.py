@@ -283,3 +283,15 @@ def test_a_lossy_transfer_syntax_is_flagged_unless_the_image_says_lossless(tmp_p
     assert "JPEG 2000" in lossy_flag([("a.dcm", ds)]).message
     ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.50"          # JPEG Baseline: always lossy
     assert lossy_flag([("a.dcm", ds)]).details["transfer_syntaxes"] == ["JPEG Baseline"]
+
+
+def test_the_report_page_names_the_dropped_scout_and_the_series_choice(tmp_path):
+    study = _copy(sorted(SAMPLES.joinpath("Normal_normal001").glob("*.dcm")), tmp_path / "scout")
+    _scout(study[0], study[0].parent / "0-scout.dcm")
+    doc = run_study(study[0].parent).to_dict()
+    assert doc["files_dropped"] == [{"file": "0-scout.dcm", "code": "scout_dropped",
+                                     "reason": "localizer (scout) image (ImageType ORIGINAL\\PRIMARY\\LOCALIZER)"}]
+    assert [f["code"] for f in doc["flags"]] == ["scout_dropped"] and doc["n_slices_read"] == 10
+    page = render_report(doc)
+    assert 'data-code="scout_dropped"' in page and "0-scout.dcm: localizer" in page
+    assert 'id="series-why">Series: the only candidate series (10 slices, 2 mm thick)' in page

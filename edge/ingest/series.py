@@ -163,6 +163,7 @@ def screen_images(series: Series) -> tuple[Series, list[DroppedFile]]:
     with_normal = [n for n in normals if n is not None]
     normal = (np.asarray(common([tuple(np.round(n, 2)) for n in with_normal]), float)
               if 2 * len(with_normal) > len(items) else None)
+    reference = None if normal is None else normal / np.linalg.norm(normal)
     positioned = 2 * sum("ImagePositionPatient" in ds for _, ds in items) > len(items)
     kept = []
     for (path, ds), n in zip(items, normals):
@@ -174,11 +175,10 @@ def screen_images(series: Series) -> tuple[Series, list[DroppedFile]]:
                                         f"the series is {'/'.join(kind)}")
         elif int(ds.get("NumberOfFrames", 1) or 1) != frames:
             why = "odd_image_dropped", f"{ds.get('NumberOfFrames')} frames, the series has {frames}"
-        elif normal is not None and n is None:
+        elif reference is not None and n is None:
             why = "odd_image_dropped", "no ImageOrientationPatient, the rest of the series has it"
-        elif normal is not None and n is not None and _angle_deg(n, normal / np.linalg.norm(normal)) > ORIENTATION_TOLERANCE_DEG:
-            why = "odd_image_dropped", (f"orientation differs by {_angle_deg(n, normal / np.linalg.norm(normal)):.0f} degrees "
-                                        "from the rest of the series")
+        elif reference is not None and n is not None and (angle := _angle_deg(n, reference)) > ORIENTATION_TOLERANCE_DEG:
+            why = "odd_image_dropped", f"orientation differs by {angle:.0f} degrees from the rest of the series"
         elif positioned and "ImagePositionPatient" not in ds:
             why = "no_position_dropped", "without ImagePositionPatient, the rest of the series has it"
         if why:
