@@ -25,8 +25,6 @@ from edge.report import render_report
 from tests.helpers.dicom import edit_tags
 from tests.helpers.paths import SAMPLES
 
-pytestmark = pytest.mark.shared_data
-
 NORMAL = "Normal_normal001"
 RG1 = Path(get_testdata_file("RG1_UNCR.dcm"))
 
@@ -62,12 +60,14 @@ def chest(tmp_path, normal) -> list[Path]:
     return _copy(normal[50:80], tmp_path / "study")
 
 
+@pytest.mark.shared_data
 def test_an_untouched_real_series_has_no_flag(chest):
     v = load_study(chest[0].parent)
     assert v.n_slices == 30 and _codes(v) == ["short_extent"]      # 60 mm: a part of the chest
     assert "only candidate" in v.series_why and v.dropped_files == []
 
 
+@pytest.mark.shared_data
 def test_a_20_mm_gap_is_refused_naming_the_files_either_side(tmp_path, normal):
     study = _copy(normal[40:60] + normal[70:90], tmp_path / "study")
     with pytest.raises(GeometryError, match=rf"gap of 22 mm between {normal[59].name} and {normal[70].name}") as err:
@@ -75,6 +75,7 @@ def test_a_20_mm_gap_is_refused_naming_the_files_either_side(tmp_path, normal):
     assert Path(err.value.path).name == normal[59].name
 
 
+@pytest.mark.shared_data
 def test_one_missing_slice_is_a_gap_warning_saying_where(tmp_path, normal):
     study = _copy(normal[40:60] + normal[61:80], tmp_path / "study")
     v = load_study(study[0].parent)
@@ -84,6 +85,7 @@ def test_one_missing_slice_is_a_gap_warning_saying_where(tmp_path, normal):
     assert gap.message in v.warnings and "4 mm between" in gap.message
 
 
+@pytest.mark.shared_data
 def test_without_any_position_the_series_is_refused_not_read_in_file_name_order(chest):
     for p in chest:
         _edit(p, ImagePositionPatient=None, SliceLocation=None, InstanceNumber=None)
@@ -91,6 +93,7 @@ def test_without_any_position_the_series_is_refused_not_read_in_file_name_order(
         load_study(chest[0].parent)
 
 
+@pytest.mark.shared_data
 def test_instance_number_order_is_stated_and_used(chest):
     reference = load_study(chest[0].parent).hu
     for i, p in enumerate(chest):
@@ -110,6 +113,7 @@ def _scout(source: Path, target: Path) -> Path:
     return target
 
 
+@pytest.mark.shared_data
 def test_two_scouts_whose_names_sort_first_are_dropped_and_the_series_read(chest):
     reference = load_study(chest[0].parent).hu
     scouts = [_scout(chest[0], chest[0].parent / f"0000-scout-{k}.dcm").name for k in (1, 2)]
@@ -119,6 +123,7 @@ def test_two_scouts_whose_names_sort_first_are_dropped_and_the_series_read(chest
     assert "scout_dropped" in _codes(v)
 
 
+@pytest.mark.shared_data
 def test_one_scout_inside_the_series_is_never_a_slice(chest):
     scout = _scout(chest[15], chest[0].parent / "scout.dcm")
     _edit(scout, ImageOrientationPatient=[1, 0, 0, 0, 1, 0])    # even with axial orientation: ImageType decides
@@ -127,6 +132,7 @@ def test_one_scout_inside_the_series_is_never_a_slice(chest):
     assert v.dropped_files[0].file == "scout.dcm" and "localizer" in v.dropped_files[0].reason
 
 
+@pytest.mark.shared_data
 def test_an_image_of_another_orientation_inside_the_series_is_dropped_by_name(chest):
     _edit(chest[10], ImageOrientationPatient=[1, 0, 0, 0, 0.94, 0.342])    # 20 degrees off
     v = load_study(chest[0].parent)
@@ -147,6 +153,8 @@ def _thin_series(files: list[Path], folder: Path) -> None:
             ds.save_as(folder / f"thin-{shift:g}-{p.name}")
 
 
+@pytest.mark.slow
+@pytest.mark.shared_data
 def test_the_series_at_the_model_training_thickness_wins_over_the_one_with_most_slices(chest):
     _thin_series(chest, chest[0].parent.parent / "thin")
     study = chest[0].parent.parent
@@ -162,6 +170,7 @@ def test_the_series_at_the_model_training_thickness_wins_over_the_one_with_most_
 
 
 @pytest.mark.parametrize("tilt, refused", [(5.0, False), (20.0, True)])
+@pytest.mark.shared_data
 def test_gantry_tilt_is_flagged_then_refused_above_10_degrees(chest, tilt, refused):
     for p in chest:
         _edit(p, GantryDetectorTilt=tilt)
@@ -173,6 +182,7 @@ def test_gantry_tilt_is_flagged_then_refused_above_10_degrees(chest, tilt, refus
         assert flag.details == {"degrees": 5.0}
 
 
+@pytest.mark.shared_data
 def test_a_sheared_stack_is_a_gantry_tilt_even_without_the_tag(chest):
     for p in chest:
         ds = pydicom.dcmread(p, stop_before_pixels=True)
@@ -182,6 +192,7 @@ def test_a_sheared_stack_is_a_gantry_tilt_even_without_the_tag(chest):
         load_study(chest[0].parent)
 
 
+@pytest.mark.shared_data
 def test_duplicate_positions_holding_different_pixels_are_left_out_and_named(chest):
     extras = []
     for k in (3, 9, 15, 21, 27):                 # a neighbour's pixels at these positions
@@ -199,6 +210,7 @@ def test_duplicate_positions_holding_different_pixels_are_left_out_and_named(che
     assert "gap" in _codes(v), "each position left out is a gap"
 
 
+@pytest.mark.shared_data
 def test_an_identical_copy_is_dropped_quietly_as_a_duplicate(chest):
     shutil.copy(chest[5], chest[0].parent / "copy.dcm")
     v = load_study(chest[0].parent)
@@ -206,6 +218,7 @@ def test_an_identical_copy_is_dropped_quietly_as_a_duplicate(chest):
 
 
 @pytest.mark.parametrize("part", ["HEAD", "NECK", "ABDOMEN", "Extremity"])
+@pytest.mark.shared_data
 def test_a_ct_of_another_body_part_is_refused_as_outside_the_intended_use(chest, part):
     for p in chest:
         _edit(p, BodyPartExamined=part)
@@ -222,6 +235,7 @@ def test_the_command_exits_2_naming_the_file_for_a_head_ct(tmp_path, capsys):
     assert "outside the intended use" in err and "IM00" in err
 
 
+@pytest.mark.shared_data
 def test_files_without_modality_are_read_as_ct_only_from_their_sop_class(chest):
     for p in chest:
         _edit(p, Modality=None)
@@ -233,6 +247,7 @@ def test_files_without_modality_are_read_as_ct_only_from_their_sop_class(chest):
 
 
 @pytest.mark.parametrize("part, rows", [("neck", slice(0, 12)), ("abdomen", slice(-16, None))])
+@pytest.mark.shared_data
 def test_a_stack_without_lung_is_refused_by_its_lung_fraction(tmp_path, normal, part, rows):
     study = _copy(normal[rows], tmp_path / part)
     for p in study:
@@ -241,6 +256,8 @@ def test_a_stack_without_lung_is_refused_by_its_lung_fraction(tmp_path, normal, 
         prepare_study(study[0].parent)
 
 
+@pytest.mark.slow
+@pytest.mark.shared_data
 def test_a_whole_real_chest_ct_passes_the_lung_fraction(shared_data):
     assert prepare_study(shared_data / NORMAL).selection.keep.sum() > 100
 
