@@ -275,9 +275,11 @@ def test_an_extremity_radiograph_and_a_16_pixel_one_are_refused(tmp_path):
         load_radiograph(tmp_path / "tiny.png")
 
 
-def test_a_radiograph_without_view_is_flagged(tmp_path):
+def test_a_radiograph_without_view_or_with_lossy_pixels_is_flagged(tmp_path):
     picture = load_radiograph(edit_tags(RG1, tmp_path / "noview.dcm", ViewPosition=None))
-    assert [f.code for f in picture.flags] == ["view_unknown"]
+    assert [f.code for f in picture.flags] == ["view_unknown"] and picture.warnings == [picture.flags[0].message]
+    picture = load_radiograph(edit_tags(RG1, tmp_path / "lossy.dcm", ViewPosition="PA", LossyImageCompression="01"))
+    assert [f.code for f in picture.flags] == ["lossy"] and picture.flags[0].details["files"] == ["lossy.dcm"]
 
 
 def test_lossy_input_is_flagged_in_the_result_and_the_report(tmp_path):
