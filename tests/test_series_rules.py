@@ -15,6 +15,7 @@ from pydicom.uid import generate_uid
 
 from edge.card import Range
 from edge.cli import main
+from edge.cli.predict import summary
 from edge.engine import Engine
 from edge.errors import GeometryError, NoUsableSeriesError, OutsideIntendedUseError
 from edge.ingest import load_study
@@ -314,3 +315,6 @@ def test_the_report_page_names_the_dropped_scout_and_the_series_choice(tmp_path)
     page = render_report(doc)
     assert 'data-code="scout_dropped"' in page and "0-scout.dcm: localizer" in page
     assert 'id="series-why">Series: the only candidate series (10 slices, 2 mm thick)' in page
+    text = summary(doc)
+    assert "Not analysed: 0-scout.dcm (scout_dropped): localizer" in text
+    assert "Warning [scout_dropped]: 1 image(s) of the series dropped" in text
