@@ -147,7 +147,8 @@ class Engine:
         return self._read(source)
 
     def _read(self, source: Source) -> ReadStudy:
-        return read_study(source, self.modality, self.options, self.limits, release_full_resolution=True)
+        return read_study(source, self.modality, self.options, self.limits, release_full_resolution=True,
+                          training_range=self.training_range)
 
     def run(self, source: Source | ReadStudy) -> StudyResult:
         """Read (unless ``source`` was read by ``read``), preprocess, classify and vote one study

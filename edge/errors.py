@@ -64,3 +64,13 @@ class NoUsableSeriesError(StudyError):
 
 class NoLungFoundError(StudyError):
     """Slice selection found no slice with lung in the chosen series."""
+
+
+class GeometryError(StudyError):
+    """The slices of the series cannot be stacked into a trustworthy volume: no usable order, a gap
+    too large, a gantry tilt too steep (the rules and thresholds are in docs/series-rules.md)."""
+
+
+class OutsideIntendedUseError(StudyError):
+    """The study is not what the model reads (a chest CT, or a frontal chest radiograph): another
+    body part, no lung, an image too small. No verdict is given."""

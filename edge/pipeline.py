@@ -9,9 +9,10 @@ import cv2
 import numpy as np
 
 from edge.card import KIND_MODALITY, TrainingRange
-from edge.errors import NoLungFoundError
+from edge.errors import NoLungFoundError, OutsideIntendedUseError
 from edge.infer import Classifier, PlaceholderClassifier
 from edge.ingest import Limits, Volume, load_study, source_name
+from edge.ingest.flags import Flag
 from edge.ingest.radiograph import Radiograph, load_radiograph
 from edge.kinds import KINDS
 from edge.options import PipelineOptions
@@ -25,41 +26,45 @@ __all__ = ["PREPARE", "PreparedStudy", "ReadStudy", "StudyResult", "prepare_radi
            "run_study"]
 
 def read_study(source: Source, modality: str = "ct", options: PipelineOptions = PipelineOptions(),
-               limits: Limits = Limits(), release_full_resolution: bool = False) -> ReadStudy:
+               limits: Limits = Limits(), release_full_resolution: bool = False,
+               training_range: TrainingRange = TrainingRange()) -> ReadStudy:
     """Read (decode) a study of ``modality``. With ``release_full_resolution`` CT slices are resized
     to the model input as they are decoded (unless the selection rule needs full resolution), so a
-    study read ahead holds only the small volume."""
+    study read ahead holds only the small volume. ``training_range`` (the model card's) decides
+    between candidate CT series."""
     t: dict[str, float] = {}
     with timed(t, "read"):
         if modality == "xray":
             data: Volume | Radiograph = load_radiograph(source, limits)
         else:
             stream = release_full_resolution and options.selection != "rahimzadeh"
-            data = load_study(source, limits, resize_to=options.input_size if stream else None)
-    return ReadStudy(source, data, t["read"], modality, options, limits, release_full_resolution)
+            data = load_study(source, limits, resize_to=options.input_size if stream else None,
+                              training_range=training_range)
+    return ReadStudy(source, data, t["read"], modality, options, limits, release_full_resolution, training_range)
 
 
 def _read(source: Source | ReadStudy, modality: str, options: PipelineOptions, limits: Limits,
-          release_full_resolution: bool) -> ReadStudy:
+          release_full_resolution: bool, training_range: TrainingRange) -> ReadStudy:
     """``source`` read now, or as it was read ahead (checked against the settings it is prepared with)."""
     if not isinstance(source, ReadStudy):
-        return read_study(source, modality, options, limits, release_full_resolution)
-    if (source.modality, source.options, source.limits, source.release_full_resolution) != \
-            (modality, options, limits, release_full_resolution):
+        return read_study(source, modality, options, limits, release_full_resolution, training_range)
+    if (source.modality, source.options, source.limits, source.release_full_resolution, source.training_range) != \
+            (modality, options, limits, release_full_resolution, training_range):
         raise ValueError(f"{source_name(source.source)}: read ahead with other settings than it is prepared with")
     return source
 
 
 def prepare_study(source: Source | ReadStudy, options: PipelineOptions = PipelineOptions(),
                   segmenter: LungSegmenter | None = None, limits: Limits = Limits(),
-                  release_full_resolution: bool = False) -> PreparedStudy:
+                  release_full_resolution: bool = False, training_range: TrainingRange = TrainingRange()) -> PreparedStudy:
     """Read (unless ``source`` was read ahead by :func:`read_study`) and preprocess one study: HU
-    volume, lung mask, model-input slices, selection, group plans.
+    volume, lung mask, model-input slices, selection, group plans. A study where too few slices
+    hold lung (:func:`check_lung_fraction`) is refused as outside the intended use.
     With ``release_full_resolution`` DICOM slices are resized as they are decoded and the
     full-resolution HU volume is never kept (``volume.hu`` is None) unless the selection rule needs
     it: peak memory stays low (the "read" time then includes resizing)."""
     segmenter = segmenter or ThresholdSegmenter()
-    read = _read(source, "ct", options, limits, release_full_resolution)
+    read = _read(source, "ct", options, limits, release_full_resolution, training_range)
     volume = read.data
     t: dict[str, float] = {"read": read.read_ms}
     with timed(t, "resize"):
@@ -70,6 +75,7 @@ def prepare_study(source: Source | ReadStudy, options: PipelineOptions = Pipelin
         volume.hu = None  # type: ignore[union-attr]
     with timed(t, "segment"):
         mask = segmenter.segment(hu256)
+    check_lung_fraction(hu256, mask, source_name(read.source))
     with timed(t, "select"):
         selection = select_slices(options.selection, full_hu, mask)
     del full_hu
@@ -90,21 +96,41 @@ def prepare_study(source: Source | ReadStudy, options: PipelineOptions = Pipelin
 
 def prepare_radiograph(source: Source | ReadStudy, options: PipelineOptions = PipelineOptions(),
                        segmenter: LungSegmenter | None = None, limits: Limits = Limits(),
-                       release_full_resolution: bool = False) -> PreparedStudy:
+                       release_full_resolution: bool = False, training_range: TrainingRange = TrainingRange()) -> PreparedStudy:
     """Read one chest radiograph (unless ``source`` was read ahead) and resize it to the model input:
     a study of one unit (slice 0). No segmentation or selection (``segmenter`` is not used); the
     display image is the input itself."""
-    read = _read(source, "xray", options, limits, release_full_resolution)
+    read = _read(source, "xray", options, limits, release_full_resolution, training_range)
     picture = read.data
     t: dict[str, float] = {"read": read.read_ms}
     with timed(t, "resize"):
         size = options.input_size
         image = np.rint(cv2.resize(picture.pixels, (size, size), interpolation=cv2.INTER_AREA) * 255).astype(np.uint8)  # type: ignore[union-attr]
     volume = Volume(hu=None, files=[picture.file], position_mm=None, series_uid=picture.series_uid, hu_exact=False,  # type: ignore[union-attr]
-                    warnings=picture.warnings, n_files=1, modality="xray", view=picture.view)
+                    warnings=picture.warnings, n_files=1, modality="xray", view=picture.view, flags=picture.flags)
     images = image[None]
     return PreparedStudy(volume, np.ones(images.shape, bool), images, images,
                          Selection("whole radiograph", np.ones(1, bool), ("",)), [], t)
+
+
+LUNG_SLICE_RATIO = 0.05
+"""A slice holds lung when its lung mask covers at least this fraction of its body (air inside the
+body plus tissue above -500 HU): 0.3-0.4 in the middle of the real sample studies, 0 in the neck and abdomen."""
+MIN_LUNG_SLICE_FRACTION = 0.25
+"""A CT study where fewer slices than this fraction hold lung is refused (head, neck, abdomen, a
+limb); the real sample chest CTs hold lung in 79-92 % of their slices (docs/series-rules.md)."""
+
+
+def check_lung_fraction(hu: np.ndarray, mask: np.ndarray, where: str) -> None:
+    """Refuse (OutsideIntendedUseError) a volume where fewer than MIN_LUNG_SLICE_FRACTION of the
+    slices hold lung (LUNG_SLICE_RATIO of the body's area)."""
+    lung = mask.reshape(len(mask), -1).sum(axis=1)
+    body = ((hu > -500) | mask).reshape(len(mask), -1).sum(axis=1)
+    fraction = float(np.mean(lung >= LUNG_SLICE_RATIO * np.maximum(body, 1)))
+    if fraction < MIN_LUNG_SLICE_FRACTION:
+        raise OutsideIntendedUseError(where, f"only {fraction:.0%} of its {len(mask)} slices show lung (at least "
+                                             f"{MIN_LUNG_SLICE_FRACTION:.0%} needed): not a chest CT, outside the "
+                                             "model's intended use; no verdict")
 
 
 PREPARE = {"ct": prepare_study, "xray": prepare_radiograph}
@@ -120,9 +146,10 @@ def run_study(source: Source | ReadStudy, classifier: Classifier | None = None,
     A study whose geometry lies outside ``training_range`` gets a warning."""
     classifier = classifier or PlaceholderClassifier()
     prepare = PREPARE[KIND_MODALITY[classifier.kind]]
-    prepared = prepare(source, options, segmenter, limits, release_full_resolution)
+    prepared = prepare(source, options, segmenter, limits, release_full_resolution, training_range)
     v = prepared.volume
-    v.warnings.extend(training_range.warnings(v.slice_thickness_mm, v.pixel_spacing_mm))
+    for message in training_range.warnings(v.slice_thickness_mm, v.pixel_spacing_mm):
+        v.flag(Flag("outside_training_range", message))
     scores = KINDS[classifier.kind].score(prepared, classifier, options, prepared.timings_ms)
     t = prepared.timings_ms
     t["total"] = sum(t.values())

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from edge import __version__
+from edge.card import TrainingRange
 from edge.infer import Classifier
 from edge.ingest import Limits, Volume
 from edge.ingest.radiograph import Radiograph
@@ -132,12 +133,14 @@ class StudyResult:
                                if i in scored else {}) for i in kept],
             "slices_dropped": [{"index": i, "file": v.files[i], "z": z[i], "reason": sel.reasons[i]}
                                for i in range(v.n_slices) if not sel.keep[i]],
-            "series": {"chosen": v.series_uid,
+            "files_dropped": [d.to_dict() for d in v.dropped_files],
+            "series": {"chosen": v.series_uid, "why": v.series_why,
                        "skipped": [{"uid": s.uid, "n_files": s.n_files, "code": s.code, "reason": s.reason}
                                    for s in v.skipped_series]},
             "input": {"n_files": v.n_files, "hu_exact": v.hu_exact, "pixel_spacing_mm": v.pixel_spacing_mm,
                       "slice_thickness_mm": v.slice_thickness_mm, "view": v.view},
             "warnings": list(v.warnings),
+            "flags": [f.to_dict() for f in v.flags],
             "timings_ms": {k: round(t, 1) for k, t in self.timings_ms.items()},
             "model": self.classifier.info.to_dict(),
             "software": {"name": "ctedge", "version": __version__},
@@ -179,3 +182,4 @@ class ReadStudy:
     options: PipelineOptions
     limits: Limits
     release_full_resolution: bool
+    training_range: TrainingRange = TrainingRange()

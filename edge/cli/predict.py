@@ -80,9 +80,13 @@ def summary(d: dict) -> str:
     for g in d["groups"]:
         probs = " ".join(f"{g['probabilities'][c]:.3f}" for c in classes)
         lines.append(f"  group {g['index']}: slices {g['slice_range'][0]}-{g['slice_range'][1]}  {g['label']:<16} [{probs}]")
+    if d["series"].get("why"):
+        lines.append(f"Series: {d['series']['why']}")
     for s in d["series"]["skipped"]:
         lines.append(f"Skipped series ({s['n_files']} files): {s['reason']}")
-    lines += [f"Warning: {w}" for w in d["warnings"]]
+    lines += [f"Not analysed: {f['file']} ({f['code']}): {f['reason']}" for f in d.get("files_dropped", [])]
+    codes = {f["message"]: f["code"] for f in d.get("flags", [])}
+    lines += [f"Warning [{codes[w]}]: {w}" if w in codes else f"Warning: {w}" for w in d["warnings"]]
     lines.append("Time: " + ", ".join(f"{k} {v:.0f} ms" for k, v in d["timings_ms"].items()))
     lines.append(f"Model: {model['name']} {model['version']}; {model.get('validation', 'no validation recorded')}")
     return "\n".join(lines)

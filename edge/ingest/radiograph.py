@@ -14,6 +14,9 @@ named in a warning as not analysed. Without a frontal view the study is refused,
 exactly one image of unknown view. As in a CT study, a file that is not a DICOM image (a DICOMDIR,
 a notes.txt) is skipped with a warning, and image files are ignored when there are DICOM files.
 A radiograph (DICOM or image file) of more than 4096 x 4096 pixels is refused from its header.
+Outside the intended use (OutsideIntendedUseError): a BodyPartExamined of a region without lungs
+(a limb, the head, the abdomen) and an image with a side under MIN_RADIOGRAPH_SIDE pixels. Lossy
+input and an unknown view are typed flags (edge.ingest.flags).
 """
 
 from __future__ import annotations
@@ -28,8 +31,10 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-from edge.errors import CorruptFileError, FileTooLargeError, StudyError
+from edge.errors import CorruptFileError, FileTooLargeError, OutsideIntendedUseError, StudyError
 from edge.ingest.dicom_files import check_codestream_size, read_header
+from edge.ingest.flags import Flag, lossy_flag
+from edge.ingest.series import OTHER_BODY_PARTS, body_part
 from edge.ingest.image_files import is_image_file, read_grey
 from edge.ingest.sources import Limits, study_files
 
@@ -38,6 +43,9 @@ FRONTAL_VIEWS = ("PA", "AP")
 LATERAL_VIEWS = ("LL", "RL", "LATERAL", "LLD", "RLD", "LAT")
 MAX_RADIOGRAPH_PIXELS = 4096 * 4096
 """Detector images are up to about 3000 x 3000; a file declaring more is not decoded."""
+MIN_RADIOGRAPH_SIDE = 32
+"""A radiograph with a side of fewer pixels is refused: the model's input is 224-256 pixels wide, and
+a chest radiograph this small shows no lung detail (public datasets go down to 224 x 224)."""
 
 
 class LateralViewError(StudyError):
@@ -55,6 +63,7 @@ class Radiograph:
     view: str | None                   # PA, AP, or None when the file does not say
     series_uid: str | None = None
     warnings: list[str] = field(default_factory=list)
+    flags: list[Flag] = field(default_factory=list)     # typed warnings (each also in ``warnings``)
 
 
 def study_modality(source: str | Path | Sequence[str | Path], limits: Limits = Limits()) -> str:
@@ -152,6 +161,10 @@ def _read_dicom(path: Path, header: Dataset | None = None) -> Radiograph:
     if rows * columns > MAX_RADIOGRAPH_PIXELS:
         raise FileTooLargeError(path, f"declares {rows} x {columns} pixels, above the limit of one 4096 x 4096 "
                                       "radiograph; not decoded")
+    _check_size(path, rows, columns)
+    if body_part(header) in OTHER_BODY_PARTS:
+        raise OutsideIntendedUseError(path, f"BodyPartExamined {header.BodyPartExamined}: the model reads chest "
+                                            "radiographs (outside the intended use); no verdict")
     given = str(header.get("ViewPosition", "") or "").strip().upper()
     view = _check_view(path, given)
     try:
@@ -176,20 +189,31 @@ def _read_dicom(path: Path, header: Dataset | None = None) -> Radiograph:
     inverse_lut = str(ds.get("PresentationLUTShape", "")).upper() == "INVERSE"
     if monochrome1 != inverse_lut:       # either one inverts the display; both cancel out
         pixels = 1.0 - pixels
-    warnings = [] if view else [f"view position {given or 'not recorded'}: the model reads PA/AP chest radiographs"]
-    return Radiograph(pixels, path.name, view, str(ds.get("SeriesInstanceUID", "")) or None, warnings)
+    flags = [] if view else [Flag("view_unknown", f"view position {given or 'not recorded'}: the model reads PA/AP "
+                                                  "chest radiographs")]
+    lossy = lossy_flag([(path.name, ds)])
+    flags += [lossy] if lossy else []
+    return Radiograph(pixels, path.name, view, str(ds.get("SeriesInstanceUID", "")) or None,
+                      [f.message for f in flags], flags)
 
 
 def _read_image(path: Path) -> Radiograph:
     img = read_grey(path, MAX_RADIOGRAPH_PIXELS, "radiograph")
+    _check_size(path, *img.shape[:2])
     if img.dtype == np.uint8:
         pixels = img.astype(np.float32) / 255.0
     elif img.dtype == np.uint16:
         pixels = _stretch(img.astype(np.float32), 0.5)
     else:
         raise CorruptFileError(path, f"unsupported image sample type {img.dtype}")
-    return Radiograph(pixels, path.name, None, None,
-                      ["image file: no view position recorded; the model reads PA/AP chest radiographs"])
+    flag = Flag("view_unknown", "image file: no view position recorded; the model reads PA/AP chest radiographs")
+    return Radiograph(pixels, path.name, None, None, [flag.message], [flag])
+
+
+def _check_size(path: Path, rows: int, columns: int) -> None:
+    if min(rows, columns) < MIN_RADIOGRAPH_SIDE:
+        raise OutsideIntendedUseError(path, f"{columns} x {rows} pixels, smaller than {MIN_RADIOGRAPH_SIDE} pixels a "
+                                            "side: too small to be read as a chest radiograph; no verdict")
 
 
 def _check_view(path: Path, view: str) -> str | None:

@@ -9,12 +9,14 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.card import TrainingRange
 from edge.errors import (CorruptFileError, EmptyStudyError, FileTooLargeError, MixedSizesError,
-                         NoUsableSeriesError, StudyError, TooFewSlicesError)
+                         NoUsableSeriesError, OutsideIntendedUseError, StudyError, TooFewSlicesError)
 from edge.ingest.dicom_files import has_rescale, read_header
 from edge.ingest.enhanced import decode_slices, frame_headers
 from edge.ingest.image_files import is_image_file, natural_key, read_image_hu
-from edge.ingest.series import SkippedSeries, order_slices, select_series, split_series
+from edge.ingest.flags import DroppedFile, Flag, lossy_flag
+from edge.ingest.series import CHEST_BODY_PARTS, SkippedSeries, body_part, select_series, split_series
 from edge.ingest.sources import Limits, study_files
 
 
@@ -36,6 +38,14 @@ class Volume:
     resized: np.ndarray | None = None    # (n, size, size) float32 HU when load_study(resize_to=size) read DICOM
     modality: str = "ct"                 # edge.card.MODALITIES
     view: str | None = None              # a radiograph's view position (PA, AP), None when not recorded
+    flags: list[Flag] = field(default_factory=list)            # typed warnings (each also in ``warnings``)
+    dropped_files: list[DroppedFile] = field(default_factory=list)  # files of the chosen series not read
+    series_why: str = ""                 # why this series was chosen
+
+    def flag(self, flag: Flag) -> None:
+        """Record a typed warning (its message joins ``warnings``)."""
+        self.flags.append(flag)
+        self.warnings.append(flag.message)
 
     @property
     def n_slices(self) -> int:
@@ -43,12 +53,13 @@ class Volume:
 
 
 def load_study(source: str | Path | Sequence[str | Path], limits: Limits = Limits(),
-               resize_to: int | None = None) -> Volume:
+               resize_to: int | None = None, training_range: TrainingRange = TrainingRange()) -> Volume:
     """Read a study (folder, zip, file or list of files) into a Volume.
 
     With ``resize_to``, DICOM slices are resized as they are decoded: ``volume.resized`` holds them
     and ``volume.hu`` is None (the full-resolution volume is never held; image files are read as usual).
 
+    ``training_range`` (the model card's) decides between candidate series (edge.ingest.series).
     DICOM wins over image files when both are present. Raises a StudyError subclass naming the
     file when nothing usable is found; single bad slices in a good series are skipped with a warning.
     """
@@ -66,7 +77,7 @@ def load_study(source: str | Path | Sequence[str | Path], limits: Limits = Limit
         if headers:
             if images:
                 warnings.append(f"{len(images)} image file(s) ignored: the study has DICOM files")
-            volume = _load_dicom(headers, source, warnings, resize_to)
+            volume = _load_dicom(headers, source, warnings, resize_to, training_range)
         elif images:
             volume = _load_images(images, warnings)
         elif len({type(e) for e in rejected}) == 1:
@@ -80,20 +91,16 @@ def load_study(source: str | Path | Sequence[str | Path], limits: Limits = Limit
         return volume
 
 
-def _load_dicom(headers, source, warnings: list[str], resize_to: int | None) -> Volume:
-    chosen, skipped = select_series(split_series(headers))
-    if chosen is None:
-        single = [s for s in skipped if s.code == "single_slice"]
-        if single:
-            path = next(p for p, ds in headers if str(ds.get("SeriesInstanceUID", "(no SeriesInstanceUID)")) == single[0].uid)
-            raise TooFewSlicesError(path, "the study's only CT series has a single slice; a CT volume is needed")
-        raise NoUsableSeriesError(source_name(source), "no axial CT series: " + "; ".join(s.reason for s in skipped))
+def _load_dicom(headers, source, warnings: list[str], resize_to: int | None, training_range: TrainingRange) -> Volume:
+    choice = select_series(split_series(headers), training_range)
+    skipped = choice.skipped
+    if choice.series is None or choice.ordered is None:
+        raise _no_series(headers, source, skipped, choice.errors)
+    chosen, ordered = choice.series, choice.ordered
     _check_sizes(chosen.items)
-    first_ds = chosen.items[0][1]
-    _check_volume(len(chosen.items) * int(first_ds.get("Rows", 0)) * int(first_ds.get("Columns", 0)),
+    first_ds = ordered.items[0][1]
+    _check_volume(len(ordered.items) * int(first_ds.get("Rows", 0)) * int(first_ds.get("Columns", 0)),
                   source_name(source))
-    ordered = order_slices(chosen)
-    warnings += ordered.warnings
     first = ordered.items[0][1]
     syntax = first.file_meta.get("TransferSyntaxUID")
     hu, keep, failures = decode_slices(ordered.items, (int(first.get("Rows", 0)), int(first.get("Columns", 0))),
@@ -101,6 +108,16 @@ def _load_dicom(headers, source, warnings: list[str], resize_to: int | None) -> 
     names = [ordered.items[i][0].name for i in keep]
     if len(keep) < 2:
         raise failures[0] if failures else TooFewSlicesError(ordered.items[0][0], "fewer than two decodable slices")
+    flags = _dropped_flags(ordered.dropped) + ordered.flags
+    if not first.get("Modality"):
+        flags.append(Flag("no_modality", "the images carry no Modality: read as CT (their SOP class is CT Image Storage or not recorded)"))
+    part = body_part(first)
+    if part and part not in CHEST_BODY_PARTS:
+        flags.append(Flag("body_part", f"BodyPartExamined {first.BodyPartExamined} is not a chest value: read as chest CT",
+                          {"body_part": str(first.BodyPartExamined)}))
+    lossy = lossy_flag([(p.name, ds) for p, ds in ordered.items])
+    flags += [lossy] if lossy else []
+    warnings += [f.message for f in flags]
     warnings += _summarise("slice(s) of the chosen series skipped", failures)
     if any(not has_rescale(ds) for _, ds in ordered.items):
         warnings.append("RescaleSlope/RescaleIntercept missing on some slices: stored values taken as HU")
@@ -111,8 +128,34 @@ def _load_dicom(headers, source, warnings: list[str], resize_to: int | None) -> 
         series_uid=chosen.uid, hu_exact=True,
         pixel_spacing_mm=float(spacing[0]) if spacing else None,
         slice_thickness_mm=float(first.SliceThickness) if first.get("SliceThickness") else None,
-        skipped_series=skipped, warnings=warnings,
+        skipped_series=skipped, warnings=warnings, flags=flags, dropped_files=ordered.dropped, series_why=choice.why,
     )
+
+
+def _no_series(headers, source, skipped: list[SkippedSeries], errors: list[StudyError]) -> StudyError:
+    """The error for a study without a series to analyse: the most specific reason first."""
+    if errors:
+        return errors[0]
+    outside = [s for s in skipped if s.code == "outside_intended_use"]
+    single = [s for s in skipped if s.code == "single_slice"]
+    for found, error, problem in ((outside, OutsideIntendedUseError, None),
+                                  (single, TooFewSlicesError, "the study's only CT series has a single slice; a CT volume is needed")):
+        if found:
+            path = next(p for p, ds in headers if str(ds.get("SeriesInstanceUID", "(no SeriesInstanceUID)")) == found[0].uid)
+            return error(path, problem or found[0].reason)
+    return NoUsableSeriesError(source_name(source), "no axial CT series: " + "; ".join(s.reason for s in skipped))
+
+
+def _dropped_flags(dropped: list[DroppedFile]) -> list[Flag]:
+    """One flag per kind of image screened out of the series (duplicates are flagged where they are found)."""
+    flags = []
+    for code in ("scout_dropped", "odd_image_dropped", "no_position_dropped"):
+        files = [d for d in dropped if d.code == code]
+        if files:
+            shown = "; ".join(f"{d.file}: {d.reason}" for d in files[:5]) + (" ..." if len(files) > 5 else "")
+            flags.append(Flag(code, f"{len(files)} image(s) of the series dropped, not analysed ({shown})",
+                              {"files": [d.file for d in files]}))
+    return flags
 
 
 def _load_images(paths: list[Path], warnings: list[str]) -> Volume:
@@ -134,10 +177,11 @@ def _load_images(paths: list[Path], warnings: list[str]) -> Volume:
     paths = good
     _check_shapes([(p, hu.shape) for p, (hu, _) in zip(paths, read)])
     exact = all(e for _, e in read)
-    warnings.append("image slices: no DICOM positions, ordered by file name (first = most superior assumed); "
-                    + ("16-bit values taken as HU + 1024" if exact else "8-bit values mapped back through the lung window"))
+    order = Flag("no_position", "image slices: no DICOM positions, ordered by file name (first = most superior "
+                 "assumed); " + ("16-bit values taken as HU + 1024" if exact else "8-bit values mapped back through "
+                                 "the lung window"), {"order": "file name"})
     return Volume(hu=_to_int16(np.stack([hu for hu, _ in read])), files=[p.name for p in paths], position_mm=None,
-                  series_uid=None, hu_exact=exact, warnings=warnings)
+                  series_uid=None, hu_exact=exact, warnings=[*warnings, order.message], flags=[order])
 
 
 MAX_VOLUME_PIXELS = 2000 * 512 * 512
