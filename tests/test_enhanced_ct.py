@@ -29,7 +29,7 @@ from edge.ingest import load_study
 from edge.limits import MAX_FRAMES
 from edge.profile import DicomPeer, DicomSettings, WatcherSettings, load_profile
 from edge.watch import watch
-from tests.helpers.dicomnet import StorageSCP, dciodvfy_errors, send, send_statuses
+from tests.helpers.dicomnet import StorageSCP, dciodvfy_errors, send, send_statuses, sr_items
 from tests.helpers.enhanced import enhanced_ct, legacy_enhanced_ct, reorder_frames
 from tests.helpers.paths import SAMPLES
 
@@ -264,7 +264,7 @@ def test_an_object_sent_by_c_store_is_analysed_and_its_sr_reaches_pacs(objects, 
     doc = json.loads((outbox / header.StudyInstanceUID / "result.json").read_text())
     assert doc["probabilities"] == engine.run(SERIES).to_dict()["probabilities"]
     sr = next(ds for ds in pacs.received if ds.SOPClassUID == ComprehensiveSRStorage)
-    referenced = {i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in sr.ContentSequence if i.ValueType == "IMAGE"}
+    referenced = {i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in sr_items(sr) if i.ValueType == "IMAGE"}
     assert referenced == {header.SOPInstanceUID}
     captures = [ds for ds in pacs.received if ds.SOPClassUID == SecondaryCaptureImageStorage]
     assert len(captures) == len(doc["heatmaps"]) > 0
