@@ -29,7 +29,7 @@ from edge import CLASSES, __version__
 from edge.card import MODALITY_TERMS
 from edge.dicomnet.receiver import is_uid
 from edge.errors import UserError
-from edge.result import load_result, modality_of
+from edge.result import ResultDoc, load_result
 
 SR_SERIES_NUMBER, SC_SERIES_NUMBER = 9901, 9902
 SCHEME = "99CTEDGE"  # private coding scheme for the concepts no standard code names
@@ -94,11 +94,11 @@ def result_objects(result_dir: Path, study_dir: Path) -> list[Dataset]:
     return objects
 
 
-def structured_report(doc: dict, evidence: list[Dataset]) -> hd.sr.ComprehensiveSR:
+def structured_report(doc: ResultDoc, evidence: list[Dataset]) -> hd.sr.ComprehensiveSR:
     """A Comprehensive SR of the result document, referencing ``evidence`` (the driving instances)."""
     model = doc["model"]
     demonstration = bool(model["banner"])
-    modality = MODALITY_TERMS[modality_of(doc)].name
+    modality = MODALITY_TERMS[doc["modality"]].name
     items: list[Dataset] = [hd.sr.TextContentItem(FINDING, doc["label"], "CONTAINS")]
     items += [hd.sr.NumContentItem(_code(f"probability-{c}", f"Probability of {c}"), float(doc["probabilities"][c]),
                                    NO_UNITS, relationship_type="CONTAINS") for c in doc.get("classes", CLASSES)]
