@@ -12,9 +12,9 @@ import pytest
 from pydicom.uid import SecondaryCaptureImageStorage
 
 from edge.dicomnet.receiver import CANNOT_UNDERSTAND, SOP_CLASS_NOT_SUPPORTED
+from edge.cli.serve import serve_app
 from edge.engine import Engine
 from edge.profile import load_profile
-from edge.server import create_app
 from tests.helpers.dicomnet import StorageSCP, free_port, phantom_study, send
 from tests.helpers.server import PASSWORD, USER, write_profile
 
@@ -47,7 +47,7 @@ def test_serve_receives_over_c_store_and_stow_analyses_and_reports_sends(tmp_pat
         "watcher": {"poll_seconds": 0.2, "stable_seconds": 0.5},
         "dicom": {"port": port, "inbox": str(tmp_path / "received"),
                   "destinations": [{"ae_title": "PACS", "host": "127.0.0.1", "port": pacs.port}]}})
-    app = create_app(load_profile(path), Engine.default())
+    app = serve_app(load_profile(path), Engine.default())
     client = app.test_client()
     try:
         study = phantom_study(tmp_path / "src", n_slices=24, size=96, seed=2)
