@@ -17,7 +17,7 @@ SELECTION_HELP = (
     "slice selection rule: 'lung-extent' (default; keeps every slice between the lung apex and base), "
     "'seed-area' (seed thresholds 0.4 upper / 0.9 lower: drops much of the lung bases), "
     "'rahimzadeh' (published dark-pixel rule; WARNING: it can drop slices with dense consolidation, "
-    "see README for its measured retention of infected slices)")
+    "see docs/pipeline.md, Measured slice retention)")
 
 
 def add_predict(sub: argparse._SubParsersAction) -> None:

@@ -1,8 +1,9 @@
 """Split DICOM headers into series, pick the axial CT series to analyse, and order its slices.
 
-Selection rule (documented in the README): among series that are CT, single-frame, not a
-localizer, axial (slice normal within about 37 degrees of the patient z axis) and have at least
-two slices, take the one with the most slices; ties go to the thinner SliceThickness.
+Selection rule (documented in docs/pipeline.md, What happens to a study): among series that are
+CT, single-frame, not a localizer, axial (slice normal within about 37 degrees of the patient z
+axis) and have at least two slices, take the one with the most slices; ties go to the thinner
+SliceThickness.
 """
 
 from __future__ import annotations
