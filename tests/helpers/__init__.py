@@ -1,3 +1,3 @@
 """What the tests import: paths (``paths``), DICOM edits and phantom trees (``dicom``), device profiles
-(``profiles``), bundles whose answer is known by construction (``bundles``), DICOM network peers
+(``profiles``), synthetic radiographs (``radiographs``), bundles whose answer is known by construction (``bundles``), DICOM network peers
 (``dicomnet``) and a real ``ctedge serve`` process (``server``). Fixtures live in tests/conftest.py."""
