@@ -3,7 +3,6 @@ analysed and the results sent to PACS; /health and the history page show the sen
 
 from __future__ import annotations
 
-import re
 import time
 import uuid
 
@@ -16,7 +15,7 @@ from edge.cli.serve import serve_app
 from edge.engine import Engine
 from edge.profile import load_profile
 from tests.helpers.dicomnet import StorageSCP, free_port, phantom_study, send
-from tests.helpers.server import PASSWORD, USER, write_profile
+from tests.helpers.server import login, write_profile
 
 pytestmark = pytest.mark.slow  # a real serve with C-STORE, STOW-RS and a PACS, end to end
 
@@ -79,7 +78,5 @@ def test_serve_receives_over_c_store_and_stow_analyses_and_reports_sends(tmp_pat
     assert [ds.Modality for ds in pacs.received].count("SR") == 2
     for ds in pacs.received:
         assert (tmp_path / "results" / "dicom" / ds.StudyInstanceUID / "result.json").is_file()
-    login = client.get("/login").get_data(as_text=True)
-    token = re.search(r'name="csrf_token" value="([^"]+)"', login).group(1)
-    assert client.post("/login", data={"user": USER, "password": PASSWORD, "csrf_token": token}).status_code == 303
+    login(client)
     assert "2 sent, 0 pending, 0 failing" in client.get("/history").get_data(as_text=True)

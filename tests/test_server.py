@@ -11,7 +11,6 @@ import shutil
 import socket
 import stat
 import threading
-import time
 import zipfile
 from pathlib import Path
 
@@ -34,10 +33,8 @@ from edge.server.jobs import StudyStore
 from tests.helpers.dicomnet import free_port
 from tests.helpers.paths import REPO, SAMPLES
 from tests.helpers.profiles import write_profile as device_profile
-from tests.helpers.server import PASSWORD, USER, phantom_study, write_profile
+from tests.helpers.server import AUTH, PASSWORD, TOKEN, USER, csrf, login, phantom_study, wait_done, write_profile
 
-TOKEN = "test-token-0123456789"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
 P002 = SAMPLES / "COVID-19_P002"
 
 
@@ -65,33 +62,8 @@ def client(app):
     return app.test_client()
 
 
-def csrf(client, page: str = "/login") -> str:
-    html = client.get(page).get_data(as_text=True)
-    return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
-
-
-def login(client) -> str:
-    """Log in as the test user; return the session's CSRF token (a new one: login rotates it)."""
-    before = csrf(client)
-    response = client.post("/login", data={"user": USER, "password": PASSWORD, "csrf_token": before})
-    assert response.status_code == 303
-    after = csrf(client, "/")
-    assert after != before
-    return after
-
-
 def dicom_files(folder: Path = P002) -> list[tuple[io.BytesIO, str]]:
     return [(io.BytesIO(f.read_bytes()), f.name) for f in sorted(folder.glob("*.dcm"))]
-
-
-def wait_done(client, study_id: str, timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        state = client.get(f"/api/v1/studies/{study_id}", headers=AUTH).get_json()
-        if state["status"] in ("done", "failed"):
-            return state
-        time.sleep(0.1)
-    raise AssertionError(f"study {study_id} still {state['status']} after {timeout} s")
 
 
 def study_folders(app) -> list[str]:
