@@ -170,7 +170,7 @@ class ModelCard:
     def files(self, variant: str) -> dict[str, Path]:
         """The model files of ``variant`` (``encoder``, ``head``); ModelLoadError when absent or missing."""
         if variant not in self.variants:
-            hint = " (compile the int8 encoder with edgetpu_compiler, see README)" if variant == "edgetpu" else ""
+            hint = " (compile the int8 encoder with edgetpu_compiler, see docs/models.md: Accelerators)" if variant == "edgetpu" else ""
             raise ModelLoadError(self.path, f"no {variant!r} variant{hint}; available: {', '.join(self.variants)}")
         files = {part: self.bundle / name for part, name in self.variants[variant].items()}
         for part, file in files.items():

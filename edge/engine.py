@@ -33,6 +33,7 @@ from edge.options import PipelineOptions, apply_settings
 from edge.pipeline import read_study, run_study
 from edge.preprocess.segment import LungSegmenter, TFLiteSegmenter
 from edge.profile import Profile
+from edge.result import ResultDoc
 from edge.report import write_result
 from edge.stages import ReadStudy, Source, StudyResult
 from edge.tune import resolve
@@ -168,7 +169,7 @@ class Engine:
         return run_study(study, models.classifier, self.options, models.segmenter, self.limits,
                          self.training_range, release_full_resolution=True)
 
-    def analyse(self, source: Source | ReadStudy, out_dir: Path) -> dict:
+    def analyse(self, source: Source | ReadStudy, out_dir: Path) -> ResultDoc:
         """Run one study (read ahead by ``read``, or now) and write its result folder (see
         ``edge.report.write_result``); return the result document: the ``ctedge predict --json``
         object plus heatmaps and slice images."""
@@ -222,7 +223,7 @@ class Device:
         study = source if isinstance(source, ReadStudy) else self.read(source)
         return self.routes[study.modality].run(study)
 
-    def analyse(self, source: Source | ReadStudy, out_dir: Path) -> dict:
+    def analyse(self, source: Source | ReadStudy, out_dir: Path) -> ResultDoc:
         """:meth:`Engine.analyse` on the engine of the study's modality."""
         study = source if isinstance(source, ReadStudy) else self.read(source)
         return self.routes[study.modality].analyse(study, out_dir)

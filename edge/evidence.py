@@ -11,6 +11,7 @@ from pathlib import Path
 from edge import __version__
 from edge.card import ModelCard, load_card, write_card
 from edge.errors import ModelLoadError
+from edge.result import ModelDoc
 
 MIN_PATIENTS = 20
 """Fewer patients of a class than this support no claim about its sensitivity or specificity."""
@@ -18,7 +19,7 @@ MIN_PATIENTS = 20
 NO_EVIDENCE = "no validation recorded"
 
 
-def card_summary(summary: dict, description: str, model: dict) -> dict:
+def card_summary(summary: dict, description: str, model: ModelDoc) -> dict:
     """What ``--record`` stores: date, data description, patients per class and the metrics with their
     intervals (from ``edge.validate.summarise``); no patient identifiers."""
     table = summary["table2"]

@@ -5,7 +5,7 @@ Each has ``kind`` (the card kind whose scoring, ``edge.kinds``, runs it) and ``c
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -15,6 +15,7 @@ from edge import CLASSES
 from edge.card import ModelCard, banner_for, load_card, training_data_summary
 from edge.errors import ModelLoadError
 from edge.evidence import NO_EVIDENCE, evidence_line
+from edge.result import ModelDoc
 from edge.runtime import input_shape, invoke, load_interpreter
 
 
@@ -37,12 +38,14 @@ class ModelInfo:
         """The warning every output of this model shows ('' for a clinical model)."""
         return banner_for(self.status)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> ModelDoc:
         """The model as outputs show it; ``demonstration`` (any model not for clinical use) and
         ``placeholder`` are kept for readers of older results."""
-        return asdict(self) | {"banner": self.banner, "demonstration": self.status != "clinical",
-                               "placeholder": self.status == "placeholder", "known_biases": list(self.known_biases),
-                               "training_summary": training_data_summary(self.training_data)}
+        return {"name": self.name, "version": self.version, "status": self.status, "note": self.note,
+                "validation": self.validation, "variant": self.variant, "chosen": self.chosen, "threads": self.threads,
+                "training_data": self.training_data, "known_biases": list(self.known_biases), "banner": self.banner,
+                "demonstration": self.status != "clinical", "placeholder": self.status == "placeholder",
+                "training_summary": training_data_summary(self.training_data), "card_sha256": self.card_sha256}
 
     @classmethod
     def of(cls, card: ModelCard, variant: str) -> ModelInfo:

@@ -22,14 +22,14 @@ import numpy as np
 from edge.card import MODALITY_TERMS, ModalityTerms
 from edge.explain import SliceHeatmap, overlay
 from edge.ingest import Volume
-from edge.result import RESULT_FILE, modality_of
+from edge.result import RESULT_FILE, ResultDoc
 from edge.stages import StudyResult
 from edge.storage import private_dir
 
 _TEMPLATES = jinja2.Environment(loader=jinja2.PackageLoader("edge", "templates"), autoescape=True)
 
 
-def write_result(result: StudyResult, heatmaps: list[SliceHeatmap], out_dir: Path, method: str | None = None) -> dict:
+def write_result(result: StudyResult, heatmaps: list[SliceHeatmap], out_dir: Path, method: str | None = None) -> ResultDoc:
     """Write the result folder of one study and return its ``result.json`` document; ``method`` says
     how the heatmaps were made (None: the model has no explain models)."""
     out_dir = Path(out_dir)
@@ -78,18 +78,18 @@ def _heatmap_on(volume: Volume, sources: list[tuple[int, float]]) -> str:
     return f"blend of {image}s " + " + ".join(f"{i} ({w:.2f})" for i, w in sources)
 
 
-def render_report(doc: dict, base_url: str = "") -> str:
+def render_report(doc: ResultDoc, base_url: str = "") -> str:
     """The one-page HTML report of a result document; image paths are relative to ``base_url``."""
     return _TEMPLATES.get_template("report.html").render(doc=doc, classes=doc["classes"], base=base_url,
                                                          plot=slice_plot(doc), terms=terms_of(doc))
 
 
-def terms_of(doc: dict) -> ModalityTerms:
+def terms_of(doc: ResultDoc) -> ModalityTerms:
     """How the pages name the modality of a result document and its images."""
-    return MODALITY_TERMS[modality_of(doc)]
+    return MODALITY_TERMS[doc["modality"]]
 
 
-def slice_plot(doc: dict, width: int = 640, height: int = 200) -> dict | None:
+def slice_plot(doc: ResultDoc, width: int = 640, height: int = 200) -> dict | None:
     """An SVG plot of each class's probability along the slice axis, from the per-slice probabilities
     of the result document (None with fewer than two, e.g. a radiograph): polylines per class, x = slice index, and the
     slices shown as heatmaps marked."""

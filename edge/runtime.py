@@ -9,7 +9,7 @@ batch of one (``load_interpreter(..., batch=1)``) and fed a whole group: ``invok
 slice at a time. The XNNPACK delegate plans its activation memory from the shapes written in the
 file (``resize_tensor_input`` does not shrink it), so the batch is rewritten in the file's bytes:
 the float32 encoder then holds ~5 MB instead of ~260 MB for a 50-slice group, with the same
-outputs bit for bit and no loss of speed (README, "Speed on your CPU").
+outputs bit for bit and no loss of speed (docs/benchmarks.md, "Memory").
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ from edge.ingest.radiograph import Radiograph
 from edge.options import PipelineOptions
 from edge.preprocess.group import assemble, position_sources
 from edge.preprocess.select import Selection
+from edge.result import SCHEMA_VERSION, ResultDoc, UsedSliceDoc
 from edge.vote import Verdict
 
 Source = str | Path | Sequence[str | Path]
@@ -103,7 +104,7 @@ class StudyResult:
     def timings_ms(self) -> dict[str, float]:
         return self.prepared.timings_ms
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> ResultDoc:
         """The JSON document printed by ``ctedge predict --json`` and served by the API."""
         v, sel = self.volume, self.selection
         z = [None if v.position_mm is None else round(float(p), 3) for p in  # type: ignore[arg-type]
@@ -112,6 +113,7 @@ class StudyResult:
         classes = self.classes
         scored = {s.index: s.probabilities for s in self.slices}
         return {
+            "schema_version": SCHEMA_VERSION,
             "modality": v.modality,
             "label": self.verdict.label,
             "classes": list(classes),
@@ -128,9 +130,7 @@ class StudyResult:
             "n_slices_read": v.n_slices,
             "n_slices_used": len(kept),
             "selection": sel.method,
-            "slices_used": [{"index": int(i), "file": v.files[i], "z": z[i]}
-                            | ({"probabilities": _named(classes, scored[i]), "label": classes[int(np.argmax(scored[i]))]}
-                               if i in scored else {}) for i in kept],
+            "slices_used": [self._used_slice(int(i), z[i], scored.get(int(i))) for i in kept],
             "slices_dropped": [{"index": i, "file": v.files[i], "z": z[i], "reason": sel.reasons[i]}
                                for i in range(v.n_slices) if not sel.keep[i]],
             "files_dropped": [d.to_dict() for d in v.dropped_files],
@@ -145,6 +145,13 @@ class StudyResult:
             "model": self.classifier.info.to_dict(),
             "software": {"name": "ctedge", "version": __version__},
         }
+
+    def _used_slice(self, index: int, z: float | None, probabilities: np.ndarray | None) -> UsedSliceDoc:
+        doc: UsedSliceDoc = {"index": index, "file": self.volume.files[index], "z": z}
+        if probabilities is not None:      # slice models score each kept slice
+            doc["probabilities"] = _named(self.classes, probabilities)
+            doc["label"] = self.classes[int(np.argmax(probabilities))]
+        return doc
 
 
 def _named(classes: tuple[str, ...], probabilities: np.ndarray) -> dict[str, float]:

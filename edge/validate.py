@@ -34,6 +34,7 @@ from edge.evidence import MIN_PATIENTS
 from edge.ingest.radiograph import study_modality
 from edge.metrics import TABLE2, bootstrap_table2, clopper_pearson, confusion_matrix, one_vs_rest, reliability, roc_auc
 from edge.profile import Profile
+from edge.result import ModelDoc
 
 RECORDS = "studies.jsonl"
 RUN = "run.json"
@@ -259,7 +260,7 @@ def _png_data(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
 
 
-def write_outputs(outcomes: Sequence[dict], summary: dict, out: Path, model: dict, modality: str = "ct") -> Path:
+def write_outputs(outcomes: Sequence[dict], summary: dict, out: Path, model: ModelDoc, modality: str = "ct") -> Path:
     """studies.csv, metrics.json, table2.txt, the three plots and validation.html for a bundle of
     ``modality``; returns the page."""
     from edge.plots import plot_confusion, plot_reliability, plot_roc  # matplotlib: only when plotting

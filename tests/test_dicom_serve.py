@@ -3,7 +3,6 @@ analysed and the results sent to PACS; /health and the history page show the sen
 
 from __future__ import annotations
 
-import re
 import time
 import uuid
 
@@ -12,11 +11,11 @@ import pytest
 from pydicom.uid import SecondaryCaptureImageStorage
 
 from edge.dicomnet.receiver import CANNOT_UNDERSTAND, SOP_CLASS_NOT_SUPPORTED
+from edge.cli.serve import serve_app
 from edge.engine import Engine
 from edge.profile import load_profile
-from edge.server import create_app
 from tests.helpers.dicomnet import StorageSCP, free_port, phantom_study, send
-from tests.helpers.server import PASSWORD, USER, write_profile
+from tests.helpers.server import login, write_profile
 
 pytestmark = pytest.mark.slow  # a real serve with C-STORE, STOW-RS and a PACS, end to end
 
@@ -47,7 +46,7 @@ def test_serve_receives_over_c_store_and_stow_analyses_and_reports_sends(tmp_pat
         "watcher": {"poll_seconds": 0.2, "stable_seconds": 0.5},
         "dicom": {"port": port, "inbox": str(tmp_path / "received"),
                   "destinations": [{"ae_title": "PACS", "host": "127.0.0.1", "port": pacs.port}]}})
-    app = create_app(load_profile(path), Engine.default())
+    app = serve_app(load_profile(path), Engine.default())
     client = app.test_client()
     try:
         study = phantom_study(tmp_path / "src", n_slices=24, size=96, seed=2)
@@ -79,7 +78,5 @@ def test_serve_receives_over_c_store_and_stow_analyses_and_reports_sends(tmp_pat
     assert [ds.Modality for ds in pacs.received].count("SR") == 2
     for ds in pacs.received:
         assert (tmp_path / "results" / "dicom" / ds.StudyInstanceUID / "result.json").is_file()
-    login = client.get("/login").get_data(as_text=True)
-    token = re.search(r'name="csrf_token" value="([^"]+)"', login).group(1)
-    assert client.post("/login", data={"user": USER, "password": PASSWORD, "csrf_token": token}).status_code == 303
+    login(client)
     assert "2 sent, 0 pending, 0 failing" in client.get("/history").get_data(as_text=True)

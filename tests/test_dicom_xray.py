@@ -23,6 +23,7 @@ from pydicom.uid import (ComprehensiveSRStorage, ComputedRadiographyImageStorage
 
 from edge import CLASSES
 from edge.card import PLACEHOLDER_BANNER, load_card
+from edge.cli.serve import serve_app
 from edge.dicomnet.receiver import SOP_CLASS_NOT_SUPPORTED, Receiver
 from edge.dicomnet.results import FINDINGS, patient_orientation, result_objects
 from edge.dicomnet.service import DicomService
@@ -32,7 +33,6 @@ from edge.ingest.radiograph import study_modality
 from edge.pipeline import prepare_radiograph
 from edge.profile import WatcherSettings, load_profile
 from edge.report import _captioned, _legible
-from edge.server import create_app
 from edge.watch import watch
 from tests.helpers.bundles import IMAGE_WEIGHT, slice_probabilities
 from tests.helpers.dicomnet import (StorageSCP, code_of, free_port, phantom_study, send, send_statuses, sr_by_meaning,
@@ -225,7 +225,8 @@ def test_the_overlay_keeps_the_patient_orientation_of_its_source(rg1, tmp_path):
 
 
 def test_ctedge_serve_receives_a_radiograph_and_sends_its_sr(tmp_path, rg1, xray_bundle, monkeypatch):
-    """The serve path: ``DicomService.for_server`` with the server's engine and the profile's bundles."""
+    """The serve path: ``serve_app`` starts ``DicomService.for_server`` with the server's engine and the
+    profile's bundles."""
     monkeypatch.setenv("CTEDGE_API_TOKEN", "xray-serve-token")
     pacs = StorageSCP("PACS").start()
     port = free_port()
@@ -234,7 +235,7 @@ def test_ctedge_serve_receives_a_radiograph_and_sends_its_sr(tmp_path, rg1, xray
         "dicom": {"port": port, "inbox": str(tmp_path / "received"),
                   "destinations": [{"ae_title": "PACS", "host": "127.0.0.1", "port": pacs.port}]}})
     profile = load_profile(path)
-    app = create_app(profile, Device.from_profile(profile))
+    app = serve_app(profile, Device.from_profile(profile))
     client = app.test_client()
     try:
         assert send(port, [rg1]) == [0]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 
-import cv2
 import numpy as np
 import pytest
 
@@ -19,19 +18,14 @@ from training.feature_cache import pooled_features, trunk_fingerprint
 from training.slice_train import load_slice_run
 from training.train import prepare_records, read_run_preprocessing
 
-from test_xray_train import radiograph_phantom
+from tests.helpers.radiographs import radiograph_folders
 
 pytestmark = pytest.mark.train  # builds or trains Keras models
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("xray-data")
-    for k, label in enumerate(CLASSES):
-        (root / label).mkdir()
-        for i in range(4):
-            cv2.imwrite(str(root / label / f"{label}-{i}.png"), radiograph_phantom(label, 96, 10 * k + i))
-    return root
+    return radiograph_folders(tmp_path_factory.mktemp("xray-data"))
 
 
 def test_features_are_cached_per_trunk(tmp_path):

@@ -37,7 +37,7 @@ LAYERS: dict[str, int] = {
 FORBIDDEN_ROOTS = ("training", "quantize", "tensorflow", "tf_keras", "keras")
 LAZY = {
     ("edge.ingest.parallel", "edge.ingest.pydicom_adapter"): "configures pydicom in each worker process",
-    ("edge.server", "edge.dicomnet.service"): "pynetdicom only when the profile has a dicom: section",
+    ("edge.server", "edge.dicomnet.service"): "a type only (if TYPE_CHECKING): ctedge serve builds the DICOM service",
     ("edge.server", "edge.server.stow"): "pynetdicom only when the profile has a dicom: section",
     ("edge.validate", "edge.plots"): "matplotlib only when plotting",
     ("edge.tune", "edge.phantom"): "synthetic studies are never loaded by predict",

@@ -126,7 +126,7 @@ def study_120(tmp_path_factory):
 @pytest.mark.slow
 def test_predict_peak_memory_on_a_120_slice_study(study_120, tmp_path, variant, heatmaps, limit_mb):
     """The full-resolution volume is freed once resized, the encoders run slice by slice, the heatmap
-    models are loaded only for --out (300 slices: see README, "Speed on your CPU"). With the encoders
+    models are loaded only for --out (300 slices: see docs/benchmarks.md, "Memory"). With the encoders
     at their files' batch of 50 this study took 448 MB in float32 and 785 MB with heatmaps; with the
     Grad-CAM head on XNNPACK, 377 MB with heatmaps."""
     # VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec from the (large) forking pytest process.

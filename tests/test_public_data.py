@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from edge.cli import main
-from training.public_data import NEAR_CORRELATION, NEAR_THRESHOLD, CollectionError, import_collections, phash, thumbnail
+from training.public_data import (NEAR_CORRELATION, NEAR_THRESHOLD, CollectionError, import_collections, phash,
+                                  read_radiography, read_ucsd_ct, thumbnail)
 
 IEEE_COLUMNS = "patientid,offset,sex,age,finding,view,modality,folder,filename,license,url"
 
@@ -137,6 +138,19 @@ def test_ct_slices_keep_the_ucsd_classes_with_surrogate_patients(tmp_path):
         "2020.03.11.20033159-p14-50.png": ("covid", "ucsd-ct:2020.03.11.20033159", "axial"),
         "30%2.jpg": ("non_covid", "ucsd-ct:30", "axial"), "31.jpg": ("non_covid", "ucsd-ct:31", "axial")}
     assert summary["manifest"]["patients"] == 3
+
+
+def test_class_folder_readers_count_images_of_other_folders_as_dropped(tmp_path):
+    write(tmp_path / "radiography" / "COVID" / "COVID-1.png", 1)
+    write(tmp_path / "radiography" / "Lung_Opacity" / "Lung_Opacity-1.png", 2)
+    write(tmp_path / "ucsd" / "CT_COVID" / "a-p1.png", 3)
+    write(tmp_path / "ucsd" / "other" / "b.png", 4)
+    kept, dropped = read_radiography(tmp_path / "radiography")
+    assert [(e.path.name, e.label) for e in kept] == [("COVID-1.png", "covid")]
+    assert dropped == {"folder not a class (Lung_Opacity)": 1}
+    kept, dropped = read_ucsd_ct(tmp_path / "ucsd")
+    assert [(e.path.name, e.label, e.patient) for e in kept] == [("a-p1.png", "covid", "ucsd-ct:a")]
+    assert dropped == {"folder not a class (other)": 1}
 
 
 @pytest.mark.parametrize("name", ["Actualmed-COVID-chestxray-dataset", "Figure1-COVID-chestxray-dataset"])

@@ -74,7 +74,7 @@ def test_default_selection_keeps_the_infected_slices(shared_data, name):
 
 def test_published_rahimzadeh_rule_on_real_slices_keeps_what_was_measured(shared_data):
     """Figures measured once with `ctedge evaluate-selection` and checked by hand on the montage
-    (README, slice retention): the published rule keeps 81 of 133 slices of COVID-19_P002 and
+    (docs/pipeline.md, Measured slice retention): the published rule keeps 81 of 133 slices of COVID-19_P002 and
     drops 10 of its 68 infected slices, where dense consolidation closes the central region."""
     from edge.preprocess.select import select_rahimzadeh
 

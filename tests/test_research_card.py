@@ -4,13 +4,10 @@ was trained on and its known biases (edge/card.py status ``research``)."""
 from __future__ import annotations
 
 import json
-import re
-import time
 from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.data import get_testdata_file
 
 from edge.card import RESEARCH_BANNER
 from edge.cli import main
@@ -20,11 +17,10 @@ from edge.profile import load_profile
 from edge.server import create_app
 from tests.helpers.bundles import make_image_bundle
 from tests.helpers.dicomnet import sr_by_meaning
-from tests.helpers.server import PASSWORD, USER
+from tests.helpers.paths import RG1
+from tests.helpers.server import AUTH, TOKEN, login, wait_done
 from tests.helpers.server import write_profile as server_profile
 
-RG1 = Path(get_testdata_file("RG1_UNCR.dcm"))
-TOKEN = "test-token-0123456789"
 TRAINING_DATA = {"sources": {"hannover": {"covid": 240}, "kermany": {"other_pneumonia": 300, "healthy": 200}},
                  "licences": {"CC BY 3.0": 240, "unstated": 500}, "non_commercial": True, "manifest_sha256": "ab" * 32}
 SUMMARY = ("740 images from 2 sources (hannover: covid 240; kermany: other_pneumonia 300, healthy 200); "
@@ -66,18 +62,13 @@ def test_the_web_pages_and_api_carry_the_research_banner(research_bundle, tmp_pa
     app = create_app(load_profile(server_profile(tmp_path, max_upload_mb=16)), Engine.from_bundle(research_bundle, "float32"))
     try:
         client = app.test_client()
-        auth = {"Authorization": f"Bearer {TOKEN}"}
-        study_id = client.post("/api/v1/studies", data={"files": [(RG1.open("rb"), RG1.name)]}, headers=auth).get_json()["id"]
-        deadline = time.monotonic() + 60
-        while (state := client.get(f"/api/v1/studies/{study_id}", headers=auth).get_json())["status"] not in ("done", "failed"):
-            assert time.monotonic() < deadline, state
-            time.sleep(0.1)
+        study_id = client.post("/api/v1/studies", data={"files": [(RG1.open("rb"), RG1.name)]}, headers=AUTH).get_json()["id"]
+        state = wait_done(client, study_id)
         assert state["status"] == "done" and state["banner"] == RESEARCH_BANNER and state["demonstration"] is True
-        model = client.get("/api/v1/model", headers=auth).get_json()["by_modality"]["xray"]
+        model = client.get("/api/v1/model", headers=AUTH).get_json()["by_modality"]["xray"]
         assert (model["status"], model["banner"], model["training_summary"], model["known_biases"]) == \
             ("research", RESEARCH_BANNER, SUMMARY, BIASES)
-        token = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/login").get_data(as_text=True)).group(1)
-        client.post("/login", data={"user": USER, "password": PASSWORD, "csrf_token": token})
+        login(client)
         assert f"{RESEARCH_BANNER}. Research fixture." in client.get("/").get_data(as_text=True)
         page = client.get(f"/studies/{study_id}").get_data(as_text=True)
         assert f'id="result-banner">{RESEARCH_BANNER}: this result has no clinical validity' in page

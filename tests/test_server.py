@@ -8,9 +8,9 @@ import json
 import logging
 import re
 import shutil
+import socket
 import stat
 import threading
-import time
 import zipfile
 from pathlib import Path
 
@@ -21,6 +21,7 @@ import yaml
 from edge import CLASSES
 from edge.card import DEMONSTRATION_BANNER
 from edge.cli import main
+from edge.cli.serve import serve_app
 from edge.engine import Device, Engine
 from edge.errors import UserError
 from edge.infer import TFLiteClassifier
@@ -29,12 +30,11 @@ from edge.profile import load_profile
 from edge.server import create_app
 from edge.server.auth import ServerConfigError, check_login, read_users
 from edge.server.jobs import StudyStore
+from tests.helpers.dicomnet import free_port
 from tests.helpers.paths import REPO, SAMPLES
 from tests.helpers.profiles import write_profile as device_profile
-from tests.helpers.server import PASSWORD, USER, phantom_study, write_profile
+from tests.helpers.server import AUTH, PASSWORD, TOKEN, USER, csrf, login, phantom_study, wait_done, write_profile
 
-TOKEN = "test-token-0123456789"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
 P002 = SAMPLES / "COVID-19_P002"
 
 
@@ -62,33 +62,8 @@ def client(app):
     return app.test_client()
 
 
-def csrf(client, page: str = "/login") -> str:
-    html = client.get(page).get_data(as_text=True)
-    return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
-
-
-def login(client) -> str:
-    """Log in as the test user; return the session's CSRF token (a new one: login rotates it)."""
-    before = csrf(client)
-    response = client.post("/login", data={"user": USER, "password": PASSWORD, "csrf_token": before})
-    assert response.status_code == 303
-    after = csrf(client, "/")
-    assert after != before
-    return after
-
-
 def dicom_files(folder: Path = P002) -> list[tuple[io.BytesIO, str]]:
     return [(io.BytesIO(f.read_bytes()), f.name) for f in sorted(folder.glob("*.dcm"))]
-
-
-def wait_done(client, study_id: str, timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        state = client.get(f"/api/v1/studies/{study_id}", headers=AUTH).get_json()
-        if state["status"] in ("done", "failed"):
-            return state
-        time.sleep(0.1)
-    raise AssertionError(f"study {study_id} still {state['status']} after {timeout} s")
 
 
 def study_folders(app) -> list[str]:
@@ -131,6 +106,30 @@ def test_refuses_to_start_without_users(tmp_path, engine):
     (tmp_path / "results" / "users.txt").unlink()
     with pytest.raises(ServerConfigError, match=r"no users to log in with: add one with `ctedge serve .* --add-user"):
         create_app(profile, engine, start_workers=False)
+
+
+def test_the_app_starts_no_dicom_service_ctedge_serve_does(tmp_path, engine, monkeypatch):
+    """``create_app`` only takes a DICOM service: given none, a profile's ``dicom:`` section binds no
+    port and serves no STOW-RS; ``serve_app`` (the serve command's wiring) builds and starts it."""
+    monkeypatch.setenv("CTEDGE_API_TOKEN", TOKEN)
+    port = free_port()
+    profile = load_profile(write_profile(tmp_path, sections={
+        "watcher": {"poll_seconds": 0.2}, "dicom": {"port": port, "inbox": str(tmp_path / "received")}}))
+    app = create_app(profile, engine)
+    app.extensions["ctedge"]["jobs"].stop()
+    assert "dicom" not in app.extensions["ctedge"]
+    assert app.test_client().post("/dicom-web/studies", headers=AUTH).status_code == 404
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    served = serve_app(profile, engine)
+    try:
+        dicom = served.extensions["ctedge"]["dicom"]
+        assert dicom.inbox == tmp_path / "received" and dicom.receiver.port == port
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        assert served.test_client().post("/dicom-web/studies").status_code == 401     # STOW-RS, token required
+    finally:
+        served.extensions["ctedge"]["dicom"].stop()
+        served.extensions["ctedge"]["jobs"].stop()
 
 
 def test_add_user_stores_a_salted_hash(profile_path, monkeypatch, capsys):

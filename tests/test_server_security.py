@@ -34,8 +34,9 @@ from edge.server.auth import ServerConfigError, add_user
 from edge.server.jobs import StudyStore
 from edge.server.throttle import FREE_FAILURES
 from edge.server.uploads import UploadPolicy
-from tests.helpers.server import PASSWORD, USER, multipart, phantom_study, serve, write_profile
-from tests.test_server import AUTH, P002, TOKEN, csrf, dicom_files, login, study_folders, wait_done, zip_bytes
+from tests.helpers.server import (AUTH, PASSWORD, TOKEN, USER, csrf, login, multipart, phantom_study, serve, wait_done,
+                                  write_profile)
+from tests.test_server import P002, dicom_files, study_folders, zip_bytes
 
 
 @pytest.fixture(scope="module")

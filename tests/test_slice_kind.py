@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,9 +26,8 @@ from edge.profile import WatcherSettings, load_profile
 from edge.server import create_app
 from edge.watch import run_once
 from tests.helpers.bundles import make_slice_bundle, slice_probabilities
-from tests.helpers.server import PASSWORD, USER, write_profile
+from tests.helpers.server import AUTH, TOKEN, login, wait_done, write_profile
 
-TOKEN = "test-token-0123456789"
 
 
 @pytest.fixture
@@ -170,20 +168,15 @@ def test_the_server_runs_a_slice_bundle_unchanged(bundle, study, tmp_path, monke
     app = create_app(load_profile(write_profile(tmp_path)), Engine.from_bundle(bundle, "float32"))
     try:
         client = app.test_client()
-        auth = {"Authorization": f"Bearer {TOKEN}"}
         files = [(f.open("rb"), f.name) for f in sorted(study.iterdir())]
-        study_id = client.post("/api/v1/studies", data={"files": files}, headers=auth).get_json()["id"]
-        deadline = time.monotonic() + 60
-        while (state := client.get(f"/api/v1/studies/{study_id}", headers=auth).get_json())["status"] not in ("done", "failed"):
-            assert time.monotonic() < deadline, state
-            time.sleep(0.1)
+        study_id = client.post("/api/v1/studies", data={"files": files}, headers=AUTH).get_json()["id"]
+        state = wait_done(client, study_id)
         assert state["status"] == "done", state
         _, probs = expected(study)
         result = state["result"]
         np.testing.assert_allclose([[s["probabilities"][c] for c in CLASSES] for s in result["slices_used"]], probs,
                                    atol=1e-5)
-        token = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/login").get_data(as_text=True)).group(1)
-        client.post("/login", data={"user": USER, "password": PASSWORD, "csrf_token": token})
+        login(client)
         page = client.get(f"/studies/{study_id}").get_data(as_text=True)
         assert f'id="verdict">{result["label"]}<' in page and 'id="groups"' not in page
         report = client.get(f"/studies/{study_id}/report.html").get_data(as_text=True)

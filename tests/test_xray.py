@@ -9,7 +9,6 @@ import os
 import re
 import shutil
 import stat
-import time
 from pathlib import Path
 
 import cv2
@@ -35,12 +34,11 @@ from edge.server import create_app
 from edge.watch import run_once
 from tests.helpers.bundles import IMAGE_WEIGHT, KNOWN_PROBABILITIES, slice_probabilities
 from tests.helpers.dicom import edit_tags
+from tests.helpers.paths import RG1
 from tests.helpers.profiles import write_profile as device_profile
-from tests.helpers.server import PASSWORD, USER
+from tests.helpers.server import AUTH, TOKEN, login, wait_done
 from tests.helpers.server import write_profile as server_profile
 
-RG1 = Path(get_testdata_file("RG1_UNCR.dcm"))
-TOKEN = "test-token-0123456789"
 
 
 @pytest.fixture
@@ -339,11 +337,9 @@ def test_the_web_form_and_the_api_analyse_a_radiograph(xray_bundle, tmp_path, mo
     app = create_app(load_profile(server_profile(tmp_path, max_upload_mb=16)), Engine.from_bundle(xray_bundle, "float32"))
     try:
         client = app.test_client()
-        auth = {"Authorization": f"Bearer {TOKEN}"}
         api_id = client.post("/api/v1/studies", data={"files": [(RG1.open("rb"), RG1.name)]},
-                             headers=auth).get_json()["id"]
-        token = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/login").get_data(as_text=True)).group(1)
-        client.post("/login", data={"user": USER, "password": PASSWORD, "csrf_token": token})
+                             headers=AUTH).get_json()["id"]
+        login(client)
         upload = client.get("/").get_data(as_text=True)
         assert "Choose one chest radiograph (DICOM CR/DX, PNG or JPEG). Files are uploaded" in visible_text(upload)
         assert "CT" not in visible_text(upload)
@@ -352,13 +348,10 @@ def test_the_web_form_and_the_api_analyse_a_radiograph(xray_bundle, tmp_path, mo
         assert form.status_code == 303
         form_id = form.headers["Location"].rstrip("/").rsplit("/", 1)[-1]
         for study_id in (api_id, form_id):
-            deadline = time.monotonic() + 60
-            while (state := client.get(f"/api/v1/studies/{study_id}", headers=auth).get_json())["status"] not in ("done", "failed"):
-                assert time.monotonic() < deadline, state
-                time.sleep(0.1)
+            state = wait_done(client, study_id)
             assert state["status"] == "done", state
             assert state["result"]["modality"] == "xray" and state["result"]["model"]["banner"] == PLACEHOLDER_BANNER
-        assert client.get("/api/v1/model", headers=auth).get_json()["by_modality"]["xray"]["placeholder"] is True
+        assert client.get("/api/v1/model", headers=AUTH).get_json()["by_modality"]["xray"]["placeholder"] is True
         history = visible_text(client.get("/history").get_data(as_text=True))
         assert f'{state["result"]["label"]} {PLACEHOLDER_BANNER}' in history and "demonstration" not in history.lower()
         page = client.get(f"/studies/{form_id}").get_data(as_text=True)
@@ -383,8 +376,7 @@ def test_a_device_with_ct_and_xray_models_says_so_on_every_page(tmp_path, ct_bun
     path = server_profile(tmp_path, ct_bundle, xray_bundle, model={"variant": "float32"})
     profile = load_profile(path)
     client = create_app(profile, Device.from_profile(profile), start_workers=False).test_client()
-    token = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/login").get_data(as_text=True)).group(1)
-    client.post("/login", data={"user": USER, "password": PASSWORD, "csrf_token": token})
+    login(client)
     upload = visible_text(client.get("/").get_data(as_text=True))
     assert "chest CT and X-ray pneumonia triage" in upload
     assert "Choose the DICOM files of one CT study, a whole study folder, or one zip archive; or one chest " \

@@ -20,7 +20,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from pydicom.data import get_testdata_file
 
 from edge import CLASSES
 from edge.card import PLACEHOLDER_BANNER, load_card
@@ -33,10 +32,9 @@ from edge.server import create_app
 from edge.server.auth import add_user
 from edge.tune import Choice, cpu_key, record, tuned_choice
 from tests.helpers.bundles import IMAGE_WEIGHT, slice_probabilities
-from tests.helpers.paths import SAMPLES
+from tests.helpers.paths import RG1, SAMPLES
 from tests.helpers.profiles import write_profile
 
-RG1 = Path(get_testdata_file("RG1_UNCR.dcm"))
 RG1_MEAN = 190.09          # its 64 px model input's mean grey value: above 150, so the placeholder says covid
 
 

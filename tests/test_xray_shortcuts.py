@@ -55,7 +55,7 @@ def test_the_source_is_found_and_a_one_source_class_is_lost_when_left_out():
 def test_xray_shortcuts_command_on_a_tiny_run(tmp_path):
     pytest.importorskip("tensorflow")
     from edge.cli import main
-    from test_xray_train import radiograph_phantom
+    from tests.helpers.radiographs import radiograph_phantom
 
     rows = []
     for k, label in enumerate(CLASSES):

@@ -26,33 +26,14 @@ from training.slice_train import RecipeBatches, SliceTrainConfig, load_slice_run
 from training.train import prepare_records, read_run_preprocessing
 from training.xray_report import class_metrics
 
+from tests.helpers.radiographs import radiograph_folders
+
 pytestmark = pytest.mark.train  # trains, converts or exports Keras models
-
-
-def radiograph_phantom(label: str, size: int, seed: int) -> np.ndarray:
-    """A frontal chest-like picture: bright body, two dark lung fields, bright patches for disease
-    (many small peripheral ones for covid, one large lower-lobe one for other_pneumonia)."""
-    rng = np.random.default_rng(seed)
-    img = np.full((size, size), 170.0)
-    for cx in (0.3, 0.7):
-        cv2.ellipse(img, (int(cx * size), int(0.45 * size)), (int(0.15 * size), int(0.3 * size)), 0, 0, 360, 40, -1)
-    if label == "covid":
-        for _ in range(6):
-            x, y = rng.choice([0.2, 0.8]) * size, rng.uniform(0.3, 0.7) * size
-            cv2.circle(img, (int(x), int(y)), max(2, size // 20), 120, -1)
-    elif label == "other_pneumonia":
-        cv2.ellipse(img, (int(rng.choice([0.3, 0.7]) * size), int(0.62 * size)), (size // 8, size // 10), 0, 0, 360, 150, -1)
-    return np.clip(img + rng.normal(0, 6, img.shape), 0, 255).astype(np.uint8)
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("xray-data")
-    for k, label in enumerate(CLASSES):
-        (root / label).mkdir()
-        for i in range(4):
-            cv2.imwrite(str(root / label / f"{label}-{i}.png"), radiograph_phantom(label, 96, 10 * k + i))
-    return root
+    return radiograph_folders(tmp_path_factory.mktemp("xray-data"))
 
 
 @pytest.fixture(scope="module")

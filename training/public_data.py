@@ -31,7 +31,7 @@ import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import cv2
 import numpy as np
@@ -188,14 +188,9 @@ def read_radiography(root: Path) -> Listing:
     """The COVID-19 Radiography Database folders (``COVID/``, ``Normal/``, ``Viral Pneumonia/``; other
     folders such as ``Lung_Opacity`` are no class): no patient ids, each image its own surrogate patient
     (``radiography:<file stem>``); frontal films, the view not stated per image."""
-    kept: list[Entry] = []
     dropped: Counter[str] = Counter()
-    for path in _images(root):
-        label = RADIOGRAPHY_CLASSES.get(path.parent.name.upper())
-        if label is None:
-            dropped[f"folder not a class ({path.parent.name})"] += 1
-        else:
-            kept.append(Entry(path, label, f"radiography:{path.stem}", "frontal", "radiography", "not stated"))
+    kept = [Entry(path, label, f"radiography:{path.stem}", "frontal", "radiography", "not stated")
+            for path, label in _class_folders(root, RADIOGRAPHY_CLASSES, dropped)]
     if not kept:
         raise CollectionError(root, "no COVID-19 Radiography images (expected COVID/ and Normal/ folders of images)")
     return kept, dropped
@@ -208,13 +203,9 @@ def read_ucsd_ct(root: Path) -> Listing:
     """UCSD COVID-CT slices in class folders ``CT_COVID/`` and ``CT_NonCOVID/`` (classes covid / non_covid).
     No patient ids: the surrogate is the source paper for COVID slices (the name before ``-p<page>``)
     and the image number before ``%`` (crops of one image) for non-COVID slices."""
-    kept: list[Entry] = []
     dropped: Counter[str] = Counter()
-    for path in _images(root):
-        label = CT_CLASSES.get(path.parent.name.upper())
-        if label is None:
-            dropped[f"folder not a class ({path.parent.name})"] += 1
-            continue
+    kept = []
+    for path, label in _class_folders(root, CT_CLASSES, dropped):
         surrogate = re.split(r"-p\d+", path.stem)[0] if label == "covid" else path.stem.split("%")[0]
         kept.append(Entry(path, label, f"ucsd-ct:{surrogate}", "axial", "ucsd-ct", "not stated"))
     if not kept:
@@ -226,6 +217,17 @@ READERS: dict[str, Callable[[Path], Listing]] = {
     "ieee8023": read_ieee8023, "hannover": read_hannover, "kermany": read_kermany,
     "radiography": read_radiography, "ucsd-ct": read_ucsd_ct}
 assert set(READERS) == set(PRIORITY)
+
+
+def _class_folders(root: Path, classes: dict[str, str], dropped: Counter[str]) -> Iterator[tuple[Path, str]]:
+    """Each image under ``root`` with the class its folder names (``classes``: upper-case folder
+    name -> class); an image in another folder is counted in ``dropped``."""
+    for path in _images(root):
+        label = classes.get(path.parent.name.upper())
+        if label is None:
+            dropped[f"folder not a class ({path.parent.name})"] += 1
+        else:
+            yield path, label
 
 
 def _images(root: Path) -> list[Path]:

@@ -30,7 +30,7 @@ def add_receive(sub: argparse._SubParsersAction) -> None:
 def cmd_receive(args: argparse.Namespace) -> int:
     profile = load_profile(args.config)
     if profile.dicom is None:
-        raise UserError(args.config, "the profile has no dicom: section (see README: Connecting to PACS)")
+        raise UserError(args.config, "the profile has no dicom: section (see docs/dicom.md: Connecting to PACS)")
     if profile.dicom.inbox is None:
         raise UserError(args.config, "dicom.inbox is not set: where should received studies be written?")
     from edge.dicomnet.receiver import Receiver

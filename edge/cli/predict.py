@@ -11,13 +11,13 @@ from typing import Any
 from edge.cli.common import add_model_options, model_profile
 from edge.engine import Device
 from edge.options import METHODS
-from edge.result import modality_of
+from edge.result import ResultDoc
 
 SELECTION_HELP = (
     "slice selection rule: 'lung-extent' (default; keeps every slice between the lung apex and base), "
     "'seed-area' (seed thresholds 0.4 upper / 0.9 lower: drops much of the lung bases), "
     "'rahimzadeh' (published dark-pixel rule; WARNING: it can drop slices with dense consolidation, "
-    "see README for its measured retention of infected slices)")
+    "see docs/pipeline.md, Measured slice retention)")
 
 
 def add_predict(sub: argparse._SubParsersAction) -> None:
@@ -66,7 +66,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def summary(d: dict) -> str:
+def summary(d: ResultDoc) -> str:
     """A short human-readable report of one result document."""
     model = d["model"]
     lines = []
@@ -76,7 +76,7 @@ def summary(d: dict) -> str:
     lines.append(f"Verdict: {d['label']}   ({d['decision_rule']})")
     classes = d["classes"]
     lines.append("Probabilities: " + "  ".join(f"{c} {d['probabilities'][c]:.3f}" for c in classes))
-    lines += INPUT_LINES[modality_of(d)](d)
+    lines += INPUT_LINES[d["modality"]](d)
     for g in d["groups"]:
         probs = " ".join(f"{g['probabilities'][c]:.3f}" for c in classes)
         lines.append(f"  group {g['index']}: slices {g['slice_range'][0]}-{g['slice_range'][1]}  {g['label']:<16} [{probs}]")
@@ -92,7 +92,7 @@ def summary(d: dict) -> str:
     return "\n".join(lines)
 
 
-def _ct_lines(d: dict) -> list[str]:
+def _ct_lines(d: ResultDoc) -> list[str]:
     lines = [f"Slices: {d['n_slices_read']} read, {d['n_slices_used']} used ({d['selection']} selection)"]
     scored = [s for s in d["slices_used"] if "label" in s]
     if scored:
@@ -101,7 +101,7 @@ def _ct_lines(d: dict) -> list[str]:
     return lines
 
 
-def _xray_lines(d: dict) -> list[str]:
+def _xray_lines(d: ResultDoc) -> list[str]:
     return [f"Radiograph: {d['slices_used'][0]['file']} (view {d['input']['view'] or 'not recorded'})"]
 
 

@@ -8,9 +8,15 @@ import getpass
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edge.errors import UserError
-from edge.profile import load_profile
+from edge.profile import Profile, load_profile
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+    from edge.server.jobs import Analyser
 
 REQUEST_THREADS = 8
 
@@ -34,7 +40,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                  port=profile.server.port if args.port is None else args.port)
     profile = dataclasses.replace(profile, server=server)
 
-    from edge.server import create_app, users_file
+    from edge.server import users_file
     from edge.server.auth import add_user
 
     if args.add_user:
@@ -46,7 +52,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from edge.server.bodies import create_server
 
     logging.getLogger("ctedge.server").setLevel(logging.INFO)
-    app = create_app(profile)
+    app = serve_app(profile)
     httpd = create_server(app, server.host, server.port, REQUEST_THREADS)
     info = app.extensions["ctedge"]["engine"].info
     print(f"ctedge: serving on http://{httpd.effective_host}:{httpd.effective_port}/ "
@@ -56,6 +62,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
               f"studies in {dicom.inbox}, results sent to {len(dicom.settings.destinations)} destination(s)", flush=True)
     httpd.run()
     return 0
+
+
+def serve_app(profile: Profile, engine: Analyser | None = None) -> Flask:
+    """The app of ``ctedge serve`` with its workers running and, when the profile has a ``dicom:``
+    section, its DICOM service started (receiver, the watch loop on its inbox with the app's engine,
+    sender to the destinations; ``app.extensions["ctedge"]["dicom"]``). ``engine`` defaults to the
+    profile's device, tuned on first start."""
+    from edge.server import create_app
+
+    dicom = None
+    if profile.dicom is not None:
+        from edge.dicomnet.service import DicomService  # pynetdicom: only when the profile has DICOM
+
+        dicom = DicomService.for_server(profile)
+    app = create_app(profile, engine, dicom=dicom)
+    if dicom is not None:
+        dicom.serve(app.extensions["ctedge"]["engine"], profile.watcher)
+    return app
 
 
 def read_password(path: Path) -> str:

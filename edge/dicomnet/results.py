@@ -32,7 +32,7 @@ from edge import CLASSES, __version__
 from edge.card import MODALITY_TERMS
 from edge.dicomnet.receiver import is_uid
 from edge.errors import UserError
-from edge.result import load_result, modality_of
+from edge.result import ResultDoc, load_result
 
 SR_SERIES_NUMBER, SC_SERIES_NUMBER = 9901, 9902
 SCHEME = "99CTEDGE"  # private coding scheme for the concepts no standard code names (code values <= 16 characters)
@@ -124,10 +124,10 @@ def result_objects(result_dir: Path, study_dir: Path, ae_title: str = "CTEDGE") 
     return objects
 
 
-def structured_report(doc: dict, evidence: list[Dataset], *, ae_title: str = "CTEDGE") -> hd.sr.ComprehensiveSR:
+def structured_report(doc: ResultDoc, evidence: list[Dataset], *, ae_title: str = "CTEDGE") -> hd.sr.ComprehensiveSR:
     """A Comprehensive SR of the result document following TID 1500 (Measurement Report), referencing
     ``evidence`` (the driving instances) in its image library; see docs/conformance.md for the tree."""
-    model, modality = doc["model"], modality_of(doc)
+    model, modality = doc["model"], doc["modality"]
     evidence = [_complete(ds) for ds in evidence]
     content = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=hd.sr.ObserverContext(
@@ -149,7 +149,7 @@ def structured_report(doc: dict, evidence: list[Dataset], *, ae_title: str = "CT
     return sr
 
 
-def verdict_group(doc: dict) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+def verdict_group(doc: ResultDoc) -> hd.sr.MeasurementsAndQualitativeEvaluations:
     """The TID 1501 measurement group of the verdict: the coded finding, the algorithm (TID 4019:
     name, version, the model card's sha256) and one probability per class, unit 1 (a fraction)."""
     model = doc["model"]
@@ -192,7 +192,7 @@ def _library_entry(ds: Dataset) -> hd.sr.ImageContentItem:
     return entry
 
 
-def _qualitative_evaluations(doc: dict) -> hd.sr.ContainerContentItem:
+def _qualitative_evaluations(doc: ResultDoc) -> hd.sr.ContainerContentItem:
     """TID 1500 rows 12-14: the decision rule, the model status, its validation evidence and, for a
     model not validated for clinical use, its warning banner with what it was trained on."""
     model = doc["model"]

@@ -61,17 +61,20 @@ class DicomService:
             thread.join(timeout=60)
 
     @classmethod
-    def for_server(cls, profile: Profile, engine) -> DicomService:
-        """``ctedge serve``: receive into ``dicom.inbox``, analyse there with the server's engine as ``ctedge
-        watch`` does (results in ``results_dir/dicom``), send to the destinations; all in background threads."""
+    def for_server(cls, profile: Profile) -> DicomService:
+        """The service of ``ctedge serve``: receive into ``dicom.inbox``, results in ``results_dir/dicom``;
+        :meth:`serve` starts it."""
         if profile.dicom is None or profile.dicom.inbox is None:
             raise UserError(profile.source, "dicom.inbox is not set: where should received studies be written?")
-        service = cls(profile.dicom, profile.dicom.inbox, profile.server.results_dir / "dicom", profile.model.modalities)
-        service.start()
-        service._threads.append(threading.Thread(target=service._watch, args=(engine, profile.watcher),
-                                                 name="ctedge-dicom-watch", daemon=True))
-        service._threads[-1].start()
-        return service
+        return cls(profile.dicom, profile.dicom.inbox, profile.server.results_dir / "dicom", profile.model.modalities)
+
+    def serve(self, engine: Engine | Device, settings: WatcherSettings) -> None:
+        """Receive, analyse the inbox with ``engine`` as ``ctedge watch`` does, and send to the
+        destinations, all in background threads until :meth:`stop`."""
+        self.start()
+        self._threads.append(threading.Thread(target=self._watch, args=(engine, settings),
+                                              name="ctedge-dicom-watch", daemon=True))
+        self._threads[-1].start()
 
     def _watch(self, engine: Engine | Device, settings: WatcherSettings) -> None:
         """The watcher of ``ctedge watch`` on this service's inbox, until :meth:`stop`."""

@@ -4,7 +4,9 @@ and details (files, positions, sizes). docs/series-rules.md states the rule behi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
+
+from edge.result import DroppedFileDoc, FlagDoc
 
 CODES = {
     "scout_dropped": "a localizer (scout) image inside the series was dropped",
@@ -37,8 +39,8 @@ class Flag:
         if self.code not in CODES:
             raise ValueError(f"unknown warning code {self.code!r}")
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"code": self.code, "message": self.message, **self.details}
+    def to_dict(self) -> FlagDoc:
+        return cast(FlagDoc, {"code": self.code, "message": self.message, **self.details})
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ class DroppedFile:
     code: str       # one of CODES
     reason: str
 
-    def to_dict(self) -> dict[str, str]:
+    def to_dict(self) -> DroppedFileDoc:
         return {"file": self.file, "code": self.code, "reason": self.reason}
 
 

@@ -22,7 +22,7 @@ from pydicom.filereader import _read_command_set_elements, _read_file_meta_info,
 
 GDCM_FIRST = (uid.JPEGLossless, uid.JPEGLosslessSV1)
 """Syntaxes that python-gdcm decodes first where it is installed: 1.8x faster than pylibjpeg here
-and bit-identical on the real studies (README "Decoding in parallel"). pydicom falls back to
+and bit-identical on the real studies (docs/benchmarks.md "Decoding in parallel"). pydicom falls back to
 pylibjpeg, the next plugin, when gdcm raises (e.g. on a stream without its end-of-image marker).
 For gdcm's other syntaxes pylibjpeg stays first and gdcm is the last resort: not measured, and
 lossy JPEG decoders may round differently."""

@@ -13,7 +13,7 @@ Three rules, each returning a Selection that says why every dropped slice was dr
 * ``rahimzadeh``: Rahimzadeh et al. (2021), as published: count "dark" pixels (stored value
   < 300, i.e. HU < -724) in rows 240-340, columns 120-370 of the 512x512 slice; keep slices whose
   count exceeds (max - min) / 1.5 over the study. Dense consolidation brightens that region,
-  so this rule drops infected slices (see the README for its measured retention).
+  so this rule drops infected slices (see docs/pipeline.md for its measured retention).
 """
 
 from __future__ import annotations

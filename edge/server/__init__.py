@@ -12,6 +12,7 @@ import logging
 import os
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from flask import Flask, Response, current_app, request
@@ -28,6 +29,9 @@ from edge.server.sessions import Sessions
 from edge.server.throttle import LoginThrottle
 from edge.server.uploads import UploadPolicy
 from edge.storage import is_disk_full
+
+if TYPE_CHECKING:
+    from edge.dicomnet.service import DicomService   # pynetdicom: loaded by ctedge serve only with a dicom: section
 
 log = logging.getLogger("ctedge.server")
 CSP = ("default-src 'self'; img-src 'self'; style-src 'self'; script-src 'self'; object-src 'none'; "
@@ -64,8 +68,11 @@ def allowed_hosts(profile: Profile) -> frozenset[str]:
     return LOOPBACK_NAMES | extra | ({profile.server.host.lower()} - WILDCARD_HOSTS)
 
 
-def create_app(profile: Profile, engine: Analyser | None = None, *, start_workers: bool = True) -> Flask:
-    """Build the app for ``profile``; ``engine`` defaults to ``Device.from_profile(profile)``."""
+def create_app(profile: Profile, engine: Analyser | None = None, *, start_workers: bool = True,
+               dicom: DicomService | None = None) -> Flask:
+    """Build the app for ``profile``; ``engine`` defaults to ``Device.from_profile(profile)``. With
+    ``dicom`` (the profile's DICOM service, built and started by ``ctedge serve``), /health and the
+    history page report its sends and STOW-RS stores into its inbox."""
     check_settings(profile)
     s = profile.server
     if engine is None:
@@ -96,18 +103,17 @@ def create_app(profile: Profile, engine: Analyser | None = None, *, start_worker
                                 "sessions": Sessions(SESSION_LIFETIME.total_seconds()), "throttle": LoginThrottle()}
     app.register_blueprint(ui.bp)
     app.register_blueprint(api.bp)
+    if dicom is not None:
+        app.extensions["ctedge"]["dicom"] = dicom
+        from edge.server.stow import bp as stow  # pynetdicom: only when the profile has DICOM
+
+        app.register_blueprint(stow)  # DICOMweb STOW-RS into the DICOM inbox
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _internal_error)
     app.before_request(_check_host_and_origin)
     app.after_request(_security_headers)
     if start_workers:
         jobs.start()
-        if profile.dicom is not None:  # DICOM receiver, analysis of received studies, results sent to PACS
-            from edge.dicomnet.service import DicomService  # pynetdicom: only when the profile has DICOM
-            from edge.server.stow import bp as stow
-
-            app.extensions["ctedge"]["dicom"] = DicomService.for_server(profile, engine)
-            app.register_blueprint(stow)  # DICOMweb STOW-RS into the same inbox
     return app
 
 

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 from edge.errors import UserError
 from edge.infer import ModelInfo
-from edge.result import load_result
+from edge.result import ResultDoc, load_result
 from edge.storage import is_disk_full, private_dir, restrict_tree
 
 log = logging.getLogger("ctedge.server")
@@ -51,7 +51,7 @@ class Analyser(Protocol):
     @property
     def routes(self) -> Mapping[str, Analyser]: ...
 
-    def analyse(self, source: Path, out_dir: Path) -> dict: ...
+    def analyse(self, source: Path, out_dir: Path) -> ResultDoc: ...
 
 
 class QueueFull(Exception):
@@ -166,7 +166,7 @@ class StudyStore:
                 purged += 1
         return purged
 
-    def result(self, study_id: str) -> dict | None:
+    def result(self, study_id: str) -> ResultDoc | None:
         """The engine's result document of a finished study."""
         try:
             return load_result(self.folder(study_id))

@@ -1,14 +1,17 @@
-"""Helpers shared by the server tests: a test profile, small studies, a real ``ctedge serve`` process."""
+"""Helpers shared by the server tests: a test profile, small studies, the API token, logging in and
+waiting for a study through Flask's test client, a real ``ctedge serve`` process."""
 
 from __future__ import annotations
 
 import http.client
 import json
 import os
+import re
 import secrets
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,6 +24,8 @@ from tests.helpers.profiles import DEMO_BUNDLE
 from tests.helpers.profiles import write_profile as write_device_profile
 
 USER, PASSWORD = "clinician", "correct horse battery"
+TOKEN = "test-token-0123456789"       # set it as CTEDGE_API_TOKEN; AUTH is the header that carries it
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def write_profile(folder: Path, bundle: Path = DEMO_BUNDLE, *more_bundles: Path, model: dict | None = None,
@@ -33,6 +38,33 @@ def write_profile(folder: Path, bundle: Path = DEMO_BUNDLE, *more_bundles: Path,
                                 model={"threads": 1} | (model or {}), server=settings, **(sections or {}))
     add_user(folder / "results" / "users.txt", USER, PASSWORD)
     return path
+
+
+def csrf(client, page: str = "/login") -> str:
+    """The CSRF token of a page's form."""
+    html = client.get(page).get_data(as_text=True)
+    return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
+
+
+def login(client) -> str:
+    """Log in as the test user; return the session's CSRF token (a new one: login rotates it)."""
+    before = csrf(client)
+    response = client.post("/login", data={"user": USER, "password": PASSWORD, "csrf_token": before})
+    assert response.status_code == 303
+    after = csrf(client, "/")
+    assert after != before
+    return after
+
+
+def wait_done(client, study_id: str, timeout: float = 60) -> dict:
+    """The API state of a study once it is done or failed (asked with :data:`AUTH`)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = client.get(f"/api/v1/studies/{study_id}", headers=AUTH).get_json()
+        if state["status"] in ("done", "failed"):
+            return state
+        time.sleep(0.1)
+    raise AssertionError(f"study {study_id} still {state['status']} after {timeout} s")
 
 
 def phantom_study(folder: Path, n_slices: int = 12, size: int = 96, seed: int = 0) -> list[Path]:
