@@ -370,7 +370,7 @@ def test_full_queue_answers_503_with_retry_after(tmp_path, engine, monkeypatch):
         third = client.post("/api/v1/studies", data={"files": dicom_files()}, headers=AUTH)
         assert third.status_code == 503 and third.headers["Retry-After"] == "10"
         assert "too many studies are waiting" in third.get_json()["error"]
-        assert client.get("/health").get_json()["queue"] == {"waiting": 1, "running": 1, "queue_size": 1, "workers": 1}
+        assert client.get("/health", headers=AUTH).get_json()["queue"] == {"waiting": 1, "running": 1, "queue_size": 1, "workers": 1}
         assert len(study_folders(app)) == 2
     finally:
         blocking.release.set()
