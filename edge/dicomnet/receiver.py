@@ -35,7 +35,8 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from edge.card import MODALITY_TERMS, modality_names
 from edge.dicomnet.guard import GuardedAE
 from edge.errors import StudyError, UserError
-from edge.ingest.dicom_files import check_inflated_size, read_bounded
+from edge.ingest.dicom_files import read_bounded
+from edge.ingest.dicom_scan import check_structure
 from edge.limits import MAX_INSTANCE_BYTES
 from edge.profile import DicomPeer, DicomSettings
 from edge.storage import fsync_path, private_dir
@@ -116,10 +117,10 @@ def check_instance(data: bytes, sop_uid: str | None = None) -> Dataset:
     """Parse a received file; raise ValueError naming the problem when it is truncated or unusable
     (or when its SOP Instance UID is not ``sop_uid``, the one announced in the C-STORE request)."""
     try:
-        check_inflated_size(BytesIO(data), Path("instance"))
+        check_structure(BytesIO(data), Path("instance"))
         ds = read_bounded(BytesIO(data))
         ds.get("PixelData")  # read every element up to the end: a truncated one raises here
-    except StudyError as exc:  # bounds: deflated size, element count
+    except StudyError as exc:  # bounds: deflated size, element count, nesting
         raise ValueError(exc.problem) from exc
     except Exception as exc:  # noqa: BLE001 - any parse failure is the sender's problem, not ours
         raise ValueError(f"the dataset cannot be parsed ({type(exc).__name__}: {exc})") from exc
