@@ -69,7 +69,7 @@ def test_stow_refuses_a_4_mb_body_of_tiny_parts_at_the_part_limit_with_one_log_l
 def test_stow_holds_one_part_at_a_time_of_a_large_body(tmp_path):
     study = phantom_study(tmp_path / "src", n_slices=4, size=64)
     boundary = uuid.uuid4().hex
-    junk = bytes(2 * MB)
+    junk = b"\xff" * (2 * MB)
     parts = [p.read_bytes() for p in study] + [junk] * 60
     body = b"".join(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + p + b"\r\n"
                     for p in parts) + f"--{boundary}--\r\n".encode()
