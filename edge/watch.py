@@ -11,7 +11,8 @@ An inbox entry (a folder, a zip, or a stray file) is a study. Its *name* is the 
   renamed into place: that rename is the commit point, so a kill at any moment loses nothing and
   duplicates nothing; ``.partial`` leftovers are removed at start-up.
 * **Changed** (same name, other fingerprint): processed again; the previous record is moved to
-  ``OUTBOX/.superseded/<name>-<UTC time>/`` before the new one is renamed into place.
+  ``OUTBOX/.superseded/<name>-<UTC time>/`` before the new one is renamed into place, and its
+  ``report.html`` gets a notice linking to the new result.
 * The inbox is never modified: ctedge does not delete or move patient data.
 * **Read ahead**: while one study is preprocessed, classified and explained, the next ready study of
   the pass is read and decoded in a background thread (the decoding itself runs in the worker
@@ -28,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import html
 import json
 import logging
 import os
@@ -41,6 +43,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from urllib.parse import quote
 
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
@@ -217,11 +220,23 @@ def commit(work: Path, outbox: Path, name: str, status: str) -> Path:
             aside = outbox / SUPERSEDED / f"{name}-{stamp}{'-failed' if old == failure else ''}"
             private_dir(aside.parent)
             os.rename(old, aside)
+            point_to_successor(aside / "report.html", name)
     target = result if status == "done" else failure
     private_dir(target.parent)
     os.rename(work, target)
     fsync_path(target.parent)
     return target
+
+
+def point_to_successor(page: Path, name: str) -> None:
+    """Put a notice at the top of a superseded result page (in ``.superseded/<name>-<time>/``) linking
+    to the result that replaces it (``<name>/`` beside ``.superseded``)."""
+    if not page.is_file():
+        return
+    link = html.escape(f"../../{quote(name)}/report.html")
+    notice = (f'<p class="superseded"><strong>Superseded.</strong> The study was analysed again (it changed, e.g. more '
+              f'images arrived); <a href="{link}">the current result</a> replaces this one.</p>')
+    page.write_text(page.read_text().replace("<body>", f"<body>\n{notice}", 1))
 
 
 @dataclass

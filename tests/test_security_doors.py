@@ -5,6 +5,7 @@ Real ``ctedge serve`` processes on loopback; the inputs are crafted here."""
 from __future__ import annotations
 
 import json
+import re
 import struct
 import time
 import uuid
@@ -23,7 +24,7 @@ from edge.ingest.dicom_files import read_header
 from edge.ingest.dicom_scan import TooManyElementsError
 from edge.limits import MAX_SEQUENCE_DEPTH, MAX_STOW_PARTS, MAX_TOTAL_ELEMENTS
 from edge.profile import load_profile
-from tests.helpers.dicomnet import free_port, phantom_study, send
+from tests.helpers.dicomnet import StorageSCP, free_port, phantom_study, send
 from tests.helpers.server import Served, serve, write_profile
 from tests.test_security_bounds import MB, peak_rss_mb, rss_mb
 
@@ -145,3 +146,34 @@ def test_nested_elements_are_counted_at_every_depth_before_pydicom_parses_them(t
     fine = with_sequence(study[1], tmp_path / "fine.dcm", (SQ_START + ITEM_START) * 8 + (ITEM_END + SQ_END) * 8
                          + SQ_START + EMPTY_ITEM * 1000 + SQ_END)
     assert read_header(fine).Rows == 64 and check_instance(fine.read_bytes()).Rows == 64
+
+
+@pytest.mark.slow   # two analyses of a study, results into a PACS
+def test_a_study_analysed_again_after_more_images_supersedes_its_earlier_report(tmp_path):
+    pacs = StorageSCP("PACS").start()
+    path = write_profile(tmp_path, sections={
+        "watcher": {"poll_seconds": 0.2, "stable_seconds": 0.5},
+        "dicom": {"port": free_port(), "inbox": str(tmp_path / "received"),
+                  "destinations": [{"ae_title": "PACS", "host": "127.0.0.1", "port": pacs.port}]}})
+    study = phantom_study(tmp_path / "src", n_slices=24, size=96, seed=2)
+    try:
+        with serve(path) as served:
+            for n, part in enumerate((study[:12], study[12:]), start=1):   # the sender pauses between halves
+                assert send(receiver_port(tmp_path), part) == [0] * len(part)
+                deadline = time.monotonic() + 120
+                while served.json("/health")["dicom_send"]["sent"] < n and time.monotonic() < deadline:
+                    time.sleep(0.3)
+    finally:
+        pacs.stop()
+    first, second = [ds for ds in pacs.received if ds.Modality == "SR"]
+    predecessor = second.PredecessorDocumentsSequence[0]
+    assert predecessor.StudyInstanceUID == first.StudyInstanceUID == second.StudyInstanceUID
+    assert predecessor.ReferencedSeriesSequence[0].SeriesInstanceUID == first.SeriesInstanceUID == second.SeriesInstanceUID
+    assert predecessor.ReferencedSeriesSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == first.SOPInstanceUID
+    assert (first.InstanceNumber, second.InstanceNumber) == (1, 2)
+    assert any(f"supersedes report {first.SOPInstanceUID}" in str(item.get("TextValue", ""))
+               for item in second.ContentSequence)
+    assert "PredecessorDocumentsSequence" not in first
+    [old_page] = (tmp_path / "results" / "dicom" / ".superseded").glob("*/report.html")
+    link = re.search(r'class="superseded">.*?href="([^"]+)"', old_page.read_text()).group(1)
+    assert (old_page.parent / link).resolve() == (tmp_path / "results" / "dicom" / first.StudyInstanceUID / "report.html")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import IO
 
 from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.http import parse_options_header
@@ -100,7 +100,7 @@ def _store(receiver: Receiver, part: bytes | None) -> tuple[dict, str | None, in
     return ref, None, 0
 
 
-def iter_parts(stream: BinaryIO, boundary: bytes, max_part_bytes: int, max_parts: int,
+def iter_parts(stream: IO[bytes], boundary: bytes, max_part_bytes: int, max_parts: int,
                chunk: int = limits.STOW_CHUNK_BYTES) -> Iterator[bytes | None]:
     """The bodies of the parts of a multipart message read from ``stream`` in ``chunk``-byte reads,
     each yielded as soon as it ends (part headers dropped); None for a part longer than
