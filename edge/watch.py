@@ -247,16 +247,17 @@ class Summary:
 
 
 def run_once(engine: Engine | Device, inbox: Path, outbox: Path, settings: WatcherSettings,
-             warned: set[str] | None = None) -> Summary:
+             warned: set[str] | None = None, receiving: Callable[[str], bool] | None = None) -> Summary:
     """One pass: process every ready study that is not done yet, with a progress bar. Problems the
-    operator must fix are logged once per name in ``warned``."""
+    operator must fix are logged once per name in ``warned``. A study for which ``receiving(name)``
+    is true (the DICOM receiver still has an association open that brought it instances) is not ready."""
     warned = set() if warned is None else warned
     found = scan(inbox, settings.marker_file)
     for name in sorted(set(found.skipped) - warned):
         log.warning("%s: skipped: %s", printable(name), found.skipped[name])
     warned |= set(found.skipped)
     todo = [e for e in found.entries if not is_done(outbox, e)]
-    ready = [e for e in todo if is_stable(e, settings)]
+    ready = [e for e in todo if is_stable(e, settings) and not (receiving and receiving(e.name))]
     summary = Summary(waiting=len(todo) - len(ready))
     reader = ThreadPoolExecutor(1, thread_name_prefix="ctedge-read-ahead")
     try:
@@ -284,10 +285,11 @@ def run_once(engine: Engine | Device, inbox: Path, outbox: Path, settings: Watch
 
 
 def watch(engine: Engine | Device, inbox: Path, outbox: Path, settings: WatcherSettings, once: bool = False,
-          after_pass: Callable[[], object] | None = None, stop: threading.Event | None = None) -> Summary:
+          after_pass: Callable[[], object] | None = None, stop: threading.Event | None = None,
+          receiving: Callable[[str], bool] | None = None) -> Summary:
     """Hold the outbox lock, clean up after a crash, then poll the inbox until ``stop`` is set (a
     single pass with ``once``), calling ``after_pass`` after each pass (the DICOM sender queues new
-    results there). While polling, a pass that raises is logged and the next pass tries again; with
+    results there; ``receiving`` is :func:`run_once`'s). While polling, a pass that raises is logged and the next pass tries again; with
     ``once`` the error is raised. Returns the last pass's summary."""
     if not inbox.is_dir():
         raise UserError(inbox, "the inbox is not a folder")
@@ -301,7 +303,7 @@ def watch(engine: Engine | Device, inbox: Path, outbox: Path, settings: WatcherS
         summary = Summary()
         while not stop.is_set():
             try:
-                summary = run_once(engine, inbox, outbox, settings, warned)
+                summary = run_once(engine, inbox, outbox, settings, warned, receiving)
             except Exception:  # noqa: BLE001 - logged; a service must outlive a bad pass
                 if once:
                     raise

@@ -177,3 +177,27 @@ def test_a_study_analysed_again_after_more_images_supersedes_its_earlier_report(
     [old_page] = (tmp_path / "results" / "dicom" / ".superseded").glob("*/report.html")
     link = re.search(r'class="superseded">.*?href="([^"]+)"', old_page.read_text()).group(1)
     assert (old_page.parent / link).resolve() == (tmp_path / "results" / "dicom" / first.StudyInstanceUID / "report.html")
+
+
+@pytest.mark.slow   # an analysis, results into a PACS
+def test_a_sender_pausing_inside_its_association_gets_one_verdict_on_the_whole_study(tmp_path):
+    pacs = StorageSCP("PACS").start()
+    path = write_profile(tmp_path, sections={
+        "watcher": {"poll_seconds": 0.2, "stable_seconds": 0.5},
+        "dicom": {"port": free_port(), "inbox": str(tmp_path / "received"),
+                  "destinations": [{"ae_title": "PACS", "host": "127.0.0.1", "port": pacs.port}]}})
+    study = phantom_study(tmp_path / "src", n_slices=24, size=96, seed=2)
+    try:
+        with serve(path) as served:   # a pause of 20 x stable_seconds (longer than an analysis) after 12 of 24 slices, the association open
+            assert send(receiver_port(tmp_path), study, pause=(12, 10.0)) == [0] * len(study)
+            record = tmp_path / "results" / "dicom" / pydicom.dcmread(study[0]).StudyInstanceUID / "source.json"
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and not (
+                    record.is_file() and json.loads(record.read_text())["n_files"] == len(study)
+                    and (health := served.json("/health"))["dicom_send"]["sent"] and not health["dicom_send"]["pending"]):
+                time.sleep(0.3)
+    finally:
+        pacs.stop()
+    assert health["dicom_send"]["sent"] == 1 and health["dicom_send"]["pending"] == 0
+    assert [ds.Modality for ds in pacs.received].count("SR") == 1
+    assert not (tmp_path / "results" / "dicom" / ".superseded").exists()

@@ -17,8 +17,9 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
-import socket
 import re
+import socket
+import threading
 import uuid
 from collections.abc import Iterable
 from io import BytesIO
@@ -163,6 +164,18 @@ class Receiver:
             self.ae.add_supported_context(cx.abstract_syntax, syntaxes if cx.abstract_syntax in self.accepted  # type: ignore[arg-type]
                                           else ALL_TRANSFER_SYNTAXES)
         self._server = None
+        self._open: dict[int, set[str]] = {}   # id of an open association -> the studies it brought instances to
+        self._open_lock = threading.Lock()
+
+    def receiving(self, study_uid: str) -> bool:
+        """True while an association that brought instances of ``study_uid`` is still open: the sender
+        may be pausing mid-study, so the study is not complete (docs/dicom.md, Receiving)."""
+        with self._open_lock:
+            return any(study_uid in studies for studies in self._open.values())
+
+    def _closed(self, event: Event) -> None:
+        with self._open_lock:
+            self._open.pop(id(event.assoc), None)
 
     def refusal(self, sop_class: str) -> str | None:
         """Why an instance of ``sop_class`` is refused (None: it is accepted)."""
@@ -184,7 +197,9 @@ class Receiver:
         try:
             self._server = self.ae.start_server(  # type: ignore[assignment]
                 (self.settings.host, self.settings.port), block=False,
-                evt_handlers=[(evt.EVT_REQUESTED, self._on_request), (evt.EVT_C_STORE, self._on_store)])
+                evt_handlers=[(evt.EVT_REQUESTED, self._on_request), (evt.EVT_C_STORE, self._on_store),
+                              (evt.EVT_RELEASED, self._closed), (evt.EVT_ABORTED, self._closed),
+                              (evt.EVT_CONN_CLOSE, self._closed)])
         except OSError as exc:
             raise UserError(f"{self.settings.host}:{self.settings.port}",
                             f"the DICOM receiver cannot listen there ({exc.strerror}); see dicom.host and dicom.port") from exc
@@ -240,6 +255,8 @@ class Receiver:
         except OSError as exc:
             log.error("cannot store instance %s in %s: %s", sop_uid, self.inbox.root, exc.strerror)
             return _status(OUT_OF_RESOURCES, f"cannot store: {exc.strerror}"[:64])
+        with self._open_lock:
+            self._open.setdefault(id(event.assoc), set()).add(str(ds.StudyInstanceUID))
         return _status(SUCCESS)
 
 

@@ -79,7 +79,8 @@ class DicomService:
     def _watch(self, engine: Engine | Device, settings: WatcherSettings) -> None:
         """The watcher of ``ctedge watch`` on this service's inbox, until :meth:`stop`."""
         try:
-            watch(engine, self.inbox, self.results, settings, after_pass=self.after_pass, stop=self._stop)
+            watch(engine, self.inbox, self.results, settings, after_pass=self.after_pass, stop=self._stop,
+                  receiving=self.receiver.receiving)
         except UserError as exc:
             log.error("the DICOM study watcher cannot run: %s", exc)
 
