@@ -1,7 +1,8 @@
 """DICOMweb STOW-RS on the server: ``POST /dicom-web/studies`` (the API bearer token), for PACS that
 push over HTTP. Each ``application/dicom`` part is checked and committed to ``dicom.inbox`` exactly as
 a C-STORE would be; the answer lists stored and failed instances (PS3.18 10.5): 200 all stored,
-202 some failed, 409 none stored, 415 not ``multipart/related; type="application/dicom"``.
+202 some failed, 409 none stored, 400 no parts (or a part header over 16 KB), 413 too many parts,
+415 not ``multipart/related; type="application/dicom"``.
 
 The body is read in ``STOW_CHUNK_BYTES`` chunks and each part handled as soon as it ends, so at most
 one part (``MAX_INSTANCE_BYTES``; the rest of a larger one is discarded as it arrives) is held at a
@@ -65,6 +66,8 @@ def store_instances() -> Response:
                         f"were processed ({len(stored)} stored): send the rest in another request")
     except MultipartError as exc:
         problem = 400, f"the multipart body cannot be read: {exc}"
+    if not (stored or failed or problem):
+        problem = 400, "the body has no parts: none of its lines is the boundary of the Content-Type"
     log.log(logging.WARNING if failed or problem else logging.INFO, "STOW-RS request: %d instance(s) stored, %d refused%s%s",
             len(stored), len(failed), "".join(f"; {n} x {r}" for r, n in reasons.most_common(3)),
             f"; {problem[1]}" if problem else "")
