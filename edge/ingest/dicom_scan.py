@@ -142,7 +142,12 @@ def _skip_meta(fp: BinaryIO, path: Path) -> str | None:
             fp.seek(start)
             return syntax
         vr = header[4:6]
-        length = struct.unpack("<L", fp.read(4))[0] if vr in LONG_VRS else struct.unpack("<H", header[6:8])[0]
+        if vr in LONG_VRS:
+            if len(extra := fp.read(4)) < 4:
+                return syntax
+            length = struct.unpack("<L", extra)[0]
+        else:
+            length = struct.unpack("<H", header[6:8])[0]
         if header[:4] == b"\x02\x00\x10\x00":   # (0002,0010) Transfer Syntax UID
             syntax = fp.read(min(length, 256)).rstrip(b"\x00 ").decode("ascii", "replace")
         else:
@@ -188,7 +193,9 @@ def _count(reader: _File, implicit: bool, little: bool, path: Path) -> None:
         if vr is None:
             length = struct.unpack(long_format, head[4:])[0]
         elif vr in LONG_VRS:
-            length = struct.unpack(long_format, reader.read(4))[0]
+            if len(extra := reader.read(4)) < 4:
+                return
+            length = struct.unpack(long_format, extra)[0]
         else:
             length = struct.unpack(short_format, head[6:])[0]
         if length == UNDEFINED:
