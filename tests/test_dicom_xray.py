@@ -230,6 +230,7 @@ def test_the_overlay_keeps_the_patient_orientation_of_its_source(rg1, tmp_path):
 def test_ctedge_serve_receives_a_radiograph_and_sends_its_sr(tmp_path, rg1, xray_bundle, monkeypatch):
     """The serve path: ``DicomService.for_server`` with the server's engine and the profile's bundles."""
     monkeypatch.setenv("CTEDGE_API_TOKEN", "xray-serve-token")
+    auth = {"Authorization": "Bearer xray-serve-token"}   # /health shows the sends only with the token
     pacs = StorageSCP("PACS").start()
     port = free_port()
     path = server_profile(tmp_path, DEMO_BUNDLE, xray_bundle, model={"variant": "float32"}, sections={
@@ -242,8 +243,8 @@ def test_ctedge_serve_receives_a_radiograph_and_sends_its_sr(tmp_path, rg1, xray
     try:
         assert send(port, [rg1]) == [0]
         deadline = time.monotonic() + 90
-        while client.get("/health").get_json()["dicom_send"]["sent"] < 1:
-            assert time.monotonic() < deadline, client.get("/health").get_json()
+        while client.get("/health", headers=auth).get_json()["dicom_send"]["sent"] < 1:
+            assert time.monotonic() < deadline, client.get("/health", headers=auth).get_json()
             time.sleep(0.2)
     finally:
         app.extensions["ctedge"]["dicom"].stop()
