@@ -86,6 +86,7 @@ def test_stow_holds_one_part_at_a_time_of_a_large_body(tmp_path):
     assert peak - before < 60, "the body (120 MB) must not be held in memory"
 
 
+@pytest.mark.slow   # an analysis whose results cannot be sent
 def test_health_without_the_token_tells_liveness_only(tmp_path):
     study = phantom_study(tmp_path / "src", n_slices=8, size=64)
     with serve(dicom_profile(tmp_path)) as served:
