@@ -202,3 +202,34 @@ def test_a_sender_pausing_inside_its_association_gets_one_verdict_on_the_whole_s
     assert health["dicom_send"]["sent"] == 1 and health["dicom_send"]["pending"] == 0
     assert [ds.Modality for ds in pacs.received].count("SR") == 1
     assert not (tmp_path / "results" / "dicom" / ".superseded").exists()
+
+
+@pytest.mark.slow   # an analysis, results into a PACS
+def test_a_study_announcing_its_instance_count_waits_for_all_of_them(tmp_path):
+    pacs = StorageSCP("PACS").start()
+    path = write_profile(tmp_path, sections={
+        "watcher": {"poll_seconds": 0.2, "stable_seconds": 0.5},
+        "dicom": {"port": free_port(), "inbox": str(tmp_path / "received"),
+                  "destinations": [{"ae_title": "PACS", "host": "127.0.0.1", "port": pacs.port}]}})
+    study = []
+    for source in phantom_study(tmp_path / "src", n_slices=24, size=96, seed=2):
+        ds = pydicom.dcmread(source)
+        ds.NumberOfStudyRelatedInstances = 24
+        ds.save_as(source)
+        study.append(source)
+    try:
+        with serve(path) as served:   # two associations, 10 s (20 x stable_seconds) apart
+            assert send(receiver_port(tmp_path), study[:12]) == [0] * 12
+            time.sleep(10)
+            assert send(receiver_port(tmp_path), study[12:]) == [0] * 12
+            record = tmp_path / "results" / "dicom" / pydicom.dcmread(study[0]).StudyInstanceUID / "source.json"
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and not (
+                    record.is_file() and (health := served.json("/health"))["dicom_send"]["sent"]
+                    and not health["dicom_send"]["pending"]):
+                time.sleep(0.3)
+    finally:
+        pacs.stop()
+    assert json.loads(record.read_text())["n_files"] == len(study)
+    assert [ds.Modality for ds in pacs.received].count("SR") == 1
+    assert not (tmp_path / "results" / "dicom" / ".superseded").exists()

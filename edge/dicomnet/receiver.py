@@ -20,6 +20,7 @@ import os
 import re
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Iterable
 from io import BytesIO
@@ -49,6 +50,9 @@ _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
 # DIMSE C-STORE statuses (PS3.4 B.2.3, PS3.7 C.4.2.1.4)
 SUCCESS, OUT_OF_RESOURCES, SOP_CLASS_NOT_SUPPORTED, CANNOT_UNDERSTAND = 0x0000, 0xA700, 0x0122, 0xC000
+ANNOUNCED_WAIT_S = 600.0
+"""How long a study that announced more instances (Number of Study Related Instances) than arrived is
+waited for after its last instance, before it is analysed as it is."""
 
 STORAGE_CLASSES: dict[str, tuple[UID, ...]] = {
     "ct": (CTImageStorage,),
@@ -165,13 +169,25 @@ class Receiver:
                                           else ALL_TRANSFER_SYNTAXES)
         self._server = None
         self._open: dict[int, set[str]] = {}   # id of an open association -> the studies it brought instances to
+        self._announced: dict[str, tuple[int, float]] = {}   # study -> (Number of Study Related Instances, last arrival)
         self._open_lock = threading.Lock()
 
     def receiving(self, study_uid: str) -> bool:
-        """True while an association that brought instances of ``study_uid`` is still open: the sender
-        may be pausing mid-study, so the study is not complete (docs/dicom.md, Receiving)."""
+        """True while the study is not complete (docs/dicom.md, Receiving): an association that brought
+        instances of ``study_uid`` is still open (the sender may be pausing mid-study), or its instances
+        announced a Number of Study Related Instances not reached yet, the last one less than
+        ANNOUNCED_WAIT_S ago."""
         with self._open_lock:
-            return any(study_uid in studies for studies in self._open.values())
+            if any(study_uid in studies for studies in self._open.values()):
+                return True
+            announced, last = self._announced.get(study_uid, (0, 0.0))
+            if not announced:
+                return False
+            if time.monotonic() - last < ANNOUNCED_WAIT_S and \
+                    sum(1 for _ in (self.inbox.root / study_uid).glob("*.dcm")) < announced:
+                return True
+            del self._announced[study_uid]
+            return False
 
     def _closed(self, event: Event) -> None:
         with self._open_lock:
@@ -257,7 +273,18 @@ class Receiver:
             return _status(OUT_OF_RESOURCES, f"cannot store: {exc.strerror}"[:64])
         with self._open_lock:
             self._open.setdefault(id(event.assoc), set()).add(str(ds.StudyInstanceUID))
+            announced = _count(ds.get("NumberOfStudyRelatedInstances"))
+            if announced:
+                self._announced[str(ds.StudyInstanceUID)] = (announced, time.monotonic())
         return _status(SUCCESS)
+
+
+def _count(value: object) -> int:
+    """A positive count from a header value, else 0."""
+    try:
+        return max(int(value), 0)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return 0
 
 
 def _status(code: int, comment: str = "") -> Dataset:
