@@ -247,6 +247,9 @@ def check_token(profile: Profile, env: dict[str, str], env_file: Path | None) ->
         return Check("api token", False, f"{where} is not set: the API answers 503 until it is")
     if len(token) < 16:
         return Check("api token", False, f"{where} has only {len(token)} characters; use at least 16 (openssl rand -hex 32)")
+    if env_file and env.get(name) and (mode := stat.S_IMODE(env_file.stat().st_mode)) & 0o077:
+        return Check("api token", False, f"{where} is set, but {env_file} (mode {mode:04o}) is readable by other users: "
+                                         f"chmod 600 {env_file}", warning=True)
     return Check("api token", True, f"{where} is set ({len(token)} characters)")
 
 

@@ -32,7 +32,12 @@ of a larger one is discarded as it arrives and the instance refused with 0xA700.
 # --- every DICOM file, whatever door it came through ----------------------------------------------
 MAX_DATA_ELEMENTS = 10_000
 """Top-level data elements of one DICOM file (a CT slice has a few hundred): reading stops there and
-the file is refused. Elements nested in sequences are not counted yet."""
+the file is refused."""
+MAX_TOTAL_ELEMENTS = 50_000
+"""Data elements and sequence items of one DICOM file at every depth, the file meta and command
+groups included (counted on the bytes before pydicom parses them, ``edge/ingest/dicom_scan.py``)."""
+MAX_SEQUENCE_DEPTH = 16
+"""Sequences nested in sequences (an image's deepest, e.g. a code in a view code sequence, is 3-4)."""
 MAX_INFLATED_BYTES = 128 * 2**20
 """Deflated Explicit VR Little Endian: the most bytes one file's data set may inflate to."""
 MAX_INFLATE_RATIO = 100
@@ -48,3 +53,12 @@ MAX_FRAMES = 2000
 header before its functional groups are interpreted; its frames x rows x columns may not exceed
 MAX_FRAMES x 512 x 512 either (the study bound of the ingest), and each frame is at most one slice of
 ``MAX_SLICE_PIXELS``, all before any pixel is decoded."""
+
+# --- DICOMweb STOW-RS (the server) ----------------------------------------------------------------
+MAX_STOW_PARTS = 5_000
+"""Parts of one STOW-RS request (a thin-slice CT study has 500-2000 instances): reading stops at the
+next part and the request is answered 413 (the parts before it were processed)."""
+MAX_PART_HEADER_BYTES = 16 * 2**10
+"""The header block of one multipart part; a longer one ends the request with 400."""
+STOW_CHUNK_BYTES = 64 * 2**10
+"""The STOW-RS body is read in chunks of this size: at most one part (MAX_INSTANCE_BYTES) is held."""

@@ -11,7 +11,8 @@ An inbox entry (a folder, a zip, or a stray file) is a study. Its *name* is the 
   renamed into place: that rename is the commit point, so a kill at any moment loses nothing and
   duplicates nothing; ``.partial`` leftovers are removed at start-up.
 * **Changed** (same name, other fingerprint): processed again; the previous record is moved to
-  ``OUTBOX/.superseded/<name>-<UTC time>/`` before the new one is renamed into place.
+  ``OUTBOX/.superseded/<name>-<UTC time>/`` before the new one is renamed into place, and its
+  ``report.html`` gets a notice linking to the new result.
 * The inbox is never modified: ctedge does not delete or move patient data.
 * **Read ahead**: while one study is preprocessed, classified and explained, the next ready study of
   the pass is read and decoded in a background thread (the decoding itself runs in the worker
@@ -28,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import html
 import json
 import logging
 import os
@@ -41,6 +43,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from urllib.parse import quote
 
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
@@ -217,11 +220,23 @@ def commit(work: Path, outbox: Path, name: str, status: str) -> Path:
             aside = outbox / SUPERSEDED / f"{name}-{stamp}{'-failed' if old == failure else ''}"
             private_dir(aside.parent)
             os.rename(old, aside)
+            point_to_successor(aside / "report.html", name)
     target = result if status == "done" else failure
     private_dir(target.parent)
     os.rename(work, target)
     fsync_path(target.parent)
     return target
+
+
+def point_to_successor(page: Path, name: str) -> None:
+    """Put a notice at the top of a superseded result page (in ``.superseded/<name>-<time>/``) linking
+    to the result that replaces it (``<name>/`` beside ``.superseded``)."""
+    if not page.is_file():
+        return
+    link = html.escape(f"../../{quote(name)}/report.html")
+    notice = (f'<p class="superseded"><strong>Superseded.</strong> The study was analysed again (it changed, e.g. more '
+              f'images arrived); <a href="{link}">the current result</a> replaces this one.</p>')
+    page.write_text(page.read_text().replace("<body>", f"<body>\n{notice}", 1))
 
 
 @dataclass
@@ -232,16 +247,17 @@ class Summary:
 
 
 def run_once(engine: Engine | Device, inbox: Path, outbox: Path, settings: WatcherSettings,
-             warned: set[str] | None = None) -> Summary:
+             warned: set[str] | None = None, receiving: Callable[[str], bool] | None = None) -> Summary:
     """One pass: process every ready study that is not done yet, with a progress bar. Problems the
-    operator must fix are logged once per name in ``warned``."""
+    operator must fix are logged once per name in ``warned``. A study for which ``receiving(name)``
+    is true (the DICOM receiver still has an association open that brought it instances) is not ready."""
     warned = set() if warned is None else warned
     found = scan(inbox, settings.marker_file)
     for name in sorted(set(found.skipped) - warned):
         log.warning("%s: skipped: %s", printable(name), found.skipped[name])
     warned |= set(found.skipped)
     todo = [e for e in found.entries if not is_done(outbox, e)]
-    ready = [e for e in todo if is_stable(e, settings)]
+    ready = [e for e in todo if is_stable(e, settings) and not (receiving and receiving(e.name))]
     summary = Summary(waiting=len(todo) - len(ready))
     reader = ThreadPoolExecutor(1, thread_name_prefix="ctedge-read-ahead")
     try:
@@ -269,10 +285,11 @@ def run_once(engine: Engine | Device, inbox: Path, outbox: Path, settings: Watch
 
 
 def watch(engine: Engine | Device, inbox: Path, outbox: Path, settings: WatcherSettings, once: bool = False,
-          after_pass: Callable[[], object] | None = None, stop: threading.Event | None = None) -> Summary:
+          after_pass: Callable[[], object] | None = None, stop: threading.Event | None = None,
+          receiving: Callable[[str], bool] | None = None) -> Summary:
     """Hold the outbox lock, clean up after a crash, then poll the inbox until ``stop`` is set (a
     single pass with ``once``), calling ``after_pass`` after each pass (the DICOM sender queues new
-    results there). While polling, a pass that raises is logged and the next pass tries again; with
+    results there; ``receiving`` is :func:`run_once`'s). While polling, a pass that raises is logged and the next pass tries again; with
     ``once`` the error is raised. Returns the last pass's summary."""
     if not inbox.is_dir():
         raise UserError(inbox, "the inbox is not a folder")
@@ -286,7 +303,7 @@ def watch(engine: Engine | Device, inbox: Path, outbox: Path, settings: WatcherS
         summary = Summary()
         while not stop.is_set():
             try:
-                summary = run_once(engine, inbox, outbox, settings, warned)
+                summary = run_once(engine, inbox, outbox, settings, warned, receiving)
             except Exception:  # noqa: BLE001 - logged; a service must outlive a bad pass
                 if once:
                     raise

@@ -31,7 +31,7 @@ def stow_body(parts: list[bytes]) -> tuple[bytes, str]:
 def wait_for_sent(client, n: int) -> dict:
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
-        health = client.get("/health").get_json()
+        health = client.get("/health", headers={"Authorization": f"Bearer {TOKEN}"}).get_json()
         if health["dicom_send"]["sent"] >= n:
             break
         time.sleep(0.2)

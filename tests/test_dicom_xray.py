@@ -228,6 +228,7 @@ def test_ctedge_serve_receives_a_radiograph_and_sends_its_sr(tmp_path, rg1, xray
     """The serve path: ``serve_app`` starts ``DicomService.for_server`` with the server's engine and the
     profile's bundles."""
     monkeypatch.setenv("CTEDGE_API_TOKEN", "xray-serve-token")
+    auth = {"Authorization": "Bearer xray-serve-token"}   # /health shows the sends only with the token
     pacs = StorageSCP("PACS").start()
     port = free_port()
     path = server_profile(tmp_path, DEMO_BUNDLE, xray_bundle, model={"variant": "float32"}, sections={
@@ -240,8 +241,8 @@ def test_ctedge_serve_receives_a_radiograph_and_sends_its_sr(tmp_path, rg1, xray
     try:
         assert send(port, [rg1]) == [0]
         deadline = time.monotonic() + 90
-        while client.get("/health").get_json()["dicom_send"]["sent"] < 1:
-            assert time.monotonic() < deadline, client.get("/health").get_json()
+        while client.get("/health", headers=auth).get_json()["dicom_send"]["sent"] < 1:
+            assert time.monotonic() < deadline, client.get("/health", headers=auth).get_json()
             time.sleep(0.2)
     finally:
         app.extensions["ctedge"]["dicom"].stop()

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from edge.cli import main
-from edge.doctor import run_checks
+from edge.doctor import check_token, read_env, run_checks
+from edge.profile import load_profile
 from edge.server.auth import add_user
 from tests.helpers.paths import REPO
 from tests.helpers.profiles import write_profile
@@ -84,3 +85,15 @@ def test_the_model_check_classifies_an_input_of_the_bundle_s_own_kind(tmp_path, 
     model, variant = check_bundle(default_profile(bundle), bundle)
     assert model.ok and f"CT bundle {bundle}" in model.detail, model.detail
     assert variant.detail.startswith(f"CT bundle {bundle}: not tuned on this CPU yet") and variant.detail.endswith("float32")
+
+
+def test_a_token_in_an_env_file_other_users_can_read_is_warned_about(tmp_path, monkeypatch):
+    monkeypatch.delenv("CTEDGE_API_TOKEN", raising=False)
+    profile = load_profile(box(tmp_path, 8080))
+    env_file = tmp_path / "ctedge.env"
+    env_file.write_text("CTEDGE_API_TOKEN=0123456789abcdef0123456789abcdef\n")
+    for mode, warned in ((0o644, True), (0o640, True), (0o600, False)):
+        env_file.chmod(mode)
+        check = check_token(profile, read_env(env_file), env_file)
+        assert (check.ok, check.warning) == ((False, True) if warned else (True, False)), (mode, check)
+        assert (f"mode {mode:04o}" in check.detail and "chmod 600" in check.detail) == warned

@@ -162,7 +162,7 @@ def test_worker_survives_a_full_disk_and_resumes(make_app, engine, monkeypatch):
     fake.go.set()
     state = wait_done(client, study_id)
     assert state["status"] == "failed" and state["error"].startswith("the server's disk is full")
-    assert client.get("/health").get_json()["queue"]["workers"] == 1
+    assert client.get("/health", headers=AUTH).get_json()["queue"]["workers"] == 1
     on_disk = json.loads((app.extensions["ctedge"]["store"].folder(study_id) / "status.json").read_text())
     assert on_disk["status"] != "failed"
     fake.full = False

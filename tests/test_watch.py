@@ -19,6 +19,7 @@ from edge.cli import main
 from edge.engine import Engine
 from edge.errors import UserError
 from edge.infer import PlaceholderClassifier
+from edge.ingest.sources import study_files
 from edge.phantom import make_phantom, write_dicom_series
 from edge.profile import WatcherSettings
 from edge.watch import (is_done, is_stable, outbox_lock, process_one, recover, run_once, scan, survey,
@@ -399,3 +400,16 @@ def test_watch_once_lets_a_failed_pass_raise(box, monkeypatch):
     monkeypatch.setattr("edge.watch.run_once", broken)
     with pytest.raises(OSError, match="disk gone"):
         watch(CountingEngine(), inbox, outbox, NOW, once=True)
+
+
+def test_folder_links_inside_the_inbox_are_followed_and_a_link_loop_ends(box):
+    inbox, outbox = box
+    phantom_study(inbox / ".archive" / "P1")                                  # hidden: not a study itself
+    (inbox / "Series").mkdir()
+    (inbox / "Series" / "ct").symlink_to("../.archive/P1", target_is_directory=True)
+    (inbox / "Series" / "loop").symlink_to("..", target_is_directory=True)     # a loop back to the study
+    engine = CountingEngine()
+    summary = run_once(engine, inbox, outbox, NOW)
+    assert (summary.done, summary.failed) == (1, 0) and engine.calls == ["Series"]
+    with study_files(inbox / "Series") as files:
+        assert len(files) == len(list((inbox / ".archive" / "P1").iterdir()))

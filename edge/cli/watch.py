@@ -35,7 +35,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
         dicom.start(receive=not args.once, send=not args.once)  # --once: after_pass delivers
     try:
         summary = watch(engine, args.inbox, args.out, profile.watcher, args.once,
-                        after_pass=dicom.after_pass if dicom else None)
+                        after_pass=dicom.after_pass if dicom else None,
+                        receiving=dicom.receiver.receiving if dicom else None)
     finally:
         if dicom:
             dicom.stop()

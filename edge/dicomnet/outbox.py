@@ -73,7 +73,7 @@ class Outbox:
         """Record that a study has nothing to send (e.g. it was not DICOM), so it is not tried again."""
         folder = self.root / "skipped" / job_id
         folder.mkdir(mode=0o700, exist_ok=True)
-        _write_json(folder / JOB, asdict(Job(job_id, study, destination, [], last_error=reason)))
+        write_json(folder / JOB, asdict(Job(job_id, study, destination, [], last_error=reason)))
 
     def enqueue(self, job_id: str, study: str, destination: DicomPeer, objects: list[Dataset]) -> bool:
         """Queue ``objects`` for ``destination`` under ``job_id``; False when that job exists already."""
@@ -87,7 +87,7 @@ class Outbox:
             ds.save_as(work / name, enforce_file_format=True)
             os.chmod(work / name, 0o600)
             files.append(name)
-        _write_json(work / JOB, asdict(Job(job_id, study, destination, files)))
+        write_json(work / JOB, asdict(Job(job_id, study, destination, files)))
         for path in [*work.iterdir(), work]:
             fsync_path(path)
         os.rename(work, self.root / "pending" / job_id)
@@ -135,7 +135,7 @@ class Outbox:
             job.attempts += 1
             job.last_error = str(exc)[:300]
             job.next_attempt = time.time() + min(self.retry_base_s * 2 ** (job.attempts - 1), self.retry_max_s)
-            _write_json(folder / JOB, asdict(job))
+            write_json(folder / JOB, asdict(job))
             log.warning("%s: sending to %s failed (attempt %d, next in %.0f s): %s", job.study,
                         job.destination.ae_title, job.attempts, job.next_attempt - time.time(), job.last_error)
             return False
@@ -168,13 +168,14 @@ class Outbox:
                     raise ValueError(f"{dest.ae_title} refused {name}: status 0x{code:04X} "
                                      f"{status.get('ErrorComment', '')}".rstrip())
                 job.acknowledged.append(name)
-                _write_json(folder / JOB, asdict(job))
+                write_json(folder / JOB, asdict(job))
         finally:
             if assoc.is_established:
                 assoc.release()
 
 
-def _write_json(path: Path, doc: dict) -> None:
+def write_json(path: Path, doc: dict) -> None:
+    """Write ``doc`` to ``path`` durably, owner-only, by a rename."""
     tmp = path.with_suffix(".tmp")
     with open(tmp, "w") as f:
         json.dump(doc, f, indent=2)

@@ -17,8 +17,10 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
-import socket
 import re
+import socket
+import threading
+import time
 import uuid
 from collections.abc import Iterable
 from io import BytesIO
@@ -35,7 +37,8 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from edge.card import MODALITY_TERMS, modality_names
 from edge.dicomnet.guard import GuardedAE
 from edge.errors import StudyError, UserError
-from edge.ingest.dicom_files import check_inflated_size, read_bounded
+from edge.ingest.dicom_files import read_bounded
+from edge.ingest.dicom_scan import check_structure
 from edge.ingest.enhanced import ENHANCED_CT_CLASSES
 from edge.limits import MAX_INSTANCE_BYTES
 from edge.profile import DicomPeer, DicomSettings
@@ -48,6 +51,9 @@ _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
 # DIMSE C-STORE statuses (PS3.4 B.2.3, PS3.7 C.4.2.1.4)
 SUCCESS, OUT_OF_RESOURCES, SOP_CLASS_NOT_SUPPORTED, CANNOT_UNDERSTAND = 0x0000, 0xA700, 0x0122, 0xC000
+ANNOUNCED_WAIT_S = 600.0
+"""How long a study that announced more instances (Number of Study Related Instances) than arrived is
+waited for after its last instance, before it is analysed as it is."""
 
 STORAGE_CLASSES: dict[str, tuple[UID, ...]] = {
     "ct": (CTImageStorage, *ENHANCED_CT_CLASSES),
@@ -117,10 +123,10 @@ def check_instance(data: bytes, sop_uid: str | None = None) -> Dataset:
     """Parse a received file; raise ValueError naming the problem when it is truncated or unusable
     (or when its SOP Instance UID is not ``sop_uid``, the one announced in the C-STORE request)."""
     try:
-        check_inflated_size(BytesIO(data), Path("instance"))
+        check_structure(BytesIO(data), Path("instance"))
         ds = read_bounded(BytesIO(data))
         ds.get("PixelData")  # read every element up to the end: a truncated one raises here
-    except StudyError as exc:  # bounds: deflated size, element count
+    except StudyError as exc:  # bounds: deflated size, element count, nesting
         raise ValueError(exc.problem) from exc
     except Exception as exc:  # noqa: BLE001 - any parse failure is the sender's problem, not ours
         raise ValueError(f"the dataset cannot be parsed ({type(exc).__name__}: {exc})") from exc
@@ -163,6 +169,30 @@ class Receiver:
             self.ae.add_supported_context(cx.abstract_syntax, syntaxes if cx.abstract_syntax in self.accepted  # type: ignore[arg-type]
                                           else ALL_TRANSFER_SYNTAXES)
         self._server = None
+        self._open: dict[int, set[str]] = {}   # id of an open association -> the studies it brought instances to
+        self._announced: dict[str, tuple[int, float]] = {}   # study -> (Number of Study Related Instances, last arrival)
+        self._open_lock = threading.Lock()
+
+    def receiving(self, study_uid: str) -> bool:
+        """True while the study is not complete (docs/dicom.md, Receiving): an association that brought
+        instances of ``study_uid`` is still open (the sender may be pausing mid-study), or its instances
+        announced a Number of Study Related Instances not reached yet, the last one less than
+        ANNOUNCED_WAIT_S ago."""
+        with self._open_lock:
+            if any(study_uid in studies for studies in self._open.values()):
+                return True
+            announced, last = self._announced.get(study_uid, (0, 0.0))
+            if not announced:
+                return False
+            if time.monotonic() - last < ANNOUNCED_WAIT_S and \
+                    sum(1 for _ in (self.inbox.root / study_uid).glob("*.dcm")) < announced:
+                return True
+            del self._announced[study_uid]
+            return False
+
+    def _closed(self, event: Event) -> None:
+        with self._open_lock:
+            self._open.pop(id(event.assoc), None)
 
     def refusal(self, sop_class: str) -> str | None:
         """Why an instance of ``sop_class`` is refused (None: it is accepted)."""
@@ -184,7 +214,9 @@ class Receiver:
         try:
             self._server = self.ae.start_server(  # type: ignore[assignment]
                 (self.settings.host, self.settings.port), block=False,
-                evt_handlers=[(evt.EVT_REQUESTED, self._on_request), (evt.EVT_C_STORE, self._on_store)])
+                evt_handlers=[(evt.EVT_REQUESTED, self._on_request), (evt.EVT_C_STORE, self._on_store),
+                              (evt.EVT_RELEASED, self._closed), (evt.EVT_ABORTED, self._closed),
+                              (evt.EVT_CONN_CLOSE, self._closed)])
         except OSError as exc:
             raise UserError(f"{self.settings.host}:{self.settings.port}",
                             f"the DICOM receiver cannot listen there ({exc.strerror}); see dicom.host and dicom.port") from exc
@@ -240,7 +272,20 @@ class Receiver:
         except OSError as exc:
             log.error("cannot store instance %s in %s: %s", sop_uid, self.inbox.root, exc.strerror)
             return _status(OUT_OF_RESOURCES, f"cannot store: {exc.strerror}"[:64])
+        with self._open_lock:
+            self._open.setdefault(id(event.assoc), set()).add(str(ds.StudyInstanceUID))
+            announced = _count(ds.get("NumberOfStudyRelatedInstances"))
+            if announced:
+                self._announced[str(ds.StudyInstanceUID)] = (announced, time.monotonic())
         return _status(SUCCESS)
+
+
+def _count(value: object) -> int:
+    """A positive count from a header value, else 0."""
+    try:
+        return max(int(value), 0)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return 0
 
 
 def _status(code: int, comment: str = "") -> Dataset:

@@ -208,6 +208,26 @@ def _qualitative_evaluations(doc: ResultDoc) -> hd.sr.ContainerContentItem:
     return container
 
 
+def supersede(sr: Dataset, predecessor: dict) -> None:
+    """Make ``sr`` the successor of the report ``predecessor`` (``study_uid``, ``series_uid``, ``sop_uid``,
+    ``sop_class``, ``instance_number``, ``finished``) sent earlier for the same study: the same series with the
+    next instance number, the Predecessor Documents Sequence naming it, and a comment saying so."""
+    sop = Dataset()
+    sop.ReferencedSOPClassUID, sop.ReferencedSOPInstanceUID = predecessor["sop_class"], predecessor["sop_uid"]
+    series = Dataset()
+    series.SeriesInstanceUID, series.ReferencedSOPSequence = predecessor["series_uid"], [sop]
+    study = Dataset()
+    study.StudyInstanceUID, study.ReferencedSeriesSequence = predecessor["study_uid"], [series]
+    sr.PredecessorDocumentsSequence = [study]
+    sr.SeriesInstanceUID, sr.InstanceNumber = predecessor["series_uid"], int(predecessor["instance_number"]) + 1
+    evaluations = next((item for item in sr.ContentSequence
+                        if item.ConceptNameCodeSequence[0].CodeValue == QUALITATIVE_EVALUATIONS.value), sr)
+    evaluations.ContentSequence.append(hd.sr.TextContentItem(COMMENT, (
+        f"This report supersedes report {predecessor['sop_uid']} (instance {predecessor['instance_number']} of this "
+        f"series, analysed {predecessor['finished']}): the study was analysed again after more images arrived.")[:1024],
+        "CONTAINS"))
+
+
 def secondary_capture(png: Path, ref: Dataset, series_uid: str, number: int) -> hd.sc.SCImage:
     """One heatmap overlay (with its burned-in caption and banner) of the source image ``ref`` as an
     RGB Secondary Capture image in the source's study, carrying its patient and study modules and

@@ -16,9 +16,11 @@ import threading
 from collections.abc import Iterable
 from pathlib import Path
 
-from edge.dicomnet.outbox import Outbox
+from pydicom.dataset import Dataset
+
+from edge.dicomnet.outbox import Outbox, write_json
 from edge.dicomnet.receiver import Receiver
-from edge.dicomnet.results import result_objects
+from edge.dicomnet.results import result_objects, supersede
 from edge.engine import Device, Engine
 from edge.errors import UserError
 from edge.profile import DicomPeer, DicomSettings, Profile, WatcherSettings
@@ -27,6 +29,7 @@ from edge.watch import watch
 
 log = logging.getLogger("ctedge.dicom")
 SEND_DIR = ".dicom-send"
+REPORTS = "reports"   # under SEND_DIR: the latest report sent for each StudyInstanceUID
 
 
 class DicomService:
@@ -79,7 +82,8 @@ class DicomService:
     def _watch(self, engine: Engine | Device, settings: WatcherSettings) -> None:
         """The watcher of ``ctedge watch`` on this service's inbox, until :meth:`stop`."""
         try:
-            watch(engine, self.inbox, self.results, settings, after_pass=self.after_pass, stop=self._stop)
+            watch(engine, self.inbox, self.results, settings, after_pass=self.after_pass, stop=self._stop,
+                  receiving=self.receiver.receiving)
         except UserError as exc:
             log.error("the DICOM study watcher cannot run: %s", exc)
 
@@ -120,9 +124,30 @@ class DicomService:
             for job_id, dest in todo.items():
                 self.outbox.skip(job_id, source["study"], dest, reason)
             return 0
+        self._supersede_earlier(objects[0], source)
         for job_id, dest in todo.items():
             self.outbox.enqueue(job_id, source["study"], dest, objects)
         return len(todo)
+
+    def _supersede_earlier(self, sr: Dataset, source: dict) -> None:
+        """Link ``sr`` to the report sent for an earlier analysis of the same StudyInstanceUID (another
+        fingerprint: more images arrived after it), and record it as the study's latest report."""
+        record = self.outbox.root / REPORTS / f"{sr.StudyInstanceUID}.json"
+        try:
+            earlier = json.loads(record.read_text())
+        except (OSError, ValueError):
+            earlier = None
+        if earlier and earlier["fingerprint"] != source["fingerprint"]:
+            supersede(sr, earlier)
+            log.warning("%s: analysed again after more images arrived; its new report supersedes the one sent "
+                        "earlier", source["study"])
+        elif earlier:
+            return  # the same analysis queued for another destination
+        private_dir(record.parent)
+        write_json(record, {
+            "fingerprint": source["fingerprint"], "study_uid": sr.StudyInstanceUID, "series_uid": sr.SeriesInstanceUID,
+            "sop_uid": sr.SOPInstanceUID, "sop_class": sr.SOPClassUID, "instance_number": int(sr.InstanceNumber),
+            "finished": source.get("finished", "")})
 
     @staticmethod
     def job_id(source: dict, dest: DicomPeer) -> str:

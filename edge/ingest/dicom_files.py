@@ -6,7 +6,6 @@ import contextlib
 import math
 import struct
 import warnings
-import zlib
 from pathlib import Path
 from typing import BinaryIO
 
@@ -21,11 +20,11 @@ from pydicom.multival import MultiValue
 
 from edge.errors import (CorruptFileError, FileTooLargeError, NoPixelDataError, NotDicomError, StudyError,
                          UnsupportedTransferSyntaxError)
-from edge.ingest.pydicom_adapter import data_set_syntax, missing_decoder, truncation_warned
-from edge.limits import MAX_DATA_ELEMENTS, MAX_INFLATE_RATIO, MAX_INFLATED_BYTES, MIN_INFLATE_ALLOWANCE
+from edge.ingest.dicom_scan import TooManyElementsError, check_structure
+from edge.ingest.pydicom_adapter import missing_decoder, truncation_warned
+from edge.limits import MAX_DATA_ELEMENTS
 
 DICOMDIR_UID = "1.2.840.10008.1.3.10"
-DEFLATED = "1.2.840.10008.1.2.1.99"   # Deflated Explicit VR Little Endian: pydicom inflates it whole
 JPEG_2000 = frozenset({uid.JPEG2000Lossless, uid.JPEG2000, uid.JPEG2000MCLossless, uid.JPEG2000MC,
                        uid.HTJ2KLossless, uid.HTJ2KLosslessRPCL, uid.HTJ2K})
 MAX_SLICE_PIXELS = 2048 * 2048
@@ -39,7 +38,7 @@ def read_header(path: Path) -> Dataset:
     Raises NotDicomError or CorruptFileError naming the file.
     """
     with open(path, "rb") as f:
-        check_inflated_size(f, path)
+        check_structure(f, path)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -65,10 +64,6 @@ def read_header(path: Path) -> Dataset:
     return ds
 
 
-class TooManyElementsError(FileTooLargeError):
-    """A data set with more than MAX_DATA_ELEMENTS data elements at its top level."""
-
-
 def read_bounded(source: Path | BinaryIO, defer_size: str | int | None = None, force: bool = False) -> Dataset:
     """``pydicom.dcmread(source, defer_size=..., force=...)``, except that reading stops after
     MAX_DATA_ELEMENTS top-level data elements and the file is refused (TooManyElementsError): a few
@@ -87,38 +82,6 @@ def read_bounded(source: Path | BinaryIO, defer_size: str | int | None = None, f
         raise TooManyElementsError(source if isinstance(source, Path) else "instance",
                                    f"more than {MAX_DATA_ELEMENTS} data elements; not read")
     return ds
-
-
-def check_inflated_size(fp: BinaryIO, path: Path) -> None:
-    """Refuse a Deflated Explicit VR Little Endian file whose data set inflates to more than the
-    smaller of MAX_INFLATED_BYTES and MAX_INFLATE_RATIO x its deflated size (but always allowing
-    MIN_INFLATE_ALLOWANCE), before pydicom inflates it whole: it is inflated here in chunks and
-    thrown away, so the check costs about 1 MB whatever the file declares. Other files pass
-    untouched (``fp`` is read from its start and left where it was)."""
-    start = fp.tell()
-    try:
-        syntax = data_set_syntax(fp)
-    except Exception:  # noqa: BLE001 - not DICOM or a broken header: dcmread says which, next
-        syntax = None
-    try:
-        if syntax != DEFLATED:
-            return
-        data_start = fp.tell()
-        deflated = fp.seek(0, 2) - data_start
-        fp.seek(data_start)
-        limit = min(MAX_INFLATED_BYTES, max(MAX_INFLATE_RATIO * deflated, MIN_INFLATE_ALLOWANCE))
-        inflater, inflated = zlib.decompressobj(-zlib.MAX_WBITS), 0
-        while not inflater.eof and (chunk := inflater.unconsumed_tail or fp.read(2**16)):
-            try:
-                inflated += len(inflater.decompress(chunk, 2**20))
-            except zlib.error as exc:
-                raise CorruptFileError(path, f"the deflated data set cannot be inflated ({exc})") from exc
-            if inflated > limit:
-                raise FileTooLargeError(path, f"the deflated data set ({deflated} bytes) inflates to more than "
-                                              f"{limit} bytes (at most {MAX_INFLATE_RATIO}x, "
-                                              f"{MAX_INFLATED_BYTES // 2**20} MB); not read")
-    finally:
-        fp.seek(start)
 
 
 NUMERIC_TAGS = {"Rows": 1, "Columns": 1, "NumberOfFrames": 1, "InstanceNumber": 1, "SliceLocation": 1,

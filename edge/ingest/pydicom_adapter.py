@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import logging
 import warnings
-from typing import BinaryIO
 
 import pydicom
 from pydicom import uid
 from pydicom.pixels import get_decoder
 from pydicom.pixels.decoders import gdcm as gdcm_plugin
 from pydicom.pixels.decoders.base import Decoder
-from pydicom.filereader import _read_command_set_elements, _read_file_meta_info, read_preamble
 
 GDCM_FIRST = (uid.JPEGLossless, uid.JPEGLosslessSV1)
 """Syntaxes that python-gdcm decodes first where it is installed: 1.8x faster than pylibjpeg here
@@ -41,16 +39,6 @@ def missing_decoder(exc: Exception) -> bool:
     decoder exists for it (NotImplementedError) or its plugins' packages are missing. A stream that
     the plugins reject ("exceptions were raised by all available plugins") is damaged, not this."""
     return isinstance(exc, NotImplementedError) or (isinstance(exc, RuntimeError) and _NO_DECODER in str(exc))
-
-
-def data_set_syntax(fp: BinaryIO) -> str | None:
-    """Read what ``pydicom.dcmread(fp, force=True)`` reads before the data set (preamble, file meta
-    group, command set elements), leaving ``fp`` where pydicom would start reading the data set, and
-    return the file's transfer syntax UID (None when it states none). Raises what pydicom raises."""
-    read_preamble(fp, True)
-    syntax = _read_file_meta_info(fp).get("TransferSyntaxUID")
-    _read_command_set_elements(fp)
-    return None if syntax is None else str(syntax)
 
 
 def configure_pydicom() -> None:

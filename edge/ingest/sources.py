@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import tempfile
 import zipfile
 import zlib
@@ -39,10 +40,10 @@ def study_files(source: str | Path | Sequence[str | Path], limits: Limits = Limi
         files: list[Path] = []
         for item in map(Path, sources):
             if item.is_dir():
-                files += _folder_files(item)
+                files += _folder_files(item, limits)
             elif item.is_file() and zipfile.is_zipfile(item):
                 tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ctedge-zip-")))
-                files += _folder_files(extract_zip(item, tmp, limits))
+                files += _folder_files(extract_zip(item, tmp, limits), limits)
             elif item.is_file():
                 files.append(item)
             else:
@@ -58,12 +59,22 @@ def study_files(source: str | Path | Sequence[str | Path], limits: Limits = Limi
         yield files
 
 
-def _folder_files(folder: Path) -> list[Path]:
-    return sorted(
-        p for p in folder.rglob("*")
-        if p.is_file() and not p.name.startswith(".") and p.name.lower() not in IGNORED_NAMES
-        and not any(part.startswith(".") or part == "__MACOSX" for part in p.relative_to(folder).parts[:-1])
-    )
+def _folder_files(folder: Path, limits: Limits) -> list[Path]:
+    """The files under ``folder``, following folder links (each real folder once: a link loop ends;
+    listing stops past ``limits.max_files``)."""
+    files: list[Path] = []
+    seen: set[str] = set()
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        if len(files) > limits.max_files:
+            raise FileTooLargeError(folder, f"more than the limit of {limits.max_files} files")
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs.clear()
+            continue
+        seen.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d != "__MACOSX"]
+        files += [Path(root, n) for n in names if not n.startswith(".") and n.lower() not in IGNORED_NAMES]
+    return sorted(p for p in files if p.is_file())
 
 
 ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError, ValueError, OSError)

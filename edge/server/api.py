@@ -7,8 +7,9 @@ from pathlib import Path
 from flask import Blueprint, Response, abort, current_app, jsonify, request, send_file, url_for
 from werkzeug.datastructures import FileStorage
 
+from edge import __version__
 from edge.server.errors import json_error
-from edge.server.auth import require_token
+from edge.server.auth import require_token, token_problem
 from edge.server.jobs import JobQueue, QueueFull, StudyStore
 from edge.server.uploads import UploadError, UploadPolicy, receive_study
 
@@ -97,11 +98,15 @@ def model() -> Response:
 
 @bp.get("/health")
 def health() -> Response:
+    """Liveness for anyone (status, version); the queue and the PACS sends (study UIDs, the PACS's
+    address and error texts) only with the API token."""
     stats = jobs().stats()
     ok = stats["workers"] > 0
-    dicom = current_app.extensions["ctedge"].get("dicom")
-    response = jsonify(status="ok" if ok else "no worker running", queue=stats,
-                       **({"dicom_send": dicom.outbox.status()} if dicom else {}))
+    body: dict = {"status": "ok" if ok else "no worker running", "version": __version__}
+    if token_problem(current_app.config, request.headers.get("Authorization", "")) is None:
+        dicom = current_app.extensions["ctedge"].get("dicom")
+        body |= {"queue": stats} | ({"dicom_send": dicom.outbox.status()} if dicom else {})
+    response = jsonify(body)
     response.status_code = 200 if ok else 503
     return response
 

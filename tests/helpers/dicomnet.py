@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pydicom
@@ -24,14 +25,15 @@ def phantom_study(folder: Path, n_slices: int = 40, size: int = 128, seed: int =
 
 
 def send(port: int, files: list[Path | Dataset], calling: str = "TESTSCU", called: str = "CTEDGE",
-         abort_after: int | None = None) -> list[int | None]:
+         abort_after: int | None = None, pause: tuple[int, float] | None = None) -> list[int | None]:
     """C-STORE ``files`` (paths are sent as encoded, without decoding) and return each status; with
-    ``abort_after``, abort the association after that many instances."""
-    return [rsp.get("Status") for rsp in send_statuses(port, files, calling, called, abort_after)]
+    ``abort_after``, abort the association after that many instances; with ``pause`` (n, seconds),
+    wait that long after the n-th instance, the association open."""
+    return [rsp.get("Status") for rsp in send_statuses(port, files, calling, called, abort_after, pause)]
 
 
 def send_statuses(port: int, files: list[Path | Dataset], calling: str = "TESTSCU", called: str = "CTEDGE",
-                  abort_after: int | None = None) -> list[Dataset]:
+                  abort_after: int | None = None, pause: tuple[int, float] | None = None) -> list[Dataset]:
     """As :func:`send`, but each whole C-STORE response status (with its ErrorComment); empty when none came."""
     ae = AE(calling)
     classes = {pydicom.dcmread(f, stop_before_pixels=True).SOPClassUID if not isinstance(f, Dataset) else f.SOPClassUID
@@ -47,6 +49,8 @@ def send_statuses(port: int, files: list[Path | Dataset], calling: str = "TESTSC
         if abort_after is not None and n == abort_after:
             assoc.abort()
             return statuses
+        if pause is not None and n == pause[0]:
+            time.sleep(pause[1])
         statuses.append(assoc.send_c_store(f) or Dataset())
     assoc.release()
     return statuses
