@@ -273,13 +273,13 @@ def test_an_object_sent_by_c_store_is_analysed_and_its_sr_reaches_pacs(objects, 
 
 @pytest.mark.slow
 def test_stow_rs_stores_the_object_and_the_api_upload_analyses_it(objects, engine, tmp_path, monkeypatch):
-    from edge.server import create_app
+    from edge.cli.serve import serve_app
     from tests.helpers.server import write_profile
 
     monkeypatch.setenv("CTEDGE_API_TOKEN", "stow-token")
     auth = {"Authorization": "Bearer stow-token"}
     path = write_profile(tmp_path, sections={"dicom": {"port": 0, "inbox": str(tmp_path / "received")}})
-    app = create_app(load_profile(path), engine)
+    app = serve_app(load_profile(path), engine)
     client = app.test_client()
     boundary = uuid.uuid4().hex
     body = (f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + objects["enhanced"].read_bytes()
