@@ -92,11 +92,14 @@ class OpenVinoInterpreter:
         """Nothing to reset: models read by OpenVINO here keep no state between calls."""
 
     def kernels(self) -> dict[str, int]:
-        """How many operators of the compiled model run each oneDNN kernel (``jit_avx2_I8``,
-        ``brgconv_avx512_I8``, ...), from its runtime model; operators without one are left out."""
-        return dict(Counter(kernel_name(op) for op in self.compiled.get_runtime_model().get_ordered_ops()
-                            if not kernel_name(op).startswith("unknown")))
+        """How many operators of each type of the compiled model run each kernel (``Convolution
+        jit_avx2_I8``, ``Convolution brgconv_avx512_I8``, ...), from its runtime model; operators
+        without a named kernel are left out. OpenVINO's own kernels (e.g. ``Reduce``) do not obey
+        ``ONEDNN_MAX_CPU_ISA``; oneDNN's (convolutions) do."""
+        return dict(Counter(f"{_rt(op, 'layerType')} {_rt(op, 'primitiveType')}"
+                            for op in self.compiled.get_runtime_model().get_ordered_ops()
+                            if not _rt(op, "primitiveType").startswith("unknown")))
 
 
-def kernel_name(op: Any) -> str:
-    return str(op.get_rt_info()["primitiveType"].astype(str))
+def _rt(op: Any, key: str) -> str:
+    return str(op.get_rt_info()[key].astype(str))

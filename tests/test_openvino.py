@@ -1,6 +1,6 @@
 """OpenVINO as a second edge runtime: it reads the bundle's .tflite files, agrees with LiteRT within
-the fidelity thresholds, is a tune candidate only when faithful, and is skipped with a reason when
-it is not installed."""
+the fidelity thresholds, is a tune candidate only when faithful, runs in ``ctedge bench`` with the
+kernels of the dispatch asked for, and is skipped with a reason when it is not installed."""
 
 import sys
 
@@ -14,7 +14,8 @@ from edge.infer import SliceClassifier, TFLiteClassifier
 from edge.profile import ModelSettings
 from edge.runtime import load_interpreter
 from edge.runtime_openvino import unavailable
-from edge.tune import MAX_PROB_DIFF, Choice, candidates, cpu_key, phantom_group, record, resolve, tune
+from edge.tune import MAX_PROB_DIFF, Choice, candidates, cpu_identity, cpu_key, phantom_group, record, resolve, tune
+from quantize.openvino_bench import openvino_rows
 from tests.helpers.paths import REPO
 
 SLICE_BUNDLE = REPO / "edge" / "models" / "demo-slice"
@@ -54,7 +55,7 @@ def test_the_int8_slice_model_on_openvino_agrees_with_litert_float32():
 def test_openvino_names_its_kernels_and_cannot_read_the_fused_lstm_head():
     interpreter = load_interpreter(DEFAULT_BUNDLE / "encoder_int8.tflite", 1, batch=1, runtime="openvino-f32")
     kernels = interpreter.kernels()
-    assert kernels and any(name.endswith("_I8") for name in kernels), kernels
+    assert kernels and any(name.startswith("Convolution") and name.endswith("_I8") for name in kernels), kernels
     with pytest.raises(ModelLoadError, match="cannot be loaded by OpenVINO"):
         load_interpreter(DEFAULT_BUNDLE / "head_int8.tflite", 1, runtime="openvino-f32")
 
@@ -87,3 +88,26 @@ def test_a_tuned_openvino_choice_falls_back_when_openvino_is_gone(tmp_path, monk
     record(card, Choice("float32", 1, 1.0, "now", cpu_key(), "openvino-f32"))
     variant, runtime, _, chosen = resolve(card, ModelSettings(DEFAULT_BUNDLE))
     assert (variant, runtime) == ("int8", "litert") and "not tuned" in chosen
+
+
+@needs_openvino
+@pytest.mark.skipif("avx2" not in cpu_identity()["flags"], reason="an x86-64 CPU with AVX2 is needed")
+def test_bench_runs_openvino_in_a_subprocess_with_the_avx2_kernels_it_was_asked_for():
+    card = load_card(SLICE_BUNDLE)
+    images = [phantom_group(card, seed) for seed in (1, 2)]
+    rows = openvino_rows(SLICE_BUNDLE, images, 1, 1, "avx2", ["openvino-f32"], ["int8"])
+    row = rows["openvino-f32_int8"]
+    assert row["onednn_max_cpu_isa"] == "AVX2" and len(row["probs"]) == 2 and row["ms_median"] > 0
+    convolutions = [k for k in row["kernels"] if k.startswith("Convolution")]
+    assert convolutions and all("avx2" in k for k in convolutions), row["kernels"]
+    reference = np.stack([SliceClassifier(card, "float32", 1).predict(image) for image in images])
+    probs = np.asarray(row["probs"])
+    assert (probs.argmax(1) == reference.argmax(1)).all() and np.abs(probs - reference).max() <= MAX_PROB_DIFF
+    native = openvino_rows(SLICE_BUNDLE, images[:1], 1, 1, "native", ["openvino-f32"], ["int8"])["openvino-f32_int8"]
+    assert native["onednn_max_cpu_isa"] == "native"
+
+
+def test_bench_without_openvino_says_why_its_rows_are_missing(no_openvino):
+    card = load_card(SLICE_BUNDLE)
+    rows = openvino_rows(SLICE_BUNDLE, [phantom_group(card)], 1, 1, "avx2", ["openvino-f32"], ["int8"])
+    assert rows == {"skipped": unavailable()}

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from edge.errors import UserError
+from edge.ingest.parallel import warm_pool
 from edge.profile import load_profile
 
 REQUEST_THREADS = 8
@@ -47,6 +48,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     logging.getLogger("ctedge.server").setLevel(logging.INFO)
     app = create_app(profile)
+    warm_pool()                     # study after study: decoding workers pay off (edge.ingest.parallel)
     httpd = create_server(app, server.host, server.port, REQUEST_THREADS)
     info = app.extensions["ctedge"]["engine"].info
     print(f"ctedge: serving on http://{httpd.effective_host}:{httpd.effective_port}/ "
