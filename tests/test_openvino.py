@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 from edge.card import load_card
+from edge.doctor import check_tuned
 from edge.engine import DEFAULT_BUNDLE
 from edge.errors import ModelLoadError
 from edge.infer import SliceClassifier, TFLiteClassifier
-from edge.profile import ModelSettings
+from edge.profile import ModelSettings, default_profile
 from edge.runtime import load_interpreter
 from edge.runtime_openvino import unavailable
 from edge.tune import MAX_PROB_DIFF, Choice, candidates, cpu_identity, cpu_key, phantom_group, record, resolve, tune
@@ -111,3 +112,15 @@ def test_bench_without_openvino_says_why_its_rows_are_missing(no_openvino):
     card = load_card(SLICE_BUNDLE)
     rows = openvino_rows(SLICE_BUNDLE, [phantom_group(card)], 1, 1, "avx2", ["openvino-f32"], ["int8"])
     assert rows == {"skipped": unavailable()}
+
+
+def test_doctor_names_a_tuned_openvino_runtime_and_says_when_it_is_gone(tmp_path, monkeypatch):
+    monkeypatch.setenv("CTEDGE_TUNE_CACHE", str(tmp_path / "tuned.json"))
+    card = load_card(DEFAULT_BUNDLE)
+    record(card, Choice("int8", 1, 42.0, "now", cpu_key(), "openvino-f32"))
+    if not unavailable():
+        assert "int8 on openvino-f32, 1 thread(s), 42.0 ms" in check_tuned(default_profile(DEFAULT_BUNDLE), card).detail
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    detail = check_tuned(default_profile(DEFAULT_BUNDLE), card).detail
+    assert "tuned to run on openvino-f32, which cannot be used now (openvino is not installed" in detail
+    assert detail.endswith("int8 on LiteRT until ctedge tune runs again")
