@@ -17,9 +17,10 @@ $(BIN)/ctedge: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e .
 	touch $@
 
-# Training and test extras (TensorFlow, tf_keras, matplotlib, pytest, hypothesis).
+# Training, test and OpenVINO extras (TensorFlow, tf_keras, matplotlib, pytest, hypothesis; openvino, ~59 MB,
+# so that tests/test_openvino.py runs instead of skipping).
 $(TRAIN): $(BIN)/ctedge
-	$(BIN)/python -m pip install --quiet -e ".[train,test]"
+	$(BIN)/python -m pip install --quiet -e ".[train,test,openvino]"
 	touch $@
 
 demo: $(BIN)/ctedge

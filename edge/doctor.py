@@ -32,6 +32,7 @@ from edge.profile import Profile, load_profile
 from edge.runtime import EDGETPU_LIBRARY
 from edge.server import users_file
 from edge.server.auth import read_users
+from edge.runtime_openvino import unavailable
 from edge.tune import AUTO, cpu_identity, fallback_variant, phantom_group, tuned_choice
 
 FAST_INT8 = {"avx512_vnni", "avx_vnni", "asimddp"}
@@ -151,7 +152,11 @@ def check_tuned(profile: Profile, card: ModelCard) -> Check:
     if choice is None:
         return Check("variant", True, f"{named} not tuned on this CPU yet: serve and watch tune on first "
                                       f"start (or run ctedge tune --config ...); until then {fallback_variant(card)}")
-    return Check("variant", True, f"{named} {choice.variant}, {choice.threads} thread(s), "
+    runtime = "" if choice.runtime == "litert" else f" on {choice.runtime}"
+    if runtime and unavailable():
+        return Check("variant", True, f"{named} tuned to run{runtime}, which cannot be used now ({unavailable()}): "
+                                      f"{fallback_variant(card)} on LiteRT until ctedge tune runs again")
+    return Check("variant", True, f"{named} {choice.variant}{runtime}, {choice.threads} thread(s), "
                                   f"{choice.ms_per_group} ms per group (tuned on this CPU {choice.tuned_at})")
 
 

@@ -80,12 +80,13 @@ class Engine:
     def from_bundle(cls, bundle: str | Path | ModelCard = DEFAULT_BUNDLE, variant: str = "int8",
                     threads: int | None = None, edgetpu: bool = False,
                     settings: Mapping[str, tuple[Any, str]] | None = None, copies: int = 1,
-                    chosen: str = "") -> Engine:
+                    chosen: str = "", runtime: str = "litert") -> Engine:
         """Load a model bundle (``model.json`` + TFLite files) of any kind (``edge.kinds``) ``copies``
         times; heatmaps when the bundle has explain models. The pipeline options come from the card;
         ``settings`` (``{key: (value, where)}``, from a profile or flags) may change the vote threshold
         and must agree with the card otherwise. ``chosen`` says how the variant was chosen (shown with
-        the model info)."""
+        the model info); ``runtime`` runs the classifier (``edge.runtime.RUNTIMES``), while Grad-CAM
+        always runs on LiteRT float32 (exact gradients)."""
         card = bundle if isinstance(bundle, ModelCard) else load_card(bundle)
         settings = {k: (_card_segmenter(v, card) if k == "segmenter" else v, where)
                     for k, (v, where) in (settings or {}).items()}
@@ -93,7 +94,7 @@ class Engine:
         kind = KINDS[card.kind]
 
         def load() -> Models:
-            classifier = kind.classifier(card, variant, threads, edgetpu=edgetpu)
+            classifier = kind.classifier(card, variant, threads, edgetpu=edgetpu, runtime=runtime)
             classifier.info = dataclasses.replace(classifier.info, chosen=chosen, threads=threads or 0)
             explainer = kind.explainer(card, threads) if card.explain else None
             segmenter = None if options.segmenter == "threshold" else \
@@ -113,9 +114,11 @@ class Engine:
         ``model.variant: auto`` takes the variant and threads tuned for this CPU (``edge.tune``);
         ``tune_if_missing`` tunes now when there is no such choice yet."""
         card = load_card(bundle)
-        variant, threads, chosen = resolve(card, profile.model, tune_if_missing)
-        return cls.from_bundle(card, variant, threads, edgetpu=profile.model.delegate == "edgetpu",
-                               settings=profile.pipeline_settings() | dict(flags or {}), copies=copies, chosen=chosen)
+        variant, runtime, threads, chosen = resolve(card, profile.model, tune_if_missing)
+        edgetpu = profile.model.delegate == "edgetpu"
+        return cls.from_bundle(card, variant, threads, edgetpu=edgetpu,
+                               settings=profile.pipeline_settings() | dict(flags or {}), copies=copies, chosen=chosen,
+                               runtime="litert" if edgetpu else runtime)
 
     @classmethod
     def default(cls) -> Engine:

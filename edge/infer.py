@@ -29,6 +29,7 @@ class ModelInfo:
     variant: str = ""         # the bundle variant actually run (int8, float32, ...)
     chosen: str = ""          # how that variant was chosen: tuned on this CPU, set by the profile, default
     threads: int = 0          # interpreter threads (0: not recorded)
+    runtime: str = "litert"   # the edge runtime of the classifier (edge.runtime.RUNTIMES)
     training_data: dict | None = None    # research models: what they were trained on (edge.card)
     known_biases: tuple[str, ...] = ()
     card_sha256: str = ""     # sha256 of the bundle's model.json ('' for the built-in placeholder)
@@ -43,14 +44,14 @@ class ModelInfo:
         ``placeholder`` are kept for readers of older results."""
         return {"name": self.name, "version": self.version, "status": self.status, "note": self.note,
                 "validation": self.validation, "variant": self.variant, "chosen": self.chosen, "threads": self.threads,
-                "training_data": self.training_data, "known_biases": list(self.known_biases), "banner": self.banner,
+                "runtime": self.runtime, "training_data": self.training_data, "known_biases": list(self.known_biases), "banner": self.banner,
                 "demonstration": self.status != "clinical", "placeholder": self.status == "placeholder",
                 "training_summary": training_data_summary(self.training_data), "card_sha256": self.card_sha256}
 
     @classmethod
-    def of(cls, card: ModelCard, variant: str) -> ModelInfo:
+    def of(cls, card: ModelCard, variant: str, runtime: str = "litert") -> ModelInfo:
         return cls(card.name, f"{card.version} ({variant})", card.status, card.note, evidence_line(card.validations),
-                   variant, training_data=card.training_data, known_biases=card.known_biases,
+                   variant, training_data=card.training_data, known_biases=card.known_biases, runtime=runtime,
                    card_sha256=hashlib.sha256(card.path.read_bytes()).hexdigest())
 
 
@@ -88,12 +89,14 @@ class TFLiteClassifier:
     size, input size, 1)) and returns one feature vector per slice; it is loaded with a batch of one
     slice, and a group runs through it slice by slice (``edge.runtime``: ~50x less memory, same
     features). The head turns the (1, group size, features) sequence into class probabilities.
+    ``runtime`` (``edge.runtime.RUNTIMES``) runs the encoder; the head always runs on LiteRT, since
+    OpenVINO cannot read its fused LSTM operator.
     """
 
     kind = "group"
 
     def __init__(self, bundle: str | Path | ModelCard, variant: str = "int8", threads: int | None = None,
-                 edgetpu: bool = False):
+                 edgetpu: bool = False, runtime: str = "litert"):
         self.card = bundle if isinstance(bundle, ModelCard) else load_card(bundle)
         files = self.card.files(variant)
         self.variant = variant
@@ -104,9 +107,9 @@ class TFLiteClassifier:
         if shape != expected:
             raise ModelLoadError(files["encoder"], f"input shape {shape} does not match the model card "
                                                    f"{self.card.path} (group_size, input_size): {expected}")
-        self.encoder = load_interpreter(files["encoder"], threads, edgetpu=edgetpu, batch=1)
+        self.encoder = load_interpreter(files["encoder"], threads, edgetpu=edgetpu, batch=1, runtime=runtime)
         self.head = load_interpreter(files["head"], threads)
-        self.info = ModelInfo.of(self.card, variant)
+        self.info = ModelInfo.of(self.card, variant, runtime)
 
     def features(self, group: np.ndarray) -> np.ndarray:
         """Per-slice encoder features of one (group size, size, size) uint8 group."""
@@ -120,24 +123,25 @@ class TFLiteClassifier:
 class SliceClassifier:
     """A 2-D classifier as one TFLite model (``model`` of the card's variant): input one
     (1, input size, input size, 1) uint8 slice or radiograph, output the probabilities over the
-    card's classes. Its ``kind`` is the card's (``slice`` or ``image``)."""
+    card's classes. Its ``kind`` is the card's (``slice`` or ``image``); ``runtime`` as for
+    :class:`TFLiteClassifier` (the whole model)."""
 
     def __init__(self, bundle: str | Path | ModelCard, variant: str = "int8", threads: int | None = None,
-                 edgetpu: bool = False):
+                 edgetpu: bool = False, runtime: str = "litert"):
         self.card = bundle if isinstance(bundle, ModelCard) else load_card(bundle)
         self.kind = self.card.kind
         files = self.card.files(variant)
         self.variant = variant
         self.classes = self.card.classes
         self.rule = self.card.patient_rule
-        self.model = load_interpreter(files["model"], threads, edgetpu=edgetpu)
+        self.model = load_interpreter(files["model"], threads, edgetpu=edgetpu, runtime=runtime)
         size = self.card.preprocessing.input_size
         shape = tuple(int(d) for d in self.model.get_input_details()[0]["shape"])
         outputs = tuple(int(d) for d in self.model.get_output_details()[0]["shape"])
         if shape != (1, size, size, 1) or outputs != (1, len(self.classes)):
             raise ModelLoadError(files["model"], f"input {shape} and output {outputs} do not match the model card "
                                                  f"{self.card.path}: (1, {size}, {size}, 1) and (1, {len(self.classes)})")
-        self.info = ModelInfo.of(self.card, variant)
+        self.info = ModelInfo.of(self.card, variant, runtime)
 
     def predict(self, image: np.ndarray) -> np.ndarray:
         """Class probabilities of one (size, size) uint8 slice."""

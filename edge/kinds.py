@@ -72,8 +72,8 @@ def kept_slices(prepared: PreparedStudy) -> list[np.ndarray]:
 
 @dataclass(frozen=True)
 class Kind:
-    classifier: Callable[..., Any]        # (card, variant, threads, edgetpu=) -> classifier
-    explainer: Callable[..., Any]         # (card, threads) -> Grad-CAM on the edge runtime
+    classifier: Callable[..., Any]        # (card, variant, threads, edgetpu=, runtime=) -> classifier
+    explainer: Callable[..., Any]         # (card, threads) -> Grad-CAM on LiteRT float32 (exact gradients)
     score: Callable[..., Scores]          # (prepared, classifier, options, timings) -> Scores
     units: Callable[..., list[np.ndarray]]   # (prepared) -> the inputs of classifier.predict, one per call
     unit: str                             # what one unit is called

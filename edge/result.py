@@ -114,6 +114,7 @@ class ModelDoc(_ModelDoc, total=False):
     variant: str
     chosen: str
     threads: int
+    runtime: str                    # edge.runtime.RUNTIMES: what ran the classifier
     training_data: dict[str, Any] | None
     known_biases: list[str]
     training_summary: str

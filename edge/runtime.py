@@ -25,8 +25,11 @@ from typing import Any
 import numpy as np
 
 from edge.errors import ModelLoadError
+from edge.runtime_openvino import OpenVinoInterpreter
 
 EDGETPU_LIBRARY = "libedgetpu.so.1"
+RUNTIMES = ("litert", "openvino-f32", "openvino-bf16")
+"""The edge runtimes: LiteRT (XNNPACK), and OpenVINO with its precision hint (``edge.runtime_openvino``)."""
 
 
 def _interpreter_module() -> Any:
@@ -42,8 +45,9 @@ def _interpreter_module() -> Any:
 
 
 def load_interpreter(path: str | Path, threads: int | None = None, edgetpu: bool = False,
-                     batch: int | None = None, xnnpack: bool = True) -> Any:
-    """Create and allocate an interpreter for ``path`` with ``threads`` (default: all cores);
+                     batch: int | None = None, xnnpack: bool = True, runtime: str = "litert") -> Any:
+    """Create and allocate an interpreter for ``path`` with ``threads`` (default: all cores) on
+    ``runtime`` (one of :data:`RUNTIMES`; OpenVINO: ``edge.runtime_openvino``, not with ``edgetpu``);
     with ``edgetpu``, load the Coral delegate. ``batch`` rewrites the model's static batch (see the
     module docstring; not with ``edgetpu``, whose compiled operator fixes the shapes). ``xnnpack=False``
     runs TFLite's own kernels: for a model of many small operators (the Grad-CAM head) they are
@@ -52,6 +56,12 @@ def load_interpreter(path: str | Path, threads: int | None = None, edgetpu: bool
     threads = threads or os.cpu_count() or 1
     if not path.is_file():
         raise ModelLoadError(path, "model file not found")
+    if runtime not in RUNTIMES:
+        raise ModelLoadError(path, f"unknown runtime {runtime!r}; known: {', '.join(RUNTIMES)}")
+    if runtime != "litert":
+        if edgetpu:
+            raise ModelLoadError(path, "the Edge TPU runs on LiteRT only, not on OpenVINO")
+        return OpenVinoInterpreter(path, file_details(path), threads, runtime.removeprefix("openvino-"), batch)
     module = _interpreter_module()
     model = {"model_path": str(path)} if batch is None or edgetpu else {"model_content": with_batch(path, batch)}
     delegates = []
@@ -115,6 +125,31 @@ def _reading(path: str | Path, data: bytearray) -> Iterator[Any]:
 def _input_shape(model: Any) -> tuple[int, ...]:
     graph = model.Subgraphs(0)
     return tuple(int(d) for d in graph.Tensors(graph.Inputs(0)).ShapeAsNumpy())
+
+
+TFLITE_DTYPES = {0: np.float32, 1: np.float16, 2: np.int32, 3: np.uint8, 4: np.int64, 7: np.int16, 9: np.int8}
+"""TFLite tensor type codes (schema ``TensorType``) -> NumPy dtypes, for the types models here take and give."""
+
+
+def file_details(path: str | Path) -> tuple[list[dict], list[dict]]:
+    """The input and output details of a TFLite model's main graph as the interpreter reports them
+    (``index``, ``shape``, ``dtype``, ``quantization`` (scale, zero point)), read from the file: what
+    another runtime reading the same file (``edge.runtime_openvino``) needs to quantise and dequantise."""
+    with _reading(path, bytearray(Path(path).read_bytes())) as model:
+        graph = model.Subgraphs(0)
+
+        def details(index: int) -> dict:
+            tensor = graph.Tensors(index)
+            q = tensor.Quantization()
+            scale = float(q.Scale(0)) if q is not None and q.ScaleLength() else 0.0
+            zero = int(q.ZeroPoint(0)) if q is not None and q.ZeroPointLength() else 0
+            if tensor.Type() not in TFLITE_DTYPES:
+                raise ModelLoadError(path, f"tensor type {tensor.Type()} of an input or output is not supported")
+            return {"index": index, "shape": np.array(tensor.ShapeAsNumpy(), np.int32),
+                    "dtype": TFLITE_DTYPES[tensor.Type()], "quantization": (scale, zero)}
+
+        return ([details(graph.Inputs(i)) for i in range(graph.InputsLength())],
+                [details(graph.Outputs(i)) for i in range(graph.OutputsLength())])
 
 
 def quantize_input(x: np.ndarray, detail: dict) -> np.ndarray:

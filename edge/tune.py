@@ -11,6 +11,14 @@ flags and core count, and the bundle's content hash. A profile whose ``model.var
 the profile's explicit variant. ``ctedge tune`` does this for every bundle of a profile
 (CT, X-ray: each has its own record); for a 2-D bundle the "group" is one slice or radiograph.
 
+Every edge runtime is measured: LiteRT, and OpenVINO (``edge.runtime_openvino``, an extra) with
+an explicit precision hint, f32, and bf16 where the CPU computes bf16 natively. Each (runtime,
+variant, precision hint) is a candidate. A LiteRT variant is eligible when ``fidelity.json`` passes
+it; an OpenVINO candidate must in addition agree with LiteRT float32 (the bundle's float32 variant,
+else LiteRT of the same variant) on the tuned input and two phantom groups: same top-1 class, max
+probability difference <= 0.05. OpenVINO missing or unable to read a file: its candidates are
+skipped with the reason, never an error.
+
 The cache is one JSON file, owner-only (0600 in a 0700 folder): ``$CTEDGE_TUNE_CACHE`` if set,
 else ``$XDG_CACHE_HOME/ctedge/tuned.json`` (``~/.cache/ctedge/tuned.json``).
 """
@@ -38,6 +46,8 @@ from edge.pipeline import PREPARE
 from edge.preprocess.segment import ThresholdSegmenter
 from edge.preprocess.window import clahe, lung_window, resize_slices
 from edge.profile import ModelSettings
+from edge.runtime import RUNTIMES
+from edge.runtime_openvino import unavailable
 
 log = logging.getLogger("ctedge.tune")
 
@@ -48,6 +58,10 @@ MAX_PROB_DIFF = 0.05
 ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni",
              "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16", "asimd", "asimddp", "i8mm", "sve")
 """The instruction-set flags that decide which TFLite/XNNPACK kernels run (x86 and Arm)."""
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+"""Flags of a CPU that computes bf16 natively: only there is OpenVINO's bf16 hint a candidate."""
+FIDELITY_SEEDS = (1, 2)
+"""Phantom groups (besides the tuned input) on which an OpenVINO candidate must agree with LiteRT."""
 
 
 def cpu_identity() -> dict:
@@ -120,16 +134,18 @@ class Choice:
     ms_per_group: float
     tuned_at: str
     cpu: str
+    runtime: str = "litert"          # records made before OpenVINO was measured are LiteRT's
 
     def describe(self) -> str:
-        return f"{self.variant}, {self.threads} thread(s): {self.ms_per_group:.1f} ms/group, tuned {self.tuned_at}"
+        return (f"{self.variant} on {self.runtime}, {self.threads} thread(s): {self.ms_per_group:.1f} ms/group, "
+                f"tuned {self.tuned_at}")
 
 
 def tuned_choice(bundle: str | Path | ModelCard, cache: Path | None = None) -> Choice | None:
     """The recorded choice for this CPU and ``bundle``, or None (what ``ctedge doctor`` shows)."""
     card = bundle if isinstance(bundle, ModelCard) else load_card(bundle)
     entry = _read_cache(cache or cache_path()).get(cpu_key(), {}).get(bundle_key(card))
-    if not entry or entry.get("variant") not in card.variants:
+    if not entry or entry.get("variant") not in card.variants or entry.get("runtime", "litert") not in RUNTIMES:
         return None
     try:
         return Choice(**entry)
@@ -178,9 +194,40 @@ def study_group(card: ModelCard, study: Path) -> np.ndarray:
     return KINDS[card.kind].units(PREPARE[card.modality](study, card.preprocessing))[0]
 
 
-def time_variant(card: ModelCard, variant: str, threads: int, group: np.ndarray, repeats: int) -> tuple[float, np.ndarray]:
+def candidates(card: ModelCard, variants: Sequence[str]) -> tuple[list[tuple[str, str]], list[str]]:
+    """The (runtime, variant) pairs to measure for ``variants`` on this CPU, and one line per runtime
+    skipped with its reason (OpenVINO not installed, bf16 not native here)."""
+    pairs = [("litert", v) for v in variants]
+    skipped = []
+    reason = unavailable()
+    if reason:
+        return pairs, [f"openvino-f32, openvino-bf16: {reason}"]
+    pairs += [("openvino-f32", v) for v in variants]
+    if set(BF16_FLAGS) & set(cpu_identity()["flags"]):
+        pairs += [("openvino-bf16", v) for v in variants]
+    else:
+        skipped.append(f"openvino-bf16: this CPU has no {' or '.join(BF16_FLAGS)} (OpenVINO would run f32)")
+    return pairs, skipped
+
+
+def fidelity_check(card: ModelCard, runtime: str, variant: str, units: Sequence[np.ndarray],
+                   reference: Sequence[np.ndarray]) -> float:
+    """Max probability difference of ``variant`` on ``runtime`` from ``reference`` (LiteRT float32's
+    probabilities) over ``units``; infinity when a top-1 class differs."""
+    classifier = KINDS[card.kind].classifier(card, variant, 1, runtime=runtime)
+    worst = 0.0
+    for unit, ref in zip(units, reference):
+        probs = np.asarray(classifier.predict(unit), float)
+        if int(np.argmax(probs)) != int(np.argmax(ref)):
+            return float("inf")
+        worst = max(worst, float(np.abs(probs - ref).max()))
+    return worst
+
+
+def time_variant(card: ModelCard, variant: str, threads: int, group: np.ndarray, repeats: int,
+                 runtime: str = "litert") -> tuple[float, np.ndarray]:
     """Median ms per group over ``repeats`` (after one warm-up call) and the probabilities."""
-    classifier = KINDS[card.kind].classifier(card, variant, threads)
+    classifier = KINDS[card.kind].classifier(card, variant, threads, runtime=runtime)
     probs = classifier.predict(group)
     times = []
     for _ in range(repeats):
@@ -192,19 +239,43 @@ def time_variant(card: ModelCard, variant: str, threads: int, group: np.ndarray,
 
 def tune(card: ModelCard, group: np.ndarray, max_threads: int | None = None, repeats: int = 5,
          variants: Sequence[str] | None = None) -> tuple[Choice, list[dict]]:
-    """Time every eligible variant with 1..``max_threads`` threads on ``group``; the fastest and all rows."""
+    """Time every candidate (:func:`candidates` of the eligible variants) with 1..``max_threads``
+    threads on ``group``; the fastest faithful one and all rows. A skipped or unfaithful candidate
+    is a row with ``skipped`` (its reason) and no time."""
     max_threads = max_threads or os.cpu_count() or 1
     variants = list(variants or eligible_variants(card))
-    rows, reference = [], None
-    for variant in variants:
+    pairs, skipped = candidates(card, variants)
+    rows: list[dict] = [{"runtime": line.partition(":")[0], "variant": "all", "threads": None, "skipped": line.partition(": ")[2]}
+                        for line in skipped]
+    checks: list[np.ndarray] = []
+    references: list[np.ndarray] = []
+    first = None
+    for runtime, variant in pairs:
+        diff = None
+        if runtime != "litert":
+            if not checks:
+                checks = [group, *(phantom_group(card, seed) for seed in FIDELITY_SEEDS)]
+                base = KINDS[card.kind].classifier(card, "float32" if "float32" in card.variants else variant, 1)
+                references = [np.asarray(base.predict(u), float) for u in checks]
+            try:
+                diff = fidelity_check(card, runtime, variant, checks, references)
+            except ModelLoadError as exc:
+                rows.append({"runtime": runtime, "variant": variant, "threads": None, "skipped": exc.problem})
+                continue
+            if diff > MAX_PROB_DIFF:
+                rows.append({"runtime": runtime, "variant": variant, "threads": None, "max_prob_diff_vs_float32":
+                             None if diff == float("inf") else round(diff, 6),
+                             "skipped": f"not faithful to LiteRT float32 (top-1 differs or max |dp| > {MAX_PROB_DIFF})"})
+                continue
         for threads in range(1, max_threads + 1):
-            ms, probs = time_variant(card, variant, threads, group, repeats)
-            reference = probs if reference is None else reference
-            rows.append({"variant": variant, "threads": threads, "ms_per_group_median": round(ms, 2),
-                         "max_prob_diff_vs_first": round(float(np.abs(probs - reference).max()), 6)})
-    best = min(rows, key=lambda r: r["ms_per_group_median"])  # type: ignore[arg-type, return-value]
-    choice = Choice(best["variant"], best["threads"], best["ms_per_group_median"],  # type: ignore[arg-type]
-                    datetime.now(timezone.utc).isoformat(timespec="seconds"), cpu_key())
+            ms, probs = time_variant(card, variant, threads, group, repeats, runtime)
+            first = probs if first is None else first
+            rows.append({"runtime": runtime, "variant": variant, "threads": threads, "ms_per_group_median": round(ms, 2),
+                         "max_prob_diff_vs_first": round(float(np.abs(probs - first).max()), 6),
+                         "max_prob_diff_vs_float32": None if diff is None else round(diff, 6)})
+    best = min((r for r in rows if "skipped" not in r), key=lambda r: r["ms_per_group_median"])
+    choice = Choice(best["variant"], best["threads"], best["ms_per_group_median"],
+                    datetime.now(timezone.utc).isoformat(timespec="seconds"), cpu_key(), best["runtime"])
     return choice, rows
 
 
@@ -222,17 +293,22 @@ def fallback_variant(card: ModelCard) -> str:
     return FALLBACK_VARIANT if FALLBACK_VARIANT in card.variants else next(iter(card.variants))
 
 
-def resolve(card: ModelCard, model: ModelSettings, tune_if_missing: bool = False) -> tuple[str, int, str]:
-    """The variant and threads that ``card``'s bundle runs under the profile's ``model`` settings, and
-    how they were chosen. The variant asked of the bundle (``ModelSettings.variant_of``) ``auto``
+def resolve(card: ModelCard, model: ModelSettings, tune_if_missing: bool = False) -> tuple[str, str, int, str]:
+    """The variant, runtime and threads that ``card``'s bundle runs under the profile's ``model``
+    settings, and how they were chosen (an explicit variant runs on LiteRT; a tuned choice on a
+    runtime that is no longer installed falls back as if untuned). The variant asked of the bundle (``ModelSettings.variant_of``) ``auto``
     takes the tuned choice for this CPU (tuning now with a phantom group when ``tune_if_missing``,
     else falling back to int8); ``model.threads`` 0 takes the tuned thread count (else all cores)."""
     variant, why = model.variant_of(card)
     threads = model.threads
     if variant != AUTO:
-        return variant, threads or os.cpu_count() or 1, "set by the profile or flags"
+        return variant, "litert", threads or os.cpu_count() or 1, "set by the profile or flags"
     why = f"{why}: " if why else ""
     choice = tuned_choice(card)
+    if choice is not None and choice.runtime != "litert" and unavailable():
+        log.warning("the tuned choice runs on %s, which cannot be used now (%s): run `ctedge tune` again",
+                    choice.runtime, unavailable())
+        choice = None
     if choice is None and tune_if_missing:
         log.warning("no tuned model variant for this CPU yet: measuring the variants (ctedge tune) once")
         choice, _ = tune(card, phantom_group(card), repeats=3)
@@ -240,5 +316,5 @@ def resolve(card: ModelCard, model: ModelSettings, tune_if_missing: bool = False
     if choice is None:
         fallback = fallback_variant(card)
         log.info("no tuned model variant for this CPU: using %s; run `ctedge tune` to measure", fallback)
-        return fallback, threads or os.cpu_count() or 1, f"{why}default (not tuned on this CPU: run ctedge tune)"
-    return choice.variant, threads or choice.threads, f"{why}tuned on this CPU ({choice.tuned_at})"
+        return fallback, "litert", threads or os.cpu_count() or 1, f"{why}default (not tuned on this CPU: run ctedge tune)"
+    return choice.variant, choice.runtime, threads or choice.threads, f"{why}tuned on this CPU ({choice.tuned_at})"

@@ -1,7 +1,7 @@
 """Build the offline installer archive ``dist/ctedge-<version>-linux_<arch>.tar.gz``.
 
 The archive holds the ctedge wheel and the wheels of its edge dependencies (read from
-pyproject.toml at build time) for each target Python, a lock file pinning every wheel by
+pyproject.toml at build time; on x86-64 also the ``openvino`` extra, see :data:`ARCH_EXTRAS`) for each target Python, a lock file pinning every wheel by
 version and sha256, pip's own wheel (install.sh runs pip from it), the model bundles, the
 device profiles, one sample study, ``install.sh`` and ``SHA256SUMS`` for the files the lock
 does not cover. Needs the package index (or pip's configured mirrors) at build time only.
@@ -31,6 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 MANYLINUX = "manylinux_2_28"          # newest glibc the target may need: Debian 10+, Ubuntu 20.04+, RHEL 8+
 PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
 SAMPLE = ROOT / "samples" / "covid-ct-md" / "COVID-19_P002"
+ARCH_EXTRAS = {"x86_64": ["openvino"]}
+"""Extras the archive of a CPU includes: OpenVINO runs int8 faster than LiteRT on AVX2-only x86-64 (docs/benchmarks.md)."""
 WHEEL_NAME = re.compile(r"^(?P<name>[^-]+)-(?P<version>[^-]+)-.+\.whl$")
 
 
@@ -63,7 +65,9 @@ def main(argv: list[str] | None = None) -> int:
 def build(out: Path, arch: str, pythons: list[str], native: bool = False) -> Path:
     """Build the archive into ``out`` and return its path."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    version, requirements = project["version"], project["dependencies"]
+    version = project["version"]
+    requirements = project["dependencies"] + [r for extra in ARCH_EXTRAS.get(arch, [])
+                                              for r in project["optional-dependencies"][extra]]
     name = f"ctedge-{version}-linux_{arch}"
     with tempfile.TemporaryDirectory(prefix="ctedge-bundle-") as tmp:
         stage = Path(tmp) / name

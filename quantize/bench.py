@@ -1,6 +1,10 @@
 """``ctedge bench``: Keras float vs TFLite float32 vs TFLite int8 on the same real units (50-slice
-groups of a group model, kept slices of a slice model), in one process; a bundle without one of the
-two TFLite variants runs the other (the int8 vs float32 figures are then null).
+groups of a group model, kept slices of a slice model), on every edge runtime: LiteRT in this
+process, OpenVINO (f32 hint; bf16 where the CPU computes it) in a subprocess that gets the same
+``--dispatch`` (``quantize.openvino_bench``); a bundle without one of the two TFLite variants runs
+the other (the int8 vs float32 figures are then null). Each runtime's kernels are named (LiteRT:
+XNNPACK's dispatch; OpenVINO: the oneDNN kernels of its runtime model) and every row's speed is
+given as a ratio to LiteRT float32, with the load average before and after.
 
 Every figure printed comes from this run: per-unit latency (min and median over repeats),
 agreement with Keras, the per-patient time by stage, peak memory, parameters, FLOPs per unit and
@@ -26,8 +30,9 @@ from edge.ingest.pydicom_adapter import first_plugin
 from edge.ingest.sources import study_files
 from edge.kinds import KINDS
 from edge.pipeline import PREPARE, run_study
-from edge.tune import cpu_identity, tune
+from edge.tune import BF16_FLAGS, cpu_identity, tune
 from quantize.fidelity import bundle_sizes, compare
+from quantize.openvino_bench import openvino_rows
 
 
 def measure_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
@@ -121,7 +126,7 @@ def _tune_rows(card, group: np.ndarray, threads: int, repeats: int) -> dict:
     """Every variant that passes the fidelity thresholds with 1..``threads`` threads (what ``ctedge
     tune`` measures; nothing is recorded here)."""
     choice, rows = tune(card, group, threads, repeats)
-    return {"rows": rows, "fastest": {"variant": choice.variant, "threads": choice.threads}}
+    return {"rows": rows, "fastest": {"runtime": choice.runtime, "variant": choice.variant, "threads": choice.threads}}
 
 
 def _decode_seconds(paths: list[Path], shape: tuple[int, int], mode: str) -> float:
@@ -135,10 +140,12 @@ BENCH_VARIANTS = ("float32", "int8")
 
 
 def bench(study: Path, bundle: Path, keras_run: Path | None, repeats: int, threads: int | None,
-          layers: bool = False) -> dict:
-    """Run the bundle's float32 and int8 variants (those it has) and Keras on the units (groups, slices or
-    the radiograph, by the bundle's kind) of ``study`` and return the benchmark document; the int8 vs
-    float32 figures are None unless the bundle has both."""
+          layers: bool = False, dispatch: str = "native") -> dict:
+    """Run the bundle's float32 and int8 variants (those it has) on every runtime, and Keras, on the
+    units (groups, slices or the radiograph, by the bundle's kind) of ``study`` and return the
+    benchmark document; the int8 vs float32 figures are None unless the bundle has both. ``dispatch``
+    (set in this process by the caller) is passed on to OpenVINO's subprocess."""
+    load_before = os.getloadavg()
     threads = threads or os.cpu_count() or 1
     card = load_card(bundle)
     kind = KINDS[card.kind]
@@ -170,17 +177,38 @@ def bench(study: Path, bundle: Path, keras_run: Path | None, repeats: int, threa
                        "max_prob_diff": None if name == reference else r["max_abs_prob_diff"]}
                 for name, r in results.items()}
     variants.update({name: {"error": why} for name, why in errors.items()})
-    peak = measure_peak_gflops()
+    cpu = cpu_identity()
     median = {n: r[f"ms_per_{unit}_median"] for n, r in results.items()}
+    runtimes: dict[str, dict] = {"litert": {"kernels": "XNNPACK, " + ("AVX2 + FMA (wider flags hidden)"
+                                                                      if dispatch == "avx2" else "native dispatch")}}
+    ov_runtimes = ["openvino-f32"] + (["openvino-bf16"] if set(BF16_FLAGS) & set(cpu["flags"]) else [])
+    ov = openvino_rows(card.bundle, units, threads, repeats, dispatch, ov_runtimes, present)
+    if "skipped" in ov:
+        runtimes["openvino"] = {"skipped": ov["skipped"]}
+    else:
+        reference_probs = np.stack([predictors[reference](u) for u in units])
+        for name, row in ov.items():
+            runtimes[name.rpartition("_")[0]] = {"onednn_max_cpu_isa": row.get("onednn_max_cpu_isa")}
+            if "error" in row:
+                variants[name] = {"error": row["error"]}
+                continue
+            probs = np.asarray(row["probs"])
+            variants[name] = {f"ms_per_{unit}_median": row["ms_median"], f"ms_per_{unit}_min": row["ms_min"],
+                              "size_bytes": sizes.get(name.rpartition("_")[2]),
+                              f"agreement_with_{reference}": float((probs.argmax(1) == reference_probs.argmax(1)).mean()),
+                              "max_prob_diff": float(np.abs(probs - reference_probs).max()), "kernels": row["kernels"]}
+            median[name] = row["ms_median"]
+    peak = measure_peak_gflops()
     both = len(present) == len(BENCH_VARIANTS)
     end_to_end = present[-1]                         # int8 where the bundle has it
-    cpu = cpu_identity()
+    base = median.get("tflite_float32")
     return {
         "model": {"name": card.name, "kind": card.kind, "banner": card.banner, "input_size": card.preprocessing.input_size},
         "unit": unit, "study_units": len(units), "repeats": repeats, "threads": threads,
         "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
         "cpu_flags": cpu["flags"], "cpu_model": cpu["model"],
-        "variants": variants,
+        "variants": variants, "runtimes": runtimes, "dispatch_kernels": dispatch,
+        "ratio_vs_litert_float32": {n: round(base / ms, 2) for n, ms in median.items()} if base else None,
         "speedup_int8_vs_float32": round(median["tflite_float32"] / median["tflite_int8"], 2) if both else None,
         "speedup_int8_vs_keras": round(median["keras"] / median["tflite_int8"], 2)
                                  if "keras" in median and "tflite_int8" in median else None,
@@ -194,6 +222,7 @@ def bench(study: Path, bundle: Path, keras_run: Path | None, repeats: int, threa
         "variants_by_threads": _tune_rows(card, units[0], threads, repeats),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "layers": _layers(card, units[0], threads, repeats) if layers and card.kind == "group" else None,
+        "load_average": {"before": [round(x, 2) for x in load_before], "after": [round(x, 2) for x in os.getloadavg()]},
     }
 
 
@@ -207,11 +236,13 @@ def _layers(card, group: np.ndarray, threads: int, repeats: int) -> dict:
 
 
 def add_bench(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="benchmark Keras vs TFLite float32 vs TFLite int8 on one study",
-                       description="Runs Keras (--keras) and the bundle's float32 and int8 variants (those it has) in this process on the same real units (50-slice groups of "
+    p = sub.add_parser("bench", help="benchmark Keras vs TFLite float32 vs TFLite int8 on every runtime on one study",
+                       description="Runs Keras (--keras) and the bundle's float32 and int8 variants (those it has) on "
+                                   "LiteRT in this process and on OpenVINO (when installed) in a subprocess, on the same real units (50-slice groups of "
                                    "a group model, kept slices of a slice model) and prints latency per unit, "
-                                   "agreement, speed-ups, parameters, FLOPs, the fraction of the CPU's measured peak, "
-                                   "time per stage and peak memory.")
+                                   "agreement, speed-ups and ratios to LiteRT float32, each runtime's kernels, "
+                                   "parameters, FLOPs, the fraction of the CPU's measured peak, "
+                                   "time per stage, peak memory and the load average.")
     p.add_argument("study", type=Path, help="a CT study (folder, zip)")
     p.add_argument("--model", type=Path, required=True, help="TFLite bundle folder (model.json)")
     p.add_argument("--keras", type=Path, default=None,
@@ -222,7 +253,8 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
                    help="also time the encoder stage by stage in each quantization layout (needs TensorFlow)")
     p.add_argument("--dispatch", choices=("native", "avx2"), default="native",
                    help="avx2: run XNNPACK's AVX2 + FMA kernels even on a CPU with AVX-512/VNNI/AMX (its flags hidden "
-                        "from the runtime's CPU detection), to predict an AVX2-only box; ratios hold, times are this CPU's")
+                        "from the runtime's CPU detection) and OpenVINO's with ONEDNN_MAX_CPU_ISA=AVX2, to predict an "
+                        "AVX2-only box; ratios hold, times are this CPU's")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench)
 
@@ -246,7 +278,8 @@ def _dispatch(choice: str) -> dict:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     dispatch = _dispatch(args.dispatch)
-    doc = {**bench(args.study, args.model, args.keras, args.repeats, args.threads, args.layers), "dispatch": dispatch}
+    doc = {**bench(args.study, args.model, args.keras, args.repeats, args.threads, args.layers, args.dispatch),
+           "dispatch": dispatch}
     if args.json:
         print(json.dumps(doc, indent=2))
         return 0
@@ -258,16 +291,25 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(f"*** {doc['model']['banner']} *** (timings are valid; its verdicts are not)")
     print(f"{doc['model']['name']} ({doc['model']['kind']} model, {doc['model']['input_size']} px): "
           f"{doc['study_units']} {unit}s of {args.study}")
-    print(f"{'variant':<16}{f'median ms/{unit}':>17}{f'min ms/{unit}':>14}{'KiB':>8}{'agree':>8}{'max |dp|':>10}")
+    ratios = doc["ratio_vs_litert_float32"] or {}
+    print(f"{'variant':<22}{f'median ms/{unit}':>17}{f'min ms/{unit}':>14}{'KiB':>8}{'agree':>8}{'max |dp|':>10}"
+          f"{'vs LiteRT f32':>15}")
     for name, r in doc["variants"].items():
         if "error" in r:
-            print(f"{name:<16} not run: {r['error']}")
+            print(f"{name:<22} not run: {r['error']}")
             continue
         agree = next(v for k, v in r.items() if k.startswith("agreement_with_"))
         size = f"{r['size_bytes'] / 1024:.0f}" if r["size_bytes"] else "-"
         agree, diff = ("ref", "-") if agree is None else (f"{agree:.1%}", f"{r['max_prob_diff']:.4f}")
-        print(f"{name:<16}{r[f'ms_per_{unit}_median']:>17.1f}{r[f'ms_per_{unit}_min']:>14.1f}"
-              f"{size:>8}{agree:>8}{diff:>10}")
+        ratio = f"{ratios[name]}x" if name in ratios else "-"
+        print(f"{name:<22}{r[f'ms_per_{unit}_median']:>17.1f}{r[f'ms_per_{unit}_min']:>14.1f}"
+              f"{size:>8}{agree:>8}{diff:>10}{ratio:>15}")
+    for runtime, r in doc["runtimes"].items():
+        print(f"kernels of {runtime}: {r['kernels']}" if "kernels" in r else
+              f"{runtime}: skipped: {r['skipped']}" if "skipped" in r else
+              f"kernels of {runtime} (ONEDNN_MAX_CPU_ISA={r['onednn_max_cpu_isa']}): "
+              + "; ".join(f"{n}: {_kernels(v['kernels'])}" for n, v in doc["variants"].items()
+                          if n.startswith(runtime + "_") and "kernels" in v))
     if doc["speedup_int8_vs_float32"] is None:
         print("speed-up int8 vs float32, float32/int8 size: not in this bundle (it has "
               f"{', '.join(n.removeprefix('tflite_') for n in doc['variants'] if n.startswith('tflite_'))})")
@@ -284,7 +326,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print(f"end to end with {doc['end_to_end_variant']}, ms: "
           + ", ".join(f"{k} {v:.0f}" for k, v in doc["end_to_end_ms_by_stage"].items()))
     for r in doc["variants_by_threads"]["rows"]:
-        print(f"  {r['variant']:<8} {r['threads']} thread(s): {r['ms_per_group_median']:.1f} ms/group "
+        if "skipped" in r:
+            print(f"  {r['runtime']:<14} {r['variant']:<8} skipped: {r['skipped']}")
+            continue
+        print(f"  {r['runtime']:<14} {r['variant']:<8} {r['threads']} thread(s): {r['ms_per_group_median']:.1f} ms/group "
               f"(max |dp| vs first row {r['max_prob_diff_vs_first']:.4f})")
     print(f"fastest here: {doc['variants_by_threads']['fastest']}")
     if doc["layers"]:
@@ -301,5 +346,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
               + ", ".join(f"{k} {v}" for k, v in d["ms_per_slice"].items())
               + f"; speed-up threads {d['speedup_threads']}x, processes {d['speedup_processes']}x")
     print(f"peak RSS {doc['peak_rss_mb']} MB; {doc['threads']} threads on {doc['cpu_count']} CPUs ({doc['cpu_model']}; "
-          f"flags: {' '.join(doc['cpu_flags'])})")
+          f"flags: {' '.join(doc['cpu_flags'])}); load average before {doc['load_average']['before']}, "
+          f"after {doc['load_average']['after']}")
     return 0
+
+
+def _kernels(counts: dict[str, int]) -> str:
+    return ", ".join(f"{name} x{n}" for name, n in sorted(counts.items(), key=lambda kv: -kv[1]))

@@ -9,6 +9,7 @@ import pytest
 from edge.cli import main
 from edge.engine import DEFAULT_BUNDLE
 from edge.runtime import load_interpreter
+from edge.runtime_openvino import unavailable
 from quantize.avx2_dispatch import cpu_flags
 from tests.helpers.paths import REPO, SAMPLES
 
@@ -57,6 +58,12 @@ def test_bench_with_avx2_dispatch_reports_it_and_the_variants_agree():
     assert doc["dispatch"]["kernels"] == "avx2"
     assert BEYOND_AVX2 <= set(doc["dispatch"]["hidden_flags"])
     assert doc["variants"]["tflite_int8"]["agreement_with_tflite_float32"] == 1.0
+    assert len(doc["load_average"]["before"]) == 3 and doc["ratio_vs_litert_float32"]["tflite_float32"] == 1.0
+    if not unavailable():          # OpenVINO ran in its subprocess with oneDNN limited to AVX2
+        assert doc["runtimes"]["openvino-f32"]["onednn_max_cpu_isa"] == "AVX2"
+        convolutions = [k for k in doc["variants"]["openvino-f32_int8"]["kernels"] if k.startswith("Convolution")]
+        assert convolutions and all("avx2" in k for k in convolutions), convolutions
+        assert doc["variants"]["openvino-f32_int8"]["agreement_with_tflite_float32"] == 1.0
     text = subprocess.run([sys.executable, "-m", "edge.cli", "bench", str(SAMPLES / "COVID-19_P002"), "--model",
                            str(DEFAULT_BUNDLE), "--repeats", "1", "--threads", "1", "--dispatch", "avx2"],
                           cwd=REPO, capture_output=True, text=True, timeout=600).stdout

@@ -20,7 +20,7 @@ LAYERS: dict[str, int] = {
     "edge": 1, "edge.errors": 1, "edge.card": 1, "edge.options": 1, "edge.profile": 1,
     "edge.vote": 1, "edge.evidence": 1, "edge.metrics": 1, "edge.result": 1, "edge.storage": 1, "edge.untrusted": 1,
     # L2 reading studies, preprocessing, the interpreters
-    "edge.ingest": 2, "edge.preprocess": 2, "edge.runtime": 2, "edge.phantom": 2, "edge.dataset": 2,
+    "edge.ingest": 2, "edge.preprocess": 2, "edge.runtime": 2, "edge.runtime_openvino": 2, "edge.phantom": 2, "edge.dataset": 2,
     "edge.selection_report": 2,
     # L3 the study's stage types (they hold ingest's Volume and preprocess's Selection, hence not L1),
     # model kinds: classifiers, Grad-CAM, scoring

@@ -16,6 +16,7 @@ from edge.cli import main
 from edge.engine import DEFAULT_BUNDLE, Device, Engine, Models
 from edge.errors import ModelLoadError
 from edge.infer import PlaceholderClassifier, TFLiteClassifier
+from edge.ingest import parallel
 from edge.ingest.parallel import decode_series
 from edge.phantom import make_phantom, write_dicom_series
 from edge.profile import default_profile
@@ -65,8 +66,10 @@ def test_the_tuned_variant_is_recorded_owner_only_and_used_by_predict(tmp_path, 
     assert main(["tune", "--max-threads", "1", "--repeats", "1", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     [tuned] = doc["bundles"]
-    assert {r["variant"] for r in tuned["rows"]} == set(eligible_variants(load_card(DEFAULT_BUNDLE)))
-    assert tuned["choice"]["variant"] == min(tuned["rows"], key=lambda r: r["ms_per_group_median"])["variant"]
+    assert {r["variant"] for r in tuned["rows"] if r["runtime"] == "litert"} == set(eligible_variants(load_card(DEFAULT_BUNDLE)))
+    timed = [r for r in tuned["rows"] if "skipped" not in r]
+    fastest = min(timed, key=lambda r: r["ms_per_group_median"])
+    assert (tuned["choice"]["variant"], tuned["choice"]["runtime"]) == (fastest["variant"], fastest["runtime"])
     assert set(doc["cpu"]["flags"]) <= {"sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni",
                                         "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16", "asimd",
                                         "asimddp", "i8mm", "sve"}
@@ -111,6 +114,33 @@ def test_slices_decoded_in_worker_processes_equal_serial_decoding_and_bad_slices
     processes = decode_series(paths, (64, 64), mode="processes")
     assert np.array_equal(serial[0], processes[0]) and serial[1] == processes[1] == [i for i in range(20) if i != 7]
     assert serial[0].dtype == np.int16 and len(processes[2]) == 1 and processes[2][0].path == str(paths[7])
+
+
+def test_a_one_shot_decodes_in_process_unless_the_study_repays_the_pool_start(monkeypatch):
+    monkeypatch.delenv("CTEDGE_DECODE", raising=False)
+    monkeypatch.setattr(parallel, "_pool", None)
+    monkeypatch.setattr(parallel.os, "cpu_count", lambda: 2)
+    ordinary = int(0.9 * parallel.POOL_START_S / (parallel.SERIAL_S_PER_SLICE * 0.5))
+    assert parallel.default_mode(150, True) == parallel.default_mode(ordinary, True) == "serial"
+    assert parallel.default_mode(ordinary * 2, True) == "processes", "a large study repays the start"
+    assert parallel.default_mode(ordinary * 2, False) == "serial", "uncompressed: never worth sending back"
+    monkeypatch.setattr(parallel.os, "cpu_count", lambda: 16)
+    repaid = int(1.1 * parallel.POOL_START_S / (parallel.SERIAL_S_PER_SLICE * 15 / 16))
+    assert parallel.default_mode(repaid, True) == "processes" and repaid < ordinary, "more cores repay it sooner"
+    monkeypatch.setattr(parallel.os, "cpu_count", lambda: 1)
+    assert parallel.default_mode(10_000, True) == "serial"
+
+
+def test_a_service_starts_the_pool_in_the_background_and_then_decodes_with_it(monkeypatch):
+    monkeypatch.delenv("CTEDGE_DECODE", raising=False)
+    if (parallel.os.cpu_count() or 1) < 2:
+        pytest.skip("one core: no pool")
+    parallel.warm_pool()
+    for _ in range(600):
+        if parallel._pool is not None:
+            break
+        threading.Event().wait(0.1)
+    assert parallel.default_mode(parallel.MIN_SLICES_FOR_PROCESSES, True) == "processes"
 
 
 @pytest.fixture(scope="module")
@@ -192,7 +222,7 @@ def test_bench_json_states_the_cpu_flags_every_variant_by_threads_and_the_decode
     assert main(["bench", str(STUDY), "--model", str(DEFAULT_BUNDLE), "--repeats", "1", "--threads", "1", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["cpu_flags"] == cpu_identity()["flags"] and doc["cpu_model"] == cpu_identity()["model"]
-    rows = doc["variants_by_threads"]["rows"]
+    rows = [r for r in doc["variants_by_threads"]["rows"] if r["runtime"] == "litert"]
     assert {(r["variant"], r["threads"]) for r in rows} == {(v, 1) for v in eligible_variants(load_card(DEFAULT_BUNDLE))}
     assert set(doc["decode"]["seconds"]) == {"serial", "threads", "processes"} and doc["decode"]["n_slices"] == 10
     decoder = "gdcm" if importlib.util.find_spec("gdcm") else "pylibjpeg"     # the samples are JPEG lossless

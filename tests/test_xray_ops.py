@@ -113,7 +113,7 @@ def test_tune_times_every_bundle_and_the_study_only_for_its_modality(tmp_path, x
     ct, xray = doc["bundles"]
     assert (ct["path"], ct["modality"], ct["input"]) == (str(DEFAULT_BUNDLE), "ct", "synthetic phantom")
     assert (xray["path"], xray["modality"], xray["input"]) == (str(xray_bundle), "xray", str(RG1))
-    assert [(r["variant"], r["threads"]) for r in xray["rows"]] == [("float32", 1)]
+    assert [(r["variant"], r["threads"]) for r in xray["rows"] if r["runtime"] == "litert"] == [("float32", 1)]
     assert tuned_choice(DEFAULT_BUNDLE).variant == ct["choice"]["variant"]
     assert tuned_choice(xray_bundle).variant == "float32" and doc["cache"] == str(private_cache)
 
@@ -270,8 +270,8 @@ def test_a_bundle_of_one_variant_without_fidelity_report_is_tuned_by_tune_and_wa
     profile = two_bundle_profile(tmp_path, bare_xray)
     assert main(["tune", "--config", str(profile), "--max-threads", "2", "--repeats", "1", "--json"]) == 0
     ct, xray = json.loads(capsys.readouterr().out)["bundles"]
-    assert {r["variant"] for r in ct["rows"]} == {"float32", "float16", "dynamic", "int8"}, "several: fidelity gate"
-    assert [(r["variant"], r["threads"]) for r in xray["rows"]] == [("float32", 1), ("float32", 2)]
+    assert {r["variant"] for r in ct["rows"] if r["runtime"] == "litert"} == {"float32", "float16", "dynamic", "int8"}, "several: fidelity gate"
+    assert [(r["variant"], r["threads"]) for r in xray["rows"] if r["runtime"] == "litert"] == [("float32", 1), ("float32", 2)]
     assert tuned_choice(bare_xray).variant == "float32"
 
     private_cache.unlink()                   # the first start of watch: every bundle tuned, then the radiograph read
@@ -324,13 +324,13 @@ def test_an_explicit_variant_binds_the_main_bundle_and_an_extra_one_lacking_it_c
 def test_bench_runs_the_variants_a_bundle_has(bare_xray, capsys):
     assert main(["bench", str(RG1), "--model", str(bare_xray), "--repeats", "1", "--threads", "1", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert [n for n, r in doc["variants"].items() if "error" not in r] == ["tflite_float32"]
+    assert [n for n, r in doc["variants"].items() if "error" not in r and n.startswith("tflite_")] == ["tflite_float32"]
     assert doc["variants"]["tflite_float32"]["ms_per_image_median"] > 0
     assert doc["variants"]["tflite_float32"]["agreement_with_tflite_float32"] is None, "nothing to compare with"
     assert (doc["speedup_int8_vs_float32"], doc["size_ratio_float32_vs_int8"], doc["speedup_int8_vs_keras"]) == \
            (None, None, None)
     assert doc["end_to_end_variant"] == "float32" and doc["end_to_end_ms_by_stage"]["total"] > 0
-    assert {r["variant"] for r in doc["variants_by_threads"]["rows"]} == {"float32"}
+    assert {r["variant"] for r in doc["variants_by_threads"]["rows"] if r["runtime"] == "litert"} == {"float32"}
 
     assert main(["bench", str(RG1), "--model", str(bare_xray), "--repeats", "1", "--threads", "1"]) == 0
     out = capsys.readouterr().out

@@ -11,6 +11,7 @@ from pathlib import Path
 from edge.cli.common import add_model_options, model_profile
 from edge.engine import Device
 from edge.errors import UserError
+from edge.ingest.parallel import warm_pool
 from edge.profile import load_profile
 
 
@@ -66,6 +67,7 @@ def cmd_bench_dicom(args: argparse.Namespace) -> int:
     from edge.dicomnet.bench import bench_dicom  # pydicom, pynetdicom, Orthanc: only for this command
 
     profile = model_profile(args)
+    warm_pool()                     # measured as the services run: their decoding pool started with them
     doc = bench_dicom(args.study, args.runs, Device.from_profile(profile), profile.model.modalities)
     if args.json:
         print(json.dumps(doc, indent=2))

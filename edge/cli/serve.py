@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edge.errors import UserError
+from edge.ingest.parallel import warm_pool
 from edge.profile import Profile, load_profile
 
 if TYPE_CHECKING:
@@ -53,6 +54,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     logging.getLogger("ctedge.server").setLevel(logging.INFO)
     app = serve_app(profile)
+    warm_pool()                     # study after study: decoding workers pay off (edge.ingest.parallel)
     httpd = create_server(app, server.host, server.port, REQUEST_THREADS)
     info = app.extensions["ctedge"]["engine"].info
     print(f"ctedge: serving on http://{httpd.effective_host}:{httpd.effective_port}/ "

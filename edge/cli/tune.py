@@ -20,7 +20,9 @@ from edge.tune import (Choice, bundle_key, cache_path, cpu_identity, cpu_key, el
 def add_tune(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("tune", help="measure the model variants and thread counts on this CPU and record the fastest",
                        description="For every model bundle of the profile (CT, X-ray), times each variant that passes "
-                                   "the bundle's fidelity thresholds (a bundle of one variant: that one) with 1..N threads on one input (of STUDY for the "
+                                   "the bundle's fidelity thresholds (a bundle of one variant: that one) on every edge "
+                                   "runtime (LiteRT; OpenVINO f32 and bf16 when installed, each checked against LiteRT "
+                                   "float32 first) with 1..N threads on one input (of STUDY for the "
                                    "bundle of the study's modality, else of a synthetic phantom) and records the "
                                    f"fastest for this CPU and bundle in the tune cache ({cache_path()}); profiles with "
                                    "model.variant: auto (the default) then run it.")
@@ -59,9 +61,12 @@ def cmd_tune(args: argparse.Namespace) -> int:
     print(f"CPU: {cpu_key()}")
     for d in done:
         print(f"\n{MODALITY_TERMS[d['modality']].name} bundle {d['path']} ({d['bundle']}), timed on {d['input']}:")
-        print(f"{'variant':<10}{'threads':>8}{'median ms/' + d['unit']:>17}{'max |dp| vs first':>19}")
+        print(f"{'runtime':<15}{'variant':<10}{'threads':>8}{'median ms/' + d['unit']:>17}{'max |dp| vs first':>19}")
         for r in d["rows"]:
-            print(f"{r['variant']:<10}{r['threads']:>8}{r['ms_per_group_median']:>17.1f}"
+            if "skipped" in r:
+                print(f"{r['runtime']:<15}{r['variant']:<10} skipped: {r['skipped']}")
+                continue
+            print(f"{r['runtime']:<15}{r['variant']:<10}{r['threads']:>8}{r['ms_per_group_median']:>17.1f}"
                   f"{r['max_prob_diff_vs_first']:>19.4f}")
         print(f"chosen: {Choice(**d['choice']).describe()}")
     print(f"recorded in {path}")

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from edge.cli.common import add_model_options, model_profile
+from edge.ingest.parallel import warm_pool
 from edge.engine import Device
 from edge.watch import watch
 
@@ -27,6 +28,7 @@ def add_watch(sub: argparse._SubParsersAction) -> None:
 def cmd_watch(args: argparse.Namespace) -> int:
     profile = model_profile(args)
     engine = Device.from_profile(profile, tune_if_missing=True)
+    warm_pool()                     # study after study: decoding workers pay off (edge.ingest.parallel)
     dicom = None
     if profile.dicom:  # receive into INBOX, send results to the profile's destinations
         from edge.dicomnet.service import DicomService  # pynetdicom: only when a profile needs it

@@ -4,7 +4,11 @@ pydicom's JPEG-lossless decoders (pylibjpeg, python-gdcm) hold the GIL, so threa
 in parallel; worker processes do (``ctedge bench`` prints serial vs threads vs processes). Each
 slice is read again from its path in the worker, so the parent never keeps pixel data in its
 headers, and decoded slices are written straight into one preallocated array (no list + stack copy).
-The process pool (forkserver: safe in the threaded server) starts once and is reused.
+The process pool (forkserver: safe in the threaded server) starts once and is reused. Starting it
+costs about :data:`POOL_START_S` (a fresh interpreter importing the decoders), more than it saves on
+a study of ordinary size on a few cores, so a process that has not started it decodes in-process
+unless the study is large enough to repay the start (:func:`default_mode`); the services, which
+decode study after study, start it at once in the background (:func:`warm_pool`).
 """
 
 from __future__ import annotations
@@ -30,7 +34,11 @@ from edge.preprocess.window import resize_slices
 
 Mode = Literal["serial", "threads", "processes"]
 MIN_SLICES_FOR_PROCESSES = 16
-"""Below this many slices the worker start-up is not worth it."""
+"""Below this many slices even a running pool is not worth the transfers."""
+POOL_START_S = 1.3
+"""Seconds to start the pool and its workers (forkserver, imports), measured (docs/benchmarks.md)."""
+SERIAL_S_PER_SLICE = 0.0085
+"""Seconds to decode one 512x512 JPEG-lossless slice in-process, measured (docs/benchmarks.md)."""
 CHUNK = 4
 log = logging.getLogger("ctedge.ingest")
 ERRORS = {e.__name__: e for e in (CorruptFileError, FileTooLargeError, NoPixelDataError, UnsupportedTransferSyntaxError)}
@@ -48,12 +56,33 @@ def _disable_pool() -> None:
 
 def default_mode(n_slices: int, compressed: bool) -> Mode:
     """``$CTEDGE_DECODE`` (serial, threads or processes) if set; else processes for compressed slices
-    when there are several cores and enough slices (and workers can start), else serial:
-    uncompressed slices cost more to send back than to read."""
+    when there are several cores and enough slices (and workers can start) and either the pool is
+    running or the study repays its start: ``n_slices * SERIAL_S_PER_SLICE * (1 - 1/cores) >
+    POOL_START_S`` (on 2 cores about 300 slices, on 4 about 200); else serial. Uncompressed slices
+    cost more to send back than to read."""
     if os.environ.get("CTEDGE_DECODE") in ("serial", "threads", "processes"):
         return os.environ["CTEDGE_DECODE"]  # type: ignore[return-value]
-    many = (os.cpu_count() or 1) > 1 and n_slices >= MIN_SLICES_FOR_PROCESSES
-    return "processes" if compressed and many and not _pool_broken else "serial"
+    cores = os.cpu_count() or 1
+    if not compressed or cores < 2 or n_slices < MIN_SLICES_FOR_PROCESSES or _pool_broken:
+        return "serial"
+    saved = n_slices * SERIAL_S_PER_SLICE * (1 - 1 / cores)
+    return "processes" if _pool is not None or saved > POOL_START_S else "serial"
+
+
+def warm_pool() -> None:
+    """Start the decoding pool and its workers in the background (for services: the first study
+    then finds it running); a pool that cannot start is disabled, as when decoding."""
+    if (os.cpu_count() or 1) < 2 or _pool_broken:
+        return
+
+    def start() -> None:
+        try:
+            _process_pool().submit(int).result()
+        except (BrokenProcessPool, OSError):
+            log.warning("decoding worker processes could not start; decoding in this process")
+            _disable_pool()
+
+    threading.Thread(target=start, name="decode-pool-start", daemon=True).start()
 
 
 def decode_path(path: Path, shape: tuple[int, int], size: int | None = None) -> np.ndarray | tuple[str, str]:

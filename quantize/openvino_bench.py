@@ -1,0 +1,84 @@
+"""OpenVINO's rows of ``ctedge bench``, measured in a subprocess per dispatch setting.
+
+oneDNN (OpenVINO's CPU kernels) reads ``ONEDNN_MAX_CPU_ISA`` once, when the library loads, so the
+kernels of ``--dispatch avx2`` cannot be chosen in a process that has already loaded OpenVINO: each
+bench run starts ``python -m quantize.openvino_bench`` with the variable set (:data:`ISA_ENV`), on
+the same units (saved as one ``.npy`` file), and reads back the probabilities, the times and the
+kernel names of OpenVINO's runtime model (``jit_avx2_I8``, ``brgconv_avx512_I8``, ...).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edge.card import load_card
+from edge.errors import ModelLoadError
+from edge.kinds import KINDS
+from edge.runtime_openvino import unavailable
+
+ISA_ENV = {"native": {}, "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2"}}
+"""The environment each ``--dispatch`` setting gives the OpenVINO subprocess."""
+
+
+def openvino_rows(bundle: Path, units: list[np.ndarray], threads: int, repeats: int, dispatch: str,
+                  runtimes: list[str], variants: list[str]) -> dict:
+    """``{"<runtime>_<variant>": row}`` for every runtime (``openvino-f32``, ``openvino-bf16``) and
+    variant, measured in a subprocess with :data:`ISA_ENV` ``[dispatch]``; a row has ``probs``,
+    ``ms_median``, ``ms_min`` and ``kernels``, or ``error``. ``{"skipped": reason}`` when OpenVINO
+    is not installed or the subprocess fails."""
+    reason = unavailable()
+    if reason:
+        return {"skipped": reason}
+    with tempfile.TemporaryDirectory(prefix="ctedge-openvino-") as tmp:
+        np.save(Path(tmp) / "units.npy", np.stack(units))
+        out = Path(tmp) / "rows.json"
+        cmd = [sys.executable, "-m", "quantize.openvino_bench", str(bundle), tmp, str(threads), str(repeats),
+               ",".join(runtimes), ",".join(variants)]
+        proc = subprocess.run(cmd, env={**os.environ, **ISA_ENV[dispatch]}, capture_output=True, text=True)
+        if proc.returncode or not out.is_file():
+            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            return {"skipped": f"the OpenVINO subprocess failed (exit {proc.returncode}): {last}"}
+        return json.loads(out.read_text())
+
+
+def measure(bundle: Path, units: np.ndarray, threads: int, repeats: int, runtimes: list[str],
+            variants: list[str]) -> dict:
+    """The rows of :func:`openvino_rows`, measured in this process."""
+    card = load_card(bundle)
+    rows: dict[str, dict] = {}
+    for runtime in runtimes:
+        for variant in variants:
+            name = f"{runtime}_{variant}"
+            try:
+                classifier = KINDS[card.kind].classifier(card, variant, threads, runtime=runtime)
+            except ModelLoadError as exc:
+                rows[name] = {"error": exc.problem}
+                continue
+            probs = [np.asarray(classifier.predict(u), float).tolist() for u in units]    # also the warm-up
+            times = []
+            for _ in range(repeats):
+                for u in units:
+                    start = time.perf_counter()
+                    classifier.predict(u)
+                    times.append((time.perf_counter() - start) * 1000)
+            interpreter = getattr(classifier, "encoder", None) or classifier.model
+            rows[name] = {"probs": probs, "ms_median": round(statistics.median(times), 2),
+                          "ms_min": round(min(times), 2), "kernels": interpreter.kernels(),
+                          "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "native")}
+    return rows
+
+
+if __name__ == "__main__":
+    bundle, folder, threads, repeats, runtimes, variants = sys.argv[1:7]
+    doc = measure(Path(bundle), np.load(Path(folder) / "units.npy"), int(threads), int(repeats),
+                  runtimes.split(","), variants.split(","))
+    (Path(folder) / "rows.json").write_text(json.dumps(doc))
