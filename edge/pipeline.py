@@ -101,7 +101,8 @@ def prepare_radiograph(source: Source | ReadStudy, options: PipelineOptions = Pi
         size = options.input_size
         image = np.rint(cv2.resize(picture.pixels, (size, size), interpolation=cv2.INTER_AREA) * 255).astype(np.uint8)  # type: ignore[union-attr]
     volume = Volume(hu=None, files=[picture.file], position_mm=None, series_uid=picture.series_uid, hu_exact=False,  # type: ignore[union-attr]
-                    warnings=picture.warnings, n_files=1, modality="xray", view=picture.view)
+                    warnings=picture.warnings, n_files=1, modality="xray", view=picture.view,
+                    identity=picture.identity)
     images = image[None]
     return PreparedStudy(volume, np.ones(images.shape, bool), images, images,
                          Selection("whole radiograph", np.ones(1, bool), ("",)), [], t)

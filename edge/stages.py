@@ -22,6 +22,7 @@ from edge.ingest.radiograph import Radiograph
 from edge.options import PipelineOptions
 from edge.preprocess.group import assemble, position_sources
 from edge.preprocess.select import Selection
+from edge.uncertainty import uncertainty_keys
 from edge.vote import Verdict
 
 Source = str | Path | Sequence[str | Path]
@@ -109,8 +110,9 @@ class StudyResult:
              (v.position_mm if v.position_mm is not None else [None] * v.n_slices)]
         kept = sel.kept_indices
         classes = self.classes
+        number = v.instance_numbers or [None] * v.n_slices
         scored = {s.index: s.probabilities for s in self.slices}
-        return {
+        doc = {
             "modality": v.modality,
             "label": self.verdict.label,
             "classes": list(classes),
@@ -127,10 +129,12 @@ class StudyResult:
             "n_slices_read": v.n_slices,
             "n_slices_used": len(kept),
             "selection": sel.method,
-            "slices_used": [{"index": int(i), "file": v.files[i], "z": z[i]}
+            "study": dict(v.identity),
+            "slices_used": [{"index": int(i), "file": v.files[i], "z": z[i], "instance_number": number[i]}
                             | ({"probabilities": _named(classes, scored[i]), "label": classes[int(np.argmax(scored[i]))]}
                                if i in scored else {}) for i in kept],
-            "slices_dropped": [{"index": i, "file": v.files[i], "z": z[i], "reason": sel.reasons[i]}
+            "slices_dropped": [{"index": i, "file": v.files[i], "z": z[i], "instance_number": number[i],
+                                "reason": sel.reasons[i]}
                                for i in range(v.n_slices) if not sel.keep[i]],
             "series": {"chosen": v.series_uid,
                        "skipped": [{"uid": s.uid, "n_files": s.n_files, "code": s.code, "reason": s.reason}
@@ -142,6 +146,7 @@ class StudyResult:
             "model": self.classifier.info.to_dict(),
             "software": {"name": "ctedge", "version": __version__},
         }
+        return doc | uncertainty_keys(doc)
 
 
 def _named(classes: tuple[str, ...], probabilities: np.ndarray) -> dict[str, float]:

@@ -75,7 +75,11 @@ def summary(d: dict) -> str:
         lines.append(f"    {model['note']}")
     lines.append(f"Verdict: {d['label']}   ({d['decision_rule']})")
     classes = d["classes"]
-    lines.append("Probabilities: " + "  ".join(f"{c} {d['probabilities'][c]:.3f}" for c in classes))
+    score = d["score"]
+    lines.append(f"{score['name'].capitalize()}: " + "  ".join(f"{c} {d['probabilities'][c]:.3f}" for c in classes))
+    lines.append(f"  ({score['explanation']})")
+    if d["agreement"]:
+        lines.append(f"Agreement: {d['agreement']['text']}")
     lines += INPUT_LINES[modality_of(d)](d)
     for g in d["groups"]:
         probs = " ".join(f"{g['probabilities'][c]:.3f}" for c in classes)

@@ -30,6 +30,7 @@ from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
 from edge.errors import CorruptFileError, FileTooLargeError, StudyError
 from edge.ingest.dicom_files import check_codestream_size, read_header
+from edge.ingest.identity import study_identity
 from edge.ingest.image_files import is_image_file, read_grey
 from edge.ingest.sources import Limits, study_files
 
@@ -55,6 +56,7 @@ class Radiograph:
     view: str | None                   # PA, AP, or None when the file does not say
     series_uid: str | None = None
     warnings: list[str] = field(default_factory=list)
+    identity: dict[str, str] = field(default_factory=lambda: study_identity(None))  # edge.ingest.identity
 
 
 def study_modality(source: str | Path | Sequence[str | Path], limits: Limits = Limits()) -> str:
@@ -177,7 +179,8 @@ def _read_dicom(path: Path, header: Dataset | None = None) -> Radiograph:
     if monochrome1 != inverse_lut:       # either one inverts the display; both cancel out
         pixels = 1.0 - pixels
     warnings = [] if view else [f"view position {given or 'not recorded'}: the model reads PA/AP chest radiographs"]
-    return Radiograph(pixels, path.name, view, str(ds.get("SeriesInstanceUID", "")) or None, warnings)
+    return Radiograph(pixels, path.name, view, str(ds.get("SeriesInstanceUID", "")) or None, warnings,
+                      study_identity(header))
 
 
 def _read_image(path: Path) -> Radiograph:

@@ -12,6 +12,7 @@ import numpy as np
 from edge.errors import (CorruptFileError, EmptyStudyError, FileTooLargeError, MixedSizesError,
                          NoUsableSeriesError, StudyError, TooFewSlicesError)
 from edge.ingest.dicom_files import has_rescale, read_header
+from edge.ingest.identity import instance_number, study_identity
 from edge.ingest.parallel import decode_series
 from edge.ingest.image_files import is_image_file, natural_key, read_image_hu
 from edge.ingest.series import SkippedSeries, order_slices, select_series, split_series
@@ -36,6 +37,8 @@ class Volume:
     resized: np.ndarray | None = None    # (n, size, size) float32 HU when load_study(resize_to=size) read DICOM
     modality: str = "ct"                 # edge.card.MODALITIES
     view: str | None = None              # a radiograph's view position (PA, AP), None when not recorded
+    identity: dict[str, str] = field(default_factory=lambda: study_identity(None))  # edge.ingest.identity
+    instance_numbers: list[int | None] = field(default_factory=list)  # each slice's InstanceNumber (empty: none read)
 
     @property
     def n_slices(self) -> int:
@@ -111,7 +114,8 @@ def _load_dicom(headers, source, warnings: list[str], resize_to: int | None) -> 
         series_uid=chosen.uid, hu_exact=True,
         pixel_spacing_mm=float(spacing[0]) if spacing else None,
         slice_thickness_mm=float(first.SliceThickness) if first.get("SliceThickness") else None,
-        skipped_series=skipped, warnings=warnings,
+        skipped_series=skipped, warnings=warnings, identity=study_identity(first),
+        instance_numbers=[instance_number(ordered.items[i][1]) for i in keep],
     )
 
 

@@ -221,13 +221,14 @@ class JobQueue:
         for t in self._threads:
             t.join(timeout)
 
-    def submit(self, study_id: str, n_files: int) -> None:
-        """Queue a study whose upload is on disk; raise QueueFull when ``queue_size`` are waiting."""
+    def submit(self, study_id: str, n_files: int, study: dict[str, str] | None = None) -> None:
+        """Queue a study whose upload is on disk (``study``: its identity, edge.ingest.identity, when
+        already known); raise QueueFull when ``queue_size`` are waiting."""
         with self._cond:
             if len(self._pending) >= self.queue_size:
                 raise QueueFull(study_id)
             self.store.flush()
-            self.store.write_status(study_id, status="queued", n_files=n_files)
+            self.store.write_status(study_id, status="queued", n_files=n_files, **({"study": study} if study else {}))
             self._pending.append(study_id)
             self._cond.notify()
         log.info("study %s queued (%d files)", study_id, n_files)
@@ -287,6 +288,7 @@ class JobQueue:
         else:
             model = result.get("model", {})
             self._finish(study_id, status="done", label=result.get("label"), banner=model.get("banner", ""),
+                         study=result.get("study"), concern=result.get("concern"),
                          demonstration=bool(model.get("demonstration") or model.get("placeholder") or model.get("research")))
             log.info("study %s done in %.1f s", study_id, time.perf_counter() - start)
 
