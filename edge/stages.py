@@ -144,6 +144,7 @@ class StudyResult:
             "warnings": list(v.warnings),
             "timings_ms": {k: round(t, 1) for k, t in self.timings_ms.items()},
             "model": self.classifier.info.to_dict(),
+            "patient_rule": rule.to_dict() if self.slices and (rule := getattr(self.classifier, "rule", None)) else None,
             "software": {"name": "ctedge", "version": __version__},
         }
         return doc | uncertainty_keys(doc)
@@ -164,6 +165,7 @@ class PreparedStudy:
     selection: Selection
     plans: list[np.ndarray]   # group plans over the kept slices (see group_plan)
     timings_ms: dict[str, float]
+    presets: dict[str, np.ndarray] = field(default_factory=dict)  # (n, size, size) uint8 per DISPLAY_WINDOWS name; empty without exact HU
 
     def groups(self) -> list[np.ndarray]:
         """The (group_size, size, size) uint8 groups fed to the classifier."""

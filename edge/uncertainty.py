@@ -87,3 +87,14 @@ def concern(doc: Mapping[str, Any]) -> float:
     suspicion order."""
     negative = doc["classes"][-1]
     return round(1.0 - float(doc["probabilities"][negative]), 6)
+
+
+def supports_verdict(doc: Mapping[str, Any], heatmap: Mapping[str, Any]) -> bool:
+    """True when the group or slice a heatmap of ``doc`` explains voted for the verdict (its own
+    label is the verdict's); a single image always does. Older results are judged from their groups
+    and slices."""
+    label = doc["label"]
+    if heatmap.get("group") is not None:
+        return any(g["index"] == heatmap["group"] and g["label"] == label for g in doc.get("groups", []))
+    scored = {s["index"]: s.get("label") for s in doc.get("slices_used", [])}
+    return scored.get(heatmap["slice_index"], label) in (label, None)

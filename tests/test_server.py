@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import html
 import io
 import json
 import logging
@@ -424,13 +425,21 @@ def test_form_upload_status_result_and_history(client, app):
     assert f'id="input">{result["n_slices_read"]} slices read, {result["n_slices_used"]} used' in page
     assert "Slices that drove the decision" in page and "Groups of 50 slices" in page
     assert all(w in page for w in result["warnings"])
-    assert 'id="viewer"' in page and f'data-count="{len(result["slice_png"])}"' in page
-    slice_png = client.get(f"/studies/{study_id}/slices/0.png")
-    assert slice_png.status_code == 200 and slice_png.mimetype == "image/png"
+    viewer = json.loads(html.unescape(re.search(r'data-viewer="([^"]*)"', page).group(1)))
+    assert viewer["count"] == len(result["slice_png"]) and viewer["windows"] == ["lung", "mediastinum", "bone"]
+    assert viewer["numbers"][0] == result["slices_dropped"][0]["instance_number"], "slices named by InstanceNumber"
+    assert f'id="study-uid">{result["study"]["study_uid"]}<' in page and f'id="patient-id">{result["study"]["patient_id"]}<' in page
+    assert f'id="score-name">mean group probability<' in page
+    for path in ("slices/0.png", "slices/bone/0.png", "slices/mediastinum/3.png", "heatmaps/1-map.png"):
+        image = client.get(f"/studies/{study_id}/{path}")
+        assert image.status_code == 200 and image.mimetype == "image/png", path
+    assert client.get(f"/studies/{study_id}/slices/soft/0.png").status_code == 404
     report = client.get(f"/studies/{study_id}/report.html")
     assert report.status_code == 200 and "script-src 'unsafe-inline'" in report.headers["Content-Security-Policy"]
+    assert "img-src 'self' data:" in report.headers["Content-Security-Policy"] and 'src="data:image/png;base64,' in report.text
     history = client.get("/history").get_data(as_text=True)
     assert f'href="/studies/{study_id}"' in history and result["label"] in history
+    assert f'<td class="patient-id">{result["study"]["patient_id"]}</td>' in history
     assert f'{result["label"]} <small class="result-banner">{DEMONSTRATION_BANNER}</small>' in history
 
 

@@ -5,8 +5,9 @@
   demonstration, placeholder) and what a research model was trained on, the modality of the source, and
   IMAGE references to the source instances that drove the verdict (those of the heatmaps; every
   image used when there are none: the CT slices, or the one radiograph);
-* one Secondary Capture image per heatmap overlay, caption and warning banner burned in, in the
-  patient orientation of its source image.
+* one Secondary Capture image per heatmap overlay of a group or slice that voted for the verdict
+  (``edge.uncertainty.supports_verdict``), caption and warning banner burned in, in the patient
+  orientation of its source image.
 
 Both go into the source study (same StudyInstanceUID, patient and study attributes copied from the
 source) as new series with new UIDs; Manufacturer, model name and software versions name ctedge.
@@ -30,6 +31,7 @@ from edge.card import MODALITY_TERMS
 from edge.dicomnet.receiver import is_uid
 from edge.errors import UserError
 from edge.result import load_result, modality_of
+from edge.uncertainty import supports_verdict
 
 SR_SERIES_NUMBER, SC_SERIES_NUMBER = 9901, 9902
 SCHEME = "99CTEDGE"  # private coding scheme for the concepts no standard code names
@@ -88,7 +90,7 @@ def result_objects(result_dir: Path, study_dir: Path) -> list[Dataset]:
                                                     "DICOM UID: PACS would refuse results referencing it")
     objects: list[Dataset] = [structured_report(doc, evidence)]
     series_uid = generate_uid()
-    for n, heatmap in enumerate(doc.get("heatmaps", []), start=1):
+    for n, heatmap in enumerate([h for h in doc.get("heatmaps", []) if supports_verdict(doc, h)], start=1):
         ref = _complete(headers[heatmap["file"]]) if heatmap["file"] in headers else evidence[0]
         objects.append(secondary_capture(Path(result_dir) / heatmap["png"], ref, series_uid, n))
     return objects

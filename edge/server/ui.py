@@ -11,7 +11,9 @@ from werkzeug.wrappers import Response
 
 from edge import CLASSES
 from edge.card import MODALITY_TERMS
-from edge.report import terms_of
+from edge.preprocess.window import DISPLAY_WINDOWS
+from edge.profile import viewer_link
+from edge.report import dicom_date, dicom_time, local_time, slice_numbers, terms_of
 from edge.server.api import RETRY_AFTER_S, jobs, send_heatmap, store, study_file, upload_policy
 from edge.server.auth import check_csrf, check_login, csrf_token, read_users, session_user
 from edge.server.jobs import QueueFull
@@ -20,7 +22,7 @@ from edge.server.throttle import LoginThrottle
 from edge.server.uploads import UploadError, receive_study
 
 bp = Blueprint("ui", __name__)
-REPORT_CSP = ("default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
+REPORT_CSP = ("default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
               "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 HISTORY_LIMIT = 500
 
@@ -61,7 +63,17 @@ def _template_globals() -> dict:
     routes = current_app.extensions["ctedge"]["engine"].routes   # the model of each modality this device reads
     return {"csrf_token": csrf_token, "models": [e.info for e in routes.values()],
             "reads": {m: MODALITY_TERMS[m].name for m in routes},
-            "user": session.get("user"), "login_required": current_app.config["LOGIN_REQUIRED"]}
+            "user": session.get("user"), "login_required": current_app.config["LOGIN_REQUIRED"],
+            "viewer_link": lambda study: viewer_link(current_app.config["PROFILE"].server.viewer_url, study or {})}
+
+
+@bp.app_template_filter("localtime")
+def _localtime(value: str | None) -> str:
+    return local_time(value, current_app.config["PROFILE"].server.timezone)
+
+
+bp.add_app_template_filter(dicom_date, "dicom_date")
+bp.add_app_template_filter(dicom_time, "dicom_time")
 
 
 @bp.route("/login", methods=["GET", "POST"])
@@ -119,7 +131,19 @@ def study(study_id: str) -> str:
         return render_template("status.html", state=state, position=jobs().position(study_id))
     result = store().result(study_id) if state["status"] == "done" else None
     return render_template("result.html", state=state, result=result, terms=terms_of(result) if result else None,
-                           classes=result.get("classes", CLASSES) if result else CLASSES)
+                           classes=result.get("classes", CLASSES) if result else CLASSES,
+                           numbers=slice_numbers(result) if result else [], viewer=viewer_data(result) if result else None)
+
+
+def viewer_data(doc: dict) -> dict:
+    """What the page's viewer (static/viewer.js) needs of a result: each slice's number and z, which
+    were used, the window presets written, and the heatmap overlay of each slice that has one."""
+    z = {s["index"]: s.get("z") for s in doc.get("slices_used", []) + doc.get("slices_dropped", [])}
+    return {"count": len(doc.get("slice_png", [])), "numbers": slice_numbers(doc),
+            "z": [z.get(i) for i in range(doc["n_slices_read"])],
+            "used": [s["index"] for s in doc.get("slices_used", [])],
+            "windows": ["lung", *doc.get("slice_png_windows", {})],
+            "overlays": {str(h["slice_index"]): h["n"] for h in reversed(doc.get("heatmaps", [])) if "overlay" in h}}
 
 
 @bp.get("/studies/<study_id>/heatmaps/<int:n>.png")
@@ -127,9 +151,23 @@ def heatmap(study_id: str, n: int) -> Response:
     return send_heatmap(study_id, n)
 
 
+@bp.get("/studies/<study_id>/heatmaps/<int:n>-map.png")
+def heatmap_layer(study_id: str, n: int) -> Response:
+    """Heatmap ``n`` alone, transparent where cold: the viewer's overlay."""
+    return send_file(study_file(study_id, f"heatmaps/{n}-map.png"), mimetype="image/png")
+
+
 @bp.get("/studies/<study_id>/slices/<int:index>.png")
 def slice_image(study_id: str, index: int) -> Response:
     return send_file(study_file(study_id, f"slices/{index:04d}.png"), mimetype="image/png")
+
+
+@bp.get("/studies/<study_id>/slices/<window>/<int:index>.png")
+def slice_window(study_id: str, window: str, index: int) -> Response:
+    """A slice in a window preset other than the lung window (``edge.preprocess.window.DISPLAY_WINDOWS``)."""
+    if window not in DISPLAY_WINDOWS:
+        abort(404, f"no window {window!r}")
+    return send_file(study_file(study_id, f"slices/{window}/{index:04d}.png"), mimetype="image/png")
 
 
 @bp.get("/studies/<study_id>/report.html")
