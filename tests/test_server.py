@@ -429,7 +429,7 @@ def test_form_upload_status_result_and_history(client, app):
     assert viewer["count"] == len(result["slice_png"]) and viewer["windows"] == ["lung", "mediastinum", "bone"]
     assert viewer["numbers"][0] == result["slices_dropped"][0]["instance_number"], "slices named by InstanceNumber"
     assert f'id="study-uid">{result["study"]["study_uid"]}<' in page and f'id="patient-id">{result["study"]["patient_id"]}<' in page
-    assert f'id="score-name">mean group probability<' in page
+    assert 'id="score-name">mean group probability<' in page
     for path in ("slices/0.png", "slices/bone/0.png", "slices/mediastinum/3.png", "heatmaps/1-map.png"):
         image = client.get(f"/studies/{study_id}/{path}")
         assert image.status_code == 200 and image.mimetype == "image/png", path

@@ -139,11 +139,15 @@ def viewer_data(doc: dict) -> dict:
     """What the page's viewer (static/viewer.js) needs of a result: each slice's number and z, which
     were used, the window presets written, and the heatmap overlay of each slice that has one."""
     z = {s["index"]: s.get("z") for s in doc.get("slices_used", []) + doc.get("slices_dropped", [])}
+    overlays: dict[str, int] = {}
+    for h in doc.get("heatmaps", []):
+        if "overlay" in h:
+            overlays.setdefault(str(h["slice_index"]), h["n"])   # the first (largest share) of a slice's heatmaps
     return {"count": len(doc.get("slice_png", [])), "numbers": slice_numbers(doc),
             "z": [z.get(i) for i in range(doc["n_slices_read"])],
             "used": [s["index"] for s in doc.get("slices_used", [])],
             "windows": ["lung", *doc.get("slice_png_windows", {})],
-            "overlays": {str(h["slice_index"]): h["n"] for h in reversed(doc.get("heatmaps", [])) if "overlay" in h}}
+            "overlays": overlays, "start": doc["heatmaps"][0]["slice_index"] if overlays else len(doc.get("slice_png", [])) // 2}
 
 
 @bp.get("/studies/<study_id>/heatmaps/<int:n>.png")
