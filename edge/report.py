@@ -101,8 +101,9 @@ def write_result(result: StudyResult, heatmaps: list[SliceHeatmap], out_dir: Pat
     return doc
 
 
-OUTSIDE_LUNGS = 0.5
-"""A heatmap whose share of heat inside the lung mask is below this is flagged (``outside_lungs``)."""
+OUTSIDE_LUNGS, HOT = 0.5, 0.5
+"""A heatmap is flagged (``outside_lungs``) when less than ``OUTSIDE_LUNGS`` of its hot part (the
+pixels at ``HOT`` of its peak or more, weighted by heat: what the eye sees) lies inside the lung mask."""
 
 
 def _write_heatmap(result: StudyResult, doc: dict, h: SliceHeatmap, n: int, out_dir: Path) -> dict:
@@ -115,8 +116,8 @@ def _write_heatmap(result: StudyResult, doc: dict, h: SliceHeatmap, n: int, out_
     in_lungs = None
     if volume.modality == "ct":
         lungs = sum(w * result.lung_mask[i].astype(np.float32) for i, w in sources)
-        heat = float(h.heatmap.sum())
-        in_lungs = round(float((h.heatmap * lungs).sum()) / heat, 3) if heat > 0 else None
+        hot = np.where(h.heatmap >= HOT, h.heatmap, 0.0)
+        in_lungs = round(float((hot * lungs).sum() / hot.sum()), 3) if hot.sum() > 0 else None
     slices = {s["index"]: s for s in doc["slices_used"]}
     entry = {"n": n, "group": h.group, "slice_index": index, "file": volume.files[index],
              "instance_number": slices.get(index, {}).get("instance_number"), "z": slices.get(index, {}).get("z"),
