@@ -13,6 +13,7 @@ import stat
 import threading
 import time
 import zipfile
+from datetime import datetime
 from pathlib import Path
 
 import pydicom
@@ -350,7 +351,7 @@ class BlockingEngine:
         self.release = threading.Event()
         self.started = threading.Event()
 
-    def analyse(self, source: Path, out_dir: Path) -> dict:
+    def analyse(self, source: Path, out_dir: Path, progress=None) -> dict:
         self.started.set()
         self.release.wait(30)
         raise UserError(source / "IM0001.dcm", "rejected by the test engine")
@@ -450,6 +451,52 @@ def test_status_page_refreshes_while_waiting(app, client):
     store.write_status(study_id, status="running", started="2025-01-01T00:00:00+00:00", n_files=3)
     page = client.get(f"/studies/{study_id}").get_data(as_text=True)
     assert '<meta http-equiv="refresh" content="2">' in page and 'data-status="running"' in page
+    store.write_status(study_id, stage="explaining", stage_started="2025-01-01T00:00:09+00:00")
+    page = client.get(f"/studies/{study_id}").get_data(as_text=True)
+    assert 'data-stage="explaining"' in page and page.count('class="stage-done"') == 3   # queued, reading, analysing
+    assert "No time estimate yet" in page
+
+
+class StagedEngine:
+    """Tells the job queue each stage, taking ``seconds[stage]`` in it; writes a minimal result."""
+
+    def __init__(self, info, seconds: dict[str, float]):
+        self.info, self.seconds = info, seconds
+
+    def analyse(self, source: Path, out_dir: Path, progress=None) -> dict:
+        for stage, seconds in self.seconds.items():
+            progress(stage)
+            time.sleep(seconds)
+        return {"label": "healthy", "model": {}}
+
+
+def test_stage_times_are_recorded_and_make_the_eta(tmp_path, engine):
+    from edge.server.jobs import JobQueue
+
+    store = StudyStore(tmp_path / "results")
+    queue = JobQueue(store, StagedEngine(engine.info, {"reading": 0.05, "analysing": 0.3, "explaining": 0.1}), 1, 4)
+    queue.start()
+    try:
+        first = store.create()
+        queue.submit(first, 1)
+        deadline = time.monotonic() + 20
+        while (store.status(first) or {}).get("status") != "done":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        queue.stop()
+    stage_s = store.status(first)["stage_s"]
+    assert list(stage_s) == ["reading", "analysing", "explaining"]
+    assert stage_s["analysing"] >= 0.3 and stage_s["explaining"] >= 0.1 and stage_s["analysing"] > stage_s["explaining"]
+    running = store.write_status(store.create(), status="running", stage="analysing", stage_started="2030-01-01T00:00:00+00:00")
+    eta = queue.eta(running, now=datetime.fromisoformat("2030-01-01T00:00:00.1+00:00"))
+    assert eta == {"seconds": round(stage_s["analysing"] - 0.1 + stage_s["explaining"], 1), "from": 1}
+    queued = store.write_status(store.create(), status="queued")
+    assert queue.eta(queued)["seconds"] == round(sum(stage_s.values()), 1)
+    restarted = JobQueue(store, engine, 1, 4)
+    restarted.start()      # the stage times of finished studies survive a restart
+    restarted.stop()
+    assert restarted.eta(queued) == {"seconds": round(sum(stage_s.values()), 1), "from": 1}
 
 
 def test_form_shows_bad_upload_errors(client):

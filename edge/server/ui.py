@@ -16,7 +16,7 @@ from edge.profile import viewer_link
 from edge.report import dicom_date, dicom_time, local_time, slice_numbers, terms_of
 from edge.server.api import RETRY_AFTER_S, jobs, send_heatmap, store, study_file, upload_policy
 from edge.server.auth import check_csrf, check_login, csrf_token, read_users, session_user
-from edge.server.jobs import QueueFull
+from edge.server.jobs import STAGES, QueueFull
 from edge.server.sessions import Sessions
 from edge.server.throttle import LoginThrottle
 from edge.server.uploads import UploadError, receive_study
@@ -128,7 +128,8 @@ def upload() -> Response | tuple[str, int, dict]:
 def study(study_id: str) -> str:
     state = store().status(study_id) or abort(404, f"no study {study_id!r}")
     if state["status"] in ("queued", "running"):
-        return render_template("status.html", state=state, position=jobs().position(study_id))
+        return render_template("status.html", state=state, position=jobs().position(study_id), stages=STAGES,
+                               eta=jobs().eta(state))
     result = store().result(study_id) if state["status"] == "done" else None
     return render_template("result.html", state=state, result=result, terms=terms_of(result) if result else None,
                            classes=result.get("classes", CLASSES) if result else CLASSES,
