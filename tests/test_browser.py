@@ -84,7 +84,7 @@ def test_upload_a_real_study_and_read_the_verdict(page, tmp_path):
         assert page.inner_text("#verdict") == verdict
         wait_until(page, ALL_IMAGES_LOADED)
         page.go_back()
-        page.click("text=History")
+        page.click("text=Worklist")
         assert page.locator(f"#history a[href='/studies/{study_id}']").count() == 1
     assert all(urlsplit(u).netloc == f"{server.host}:{server.port}" for u in requested), \
         sorted({u for u in requested if server.host not in u})
@@ -159,9 +159,11 @@ def split_copy(results: Path, study_id: str) -> str:
         ("covid", {"covid": 0.99, "other_pneumonia": 0.005, "healthy": 0.005}),
         ("healthy", {"covid": 0.003, "other_pneumonia": 0.003, "healthy": 0.994})])]
     doc["label"] = "covid"
+    doc["probabilities"] = {c: sum(g["probabilities"][c] for g in doc["groups"]) / 3 for c in doc["classes"]}
     doc.update(uncertainty_keys(doc))
     (results / copy_id / "result.json").write_text(json.dumps(doc))
-    state = json.loads((results / copy_id / "status.json").read_text()) | {"id": copy_id}
+    state = json.loads((results / copy_id / "status.json").read_text()) | {
+        "id": copy_id, "concern": doc["concern"], "agreement": doc["agreement"]["level"]}
     (results / copy_id / "status.json").write_text(json.dumps(state))
     return copy_id
 
@@ -235,9 +237,25 @@ def test_identity_viewer_report_and_no_identifier_in_the_log(page, tmp_path):
             assert "group 2: healthy 0.994" in page.inner_text("#agreement")
             page.screenshot(path=str(keep(tmp_path, "split-verdict.png")), full_page=True)
 
-            # the history shows whose studies they are
+            # the worklist: unread, most suspicious first; a reader's mark with who and when
             page.goto(server.url + "/history")
             assert "ID-Q7X9Z" in page.inner_text("#history") and "CET" in page.inner_text("#history")
+            rows = lambda: page.eval_on_selector_all("#history tbody tr", "rows => rows.map(r => r.dataset.study)")  # noqa: E731
+            split_first = json.loads((tmp_path / "results" / split / "result.json").read_text())["concern"] > api["concern"]
+            assert rows() == ([split, study_id] if split_first else [study_id, split])
+            page.goto(server.url + f"/studies/{rows()[0]}")
+            page.click("#mark-disagree")
+            page.wait_for_selector("#reviews")
+            assert page.inner_text("#reviews").startswith(f"{USER}: disagree, ") and "CET" in page.inner_text("#reviews")
+            page.click("text=Worklist")
+            assert rows() == ([study_id, split] if split_first else [split, study_id]), "the marked study goes below"
+            page.screenshot(path=str(keep(tmp_path, "worklist.png")), full_page=True)
+            page.select_option("#sort", "received")
+            page.click("#apply")
+            assert rows() == [split, study_id] and "sort=received" in page.url
+            page.check("#filter-unread")
+            page.click("#apply")
+            assert rows() == [study_id if split_first else split]
 
         # report.html alone in another folder shows every image
         alone = tmp_path / "mailed"

@@ -457,6 +457,29 @@ def test_status_page_refreshes_while_waiting(app, client):
     assert "No time estimate yet" in page
 
 
+def test_a_reader_marks_a_study_and_the_worklist_exports_it(client, app):
+    token = login(client)
+    response = client.post("/studies", data={"files": dicom_files(), "csrf_token": token})
+    study_id = response.headers["Location"].rsplit("/", 1)[1]
+    wait_done(client, study_id)
+    assert '<strong>unread</strong>' in client.get("/history").get_data(as_text=True)
+    assert client.post(f"/studies/{study_id}/review", data={"mark": "maybe", "csrf_token": token}).status_code == 400
+    assert client.post(f"/studies/{study_id}/review", data={"mark": "disagree"}).status_code == 400   # no CSRF token
+    response = client.post(f"/studies/{study_id}/review", data={"mark": "disagree", "csrf_token": token})
+    assert response.status_code == 303
+    review = app.extensions["ctedge"]["store"].status(study_id)["reviews"][USER]
+    assert review["mark"] == "disagree" and datetime.fromisoformat(review["at"]).tzinfo is not None
+    page = client.get(f"/studies/{study_id}").get_data(as_text=True)
+    assert f"<strong>{USER}</strong>: disagree" in page
+    assert f'data-study="{study_id}"' in client.get("/history").get_data(as_text=True)
+    assert f'data-study="{study_id}"' not in client.get("/history?unread=1").get_data(as_text=True)
+    export = client.get("/history.csv?sort=received")
+    assert export.mimetype == "text/csv" and "attachment" in export.headers["Content-Disposition"]
+    row = export.get_data(as_text=True).splitlines()[1].split(",")
+    assert row[0] == study_id and row[-3:-1] == [USER, "disagree"]
+    assert client.get("/history?sort=bogus").status_code == 400
+
+
 class StagedEngine:
     """Tells the job queue each stage, taking ``seconds[stage]`` in it; writes a minimal result."""
 

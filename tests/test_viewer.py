@@ -153,3 +153,27 @@ def test_heatmaps_come_only_from_groups_that_voted_for_the_verdict(tmp_path):
     assert bone.mean() < lung.mean(), "the bone window shows soft tissue and lung darker than the lung window"
     assert doc["agreement"]["level"] == "split" and "group 1: healthy 0.994" in doc["agreement"]["text"]
     assert 'src="data:image/png;base64,' in (tmp_path / "out" / "report.html").read_text()
+
+
+def _state(study_id: str, label: str | None, concern: float | None, status: str = "done", reviews=None) -> dict:
+    return {"id": study_id, "created": f"2026-12-0{study_id[-1]}T08:00:00+00:00", "status": status, "label": label,
+            "concern": concern, "agreement": "split" if concern == 0.6 else "unanimous", "banner": "",
+            "study": {"accession": f"=ACC{study_id[-1]}", "study_uid": "1.2.3", "patient_name": "DOE, JANE"},
+            "reviews": reviews or {}}
+
+
+def test_the_worklist_puts_unread_suspicious_studies_first_and_filters():
+    from edge.server.worklist import to_csv, worklist
+
+    marked = {"ana": {"mark": "disagree", "at": "2026-12-05T09:00:00+00:00"}}
+    states = [_state("s5", None, None, "running"), _state("s4", "healthy", 0.1), _state("s3", "covid", 0.95, reviews=marked),
+              _state("s2", "covid", 0.6), _state("s1", "other_pneumonia", 0.8)]      # newest first, as the store gives them
+    assert [s["id"] for s in worklist(states)] == ["s1", "s2", "s4", "s5", "s3"]
+    assert [s["id"] for s in worklist(states, "concern")] == ["s3", "s1", "s2", "s4", "s5"]
+    assert [s["id"] for s in worklist(states, "received")] == ["s5", "s4", "s3", "s2", "s1"]
+    assert [s["id"] for s in worklist(states, verdict="covid")] == ["s2", "s3"]
+    assert [s["id"] for s in worklist(states, only_unread=True)] == ["s1", "s2", "s4"]
+    rows = to_csv(worklist(states, "received")).splitlines()
+    assert rows[0] == "study,received,accession,study_uid,status,verdict,concern,agreement,model_banner,reviewer,mark,marked_at"
+    assert rows[3] == "s3,2026-12-03T08:00:00+00:00,'=ACC3,1.2.3,done,covid,0.9500,unanimous,,ana,disagree,2026-12-05T09:00:00+00:00"
+    assert "DOE" not in "\n".join(rows), "no patient name in the export"

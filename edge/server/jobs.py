@@ -36,6 +36,8 @@ log = logging.getLogger("ctedge.server")
 STATES = ("queued", "running", "done", "failed")
 STAGES = ("queued", "reading", "analysing", "explaining")
 """The stages a study's status page shows (``stage`` in status.json while running)."""
+REVIEW_MARKS = ("reviewed", "disagree")
+"""A reader's mark on a result: read and agreed with, or read and disagreed with."""
 ETA_HISTORY = 20   # the stage times of this many finished studies make the ETA
 STUDY_ID = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{8}$")
 MAX_ATTEMPTS = 2   # a study that was running when the server stopped this often is not tried again
@@ -77,6 +79,7 @@ class StudyStore:
         self.root = root
         self._unsaved: dict[str, dict[str, Any]] = {}   # states a full disk kept from status.json
         self._lock = threading.Lock()
+        self._review_lock = threading.Lock()
         try:
             private_dir(root)
         except OSError as exc:
@@ -168,6 +171,16 @@ class StudyStore:
                 shutil.rmtree(upload, ignore_errors=True)
                 purged += 1
         return purged
+
+    def review(self, study_id: str, user: str, mark: str) -> dict[str, Any]:
+        """Record ``user``'s mark on a finished study (one of ``REVIEW_MARKS``; a later mark by the same
+        user replaces theirs) with the time; return the study's state."""
+        if mark not in REVIEW_MARKS:
+            raise ValueError(f"a review mark is one of {', '.join(REVIEW_MARKS)}, got {mark!r}")
+        with self._review_lock:
+            reviews = dict((self.status(study_id) or {}).get("reviews") or {})
+            reviews[user] = {"mark": mark, "at": _now()}
+            return self.write_status(study_id, reviews=reviews)
 
     def result(self, study_id: str) -> dict | None:
         """The engine's result document of a finished study."""
@@ -327,6 +340,7 @@ class JobQueue:
                 self._stage_s.append(stage_s)
             self._finish(study_id, status="done", label=result.get("label"), banner=model.get("banner", ""), stage_s=stage_s,
                          study=result.get("study"), concern=result.get("concern"),
+                         agreement=(result.get("agreement") or {}).get("level"),
                          demonstration=bool(model.get("demonstration") or model.get("placeholder") or model.get("research")))
             log.info("study %s done in %.1f s", study_id, time.perf_counter() - start)
 

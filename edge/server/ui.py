@@ -16,10 +16,11 @@ from edge.profile import viewer_link
 from edge.report import dicom_date, dicom_time, local_time, slice_numbers, terms_of
 from edge.server.api import RETRY_AFTER_S, jobs, send_heatmap, store, study_file, upload_policy
 from edge.server.auth import check_csrf, check_login, csrf_token, read_users, session_user
-from edge.server.jobs import STAGES, QueueFull
+from edge.server.jobs import REVIEW_MARKS, STAGES, STATES, QueueFull
 from edge.server.sessions import Sessions
 from edge.server.throttle import LoginThrottle
 from edge.server.uploads import UploadError, receive_study
+from edge.server.worklist import SORTS, to_csv, unread, worklist
 
 bp = Blueprint("ui", __name__)
 REPORT_CSP = ("default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
@@ -133,7 +134,8 @@ def study(study_id: str) -> str:
     result = store().result(study_id) if state["status"] == "done" else None
     return render_template("result.html", state=state, result=result, terms=terms_of(result) if result else None,
                            classes=result.get("classes", CLASSES) if result else CLASSES,
-                           numbers=slice_numbers(result) if result else [], viewer=viewer_data(result) if result else None)
+                           numbers=slice_numbers(result) if result else [], viewer=viewer_data(result) if result else None,
+                           marks=REVIEW_MARKS)
 
 
 def viewer_data(doc: dict) -> dict:
@@ -182,9 +184,41 @@ def report(study_id: str) -> Response:
     return response
 
 
+def _worklist() -> tuple[list, dict[str, str]]:
+    """The newest ``HISTORY_LIMIT`` studies as the query string sorts and filters them, and that query."""
+    query = {"sort": request.args.get("sort", "triage"), "verdict": request.args.get("verdict", ""),
+             "status": request.args.get("status", ""), "unread": request.args.get("unread", "")}
+    if query["sort"] not in SORTS:
+        abort(400, f"sort must be one of {', '.join(SORTS)}")
+    newest = [s for _, s in zip(range(HISTORY_LIMIT), store().all())]
+    return worklist(newest, query["sort"], query["verdict"], query["status"], bool(query["unread"])), query
+
+
 @bp.get("/history")
 def history() -> str:
-    studies = [s for _, s in zip(range(HISTORY_LIMIT), store().all())]
+    studies, query = _worklist()
     dicom = current_app.extensions["ctedge"].get("dicom")
-    return render_template("history.html", studies=studies, limit=HISTORY_LIMIT,
+    return render_template("history.html", studies=studies, limit=HISTORY_LIMIT, query=query, sorts=SORTS,
+                           verdicts=CLASSES, states=STATES, unread=unread,
                            dicom_send=dicom.outbox.status() if dicom else None)
+
+
+@bp.get("/history.csv")
+def history_csv() -> Response:
+    studies, _ = _worklist()
+    return Response(to_csv(studies), mimetype="text/csv",
+                    headers={"Content-Disposition": "attachment; filename=ctedge-worklist.csv"})
+
+
+@bp.post("/studies/<study_id>/review")
+def review(study_id: str) -> Response:
+    """The logged-in user's mark on a finished study (``reviewed`` or ``disagree``), with the time."""
+    state = store().status(study_id) or abort(404, f"no study {study_id!r}")
+    if state["status"] != "done":
+        abort(409, "only a finished study can be marked")
+    user = session.get("user") or abort(403, "marks are recorded per user: turn server.login_required on to mark studies")
+    try:
+        store().review(study_id, user, request.form.get("mark", ""))
+    except ValueError as exc:
+        abort(400, str(exc))
+    return redirect(url_for("ui.study", study_id=study_id), 303)
