@@ -39,12 +39,18 @@ def worklist(states: Iterable[Mapping[str, Any]], sort: str = "triage", verdict:
     chosen = [s for s in states if (not verdict or s.get("label") == verdict) and (not status or s.get("status") == status)
               and (not only_unread or unread(s))]
     if sort == "triage":
-        return sorted(chosen, key=lambda s: (not unread(s), -(s.get("concern") or 0.0) if unread(s) else 0.0))
+        return sorted(chosen, key=lambda s: (not unread(s), -_concern(s) if unread(s) else 0.0))
     if sort == "concern":
-        return sorted(chosen, key=lambda s: -(s.get("concern") if s.get("concern") is not None else -1.0))
+        return sorted(chosen, key=lambda s: -_concern(s))
     if sort in ("verdict", "status"):
         return sorted(chosen, key=lambda s: s.get("label" if sort == "verdict" else "status") or "~")
     return chosen
+
+
+def _concern(state: Mapping[str, Any]) -> float:
+    """A study's concern; -1 (last) when it has none (not finished)."""
+    value = state.get("concern")
+    return -1.0 if value is None else float(value)
 
 
 def to_csv(states: Iterable[Mapping[str, Any]]) -> str:
