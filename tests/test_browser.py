@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.helpers.paths import SAMPLES
+from tests.helpers.paths import REPO, SAMPLES
 from tests.helpers.server import PASSWORD, USER, serve, write_profile
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -272,5 +272,32 @@ def test_identity_viewer_report_and_no_identifier_in_the_log(page, tmp_path):
         log = "".join(server.output)
         assert "queued" in log and "done in" in log, "the server's log was captured"
         assert not [s for s in SECRETS if s in log], "no patient identifier in the server's log"
+    finally:
+        export_screenshots(tmp_path)
+
+
+def test_a_radiograph_in_the_viewer_with_its_overlay(page, tmp_path):
+    from pydicom.data import get_testdata_file
+
+    xray = REPO / "edge" / "models" / "xray-research"
+    try:
+        with serve(write_profile(tmp_path, xray, max_upload_mb=32)) as server:
+            page.goto(server.url + "/login")
+            page.fill("input[name=user]", USER)
+            page.fill("input[name=password]", PASSWORD)
+            page.click("button[type=submit]")
+            page.wait_for_url(server.url + "/")
+            page.set_input_files("#files", get_testdata_file("RG1_UNCR.dcm"))
+            page.click("#submit")
+            page.wait_for_selector("#verdict")
+            wait_until(page, ALL_IMAGES_LOADED)
+            assert page.inner_text("#viewer-label") == "the whole image" and page.locator("#viewer-range").count() == 0
+            assert "no window presets" in page.inner_text("#window-note")
+            assert page.inner_text("#score-name") == "model output" and page.locator("#agreement").count() == 0
+            assert page.is_visible("#viewer-overlay")
+            page.screenshot(path=str(keep(tmp_path, "radiograph.png")), full_page=True)
+            page.uncheck("#overlay-toggle")
+            assert not page.is_visible("#viewer-overlay")
+            assert page.inner_text("#study-modality") == "CR"
     finally:
         export_screenshots(tmp_path)
