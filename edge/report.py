@@ -71,7 +71,7 @@ def write_result(result: StudyResult, heatmaps: list[SliceHeatmap], out_dir: Pat
     out_dir = Path(out_dir)
     for folder in (out_dir, out_dir / "heatmaps", out_dir / "slices", *(out_dir / "slices" / w for w in result.prepared.presets)):
         private_dir(folder)
-    doc = result.to_dict()
+    doc = result.to_dict() | {"study": dict(result.volume.identity)}   # on disk (owner-only) and behind the login only
     display = result.prepared.windowed
     doc["slice_png"] = []
     for i, image in enumerate(display):

@@ -129,7 +129,6 @@ class StudyResult:
             "n_slices_read": v.n_slices,
             "n_slices_used": len(kept),
             "selection": sel.method,
-            "study": dict(v.identity),
             "slices_used": [{"index": int(i), "file": v.files[i], "z": z[i], "instance_number": number[i]}
                             | ({"probabilities": _named(classes, scored[i]), "label": classes[int(np.argmax(scored[i]))]}
                                if i in scored else {}) for i in kept],

@@ -60,7 +60,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     engine = predict_engine(args)
     source = args.study[0] if len(args.study) == 1 else args.study
     doc = engine.analyse(source, args.out) if args.out else engine.run(source).to_dict()
-    print(json.dumps(doc, indent=2) if args.json else summary(doc))
+    shown = {k: v for k, v in doc.items() if k != "study"}   # the study's identity stays in the result folder
+    print(json.dumps(shown, indent=2) if args.json else summary(shown))
     if args.out and not args.json:
         print(f"Report: {args.out / 'report.html'}")
     return 0
