@@ -1,9 +1,13 @@
 """A study's result folder: what a clinician opens and what machines read.
 
-``out_dir/result.json``   the ``ctedge predict --json`` document plus ``heatmaps`` and ``slice_png``
-``out_dir/heatmaps/<n>.png``  Grad-CAM overlays of the images that drove the verdict (CT slices, or the radiograph)
-``out_dir/slices/<index>.png`` every image read (CT slices in the lung window, for the slice viewer; the radiograph)
-``out_dir/report.html``   one self-contained page (no network, no framework)
+``out_dir/result.json``   the ``ctedge predict --json`` document plus ``study`` (the identity, never printed),
+                          ``heatmaps``, ``slice_png``, ``slice_png_windows`` and ``windows``
+``out_dir/heatmaps/<n>.png``  captioned Grad-CAM overlays of the images that drove the verdict (CT slices of
+                          groups or slices that voted for it, or the radiograph)
+``out_dir/heatmaps/<n>-map.png``  the same map alone, transparent where cold (the viewer's overlay)
+``out_dir/slices/<index>.png`` every image read (CT slices in the lung window, for the viewer; the radiograph)
+``out_dir/slices/<window>/<index>.png`` the CT slices in the other window presets, when the study had exact HU
+``out_dir/report.html``   one self-contained page, its images inlined (no network, no framework), printable
 
 The folder and what is written in it are owner-only (0700 folders, 0600 files) whatever the umask:
 they hold patient images.
