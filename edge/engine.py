@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import queue
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -37,6 +37,9 @@ from edge.result import ResultDoc
 from edge.report import write_result
 from edge.stages import ReadStudy, Source, StudyResult
 from edge.tune import resolve
+
+Progress = Callable[[str], None] | None
+"""Told the name of each stage of ``analyse`` as it starts."""
 
 
 class NoModelForModalityError(UserError):
@@ -172,16 +175,21 @@ class Engine:
         return run_study(study, models.classifier, self.options, models.segmenter, self.limits,
                          self.training_range, release_full_resolution=True)
 
-    def analyse(self, source: Source | ReadStudy, out_dir: Path) -> ResultDoc:
+    def analyse(self, source: Source | ReadStudy, out_dir: Path, progress: Progress = None) -> ResultDoc:
         """Run one study (read ahead by ``read``, or now) and write its result folder (see
         ``edge.report.write_result``); return the result document: the ``ctedge predict --json``
-        object plus heatmaps and slice images."""
+        object plus heatmaps and slice images. ``progress`` is told each stage as it starts
+        (``reading``, ``analysing``, ``explaining``)."""
+        tell = progress or (lambda stage: None)
+        tell("reading")
         study = self._own(source)
         with self._borrow() as models:
+            tell("analysing")
             result = self._run(study, models)
             start = time.perf_counter()
             heatmaps = []
             if models.explainer is not None:
+                tell("explaining")
                 heatmaps = models.explainer.explain(result, self.heatmaps_per_group)
                 result.timings_ms["explain"] = (time.perf_counter() - start) * 1000.0
                 result.timings_ms["total"] += result.timings_ms["explain"]
@@ -226,10 +234,12 @@ class Device:
         study = source if isinstance(source, ReadStudy) else self.read(source)
         return self.routes[study.modality].run(study)
 
-    def analyse(self, source: Source | ReadStudy, out_dir: Path) -> ResultDoc:
+    def analyse(self, source: Source | ReadStudy, out_dir: Path, progress: Progress = None) -> ResultDoc:
         """:meth:`Engine.analyse` on the engine of the study's modality."""
+        if progress:
+            progress("reading")
         study = source if isinstance(source, ReadStudy) else self.read(source)
-        return self.routes[study.modality].analyse(study, out_dir)
+        return self.routes[study.modality].analyse(study, out_dir, progress)
 
 
 def route(routes: Mapping[str, Engine], source: Source, limits: Limits, modality: str | None = None) -> Engine:

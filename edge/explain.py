@@ -122,12 +122,15 @@ class GradCam:
         return heatmaps(raw, group.shape[1:]), share
 
     def explain(self, result: StudyResult, per_group: int = 3) -> list[SliceHeatmap]:
-        """For the verdict class, the ``per_group`` real (not padding) slices of each group with the
-        largest share (only theirs are resized to heatmaps)."""
+        """For the verdict class, the ``per_group`` real (not padding) slices of each group that voted
+        for it (its most probable class is the verdict's) with the largest share (only theirs are
+        resized to heatmaps): a group that called another class cannot explain the verdict."""
         class_index = result.classes.index(result.verdict.label)
         kept = result.selection.kept_indices
         found = []
         for group, scored in zip(result.prepared.groups(), result.groups):
+            if scored.label != result.verdict.label:
+                continue
             raw, share = self.evidence(group, class_index)
             chosen = [int(k) for k in np.argsort(-share) if not np.isnan(scored.plan[k])][:per_group]
             found += [SliceHeatmap(heat, float(share[k]), tuple(scored.slot_sources(k, kept)), scored.index)
@@ -163,9 +166,11 @@ class SliceGradCam:
         return heatmaps(raw[None], image.shape)[0]
 
     def explain(self, result: StudyResult, top: int = 3) -> list[SliceHeatmap]:
-        """Heatmaps of the ``top`` slices with the highest probability of the verdict class."""
+        """Heatmaps of the ``top`` slices with the highest probability of the verdict class among the
+        slices that voted for it (their most probable class is the verdict's)."""
         class_index = result.classes.index(result.verdict.label)
-        ranked = sorted(result.slices, key=lambda s: -s.probabilities[class_index])[:top]
+        voters = [s for s in result.slices if int(np.argmax(s.probabilities)) == class_index]
+        ranked = sorted(voters, key=lambda s: -s.probabilities[class_index])[:top]
         return [SliceHeatmap(self.explain_slice(result.images[s.index], class_index), float(s.probabilities[class_index]),
                              ((s.index, 1.0),)) for s in ranked]
 

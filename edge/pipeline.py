@@ -19,7 +19,7 @@ from edge.options import PipelineOptions
 from edge.preprocess.group import group_plan
 from edge.preprocess.segment import LungSegmenter, ThresholdSegmenter
 from edge.preprocess.select import Selection, select_slices
-from edge.preprocess.window import clahe, crop_slices, lung_box, lung_window, resize_slices
+from edge.preprocess.window import DISPLAY_WINDOWS, clahe, crop_slices, lung_box, lung_window, resize_slices
 from edge.stages import PreparedStudy, ReadStudy, Source, StudyResult, timed
 
 __all__ = ["PREPARE", "PreparedStudy", "ReadStudy", "StudyResult", "prepare_radiograph", "prepare_study", "read_study",
@@ -83,15 +83,17 @@ def prepare_study(source: Source | ReadStudy, options: PipelineOptions = Pipelin
         raise NoLungFoundError(source_name(read.source), f"no slice with lung found by the {selection.method!r} selection")
     with timed(t, "window_clahe"):
         windowed = lung_window(hu256, options.window)
+        presets = {name: lung_window(hu256, w) for name, w in DISPLAY_WINDOWS.items()} if volume.hu_exact else {}  # type: ignore[union-attr]
         if options.crop == "lungs":
             box = lung_box(mask[selection.kept_indices])
             windowed = crop_slices(windowed, box, options.input_size)
+            presets = {name: crop_slices(p, box, options.input_size) for name, p in presets.items()}
             mask = crop_slices(mask.view(np.uint8), box, options.input_size, cv2.INTER_NEAREST).view(bool)
         images = clahe(windowed, options.clahe_clip)
         if options.mask_lungs:
             np.multiply(images, mask, out=images)          # in place: no copy of the volume
     plans = group_plan(int(selection.keep.sum()), options.group_size)
-    return PreparedStudy(volume, mask, windowed, images, selection, plans, t)  # type: ignore[arg-type]
+    return PreparedStudy(volume, mask, windowed, images, selection, plans, t, presets)  # type: ignore[arg-type]
 
 
 def prepare_radiograph(source: Source | ReadStudy, options: PipelineOptions = PipelineOptions(),
@@ -107,7 +109,8 @@ def prepare_radiograph(source: Source | ReadStudy, options: PipelineOptions = Pi
         size = options.input_size
         image = np.rint(cv2.resize(picture.pixels, (size, size), interpolation=cv2.INTER_AREA) * 255).astype(np.uint8)  # type: ignore[union-attr]
     volume = Volume(hu=None, files=[picture.file], position_mm=None, series_uid=picture.series_uid, hu_exact=False,  # type: ignore[union-attr]
-                    warnings=picture.warnings, n_files=1, modality="xray", view=picture.view, flags=picture.flags)
+                    warnings=picture.warnings, n_files=1, modality="xray", view=picture.view, flags=picture.flags,
+                    identity=picture.identity)
     images = image[None]
     return PreparedStudy(volume, np.ones(images.shape, bool), images, images,
                          Selection("whole radiograph", np.ones(1, bool), ("",)), [], t)

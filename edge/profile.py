@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import string
 import typing
+import zoneinfo
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import quote, urlsplit
 
 import yaml
 
@@ -69,6 +72,8 @@ class ServerSettings:
     min_free_mb: int = 512                         # uploads get 507 while results_dir has less free space
     keep_uploads_days: int = 0                     # raw uploads (full DICOM) kept after analysis; 0: deleted at once
     allowed_hosts: str = ""                        # comma-separated Host names clients use besides loopback and host
+    viewer_url: str = ""                           # PACS viewer link of a study, e.g. http://pacs/ohif/viewer?StudyInstanceUIDs={study_uid}
+    timezone: str = ""                             # IANA zone the pages show times in; "": the device's local zone
 
 
 @dataclass(frozen=True)
@@ -257,6 +262,51 @@ def _check(profile: Profile, path: Path) -> None:
             raise ProfileError(path, f"{key} must be positive, got {value}")
     if profile.dicom is not None:
         _check_dicom(profile.dicom, path)
+    _check_viewer_url(profile.server.viewer_url, path)
+    _check_timezone(profile.server.timezone, path)
+
+
+VIEWER_URL_FIELDS = ("study_uid", "accession", "patient_id")
+"""What ``server.viewer_url`` may name in braces (each filled in URL-encoded)."""
+
+
+def _check_viewer_url(template: str, path: Path) -> None:
+    if not template:
+        return
+    allowed = ", ".join("{" + f + "}" for f in VIEWER_URL_FIELDS)
+    try:
+        fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(template) if name is not None]
+    except ValueError as exc:
+        raise ProfileError(path, f"server.viewer_url is not a valid template ({exc}); fields in braces: {allowed}") from None
+    odd = [name for name, spec, conv in fields if name not in VIEWER_URL_FIELDS or spec or conv]
+    if odd:
+        raise ProfileError(path, f"server.viewer_url: unsupported field {{{odd[0]}}} (no conversions or formats); fields in braces: {allowed}")
+    if not {name for name, _, _ in fields} & {"study_uid", "accession"}:
+        raise ProfileError(path, "server.viewer_url must name the study: put {study_uid} (or {accession}) in it")
+    parts = urlsplit(template)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ProfileError(path, f"server.viewer_url must be an http:// or https:// address, got {template!r}")
+
+
+def viewer_link(template: str, study: dict[str, str]) -> str | None:
+    """The PACS viewer address of a study (``server.viewer_url`` filled in, URL-encoded); None when no
+    template is set or the study lacks a field the template names."""
+    if not template:
+        return None
+    names = {name for _, name, _, _ in string.Formatter().parse(template) if name}
+    if not all(study.get(n) for n in names):
+        return None
+    return template.format(**{n: quote(study[n], safe="") for n in names})
+
+
+def _check_timezone(name: str, path: Path) -> None:
+    if not name:
+        return
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+        raise ProfileError(path, f"server.timezone: unknown time zone {name!r} (an IANA name such as "
+                                 "Europe/Berlin or UTC)") from exc
 
 
 def _check_dicom(d: DicomSettings, path: Path) -> None:

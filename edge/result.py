@@ -37,13 +37,17 @@ class _SliceDoc(TypedDict):
     z: float | None                 # position along the slice normal (mm), None when unknown
 
 
-class UsedSliceDoc(_SliceDoc, total=False):
+class _NumberedSliceDoc(_SliceDoc, total=False):
+    instance_number: int | None     # the slice's InstanceNumber, as PACS numbers it (absent from older documents)
+
+
+class UsedSliceDoc(_NumberedSliceDoc, total=False):
     """A slice the selection kept; slice models add its probabilities and label."""
     probabilities: dict[str, float]
     label: str
 
 
-class DroppedSliceDoc(_SliceDoc):
+class DroppedSliceDoc(_NumberedSliceDoc):
     """A slice the selection dropped, and why."""
     reason: str
 
@@ -146,6 +150,42 @@ class _HeatmapDoc(TypedDict):
 class HeatmapDoc(_HeatmapDoc, total=False):
     """One Grad-CAM overlay of the result folder."""
     url: str                        # served by the API only: where to GET the PNG
+    instance_number: int | None
+    z: float | None
+    overlay: str                    # the heat layer alone (the viewer's overlay), relative to the result folder
+    in_lungs: float | None          # share of the map's hot part inside the lung mask (None: no mask)
+    outside_lungs: bool             # flagged: most of the map lies outside the lungs
+    caption: str
+
+
+class StudyIdentityDoc(TypedDict):
+    """Who and what the study is (edge.ingest.identity.IDENTITY_TAGS); in the result folder only, never printed."""
+    patient_name: str
+    patient_id: str
+    accession: str
+    study_date: str
+    study_time: str
+    description: str
+    series_description: str
+    modality: str
+    study_uid: str
+
+
+class ScoreDoc(TypedDict):
+    """What the ``probabilities`` are (edge.uncertainty.score_meaning)."""
+    name: str
+    explanation: str
+
+
+class AgreementDoc(TypedDict):
+    """How the groups or slices voted (edge.uncertainty.agreement)."""
+    unit: str                       # group or slice
+    n: int
+    for_verdict: int
+    votes: dict[str, int]
+    level: str                      # unanimous, majority or split
+    text: str
+    rule: str
 
 
 ExplanationDoc = TypedDict("ExplanationDoc", {"class": str, "method": str | None})
@@ -177,6 +217,13 @@ class ResultDoc(_ResultDoc, total=False):
     after them are written with the result folder (``--out``)."""
     flags: list[FlagDoc]
     files_dropped: list[DroppedFileDoc]
+    patient_rule: dict[str, Any] | None  # a slice model's patient rule (edge.kinds), None for other models
+    score: ScoreDoc
+    agreement: AgreementDoc | None
+    concern: float                  # 1 - mean probability of the negative class: the worklist's order, not a probability
+    study: StudyIdentityDoc
+    slice_png_windows: dict[str, list[str]]
+    windows: dict[str, list[float]]
     slice_png: list[str]
     heatmaps: list[HeatmapDoc]
     explanation: ExplanationDoc

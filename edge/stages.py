@@ -24,6 +24,7 @@ from edge.options import PipelineOptions
 from edge.preprocess.group import assemble, position_sources
 from edge.preprocess.select import Selection
 from edge.result import SCHEMA_VERSION, ResultDoc, UsedSliceDoc
+from edge.uncertainty import agreement, concern, score_meaning
 from edge.vote import Verdict
 
 Source = str | Path | Sequence[str | Path]
@@ -111,8 +112,9 @@ class StudyResult:
              (v.position_mm if v.position_mm is not None else [None] * v.n_slices)]
         kept = sel.kept_indices
         classes = self.classes
+        number = v.instance_numbers or [None] * v.n_slices
         scored = {s.index: s.probabilities for s in self.slices}
-        return {
+        doc: ResultDoc = {
             "schema_version": SCHEMA_VERSION,
             "modality": v.modality,
             "label": self.verdict.label,
@@ -130,8 +132,9 @@ class StudyResult:
             "n_slices_read": v.n_slices,
             "n_slices_used": len(kept),
             "selection": sel.method,
-            "slices_used": [self._used_slice(int(i), z[i], scored.get(int(i))) for i in kept],
-            "slices_dropped": [{"index": i, "file": v.files[i], "z": z[i], "reason": sel.reasons[i]}
+            "slices_used": [self._used_slice(int(i), z[i], number[i], scored.get(int(i))) for i in kept],
+            "slices_dropped": [{"index": i, "file": v.files[i], "z": z[i], "instance_number": number[i],
+                                "reason": sel.reasons[i]}
                                for i in range(v.n_slices) if not sel.keep[i]],
             "files_dropped": [d.to_dict() for d in v.dropped_files],
             "series": {"chosen": v.series_uid, "why": v.series_why,
@@ -143,11 +146,14 @@ class StudyResult:
             "flags": [f.to_dict() for f in v.flags],
             "timings_ms": {k: round(t, 1) for k, t in self.timings_ms.items()},
             "model": self.classifier.info.to_dict(),
+            "patient_rule": rule.to_dict() if self.slices and (rule := getattr(self.classifier, "rule", None)) else None,
             "software": {"name": "ctedge", "version": __version__},
         }
+        doc["score"], doc["agreement"], doc["concern"] = score_meaning(doc), agreement(doc), concern(doc)
+        return doc
 
-    def _used_slice(self, index: int, z: float | None, probabilities: np.ndarray | None) -> UsedSliceDoc:
-        doc: UsedSliceDoc = {"index": index, "file": self.volume.files[index], "z": z}
+    def _used_slice(self, index: int, z: float | None, number: int | None, probabilities: np.ndarray | None) -> UsedSliceDoc:
+        doc: UsedSliceDoc = {"index": index, "file": self.volume.files[index], "z": z, "instance_number": number}
         if probabilities is not None:      # slice models score each kept slice
             doc["probabilities"] = _named(self.classes, probabilities)
             doc["label"] = self.classes[int(np.argmax(probabilities))]
@@ -169,6 +175,7 @@ class PreparedStudy:
     selection: Selection
     plans: list[np.ndarray]   # group plans over the kept slices (see group_plan)
     timings_ms: dict[str, float]
+    presets: dict[str, np.ndarray] = field(default_factory=dict)  # (n, size, size) uint8 per DISPLAY_WINDOWS name; empty without exact HU
 
     def groups(self) -> list[np.ndarray]:
         """The (group_size, size, size) uint8 groups fed to the classifier."""

@@ -184,7 +184,10 @@ def test_heatmaps_on_an_interpolated_group_name_both_source_slices(tmp_path):
         assert b - a == 1 or (b > a and not set(range(a + 1, b)) & used), "neighbours among the kept slices"
     assert blended, "the interpolated group's top slices include blended positions"
     html = (tmp_path / "out" / "report.html").read_text()
-    assert all(f"slice {s['slice_index']} ({s['file']}, weight" in html for h in blended for s in h["sources"])
+    numbers = {s["index"]: s["instance_number"] for s in doc["slices_used"]}
+    for h in blended:     # the caption names both slices by InstanceNumber with their weights
+        assert h["caption"].startswith(f"Grad-CAM for {doc['label']} on blend of slices ") and h["caption"] in html
+        assert all(f"{numbers[s['slice_index']]} ({s['weight']:.2f})" in h["caption"] for s in h["sources"])
 
 
 def test_pipeline_flags_are_checked_against_the_card(capsys, tmp_path):

@@ -134,7 +134,7 @@ def test_a_radiograph_is_received_analysed_as_xray_and_its_sr_and_heatmap_reach_
     # radiograph, enlarged, with the caption and the placeholder banner burned in underneath
     heat = image.astype(np.float32) / image.max()
     picture = _legible(overlay(image, heat))
-    bar = _captioned(np.zeros((0, picture.shape[1], 3), np.uint8), f"{doc['label']} | radiograph, view PA",
+    bar = _captioned(np.zeros((0, picture.shape[1], 3), np.uint8), f"Grad-CAM for {doc['label']} on radiograph, view PA",
                      PLACEHOLDER_BANNER)
     expected_sc = cv2.cvtColor(np.vstack([picture, bar]), cv2.COLOR_BGR2RGB)
     assert sc.pixel_array.shape == expected_sc.shape

@@ -19,6 +19,7 @@ LAYERS: dict[str, int] = {
     # L1 contracts and value types
     "edge": 1, "edge.errors": 1, "edge.card": 1, "edge.options": 1, "edge.profile": 1,
     "edge.vote": 1, "edge.evidence": 1, "edge.metrics": 1, "edge.result": 1, "edge.storage": 1, "edge.untrusted": 1,
+    "edge.uncertainty": 1,
     # L2 reading studies, preprocessing, the interpreters
     "edge.ingest": 2, "edge.preprocess": 2, "edge.runtime": 2, "edge.runtime_openvino": 2, "edge.phantom": 2, "edge.dataset": 2,
     "edge.selection_report": 2,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import html
 import io
 import json
 import logging
@@ -11,7 +12,9 @@ import shutil
 import socket
 import stat
 import threading
+import time
 import zipfile
+from datetime import datetime
 from pathlib import Path
 
 import pydicom
@@ -348,7 +351,7 @@ class BlockingEngine:
         self.release = threading.Event()
         self.started = threading.Event()
 
-    def analyse(self, source: Path, out_dir: Path) -> dict:
+    def analyse(self, source: Path, out_dir: Path, progress=None) -> dict:
         self.started.set()
         self.release.wait(30)
         raise UserError(source / "IM0001.dcm", "rejected by the test engine")
@@ -423,13 +426,21 @@ def test_form_upload_status_result_and_history(client, app):
     assert f'id="input">{result["n_slices_read"]} slices read, {result["n_slices_used"]} used' in page
     assert "Slices that drove the decision" in page and "Groups of 50 slices" in page
     assert all(w in page for w in result["warnings"])
-    assert 'id="viewer"' in page and f'data-count="{len(result["slice_png"])}"' in page
-    slice_png = client.get(f"/studies/{study_id}/slices/0.png")
-    assert slice_png.status_code == 200 and slice_png.mimetype == "image/png"
+    viewer = json.loads(html.unescape(re.search(r'data-viewer="([^"]*)"', page).group(1)))
+    assert viewer["count"] == len(result["slice_png"]) and viewer["windows"] == ["lung", "mediastinum", "bone"]
+    assert viewer["numbers"][0] == result["slices_dropped"][0]["instance_number"], "slices named by InstanceNumber"
+    assert f'id="study-uid">{result["study"]["study_uid"]}<' in page and f'id="patient-id">{result["study"]["patient_id"]}<' in page
+    assert 'id="score-name">mean group probability<' in page
+    for path in ("slices/0.png", "slices/bone/0.png", "slices/mediastinum/3.png", "heatmaps/1-map.png"):
+        image = client.get(f"/studies/{study_id}/{path}")
+        assert image.status_code == 200 and image.mimetype == "image/png", path
+    assert client.get(f"/studies/{study_id}/slices/soft/0.png").status_code == 404
     report = client.get(f"/studies/{study_id}/report.html")
     assert report.status_code == 200 and "script-src 'unsafe-inline'" in report.headers["Content-Security-Policy"]
+    assert "img-src 'self' data:" in report.headers["Content-Security-Policy"] and 'src="data:image/png;base64,' in report.text
     history = client.get("/history").get_data(as_text=True)
     assert f'href="/studies/{study_id}"' in history and result["label"] in history
+    assert f'<td class="patient-id">{result["study"]["patient_id"]}</td>' in history
     assert f'{result["label"]} <small class="result-banner">{DEMONSTRATION_BANNER}</small>' in history
 
 
@@ -440,6 +451,75 @@ def test_status_page_refreshes_while_waiting(app, client):
     store.write_status(study_id, status="running", started="2025-01-01T00:00:00+00:00", n_files=3)
     page = client.get(f"/studies/{study_id}").get_data(as_text=True)
     assert '<meta http-equiv="refresh" content="2">' in page and 'data-status="running"' in page
+    store.write_status(study_id, stage="explaining", stage_started="2025-01-01T00:00:09+00:00")
+    page = client.get(f"/studies/{study_id}").get_data(as_text=True)
+    assert 'data-stage="explaining"' in page and page.count('class="stage-done"') == 3   # queued, reading, analysing
+    assert "No time estimate yet" in page
+
+
+def test_a_reader_marks_a_study_and_the_worklist_exports_it(client, app):
+    token = login(client)
+    response = client.post("/studies", data={"files": dicom_files(), "csrf_token": token})
+    study_id = response.headers["Location"].rsplit("/", 1)[1]
+    wait_done(client, study_id)
+    assert '<strong>unread</strong>' in client.get("/history").get_data(as_text=True)
+    assert client.post(f"/studies/{study_id}/review", data={"mark": "maybe", "csrf_token": token}).status_code == 400
+    assert client.post(f"/studies/{study_id}/review", data={"mark": "disagree"}).status_code == 400   # no CSRF token
+    response = client.post(f"/studies/{study_id}/review", data={"mark": "disagree", "csrf_token": token})
+    assert response.status_code == 303
+    review = app.extensions["ctedge"]["store"].status(study_id)["reviews"][USER]
+    assert review["mark"] == "disagree" and datetime.fromisoformat(review["at"]).tzinfo is not None
+    page = client.get(f"/studies/{study_id}").get_data(as_text=True)
+    assert f"<strong>{USER}</strong>: disagree" in page
+    assert f'data-study="{study_id}"' in client.get("/history").get_data(as_text=True)
+    assert f'data-study="{study_id}"' not in client.get("/history?unread=1").get_data(as_text=True)
+    export = client.get("/history.csv?sort=received")
+    assert export.mimetype == "text/csv" and "attachment" in export.headers["Content-Disposition"]
+    row = export.get_data(as_text=True).splitlines()[1].split(",")
+    assert row[0] == study_id and row[-3:-1] == [USER, "disagree"]
+    assert client.get("/history?sort=bogus").status_code == 400
+
+
+class StagedEngine:
+    """Tells the job queue each stage, taking ``seconds[stage]`` in it; writes a minimal result."""
+
+    def __init__(self, info, seconds: dict[str, float]):
+        self.info, self.seconds = info, seconds
+
+    def analyse(self, source: Path, out_dir: Path, progress=None) -> dict:
+        for stage, seconds in self.seconds.items():
+            progress(stage)
+            time.sleep(seconds)
+        return {"label": "healthy", "model": {}}
+
+
+def test_stage_times_are_recorded_and_make_the_eta(tmp_path, engine):
+    from edge.server.jobs import JobQueue
+
+    store = StudyStore(tmp_path / "results")
+    queue = JobQueue(store, StagedEngine(engine.info, {"reading": 0.05, "analysing": 0.3, "explaining": 0.1}), 1, 4)
+    queue.start()
+    try:
+        first = store.create()
+        queue.submit(first, 1)
+        deadline = time.monotonic() + 20
+        while (store.status(first) or {}).get("status") != "done":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        queue.stop()
+    stage_s = store.status(first)["stage_s"]
+    assert list(stage_s) == ["reading", "analysing", "explaining"]
+    assert stage_s["analysing"] >= 0.3 and stage_s["explaining"] >= 0.1 and stage_s["analysing"] > stage_s["explaining"]
+    running = store.write_status(store.create(), status="running", stage="analysing", stage_started="2030-01-01T00:00:00+00:00")
+    eta = queue.eta(running, now=datetime.fromisoformat("2030-01-01T00:00:00.1+00:00"))
+    assert eta == {"seconds": round(stage_s["analysing"] - 0.1 + stage_s["explaining"], 1), "from": 1}
+    queued = store.write_status(store.create(), status="queued")
+    assert queue.eta(queued)["seconds"] == round(sum(stage_s.values()), 1)
+    restarted = JobQueue(store, engine, 1, 4)
+    restarted.start()      # the stage times of finished studies survive a restart
+    restarted.stop()
+    assert restarted.eta(queued) == {"seconds": round(sum(stage_s.values()), 1), "from": 1}
 
 
 def test_form_shows_bad_upload_errors(client):

@@ -137,11 +137,11 @@ class DiskFullEngine:
         self.engine, self.info, self.full = engine, engine.info, True
         self.go = threading.Event()
 
-    def analyse(self, source: Path, out_dir: Path) -> dict:
+    def analyse(self, source: Path, out_dir: Path, progress=None) -> dict:
         self.go.wait(30)
         if self.full:
             raise OSError(errno.ENOSPC, "No space left on device")
-        return self.engine.analyse(source, out_dir)
+        return self.engine.analyse(source, out_dir, progress)
 
 
 def test_worker_survives_a_full_disk_and_resumes(make_app, engine, monkeypatch):

@@ -133,7 +133,9 @@ def test_two_class_model_through_the_cli(tmp_path, study, capsys):
     assert doc["label"] == ("infection" if probs[:, 0].mean() > 0.05 else "none")
     assert main(["predict", str(study), "--model", str(two), "--variant", "float32"]) == 0
     out = capsys.readouterr().out
-    assert "slice labels:" in out and "Probabilities: infection" in out and "DEMONSTRATION MODEL" in out
+    assert "slice labels:" in out and "Mean slice probability: infection" in out and "DEMONSTRATION MODEL" in out
+    assert "the verdict thresholds this mean (mean rule)" in out and "Probabilities:" not in out
+    assert doc["patient_rule"] == {"name": "mean", "threshold": 0.05} and doc["score"]["name"] == "mean slice probability"
 
 
 def test_report_plots_each_class_along_the_slice_axis(bundle, study, tmp_path):

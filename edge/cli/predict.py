@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from edge.cli.common import add_model_options, model_profile
 from edge.engine import Device
@@ -60,7 +60,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     engine = predict_engine(args)
     source = args.study[0] if len(args.study) == 1 else args.study
     doc = engine.analyse(source, args.out) if args.out else engine.run(source).to_dict()
-    print(json.dumps(doc, indent=2) if args.json else summary(doc))
+    shown = cast(ResultDoc, {k: v for k, v in doc.items() if k != "study"})   # the study's identity stays in the result folder
+    print(json.dumps(shown, indent=2) if args.json else summary(shown))
     if args.out and not args.json:
         print(f"Report: {args.out / 'report.html'}")
     return 0
@@ -75,7 +76,11 @@ def summary(d: ResultDoc) -> str:
         lines.append(f"    {model['note']}")
     lines.append(f"Verdict: {d['label']}   ({d['decision_rule']})")
     classes = d["classes"]
-    lines.append("Probabilities: " + "  ".join(f"{c} {d['probabilities'][c]:.3f}" for c in classes))
+    score = d["score"]
+    lines.append(f"{score['name'].capitalize()}: " + "  ".join(f"{c} {d['probabilities'][c]:.3f}" for c in classes))
+    lines.append(f"  ({score['explanation']})")
+    if d["agreement"]:
+        lines.append(f"Agreement: {d['agreement']['text']}")
     lines += INPUT_LINES[d["modality"]](d)
     for g in d["groups"]:
         probs = " ".join(f"{g['probabilities'][c]:.3f}" for c in classes)

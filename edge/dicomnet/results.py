@@ -7,7 +7,8 @@
   name, version, the model card's sha256) and the class probabilities, and under "Qualitative
   Evaluations" the decision rule, the model status (clinical, research, demonstration, placeholder),
   its validation evidence and the warning banner with what a research model was trained on;
-* one Secondary Capture image per heatmap overlay, caption and warning banner burned in, in the
+* one Secondary Capture image per heatmap overlay of a group or slice that voted for the verdict
+  (``edge.uncertainty.supports_verdict``), caption and warning banner burned in, in the
   patient orientation of its source image, which it references (Source Image Sequence).
 
 Both go into the source study (same StudyInstanceUID, the patient and study modules copied from the
@@ -33,6 +34,7 @@ from edge.card import MODALITY_TERMS
 from edge.dicomnet.receiver import is_uid
 from edge.errors import UserError
 from edge.result import ResultDoc, load_result
+from edge.uncertainty import supports_verdict
 
 SR_SERIES_NUMBER, SC_SERIES_NUMBER = 9901, 9902
 SCHEME = "99CTEDGE"  # private coding scheme for the concepts no standard code names (code values <= 16 characters)
@@ -118,7 +120,7 @@ def result_objects(result_dir: Path, study_dir: Path, ae_title: str = "CTEDGE") 
                                                     "DICOM UID: PACS would refuse results referencing it")
     objects: list[Dataset] = [structured_report(doc, evidence, ae_title=ae_title)]
     series_uid = generate_uid()
-    for n, heatmap in enumerate(doc.get("heatmaps", []), start=1):
+    for n, heatmap in enumerate([h for h in doc.get("heatmaps", []) if supports_verdict(doc, h)], start=1):
         ref = _complete(headers[heatmap["file"]]) if heatmap["file"] in headers else evidence[0]
         objects.append(secondary_capture(Path(result_dir) / heatmap["png"], ref, series_uid, n))
     return objects

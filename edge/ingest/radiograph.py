@@ -35,6 +35,7 @@ from edge.errors import CorruptFileError, FileTooLargeError, OutsideIntendedUseE
 from edge.ingest.dicom_files import check_codestream_size, read_header
 from edge.ingest.flags import Flag, lossy_flag
 from edge.ingest.series import OTHER_BODY_PARTS, body_part
+from edge.ingest.identity import study_identity
 from edge.ingest.image_files import is_image_file, read_grey
 from edge.ingest.sources import Limits, study_files
 
@@ -64,6 +65,7 @@ class Radiograph:
     series_uid: str | None = None
     warnings: list[str] = field(default_factory=list)
     flags: list[Flag] = field(default_factory=list)     # typed warnings (each also in ``warnings``)
+    identity: dict[str, str] = field(default_factory=lambda: study_identity(None))  # edge.ingest.identity
 
 
 def study_modality(source: str | Path | Sequence[str | Path], limits: Limits = Limits()) -> str:
@@ -194,7 +196,7 @@ def _read_dicom(path: Path, header: Dataset | None = None) -> Radiograph:
     lossy = lossy_flag([(path.name, ds)])
     flags += [lossy] if lossy else []
     return Radiograph(pixels, path.name, view, str(ds.get("SeriesInstanceUID", "")) or None,
-                      [f.message for f in flags], flags)
+                      [f.message for f in flags], flags, study_identity(header))
 
 
 def _read_image(path: Path) -> Radiograph:

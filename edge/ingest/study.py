@@ -14,6 +14,7 @@ from edge.errors import (CorruptFileError, EmptyStudyError, FileTooLargeError, M
                          NoUsableSeriesError, OutsideIntendedUseError, StudyError, TooFewSlicesError)
 from edge.ingest.dicom_files import has_rescale, read_header
 from edge.ingest.enhanced import decode_slices, frame_headers
+from edge.ingest.identity import instance_number, study_identity
 from edge.ingest.image_files import is_image_file, natural_key, read_image_hu
 from edge.ingest.flags import DroppedFile, Flag, lossy_flag
 from edge.ingest.series import CHEST_BODY_PARTS, SkippedSeries, body_part, select_series, split_series
@@ -41,6 +42,8 @@ class Volume:
     flags: list[Flag] = field(default_factory=list)            # typed warnings (each also in ``warnings``)
     dropped_files: list[DroppedFile] = field(default_factory=list)  # files of the chosen series not read
     series_why: str = ""                 # why this series was chosen
+    identity: dict[str, str] = field(default_factory=lambda: study_identity(None))  # edge.ingest.identity
+    instance_numbers: list[int | None] = field(default_factory=list)  # each slice's InstanceNumber (empty: none read)
 
     def flag(self, flag: Flag) -> None:
         """Record a typed warning (its message joins ``warnings``)."""
@@ -129,6 +132,7 @@ def _load_dicom(headers, source, warnings: list[str], resize_to: int | None, tra
         pixel_spacing_mm=float(spacing[0]) if spacing else None,
         slice_thickness_mm=float(first.SliceThickness) if first.get("SliceThickness") else None,
         skipped_series=skipped, warnings=warnings, flags=flags, dropped_files=ordered.dropped, series_why=choice.why,
+        identity=study_identity(first), instance_numbers=[instance_number(ordered.items[i][1]) for i in keep],
     )
 
 

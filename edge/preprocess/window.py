@@ -12,6 +12,11 @@ AIR_HU = -1024.0
 LUNG_BOX_MARGIN = 0.05
 
 
+DISPLAY_WINDOWS = {"mediastinum": (-125.0, 225.0), "bone": (-500.0, 1500.0)}
+"""(low, high) HU of the window presets the result viewer offers besides the model's lung window
+(mediastinum: centre 50, width 350; bone: centre 500, width 2000)."""
+
+
 def lung_window(hu: np.ndarray, window: tuple[float, float] = LUNG_WINDOW) -> np.ndarray:
     """Map HU to uint8 through the window (values outside are clipped)."""
     low, high = window

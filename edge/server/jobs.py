@@ -22,7 +22,7 @@ import secrets
 import shutil
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
@@ -34,6 +34,11 @@ from edge.storage import is_disk_full, private_dir, restrict_tree
 
 log = logging.getLogger("ctedge.server")
 STATES = ("queued", "running", "done", "failed")
+STAGES = ("queued", "reading", "analysing", "explaining")
+"""The stages a study's status page shows (``stage`` in status.json while running)."""
+REVIEW_MARKS = ("reviewed", "disagree")
+"""A reader's mark on a result: read and agreed with, or read and disagreed with."""
+ETA_HISTORY = 20   # the stage times of this many finished studies make the ETA
 STUDY_ID = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{8}$")
 MAX_ATTEMPTS = 2   # a study that was running when the server stopped this often is not tried again
 HOUSEKEEPING_S = 60.0  # how often an idle worker writes kept-back states and deletes expired uploads
@@ -51,7 +56,7 @@ class Analyser(Protocol):
     @property
     def routes(self) -> Mapping[str, Analyser]: ...
 
-    def analyse(self, source: Path, out_dir: Path) -> ResultDoc: ...
+    def analyse(self, source: Path, out_dir: Path, progress: Callable[[str], None] | None = None) -> ResultDoc: ...
 
 
 class QueueFull(Exception):
@@ -74,6 +79,7 @@ class StudyStore:
         self.root = root
         self._unsaved: dict[str, dict[str, Any]] = {}   # states a full disk kept from status.json
         self._lock = threading.Lock()
+        self._review_lock = threading.Lock()
         try:
             private_dir(root)
         except OSError as exc:
@@ -166,6 +172,16 @@ class StudyStore:
                 purged += 1
         return purged
 
+    def review(self, study_id: str, user: str, mark: str) -> dict[str, Any]:
+        """Record ``user``'s mark on a finished study (one of ``REVIEW_MARKS``; a later mark by the same
+        user replaces theirs) with the time; return the study's state."""
+        if mark not in REVIEW_MARKS:
+            raise ValueError(f"a review mark is one of {', '.join(REVIEW_MARKS)}, got {mark!r}")
+        with self._review_lock:
+            reviews = dict((self.status(study_id) or {}).get("reviews") or {})
+            reviews[user] = {"mark": mark, "at": _now()}
+            return self.write_status(study_id, reviews=reviews)
+
     def result(self, study_id: str) -> ResultDoc | None:
         """The engine's result document of a finished study."""
         try:
@@ -193,6 +209,7 @@ class JobQueue:
         self._cond = threading.Condition()
         self._stopped = False
         self._threads: list[threading.Thread] = []
+        self._stage_s: collections.deque[dict[str, float]] = collections.deque(maxlen=ETA_HISTORY)
 
     def start(self) -> None:
         """Remove interrupted uploads, re-queue studies left queued or running by a previous process,
@@ -208,6 +225,8 @@ class JobQueue:
                 self._pending.append(state["id"])
                 log.info("study %s re-queued after restart", state["id"])
         self._housekeeping()
+        done = [state["stage_s"] for state in self.store.all() if state["status"] == "done" and state.get("stage_s")]
+        self._stage_s.extend(reversed(done[:ETA_HISTORY]))
         for i in range(self.workers):
             t = threading.Thread(target=self._work, name=f"ctedge-worker-{i}", daemon=True)
             t.start()
@@ -221,13 +240,14 @@ class JobQueue:
         for t in self._threads:
             t.join(timeout)
 
-    def submit(self, study_id: str, n_files: int) -> None:
-        """Queue a study whose upload is on disk; raise QueueFull when ``queue_size`` are waiting."""
+    def submit(self, study_id: str, n_files: int, study: dict[str, str] | None = None) -> None:
+        """Queue a study whose upload is on disk (``study``: its identity, edge.ingest.identity, when
+        already known); raise QueueFull when ``queue_size`` are waiting."""
         with self._cond:
             if len(self._pending) >= self.queue_size:
                 raise QueueFull(study_id)
             self.store.flush()
-            self.store.write_status(study_id, status="queued", n_files=n_files)
+            self.store.write_status(study_id, status="queued", n_files=n_files, **({"study": study} if study else {}))
             self._pending.append(study_id)
             self._cond.notify()
         log.info("study %s queued (%d files)", study_id, n_files)
@@ -236,6 +256,26 @@ class JobQueue:
         """How many studies wait ahead of this one (None when it is not waiting)."""
         with self._cond:
             return self._pending.index(study_id) if study_id in self._pending else None
+
+    def eta(self, state: Mapping[str, Any], now: datetime | None = None) -> dict[str, Any] | None:
+        """Seconds until a queued or running study is likely done, from the mean stage times of the
+        last ``ETA_HISTORY`` studies finished (``{"seconds", "from"}``); None before the first."""
+        with self._cond:
+            history = list(self._stage_s)
+            ahead = self._pending.index(state["id"]) if state["id"] in self._pending else 0
+        if not history or state["status"] not in ("queued", "running"):
+            return None
+        mean = {stage: sum(h.get(stage, 0.0) for h in history) / len(history) for stage in STAGES[1:]}
+        total = sum(mean.values())
+        if state["status"] == "queued":
+            seconds = total * (1 + ahead / max(self.workers, 1))
+        else:
+            stage = state.get("stage", "reading")
+            later = STAGES[STAGES.index(stage) + 1:] if stage in STAGES else ()
+            started = datetime.fromisoformat(state.get("stage_started") or state.get("started") or _now())
+            elapsed = ((now or datetime.now(timezone.utc)) - started).total_seconds()
+            seconds = max(mean.get(stage, 0.0) - elapsed, 0.0) + sum(mean[s] for s in later)
+        return {"seconds": round(seconds, 1), "from": len(history)}
 
     def stats(self) -> dict[str, int]:
         with self._cond:
@@ -270,10 +310,18 @@ class JobQueue:
     def _analyse(self, study_id: str) -> None:
         upload = self.store.upload_dir(study_id)
         attempts = (self.store.status(study_id) or {}).get("attempts", 0) + 1
-        self.store.write_status(study_id, status="running", started=_now(), attempts=attempts)
+        self.store.write_status(study_id, status="running", started=_now(), attempts=attempts, stage="reading",
+                                stage_started=_now())
         start = time.perf_counter()
+        marks: dict[str, float] = {"reading": start}
+
+        def progress(stage: str) -> None:
+            if stage not in marks:
+                marks[stage] = time.perf_counter()
+                self.store.write_status(study_id, stage=stage, stage_started=_now())
+
         try:
-            result = self.engine.analyse(upload, self.store.folder(study_id))
+            result = self.engine.analyse(upload, self.store.folder(study_id), progress=progress)
         except UserError as exc:
             self._finish(study_id, status="failed", error=strip_folder(str(exc), upload))
             log.info("study %s failed: %s", study_id, type(exc).__name__)
@@ -286,7 +334,13 @@ class JobQueue:
             log.error("study %s failed: %s", study_id, "disk full" if is_disk_full(exc) else type(exc).__name__)
         else:
             model = result.get("model", {})
-            self._finish(study_id, status="done", label=result.get("label"), banner=model.get("banner", ""),
+            ends = [*list(marks.values())[1:], time.perf_counter()]
+            stage_s = {stage: round(end - begun, 3) for (stage, begun), end in zip(marks.items(), ends)}
+            with self._cond:
+                self._stage_s.append(stage_s)
+            self._finish(study_id, status="done", label=result.get("label"), banner=model.get("banner", ""), stage_s=stage_s,
+                         study=result.get("study"), concern=result.get("concern"),
+                         agreement=(result.get("agreement") or {"level": None})["level"],
                          demonstration=bool(model.get("demonstration") or model.get("placeholder") or model.get("research")))
             log.info("study %s done in %.1f s", study_id, time.perf_counter() - start)
 

@@ -20,6 +20,7 @@ from werkzeug.utils import secure_filename
 
 from edge.errors import FileTooLargeError, StudyError, UserError
 from edge.ingest.dicom_files import read_header
+from edge.ingest.identity import identity_of_files
 from edge.ingest.image_files import is_image_file
 from edge.ingest.sources import Limits, extract_zip, study_files, unpacked_size
 from edge.server.jobs import JobQueue, StudyStore, strip_folder
@@ -58,8 +59,9 @@ def receive_study(files: list[FileStorage], store: StudyStore, jobs: JobQueue,
     except OSError as exc:
         raise _disk_error(exc) from None
     try:
-        n_files = save_upload(files, store.upload_dir(study_id), policy)
-        jobs.submit(study_id, n_files)
+        upload = store.upload_dir(study_id)
+        n_files = save_upload(files, upload, policy)
+        jobs.submit(study_id, n_files, study=identity_of_files(sorted(p for p in upload.rglob("*") if p.is_file())))
     except BaseException as exc:
         shutil.rmtree(store.folder(study_id), ignore_errors=True)
         log.info("upload rejected: %s", getattr(exc, "status", type(exc).__name__))
