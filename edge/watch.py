@@ -9,7 +9,8 @@ An inbox entry (a folder, a zip, or a stray file) is a study. Its *name* is the 
 * **Done** iff ``OUTBOX/<name>/source.json`` or ``OUTBOX/failed/<name>/source.json`` records the
   entry's current fingerprint. The record is built in ``OUTBOX/.partial/<name>-<pid>`` and
   renamed into place: that rename is the commit point, so a kill at any moment loses nothing and
-  duplicates nothing; ``.partial`` leftovers are removed at start-up.
+  duplicates nothing; ``.partial`` leftovers are removed at start-up. A stop (SIGTERM, Ctrl-C)
+  removes the partial record of the study in progress; that study is taken again at the next start.
 * **Changed** (same name, other fingerprint): processed again; the previous record is moved to
   ``OUTBOX/.superseded/<name>-<UTC time>/`` before the new one is renamed into place.
 * The inbox is never modified: ctedge does not delete or move patient data.
@@ -189,6 +190,9 @@ def process_one(engine: Engine | Device, outbox: Path, entry: Entry, marker: str
         status, error = "failed", f"{exc}\n"
     except Exception as exc:  # noqa: BLE001 - one study must never stop the watcher
         status, error = "failed", f"internal error: {type(exc).__name__}: {exc}\n\n{traceback.format_exc()}"
+    except BaseException:  # Ctrl-C or SIGTERM: nothing is committed; the study is taken again at the next start
+        shutil.rmtree(work, ignore_errors=True)
+        raise
     if not _unchanged(entry, marker):
         shutil.rmtree(work)
         return "changed"

@@ -34,7 +34,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                  port=profile.server.port if args.port is None else args.port)
     profile = dataclasses.replace(profile, server=server)
 
-    from edge.server import create_app, users_file
+    from edge.server import create_app, stop_app, users_file
     from edge.server.auth import add_user
 
     if args.add_user:
@@ -54,7 +54,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if dicom := app.extensions["ctedge"].get("dicom"):
         print(f"ctedge: receiving DICOM as {dicom.settings.ae_title} on {dicom.settings.host}:{dicom.receiver.port}, "
               f"studies in {dicom.inbox}, results sent to {len(dicom.settings.destinations)} destination(s)", flush=True)
-    httpd.run()
+    try:
+        httpd.run()
+    finally:
+        stop_app(app)
     return 0
 
 

@@ -54,11 +54,13 @@ class DicomService:
             self._sender.start()
             self._threads.append(self._sender)
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 60.0) -> None:
+        """Stop receiving, then let the sender and the watcher end, waiting up to ``timeout`` s for each
+        (both are crash-safe: what they leave unfinished is taken again at the next start)."""
         self.receiver.stop()
         self._stop.set()
         for thread in self._threads:
-            thread.join(timeout=60)
+            thread.join(timeout=timeout)
 
     @classmethod
     def for_server(cls, profile: Profile, engine) -> DicomService:

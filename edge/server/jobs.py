@@ -214,12 +214,28 @@ class JobQueue:
             self._threads.append(t)
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Let the workers finish their current study and exit."""
+        """Let the workers finish their current study and exit, waiting up to ``timeout`` s in all; a
+        study still running then is re-queued for the next start (the stop is not counted as an attempt)."""
         with self._cond:
             self._stopped = True
             self._cond.notify_all()
+        deadline = time.monotonic() + timeout
         for t in self._threads:
-            t.join(timeout)
+            t.join(max(0.0, deadline - time.monotonic()))
+        with self._cond:
+            running = sorted(self._running)
+        for study_id in running:
+            self._requeue(study_id)
+
+    def _requeue(self, study_id: str) -> None:
+        """Put a study the stop interrupted back in the queue of the next start, its attempt not counted."""
+        with self._cond:
+            if study_id not in self._running:
+                return
+            self._running.discard(study_id)
+        attempts = (self.store.status(study_id) or {}).get("attempts", 1)
+        self.store.write_status(study_id, status="queued", attempts=max(0, attempts - 1))
+        log.warning("study %s re-queued: the server stopped while analysing it", study_id)
 
     def submit(self, study_id: str, n_files: int) -> None:
         """Queue a study whose upload is on disk; raise QueueFull when ``queue_size`` are waiting."""
@@ -274,21 +290,28 @@ class JobQueue:
         start = time.perf_counter()
         try:
             result = self.engine.analyse(upload, self.store.folder(study_id))
-        except UserError as exc:
-            self._finish(study_id, status="failed", error=strip_folder(str(exc), upload))
-            log.info("study %s failed: %s", study_id, type(exc).__name__)
         except Exception as exc:  # noqa: BLE001 - a worker must survive any study
-            if is_disk_full(exc):
-                error = DISK_FULL_MESSAGE
+            if self._stopped:  # the stop cut the analysis short (e.g. the decoding workers ended)
+                self._requeue(study_id)
             else:
-                error = f"internal error while analysing the study ({type(exc).__name__}); see the server log"
-            self._finish(study_id, status="failed", error=error)
-            log.error("study %s failed: %s", study_id, "disk full" if is_disk_full(exc) else type(exc).__name__)
+                self._fail(study_id, upload, exc)
         else:
             model = result.get("model", {})
             self._finish(study_id, status="done", label=result.get("label"), banner=model.get("banner", ""),
                          demonstration=bool(model.get("demonstration") or model.get("placeholder") or model.get("research")))
             log.info("study %s done in %.1f s", study_id, time.perf_counter() - start)
+
+    def _fail(self, study_id: str, upload: Path, exc: Exception) -> None:
+        if isinstance(exc, UserError):
+            self._finish(study_id, status="failed", error=strip_folder(str(exc), upload))
+            log.info("study %s failed: %s", study_id, type(exc).__name__)
+            return
+        if is_disk_full(exc):
+            error = DISK_FULL_MESSAGE
+        else:
+            error = f"internal error while analysing the study ({type(exc).__name__}); see the server log"
+        self._finish(study_id, status="failed", error=error)
+        log.error("study %s failed: %s", study_id, "disk full" if is_disk_full(exc) else type(exc).__name__)
 
     def _finish(self, study_id: str, **state: Any) -> None:
         """Record the outcome, then make the study's files owner-only."""
