@@ -19,6 +19,7 @@ from edge import CLASSES, __version__
 from edge.cli.dicom import add_bench_dicom, add_receive
 from edge.cli.doctor import add_doctor
 from edge.cli.predict import add_predict
+from edge.cli.retention import add_retention
 from edge.cli.selection import add_evaluate_selection
 from edge.cli.serve import add_serve
 from edge.cli.tune import add_tune
@@ -35,7 +36,7 @@ user loads a page's heatmaps) are kept below this level unless --debug (pynetdic
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_predict, add_evaluate_selection, add_serve, add_watch,
                                                                 add_validate, add_receive, add_bench_dicom, add_doctor,
-                                                                add_tune]
+                                                                add_tune, add_retention]
 
 
 def plugin_commands(command: str | None) -> list[Callable[[argparse._SubParsersAction], None]]:
@@ -65,12 +66,13 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 
 def configure_logging(verbose: bool, debug: bool) -> None:
-    """ctedge's progress at INFO with ``-v`` (else warnings only); the libraries of LIBRARY_LOGGERS
+    """ctedge's progress at INFO with ``-v`` (else warnings only; retention's audit lines always); the libraries of LIBRARY_LOGGERS
     stay quiet unless ``--debug``, which shows everything down to DEBUG."""
     level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, handlers=[log_handler()])
     for name, quiet in LIBRARY_LOGGERS.items():
         logging.getLogger(name).setLevel(logging.DEBUG if debug else quiet)
+    logging.getLogger("ctedge.retention").setLevel(logging.DEBUG if debug else logging.INFO)  # the audit trail
 
 
 class Stopped(KeyboardInterrupt):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from edge.cli.common import add_model_options, model_profile
 from edge.engine import Device
+from edge.retention import WatchRetention
 from edge.watch import watch
 
 
@@ -33,9 +34,16 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
         dicom = DicomService(profile.dicom, args.inbox, args.out, profile.model.modalities)
         dicom.start(receive=not args.once, send=not args.once)  # --once: after_pass delivers
+    retention = WatchRetention(profile.retention, args.inbox, args.out, profile.watcher.marker_file,
+                               unsent=dicom.unsent if dicom else tuple)
+
+    def after_pass() -> None:
+        if dicom:
+            dicom.after_pass()
+        retention.after_pass()
+
     try:
-        summary = watch(engine, args.inbox, args.out, profile.watcher, args.once,
-                        after_pass=dicom.after_pass if dicom else None)
+        summary = watch(engine, args.inbox, args.out, profile.watcher, args.once, after_pass=after_pass)
     finally:
         if dicom:
             dicom.stop()

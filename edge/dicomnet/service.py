@@ -22,6 +22,7 @@ from edge.dicomnet.results import result_objects
 from edge.engine import Device, Engine
 from edge.errors import UserError
 from edge.profile import DicomPeer, DicomSettings, Profile, WatcherSettings
+from edge.retention import WatchRetention, pending_sends
 from edge.storage import private_dir
 from edge.watch import watch
 
@@ -70,15 +71,22 @@ class DicomService:
             raise UserError(profile.source, "dicom.inbox is not set: where should received studies be written?")
         service = cls(profile.dicom, profile.dicom.inbox, profile.server.results_dir / "dicom", profile.model.modalities)
         service.start()
-        service._threads.append(threading.Thread(target=service._watch, args=(engine, profile.watcher),
+        retention = WatchRetention(profile.retention, service.inbox, service.results, profile.watcher.marker_file,
+                                   unsent=service.unsent)
+        service._threads.append(threading.Thread(target=service._watch, args=(engine, profile.watcher, retention),
                                                  name="ctedge-dicom-watch", daemon=True))
         service._threads[-1].start()
         return service
 
-    def _watch(self, engine: Engine | Device, settings: WatcherSettings) -> None:
-        """The watcher of ``ctedge watch`` on this service's inbox, until :meth:`stop`."""
+    def _watch(self, engine: Engine | Device, settings: WatcherSettings, retention: WatchRetention) -> None:
+        """The watcher of ``ctedge watch`` on this service's inbox, with its retention, until :meth:`stop`."""
+
+        def after_pass() -> None:
+            self.after_pass()
+            retention.after_pass()
+
         try:
-            watch(engine, self.inbox, self.results, settings, after_pass=self.after_pass, stop=self._stop)
+            watch(engine, self.inbox, self.results, settings, after_pass=after_pass, stop=self._stop)
         except UserError as exc:
             log.error("the DICOM study watcher cannot run: %s", exc)
 
@@ -91,6 +99,10 @@ class DicomService:
                 self.outbox.deliver_due()
         except Exception:  # noqa: BLE001 - logged; the next pass tries again
             log.exception("queueing or sending results to PACS failed; trying again after the next pass")
+
+    def unsent(self) -> set[str]:
+        """The study names whose results still wait for a destination (retention keeps their inbox entry)."""
+        return pending_sends(self.outbox.root)
 
     def queue_results(self) -> int:
         """Queue the results of every analysed study not queued yet for each destination; return how many jobs."""

@@ -90,7 +90,7 @@ def create_app(profile: Profile, engine: Analyser | None = None, *, start_worker
         ALLOWED_HOSTS=allowed_hosts(profile),
         PROFILE=profile,
     )
-    jobs = JobQueue(store, engine, s.workers, s.queue_size, s.keep_uploads_days)
+    jobs = JobQueue(store, engine, s.workers, s.queue_size, s.keep_uploads_days, profile.retention)
     policy = UploadPolicy(Limits(max_archive_bytes=s.max_unpacked_mb * 2**20), s.min_free_mb * 2**20)
     app.extensions["ctedge"] = {"store": store, "jobs": jobs, "engine": engine, "uploads": policy,
                                 "sessions": Sessions(SESSION_LIFETIME.total_seconds()), "throttle": LoginThrottle()}

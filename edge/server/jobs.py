@@ -29,7 +29,9 @@ from typing import Any, Protocol
 
 from edge.errors import UserError
 from edge.infer import ModelInfo
+from edge.profile import RetentionSettings
 from edge.result import load_result
+from edge.retention import Schedule, clean_results
 from edge.storage import is_disk_full, private_dir, restrict_tree
 
 log = logging.getLogger("ctedge.server")
@@ -184,10 +186,12 @@ class JobQueue:
     """``workers`` threads share one engine; at most ``queue_size`` studies wait."""
 
     def __init__(self, store: StudyStore, engine: Analyser, workers: int, queue_size: int,
-                 keep_uploads_days: float = 0):
+                 keep_uploads_days: float = 0, retention: RetentionSettings | None = None):
         self.store, self.engine = store, engine
         self.workers, self.queue_size = workers, queue_size
         self.keep_uploads_days = keep_uploads_days
+        self.retention = retention or RetentionSettings()
+        self._retention_due = Schedule()
         self._pending: collections.deque[str] = collections.deque()
         self._running: set[str] = set()
         self._cond = threading.Condition()
@@ -279,9 +283,12 @@ class JobQueue:
                     self._running.discard(study_id)
 
     def _housekeeping(self) -> None:
-        """Write states kept in memory by a full disk; delete uploads past ``keep_uploads_days``."""
+        """Write states kept in memory by a full disk; delete uploads past ``keep_uploads_days``; when
+        due, finished studies past ``retention.results_days``."""
         self.store.flush()
         self.store.purge_uploads(self.keep_uploads_days)
+        if self._retention_due.due():
+            clean_results(self.store.root, self.retention)
 
     def _analyse(self, study_id: str) -> None:
         upload = self.store.upload_dir(study_id)
