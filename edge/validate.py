@@ -155,8 +155,31 @@ def summarise(outcomes: Sequence[dict], n_boot: int = 2000, seed: int = 0) -> di
         "calibration": reliability(y, prob),
         "retention": _retention(ok),
     }
+    summary["behaviour"] = behaviour(summary)
     summary["statements"] = _statements(summary)
     return summary
+
+
+def behaviour(s: dict) -> list[str]:
+    """What the model did, in plain words, from the confusion matrix: a single verdict for everyone,
+    and each class it never called although such patients were there (whose per-class accuracy
+    then only counts the patients rightly left out of it)."""
+    cm = np.array(s["confusion_matrix"])
+    called = cm.sum(axis=0)
+    n = int(cm.sum())
+    out = []
+    if n and np.count_nonzero(called) == 1:
+        only = CLASSES[int(np.argmax(called))]
+        out.append(f"The model called every patient {only} ({n} of {n}), whatever their class: it did not tell the "
+                   "classes apart on these patients.")
+    for k, c in enumerate(CLASSES):
+        present = int(cm[k].sum())
+        if present and not called[k]:
+            accuracy = s["table2"]["per_class"][c]["accuracy"]
+            out.append(f"The model never called any patient {c}: it found none of the {present} {c} patient(s) "
+                       f"(sensitivity 0%); its {c} accuracy of {100 * accuracy:.1f}% only counts the patients rightly "
+                       f"not called {c}.")
+    return out
 
 
 def _retention(ok: Sequence[dict]) -> dict | None:
@@ -211,15 +234,20 @@ def _cell(value: float | None, ci: list[float] | None) -> str:
     return f"{100 * value:.1f}" + (f" [{100 * ci[0]:.1f}-{100 * ci[1]:.1f}]" if ci else "")
 
 
+COLUMNS = {"sensitivity": "Sensitivity", "specificity": "Specificity", "f1": "F1-score", "accuracy": "Accuracy"}
+"""The per-class columns in the order shown: sensitivity first (a per-class accuracy can look good for a
+class the model never finds), accuracy last."""
+
+
 def table2_rows(summary: dict) -> list[list[str]]:
-    """Table 2 layout: per class and average, accuracy, specificity, sensitivity, F1 in % with 95% intervals."""
+    """Per class and average, the COLUMNS (sensitivity, specificity, F1, accuracy) in % with 95% intervals."""
     t = summary["table2"]
     entries = [(c, t["per_class"][c], t["ci95"][c]) for c in CLASSES] + [("Average", t["macro"], t["ci95"]["macro"])]
-    return [[name] + [_cell(values[m], ci[m]) for m in TABLE2] for name, values, ci in entries]
+    return [[name] + [_cell(values[m], ci[m]) for m in COLUMNS] for name, values, ci in entries]
 
 
 def format_table2(summary: dict) -> str:
-    head = ["Class", "Accuracy", "Specificity", "Sensitivity", "F1-score"]
+    head = ["Class", *COLUMNS.values()]
     rows = [head] + table2_rows(summary)
     widths = [max(len(r[i]) for r in rows) + 2 for i in range(len(head))]
     return "\n".join("".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths)))
@@ -279,7 +307,7 @@ def write_outputs(outcomes: Sequence[dict], summary: dict, out: Path, model: dic
                                         title="Reliability (top-class probability)", note=note),
     }
     page = _TEMPLATES.get_template("validation.html").render(
-        s=summary, model=model, classes=CLASSES, outcomes=outcomes, table=table2_rows(summary),
+        s=summary, model=model, classes=CLASSES, outcomes=outcomes, table=table2_rows(summary), columns=COLUMNS,
         plots={k: _png_data(p) for k, p in plots.items()}, min_patients=MIN_PATIENTS, modality=modality,
         modality_name=MODALITY_TERMS[modality].name)
     (out / "validation.html").write_text(page)

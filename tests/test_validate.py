@@ -236,3 +236,18 @@ def test_real_studies(shared_data, tmp_path, capsys):
     assert metrics["retention"]["infected"] == sum(r.infected for r in expected)
     assert metrics["retention"]["infected_kept"] == sum(r.infected_kept for r in expected)
     assert "Too few patients to estimate sensitivity" in capsys.readouterr().out
+
+
+def test_the_page_says_plainly_what_the_model_did_and_leads_with_sensitivity(phantom_dataset, tmp_path):
+    outcomes = run_studies(discover(phantom_dataset), Engine(Scripted([[.9, .05, .05]] * 6)), tmp_path)
+    summary = summarise(outcomes, n_boot=50)
+    assert summary["behaviour"][0].startswith("The model called every patient covid (6 of 6)")
+    never = [line for line in summary["behaviour"] if line.startswith("The model never called any patient healthy")]
+    assert never and "sensitivity 0%" in never[0] and "accuracy of 66.7%" in never[0]
+    html = write_outputs(outcomes, summary, tmp_path, Scripted.info.to_dict()).read_text()
+    assert "What the model did" in html and "called every patient covid" in html
+    header = html.split('<table id="table2">')[1].split("</tr>")[0]
+    assert header.index("Sensitivity") < header.index("Accuracy")
+    assert (tmp_path / "table2.txt").read_text().split()[:3] == ["Class", "Sensitivity", "Specificity"]
+    assert summarise(run_studies(discover(phantom_dataset), Engine(Scripted(ANSWERS)), tmp_path / "mixed"),
+                     n_boot=50)["behaviour"] == []

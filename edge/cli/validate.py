@@ -70,6 +70,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         page = write_outputs(outcomes, summary, args.out, model, engine.modality)
     if model["banner"]:
         print(f"*** {model['banner']} *** {model['note']}")
+    for line in summary["behaviour"]:
+        print(f"*** {line}")
     print(format_table2(summary))
     auc = summary["roc_auc"]
     print("ROC AUC: " + ", ".join(f"{c} {_auc(a)}" for c, a in auc["per_class"].items()) + f"; macro {_auc(auc['macro'])}")
