@@ -33,7 +33,7 @@ from edge.profile import Profile, load_profile
 from edge.runtime import EDGETPU_LIBRARY
 from edge.server import users_file
 from edge.server.auth import read_users
-from edge.tune import AUTO, cpu_identity, fallback_variant, phantom_group, tuned_choice
+from edge.tune import AUTO, BUSY_LOAD_PER_CPU, cache_path, cpu_identity, fallback_variant, phantom_group, tuned_choice
 
 FAST_INT8 = {"avx512_vnni", "avx_vnni", "asimddp"}
 ECHO_TIMEOUT_S = 5.0
@@ -151,12 +151,19 @@ def check_tuned(profile: Profile, card: ModelCard) -> Check:
     if variant != AUTO:
         return Check("variant", True, f"{_named(card)}: {variant} (set by the profile)")
     named = f"{_named(card)}: {why}:" if why else f"{_named(card)}:"
-    choice = tuned_choice(card)
+    cache = cache_path(profile)
+    choice = tuned_choice(card, cache)
     if choice is None:
         return Check("variant", True, f"{named} not tuned on this CPU yet: serve and watch tune on first "
                                       f"start (or run ctedge tune --config ...); until then {fallback_variant(card)}")
-    return Check("variant", True, f"{named} {choice.variant}, {choice.threads} thread(s), "
-                                  f"{choice.ms_per_group} ms per group (tuned on this CPU {choice.tuned_at})")
+    age = choice.age_days()
+    when = f"{choice.tuned_at}, {age:.0f} day(s) ago" if age is not None else choice.tuned_at
+    load = f"load {choice.load:.2f}" if choice.load >= 0 else "load not recorded"
+    busy = choice.load >= BUSY_LOAD_PER_CPU * (os.cpu_count() or 1)
+    return Check("variant", not busy, f"{named} {choice.variant}, {choice.threads} thread(s), {choice.ms_per_group} ms "
+                                      f"per group (tuned on this CPU {when}, {load}; in {cache})"
+                                      + ("; timed on a busy CPU: run ctedge tune --config ... when idle" if busy else ""),
+                 warning=busy)
 
 
 def can(user: pwd.struct_passwd, path: Path, want: str) -> bool:
