@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 from edge.cli.common import add_model_options, model_profile
@@ -27,6 +28,7 @@ def add_watch(sub: argparse._SubParsersAction) -> None:
 
 def cmd_watch(args: argparse.Namespace) -> int:
     profile = model_profile(args)
+    logging.getLogger("ctedge.watch").setLevel(logging.DEBUG if args.debug else logging.INFO)  # a line per study
     engine = Device.from_profile(profile, tune_if_missing=True)
     dicom = None
     if profile.dicom:  # receive into INBOX, send results to the profile's destinations
