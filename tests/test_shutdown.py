@@ -12,21 +12,21 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import Future
 from pathlib import Path
 
 import psutil
 import pytest
 
 from edge.server.jobs import JobQueue, StudyStore
-from edge.watch import PARTIAL, Entry, process_one
+from edge.watch import PARTIAL
 from tests.helpers.dicomnet import free_port
 from tests.helpers.paths import REPO
 from tests.helpers.profiles import write_profile
 from tests.helpers.server import multipart, phantom_study, serve
 from tests.helpers.server import write_profile as write_server_profile
 
-DECODE_IN_PROCESSES = {"CTEDGE_DECODE": "processes", "PYTHONUNBUFFERED": "1"}
+DECODE_IN_PROCESSES = {"CTEDGE_DECODE": "processes", "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"}
+STOP_S = 60.0
 SETTLE_S = 20.0   # a worker notices its parent's death at once (pidfd); this is only the test's patience
 
 
@@ -67,8 +67,15 @@ def workers_started(sid: int) -> bool:
 
 
 def stop(process: subprocess.Popen, how: signal.Signals) -> int:
+    """Send ``how``; a command that has not exited after STOP_S is made to print its threads' stacks (SIGABRT)."""
     process.send_signal(how)
-    return process.wait(60)
+    try:
+        return process.wait(STOP_S)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGABRT)
+        process.wait(10)
+        pytest.fail(f"ctedge did not exit within {STOP_S} s of {how.name}; its output:\n" + (
+            process.stdout.read() if process.stdout else ""))
 
 
 @pytest.mark.slow
@@ -85,10 +92,10 @@ def test_watch_with_dicom_leaves_no_process(tmp_path, how):
     try:
         wait_for(lambda: (outbox / "s1" / "result.json").exists() and workers_started(process.pid), "the first result")
         rc = stop(process, how)
-        left = survivors(process.pid)
-        out = process.stdout.read()
     finally:
+        left = survivors(process.pid)
         process.kill()
+    out = process.stdout.read()
     assert not left, "processes outlived the stop:\n" + "\n".join(left)
     if how == signal.SIGTERM:
         assert rc == 0 and "ctedge: stopped" in out, out
@@ -105,10 +112,12 @@ def test_serve_leaves_no_process(tmp_path, how):
         status, _, answer = served.request("POST", "/api/v1/studies", body, {"Content-Type": content_type})
         assert status == 202, answer
         study_id = json.loads(answer)["id"]
-        wait_for(lambda: served.json(f"/api/v1/studies/{study_id}")["status"] == "done"
-                 and workers_started(served.process.pid), "the study's result")
-        rc = stop(served.process, how)
-        left = survivors(served.process.pid)
+        try:
+            wait_for(lambda: served.json(f"/api/v1/studies/{study_id}")["status"] == "done"
+                     and workers_started(served.process.pid), "the study's result")
+            rc = stop(served.process, how)
+        finally:
+            left = survivors(served.process.pid)
     assert not left, "processes outlived the stop:\n" + "\n".join(left)
     if how == signal.SIGTERM:
         assert rc == 0, "".join(served.output)
@@ -122,11 +131,12 @@ def test_receive_stops_on_sigterm(tmp_path):
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         assert "receiving DICOM" in process.stdout.readline()
-        assert stop(process, signal.SIGTERM) == 0
-        assert not survivors(process.pid)
-        assert "ctedge: stopped" in process.stdout.read()
+        rc = stop(process, signal.SIGTERM)
     finally:
+        left = survivors(process.pid)
         process.kill()
+    assert rc == 0 and not left
+    assert "ctedge: stopped" in process.stdout.read()
 
 
 class Blocking:
@@ -163,27 +173,6 @@ def test_a_stop_requeues_the_running_study_without_counting_an_attempt(tmp_path,
     again = JobQueue(store, engine, workers=0, queue_size=4)
     again.start()
     assert again.position(study_id) == 0
-
-
-class Interrupted:
-    def analyse(self, source, out_dir: Path) -> dict:
-        (out_dir / "result.json").write_text("{}")
-        raise KeyboardInterrupt
-
-
-def test_a_stopped_watcher_leaves_no_partial_record(tmp_path):
-    (tmp_path / "inbox" / "s1").mkdir(parents=True)
-    entry = Entry("s1", tmp_path / "inbox" / "s1", "f", 0.0, 0)
-    with pytest.raises(KeyboardInterrupt):
-        process_one(Interrupted(), tmp_path / "out", entry, read=_done(object()))
-    assert list((tmp_path / "out" / PARTIAL).iterdir()) == []
-    assert not (tmp_path / "out" / "s1").exists()
-
-
-def _done(value: object) -> Future:
-    future: Future = Future()
-    future.set_result(value)
-    return future
 
 
 @pytest.mark.parametrize("unit", ["ctedge-serve.service.in", "ctedge-watch.service.in"])
