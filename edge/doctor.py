@@ -11,6 +11,7 @@ and the retention. Prints one line per check; exit 0 only when nothing failed.
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import platform
 import pwd
@@ -284,6 +285,8 @@ def check_dicom(profile: Profile) -> list[Check]:
 
     d = profile.dicom
     assert d is not None
+    if logging.getLogger("pynetdicom").level == logging.NOTSET:  # the check's line says what failed
+        logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
     titles = [d.ae_title, *(c.ae_title for c in d.allowed_callers), *(c.ae_title for c in d.destinations)]
     checks = [Check("dicom ae titles", True, f"{len(titles)} valid (1-16 ASCII characters): {', '.join(titles)}")]
 
