@@ -42,6 +42,11 @@ def session(sid: int) -> list[psutil.Process]:
     return found
 
 
+def default_sigint() -> None:
+    """In the child: Ctrl-C as on a terminal (a test run started in the background inherits SIGINT ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def survivors(sid: int) -> list[str]:
     """The processes of session ``sid`` still alive SETTLE_S after the stop, described; they are killed
     (they would hold the command's output pipe open)."""
@@ -88,7 +93,8 @@ def test_watch_with_dicom_leaves_no_process(tmp_path, how):
                             dicom={"port": free_port(), "inbox": inbox, "allowed_callers": ["TESTSCU"]})
     process = subprocess.Popen([sys.executable, "-m", "edge.cli", "watch", str(inbox), "--out", str(outbox),
                                 "--config", str(profile)], cwd=REPO, env=os.environ | DECODE_IN_PROCESSES,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                               preexec_fn=default_sigint)
     try:
         wait_for(lambda: (outbox / "s1" / "result.json").exists() and workers_started(process.pid), "the first result")
         rc = stop(process, how)

@@ -298,7 +298,7 @@ class JobQueue:
         try:
             result = self.engine.analyse(upload, self.store.folder(study_id))
         except Exception as exc:  # noqa: BLE001 - a worker must survive any study
-            if self._stopped:  # the stop cut the analysis short (e.g. the decoding workers ended)
+            if self._stopped and not isinstance(exc, UserError):  # the stop cut it short (the decoding workers ended)
                 self._requeue(study_id)
             else:
                 self._fail(study_id, upload, exc)
