@@ -9,18 +9,21 @@ TRAIN := $(VENV)/.train-extra
 # The virtual environment is created once; the installs below rerun only when pyproject.toml changes
 # (pip then finds what is already installed and only refreshes the editable ctedge).
 $(BIN)/python:
+	@echo "make: [1/3] creating the virtual environment $(VENV) and upgrading pip"
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --progress-bar on --upgrade pip
 
 # Edge install: NumPy, OpenCV, pydicom, Flask, PyYAML and the TFLite interpreter; no TensorFlow.
 $(BIN)/ctedge: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e .
+	@echo "make: [2/3] installing ctedge and its edge dependencies (about 2 minutes on a first run; pip names each package)"
+	$(BIN)/python -m pip install --progress-bar on -e .
 	touch $@
 
 # Training, test and OpenVINO extras (TensorFlow, tf_keras, matplotlib, pytest, hypothesis; openvino, ~59 MB,
 # so that tests/test_openvino.py runs instead of skipping).
 $(TRAIN): $(BIN)/ctedge
-	$(BIN)/python -m pip install --quiet -e ".[train,test,openvino]"
+	@echo "make: [3/3] installing the training, test and OpenVINO extras (TensorFlow: several minutes on a first run)"
+	$(BIN)/python -m pip install --progress-bar on -e ".[train,test,openvino]"
 	touch $@
 
 demo: $(BIN)/ctedge

@@ -3,13 +3,15 @@
 Checks Python and the installed packages, the profile, each model bundle of the profile (CT, X-ray:
 it loads and classifies a synthetic input of its own kind; the variant it runs and its tune record),
 the CPU, the Coral delegate (edgetpu profiles), the data folders (owner-only, usable by the service
-user), the config files, the server port, the API token and the login users. Prints one line per
-check; exit 0 only when nothing failed.
+user), the config files, the server port, the API token and the permissions of the file holding it,
+the login users, the DICOM section (AE titles, the receiver's port, a C-ECHO to each destination)
+and the retention. Prints one line per check; exit 0 only when nothing failed.
 """
 
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import platform
 import pwd
@@ -33,9 +35,10 @@ from edge.runtime import EDGETPU_LIBRARY
 from edge.server import users_file
 from edge.server.auth import read_users
 from edge.runtime_openvino import unavailable
-from edge.tune import AUTO, cpu_identity, fallback_variant, phantom_group, tuned_choice
+from edge.tune import AUTO, BUSY_LOAD_PER_CPU, cache_path, cpu_identity, fallback_variant, phantom_group, tuned_choice
 
 FAST_INT8 = {"avx512_vnni", "avx_vnni", "asimddp"}
+ECHO_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -59,10 +62,12 @@ def run_checks(config: Path, folders: list[Path], user: pwd.struct_passwd, env_f
     readable = [(Path(sys.executable).resolve(), "rx"), (config, "r"), *([(env_file, "r")] if env_file else []),
                 *[(bundle, "rx") for bundle in profile.model.bundles]]
     models = [check for bundle in profile.model.bundles for check in check_bundle(profile, bundle)]
+    secrets = [check_secret_file(user, env_file)] if env_file else []
+    dicom = check_dicom(profile) if profile.dicom else []
     return checks + [*models, check_access(user, readable),
                      *[check_folder(user, d) for d in [profile.server.results_dir, *folders]],
                      check_port(profile), check_token(profile, read_env(env_file) if env_file else {}, env_file),
-                     check_users(profile)]
+                     *secrets, check_users(profile), *dicom, check_retention(profile)]
 
 
 def check_python() -> Check:
@@ -148,7 +153,8 @@ def check_tuned(profile: Profile, card: ModelCard) -> Check:
     if variant != AUTO:
         return Check("variant", True, f"{_named(card)}: {variant} (set by the profile)")
     named = f"{_named(card)}: {why}:" if why else f"{_named(card)}:"
-    choice = tuned_choice(card)
+    cache = cache_path(profile)
+    choice = tuned_choice(card, cache)
     if choice is None:
         return Check("variant", True, f"{named} not tuned on this CPU yet: serve and watch tune on first "
                                       f"start (or run ctedge tune --config ...); until then {fallback_variant(card)}")
@@ -156,8 +162,14 @@ def check_tuned(profile: Profile, card: ModelCard) -> Check:
     if runtime and unavailable():
         return Check("variant", True, f"{named} tuned to run{runtime}, which cannot be used now ({unavailable()}): "
                                       f"{fallback_variant(card)} on LiteRT until ctedge tune runs again")
-    return Check("variant", True, f"{named} {choice.variant}{runtime}, {choice.threads} thread(s), "
-                                  f"{choice.ms_per_group} ms per group (tuned on this CPU {choice.tuned_at})")
+    age = choice.age_days()
+    when = f"{choice.tuned_at}, {age:.0f} day(s) ago" if age is not None else choice.tuned_at
+    load = f"load {choice.load:.2f}" if choice.load >= 0 else "load not recorded"
+    busy = choice.load >= BUSY_LOAD_PER_CPU * (os.cpu_count() or 1)
+    return Check("variant", not busy, f"{named} {choice.variant}{runtime}, {choice.threads} thread(s), {choice.ms_per_group} ms "
+                                      f"per group (tuned on this CPU {when}, {load}; in {cache})"
+                                      + ("; timed on a busy CPU: run ctedge tune --config ... when idle" if busy else ""),
+                 warning=busy)
 
 
 def can(user: pwd.struct_passwd, path: Path, want: str) -> bool:
@@ -252,10 +264,78 @@ def check_token(profile: Profile, env: dict[str, str], env_file: Path | None) ->
         return Check("api token", False, f"{where} is not set: the API answers 503 until it is")
     if len(token) < 16:
         return Check("api token", False, f"{where} has only {len(token)} characters; use at least 16 (openssl rand -hex 32)")
-    if env_file and env.get(name) and (mode := stat.S_IMODE(env_file.stat().st_mode)) & 0o077:
-        return Check("api token", False, f"{where} is set, but {env_file} (mode {mode:04o}) is readable by other users: "
-                                         f"chmod 600 {env_file}", warning=True)
     return Check("api token", True, f"{where} is set ({len(token)} characters)")
+
+
+def check_secret_file(user: pwd.struct_passwd, path: Path) -> Check:
+    """The environment file holds the API token: no other account may read or change it (group access
+    only for the service user's own group, as install.sh sets it: root:ctedge 0640)."""
+    try:
+        st = path.stat()
+    except OSError as exc:
+        return Check("secret file", False, f"{path}: cannot be read ({exc.strerror})")
+    mode = stat.S_IMODE(st.st_mode)
+    own_group = st.st_gid == user.pw_gid
+    if mode & 0o007 or mode & 0o020 or (mode & 0o040 and not own_group):
+        return Check("secret file", False, f"{path}: mode {mode:04o} lets other accounts read or change the token "
+                                           f"(chmod 600 {path}, or 640 with group {user.pw_name})")
+    return Check("secret file", True, f"{path}: mode {mode:04o}, readable by no other account")
+
+
+def check_dicom(profile: Profile) -> list[Check]:
+    """The DICOM section: its AE titles, the receiver's port free to bind (or a ctedge receiver answering
+    C-ECHO on it), and a C-ECHO to each destination."""
+    from pynetdicom import AE  # pynetdicom: only for a profile with a dicom: section
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+    d = profile.dicom
+    assert d is not None
+    if logging.getLogger("pynetdicom").level == logging.NOTSET:  # the check's line says what failed
+        logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
+    titles = [d.ae_title, *(c.ae_title for c in d.allowed_callers), *(c.ae_title for c in d.destinations)]
+    checks = [Check("dicom ae titles", True, f"{len(titles)} valid (1-16 ASCII characters): {', '.join(titles)}")]
+
+    def echo(ae_title: str, host: str, port: int) -> str:
+        """'' when the peer answers C-ECHO with success, else what went wrong."""
+        ae = AE(d.ae_title)
+        ae.add_requested_context(Verification)
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ECHO_TIMEOUT_S
+        assoc = ae.associate(host, port, ae_title=ae_title)
+        if not assoc.is_established:
+            return f"no association (peer down, wrong address, or it refuses our AE title {d.ae_title})"
+        try:
+            status = assoc.send_c_echo()
+            return "" if status and status.Status == 0 else f"C-ECHO status {getattr(status, 'Status', 'none')}"
+        finally:
+            assoc.release()
+
+    try:
+        family = socket.getaddrinfo(d.host, d.port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.bind((d.host, d.port))
+        checks.append(Check("dicom port", True, f"{d.host}:{d.port} is free for the receiver ({d.ae_title})"))
+    except OSError as exc:
+        host = "127.0.0.1" if d.host in ("0.0.0.0", "::", "") else d.host
+        if not echo(d.ae_title, host, d.port):
+            checks.append(Check("dicom port", True, f"{d.host}:{d.port} is served by a running receiver ({d.ae_title})"))
+        else:
+            checks.append(Check("dicom port", False, f"{d.host}:{d.port} cannot be used ({exc.strerror or exc}); "
+                                                     "free it or change dicom.port"))
+    for i, dest in enumerate(d.destinations):
+        problem = echo(dest.ae_title, dest.host, dest.port)
+        where = f"{dest.ae_title}@{dest.host}:{dest.port}"
+        checks.append(Check(f"dicom destination {i}", not problem,
+                            f"{where} answers C-ECHO" if not problem else
+                            f"{where}: {problem}; results wait in the outbox until it answers "
+                            f"(check dicom.destinations[{i}] and the PACS's list of known nodes)"))
+    return checks
+
+
+def check_retention(profile: Profile) -> Check:
+    r = profile.retention
+    return Check("retention", True, f"inbox entries {r.inbox_days:g} d after their result is recorded and sent, "
+                                    f"records {r.outbox_days:g} d, server studies {r.results_days:g} d "
+                                    "(retention: in the profile; `ctedge retention` applies it now)")
 
 
 def check_users(profile: Profile) -> Check:

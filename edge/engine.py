@@ -32,11 +32,11 @@ from edge.kinds import KINDS
 from edge.options import PipelineOptions, apply_settings
 from edge.pipeline import read_study, run_study
 from edge.preprocess.segment import LungSegmenter, TFLiteSegmenter
-from edge.profile import Profile
+from edge.profile import DEFAULT_XRAY_BUNDLE, Profile
 from edge.result import ResultDoc
 from edge.report import write_result
 from edge.stages import ReadStudy, Source, StudyResult
-from edge.tune import resolve
+from edge.tune import cache_path, resolve
 
 Progress = Callable[[str], None] | None
 """Told the name of each stage of ``analyse`` as it starts."""
@@ -117,7 +117,7 @@ class Engine:
         ``model.variant: auto`` takes the variant and threads tuned for this CPU (``edge.tune``);
         ``tune_if_missing`` tunes now when there is no such choice yet."""
         card = load_card(bundle)
-        variant, runtime, threads, chosen = resolve(card, profile.model, tune_if_missing)
+        variant, runtime, threads, chosen = resolve(card, profile.model, tune_if_missing, cache_path(profile))
         edgetpu = profile.model.delegate == "edgetpu"
         return cls.from_bundle(card, variant, threads, edgetpu=edgetpu,
                                settings=profile.pipeline_settings() | dict(flags or {}), copies=copies, chosen=chosen,
@@ -249,8 +249,17 @@ def route(routes: Mapping[str, Engine], source: Source, limits: Limits, modality
     if modality not in routes:
         name = MODALITY_TERMS[modality].name
         raise NoModelForModalityError(source_name(source), f"a study of modality {name}, but this device has "
-                                      f"no {name} model (it reads: {modality_names(routes)})", modality)
+                                      f"no {name} model (it reads: {modality_names(routes)}); "
+                                      f"{adding(modality)}", modality)
     return routes[modality]
+
+
+def adding(modality: str) -> str:
+    """The next step for a device without a model of ``modality``: the profile key and bundle that add one."""
+    bundle = DEFAULT_XRAY_BUNDLE if modality == "xray" else DEFAULT_BUNDLE
+    name = MODALITY_TERMS[modality].name
+    return (f"to read {name} too, add {'an' if name[0] in 'AEIOUX' else 'a'} {name} bundle to the profile's "
+            f"model.more_bundles (e.g. {bundle}; ctedge predict: --model {bundle})")
 
 
 def _card_segmenter(value: Any, card: ModelCard) -> Any:

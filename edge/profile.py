@@ -84,6 +84,17 @@ class WatcherSettings:
 
 
 @dataclass(frozen=True)
+class RetentionSettings:
+    """How long patient data stays on the box, in days (0: removed at the next retention run; see
+    ``edge.retention``): inbox entries once their result is recorded (and sent to every DICOM
+    destination), result records and server studies once finished. Failed studies stay in the inbox
+    ``outbox_days``, for the operator to look at."""
+    inbox_days: float = 1.0
+    outbox_days: float = 14.0
+    results_days: float = 14.0
+
+
+@dataclass(frozen=True)
 class DicomPeer:
     """A DICOM node: an allowed caller (``host`` empty: any address) or a destination for results."""
     ae_title: str
@@ -110,6 +121,7 @@ class Profile:
     server: ServerSettings = field(default_factory=ServerSettings)
     watcher: WatcherSettings = field(default_factory=WatcherSettings)
     dicom: DicomSettings | None = None             # DICOM receiver and result destinations (edge.dicomnet)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
     source: Path = Path()
     pipeline_keys: frozenset[str] = frozenset()    # the pipeline keys the file sets (checked against the card)
 
@@ -257,8 +269,11 @@ def _check(profile: Profile, path: Path) -> None:
                        ("server.max_upload_mb", profile.server.max_upload_mb),
                        ("server.max_unpacked_mb", profile.server.max_unpacked_mb),
                        ("server.min_free_mb", profile.server.min_free_mb),
-                       ("server.keep_uploads_days", profile.server.keep_uploads_days)):
-        if value < (0 if key in ("model.threads", "server.min_free_mb", "server.keep_uploads_days") else 1):
+                       ("server.keep_uploads_days", profile.server.keep_uploads_days),
+                       *((f"retention.{k}", getattr(profile.retention, k)) for k in ("inbox_days", "outbox_days",
+                                                                                      "results_days"))):
+        if value < (0 if key in ("model.threads", "server.min_free_mb", "server.keep_uploads_days")
+                    or key.startswith("retention.") else 1):
             raise ProfileError(path, f"{key} must be positive, got {value}")
     if profile.dicom is not None:
         _check_dicom(profile.dicom, path)

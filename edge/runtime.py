@@ -10,6 +10,11 @@ slice at a time. The XNNPACK delegate plans its activation memory from the shape
 file (``resize_tensor_input`` does not shrink it), so the batch is rewritten in the file's bytes:
 the float32 encoder then holds ~5 MB instead of ~260 MB for a 50-slice group, with the same
 outputs bit for bit and no loss of speed (docs/benchmarks.md, "Memory").
+
+The runtime's C++ logger prints "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." to the
+process's stderr once, at the first interpreter (no setting turns it off: TF_CPP_MIN_LOG_LEVEL is
+not read by it). The first load therefore runs with file descriptor 2 sent to a temporary file,
+and every other line written there meanwhile (a real error of the runtime) is passed on to stderr.
 """
 
 from __future__ import annotations
@@ -17,7 +22,11 @@ from __future__ import annotations
 import importlib
 import os
 import struct
+import sys
+import tempfile
+import threading
 from collections.abc import Iterator
+import contextlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -30,6 +39,10 @@ from edge.runtime_openvino import OpenVinoInterpreter
 EDGETPU_LIBRARY = "libedgetpu.so.1"
 RUNTIMES = ("litert", "openvino-f32", "openvino-bf16")
 """The edge runtimes: LiteRT (XNNPACK), and OpenVINO with its precision hint (``edge.runtime_openvino``)."""
+RUNTIME_NOTICES = (b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.",)
+"""Lines of the C++ runtime on stderr that tell a user nothing; dropped at the first load."""
+_first_load = threading.Lock()   # held by every load, so that fd 2 is redirected only while the first runs
+_loaded_once = False
 
 
 def _interpreter_module() -> Any:
@@ -74,12 +87,34 @@ def load_interpreter(path: str | Path, threads: int | None = None, edgetpu: bool
     if not xnnpack:
         resolvers = getattr(module, "OpResolverType", None) or module.experimental.OpResolverType   # tf.lite keeps it there
         model["experimental_op_resolver_type"] = resolvers.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-    try:
-        interpreter = module.Interpreter(**model, num_threads=threads, experimental_delegates=delegates or None)
-        interpreter.allocate_tensors()
-    except (ValueError, RuntimeError) as exc:
-        raise ModelLoadError(path, f"cannot be loaded by the TFLite runtime ({exc})") from exc
+    global _loaded_once
+    with _first_load, contextlib.nullcontext() if _loaded_once else _without_notices():
+        try:
+            interpreter = module.Interpreter(**model, num_threads=threads, experimental_delegates=delegates or None)
+            interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            raise ModelLoadError(path, f"cannot be loaded by the TFLite runtime ({exc})") from exc
+        _loaded_once = True
     return interpreter
+
+
+@contextmanager
+def _without_notices() -> Iterator[None]:
+    """Send fd 2 to a temporary file; afterwards write back to stderr every line but RUNTIME_NOTICES."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            kept = [line for line in caught.read().splitlines(keepends=True) if line.strip() not in RUNTIME_NOTICES]
+            if kept:
+                os.write(2, b"".join(kept))
 
 
 def input_shape(path: str | Path) -> tuple[int, ...]:

@@ -6,7 +6,10 @@ bundle's fidelity thresholds (``fidelity.json``: top-1 agreement >= 99 % and max
 difference <= 0.05 against the Keras reference; a bundle of one variant needs no report: that
 variant) runs on one group with 1..N threads; the fastest
 (median ms) is recorded in the tune cache under a key made of the CPU model, its instruction-set
-flags and core count, and the bundle's content hash. A profile whose ``model.variant`` is
+flags and core count, the TFLite runtime's version, and the bundle's content hash: a new bundle,
+CPU or runtime is tuned again. Timings are taken on an idle CPU: while the load average is at
+least half the core count, tuning waits (up to ``IDLE_WAIT_S``), then measures anyway with a
+warning; the load is recorded with the choice (``ctedge doctor`` shows it and the choice's age). A profile whose ``model.variant`` is
 ``auto`` (the default) uses that choice, as does an extra bundle (``model.more_bundles``) that lacks
 the profile's explicit variant. ``ctedge tune`` does this for every bundle of a profile
 (CT, X-ray: each has its own record); for a 2-D bundle the "group" is one slice or radiograph.
@@ -19,8 +22,9 @@ else LiteRT of the same variant) on the tuned input and two phantom groups: same
 probability difference <= 0.05. OpenVINO missing or unable to read a file: its candidates are
 skipped with the reason, never an error.
 
-The cache is one JSON file, owner-only (0600 in a 0700 folder): ``$CTEDGE_TUNE_CACHE`` if set,
-else ``$XDG_CACHE_HOME/ctedge/tuned.json`` (``~/.cache/ctedge/tuned.json``).
+The cache is one JSON file per install, owner-only (0600 in a 0700 folder): ``$CTEDGE_TUNE_CACHE``
+if set, else ``tuned.json`` in the profile's ``server.results_dir`` (the install's data folder), and
+only for commands run without a profile ``$XDG_CACHE_HOME/ctedge/tuned.json`` (``~/.cache``).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +50,7 @@ from edge.kinds import KINDS
 from edge.pipeline import PREPARE
 from edge.preprocess.segment import ThresholdSegmenter
 from edge.preprocess.window import clahe, lung_window, resize_slices
-from edge.profile import ModelSettings
+from edge.profile import ModelSettings, Profile
 from edge.runtime import RUNTIMES
 from edge.runtime_openvino import unavailable
 
@@ -55,6 +60,11 @@ AUTO = "auto"
 FALLBACK_VARIANT = "int8"
 MIN_AGREEMENT = 0.99
 MAX_PROB_DIFF = 0.05
+BUSY_LOAD_PER_CPU = 0.5
+"""A 1-minute load average of at least this many per core means the CPU is not idle enough to time on."""
+IDLE_WAIT_S = 60.0
+IDLE_POLL_S = 5.0
+RUNTIME_PACKAGES = ("ai-edge-litert", "tflite-runtime", "tensorflow")
 ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni",
              "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16", "asimd", "asimddp", "i8mm", "sve")
 """The instruction-set flags that decide which TFLite/XNNPACK kernels run (x86 and Arm)."""
@@ -81,9 +91,40 @@ def cpu_identity() -> dict:
     return {"model": model, "flags": [f for f in ISA_FLAGS if f in flags], "cpus": os.cpu_count() or 1}
 
 
+def runtime_version() -> str:
+    """The TFLite runtime that runs the models, with its version, and OpenVINO's when it is installed
+    (their kernels decide the speed too)."""
+    found = [f"{name} {_version(name)}" for name in RUNTIME_PACKAGES if _version(name)][:1] or ["no TFLite runtime"]
+    return ", ".join(found + ([f"openvino {_version('openvino')}"] if _version("openvino") else []))
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return ""
+
+
 def cpu_key(cpu: dict | None = None) -> str:
+    """The machine part of a record's key: CPU model, ISA flags, cores and the TFLite runtime."""
     cpu = cpu or cpu_identity()
-    return f"{cpu['model']} | {' '.join(cpu['flags']) or 'no listed flags'} | {cpu['cpus']} cpus"
+    return f"{cpu['model']} | {' '.join(cpu['flags']) or 'no listed flags'} | {cpu['cpus']} cpus | {runtime_version()}"
+
+
+def wait_for_idle(max_wait_s: float = IDLE_WAIT_S, poll_s: float = IDLE_POLL_S) -> float:
+    """Wait up to ``max_wait_s`` for the 1-minute load average to fall below BUSY_LOAD_PER_CPU per core;
+    return the load when timing starts (warning when it is still high)."""
+    cpus = os.cpu_count() or 1
+    deadline = time.monotonic() + max_wait_s
+    load = os.getloadavg()[0]
+    while load >= BUSY_LOAD_PER_CPU * cpus and time.monotonic() < deadline:
+        log.warning("the CPU is busy (load %.2f on %d cores): waiting for it to quieten before timing", load, cpus)
+        time.sleep(poll_s)
+        load = os.getloadavg()[0]
+    if load >= BUSY_LOAD_PER_CPU * cpus:
+        log.warning("timing under load %.2f on %d cores: the choice may be wrong; run `ctedge tune` again when "
+                    "the box is idle", load, cpus)
+    return load
 
 
 def bundle_key(card: ModelCard) -> str:
@@ -96,9 +137,13 @@ def bundle_key(card: ModelCard) -> str:
     return f"{card.name}@{card.version}:{digest.hexdigest()[:16]}"
 
 
-def cache_path() -> Path:
+def cache_path(profile: Profile | None = None) -> Path:
+    """Where this install's tune records live (module docstring); ``profile``: the one the command runs
+    (a profile read from a file; the built-in defaults have no data folder)."""
     if os.environ.get("CTEDGE_TUNE_CACHE"):
         return Path(os.environ["CTEDGE_TUNE_CACHE"])
+    if profile is not None and profile.source != Path():
+        return profile.server.results_dir / "tuned.json"
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return base / "ctedge" / "tuned.json"
 
@@ -135,10 +180,20 @@ class Choice:
     tuned_at: str
     cpu: str
     runtime: str = "litert"          # records made before OpenVINO was measured are LiteRT's
+    load: float = -1.0               # 1-minute load average when timed (-1: not recorded)
 
     def describe(self) -> str:
+        load = f", load {self.load:.2f}" if self.load >= 0 else ""
         return (f"{self.variant} on {self.runtime}, {self.threads} thread(s): {self.ms_per_group:.1f} ms/group, "
-                f"tuned {self.tuned_at}")
+                f"tuned {self.tuned_at}{load}")
+
+    def age_days(self, now: datetime | None = None) -> float | None:
+        """Days since the choice was timed (None when ``tuned_at`` is not a time)."""
+        try:
+            tuned = datetime.fromisoformat(self.tuned_at)
+        except ValueError:
+            return None
+        return ((now or datetime.now(timezone.utc)) - tuned).total_seconds() / 86400
 
 
 def tuned_choice(bundle: str | Path | ModelCard, cache: Path | None = None) -> Choice | None:
@@ -238,10 +293,12 @@ def time_variant(card: ModelCard, variant: str, threads: int, group: np.ndarray,
 
 
 def tune(card: ModelCard, group: np.ndarray, max_threads: int | None = None, repeats: int = 5,
-         variants: Sequence[str] | None = None) -> tuple[Choice, list[dict]]:
-    """Time every candidate (:func:`candidates` of the eligible variants) with 1..``max_threads``
-    threads on ``group``; the fastest faithful one and all rows. A skipped or unfaithful candidate
-    is a row with ``skipped`` (its reason) and no time."""
+         variants: Sequence[str] | None = None, idle_wait_s: float = IDLE_WAIT_S) -> tuple[Choice, list[dict]]:
+    """Once the CPU is idle (:func:`wait_for_idle`), time every candidate (:func:`candidates` of the
+    eligible variants) with 1..``max_threads`` threads on ``group``; the fastest faithful one (with the
+    load it was timed under) and all rows. A skipped or unfaithful candidate is a row with ``skipped``
+    (its reason) and no time."""
+    load = wait_for_idle(idle_wait_s)
     max_threads = max_threads or os.cpu_count() or 1
     variants = list(variants or eligible_variants(card))
     pairs, skipped = candidates(card, variants)
@@ -275,7 +332,7 @@ def tune(card: ModelCard, group: np.ndarray, max_threads: int | None = None, rep
                          "max_prob_diff_vs_float32": None if diff is None else round(diff, 6)})
     best = min((r for r in rows if "skipped" not in r), key=lambda r: r["ms_per_group_median"])
     choice = Choice(best["variant"], best["threads"], best["ms_per_group_median"],
-                    datetime.now(timezone.utc).isoformat(timespec="seconds"), cpu_key(), best["runtime"])
+                    datetime.now(timezone.utc).isoformat(timespec="seconds"), cpu_key(), best["runtime"], round(load, 2))
     return choice, rows
 
 
@@ -293,26 +350,33 @@ def fallback_variant(card: ModelCard) -> str:
     return FALLBACK_VARIANT if FALLBACK_VARIANT in card.variants else next(iter(card.variants))
 
 
-def resolve(card: ModelCard, model: ModelSettings, tune_if_missing: bool = False) -> tuple[str, str, int, str]:
+def resolve(card: ModelCard, model: ModelSettings, tune_if_missing: bool = False,
+            cache: Path | None = None) -> tuple[str, str, int, str]:
     """The variant, runtime and threads that ``card``'s bundle runs under the profile's ``model``
     settings, and how they were chosen (an explicit variant runs on LiteRT; a tuned choice on a
     runtime that is no longer installed falls back as if untuned). The variant asked of the bundle (``ModelSettings.variant_of``) ``auto``
     takes the tuned choice for this CPU (tuning now with a phantom group when ``tune_if_missing``,
-    else falling back to int8); ``model.threads`` 0 takes the tuned thread count (else all cores)."""
+    else falling back to int8); ``model.threads`` 0 takes the tuned thread count (else all cores).
+    ``cache``: the install's tune records (:func:`cache_path`)."""
     variant, why = model.variant_of(card)
     threads = model.threads
     if variant != AUTO:
         return variant, "litert", threads or os.cpu_count() or 1, "set by the profile or flags"
     why = f"{why}: " if why else ""
-    choice = tuned_choice(card)
+    cache = cache or cache_path()
+    choice = tuned_choice(card, cache)
     if choice is not None and choice.runtime != "litert" and unavailable():
         log.warning("the tuned choice runs on %s, which cannot be used now (%s): run `ctedge tune` again",
                     choice.runtime, unavailable())
         choice = None
     if choice is None and tune_if_missing:
-        log.warning("no tuned model variant for this CPU yet: measuring the variants (ctedge tune) once")
+        log.warning("no tuned model variant for this CPU, runtime and bundle yet: measuring the variants once")
         choice, _ = tune(card, phantom_group(card), repeats=3)
-        log.warning("tuned: %s (recorded in %s)", choice.describe(), record(card, choice))
+        try:
+            log.warning("tuned: %s (recorded in %s)", choice.describe(), record(card, choice, cache))
+        except OSError as exc:
+            log.warning("tuned: %s; not recorded (%s: %s), so it is measured again at the next start",
+                        choice.describe(), cache, exc.strerror)
     if choice is None:
         fallback = fallback_variant(card)
         log.info("no tuned model variant for this CPU: using %s; run `ctedge tune` to measure", fallback)

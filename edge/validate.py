@@ -56,11 +56,32 @@ def _key(r: StudyRecord) -> str:
     return f"{r.patient}\t{r.path}"
 
 
+NON_COVID = "non_covid"
+"""The second class of a covid/non_covid model: every patient label but covid."""
+
+
+def model_label(label: str, classes: Sequence[str]) -> str | None:
+    """A patient label in the classes of the model measured: itself, or for a covid/non_covid model
+    (the CT slice research model) ``non_covid`` for other_pneumonia and healthy; None when it has none."""
+    if label in classes:
+        return label
+    return NON_COVID if NON_COVID in classes and label != "covid" else None
+
+
+def validated_classes(classes: Sequence[str]) -> bool:
+    """Whether validate can measure a model of these classes against CLASSES labels (every label maps)."""
+    return all(model_label(c, classes) is not None for c in CLASSES) and all(
+        c in CLASSES or c == NON_COVID for c in classes)
+
+
 def analyse(r: StudyRecord, engine: Engine, slice_labels: dict[tuple[str, str], int] | None = None) -> dict:
-    """One study's outcome: verdict, probabilities, time, warnings (or the error that stopped it), for a
-    CT study its groups and slice counts, for a radiograph its file name and view, and with slice
-    labels how many labelled infected slices the selection kept."""
-    outcome: dict = {"key": _key(r), "patient": r.patient, "label": r.label, "path": str(r.path), "error": None}
+    """One study's outcome: verdict, probabilities (in the model's classes), time, warnings (or the error
+    that stopped it), for a CT study its groups and slice counts, for a radiograph its file name and
+    view, and with slice labels how many labelled infected slices the selection kept. The patient's
+    label is given in the model's classes (:func:`model_label`)."""
+    classes = engine.classifier.classes
+    outcome: dict = {"key": _key(r), "patient": r.patient, "label": model_label(r.label, classes), "path": str(r.path),
+                     "error": None}
     try:
         result = engine.run(r.path)
     except StudyError as exc:
@@ -70,12 +91,12 @@ def analyse(r: StudyRecord, engine: Engine, slice_labels: dict[tuple[str, str], 
                                    f"measures only the {MODALITY_TERMS[engine.modality].name} bundle "
                                    f"{engine.info.name}; validate these studies in a run of their own"}
     doc = result.to_dict()
-    outcome |= {"verdict": doc["label"], "probabilities": [doc["probabilities"][c] for c in CLASSES],
+    outcome |= {"verdict": doc["label"], "probabilities": [doc["probabilities"][c] for c in classes],
                 "time_ms": doc["timings_ms"]["total"], "warnings": doc["warnings"]}
     if doc["modality"] == "xray":
         outcome |= {"file": doc["slices_used"][0]["file"], "view": doc["input"]["view"]}
     else:
-        outcome |= {"groups": [[g["probabilities"][c] for c in CLASSES] for g in doc["groups"]],
+        outcome |= {"groups": [[g["probabilities"][c] for c in classes] for g in doc["groups"]],
                     "n_slices_read": doc["n_slices_read"], "n_slices_used": doc["n_slices_used"]}
     if slice_labels is not None:
         files = result.volume.files
@@ -129,26 +150,27 @@ def _number(x: float) -> float | None:
     return None if np.isnan(x) else float(x)
 
 
-def summarise(outcomes: Sequence[dict], n_boot: int = 2000, seed: int = 0) -> dict:
+def summarise(outcomes: Sequence[dict], n_boot: int = 2000, seed: int = 0, classes: Sequence[str] = CLASSES) -> dict:
     """Metrics of the analysed studies: Table 2 from the verdicts with patient bootstrap intervals,
     ROC AUC from the mean group probabilities, confusion matrix, calibration, slice retention, and
-    plain statements of what the numbers cannot support."""
+    plain statements of what the numbers cannot support; ``classes``: the model's."""
+    classes = list(classes)
     ok = [o for o in outcomes if o["error"] is None]
-    y = np.array([CLASSES.index(o["label"]) for o in ok])
-    pred = np.array([CLASSES.index(o["verdict"]) for o in ok])
+    y = np.array([classes.index(o["label"]) for o in ok])
+    pred = np.array([classes.index(o["verdict"]) for o in ok])
     prob = np.array([o["probabilities"] for o in ok])
     patients = [o["patient"] for o in ok]
-    n_patients = {c: len({o["patient"] for o in ok if o["label"] == c}) for c in CLASSES}
-    cm = confusion_matrix(y, pred, len(CLASSES))
+    n_patients = {c: len({o["patient"] for o in ok if o["label"] == c}) for c in classes}
+    cm = confusion_matrix(y, pred, len(classes))
     rates = one_vs_rest(cm)
-    ci = bootstrap_table2(y, pred, patients, n_boot=n_boot, seed=seed)
+    ci = bootstrap_table2(y, pred, patients, classes, n_boot=n_boot, seed=seed)
     macro = {m: None if np.isnan(rates[m]).all() else float(np.nanmean(rates[m])) for m in TABLE2}
-    aucs = {c: _number(roc_auc(y == k, prob[:, k])) for k, c in enumerate(CLASSES)}
+    aucs = {c: _number(roc_auc(y == k, prob[:, k])) for k, c in enumerate(classes)}
     defined = [a for a in aucs.values() if a is not None]
     summary = {
-        "n_studies": len(outcomes), "n_analysed": len(ok), "n_patients": n_patients,
+        "classes": classes, "n_studies": len(outcomes), "n_analysed": len(ok), "n_patients": n_patients,
         "sufficient": all(n >= MIN_PATIENTS for n in n_patients.values()),
-        "table2": {"per_class": {c: {m: _number(rates[m][k]) for m in TABLE2} for k, c in enumerate(CLASSES)},
+        "table2": {"per_class": {c: {m: _number(rates[m][k]) for m in TABLE2} for k, c in enumerate(classes)},
                    "macro": macro, "ci95": {**ci["per_class"], "macro": ci["macro"]}, "n_boot": n_boot},
         "roc_auc": {"per_class": aucs, "macro": float(np.mean(defined)) if defined else None},
         "confusion_matrix": cm.tolist(),
@@ -156,8 +178,31 @@ def summarise(outcomes: Sequence[dict], n_boot: int = 2000, seed: int = 0) -> di
         "calibration": reliability(y, prob),
         "retention": _retention(ok),
     }
+    summary["behaviour"] = behaviour(summary)
     summary["statements"] = _statements(summary)
     return summary
+
+
+def behaviour(s: dict) -> list[str]:
+    """What the model did, in plain words, from the confusion matrix: a single verdict for everyone,
+    and each class it never called although such patients were there (whose per-class accuracy
+    then only counts the patients rightly left out of it)."""
+    cm = np.array(s["confusion_matrix"])
+    called = cm.sum(axis=0)
+    n = int(cm.sum())
+    out = []
+    if n and np.count_nonzero(called) == 1:
+        only = s["classes"][int(np.argmax(called))]
+        out.append(f"The model called every patient {only} ({n} of {n}), whatever their class: it did not tell the "
+                   "classes apart on these patients.")
+    for k, c in enumerate(s["classes"]):
+        present = int(cm[k].sum())
+        if present and not called[k]:
+            accuracy = s["table2"]["per_class"][c]["accuracy"]
+            out.append(f"The model never called any patient {c}: it found none of the {present} {c} patient(s) "
+                       f"(sensitivity 0%); its {c} accuracy of {100 * accuracy:.1f}% only counts the patients rightly "
+                       f"not called {c}.")
+    return out
 
 
 def _retention(ok: Sequence[dict]) -> dict | None:
@@ -187,7 +232,7 @@ def _statements(s: dict) -> list[str]:
                        f"needed{spec}; the intervals show how little this can say.")
         elif spec:
             out.append(f"Too few patients without {c} ({total - n}) to estimate its specificity.")
-    for k, c in enumerate(CLASSES):
+    for k, c in enumerate(s["classes"]):
         ci, n = s["table2"]["ci95"][c]["sensitivity"], sum(s["confusion_matrix"][k])
         if ci and ci[0] == ci[1] and n:
             lo, hi = clopper_pearson(s["confusion_matrix"][k][k], n)
@@ -212,15 +257,20 @@ def _cell(value: float | None, ci: list[float] | None) -> str:
     return f"{100 * value:.1f}" + (f" [{100 * ci[0]:.1f}-{100 * ci[1]:.1f}]" if ci else "")
 
 
+COLUMNS = {"sensitivity": "Sensitivity", "specificity": "Specificity", "f1": "F1-score", "accuracy": "Accuracy"}
+"""The per-class columns in the order shown: sensitivity first (a per-class accuracy can look good for a
+class the model never finds), accuracy last."""
+
+
 def table2_rows(summary: dict) -> list[list[str]]:
-    """Table 2 layout: per class and average, accuracy, specificity, sensitivity, F1 in % with 95% intervals."""
+    """Per class and average, the COLUMNS (sensitivity, specificity, F1, accuracy) in % with 95% intervals."""
     t = summary["table2"]
-    entries = [(c, t["per_class"][c], t["ci95"][c]) for c in CLASSES] + [("Average", t["macro"], t["ci95"]["macro"])]
-    return [[name] + [_cell(values[m], ci[m]) for m in TABLE2] for name, values, ci in entries]
+    entries = [(c, t["per_class"][c], t["ci95"][c]) for c in summary["classes"]] + [("Average", t["macro"], t["ci95"]["macro"])]
+    return [[name] + [_cell(values[m], ci[m]) for m in COLUMNS] for name, values, ci in entries]
 
 
 def format_table2(summary: dict) -> str:
-    head = ["Class", "Accuracy", "Specificity", "Sensitivity", "F1-score"]
+    head = ["Class", *COLUMNS.values()]
     rows = [head] + table2_rows(summary)
     widths = [max(len(r[i]) for r in rows) + 2 for i in range(len(head))]
     return "\n".join("".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths)))
@@ -238,8 +288,8 @@ def _unit_columns(o: dict, modality: str) -> dict:
             "n_slices_read": o["n_slices_read"], "n_slices_used": o["n_slices_used"]}
 
 
-def write_csv(outcomes: Sequence[dict], path: Path, modality: str = "ct") -> None:
-    fields = ["patient", "class", "verdict", "correct", *[f"p_{c}" for c in CLASSES], *CSV_UNIT_FIELDS[modality],
+def write_csv(outcomes: Sequence[dict], path: Path, modality: str = "ct", classes: Sequence[str] = CLASSES) -> None:
+    fields = ["patient", "class", "verdict", "correct", *[f"p_{c}" for c in classes], *CSV_UNIT_FIELDS[modality],
               "time_ms", "warnings", "error", *(["infected_slices", "infected_slices_kept"] if modality == "ct" else [])]
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)
@@ -248,7 +298,7 @@ def write_csv(outcomes: Sequence[dict], path: Path, modality: str = "ct") -> Non
             row = {"patient": o["patient"], "class": o["label"], "error": o["error"] or ""}
             if o["error"] is None:
                 row |= {"verdict": o["verdict"], "correct": int(o["verdict"] == o["label"]),
-                        **{f"p_{c}": f"{p:.4f}" for c, p in zip(CLASSES, o["probabilities"])},
+                        **{f"p_{c}": f"{p:.4f}" for c, p in zip(classes, o["probabilities"])},
                         **_unit_columns(o, modality), "time_ms": f"{o['time_ms']:.0f}",
                         "warnings": "; ".join(o["warnings"])}
                 if o.get("slices", {}).get("labelled"):
@@ -265,22 +315,23 @@ def write_outputs(outcomes: Sequence[dict], summary: dict, out: Path, model: Mod
     ``modality``; returns the page."""
     from edge.plots import plot_confusion, plot_reliability, plot_roc  # matplotlib: only when plotting
 
+    classes = summary["classes"]
     ok = [o for o in outcomes if o["error"] is None]
-    y = [CLASSES.index(o["label"]) for o in ok]
+    y = [classes.index(o["label"]) for o in ok]
     prob = np.array([o["probabilities"] for o in ok])
     note = model["banner"].lower()
-    write_csv(outcomes, out / "studies.csv", modality)
+    write_csv(outcomes, out / "studies.csv", modality, classes)
     (out / "metrics.json").write_text(json.dumps(summary | {"modality": modality}, indent=2))
     (out / "table2.txt").write_text(format_table2(summary) + "\n")
     plots = {
-        "roc": plot_roc(y, prob, out / "roc.png", title=f"ROC, patient level ({len(ok)} studies)", note=note),
-        "confusion": plot_confusion(np.array(summary["confusion_matrix"]), out / "confusion.png",
+        "roc": plot_roc(y, prob, out / "roc.png", classes, title=f"ROC, patient level ({len(ok)} studies)", note=note),
+        "confusion": plot_confusion(np.array(summary["confusion_matrix"]), out / "confusion.png", classes,
                                     title="Confusion matrix (rows normalised)", note=note),
         "reliability": plot_reliability(summary["calibration"], out / "reliability.png",
                                         title="Reliability (top-class probability)", note=note),
     }
     page = _TEMPLATES.get_template("validation.html").render(
-        s=summary, model=model, classes=CLASSES, outcomes=outcomes, table=table2_rows(summary),
+        s=summary, model=model, classes=classes, outcomes=outcomes, table=table2_rows(summary), columns=COLUMNS,
         plots={k: _png_data(p) for k, p in plots.items()}, min_patients=MIN_PATIENTS, modality=modality,
         modality_name=MODALITY_TERMS[modality].name)
     (out / "validation.html").write_text(page)

@@ -9,7 +9,8 @@ An inbox entry (a folder, a zip, or a stray file) is a study. Its *name* is the 
 * **Done** iff ``OUTBOX/<name>/source.json`` or ``OUTBOX/failed/<name>/source.json`` records the
   entry's current fingerprint. The record is built in ``OUTBOX/.partial/<name>-<pid>`` and
   renamed into place: that rename is the commit point, so a kill at any moment loses nothing and
-  duplicates nothing; ``.partial`` leftovers are removed at start-up.
+  duplicates nothing; ``.partial`` leftovers are removed at start-up. A stop (SIGTERM, Ctrl-C)
+  removes the partial record of the study in progress; that study is taken again at the next start.
 * **Changed** (same name, other fingerprint): processed again; the previous record is moved to
   ``OUTBOX/.superseded/<name>-<UTC time>/`` before the new one is renamed into place, and its
   ``report.html`` gets a notice linking to the new result.
@@ -20,6 +21,9 @@ An inbox entry (a folder, a zip, or a stray file) is a study. Its *name* is the 
   outbox, so a kill during it loses nothing: that study has no record and is taken after the restart.
 * **Links**: a symbolic link (the entry itself or anything in it) whose target is outside the inbox
   is not followed; the study goes to ``OUTBOX/failed/<name>/`` with the link named in ``error.txt``.
+* **Log and summary**: one line per study (verdict, model, seconds; ``ctedge watch`` shows them
+  without ``-v``) and one row per study in ``OUTBOX/summary.csv`` (finished, study, status, verdict,
+  model, seconds). ``--once`` waits up to ``stable_seconds`` for copies still in progress.
 * The outbox and everything in it are owner-only (0700/0600), whatever the umask. Names from the
   inbox are escaped before they go into a log line.
 """
@@ -27,6 +31,7 @@ An inbox entry (a folder, a zip, or a stray file) is a study. Its *name* is the 
 from __future__ import annotations
 
 import contextlib
+import csv
 import fcntl
 import hashlib
 import html
@@ -52,12 +57,15 @@ from edge import __version__
 from edge.engine import Device, Engine
 from edge.errors import UserError
 from edge.profile import WatcherSettings
+from edge.result import load_result
 from edge.stages import ReadStudy
 from edge.storage import fsync_path, private_dir, restrict_tree
 from edge.untrusted import printable
 
 log = logging.getLogger("ctedge.watch")
 PARTIAL, SUPERSEDED, FAILED, SOURCE = ".partial", ".superseded", "failed", "source.json"
+SUMMARY = "summary.csv"
+SUMMARY_FIELDS = ("finished", "study", "status", "verdict", "model", "seconds")
 
 
 @dataclass(frozen=True)
@@ -130,8 +138,9 @@ def scan(inbox: Path, marker: str = "") -> Scan:
             continue
     counts = Counter(e.name for e in entries)
     skipped = {n: f"{c} inbox entries have this study name; rename one" for n, c in counts.items() if c > 1}
-    if FAILED in counts:
-        skipped[FAILED] = f"the study name {FAILED!r} is reserved for the outbox; rename it"
+    for reserved in (FAILED, SUMMARY):
+        if reserved in counts:
+            skipped[reserved] = f"the study name {reserved!r} is reserved for the outbox; rename it"
     return Scan(sorted((e for e in entries if e.name not in skipped), key=lambda e: e.newest_ctime), skipped)
 
 
@@ -192,6 +201,9 @@ def process_one(engine: Engine | Device, outbox: Path, entry: Entry, marker: str
         status, error = "failed", f"{exc}\n"
     except Exception as exc:  # noqa: BLE001 - one study must never stop the watcher
         status, error = "failed", f"internal error: {type(exc).__name__}: {exc}\n\n{traceback.format_exc()}"
+    except BaseException:  # Ctrl-C or SIGTERM: nothing is committed; the study is taken again at the next start
+        shutil.rmtree(work, ignore_errors=True)
+        raise
     if not _unchanged(entry, marker):
         shutil.rmtree(work)
         return "changed"
@@ -265,15 +277,21 @@ def run_once(engine: Engine | Device, inbox: Path, outbox: Path, settings: Watch
             ahead = reader.submit(read_entry, engine, ready[0]) if ready else None
             for i, entry in enumerate(tqdm(ready, desc="studies", unit="study", disable=None)):
                 read, ahead = ahead, reader.submit(read_entry, engine, ready[i + 1]) if i + 1 < len(ready) else None
+                start = time.perf_counter()
                 status = process_one(engine, outbox, entry, settings.marker_file, read)
+                seconds = time.perf_counter() - start
                 name = printable(entry.name)
                 if status == "done":
                     summary.done += 1
-                    log.info("%s: result in %s", name, printable(str(outbox / entry.name), 200))
+                    verdict, model = _verdict(outbox / entry.name)
+                    log.info("%s: %s (%s) in %.1f s, result in %s", name, verdict, model, seconds,
+                             printable(str(outbox / entry.name), 200))
+                    add_summary_row(outbox, entry.name, status, verdict, model, seconds)
                 elif status == "failed":
                     summary.failed += 1
-                    log.warning("%s: failed, see %s", name,
+                    log.warning("%s: failed in %.1f s, see %s", name, seconds,
                                 printable(str(outbox / FAILED / entry.name / "error.txt"), 200))
+                    add_summary_row(outbox, entry.name, status, "", "", seconds)
                 else:
                     summary.waiting += 1
                     log.info("%s: changed while it was analysed; taken again once stable", name)
@@ -284,13 +302,37 @@ def run_once(engine: Engine | Device, inbox: Path, outbox: Path, settings: Watch
     return summary
 
 
+def _verdict(record: Path) -> tuple[str, str]:
+    """The verdict and the model (name, version) of a committed result."""
+    try:
+        doc = load_result(record)
+        model = doc.get("model", {})
+        return str(doc.get("label", "?")), f"{model.get('name', '?')} {model.get('version', '')}".strip()
+    except (OSError, ValueError):
+        return "?", "?"
+
+
+def add_summary_row(outbox: Path, study: str, status: str, verdict: str, model: str, seconds: float) -> None:
+    """Append one row to OUTBOX/summary.csv (owner-only; the header is written with the first row)."""
+    path = outbox / SUMMARY
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(fd, "a", newline="") as f:
+        writer = csv.writer(f)
+        if f.tell() == 0:
+            writer.writerow(SUMMARY_FIELDS)
+        writer.writerow([datetime.now(timezone.utc).isoformat(timespec="seconds"), study, status, verdict, model,
+                         f"{seconds:.1f}"])
+
+
 def watch(engine: Engine | Device, inbox: Path, outbox: Path, settings: WatcherSettings, once: bool = False,
           after_pass: Callable[[], object] | None = None, stop: threading.Event | None = None,
           receiving: Callable[[str], bool] | None = None) -> Summary:
     """Hold the outbox lock, clean up after a crash, then poll the inbox until ``stop`` is set (a
-    single pass with ``once``), calling ``after_pass`` after each pass (the DICOM sender queues new
-    results there; ``receiving`` is :func:`run_once`'s). While polling, a pass that raises is logged and the next pass tries again; with
-    ``once`` the error is raised. Returns the last pass's summary."""
+    single pass with ``once``, repeated for up to ``stable_seconds`` while copies are still in
+    progress), calling ``after_pass`` after each pass (the DICOM sender queues new results there;
+    ``receiving`` is :func:`run_once`'s).
+    While polling, a pass that raises is logged and the next pass tries again; with ``once`` the
+    error is raised. Returns the last pass's summary (with ``once``: of all its passes)."""
     if not inbox.is_dir():
         raise UserError(inbox, "the inbox is not a folder")
     stop = stop or threading.Event()
@@ -301,18 +343,23 @@ def watch(engine: Engine | Device, inbox: Path, outbox: Path, settings: WatcherS
             log.warning("removed %d partial record(s) left by an interrupted run", removed)
         warned: set[str] = set()
         summary = Summary()
+        settle_until = time.monotonic() + settings.stable_seconds + 1.0
         while not stop.is_set():
             try:
-                summary = run_once(engine, inbox, outbox, settings, warned, receiving)
+                last = run_once(engine, inbox, outbox, settings, warned, receiving)
+                summary = Summary(summary.done + last.done, summary.failed + last.failed, last.waiting) if once else last
             except Exception:  # noqa: BLE001 - logged; a service must outlive a bad pass
                 if once:
                     raise
                 log.exception("a watcher pass failed; trying again after %.0f s", settings.poll_seconds)
             if after_pass is not None:
                 after_pass()
-            if once:
+            if once and not (summary.waiting and time.monotonic() < settle_until):
                 break
-            stop.wait(settings.poll_seconds)
+            if once:
+                log.info("%d stud%s still being copied: waiting for it to settle", summary.waiting,
+                         "y" if summary.waiting == 1 else "ies")
+            stop.wait(min(settings.poll_seconds, 1.0) if once else settings.poll_seconds)
         return summary
 
 

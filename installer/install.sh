@@ -103,16 +103,18 @@ if [ -f "$release/.complete" ]; then
     echo "ctedge $release_id is already installed in $release; checking the rest."
 else
     echo "Installing ctedge $release_id into $release (Python $py_version, no network)..."
+    echo "[1/3] installing $(grep -c '==' "$here/requirements.lock") locked wheels with pip (about 40 s; pip names each one)"
     rm -rf "$release"
     mkdir -p "$app/releases"
     "$python" -m venv --without-pip "$release/venv"
     # pip runs from its wheel, ignoring any pip configuration of this machine: only the archive's wheels,
     # each checked against the lock's sha256.
     env -u PIP_FIND_LINKS -u PIP_INDEX_URL -u PIP_EXTRA_INDEX_URL -u PIP_CONSTRAINT PIP_CONFIG_FILE=/dev/null \
-        "$release/venv/bin/python" "$here/tools/$pip_wheel/pip" install --isolated --quiet --no-index \
+        "$release/venv/bin/python" "$here/tools/$pip_wheel/pip" install --isolated --progress-bar off --no-index \
         --find-links "$here/wheels" --require-hashes --no-cache-dir --disable-pip-version-check \
         --no-warn-script-location -r "$here/requirements.lock" \
         || { rm -rf "$release"; die "pip could not install the archive's wheels (see above); nothing was changed"; }
+    echo "[2/3] copying $(find "$here/models" -name '*.tflite' | wc -l | tr -d ' ') model files, the profiles and the sample"
     cp -R "$here/models" "$here/profiles" "$here/sample" "$here/BUNDLE.json" "$release/"
     install -m 0755 "$here/install.sh" "$release/install.sh"
     cp -R "$here/installer" "$release/installer"
@@ -122,6 +124,7 @@ ln -sfn "releases/$release_id" "$app/current.new"
 mv -T "$app/current.new" "$app/current"
 ctedge="$app/current/venv/bin/ctedge"
 
+echo "[3/3] service user, data folders, profile and units"
 # --- service user and data folders (created when missing, never changed) ------------------------
 owner=()
 if [ "$systemd" = 1 ]; then

@@ -9,11 +9,13 @@ import socket
 from pathlib import Path
 
 import pytest
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification
 
 from edge.cli import main
-from edge.doctor import check_token, read_env, run_checks
-from edge.profile import load_profile
+from edge.doctor import run_checks
 from edge.server.auth import add_user
+from tests.helpers.dicomnet import free_port as another_port
 from tests.helpers.paths import REPO
 from tests.helpers.profiles import write_profile
 
@@ -26,6 +28,7 @@ def box(tmp_path: Path, port: int, token: str = "x" * 32) -> Path:
     results.mkdir(mode=0o700)
     add_user(results / "users.txt", "radiologist", "correct horse battery")
     (tmp_path / "ctedge.env").write_text(f"# token\nCTEDGE_API_TOKEN={token}\n")
+    (tmp_path / "ctedge.env").chmod(0o600)
     return write_profile(tmp_path / "ctedge.yaml", name="test-box", server={"port": port, "results_dir": results})
 
 
@@ -87,13 +90,36 @@ def test_the_model_check_classifies_an_input_of_the_bundle_s_own_kind(tmp_path, 
     assert variant.detail.startswith(f"CT bundle {bundle}: not tuned on this CPU yet") and variant.detail.endswith("float32")
 
 
-def test_a_token_in_an_env_file_other_users_can_read_is_warned_about(tmp_path, monkeypatch):
+def test_a_token_file_others_can_read_fails(tmp_path, free_port, monkeypatch):
     monkeypatch.delenv("CTEDGE_API_TOKEN", raising=False)
-    profile = load_profile(box(tmp_path, 8080))
-    env_file = tmp_path / "ctedge.env"
-    env_file.write_text("CTEDGE_API_TOKEN=0123456789abcdef0123456789abcdef\n")
-    for mode, warned in ((0o644, True), (0o640, True), (0o600, False)):
-        env_file.chmod(mode)
-        check = check_token(profile, read_env(env_file), env_file)
-        assert (check.ok, check.warning) == ((False, True) if warned else (True, False)), (mode, check)
-        assert (f"mode {mode:04o}" in check.detail and "chmod 600" in check.detail) == warned
+    profile = box(tmp_path, free_port)
+    env = tmp_path / "ctedge.env"
+    env.chmod(0o644)
+    problems = failed(run_checks(profile, [], ME, env))
+    assert "mode 0644" in problems["secret file"] and f"chmod 600 {env}" in problems["secret file"]
+    env.chmod(0o600)
+    assert "secret file" not in failed(run_checks(profile, [], ME, env))
+
+
+def test_the_dicom_section_is_checked(tmp_path, free_port, monkeypatch):
+    monkeypatch.delenv("CTEDGE_API_TOKEN", raising=False)
+    box(tmp_path, free_port)
+    pacs_port, dead_port = another_port(), another_port()
+    profile = write_profile(tmp_path / "dicom.yaml", server={"port": free_port, "results_dir": tmp_path / "results"},
+                            dicom={"port": free_port, "inbox": tmp_path / "inbox", "ae_title": "CTEDGE",
+                                   "destinations": [{"ae_title": "PACS", "host": "127.0.0.1", "port": pacs_port},
+                                                    {"ae_title": "DOWN", "host": "127.0.0.1", "port": dead_port}]})
+    pacs = AE("PACS")
+    pacs.add_supported_context(Verification)
+    server = pacs.start_server(("127.0.0.1", pacs_port), block=False)
+    try:
+        with socket.socket() as busy:   # the receiver's port is taken by something that is not a receiver
+            busy.bind(("127.0.0.1", free_port))
+            busy.listen()
+            checks = {c.name: c for c in run_checks(profile, [], ME, tmp_path / "ctedge.env")}
+    finally:
+        server.shutdown()
+    assert checks["dicom ae titles"].ok and "CTEDGE, PACS, DOWN" in checks["dicom ae titles"].detail
+    assert not checks["dicom port"].ok and f"127.0.0.1:{free_port} cannot be used" in checks["dicom port"].detail
+    assert checks["dicom destination 0"].ok and "PACS@127.0.0.1" in checks["dicom destination 0"].detail
+    assert not checks["dicom destination 1"].ok and "no association" in checks["dicom destination 1"].detail

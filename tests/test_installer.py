@@ -224,8 +224,9 @@ def test_units_run_unprivileged_and_hardened(unit):
                  "EnvironmentFile=@ETC@/ctedge.env"):
         assert line in text
     [rw] = [line for line in text.splitlines() if line.startswith("ReadWritePaths=")]
-    # serve writes its results; watch its outbox and, for the DICOM receiver inside it, the inbox
-    assert rw in ("ReadWritePaths=@DATA@/results", "ReadWritePaths=@DATA@/inbox @DATA@/outbox")
+    # serve writes its results; watch its outbox, the inbox (the DICOM receiver inside it, retention) and
+    # the install's tune record in results/
+    assert rw in ("ReadWritePaths=@DATA@/results", "ReadWritePaths=@DATA@/inbox @DATA@/outbox @DATA@/results")
 
 
 @pytest.mark.skipif(not shutil.which("shellcheck"), reason="shellcheck is not installed")
@@ -289,3 +290,14 @@ def test_systemd_mode_in_a_private_mount_namespace(archive, tmp_path):
     assert "ctedge-serve.service" in out and "ctedge-watch.service" in out
     assert out.count("[  ok]") >= 10 and "\nREADY\n" in out
     assert "upgrade kept data" in out and "uninstall kept data and user" in out
+
+
+def test_long_steps_say_what_they_do():
+    """make and install.sh name each long phase and let pip show its progress (issue 26: 105 s and 42 s of silence)."""
+    makefile = (REPO / "Makefile").read_text()
+    pip_lines = [line for line in makefile.splitlines() if "pip install" in line]
+    assert pip_lines and not any("--quiet" in line or " -q " in line for line in pip_lines)
+    assert [line.split("]")[0] for line in makefile.splitlines() if line.lstrip().startswith('@echo "make: [')] == \
+        ['\t@echo "make: [1/3', '\t@echo "make: [2/3', '\t@echo "make: [3/3']
+    install = (INSTALLER / "install.sh").read_text()
+    assert "install --isolated --quiet" not in install and all(f'echo "[{n}/3] ' in install for n in (1, 2, 3))

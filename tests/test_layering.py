@@ -31,7 +31,7 @@ LAYERS: dict[str, int] = {
     # L5 engine, tune, outputs, validation: no argparse
     "edge.engine": 5, "edge.tune": 5, "edge.report": 5, "edge.plots": 5, "edge.validate": 5,
     # L6 services: they receive an engine and callables, never build each other
-    "edge.watch": 6, "edge.dicomnet": 6, "edge.server": 6, "edge.doctor": 6,
+    "edge.watch": 6, "edge.retention": 6, "edge.dicomnet": 6, "edge.server": 6, "edge.doctor": 6,
     # L7 the commands: the only place that parses flags and wires services
     "edge.cli": 7,
 }

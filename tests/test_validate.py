@@ -21,7 +21,7 @@ from edge.metrics import bootstrap_table2, clopper_pearson, reliability
 from edge.profile import load_profile
 from edge.selection_report import evaluate_study, read_labels
 from edge.server import create_app
-from edge.validate import RECORDS, run_studies, summarise, write_outputs
+from edge.validate import RECORDS, model_label, run_studies, summarise, validated_classes, write_outputs
 from tests.helpers.server import write_profile
 
 # One group per phantom study; studies come sorted by class then patient:
@@ -236,3 +236,37 @@ def test_real_studies(shared_data, tmp_path, capsys):
     assert metrics["retention"]["infected"] == sum(r.infected for r in expected)
     assert metrics["retention"]["infected_kept"] == sum(r.infected_kept for r in expected)
     assert "Too few patients to estimate sensitivity" in capsys.readouterr().out
+
+
+def test_the_page_says_plainly_what_the_model_did_and_leads_with_sensitivity(phantom_dataset, tmp_path):
+    outcomes = run_studies(discover(phantom_dataset), Engine(Scripted([[.9, .05, .05]] * 6)), tmp_path)
+    summary = summarise(outcomes, n_boot=50)
+    assert summary["behaviour"][0].startswith("The model called every patient covid (6 of 6)")
+    never = [line for line in summary["behaviour"] if line.startswith("The model never called any patient healthy")]
+    assert never and "sensitivity 0%" in never[0] and "accuracy of 66.7%" in never[0]
+    html = write_outputs(outcomes, summary, tmp_path, Scripted.info.to_dict()).read_text()
+    assert "What the model did" in html and "called every patient covid" in html
+    header = html.split('<table id="table2">')[1].split("</tr>")[0]
+    assert header.index("Sensitivity") < header.index("Accuracy")
+    assert (tmp_path / "table2.txt").read_text().split()[:3] == ["Class", "Sensitivity", "Specificity"]
+    assert summarise(run_studies(discover(phantom_dataset), Engine(Scripted(ANSWERS)), tmp_path / "mixed"),
+                     n_boot=50)["behaviour"] == []
+
+
+def test_a_covid_non_covid_model_is_measured_with_other_labels_as_non_covid(tmp_path):
+    classes = ("covid", "non_covid")
+    assert [model_label(c, classes) for c in CLASSES] == ["covid", "non_covid", "non_covid"]
+    assert validated_classes(classes) and validated_classes(CLASSES)
+    assert not validated_classes(("covid", "healthy")) and not validated_classes(("a", "b", "c"))
+    # covid-0 right, covid-1 missed; four non_covid patients, one of them called covid
+    verdicts = [("covid", "covid", .9), ("covid", "non_covid", .2), ("non_covid", "non_covid", .1),
+                ("non_covid", "non_covid", .3), ("non_covid", "covid", .6), ("non_covid", "non_covid", .2)]
+    outcomes = [{"key": str(i), "patient": f"p{i}", "label": label, "path": f"s{i}", "error": None, "verdict": verdict,
+                 "probabilities": [p, 1 - p], "time_ms": 1.0, "warnings": [], "groups": [[p, 1 - p]],
+                 "n_slices_read": 10, "n_slices_used": 10} for i, (label, verdict, p) in enumerate(verdicts)]
+    summary = summarise(outcomes, n_boot=50, classes=classes)
+    assert summary["confusion_matrix"] == [[1, 1], [1, 3]] and summary["n_patients"] == {"covid": 2, "non_covid": 4}
+    assert summary["table2"]["per_class"]["covid"]["sensitivity"] == 0.5 and summary["behaviour"] == []
+    page = write_outputs(outcomes, summary, tmp_path, Scripted.info.to_dict()).read_text()
+    assert "<th>non_covid</th>" in page
+    assert "p_covid,p_non_covid,n_groups" in (tmp_path / "studies.csv").read_text().splitlines()[0]

@@ -3,6 +3,7 @@ once-only processing, changed studies, failures, crash recovery and the outbox l
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -22,7 +23,7 @@ from edge.infer import PlaceholderClassifier
 from edge.ingest.sources import study_files
 from edge.phantom import make_phantom, write_dicom_series
 from edge.profile import WatcherSettings
-from edge.watch import (is_done, is_stable, outbox_lock, process_one, recover, run_once, scan, survey,
+from edge.watch import (SUMMARY, is_done, is_stable, outbox_lock, process_one, recover, run_once, scan, survey,
                         watch)
 from tests.helpers.paths import SAMPLES
 
@@ -234,12 +235,14 @@ def test_a_failed_study_completed_later_replaces_its_failure(box, tmp_path):
     assert [p.name.endswith("-failed") for p in (outbox / ".superseded").iterdir()] == [True]
 
 
-def test_an_interrupted_analysis_leaves_only_a_partial_folder_which_start_up_removes(box):
+def test_an_interrupted_analysis_leaves_nothing_and_is_taken_again(box):
+    """Ctrl-C or SIGTERM (``edge.cli`` turns it into KeyboardInterrupt) removes the partial record; a
+    kill -9 leaves it, and start-up removes it (test_recover_removes_every_leftover)."""
     inbox, outbox = box
     phantom_study(inbox / "P1")
     with pytest.raises(KeyboardInterrupt):
         run_once(CountingEngine(fail=KeyboardInterrupt()), inbox, outbox, NOW)
-    assert [p.name for p in (outbox / ".partial").iterdir()] == [f"P1-{os.getpid()}"]
+    assert list((outbox / ".partial").iterdir()) == []
     assert records(outbox) == []
     summary = watch(CountingEngine(), inbox, outbox, NOW, once=True)
     assert summary.done == 1 and records(outbox) == ["P1"]
@@ -413,3 +416,30 @@ def test_folder_links_inside_the_inbox_are_followed_and_a_link_loop_ends(box):
     assert (summary.done, summary.failed) == (1, 0) and engine.calls == ["Series"]
     with study_files(inbox / "Series") as files:
         assert len(files) == len(list((inbox / ".archive" / "P1").iterdir()))
+
+
+def test_each_study_gets_a_log_line_with_its_verdict_and_a_summary_row(box, caplog):
+    inbox, outbox = box
+    phantom_study(inbox / "P1")
+    (inbox / "bad").mkdir()
+    (inbox / "bad" / "notes.txt").write_text("no scan")
+    caplog.set_level("INFO", logger="ctedge.watch")
+    run_once(CountingEngine(), inbox, outbox, NOW)
+    label = json.loads((outbox / "P1" / "result.json").read_text())["label"]
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(line.startswith(f"P1: {label} (placeholder") and " s, result in " in line for line in lines), lines
+    assert any(line.startswith("bad: failed in ") for line in lines), lines
+    with open(outbox / SUMMARY, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["study"], r["status"], r["verdict"]) for r in rows] == [("P1", "done", label), ("bad", "failed", "")]
+    assert rows[0]["model"].startswith("placeholder") and float(rows[0]["seconds"]) >= 0
+    assert oct((outbox / SUMMARY).stat().st_mode & 0o777) == "0o600"
+
+
+def test_once_waits_up_to_stable_seconds_for_a_copy_in_progress(box):
+    inbox, outbox = box
+    phantom_study(inbox / "P1")   # just copied: not stable yet
+    start = time.monotonic()
+    summary = watch(CountingEngine(), inbox, outbox, WatcherSettings(poll_seconds=5, stable_seconds=1.5), once=True)
+    assert (summary.done, summary.waiting) == (1, 0)
+    assert time.monotonic() - start < 10

@@ -23,7 +23,7 @@ from pydicom.uid import RLELossless
 
 from edge import CLASSES
 from edge.phantom import make_phantom, write_dicom_series, write_image_slices
-from edge.watch import survey
+from edge.watch import SUMMARY, survey
 from tests.helpers.paths import REPO, SAMPLES
 from tests.helpers.profiles import write_profile
 
@@ -160,7 +160,7 @@ def test_watcher_survives_three_sigkills_without_losing_or_duplicating_a_study(t
     elapsed = time.monotonic() - start
 
     good = {n for n in sources if n not in bad}
-    assert {p.name for p in outbox.iterdir()} == good | {"failed", ".partial", ".lock"}, \
+    assert {p.name for p in outbox.iterdir()} == good | {"failed", ".partial", ".lock", SUMMARY}, \
         "duplicate or stray records (.superseded: a study was taken before its copy had finished)"
     assert {p.name for p in outbox.iterdir() if (p / "result.json").exists()} == good
     assert {p.name for p in (outbox / "failed").iterdir()} == set(bad)
@@ -215,7 +215,7 @@ def test_a_kill_while_the_next_study_is_read_ahead_loses_nothing(tmp_path):
     final = subprocess.run([*command, "--once"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert final.returncode == 0 and f"{len(names) - before} done, 0 failed, 0 waiting" in final.stdout, \
         final.stdout + final.stderr
-    assert {p.name for p in outbox.iterdir()} == set(names) | {".partial", ".lock"}, "duplicate or missing records"
+    assert {p.name for p in outbox.iterdir()} == set(names) | {".partial", ".lock", SUMMARY}, "duplicate or missing records"
     assert list((outbox / ".partial").iterdir()) == []
     for name in names:
         result = json.loads((outbox / name / "result.json").read_text())

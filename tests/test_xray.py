@@ -29,7 +29,7 @@ from edge.ingest.study import load_study
 from edge.phantom import make_phantom, write_dicom_series
 from edge.pipeline import prepare_radiograph
 from edge.report import caption_lines
-from edge.profile import ProfileError, WatcherSettings, load_profile
+from edge.profile import DEFAULT_XRAY_BUNDLE, ProfileError, WatcherSettings, load_profile
 from edge.server import create_app
 from edge.watch import run_once
 from tests.helpers.bundles import IMAGE_WEIGHT, KNOWN_PROBABILITIES, slice_probabilities
@@ -307,6 +307,7 @@ def test_a_study_of_a_modality_the_device_has_no_model_for_is_refused(tmp_path, 
     assert main(["predict", str(RG1), "--model", str(ct_bundle), "--variant", "float32"]) == 2
     err = capsys.readouterr().err
     assert str(RG1) in err and "a study of modality X-ray, but this device has no X-ray model (it reads: CT)" in err
+    assert f"add an X-ray bundle to the profile's model.more_bundles (e.g. {DEFAULT_XRAY_BUNDLE}" in err  # the next step
 
 
 def test_one_bundle_per_modality_in_a_profile(tmp_path, xray_bundle):

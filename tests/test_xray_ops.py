@@ -67,6 +67,7 @@ def ready_box(tmp_path: Path, xray: Path, model: dict | None = None) -> Path:
     results.mkdir(mode=0o700)
     add_user(results / "users.txt", "radiologist", "correct horse battery")
     (tmp_path / "ctedge.env").write_text("CTEDGE_API_TOKEN=" + "x" * 32 + "\n")
+    (tmp_path / "ctedge.env").chmod(0o600)  # doctor fails a token file other accounts can read
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -87,7 +88,9 @@ def test_doctor_checks_every_bundle_naming_it_and_its_modality(tmp_path, xray_bu
     assert variants == [(f"CT bundle {DEFAULT_BUNDLE}: not tuned on this CPU yet: serve and watch tune on first start "
                          "(or run ctedge tune --config ...); until then int8"),
                         (f"X-ray bundle {xray_bundle}: float32, 1 thread(s), 1.5 ms per group "
-                         "(tuned on this CPU 2026-01-01T00:00:00+00:00)")]
+                         "(tuned on this CPU 2026-01-01T00:00:00+00:00, "
+                         f"{Choice('', 0, 0, '2026-01-01T00:00:00+00:00', '').age_days():.0f} day(s) ago, "
+                         f"load not recorded; in {private_cache})")]
     assert main(["doctor", "--config", str(profile)]) == 0
     assert capsys.readouterr().out.rstrip().endswith("READY")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Callable
 from importlib.metadata import entry_points
@@ -18,6 +19,7 @@ from edge import CLASSES, __version__
 from edge.cli.dicom import add_bench_dicom, add_receive
 from edge.cli.doctor import add_doctor
 from edge.cli.predict import add_predict
+from edge.cli.retention import add_retention
 from edge.cli.selection import add_evaluate_selection
 from edge.cli.serve import add_serve
 from edge.cli.tune import add_tune
@@ -28,10 +30,13 @@ from edge.ingest import configure_pydicom
 from edge.untrusted import log_handler
 
 log = logging.getLogger("ctedge")
+LIBRARY_LOGGERS = {"highdicom": logging.WARNING, "waitress.queue": logging.ERROR}
+"""Libraries whose routine lines (highdicom's per-object INFO, waitress's "Task queue depth" while one
+user loads a page's heatmaps) are kept below this level unless --debug (pynetdicom: edge.dicomnet.receiver)."""
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_predict, add_evaluate_selection, add_serve, add_watch,
                                                                 add_validate, add_receive, add_bench_dicom, add_doctor,
-                                                                add_tune]
+                                                                add_tune, add_retention]
 
 
 def plugin_commands(command: str | None) -> list[Callable[[argparse._SubParsersAction], None]]:
@@ -60,15 +65,38 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def configure_logging(verbose: bool, debug: bool) -> None:
+    """ctedge's progress at INFO with ``-v`` (else warnings only; retention's audit lines always); the libraries of LIBRARY_LOGGERS
+    stay quiet unless ``--debug``, which shows everything down to DEBUG."""
+    level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, handlers=[log_handler()])
+    for name, quiet in LIBRARY_LOGGERS.items():
+        logging.getLogger(name).setLevel(logging.DEBUG if debug else quiet)
+    logging.getLogger("ctedge.retention").setLevel(logging.DEBUG if debug else logging.INFO)  # the audit trail
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM (systemd's stop, ``kill``): unwinds the command like Ctrl-C, so that its ``finally``
+    blocks and the exit handlers run (the decoding workers stop; a server re-queues its running studies)."""
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise Stopped
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser(argv).parse_args(argv)
     configure_pydicom()
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, handlers=[log_handler()])
+    configure_logging(args.verbose, args.debug)
+    signal.signal(signal.SIGTERM, _stop)
     try:
         return args.func(args)
     except UserError as exc:
         print(f"ctedge: error: {exc}", file=sys.stderr)
         return 2
+    except Stopped:
+        print("ctedge: stopped", file=sys.stderr)
+        return 0
     except KeyboardInterrupt:
         print("ctedge: interrupted", file=sys.stderr)
         return 130

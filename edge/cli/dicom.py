@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import threading
 from pathlib import Path
 
@@ -37,14 +36,11 @@ def cmd_receive(args: argparse.Namespace) -> int:
     from edge.dicomnet.receiver import Receiver
 
     receiver = Receiver(profile.dicom, profile.dicom.inbox, profile.model.modalities)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     receiver.start()
     print(f"ctedge: receiving DICOM as {profile.dicom.ae_title} on {profile.dicom.host}:{receiver.port}, "
           f"studies in {profile.dicom.inbox}", flush=True)
     try:
-        while not stop.wait(1.0):
-            pass
+        threading.Event().wait()  # until SIGTERM or Ctrl-C (edge.cli.main)
     finally:
         receiver.stop()
     return 0

@@ -13,8 +13,10 @@ from edge.errors import UserError
 
 def add_doctor(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("doctor", help="check that this box is ready to run a profile (exit 0 when ready)",
-                       description="Check Python and packages, every model bundle of the profile (CT, X-ray), CPU, "
-                                   "Coral delegate, data folders, config files, port, API token and login users for a "
+                       description="Check Python and packages, every model bundle of the profile (CT, X-ray) and its "
+                                   "tuned variant (age, load), CPU, Coral delegate, data folders, config files, port, "
+                                   "API token and the permissions of its file, login users, the dicom: section (AE "
+                                   "titles, receiver port, C-ECHO to each destination) and the retention for a "
                                    "profile. Exit 0 only when every check passes.")
     p.add_argument("--config", type=Path, required=True, help="the profile the services run, e.g. /etc/ctedge/ctedge.yaml")
     p.add_argument("--folder", type=Path, action="append", default=[],

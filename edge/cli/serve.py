@@ -41,7 +41,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                  port=profile.server.port if args.port is None else args.port)
     profile = dataclasses.replace(profile, server=server)
 
-    from edge.server import users_file
+    from edge.server import stop_app, users_file
     from edge.server.auth import add_user
 
     if args.add_user:
@@ -62,7 +62,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if dicom := app.extensions["ctedge"].get("dicom"):
         print(f"ctedge: receiving DICOM as {dicom.settings.ae_title} on {dicom.settings.host}:{dicom.receiver.port}, "
               f"studies in {dicom.inbox}, results sent to {len(dicom.settings.destinations)} destination(s)", flush=True)
-    httpd.run()
+    try:
+        httpd.run()
+    finally:
+        stop_app(app)
     return 0
 
 
@@ -80,7 +83,7 @@ def serve_app(profile: Profile, engine: Analyser | None = None) -> Flask:
         dicom = DicomService.for_server(profile)
     app = create_app(profile, engine, dicom=dicom)
     if dicom is not None:
-        dicom.serve(app.extensions["ctedge"]["engine"], profile.watcher)
+        dicom.serve(app.extensions["ctedge"]["engine"], profile.watcher, profile.retention)
     return app
 
 

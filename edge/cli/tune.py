@@ -24,8 +24,9 @@ def add_tune(sub: argparse._SubParsersAction) -> None:
                                    "runtime (LiteRT; OpenVINO f32 and bf16 when installed, each checked against LiteRT "
                                    "float32 first) with 1..N threads on one input (of STUDY for the "
                                    "bundle of the study's modality, else of a synthetic phantom) and records the "
-                                   f"fastest for this CPU and bundle in the tune cache ({cache_path()}); profiles with "
-                                   "model.variant: auto (the default) then run it.")
+                                   "fastest for this CPU, runtime and bundle in the install's tune record (tuned.json "
+                                   "in the profile's server.results_dir; $CTEDGE_TUNE_CACHE overrides it); profiles "
+                                   "with model.variant: auto (the default) then run it. Waits for an idle CPU first.")
     add_model_options(p, variant=False)
     p.add_argument("--study", type=Path, default=None,
                    help="time the bundle of this study's modality on the study's first input instead of a phantom")
@@ -38,7 +39,8 @@ def add_tune(sub: argparse._SubParsersAction) -> None:
 def cmd_tune(args: argparse.Namespace) -> int:
     if args.repeats < 1 or (args.max_threads is not None and args.max_threads < 1):
         raise UserError("ctedge tune", "--repeats and --max-threads must be at least 1")
-    cards = [load_card(b) for b in model_profile(args).model.bundles]
+    profile = model_profile(args)
+    cards = [load_card(b) for b in profile.model.bundles]
     modality = study_modality(args.study) if args.study else None
     if modality and modality not in {c.modality for c in cards}:
         raise UserError(args.study, f"a {MODALITY_TERMS[modality].name} study, but no bundle tuned here reads "
@@ -46,7 +48,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     for card in cards:              # every bundle can be tuned, before the first is timed
         eligible_variants(card)
     done: list[dict[str, Any]] = []
-    path = cache_path()
+    path = cache_path(profile)
     for card in cards:
         on_study = card.modality == modality
         unit = study_group(card, args.study) if on_study else phantom_group(card)

@@ -12,8 +12,8 @@ from edge.dataset import discover
 from edge.errors import UserError
 from edge.evidence import card_summary, evidence_line, record
 from edge.selection_report import read_labels
-from edge.validate import (RECORDS, format_table2, owner_only, run_studies, summarise, validate_engine, write_csv,
-                           write_outputs)
+from edge.validate import (NON_COVID, RECORDS, format_table2, owner_only, run_studies, summarise, validate_engine,
+                           validated_classes, write_csv, write_outputs)
 
 
 def add_validate(sub: argparse._SubParsersAction) -> None:
@@ -53,9 +53,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
         raise UserError("--slice-labels", f"{bundle} reads {MODALITY_TERMS[engine.modality].name} studies: a radiograph "
                                           "has no slices to select, so slice labels apply to CT bundles only")
     labels = read_labels(args.slice_labels) if args.slice_labels else None
-    if engine.classifier.classes != CLASSES:
-        raise UserError(bundle, f"classes {', '.join(engine.classifier.classes)}: validate compares verdicts with "
-                                f"patient labels {', '.join(CLASSES)}, so it needs a three-class model")
+    classes = engine.classifier.classes
+    if not validated_classes(classes):
+        raise UserError(bundle, f"classes {', '.join(classes)}: validate compares verdicts with patient labels "
+                                f"{', '.join(CLASSES)}, so it needs a model of those classes or of covid and "
+                                f"{NON_COVID} (other_pneumonia and healthy count as {NON_COVID})")
+    if tuple(classes) != CLASSES:
+        print(f"Two-class model ({', '.join(classes)}): other_pneumonia and healthy patients count as {NON_COVID}.")
     model = engine.info.to_dict()
     with owner_only():
         try:
@@ -64,12 +68,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
             print(f"Finished studies are kept in {args.out / RECORDS}; run the same command to resume.")
             raise
         if all(o["error"] for o in outcomes):
-            write_csv(outcomes, args.out / "studies.csv", engine.modality)
+            write_csv(outcomes, args.out / "studies.csv", engine.modality, classes)
             raise UserError(args.data, f"no study could be analysed; the errors are in {args.out / 'studies.csv'}")
-        summary = summarise(outcomes, args.bootstrap, args.seed)
+        summary = summarise(outcomes, args.bootstrap, args.seed, classes)
         page = write_outputs(outcomes, summary, args.out, model, engine.modality)
     if model["banner"]:
         print(f"*** {model['banner']} *** {model['note']}")
+    for line in summary["behaviour"]:
+        print(f"*** {line}")
     print(format_table2(summary))
     auc = summary["roc_auc"]
     print("ROC AUC: " + ", ".join(f"{c} {_auc(a)}" for c, a in auc["per_class"].items()) + f"; macro {_auc(auc['macro'])}")

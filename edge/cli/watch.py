@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 from edge.cli.common import add_model_options, model_profile
 from edge.ingest.parallel import warm_pool
 from edge.engine import Device
+from edge.retention import WatchRetention
 from edge.watch import watch
 
 
@@ -27,6 +29,7 @@ def add_watch(sub: argparse._SubParsersAction) -> None:
 
 def cmd_watch(args: argparse.Namespace) -> int:
     profile = model_profile(args)
+    logging.getLogger("ctedge.watch").setLevel(logging.DEBUG if args.debug else logging.INFO)  # a line per study
     engine = Device.from_profile(profile, tune_if_missing=True)
     warm_pool()                     # study after study: decoding workers pay off (edge.ingest.parallel)
     dicom = None
@@ -35,9 +38,16 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
         dicom = DicomService(profile.dicom, args.inbox, args.out, profile.model.modalities)
         dicom.start(receive=not args.once, send=not args.once)  # --once: after_pass delivers
+    retention = WatchRetention(profile.retention, args.inbox, args.out, profile.watcher.marker_file,
+                               unsent=dicom.unsent if dicom else tuple)
+
+    def after_pass() -> None:
+        if dicom:
+            dicom.after_pass()
+        retention.after_pass()
+
     try:
-        summary = watch(engine, args.inbox, args.out, profile.watcher, args.once,
-                        after_pass=dicom.after_pass if dicom else None,
+        summary = watch(engine, args.inbox, args.out, profile.watcher, args.once, after_pass=after_pass,
                         receiving=dicom.receiver.receiving if dicom else None)
     finally:
         if dicom:

@@ -23,7 +23,8 @@ from edge.dicomnet.receiver import Receiver
 from edge.dicomnet.results import result_objects, supersede
 from edge.engine import Device, Engine
 from edge.errors import UserError
-from edge.profile import DicomPeer, DicomSettings, Profile, WatcherSettings
+from edge.profile import DicomPeer, DicomSettings, Profile, RetentionSettings, WatcherSettings
+from edge.retention import WatchRetention, pending_sends
 from edge.storage import private_dir
 from edge.watch import watch
 
@@ -57,11 +58,13 @@ class DicomService:
             self._sender.start()
             self._threads.append(self._sender)
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 60.0) -> None:
+        """Stop receiving, then let the sender and the watcher end, waiting up to ``timeout`` s for each
+        (both are crash-safe: what they leave unfinished is taken again at the next start)."""
         self.receiver.stop()
         self._stop.set()
         for thread in self._threads:
-            thread.join(timeout=60)
+            thread.join(timeout=timeout)
 
     @classmethod
     def for_server(cls, profile: Profile) -> DicomService:
@@ -71,18 +74,24 @@ class DicomService:
             raise UserError(profile.source, "dicom.inbox is not set: where should received studies be written?")
         return cls(profile.dicom, profile.dicom.inbox, profile.server.results_dir / "dicom", profile.model.modalities)
 
-    def serve(self, engine: Engine | Device, settings: WatcherSettings) -> None:
-        """Receive, analyse the inbox with ``engine`` as ``ctedge watch`` does, and send to the
-        destinations, all in background threads until :meth:`stop`."""
+    def serve(self, engine: Engine | Device, settings: WatcherSettings, retention: RetentionSettings) -> None:
+        """Receive, analyse the inbox with ``engine`` as ``ctedge watch`` does (with its ``retention``), and
+        send to the destinations, all in background threads until :meth:`stop`."""
         self.start()
-        self._threads.append(threading.Thread(target=self._watch, args=(engine, settings),
+        keep = WatchRetention(retention, self.inbox, self.results, settings.marker_file, unsent=self.unsent)
+        self._threads.append(threading.Thread(target=self._watch, args=(engine, settings, keep),
                                               name="ctedge-dicom-watch", daemon=True))
         self._threads[-1].start()
 
-    def _watch(self, engine: Engine | Device, settings: WatcherSettings) -> None:
-        """The watcher of ``ctedge watch`` on this service's inbox, until :meth:`stop`."""
+    def _watch(self, engine: Engine | Device, settings: WatcherSettings, retention: WatchRetention) -> None:
+        """The watcher of ``ctedge watch`` on this service's inbox, with its retention, until :meth:`stop`."""
+
+        def after_pass() -> None:
+            self.after_pass()
+            retention.after_pass()
+
         try:
-            watch(engine, self.inbox, self.results, settings, after_pass=self.after_pass, stop=self._stop,
+            watch(engine, self.inbox, self.results, settings, after_pass=after_pass, stop=self._stop,
                   receiving=self.receiver.receiving)
         except UserError as exc:
             log.error("the DICOM study watcher cannot run: %s", exc)
@@ -96,6 +105,10 @@ class DicomService:
                 self.outbox.deliver_due()
         except Exception:  # noqa: BLE001 - logged; the next pass tries again
             log.exception("queueing or sending results to PACS failed; trying again after the next pass")
+
+    def unsent(self) -> set[str]:
+        """The study names whose results still wait for a destination (retention keeps their inbox entry)."""
+        return pending_sends(self.outbox.root)
 
     def queue_results(self) -> int:
         """Queue the results of every analysed study not queued yet for each destination; return how many jobs."""

@@ -8,7 +8,10 @@ The process pool (forkserver: safe in the threaded server) starts once and is re
 costs about :data:`POOL_START_S` (a fresh interpreter importing the decoders), more than it saves on
 a study of ordinary size on a few cores, so a process that has not started it decodes in-process
 unless the study is large enough to repay the start (:func:`default_mode`); the services, which
-decode study after study, start it at once in the background (:func:`warm_pool`).
+decode study after study, start it at once in the background (:func:`warm_pool`). It is shut
+down at exit (``ctedge`` turns SIGTERM into a normal exit). A worker also ends by itself when the
+process that started the pool dies (SIGKILL, a crash): it waits on a pidfd of that process, so no
+decoding worker, forkserver or resource tracker outlives its server or watcher.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ import functools
 import logging
 import multiprocessing
 import os
+import select
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -100,16 +105,59 @@ def decode_path(path: Path, shape: tuple[int, int], size: int | None = None) -> 
         return "CorruptFileError", f"cannot be read again for decoding ({type(exc).__name__})"
 
 
+PARENT_POLL_S = 1.0
+"""How often a worker checks its parent where pidfds are missing (Linux < 5.3)."""
+
+
+def _start_worker(parent: int) -> None:
+    """Initializer of a decoding worker: ctedge's pydicom settings, and a thread that ends the worker
+    as soon as ``parent`` (the process that owns the pool) has died."""
+    from edge.ingest.pydicom_adapter import configure_pydicom
+
+    configure_pydicom()
+    threading.Thread(target=_exit_when_gone, args=(parent,), name="ctedge-parent-watch", daemon=True).start()
+
+
+def _exit_when_gone(parent: int) -> None:
+    try:
+        fd = os.pidfd_open(parent)  # readable once the process has exited
+    except (AttributeError, OSError):
+        fd = -1
+    if fd >= 0:
+        select.select([fd], [], [])
+    else:
+        while _alive(parent):
+            time.sleep(PARENT_POLL_S)
+    os._exit(0)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def _process_pool() -> ProcessPoolExecutor:
     global _pool
     with _pool_lock:
         if _pool is None:
-            from edge.ingest.pydicom_adapter import configure_pydicom
-
             context = multiprocessing.get_context("forkserver")
-            _pool = ProcessPoolExecutor(os.cpu_count() or 1, mp_context=context, initializer=configure_pydicom)
-            atexit.register(_pool.shutdown, cancel_futures=True)
+            _pool = ProcessPoolExecutor(os.cpu_count() or 1, mp_context=context, initializer=_start_worker,
+                                        initargs=(os.getpid(),))
+            atexit.register(stop_workers)
         return _pool
+
+
+def stop_workers() -> None:
+    """Shut the decoding pool down (queued slices are cancelled) and wait for its workers to exit;
+    the next decode starts a new pool."""
+    global _pool
+    with _pool_lock:
+        pool, _pool = _pool, None
+    if pool is not None:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _results(paths: Sequence[Path], mode: Mode, shape: tuple[int, int], size: int | None

@@ -97,7 +97,7 @@ def create_app(profile: Profile, engine: Analyser | None = None, *, start_worker
         ALLOWED_HOSTS=allowed_hosts(profile),
         PROFILE=profile,
     )
-    jobs = JobQueue(store, engine, s.workers, s.queue_size, s.keep_uploads_days)
+    jobs = JobQueue(store, engine, s.workers, s.queue_size, s.keep_uploads_days, profile.retention)
     policy = UploadPolicy(Limits(max_archive_bytes=s.max_unpacked_mb * 2**20), s.min_free_mb * 2**20)
     app.extensions["ctedge"] = {"store": store, "jobs": jobs, "engine": engine, "uploads": policy,
                                 "sessions": Sessions(SESSION_LIFETIME.total_seconds()), "throttle": LoginThrottle()}
@@ -115,6 +115,20 @@ def create_app(profile: Profile, engine: Analyser | None = None, *, start_worker
     if start_workers:
         jobs.start()
     return app
+
+
+STOP_WAIT_S = 5.0
+"""How long a stop waits for the running studies before it re-queues them."""
+
+
+def stop_app(app: Flask) -> None:
+    """Stop what :func:`create_app` started: the DICOM service (its watcher is crash-safe: a study
+    it was analysing is taken again after the restart) and the workers; a study still running
+    after ``STOP_WAIT_S`` is put back in the queue for the next start, not counted as a failed attempt."""
+    services = app.extensions["ctedge"]
+    if dicom := services.get("dicom"):
+        dicom.stop(timeout=STOP_WAIT_S)
+    services["jobs"].stop(timeout=STOP_WAIT_S)
 
 
 def _http_error(exc: HTTPException) -> Response | tuple[str, int]:

@@ -29,7 +29,9 @@ from typing import Any, Protocol
 
 from edge.errors import UserError
 from edge.infer import ModelInfo
+from edge.profile import RetentionSettings
 from edge.result import ResultDoc, load_result
+from edge.retention import Schedule, clean_results
 from edge.storage import is_disk_full, private_dir, restrict_tree
 
 log = logging.getLogger("ctedge.server")
@@ -200,10 +202,12 @@ class JobQueue:
     """``workers`` threads share one engine; at most ``queue_size`` studies wait."""
 
     def __init__(self, store: StudyStore, engine: Analyser, workers: int, queue_size: int,
-                 keep_uploads_days: float = 0):
+                 keep_uploads_days: float = 0, retention: RetentionSettings | None = None):
         self.store, self.engine = store, engine
         self.workers, self.queue_size = workers, queue_size
         self.keep_uploads_days = keep_uploads_days
+        self.retention = retention or RetentionSettings()
+        self._retention_due = Schedule()
         self._pending: collections.deque[str] = collections.deque()
         self._running: set[str] = set()
         self._cond = threading.Condition()
@@ -233,12 +237,28 @@ class JobQueue:
             self._threads.append(t)
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Let the workers finish their current study and exit."""
+        """Let the workers finish their current study and exit, waiting up to ``timeout`` s in all; a
+        study still running then is re-queued for the next start (the stop is not counted as an attempt)."""
         with self._cond:
             self._stopped = True
             self._cond.notify_all()
+        deadline = time.monotonic() + timeout
         for t in self._threads:
-            t.join(timeout)
+            t.join(max(0.0, deadline - time.monotonic()))
+        with self._cond:
+            running = sorted(self._running)
+        for study_id in running:
+            self._requeue(study_id)
+
+    def _requeue(self, study_id: str) -> None:
+        """Put a study the stop interrupted back in the queue of the next start, its attempt not counted."""
+        with self._cond:
+            if study_id not in self._running:
+                return
+            self._running.discard(study_id)
+        attempts = (self.store.status(study_id) or {}).get("attempts", 1)
+        self.store.write_status(study_id, status="queued", attempts=max(0, attempts - 1))
+        log.warning("study %s re-queued: the server stopped while analysing it", study_id)
 
     def submit(self, study_id: str, n_files: int, study: dict[str, str] | None = None) -> None:
         """Queue a study whose upload is on disk (``study``: its identity, edge.ingest.identity, when
@@ -303,9 +323,12 @@ class JobQueue:
                     self._running.discard(study_id)
 
     def _housekeeping(self) -> None:
-        """Write states kept in memory by a full disk; delete uploads past ``keep_uploads_days``."""
+        """Write states kept in memory by a full disk; delete uploads past ``keep_uploads_days``; when
+        due, finished studies past ``retention.results_days``."""
         self.store.flush()
         self.store.purge_uploads(self.keep_uploads_days)
+        if self._retention_due.due():
+            clean_results(self.store.root, self.retention)
 
     def _analyse(self, study_id: str) -> None:
         upload = self.store.upload_dir(study_id)
@@ -322,16 +345,11 @@ class JobQueue:
 
         try:
             result = self.engine.analyse(upload, self.store.folder(study_id), progress=progress)
-        except UserError as exc:
-            self._finish(study_id, status="failed", error=strip_folder(str(exc), upload))
-            log.info("study %s failed: %s", study_id, type(exc).__name__)
         except Exception as exc:  # noqa: BLE001 - a worker must survive any study
-            if is_disk_full(exc):
-                error = DISK_FULL_MESSAGE
+            if self._stopped and not isinstance(exc, UserError):  # the stop cut it short (the decoding workers ended)
+                self._requeue(study_id)
             else:
-                error = f"internal error while analysing the study ({type(exc).__name__}); see the server log"
-            self._finish(study_id, status="failed", error=error)
-            log.error("study %s failed: %s", study_id, "disk full" if is_disk_full(exc) else type(exc).__name__)
+                self._fail(study_id, upload, exc)
         else:
             model = result.get("model", {})
             ends = [*list(marks.values())[1:], time.perf_counter()]
@@ -343,6 +361,18 @@ class JobQueue:
                          agreement=(result.get("agreement") or {"level": None})["level"],
                          demonstration=bool(model.get("demonstration") or model.get("placeholder") or model.get("research")))
             log.info("study %s done in %.1f s", study_id, time.perf_counter() - start)
+
+    def _fail(self, study_id: str, upload: Path, exc: Exception) -> None:
+        if isinstance(exc, UserError):
+            self._finish(study_id, status="failed", error=strip_folder(str(exc), upload))
+            log.info("study %s failed: %s", study_id, type(exc).__name__)
+            return
+        if is_disk_full(exc):
+            error = DISK_FULL_MESSAGE
+        else:
+            error = f"internal error while analysing the study ({type(exc).__name__}); see the server log"
+        self._finish(study_id, status="failed", error=error)
+        log.error("study %s failed: %s", study_id, "disk full" if is_disk_full(exc) else type(exc).__name__)
 
     def _finish(self, study_id: str, **state: Any) -> None:
         """Record the outcome, then make the study's files owner-only."""

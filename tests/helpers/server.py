@@ -119,12 +119,14 @@ class Served:
 
 
 @contextmanager
-def serve(profile: Path) -> Iterator[Served]:
-    """Start ``ctedge serve --port 0`` on loopback and stop it afterwards."""
+def serve(profile: Path, env: dict[str, str] | None = None, new_session: bool = False) -> Iterator[Served]:
+    """Start ``ctedge serve --port 0`` on loopback (with ``env`` added to its environment; in a session
+    of its own with ``new_session``) and stop it afterwards."""
     token = secrets.token_urlsafe(24)
-    env = os.environ | {"CTEDGE_API_TOKEN": token, "PYTHONUNBUFFERED": "1"}
+    env = os.environ | {"CTEDGE_API_TOKEN": token, "PYTHONUNBUFFERED": "1"} | (env or {})
     process = subprocess.Popen([sys.executable, "-m", "edge.cli", "serve", "--config", str(profile), "--port", "0"],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO,
+                               start_new_session=new_session)
     try:
         line = process.stdout.readline()
         while line and "serving on" not in line:
