@@ -65,7 +65,8 @@ def test_the_tuned_variant_is_recorded_owner_only_and_used_by_predict(tmp_path, 
     monkeypatch.setenv("CTEDGE_TUNE_CACHE", str(cache))
     assert main(["tune", "--max-threads", "1", "--repeats", "1", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
-    [tuned] = doc["bundles"]
+    assert {b["modality"] for b in doc["bundles"]} == {"ct", "xray"}, "the default profile's CT and X-ray bundles"
+    [tuned] = [b for b in doc["bundles"] if b["modality"] == "ct"]
     assert {r["variant"] for r in tuned["rows"] if r["runtime"] == "litert"} == set(eligible_variants(load_card(DEFAULT_BUNDLE)))
     timed = [r for r in tuned["rows"] if "skipped" not in r]
     fastest = min(timed, key=lambda r: r["ms_per_group_median"])

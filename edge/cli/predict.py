@@ -4,14 +4,18 @@ written as a result folder."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any, cast
 
+from edge.card import load_card
 from edge.cli.common import add_model_options, model_profile
 from edge.engine import Device
+from edge.ingest.radiograph import study_modality
 from edge.options import METHODS
 from edge.result import ResultDoc
+from edge.stages import Source
 
 SELECTION_HELP = (
     "slice selection rule: 'lung-extent' (default; keeps every slice between the lung apex and base), "
@@ -43,10 +47,17 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_predict)
 
 
-def predict_engine(args: argparse.Namespace) -> Device:
+def predict_engine(args: argparse.Namespace, source: Source) -> Device:
     """The engine that ``predict`` options describe: a device profile (or the defaults), overridden
-    by explicit flags; pipeline flags are checked against the model card like profile keys."""
+    by explicit flags; pipeline flags are checked against the model card like profile keys. Of the
+    profile's bundles only those of the study's modality are loaded (one study: the others would cost
+    memory and start-up time for nothing); all of them when none reads it, so the error names them."""
     profile = model_profile(args)
+    modality = study_modality(source)
+    wanted = [b for b in profile.model.bundles if load_card(b).modality == modality]
+    if wanted:
+        model = dataclasses.replace(profile.model, bundle=wanted[0], more_bundles=tuple(wanted[1:]))
+        profile = dataclasses.replace(profile, model=model)
     flags: dict[str, tuple[Any, str]] = {}
     for key, value, flag in (("selection", args.selection, "--selection"), ("override", args.override, "--override"),
                              ("mask_lungs", False if args.no_mask else None, "--no-mask"),
@@ -57,8 +68,8 @@ def predict_engine(args: argparse.Namespace) -> Device:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    engine = predict_engine(args)
     source = args.study[0] if len(args.study) == 1 else args.study
+    engine = predict_engine(args, source)
     doc = engine.analyse(source, args.out) if args.out else engine.run(source).to_dict()
     shown = cast(ResultDoc, {k: v for k, v in doc.items() if k != "study"})   # the study's identity stays in the result folder
     print(json.dumps(shown, indent=2) if args.json else summary(shown))
