@@ -375,9 +375,12 @@ class JobQueue:
         log.error("study %s failed: %s", study_id, "disk full" if is_disk_full(exc) else type(exc).__name__)
 
     def _finish(self, study_id: str, **state: Any) -> None:
-        """Record the outcome, then make the study's files owner-only."""
-        self.store.write_status(study_id, finished=_now(), **state)
+        """Make the study's files owner-only and, unless uploads are kept (``keep_uploads_days``), delete
+        its raw upload; then record the outcome, so that whoever sees it finished sees its final files."""
         restrict_tree(self.store.folder(study_id))
+        if self.keep_uploads_days <= 0:
+            shutil.rmtree(self.store.upload_dir(study_id), ignore_errors=True)
+        self.store.write_status(study_id, finished=_now(), **state)
 
 
 def strip_folder(message: str, folder: Path) -> str:
