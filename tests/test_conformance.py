@@ -10,8 +10,8 @@ import pytest
 from edge import CLASSES
 from edge.dicomnet.outbox import SEND_TRANSFER_SYNTAXES
 from edge.dicomnet.receiver import STORAGE_CLASSES, decodable_transfer_syntaxes
-from edge.dicomnet.results import (DECISION_RULE, FINDINGS, MODEL_STATUS, PROCEDURES, SCHEME, VALIDATION,
-                                   probability_code, result_objects)
+from edge.dicomnet.results import (AGREEMENT, DECISION_RULE, FINDINGS, INPUT_WARNING, MODEL_STATUS, PROCEDURES, SCHEME,
+                                   VALIDATION, probability_code, result_objects)
 from edge.engine import Engine
 from tests.helpers.dicomnet import phantom_study, sr_items
 from tests.helpers.paths import REPO
@@ -58,7 +58,7 @@ def test_the_storage_scu_classes_and_syntaxes_are_the_senders(sent_objects):
 def test_the_code_table_lists_every_standard_and_private_code_of_the_sr(sent_objects):
     listed = {(value, scheme, meaning) for _, value, scheme, meaning in table("sr-codes")}
     made = [*FINDINGS.values(), *PROCEDURES.values(), *(probability_code(c) for c in CLASSES), DECISION_RULE,
-            MODEL_STATUS, VALIDATION]
+            MODEL_STATUS, VALIDATION, AGREEMENT, INPUT_WARNING]
     assert listed == {(c.value, c.scheme_designator, c.meaning) for c in made}
     used = {(code.get("CodeValue") or code.LongCodeValue, code.CodingSchemeDesignator, code.CodeMeaning)
             for item in sr_items(sent_objects[0]) for key in ("ConceptNameCodeSequence", "ConceptCodeSequence")

@@ -85,6 +85,7 @@ def test_private_codes_are_declared_short_and_only_where_no_standard_code_exists
                                                         "MeasurementUnitsCodeSequence")
              for code in item.get(key, [])]
     private = {(c.CodeValue, c.CodeMeaning) for c in codes if c.CodingSchemeDesignator == SCHEME}
+    private -= {("INPUT-WARNING", "Input warning"), ("AGREEMENT", "Agreement of groups or slices")}  # when the study has them
     assert private == {("P-COVID", "Probability of covid"), ("P-PNEUMONIA", "Probability of other_pneumonia"),
                        ("P-HEALTHY", "Probability of healthy"), ("DECISION-RULE", "Decision rule"),
                        ("MODEL-STATUS", "Model status"), ("VALIDATION", "Validation evidence")}
@@ -169,3 +170,20 @@ def code_of_name(item: pydicom.Dataset) -> tuple[str, str, str]:
 def code_of_unit(value: pydicom.Dataset) -> tuple[str, str, str]:
     unit = value.MeasurementUnitsCodeSequence[0]
     return unit.CodeValue, unit.CodingSchemeDesignator, unit.CodeMeaning
+
+
+def test_the_sr_carries_each_typed_warning_and_how_the_groups_agree(analysed):
+    """Every typed warning of the result (docs/series-rules.md) and the agreement sentence reach PACS
+    in the Qualitative Evaluations container, not only the result page."""
+    study, result = analysed
+    doc = json.loads((result / "result.json").read_text())
+    doc["flags"] = [{"code": "gap", "message": "1 gap(s) larger than 1.5 times the median spacing"},
+                    {"code": "lossy", "message": "lossy compressed input"}]
+    doc["agreement"] = {"unit": "group", "n": 3, "for_verdict": 2, "votes": {"covid": 2, "healthy": 1},
+                        "level": "split", "text": "2 of 3 groups call it covid; healthy 1: the groups disagree",
+                        "rule": "split rule"}
+    sr = structured_report(doc, [pydicom.dcmread(next(study.iterdir()), stop_before_pixels=True)])
+    texts = {(item.ConceptNameCodeSequence[0].CodeValue, item.TextValue) for item in sr_items(sr) if item.ValueType == "TEXT"}
+    assert ("INPUT-WARNING", "gap: 1 gap(s) larger than 1.5 times the median spacing") in texts
+    assert ("INPUT-WARNING", "lossy: lossy compressed input") in texts
+    assert ("AGREEMENT", "2 of 3 groups call it covid; healthy 1: the groups disagree") in texts

@@ -63,6 +63,8 @@ QUALITATIVE_EVALUATIONS = _code("C0034375", "Qualitative Evaluations", "UMLS")  
 COMMENT = _code("121106", "Comment", "DCM")
 DECISION_RULE, VALIDATION = _code("DECISION-RULE", "Decision rule"), _code("VALIDATION", "Validation evidence")
 MODEL_STATUS = _code("MODEL-STATUS", "Model status")     # clinical, research, demonstration or placeholder
+AGREEMENT = _code("AGREEMENT", "Agreement of groups or slices")   # edge.uncertainty.agreement
+INPUT_WARNING = _code("INPUT-WARNING", "Input warning")   # a typed warning of the study (edge.ingest.flags)
 NO_UNITS, PIXELS = _code("1", "no units", "UCUM"), _code("{pixels}", "Pixels", "UCUM")
 SOURCE = _code("260753009", "Source", "SCT")   # an image library entry (not "Source of Measurement")
 MODALITY = _code("121139", "Modality", "DCM")
@@ -195,16 +197,21 @@ def _library_entry(ds: Dataset) -> hd.sr.ImageContentItem:
 
 
 def _qualitative_evaluations(doc: ResultDoc) -> hd.sr.ContainerContentItem:
-    """TID 1500 rows 12-14: the decision rule, the model status, its validation evidence and, for a
-    model not validated for clinical use, its warning banner with what it was trained on."""
+    """TID 1500 rows 12-14: the decision rule, how the groups or slices agree, the model status, its
+    validation evidence, for a model not validated for clinical use its warning banner with what it was
+    trained on, and each typed warning of the study (``code: message``)."""
     model = doc["model"]
     items = [hd.sr.TextContentItem(DECISION_RULE, doc["decision_rule"][:1024], "CONTAINS")]
+    if agreement := doc.get("agreement"):
+        items.append(hd.sr.TextContentItem(AGREEMENT, agreement["text"][:1024], "CONTAINS"))
     if model.get("status"):      # results written before the status have none
         items.append(hd.sr.TextContentItem(MODEL_STATUS, model["status"], "CONTAINS"))
     items.append(hd.sr.TextContentItem(VALIDATION, model["validation"][:1024], "CONTAINS"))
     if model["banner"]:
         trained_on = f" Trained on: {model['training_summary']}." if model.get("training_summary") else ""
         items.append(hd.sr.TextContentItem(COMMENT, f"{model['banner']}. {model['note']}{trained_on}"[:1024], "CONTAINS"))
+    items += [hd.sr.TextContentItem(INPUT_WARNING, f"{flag['code']}: {flag['message']}"[:1024], "CONTAINS")
+              for flag in doc.get("flags", [])]
     container = hd.sr.ContainerContentItem(QUALITATIVE_EVALUATIONS, relationship_type="CONTAINS")
     container.ContentSequence = hd.sr.ContentSequence(items)
     return container
