@@ -149,13 +149,19 @@ def test_nested_elements_are_counted_at_every_depth_before_pydicom_parses_them(t
     assert read_header(fine).Rows == 64 and check_instance(fine.read_bytes()).Rows == 64
 
 
-@pytest.mark.slow   # two analyses of a study, results into a PACS
-def test_a_study_analysed_again_after_more_images_supersedes_its_earlier_report(tmp_path):
-    pacs = StorageSCP("PACS").start()
-    path = write_profile(tmp_path, sections={
+def pacs_profile(tmp_path: Path, pacs: StorageSCP) -> Path:
+    """A server profile receiving DICOM into tmp_path/received, quick to call a study complete (0.5 s
+    quiet), sending results to ``pacs``."""
+    return write_profile(tmp_path, sections={
         "watcher": {"poll_seconds": 0.2, "stable_seconds": 0.5},
         "dicom": {"port": free_port(), "inbox": str(tmp_path / "received"),
                   "destinations": [{"ae_title": "PACS", "host": "127.0.0.1", "port": pacs.port}]}})
+
+
+@pytest.mark.slow   # two analyses of a study, results into a PACS
+def test_a_study_analysed_again_after_more_images_supersedes_its_earlier_report(tmp_path):
+    pacs = StorageSCP("PACS").start()
+    path = pacs_profile(tmp_path, pacs)
     study = phantom_study(tmp_path / "src", n_slices=24, size=96, seed=2)
     try:
         with serve(path) as served:
@@ -183,10 +189,7 @@ def test_a_study_analysed_again_after_more_images_supersedes_its_earlier_report(
 @pytest.mark.slow   # an analysis, results into a PACS
 def test_a_sender_pausing_inside_its_association_gets_one_verdict_on_the_whole_study(tmp_path):
     pacs = StorageSCP("PACS").start()
-    path = write_profile(tmp_path, sections={
-        "watcher": {"poll_seconds": 0.2, "stable_seconds": 0.5},
-        "dicom": {"port": free_port(), "inbox": str(tmp_path / "received"),
-                  "destinations": [{"ae_title": "PACS", "host": "127.0.0.1", "port": pacs.port}]}})
+    path = pacs_profile(tmp_path, pacs)
     study = phantom_study(tmp_path / "src", n_slices=24, size=96, seed=2)
     try:
         with serve(path) as served:   # a pause of 20 x stable_seconds (longer than an analysis) after 12 of 24 slices, the association open
@@ -207,10 +210,7 @@ def test_a_sender_pausing_inside_its_association_gets_one_verdict_on_the_whole_s
 @pytest.mark.slow   # an analysis, results into a PACS
 def test_a_study_announcing_its_instance_count_waits_for_all_of_them(tmp_path):
     pacs = StorageSCP("PACS").start()
-    path = write_profile(tmp_path, sections={
-        "watcher": {"poll_seconds": 0.2, "stable_seconds": 0.5},
-        "dicom": {"port": free_port(), "inbox": str(tmp_path / "received"),
-                  "destinations": [{"ae_title": "PACS", "host": "127.0.0.1", "port": pacs.port}]}})
+    path = pacs_profile(tmp_path, pacs)
     study = []
     for source in phantom_study(tmp_path / "src", n_slices=24, size=96, seed=2):
         ds = pydicom.dcmread(source)
