@@ -217,6 +217,30 @@ def test_identity_viewer_report_and_no_identifier_in_the_log(page, tmp_path):
             assert "/slices/bone/" in page.get_attribute("#viewer-image", "src")
             wait_until(page, ALL_IMAGES_LOADED)
             page.screenshot(path=str(keep(tmp_path, "viewer-bone.png")), full_page=True)
+
+            # side by side (key S): the same slice in the same window, without and with the heatmap, scrolling together
+            numbers = {s["index"]: s["instance_number"] for s in api["slices_used"] + api["slices_dropped"]}
+            panes = "[...document.querySelectorAll('#viewer-panes figcaption')].map(c => c.dataset.instance)"
+            assert not page.is_visible("#viewer-plain")
+            page.locator("#viewer-stage").focus()
+            page.keyboard.press("s")
+            assert page.is_checked("#side-toggle") and page.is_visible("#viewer-plain") and page.is_visible("#viewer-overlay")
+            assert page.evaluate(panes) == [str(heat["instance_number"])] * 2
+            assert page.get_attribute("#viewer-plain", "src") == page.get_attribute("#viewer-image", "src")
+            assert "/slices/bone/" in page.get_attribute("#viewer-plain", "src")
+            wait_until(page, ALL_IMAGES_LOADED)
+            page.screenshot(path=str(keep(tmp_path, "viewer-side-by-side.png")), full_page=True)
+            page.keyboard.press("ArrowDown")
+            assert page.evaluate(panes) == [str(numbers[heat["slice_index"] + 1])] * 2
+            page.locator("#viewer-plain-stage").hover()
+            page.mouse.wheel(0, -120)
+            wait_until(page, f"document.getElementById('pane-plain-label').dataset.instance === '{heat['instance_number']}'")
+            assert page.evaluate(panes) == [str(heat["instance_number"])] * 2
+            page.uncheck("#overlay-toggle")
+            assert page.is_visible("#viewer-overlay"), "side by side, the right pane keeps its heatmap"
+            page.check("#overlay-toggle")
+            page.uncheck("#side-toggle")
+            assert not page.is_visible("#viewer-plain")
             page.click("#window-lung")
             start = int(page.evaluate("document.getElementById('viewer').dataset.index"))
             page.locator("#viewer-stage").focus()
@@ -226,7 +250,6 @@ def test_identity_viewer_report_and_no_identifier_in_the_log(page, tmp_path):
             page.mouse.wheel(0, -120)
             wait_until(page, f"document.getElementById('viewer').dataset.index === '{start}'")
             page.keyboard.press("Home")
-            numbers = {s["index"]: s["instance_number"] for s in api["slices_used"] + api["slices_dropped"]}
             assert page.inner_text("#viewer-label").startswith(f"slice {numbers[0]} ")
 
             # a split result says so next to the verdict
@@ -296,6 +319,14 @@ def test_a_radiograph_in_the_viewer_with_its_overlay(page, tmp_path):
             assert page.inner_text("#score-name") == "model output" and page.locator("#agreement").count() == 0
             assert page.is_visible("#viewer-overlay")
             page.screenshot(path=str(keep(tmp_path, "radiograph.png")), full_page=True)
+            page.check("#side-toggle")
+            assert page.is_visible("#viewer-plain") and page.is_visible("#viewer-overlay")
+            captions = page.eval_on_selector_all("#viewer-panes figcaption", "cs => cs.map(c => [c.dataset.instance, c.textContent])")
+            assert captions[0][0] == captions[1][0] and captions[0][1] == "the whole image · without heatmap", captions
+            assert page.get_attribute("#viewer-plain", "src") == page.get_attribute("#viewer-image", "src")
+            wait_until(page, ALL_IMAGES_LOADED)
+            page.screenshot(path=str(keep(tmp_path, "radiograph-side-by-side.png")), full_page=True)
+            page.uncheck("#side-toggle")
             page.uncheck("#overlay-toggle")
             assert not page.is_visible("#viewer-overlay")
             assert page.inner_text("#study-modality") == "CR"
