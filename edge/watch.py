@@ -23,7 +23,8 @@ An inbox entry (a folder, a zip, or a stray file) is a study. Its *name* is the 
   is not followed; the study goes to ``OUTBOX/failed/<name>/`` with the link named in ``error.txt``.
 * **Log and summary**: one line per study (verdict, model, seconds; ``ctedge watch`` shows them
   without ``-v``) and one row per study in ``OUTBOX/summary.csv`` (finished, study, status, verdict,
-  model, seconds). ``--once`` waits up to ``stable_seconds`` for copies still in progress.
+  model, seconds; retention prunes its rows after ``retention.outbox_days``). ``--once`` waits up to
+  ``stable_seconds`` for copies still in progress.
 * The outbox and everything in it are owner-only (0700/0600), whatever the umask. Names from the
   inbox are escaped before they go into a log line.
 """
@@ -312,11 +313,20 @@ def _verdict(record: Path) -> tuple[str, str]:
         return "?", "?"
 
 
+@contextlib.contextmanager
+def summary_lock(outbox: Path) -> Iterator[None]:
+    """Exclusive use of OUTBOX/summary.csv (OUTBOX/.summary.lock): a row appended by the watcher while
+    retention rewrites the file is not lost."""
+    with os.fdopen(os.open(outbox / ".summary.lock", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
 def add_summary_row(outbox: Path, study: str, status: str, verdict: str, model: str, seconds: float) -> None:
     """Append one row to OUTBOX/summary.csv (owner-only; the header is written with the first row)."""
     path = outbox / SUMMARY
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    with os.fdopen(fd, "a", newline="") as f:
+    with summary_lock(outbox), os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "a",
+                                         newline="") as f:
         writer = csv.writer(f)
         if f.tell() == 0:
             writer.writerow(SUMMARY_FIELDS)
