@@ -31,8 +31,8 @@ from pathlib import Path
 
 from edge.profile import RetentionSettings
 from edge.storage import fsync_path
-from edge.watch import (FAILED, PARTIAL, SOURCE, SUMMARY, SUPERSEDED, is_done, marker_path, record_paths,
-                        summary_lock, survey)
+from edge.watch import (FAILED, PARTIAL, SOURCE, SUMMARY, SUPERSEDED, is_done, marker_path, open_summary,
+                        record_paths, survey)
 
 log = logging.getLogger("ctedge.retention")
 DAY_S = 86400.0
@@ -139,9 +139,9 @@ def clean_summary(outbox: Path, settings: RetentionSettings, now: float | None =
     removed: list[Removal] = []
     if not path.is_file():
         return removed
-    with summary_lock(outbox):
-        with path.open(newline="") as f:
-            header, *rows = list(csv.reader(f)) or [[]]
+    with open_summary(outbox) as f:
+        f.seek(0)
+        header, *rows = list(csv.reader(f)) or [[]]
         kept = []
         for row in rows:
             age = _row_age(row, now)

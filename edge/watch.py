@@ -49,6 +49,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TextIO
 from urllib.parse import quote
 
 from tqdm import tqdm
@@ -314,21 +315,29 @@ def _verdict(record: Path) -> tuple[str, str]:
 
 
 @contextlib.contextmanager
-def summary_lock(outbox: Path) -> Iterator[None]:
-    """Exclusive use of OUTBOX/summary.csv (OUTBOX/.summary.lock): a row appended by the watcher while
-    retention rewrites the file is not lost."""
-    with os.fdopen(os.open(outbox / ".summary.lock", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "a") as f:
+def open_summary(outbox: Path) -> Iterator[TextIO]:
+    """OUTBOX/summary.csv (created owner-only), open for appending under an exclusive lock: retention
+    rewrites it under the same lock, so a row appended meanwhile goes to the new file, not the replaced one."""
+    path = outbox / SUMMARY
+    while True:
+        f = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600), "a+", newline="")
         fcntl.flock(f, fcntl.LOCK_EX)
-        yield
+        try:
+            current = os.stat(path).st_ino == os.fstat(f.fileno()).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        f.close()
+    with f:
+        yield f
 
 
 def add_summary_row(outbox: Path, study: str, status: str, verdict: str, model: str, seconds: float) -> None:
     """Append one row to OUTBOX/summary.csv (owner-only; the header is written with the first row)."""
-    path = outbox / SUMMARY
-    with summary_lock(outbox), os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "a",
-                                         newline="") as f:
+    with open_summary(outbox) as f:
         writer = csv.writer(f)
-        if f.tell() == 0:
+        if f.seek(0, os.SEEK_END) == 0:
             writer.writerow(SUMMARY_FIELDS)
         writer.writerow([datetime.now(timezone.utc).isoformat(timespec="seconds"), study, status, verdict, model,
                          f"{seconds:.1f}"])
