@@ -35,7 +35,7 @@ from edge.runtime import EDGETPU_LIBRARY
 from edge.server import users_file
 from edge.server.auth import read_users
 from edge.runtime_openvino import unavailable
-from edge.tune import AUTO, BUSY_LOAD_PER_CPU, cache_path, cpu_identity, fallback_variant, phantom_group, tuned_choice
+from edge.tune import AUTO, cache_path, cpu_identity, fallback_variant, is_busy, phantom_group, tuned_choice
 
 FAST_INT8 = {"avx512_vnni", "avx_vnni", "asimddp"}
 ECHO_TIMEOUT_S = 5.0
@@ -165,10 +165,11 @@ def check_tuned(profile: Profile, card: ModelCard) -> Check:
     age = choice.age_days()
     when = f"{choice.tuned_at}, {age:.0f} day(s) ago" if age is not None else choice.tuned_at
     load = f"load {choice.load:.2f}" if choice.load >= 0 else "load not recorded"
-    busy = choice.load >= BUSY_LOAD_PER_CPU * (os.cpu_count() or 1)
+    busy = is_busy(choice.load)
     return Check("variant", not busy, f"{named} {choice.variant}{runtime}, {choice.threads} thread(s), {choice.ms_per_group} ms "
                                       f"per group (tuned on this CPU {when}, {load}; in {cache})"
-                                      + ("; timed on a busy CPU: run ctedge tune --config ... when idle" if busy else ""),
+                                      + ("; timed on a busy CPU: timed again at the next start of serve or watch on an idle CPU, "
+                                         "or run ctedge tune --config ... when idle" if busy else ""),
                  warning=busy)
 
 

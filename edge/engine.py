@@ -115,7 +115,8 @@ class Engine:
         bundle's modality (what ``ctedge doctor`` checks and ``ctedge validate`` measures). ``flags``
         (command-line settings, same form as the profile's) are applied after the profile's;
         ``model.variant: auto`` takes the variant and threads tuned for this CPU (``edge.tune``);
-        ``tune_if_missing`` tunes now when there is no such choice yet."""
+        ``tune_if_missing`` tunes now when there is no such choice yet, or when it was timed on a busy CPU
+        and the CPU is idle now."""
         card = load_card(bundle)
         variant, runtime, threads, chosen = resolve(card, profile.model, tune_if_missing, cache_path(profile))
         edgetpu = profile.model.delegate == "edgetpu"

@@ -4,7 +4,9 @@
   current fingerprint, and that no DICOM send is still waiting for, is removed ``inbox_days`` after
   its record was finished; a failed one ``outbox_days`` after (the operator's time to look at it).
 * **Outbox**: a record (result, failure, superseded record) is removed ``outbox_days`` after it
-  finished, and only once its inbox entry is gone (else the watcher would analyse it again).
+  finished, and only once its inbox entry is gone (else the watcher would analyse it again). A row of
+  ``summary.csv`` (it names the study) is removed ``outbox_days`` after its ``finished`` time; the file
+  is rewritten atomically, owner-only, with its header (a row whose time cannot be read is kept).
 * **Server results**: a finished study's folder is removed ``results_days`` after it finished.
 
 Every removal is one audit line on the ``ctedge.retention`` logger (shown without ``-v``): what was
@@ -14,9 +16,11 @@ the name itself (inbox names are often patient names).
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import logging
+import os
 import shutil
 import threading
 import time
@@ -26,7 +30,9 @@ from datetime import datetime
 from pathlib import Path
 
 from edge.profile import RetentionSettings
-from edge.watch import FAILED, PARTIAL, SOURCE, SUPERSEDED, is_done, marker_path, record_paths, survey
+from edge.storage import fsync_path
+from edge.watch import (FAILED, PARTIAL, SOURCE, SUMMARY, SUPERSEDED, is_done, marker_path, open_summary,
+                        record_paths, survey)
 
 log = logging.getLogger("ctedge.retention")
 DAY_S = 86400.0
@@ -36,7 +42,8 @@ INTERVAL_S = 3600.0
 
 @dataclass(frozen=True)
 class Removal:
-    what: str       # "inbox entry", "result record", "failure record", "superseded record", "server study"
+    what: str       # "inbox entry", "result record", "failure record", "superseded record", "summary row",
+                    # "server study"
     study: str      # pseudonym: study-<12 hex digits of sha256(name)>
     age_days: float
     key: str        # the retention key that allowed it
@@ -66,6 +73,11 @@ def _remove(path: Path, removal: Removal, dry_run: bool) -> Removal:
             shutil.rmtree(path)
         else:
             path.unlink()
+    return _log(removal, dry_run)
+
+
+def _log(removal: Removal, dry_run: bool) -> Removal:
+    """The removal's audit line."""
     log.info("%s%s", "would have " if dry_run else "", removal.line())
     return removal
 
@@ -117,6 +129,44 @@ def clean_outbox(outbox: Path, inbox: Path, settings: RetentionSettings, now: fl
             if age >= settings.outbox_days:
                 removed.append(_remove(record, Removal(what, pseudonym(name), age, "outbox_days"), dry_run))
     return removed
+
+
+def clean_summary(outbox: Path, settings: RetentionSettings, now: float | None = None,
+                  dry_run: bool = False) -> list[Removal]:
+    """Remove the rows of OUTBOX/summary.csv finished ``outbox_days`` ago or earlier (module docstring)."""
+    now = time.time() if now is None else now
+    path = outbox / SUMMARY
+    removed: list[Removal] = []
+    if not path.is_file():
+        return removed
+    with open_summary(outbox) as f:
+        f.seek(0)
+        header, *rows = list(csv.reader(f)) or [[]]
+        kept = []
+        for row in rows:
+            age = _row_age(row, now)
+            if age is not None and age >= settings.outbox_days:
+                removed.append(_log(Removal("summary row", pseudonym(row[1]), age, "outbox_days"), dry_run))
+            else:
+                kept.append(row)
+        if removed and not dry_run:
+            tmp = path.with_name(f".{SUMMARY}.{os.getpid()}")
+            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", newline="") as f:
+                csv.writer(f).writerows([header, *kept])
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, path)
+            fsync_path(outbox)
+    return removed
+
+
+def _row_age(row: list[str], now: float) -> float | None:
+    """Days since a summary row's ``finished`` time, or None when the row has none that can be read."""
+    try:
+        return (now - datetime.fromisoformat(row[0]).timestamp()) / DAY_S if len(row) > 1 else None
+    except ValueError:
+        return None
 
 
 def clean_results(results_dir: Path, settings: RetentionSettings, now: float | None = None,
@@ -178,7 +228,8 @@ class WatchRetention:
 
     def run(self, now: float | None = None, dry_run: bool = False) -> list[Removal]:
         return [*clean_inbox(self.inbox, self.outbox, self.settings, self.marker, self.unsent(), now, dry_run),
-                *clean_outbox(self.outbox, self.inbox, self.settings, now, dry_run)]
+                *clean_outbox(self.outbox, self.inbox, self.settings, now, dry_run),
+                *clean_summary(self.outbox, self.settings, now, dry_run)]
 
     def after_pass(self) -> None:
         """Apply retention when due; never raises (a watcher must outlive a failed clean-up)."""

@@ -9,7 +9,9 @@ variant) runs on one group with 1..N threads; the fastest
 flags and core count, the TFLite runtime's version, and the bundle's content hash: a new bundle,
 CPU or runtime is tuned again. Timings are taken on an idle CPU: while the load average is at
 least half the core count, tuning waits (up to ``IDLE_WAIT_S``), then measures anyway with a
-warning; the load is recorded with the choice (``ctedge doctor`` shows it and the choice's age). A profile whose ``model.variant`` is
+warning; the load is recorded with the choice (``ctedge doctor`` shows it and the choice's age). A choice
+timed on a busy CPU is measured again when ``serve`` or ``watch`` starts on an idle one (else kept, with a
+warning). A profile whose ``model.variant`` is
 ``auto`` (the default) uses that choice, as does an extra bundle (``model.more_bundles``) that lacks
 the profile's explicit variant. ``ctedge tune`` does this for every bundle of a profile
 (CT, X-ray: each has its own record); for a 2-D bundle the "group" is one slice or radiograph.
@@ -111,17 +113,22 @@ def cpu_key(cpu: dict | None = None) -> str:
     return f"{cpu['model']} | {' '.join(cpu['flags']) or 'no listed flags'} | {cpu['cpus']} cpus | {runtime_version()}"
 
 
+def is_busy(load: float) -> bool:
+    """True when a 1-minute load average of ``load`` is too high to time on (:data:`BUSY_LOAD_PER_CPU`)."""
+    return load >= BUSY_LOAD_PER_CPU * (os.cpu_count() or 1)
+
+
 def wait_for_idle(max_wait_s: float = IDLE_WAIT_S, poll_s: float = IDLE_POLL_S) -> float:
     """Wait up to ``max_wait_s`` for the 1-minute load average to fall below BUSY_LOAD_PER_CPU per core;
     return the load when timing starts (warning when it is still high)."""
     cpus = os.cpu_count() or 1
     deadline = time.monotonic() + max_wait_s
     load = os.getloadavg()[0]
-    while load >= BUSY_LOAD_PER_CPU * cpus and time.monotonic() < deadline:
+    while is_busy(load) and time.monotonic() < deadline:
         log.warning("the CPU is busy (load %.2f on %d cores): waiting for it to quieten before timing", load, cpus)
         time.sleep(poll_s)
         load = os.getloadavg()[0]
-    if load >= BUSY_LOAD_PER_CPU * cpus:
+    if is_busy(load):
         log.warning("timing under load %.2f on %d cores: the choice may be wrong; run `ctedge tune` again when "
                     "the box is idle", load, cpus)
     return load
@@ -356,7 +363,8 @@ def resolve(card: ModelCard, model: ModelSettings, tune_if_missing: bool = False
     settings, and how they were chosen (an explicit variant runs on LiteRT; a tuned choice on a
     runtime that is no longer installed falls back as if untuned). The variant asked of the bundle (``ModelSettings.variant_of``) ``auto``
     takes the tuned choice for this CPU (tuning now with a phantom group when ``tune_if_missing``,
-    else falling back to int8); ``model.threads`` 0 takes the tuned thread count (else all cores).
+    else falling back to int8; with ``tune_if_missing`` a choice timed on a busy CPU is timed again
+    when the CPU is idle now, else kept with a warning); ``model.threads`` 0 takes the tuned thread count (else all cores).
     ``cache``: the install's tune records (:func:`cache_path`)."""
     variant, why = model.variant_of(card)
     threads = model.threads
@@ -369,8 +377,19 @@ def resolve(card: ModelCard, model: ModelSettings, tune_if_missing: bool = False
         log.warning("the tuned choice runs on %s, which cannot be used now (%s): run `ctedge tune` again",
                     choice.runtime, unavailable())
         choice = None
+    reason = "no tuned model variant for this CPU, runtime and bundle yet"
+    if choice is not None and tune_if_missing and choice.load >= 0 and is_busy(choice.load):
+        load = os.getloadavg()[0]
+        if is_busy(load):
+            log.warning("the tuned choice for %s was timed on a busy CPU (load %.2f) and the CPU is busy now too "
+                        "(load %.2f): keeping it until a start on an idle CPU (or run `ctedge tune` then)",
+                        card.name, choice.load, load)
+        else:
+            reason = f"the tuned choice for {card.name} was timed on a busy CPU (load {choice.load:.2f}), " \
+                     f"the CPU is idle now (load {load:.2f})"
+            choice = None
     if choice is None and tune_if_missing:
-        log.warning("no tuned model variant for this CPU, runtime and bundle yet: measuring the variants once")
+        log.warning("%s: measuring the variants once", reason)
         choice, _ = tune(card, phantom_group(card), repeats=3)
         try:
             log.warning("tuned: %s (recorded in %s)", choice.describe(), record(card, choice, cache))

@@ -23,7 +23,8 @@ An inbox entry (a folder, a zip, or a stray file) is a study. Its *name* is the 
   is not followed; the study goes to ``OUTBOX/failed/<name>/`` with the link named in ``error.txt``.
 * **Log and summary**: one line per study (verdict, model, seconds; ``ctedge watch`` shows them
   without ``-v``) and one row per study in ``OUTBOX/summary.csv`` (finished, study, status, verdict,
-  model, seconds). ``--once`` waits up to ``stable_seconds`` for copies still in progress.
+  model, seconds; retention prunes its rows after ``retention.outbox_days``). ``--once`` waits up to
+  ``stable_seconds`` for copies still in progress.
 * The outbox and everything in it are owner-only (0700/0600), whatever the umask. Names from the
   inbox are escaped before they go into a log line.
 """
@@ -48,6 +49,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TextIO
 from urllib.parse import quote
 
 from tqdm import tqdm
@@ -312,13 +314,30 @@ def _verdict(record: Path) -> tuple[str, str]:
         return "?", "?"
 
 
+@contextlib.contextmanager
+def open_summary(outbox: Path) -> Iterator[TextIO]:
+    """OUTBOX/summary.csv (created owner-only), open for appending under an exclusive lock: retention
+    rewrites it under the same lock, so a row appended meanwhile goes to the new file, not the replaced one."""
+    path = outbox / SUMMARY
+    while True:
+        f = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600), "a+", newline="")
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            current = os.stat(path).st_ino == os.fstat(f.fileno()).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        f.close()
+    with f:
+        yield f
+
+
 def add_summary_row(outbox: Path, study: str, status: str, verdict: str, model: str, seconds: float) -> None:
     """Append one row to OUTBOX/summary.csv (owner-only; the header is written with the first row)."""
-    path = outbox / SUMMARY
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    with os.fdopen(fd, "a", newline="") as f:
+    with open_summary(outbox) as f:
         writer = csv.writer(f)
-        if f.tell() == 0:
+        if f.seek(0, os.SEEK_END) == 0:
             writer.writerow(SUMMARY_FIELDS)
         writer.writerow([datetime.now(timezone.utc).isoformat(timespec="seconds"), study, status, verdict, model,
                          f"{seconds:.1f}"])

@@ -4,7 +4,9 @@ The archive holds the ctedge wheel and the wheels of its edge dependencies (read
 pyproject.toml at build time; on x86-64 also the ``openvino`` extra, see :data:`ARCH_EXTRAS`) for each target Python, a lock file pinning every wheel by
 version and sha256, pip's own wheel (install.sh runs pip from it), the model bundles, the
 device profiles, one sample study, ``install.sh`` and ``SHA256SUMS`` for the files the lock
-does not cover. Needs the package index (or pip's configured mirrors) at build time only.
+does not cover. Needs the package index (or pip's configured mirrors) at build time only. Each
+phase prints a numbered line with its counts (``[2/5] downloading wheels for CPython 3.11 on x86_64
+(12 requirements and their dependencies)``) and, where it finds them, a detail line under it.
 
     python installer/build_bundle.py --arch x86_64 --python 3.11 --python 3.12 --out dist
     python installer/build_bundle.py --native --out /tmp/bundle     # this machine's Python only
@@ -69,24 +71,36 @@ def build(out: Path, arch: str, pythons: list[str], native: bool = False) -> Pat
     requirements = project["dependencies"] + [r for extra in ARCH_EXTRAS.get(arch, [])
                                               for r in project["optional-dependencies"][extra]]
     name = f"ctedge-{version}-linux_{arch}"
+    phases = iter(range(1, len(pythons) + 4))
+    total = len(pythons) + 3
     with tempfile.TemporaryDirectory(prefix="ctedge-bundle-") as tmp:
         stage = Path(tmp) / name
         wheels = stage / "wheels"
         wheels.mkdir(parents=True)
         downloads = Path(tmp) / "downloads"
+        progress(next(phases), total, "building the ctedge wheel")
         own = build_own_wheel(Path(tmp) / "own")
-        per_python = {py: download(requirements, py, arch, native, downloads / f"cp{py.replace('.', '')}-{arch}")
-                      for py in pythons}
+        per_python = {}
+        for py in pythons:
+            target = "this machine's Python" if native else f"CPython {py}"
+            progress(next(phases), total, f"downloading wheels for {target} on {arch} "
+                                          f"({len(requirements)} requirements and their dependencies)")
+            per_python[py] = download(requirements, py, arch, native, downloads / f"cp{py.replace('.', '')}-{arch}")
+            detail(f"{len(per_python[py])} wheels, {_mib(per_python[py]):.1f} MiB")
         for files in per_python.values():
             for f in files:
                 shutil.copy2(f, wheels / f.name)
         shutil.copy2(own, wheels / own.name)
+        progress(next(phases), total, f"assembling: {sum(1 for _ in wheels.iterdir())} wheels, pip, the lock, "
+                                      "model bundles, device profiles, the sample study")
         tools = stage / "tools"
         tools.mkdir()
         pip_wheel = download(["pip"], pythons[-1], arch, native, downloads / "pip")[0]
         shutil.copy2(pip_wheel, tools / pip_wheel.name)
         (stage / "requirements.lock").write_text(lock_text(per_python, own, requirements, arch, native))
         copy_payload(stage)
+        detail(f"{_count(stage / 'models')} model bundles, {_count(stage / 'profiles')} profiles, "
+               f"{_count(stage / 'sample', '*.dcm')} sample DICOM files")
         (stage / "BUNDLE.json").write_text(json.dumps({
             "name": "ctedge", "version": version, "arch": arch, "pythons": pythons, "manylinux": MANYLINUX,
             "native_only": native, "built": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -94,9 +108,30 @@ def build(out: Path, arch: str, pythons: list[str], native: bool = False) -> Pat
         write_sums(stage)
         out.mkdir(parents=True, exist_ok=True)
         archive = out / f"{name}.tar.gz"
+        files = [p for p in stage.rglob("*") if p.is_file()]
+        progress(next(phases), total, f"compressing {len(files)} files ({_mib(files):.1f} MiB) into {archive}")
         with tarfile.open(archive, "w:gz", compresslevel=6) as tar:
             tar.add(stage, arcname=name, filter=_normalise)
     return archive
+
+
+def progress(phase: int, total: int, text: str) -> None:
+    """One numbered phase line on stdout, at once (a long phase is not silent)."""
+    print(f"[{phase}/{total}] {text}", flush=True)
+
+
+def detail(text: str) -> None:
+    """A line under the current phase: what it found."""
+    print(f"      {text}", flush=True)
+
+
+def _mib(files: list[Path]) -> float:
+    return sum(f.stat().st_size for f in files) / 2**20
+
+
+def _count(folder: Path, pattern: str = "*") -> int:
+    """Entries of ``folder`` (``*``: its children; another pattern: matching files at any depth)."""
+    return sum(1 for _ in (folder.iterdir() if pattern == "*" else folder.rglob(pattern))) if folder.is_dir() else 0
 
 
 def build_own_wheel(dest: Path) -> Path:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -15,7 +17,7 @@ from edge.cli import main
 from edge.errors import UserError
 from edge.profile import RetentionSettings, load_profile
 from edge.retention import WatchRetention, clean_results, pseudonym
-from edge.watch import FAILED, SOURCE, survey
+from edge.watch import FAILED, SOURCE, SUMMARY, add_summary_row, open_summary, survey
 from tests.helpers.profiles import write_profile
 from tests.helpers.server import phantom_study
 
@@ -121,3 +123,47 @@ def test_the_watcher_applies_retention_after_its_pass(tmp_path):
     profile = write_profile(tmp_path / "p.yaml", watcher={"stable_seconds": 0}, retention={"inbox_days": 0})
     assert main(["watch", str(inbox), "--out", str(outbox), "--config", str(profile), "--once"]) == 0
     assert (outbox / "P1" / "result.json").is_file() and not (inbox / "P1").exists()
+
+
+def test_summary_rows_leave_after_outbox_days(tmp_path, caplog):
+    outbox = tmp_path / "outbox"
+    outbox.mkdir()
+    old = datetime.fromtimestamp(NOW - 20 * DAY, timezone.utc).isoformat(timespec="seconds")
+    young = datetime.fromtimestamp(NOW - 3 * DAY, timezone.utc).isoformat(timespec="seconds")
+    summary = outbox / SUMMARY
+    summary.write_text("finished,study,status,verdict,model,seconds\n"
+                       f"{old},Smith_John,done,covid,demo 0.2.0,4.2\n"
+                       f"{young},Doe_Jane,done,healthy,demo 0.2.0,3.9\n"
+                       "unreadable,Kept_Anyway,failed,,,0.1\n")
+    summary.chmod(0o644)
+    retention = WatchRetention(SETTINGS, tmp_path / "inbox", outbox)
+    assert [r.what for r in retention.run(now=NOW, dry_run=True)] == ["summary row"]
+    assert "Smith_John" in summary.read_text()
+    with caplog.at_level(logging.INFO, logger="ctedge.retention"):
+        removed = retention.run(now=NOW)
+    assert [(r.what, r.study) for r in removed] == [("summary row", pseudonym("Smith_John"))]
+    assert summary.read_text().splitlines() == ["finished,study,status,verdict,model,seconds",
+                                                f"{young},Doe_Jane,done,healthy,demo 0.2.0,3.9",
+                                                "unreadable,Kept_Anyway,failed,,,0.1"]
+    assert (summary.stat().st_mode & 0o777) == 0o600
+    assert f"removed summary row {pseudonym('Smith_John')} (20.0 days, retention.outbox_days)" in caplog.text
+    assert "Smith" not in caplog.text and [p.name for p in outbox.iterdir()] == [SUMMARY]
+    add_summary_row(outbox, "P3", "done", "covid", "demo 0.2.0", 1.0)      # the watcher appends after the rewrite
+    assert summary.read_text().splitlines()[-1].split(",")[1:] == ["P3", "done", "covid", "demo 0.2.0", "1.0"]
+
+
+def test_a_row_appended_during_the_rewrite_goes_to_the_new_file(tmp_path):
+    outbox = tmp_path / "outbox"
+    outbox.mkdir()
+    add_summary_row(outbox, "P1", "done", "covid", "demo 0.2.0", 1.0)
+    summary = outbox / SUMMARY
+    with open_summary(outbox):                                   # what retention holds while it rewrites
+        writer = threading.Thread(target=add_summary_row, args=(outbox, "P2", "done", "healthy", "demo 0.2.0", 2.0))
+        writer.start()
+        writer.join(0.5)
+        assert writer.is_alive()                                 # the watcher waits for the lock
+        new = outbox / ".rewritten"
+        new.write_text("finished,study,status,verdict,model,seconds\n")
+        os.replace(new, summary)
+    writer.join(30)
+    assert [row.split(",")[1] for row in summary.read_text().splitlines()] == ["study", "P2"]

@@ -15,7 +15,7 @@ from edge.card import load_card
 from edge.doctor import check_tuned
 from edge.engine import Device
 from edge.profile import load_profile
-from edge.tune import Choice, cache_path, cpu_key, record, tuned_choice, wait_for_idle
+from edge.tune import Choice, cache_path, cpu_key, record, resolve, tuned_choice, wait_for_idle
 from tests.helpers.profiles import DEMO_BUNDLE, write_profile
 
 ME = pwd.getpwuid(os.getuid())
@@ -36,7 +36,7 @@ def install(tmp_path, monkeypatch):
 
 def choice(variant: str = "float32", days_ago: float = 0, load: float = 0.1) -> Choice:
     when = datetime.now(timezone.utc) - timedelta(days=days_ago)
-    return Choice(variant, 1, 12.5, when.isoformat(timespec="seconds"), cpu_key(), load)
+    return Choice(variant, 1, 12.5, when.isoformat(timespec="seconds"), cpu_key(), load=load)
 
 
 def test_the_record_lives_in_the_install_s_data_folder(install, tmp_path):
@@ -84,3 +84,32 @@ def test_doctor_shows_the_choice_its_age_and_load(install):
     record(card, choice("float32", load=(os.cpu_count() or 1) * 3.0), cache_path(install))
     check = check_tuned(install, card)
     assert check.warning and "timed on a busy CPU" in check.detail
+
+
+@pytest.mark.parametrize("load_now, retimed", [(0.1, True), (None, False)])
+def test_a_choice_timed_busy_is_timed_again_at_a_start_on_an_idle_cpu(install, monkeypatch, caplog, load_now, retimed):
+    """serve and watch (tune_if_missing) re-time a choice recorded under load once the CPU is idle; while
+    it is still busy they keep it and warn once; predict (no tune_if_missing) never times."""
+    card, cache, busy = load_card(DEMO_BUNDLE), cache_path(install), (os.cpu_count() or 1) * 3.0
+    record(card, choice("float32", days_ago=1, load=busy), cache)
+    monkeypatch.setattr(os, "getloadavg", lambda: (busy if load_now is None else load_now, 0.0, 0.0))
+    timed = []
+
+    def fake_tune(card, group, repeats):
+        timed.append(group.shape)
+        return choice("int8", load=os.getloadavg()[0]), []
+
+    monkeypatch.setattr(tune, "tune", fake_tune)
+    assert resolve(card, install.model, cache=cache)[0] == "float32" and timed == []
+    with caplog.at_level(logging.WARNING, logger="ctedge.tune"):
+        variant = resolve(card, install.model, tune_if_missing=True, cache=cache)[0]
+    assert len(timed) == (1 if retimed else 0)
+    assert variant == tuned_choice(card, cache).variant == ("int8" if retimed else "float32")
+    assert tuned_choice(card, cache).load == (0.1 if retimed else busy)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    if retimed:
+        assert "timed on a busy CPU (load" in warnings[0] and "idle now (load 0.10): measuring" in warnings[0]
+    else:
+        assert len(warnings) == 1 and "busy now too" in warnings[0] and "keeping it" in warnings[0]
+    record(card, choice("float32", load=0.2), cache)                   # timed idle: kept, whatever the load now
+    assert resolve(card, install.model, tune_if_missing=True, cache=cache)[0] == "float32" and len(timed) <= 1
