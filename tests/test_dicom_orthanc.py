@@ -21,7 +21,7 @@ from edge.dicomnet.results import result_objects
 from edge.dicomnet.service import DicomService
 from edge.engine import Engine
 from edge.profile import DicomPeer, DicomSettings, load_profile
-from edge.server import create_app
+from edge.cli.serve import serve_app
 from tests.helpers.dicomnet import Orthanc, dciodvfy_errors, free_port, phantom_study
 from tests.helpers.paths import REPO
 from tests.helpers.profiles import write_profile as device_profile
@@ -153,7 +153,7 @@ def test_orthanc_pushes_a_study_over_stow_rs(tmp_path, engine, monkeypatch):
     monkeypatch.setenv("CTEDGE_API_TOKEN", "stow-token")
     study = phantom_study(tmp_path / "src", n_slices=12, size=64, seed=9)
     path = write_profile(tmp_path, sections={"dicom": {"port": free_port(), "inbox": str(tmp_path / "received")}})
-    app = create_app(load_profile(path), engine)
+    app = serve_app(load_profile(path), engine)
     http = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=http.serve_forever, daemon=True)
     thread.start()
