@@ -153,7 +153,7 @@ class Blocking:
     def __init__(self) -> None:
         self.started, self.release = threading.Event(), threading.Event()
 
-    def analyse(self, source: Path, out_dir: Path) -> dict:
+    def analyse(self, source: Path, out_dir: Path, progress: object = None) -> dict:
         self.started.set()
         self.release.wait(30)
         raise RuntimeError("cannot schedule new futures after shutdown")
