@@ -36,7 +36,7 @@ from edge.profile import DEFAULT_XRAY_BUNDLE, Profile
 from edge.result import ResultDoc
 from edge.report import write_result
 from edge.stages import ReadStudy, Source, StudyResult
-from edge.tune import cache_path, resolve
+from edge.tune import AUTO, cache_path, resolve
 
 Progress = Callable[[str], None] | None
 """Told the name of each stage of ``analyse`` as it starts."""
@@ -212,10 +212,15 @@ class Device:
 
     @classmethod
     def from_profile(cls, profile: Profile, flags: Mapping[str, tuple[Any, str]] | None = None,
-                     copies: int = 1, tune_if_missing: bool = False) -> Device:
-        """Every bundle of a validated device profile, each loaded by :meth:`Engine.from_profile_bundle`."""
+                     copies: int = 1, tune_if_missing: bool = False, modality: str | None = None) -> Device:
+        """Every bundle of a validated device profile, each loaded by :meth:`Engine.from_profile_bundle`;
+        with ``modality`` (a one-shot command that knows its study) only the bundles reading it, so the
+        others cost neither memory nor start-up time (all of them when none reads it: the error names them)."""
+        bundles = [b for b in profile.model.bundles if modality is None or load_card(b).modality == modality]
+        if profile.model.variant != AUTO and profile.model.bundle not in bundles:
+            load_card(profile.model.bundle).files(profile.model.variant)   # an explicit variant binds the main bundle
         return cls([Engine.from_profile_bundle(profile, bundle, flags, copies, tune_if_missing)
-                    for bundle in profile.model.bundles])
+                    for bundle in bundles or profile.model.bundles])
 
     @property
     def info(self) -> ModelInfo:

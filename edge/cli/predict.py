@@ -4,12 +4,10 @@ written as a result folder."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any, cast
 
-from edge.card import load_card
 from edge.cli.common import add_model_options, model_profile
 from edge.engine import Device
 from edge.ingest.radiograph import study_modality
@@ -49,22 +47,16 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
 
 def predict_engine(args: argparse.Namespace, source: Source) -> Device:
     """The engine that ``predict`` options describe: a device profile (or the defaults), overridden
-    by explicit flags; pipeline flags are checked against the model card like profile keys. Of the
-    profile's bundles only those of the study's modality are loaded (one study: the others would cost
-    memory and start-up time for nothing); all of them when none reads it, so the error names them."""
+    by explicit flags; pipeline flags are checked against the model card like profile keys. Only the
+    profile's bundles of the study's modality are loaded (see ``Device.from_profile``)."""
     profile = model_profile(args)
-    modality = study_modality(source)
-    wanted = [b for b in profile.model.bundles if load_card(b).modality == modality]
-    if wanted:
-        model = dataclasses.replace(profile.model, bundle=wanted[0], more_bundles=tuple(wanted[1:]))
-        profile = dataclasses.replace(profile, model=model)
     flags: dict[str, tuple[Any, str]] = {}
     for key, value, flag in (("selection", args.selection, "--selection"), ("override", args.override, "--override"),
                              ("mask_lungs", False if args.no_mask else None, "--no-mask"),
                              ("segmenter", args.segmenter, "--segmenter")):
         if value is not None:
             flags[key] = (value, flag)
-    return Device.from_profile(profile, flags)
+    return Device.from_profile(profile, flags, modality=study_modality(source))
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
