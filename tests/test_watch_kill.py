@@ -49,11 +49,13 @@ def build_sources(root: Path) -> tuple[dict[str, Path], dict[str, str]]:
         else:
             write_dicom_series(phantom, folder, seed=i)
         sources[folder.name] = zip_folder(folder) if i % 6 == 2 else folder
-    bad: dict[str, str] = {}
+    # two phantoms whose threshold lung mask covers too few slices: refused by the lung-fraction rule
+    # (docs/series-rules.md), recorded as failed like any other unusable study
+    bad: dict[str, str] = {"synth-05": "slices show lung", "synth-28": "slices show lung"}
     truncated = write_dicom_series(make_phantom(n_slices=6, size=64), root / "bad-truncated")
     for f in truncated:
         f.write_bytes(f.read_bytes()[:400])
-    bad["bad-truncated"] = "IM000"
+    bad["bad-truncated"] = "no axial CT series"   # cut at 400 bytes: not even a whole SOP class UID is left
     single = write_dicom_series(make_phantom(n_slices=1, size=64), root / "bad-single")
     bad["bad-single"] = f"{single[0].name}: the study's only CT series has a single slice"
     (root / "bad-junk").mkdir()
