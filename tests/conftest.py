@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from tests.helpers.dicom import phantom_tree
 from tests.helpers.paths import SHARED
+
+_SAVED_HOME = pytest.StashKey[tuple[dict[str, str | None], Path]]()
 
 
 @pytest.fixture(scope="session")
@@ -24,6 +29,28 @@ def _pydicom_as_the_command_sets_it():
     from edge.ingest import configure_pydicom
 
     configure_pydicom()
+
+
+_HOME_KEYS = ("HOME", "XDG_CACHE_HOME", "XDG_CONFIG_HOME")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """HOME and the XDG folders in a temporary folder for the whole run, before any test module is
+    imported (onnxruntime and OpenVINO write their telemetry at import), subprocesses included:
+    Chromium, onnxruntime, Keras and OpenVINO write there, never into the user's home."""
+    home = Path(tempfile.mkdtemp(prefix="ctedge-test-home-"))
+    config.stash[_SAVED_HOME] = ({k: os.environ.get(k) for k in _HOME_KEYS}, home)
+    os.environ.update(HOME=str(home), XDG_CACHE_HOME=str(home / ".cache"), XDG_CONFIG_HOME=str(home / ".config"))
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    saved, home = config.stash[_SAVED_HOME]
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture(scope="session", autouse=True)
