@@ -159,7 +159,7 @@ def test_a_connection_stalling_mid_request_is_closed_after_the_association_phase
             s.settimeout(10)
             started = time.monotonic()
             assert s.recv(100) == b""  # closed by the receiver
-            assert time.monotonic() - started < 3.0
+            assert time.monotonic() - started < 6.0   # phase 1 s, closed at the server's next poll; 3.7 s seen on a busy CI run
     finally:
         receiver.stop()
 
