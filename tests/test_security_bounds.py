@@ -369,6 +369,13 @@ def test_smaller_findings_outbox_owner_only_called_ae_checked_replacement_logged
 
 def element_bomb(source: Path, target: Path, n_elements: int) -> Path:
     """``source`` with ``n_elements`` 10-byte private elements (US) before its image group, written raw."""
+    tags = [(group, element) for group in range(0x0011, 0x0020, 2) for element in range(0x1000, 0x10000)]
+    return with_raw_elements(source, target, b"".join(struct.pack("<HH2sHH", g, e, b"US", 2, 0) for g, e in tags[:n_elements]))
+
+
+def with_raw_elements(source: Path, target: Path, raw: bytes) -> Path:
+    """``source`` with the explicit-VR little-endian element bytes ``raw`` (private group 0011 on) inserted
+    before its image group, written without pydicom looking at them."""
     ds = pydicom.dcmread(source)
     parts = []
     for keep in (lambda tag: tag < 0x00110000, lambda tag: tag >= 0x00110000):
@@ -376,12 +383,10 @@ def element_bomb(source: Path, target: Path, n_elements: int) -> Path:
         part.is_little_endian, part.is_implicit_VR = True, False
         write_dataset(part, Dataset({e.tag: e for e in ds if keep(e.tag)}))
         parts.append(part.getvalue())
-    tags = [(group, element) for group in range(0x0011, 0x0020, 2) for element in range(0x1000, 0x10000)]
-    elements = b"".join(struct.pack("<HH2sHH", g, e, b"US", 2, 0) for g, e in tags[:n_elements])
     meta = DicomBytesIO()
     meta.write(b"\0" * 128 + b"DICM")
     write_file_meta_info(meta, ds.file_meta)
-    target.write_bytes(meta.getvalue() + parts[0] + elements + parts[1])
+    target.write_bytes(meta.getvalue() + parts[0] + raw + parts[1])
     return target
 
 

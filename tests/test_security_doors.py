@@ -14,9 +14,6 @@ from pathlib import Path
 import psutil
 import pydicom
 import pytest
-from pydicom.dataset import Dataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset, write_file_meta_info
 
 from edge import __version__
 from edge.dicomnet.receiver import check_instance
@@ -26,7 +23,7 @@ from edge.limits import MAX_SEQUENCE_DEPTH, MAX_STOW_PARTS, MAX_TOTAL_ELEMENTS
 from edge.profile import load_profile
 from tests.helpers.dicomnet import StorageSCP, free_port, phantom_study, send, sr_items
 from tests.helpers.server import Served, serve, write_profile
-from tests.test_security_bounds import MB, peak_rss_mb, rss_mb
+from tests.test_security_bounds import MB, peak_rss_mb, rss_mb, with_raw_elements
 
 
 def dicom_profile(folder: Path, stable_seconds: float = 0.5, **server) -> Path:
@@ -108,20 +105,7 @@ def receiver_port(folder: Path) -> int:
     return load_profile(folder / "profile.yaml").dicom.port  # type: ignore[union-attr]
 
 
-def with_sequence(source: Path, target: Path, sequence: bytes) -> Path:
-    """``source`` with the explicit-VR ``sequence`` bytes (a private SQ element) before its image group, written raw."""
-    ds = pydicom.dcmread(source)
-    parts = []
-    for keep in (lambda tag: tag < 0x00110000, lambda tag: tag >= 0x00110000):
-        part = DicomBytesIO()
-        part.is_little_endian, part.is_implicit_VR = True, False
-        write_dataset(part, Dataset({e.tag: e for e in ds if keep(e.tag)}))
-        parts.append(part.getvalue())
-    meta = DicomBytesIO()
-    meta.write(b"\0" * 128 + b"DICM")
-    write_file_meta_info(meta, ds.file_meta)
-    target.write_bytes(meta.getvalue() + parts[0] + sequence + parts[1])
-    return target
+with_sequence = with_raw_elements   # a private SQ element's bytes
 
 
 SQ_START = struct.pack("<HH2sHL", 0x0011, 0x1010, b"SQ", 0, 0xFFFFFFFF)   # a private SQ of undefined length
