@@ -37,10 +37,15 @@ def read_study(source: Source, modality: str = "ct", options: PipelineOptions = 
         if modality == "xray":
             data: Volume | Radiograph = load_radiograph(source, limits)
         else:
-            stream = release_full_resolution and options.selection != "rahimzadeh"
-            data = load_study(source, limits, resize_to=options.input_size if stream else None,
+            data = load_study(source, limits, resize_to=decode_size(options, release_full_resolution),
                               training_range=training_range)
     return ReadStudy(source, data, t["read"], modality, options, limits, release_full_resolution, training_range)
+
+
+def decode_size(options: PipelineOptions, release_full_resolution: bool = True) -> int | None:
+    """The size CT slices are resized to as they are decoded (None: kept at full resolution, as the
+    ``rahimzadeh`` selection rule needs)."""
+    return options.input_size if release_full_resolution and options.selection != "rahimzadeh" else None
 
 
 def _read(source: Source | ReadStudy, modality: str, options: PipelineOptions, limits: Limits,

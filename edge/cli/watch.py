@@ -37,7 +37,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
         from edge.dicomnet.service import DicomService  # pynetdicom: only when a profile needs it
 
         dicom = DicomService(profile.dicom, args.inbox, args.out, profile.model.modalities)
-        dicom.start(receive=not args.once, send=not args.once)  # --once: after_pass delivers
+        dicom.start(receive=not args.once, send=not args.once, decode_for=engine)  # --once: after_pass delivers
     retention = WatchRetention(profile.retention, args.inbox, args.out, profile.watcher.marker_file,
                                unsent=dicom.unsent if dicom else tuple)
 

@@ -3,6 +3,8 @@ last instance acknowledged to the SR stored in a real Orthanc (needs dcmtk and o
 
 from __future__ import annotations
 
+import json
+import os
 import platform
 import shutil
 import statistics
@@ -16,16 +18,19 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from edge.dicomnet.orthanc import BINARY as ORTHANC, Orthanc, free_port
-from edge.dicomnet.service import DicomService
+from edge.dicomnet.service import REPORTS, DicomService
 from edge.engine import Device, Engine
 from edge.errors import UserError
 from edge.profile import DicomPeer, DicomSettings, WatcherSettings
+from edge.result import load_result
 from edge.watch import run_once
 
 
 def bench_dicom(study: Path, runs: int, engine: Engine | Device, modalities: tuple[str, ...]) -> dict:
     """Send ``study`` to a receiver on loopback ``runs`` times, then analyse it with ``engine`` and send
     its results to a local Orthanc; the figures as a document (see ``ctedge bench-dicom``)."""
+    if runs < 1:
+        raise UserError("--runs", "must be at least 1")
     for tool in ("storescu", ORTHANC):
         if not shutil.which(tool):
             raise UserError(tool, "not installed (Debian: apt-get install dcmtk orthanc)")
@@ -38,24 +43,42 @@ def bench_dicom(study: Path, runs: int, engine: Engine | Device, modalities: tup
         with Orthanc(Path(tmp) / "orthanc", port) as pacs:
             settings = DicomSettings(port=port, destinations=(DicomPeer("ORTHANC", "127.0.0.1", pacs.dicom_port),))
             seconds = []
+            to_sr: dict[bool, list[dict[str, float]]] = {True: [], False: []}
             for run in range(runs):
+                ahead = run % 2 == 0      # alternating, first (with the one-time costs of a first study) ahead
                 inbox = Path(tmp) / f"inbox-{run}"
                 service = DicomService(settings, inbox, Path(tmp) / f"out-{run}", modalities)
-                service.start(send=False)
+                service.start(send=False, decode_for=engine if ahead else None)
                 try:
                     seconds.append(_storescu(port, files))
+                    received = len(list(inbox.glob("*/*.dcm")))
+                    if received != len(files):
+                        raise UserError(study, f"only {received} of {len(files)} instances were stored")
+                    to_sr[ahead].append(_time_to_sr(engine, service, pacs, study_uid(files[0])))
                 finally:
                     service.stop()
-                received = len(list(inbox.glob("*/*.dcm")))
-                if received != len(files):
-                    raise UserError(study, f"only {received} of {len(files)} instances were stored")
-            to_sr = _time_to_sr(engine, service, pacs, pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
     receive_s = statistics.median(seconds)
     return {"study": str(study), "instances": len(files), "megabytes": round(size_mb, 1),
             "transfer_syntax": str(pydicom.dcmread(files[0], stop_before_pixels=True).file_meta.TransferSyntaxUID.name),
             "runs": runs, "receive_seconds_median": round(receive_s, 3),
             "instances_per_second": round(len(files) / receive_s, 1), "megabytes_per_second": round(size_mb / receive_s, 1),
-            "last_instance_to_sr_in_orthanc_seconds": round(to_sr, 2), "cpu": _cpu()}
+            "last_instance_to_sr_in_orthanc_seconds": _median(to_sr[True], "seconds"),
+            "decoded_ahead": _medians(to_sr[True]), "not_decoded_ahead": _medians(to_sr[False]),
+            "cpu": _cpu(), "load_average": [round(x, 2) for x in os.getloadavg()]}
+
+
+def _median(runs: list[dict[str, float]], key: str) -> float | None:
+    return round(statistics.median(r[key] for r in runs), 3) if runs else None
+
+
+def _medians(runs: list[dict[str, float]]) -> dict[str, float | None | int]:
+    """Medians over runs of the time to the SR and its parts: the analysis (``run_once``), its stages
+    (ms, from the result), and making, sending and Orthanc storing the SR and heatmaps."""
+    return {"runs": len(runs)} | {key: _median(runs, key) for key in (runs[0] if runs else ())}
+
+
+def study_uid(path: Path) -> str:
+    return str(pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID)
 
 
 def _storescu(port: int, files: list[Path]) -> float:
@@ -67,16 +90,24 @@ def _storescu(port: int, files: list[Path]) -> float:
     return time.perf_counter() - start
 
 
-def _time_to_sr(engine: Engine | Device, service: DicomService, pacs: Orthanc, study_uid: str) -> float:
-    """Seconds from now (the last instance just acknowledged) until the SR is in Orthanc."""
+def _time_to_sr(engine: Engine | Device, service: DicomService, pacs: Orthanc, study_uid: str) -> dict[str, float]:
+    """Seconds from now (the last instance just acknowledged) until the SR is in Orthanc, with its parts."""
     start = time.perf_counter()
     run_once(engine, service.inbox, service.results, replace(WatcherSettings(), stable_seconds=0.0))
+    analysed = time.perf_counter()
     service.after_pass()
-    while "SR" not in pacs.modalities(study_uid):
+    try:
+        sop_uid = json.loads((service.outbox.root / REPORTS / f"{study_uid}.json").read_text())["sop_uid"]
+    except (OSError, ValueError, KeyError):
+        raise UserError(service.results, f"no SR was made: {service.outbox.status()}") from None
+    while not pacs.has_instance(sop_uid):
         if time.perf_counter() - start > 600:
             raise UserError(service.outbox.root, f"the SR did not reach Orthanc: {service.outbox.status()}")
         time.sleep(0.05)
-    return time.perf_counter() - start
+    end = time.perf_counter()
+    stages = next(load_result(p.parent)["timings_ms"] for p in service.results.glob("*/result.json"))
+    return {"seconds": end - start, "analysis_seconds": analysed - start, "sr_made_and_sent_seconds": end - analysed} | \
+        {f"{stage}_ms": float(stages[stage]) for stage in ("read", "segment", "infer", "explain") if stage in stages}
 
 
 def _cpu() -> str:

@@ -80,3 +80,7 @@ class Orthanc:
         """The modalities of the series Orthanc holds for a study."""
         study = self.study_id(study_uid)
         return sorted(s["MainDicomTags"].get("Modality", "") for s in self.get(f"/studies/{study}/series")) if study else []
+
+    def has_instance(self, sop_uid: str) -> bool:
+        """True once Orthanc holds the instance ``sop_uid``."""
+        return any(f["Type"] == "Instance" for f in self.post("/tools/lookup", sop_uid.encode()))

@@ -22,7 +22,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from io import BytesIO
 from pathlib import Path
 
@@ -172,6 +172,19 @@ class Receiver:
         self._open: dict[int, set[str]] = {}   # id of an open association -> the studies it brought instances to
         self._announced: dict[str, tuple[int, float]] = {}   # study -> (Number of Study Related Instances, last arrival)
         self._open_lock = threading.Lock()
+        self.on_stored: Callable[[Path, Dataset], object] | None = None
+        """Told each instance once it is committed (its path and dataset): the service decodes CT slices ahead."""
+
+    def store(self, ds: Dataset, data: bytes) -> Path:
+        """Commit one checked instance (``check_instance``) from C-STORE or STOW-RS, then hand it to
+        ``on_stored``; OSError when it cannot be stored."""
+        path = self.inbox.commit(ds.StudyInstanceUID, ds.SOPInstanceUID, data)
+        if self.on_stored is not None:
+            try:
+                self.on_stored(path, ds)
+            except Exception:  # noqa: BLE001 - decoding ahead only saves time: storing must not fail for it
+                log.debug("instance not handed over for decoding ahead", exc_info=True)
+        return path
 
     def receiving(self, study_uid: str) -> bool:
         """True while the study is not complete (docs/dicom.md, Receiving): an association that brought
@@ -268,7 +281,7 @@ class Receiver:
             log.warning("refused instance %s from %r: %s", sop_uid, event.assoc.requestor.ae_title, exc)
             return _status(CANNOT_UNDERSTAND, str(exc)[:64])
         try:
-            self.inbox.commit(ds.StudyInstanceUID, sop_uid, data)
+            self.store(ds, data)
         except OSError as exc:
             log.error("cannot store instance %s in %s: %s", sop_uid, self.inbox.root, exc.strerror)
             return _status(OUT_OF_RESOURCES, f"cannot store: {exc.strerror}"[:64])

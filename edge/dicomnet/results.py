@@ -19,6 +19,7 @@ The tree and every code: docs/conformance.md (tests/test_conformance.py keeps th
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from copy import deepcopy
 from pathlib import Path
 
@@ -94,10 +95,10 @@ class NoDicomSourceError(UserError):
     """The analysed study has no DICOM instances to attach results to."""
 
 
-def source_headers(study_dir: Path) -> dict[str, Dataset]:
-    """The headers of the DICOM files of a study folder, by file name."""
+def source_headers(study_dir: Path, names: Collection[str] | None = None) -> dict[str, Dataset]:
+    """The headers of the DICOM files of a study folder (only those named ``names``, when given), by file name."""
     headers: dict[str, Dataset] = {}
-    for path in sorted(p for p in Path(study_dir).rglob("*") if p.is_file()):
+    for path in sorted(p for p in Path(study_dir).rglob("*") if p.is_file() and (names is None or p.name in names)):
         try:
             headers[path.name] = pydicom.dcmread(path, stop_before_pixels=True)
         except (InvalidDicomError, OSError, ValueError):
@@ -109,8 +110,8 @@ def result_objects(result_dir: Path, study_dir: Path, ae_title: str = "CTEDGE") 
     """The SR and the Secondary Capture images of one analysed study (the SR first); ``ae_title``
     names this device as the observer in the SR."""
     doc = load_result(result_dir)
-    headers = source_headers(study_dir)
     driving = [s["file"] for h in doc.get("heatmaps", []) for s in h["sources"]] or [s["file"] for s in doc["slices_used"]]
+    headers = source_headers(study_dir, {*driving, *(h["file"] for h in doc.get("heatmaps", []))})
     evidence = [_complete(headers[name]) for name in dict.fromkeys(driving) if name in headers]
     if not evidence:
         raise NoDicomSourceError(study_dir, "no DICOM source instance of the analysed images was found; "

@@ -17,12 +17,15 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from pydicom.dataset import Dataset
+from pydicom.uid import CTImageStorage
 
 from edge.dicomnet.outbox import Outbox, write_json
 from edge.dicomnet.receiver import Receiver
 from edge.dicomnet.results import result_objects, supersede
 from edge.engine import Device, Engine
 from edge.errors import UserError
+from edge.ingest.parallel import PREFETCH
+from edge.pipeline import decode_size
 from edge.profile import DicomPeer, DicomSettings, Profile, RetentionSettings, WatcherSettings
 from edge.retention import WatchRetention, pending_sends
 from edge.storage import private_dir
@@ -48,9 +51,13 @@ class DicomService:
         self._sender: threading.Thread | None = None
         self._threads: list[threading.Thread] = []
 
-    def start(self, receive: bool = True, send: bool = True) -> None:
-        """Start the receiver and the sender thread (without ``send``, :meth:`after_pass` delivers)."""
+    def start(self, receive: bool = True, send: bool = True, decode_for: Engine | Device | None = None) -> None:
+        """Start the receiver and the sender thread (without ``send``, :meth:`after_pass` delivers). With
+        ``decode_for`` (the engine that will analyse the inbox), each CT slice is decoded as it is stored,
+        as that engine reads it (:meth:`decode_ahead`)."""
         if receive:
+            if decode_for is not None:
+                self.decode_ahead(decode_for)
             self.receiver.start()
         if send and self.settings.destinations:
             self._sender = threading.Thread(target=self.outbox.run, args=(self._stop,), name="ctedge-dicom-send",
@@ -58,10 +65,27 @@ class DicomService:
             self._sender.start()
             self._threads.append(self._sender)
 
+    def decode_ahead(self, engine: Engine | Device) -> None:
+        """Hand each single-frame CT slice to ``edge.ingest.parallel.PREFETCH`` as it is stored, to be
+        decoded and resized as ``engine``'s CT model reads it: when the study is complete, its analysis
+        finds most slices decoded (the series rules, the checks and the study's completeness are unchanged:
+        a slice decoded ahead is used only if its study is read and the file is unchanged)."""
+        ct = engine.routes.get("ct")
+        size = decode_size(ct.options) if ct is not None else None
+        if size is None:
+            return
+
+        def hand_over(path: Path, ds: Dataset) -> None:
+            if ds.SOPClassUID == CTImageStorage and int(ds.get("NumberOfFrames") or 1) == 1:
+                PREFETCH.submit(path, (int(ds.Rows), int(ds.Columns)), size)
+
+        self.receiver.on_stored = hand_over
+
     def stop(self, timeout: float = 60.0) -> None:
         """Stop receiving, then let the sender and the watcher end, waiting up to ``timeout`` s for each
         (both are crash-safe: what they leave unfinished is taken again at the next start)."""
         self.receiver.stop()
+        PREFETCH.clear()
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout=timeout)
@@ -77,7 +101,7 @@ class DicomService:
     def serve(self, engine: Engine | Device, settings: WatcherSettings, retention: RetentionSettings) -> None:
         """Receive, analyse the inbox with ``engine`` as ``ctedge watch`` does (with its ``retention``), and
         send to the destinations, all in background threads until :meth:`stop`."""
-        self.start()
+        self.start(decode_for=engine)
         keep = WatchRetention(retention, self.inbox, self.results, settings.marker_file, unsent=self.unsent)
         self._threads.append(threading.Thread(target=self._watch, args=(engine, settings, keep),
                                               name="ctedge-dicom-watch", daemon=True))

@@ -8,7 +8,9 @@ The process pool (forkserver: safe in the threaded server) starts once and is re
 costs about :data:`POOL_START_S` (a fresh interpreter importing the decoders), more than it saves on
 a study of ordinary size on a few cores, so a process that has not started it decodes in-process
 unless the study is large enough to repay the start (:func:`default_mode`); the services, which
-decode study after study, start it at once in the background (:func:`warm_pool`). It is shut
+decode study after study, start it at once in the background (:func:`warm_pool`), and the DICOM
+receiver hands each slice to :data:`PREFETCH` as it is stored, so that a received study is mostly
+decoded by the time it is complete (:class:`Prefetch`; ``decode_series`` takes its slices). It is shut
 down at exit (``ctedge`` turns SIGTERM into a normal exit). A worker also ends by itself when the
 process that started the pool dies (SIGKILL, a crash): it waits on a pidfd of that process, so no
 decoding worker, forkserver or resource tracker outlives its server or watcher.
@@ -25,7 +27,8 @@ import select
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Literal
@@ -173,20 +176,117 @@ def _results(paths: Sequence[Path], mode: Mode, shape: tuple[int, int], size: in
     return _process_pool().map(decode, paths, chunksize=CHUNK)
 
 
+Decoded = np.ndarray | tuple[str, str]
+"""A slice decoded by :func:`decode_path`, or (error class name, problem)."""
+
+
+@dataclass(frozen=True)
+class _Ahead:
+    future: Future[Decoded]
+    stat: tuple[int, int, int]      # (inode, size, mtime_ns) of the file when it was handed over
+    nbytes: int
+    since: float                    # time.monotonic() of the hand-over
+
+
+class Prefetch:
+    """Slices decoded (and resized) ahead, while the rest of their study is still arriving, for
+    :func:`decode_series` to take instead of decoding them again. A slice is taken at most once, and
+    only if its file is unchanged (inode, size, mtime) and asked for with the same shape and size.
+    At most ``max_bytes`` of decoded slices are held: past that, slices are decoded as usual, when
+    their study is read; a slice not taken within ``ttl_s`` (a series never analysed) is dropped.
+    Decoding runs in the worker processes when the pool runs, else in one background thread."""
+
+    def __init__(self, max_bytes: int = 256 * 2**20, ttl_s: float = 900.0):
+        self.max_bytes, self.ttl_s = max_bytes, ttl_s
+        self._items: dict[tuple[str, tuple[int, int], int | None], _Ahead] = {}
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self._thread: ThreadPoolExecutor | None = None
+
+    def submit(self, path: Path, shape: tuple[int, int], size: int | None) -> bool:
+        """Start decoding ``path`` (a ``shape`` slice) as :func:`decode_path` would; False when the
+        budget is spent (it will be decoded when its study is read)."""
+        nbytes = size * size * 4 if size else shape[0] * shape[1] * 2
+        key = (os.path.realpath(path), shape, size)
+        with self._lock:
+            self._expire()
+            if key in self._items or self._bytes + nbytes > self.max_bytes:
+                return False
+            executor: Executor | None = _pool
+            if executor is None or _pool_broken:
+                self._thread = self._thread or ThreadPoolExecutor(1, thread_name_prefix="ctedge-prefetch")
+                executor = self._thread
+            self._items[key] = _Ahead(executor.submit(decode_path, Path(path), shape, size), _stat(path), nbytes,
+                                      time.monotonic())
+            self._bytes += nbytes
+        return True
+
+    def take(self, path: Path, shape: tuple[int, int], size: int | None) -> Decoded | None:
+        """The slice decoded ahead for ``path`` (waiting for it if still being decoded), or None."""
+        with self._lock:
+            item = self._items.pop((os.path.realpath(path), shape, size), None)
+            if item is not None:
+                self._bytes -= item.nbytes
+        if item is None or _stat(path) != item.stat:
+            return None
+        try:
+            return item.future.result()
+        except Exception:  # noqa: BLE001 - a broken pool or a cancelled slice: decode it as usual
+            return None
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def clear(self) -> None:
+        """Drop every slice decoded ahead and cancel those not decoded yet (a receiver that stops)."""
+        with self._lock:
+            for item in self._items.values():
+                item.future.cancel()
+            self._items.clear()
+            self._bytes = 0
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.shutdown(wait=False, cancel_futures=True)
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for key in [k for k, item in self._items.items() if now - item.since > self.ttl_s]:
+            item = self._items.pop(key)
+            item.future.cancel()
+            self._bytes -= item.nbytes
+
+
+def _stat(path: Path) -> tuple[int, int, int]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (0, 0, 0)
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+PREFETCH = Prefetch()
+"""The process's slices decoded ahead (the DICOM receiver hands them over as they are stored)."""
+
+
 def decode_series(paths: Sequence[Path], shape: tuple[int, int], compressed: bool = True, mode: Mode | None = None,
                   size: int | None = None) -> tuple[np.ndarray, list[int], list[StudyError]]:
     """Decode ``paths`` (one slice each, all ``shape``) in order: the (kept, rows, cols) int16 HU
     volume, the indices of the slices kept, and the errors of the slices that could not be decoded.
     With ``size``, each slice is resized as it is decoded (``edge.preprocess.window.resize_slices``)
     and the volume is (kept, size, size) float32: the full-resolution volume never exists.
-    ``mode`` defaults to :func:`default_mode`."""
+    Slices decoded ahead (:data:`PREFETCH`) are taken from there; ``mode`` (for the others) defaults
+    to :func:`default_mode`."""
     hu = np.empty((len(paths), *shape) if size is None else (len(paths), size, size),
                   np.int16 if size is None else np.float32)
     kept: list[int] = []
     failures: list[StudyError] = []
-    mode = mode or default_mode(len(paths), compressed)
+    ahead = {i: r for i, p in enumerate(paths) if (r := PREFETCH.take(p, shape, size)) is not None} if len(PREFETCH) else {}
+    rest = [p for i, p in enumerate(paths) if i not in ahead]
+    mode = mode or default_mode(len(rest), compressed)
     try:
-        for i, (path, result) in enumerate(zip(paths, _results(paths, mode, shape, size))):
+        decoded = _results(rest, mode, shape, size)
+        for i, path in enumerate(paths):
+            result = ahead[i] if i in ahead else next(decoded)
             if isinstance(result, tuple):
                 failures.append(ERRORS[result[0]](path, result[1]))
                 continue

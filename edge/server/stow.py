@@ -97,7 +97,7 @@ def _store(receiver: Receiver, part: bytes | None) -> tuple[dict, str | None, in
     if refusal := receiver.refusal(ds.SOPClassUID):
         return ref, refusal, SOP_CLASS_NOT_SUPPORTED
     try:
-        receiver.inbox.commit(ds.StudyInstanceUID, ds.SOPInstanceUID, part)
+        receiver.store(ds, part)
     except OSError as exc:
         return ref, f"cannot store in {receiver.inbox.root}: {exc.strerror}", OUT_OF_RESOURCES
     return ref, None, 0

@@ -1,0 +1,101 @@
+"""Decoding while receiving (issue 27): the DICOM receiver hands each CT slice to
+``edge.ingest.parallel.PREFETCH`` as it is stored; the analysis of the complete study takes those
+slices instead of decoding them again, and gets exactly what decoding would give."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.uid import RLELossless
+
+from edge.dicomnet.orthanc import BINARY as ORTHANC
+from edge.dicomnet.service import DicomService
+from edge.engine import Engine
+from edge.ingest.parallel import PREFETCH, Prefetch, decode_path
+from edge.phantom import make_phantom, write_dicom_series
+from edge.profile import DicomSettings
+from tests.helpers.dicomnet import phantom_study, send
+from tests.helpers.paths import REPO
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def engine() -> Engine:
+    return Engine.default()
+
+
+@pytest.fixture
+def slices(tmp_path):
+    return write_dicom_series(make_phantom(n_slices=4, size=96, seed=2), tmp_path / "s", transfer_syntax=RLELossless)
+
+
+def test_a_slice_decoded_ahead_is_what_decoding_gives_taken_once_and_only_while_unchanged(slices):
+    ahead = Prefetch()
+    for path in slices:
+        assert ahead.submit(path, (96, 96), SIZE)
+    assert not ahead.submit(slices[0], (96, 96), SIZE)          # already there
+    assert np.array_equal(ahead.take(slices[0], (96, 96), SIZE), decode_path(slices[0], (96, 96), SIZE))
+    assert ahead.take(slices[0], (96, 96), SIZE) is None        # taken once
+    assert ahead.take(slices[1], (96, 96), SIZE * 2) is None     # asked at another size: not this one
+    ds = pydicom.dcmread(slices[2])
+    ds.InstanceNumber = 99
+    ds.save_as(slices[2])                                        # the file changed after it was handed over
+    assert ahead.take(slices[2], (96, 96), SIZE) is None
+    ahead.clear()
+    assert len(ahead) == 0 and ahead.take(slices[3], (96, 96), SIZE) is None
+
+
+def test_decoding_ahead_holds_at_most_its_budget_and_drops_what_nobody_takes(slices):
+    ahead = Prefetch(max_bytes=2 * SIZE * SIZE * 4)
+    assert [ahead.submit(p, (96, 96), SIZE) for p in slices[:3]] == [True, True, False]   # the third: over budget
+    assert len(ahead) == 2
+    stale = Prefetch(ttl_s=0.0)
+    stale.submit(slices[0], (96, 96), SIZE)
+    stale.submit(slices[1], (96, 96), SIZE)                      # expires the first: nobody took it in time
+    assert stale.take(slices[0], (96, 96), SIZE) is None and len(stale) == 1
+    ahead.clear()
+    stale.clear()
+
+
+def test_received_slices_are_decoded_as_they_arrive_and_the_verdict_is_unchanged(tmp_path, engine):
+    study = phantom_study(tmp_path / "phantom", ground_glass=3)
+    PREFETCH.clear()
+    service = DicomService(DicomSettings(port=0), tmp_path / "inbox", tmp_path / "out", ("ct",))
+    service.start(send=False, decode_for=engine)
+    try:
+        assert send(service.receiver.port, study) == [0] * len(study)
+        assert len(PREFETCH) == len(study)                       # every slice handed over as it was stored
+        received = tmp_path / "inbox" / pydicom.dcmread(study[0]).StudyInstanceUID
+        streamed = engine.run(received)
+        assert len(PREFETCH) == 0                                # the analysis took them all
+    finally:
+        service.stop()
+    copy = shutil.copytree(received, tmp_path / "copy")          # the same files, never handed over
+    decoded = engine.run(copy)
+    assert np.array_equal(streamed.images, decoded.images)
+    assert streamed.verdict.probabilities == decoded.verdict.probabilities
+
+
+@pytest.mark.external
+def test_bench_dicom_reports_the_time_to_the_sr_with_and_without_decoding_ahead(tmp_path):
+    if not (shutil.which("storescu") and shutil.which(ORTHANC)):
+        pytest.skip("dcmtk and orthanc are not installed")
+    phantom_study(tmp_path / "phantom", n_slices=30, ground_glass=3)
+    done = subprocess.run([sys.executable, "-m", "edge.cli", "bench-dicom", str(tmp_path / "phantom"), "--runs", "2",
+                           "--json"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    doc = json.loads(done.stdout)
+    ahead, not_ahead = doc["decoded_ahead"], doc["not_decoded_ahead"]
+    assert (ahead["runs"], not_ahead["runs"]) == (1, 1)
+    assert doc["last_instance_to_sr_in_orthanc_seconds"] == ahead["seconds"]
+    for part in (ahead, not_ahead):
+        assert part["seconds"] == pytest.approx(part["analysis_seconds"] + part["sr_made_and_sent_seconds"], abs=0.002)
+        assert part["read_ms"] > 0 and part["explain_ms"] > 0
+    assert doc["instances"] == 30 and len(doc["load_average"]) == 3
