@@ -10,7 +10,8 @@ import pytest
 from edge import CLASSES
 from edge.cli import main
 from edge.engine import DEFAULT_BUNDLE, Device, Engine
-from edge.explain import overlay
+from edge.card import load_card
+from edge.explain import GradCam, overlay
 from edge.infer import TFLiteClassifier
 from edge.pipeline import prepare_study
 from edge.profile import load_profile
@@ -130,3 +131,12 @@ def test_overlay_colours_only_where_there_is_heat():
 def test_shipped_profiles_describe_the_shipped_model():
     profile = load_profile(REPO / "firmware_config" / "cpu-minipc.yaml")
     assert profile.model.bundle == DEFAULT_BUNDLE and profile.server.host == "127.0.0.1"
+
+
+def test_occlusions_on_parallel_head_copies_give_the_shares_of_one_copy():
+    group = Engine.default().run(STUDY).prepared.groups()[0]
+    serial, parallel = GradCam(load_card(DEFAULT_BUNDLE), parallel=1), GradCam(load_card(DEFAULT_BUNDLE), parallel=3)
+    assert len(parallel.heads) == 3
+    for c in range(len(CLASSES)):
+        (raw1, share1), (raw3, share3) = serial.evidence(group, c), parallel.evidence(group, c)
+        assert np.array_equal(raw1, raw3) and np.array_equal(share1, share3) and share1.sum() > 0
