@@ -17,7 +17,9 @@ from pydicom.uid import RLELossless
 from edge.dicomnet.orthanc import BINARY as ORTHANC
 from edge.dicomnet.service import DicomService
 from edge.engine import Engine
-from edge.ingest.parallel import PREFETCH, Prefetch, decode_path
+from edge.errors import StudyError
+from edge.ingest.dicom_files import read_header
+from edge.ingest.parallel import HEADER_BYTES, PREFETCH, Prefetch, decode_path
 from edge.phantom import make_phantom, write_dicom_series
 from edge.profile import DicomSettings
 from tests.helpers.dicomnet import phantom_study, send
@@ -52,14 +54,29 @@ def test_a_slice_decoded_ahead_is_what_decoding_gives_taken_once_and_only_while_
     assert len(ahead) == 0 and ahead.take(slices[3], (96, 96), SIZE) is None
 
 
+def test_a_header_parsed_ahead_is_what_reading_gives_and_a_changed_file_is_read_again(slices):
+    ahead = Prefetch()
+    for path in slices:
+        ahead.submit(path, (96, 96), SIZE)
+    assert ahead.header(slices[0]) == read_header(slices[0])
+    ds = pydicom.dcmread(slices[1])
+    ds.InstanceNumber = 99
+    ds.save_as(slices[1])
+    assert ahead.header(slices[1]).InstanceNumber == 99          # read again: the file changed
+    slices[2].write_bytes(slices[2].read_bytes()[:2000])          # truncated after it was handed over
+    with pytest.raises(StudyError):
+        ahead.header(slices[2])
+    ahead.clear()
+
+
 def test_decoding_ahead_holds_at_most_its_budget_and_drops_what_nobody_takes(slices):
-    ahead = Prefetch(max_bytes=2 * SIZE * SIZE * 4)
-    assert [ahead.submit(p, (96, 96), SIZE) for p in slices[:3]] == [True, True, False]   # the third: over budget
+    ahead = Prefetch(max_bytes=SIZE * SIZE * 4 + HEADER_BYTES)
+    assert [ahead.submit(p, (96, 96), SIZE) for p in slices[:3]] == [True, False, False]   # slice + header: over budget
     assert len(ahead) == 2
     stale = Prefetch(ttl_s=0.0)
     stale.submit(slices[0], (96, 96), SIZE)
     stale.submit(slices[1], (96, 96), SIZE)                      # expires the first: nobody took it in time
-    assert stale.take(slices[0], (96, 96), SIZE) is None and len(stale) == 1
+    assert stale.take(slices[0], (96, 96), SIZE) is None and len(stale) == 2
     ahead.clear()
     stale.clear()
 
@@ -71,7 +88,7 @@ def test_received_slices_are_decoded_as_they_arrive_and_the_verdict_is_unchanged
     service.start(send=False, decode_for=engine)
     try:
         assert send(service.receiver.port, study) == [0] * len(study)
-        assert len(PREFETCH) == len(study)                       # every slice handed over as it was stored
+        assert len(PREFETCH) == 2 * len(study)                   # every header and slice handed over as it was stored
         received = tmp_path / "inbox" / pydicom.dcmread(study[0]).StudyInstanceUID
         streamed = engine.run(received)
         assert len(PREFETCH) == 0                                # the analysis took them all

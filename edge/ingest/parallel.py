@@ -31,13 +31,14 @@ from dataclasses import dataclass
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pydicom
+from pydicom.dataset import Dataset
 
 from edge.errors import CorruptFileError, FileTooLargeError, NoPixelDataError, StudyError, UnsupportedTransferSyntaxError
-from edge.ingest.dicom_files import decode_hu
+from edge.ingest.dicom_files import decode_hu, read_header
 from edge.preprocess.window import resize_slices
 
 Mode = Literal["serial", "threads", "processes"]
@@ -182,63 +183,83 @@ Decoded = np.ndarray | tuple[str, str]
 
 @dataclass(frozen=True)
 class _Ahead:
-    future: Future[Decoded]
+    future: Future
     stat: tuple[int, int, int]      # (inode, size, mtime_ns) of the file when it was handed over
     nbytes: int
     since: float                    # time.monotonic() of the hand-over
 
 
+HEADER_BYTES = 64 * 2**10
+"""What one parsed header is counted as in the budget (its elements above 64 KB stay on disk)."""
+
+
 class Prefetch:
-    """Slices decoded (and resized) ahead, while the rest of their study is still arriving, for
-    :func:`decode_series` to take instead of decoding them again. A slice is taken at most once, and
-    only if its file is unchanged (inode, size, mtime) and asked for with the same shape and size.
-    At most ``max_bytes`` of decoded slices are held: past that, slices are decoded as usual, when
-    their study is read; a slice not taken within ``ttl_s`` (a series never analysed) is dropped.
-    Decoding runs in the worker processes when the pool runs, else in one background thread."""
+    """Slices decoded (and resized) and headers parsed ahead, while the rest of their study is still
+    arriving, for :func:`decode_series` and :meth:`header` to take instead of doing it again. Each is
+    taken at most once, and only if its file is unchanged (inode, size, mtime) and, for a slice, asked
+    for with the same shape and size. At most ``max_bytes`` are held: past that, slices are decoded as
+    usual, when their study is read; what is not taken within ``ttl_s`` (a series never analysed) is
+    dropped. Decoding runs in the worker processes when the pool runs, else, as header parsing, in one
+    background thread."""
 
     def __init__(self, max_bytes: int = 256 * 2**20, ttl_s: float = 900.0):
         self.max_bytes, self.ttl_s = max_bytes, ttl_s
-        self._items: dict[tuple[str, tuple[int, int], int | None], _Ahead] = {}
+        self._items: dict[tuple[str, object], _Ahead] = {}
         self._bytes = 0
         self._lock = threading.Lock()
         self._thread: ThreadPoolExecutor | None = None
 
     def submit(self, path: Path, shape: tuple[int, int], size: int | None) -> bool:
-        """Start decoding ``path`` (a ``shape`` slice) as :func:`decode_path` would; False when the
-        budget is spent (it will be decoded when its study is read)."""
-        nbytes = size * size * 4 if size else shape[0] * shape[1] * 2
-        key = (os.path.realpath(path), shape, size)
+        """Start parsing the header of ``path`` as ``read_header`` and decoding it (a ``shape`` slice) as
+        :func:`decode_path` would; False when the budget is spent (it will be done when its study is read)."""
+        real = os.path.realpath(path)
+        nbytes = (size * size * 4 if size else shape[0] * shape[1] * 2) + HEADER_BYTES
         with self._lock:
             self._expire()
-            if key in self._items or self._bytes + nbytes > self.max_bytes:
+            if (real, (shape, size)) in self._items or self._bytes + nbytes > self.max_bytes:
                 return False
-            executor: Executor | None = _pool
-            if executor is None or _pool_broken:
-                self._thread = self._thread or ThreadPoolExecutor(1, thread_name_prefix="ctedge-prefetch")
-                executor = self._thread
-            self._items[key] = _Ahead(executor.submit(decode_path, Path(path), shape, size), _stat(path), nbytes,
-                                      time.monotonic())
+            self._thread = self._thread or ThreadPoolExecutor(1, thread_name_prefix="ctedge-prefetch")
+            decoder: Executor = self._thread if _pool is None or _pool_broken else _pool
+            stat, now = _stat(path), time.monotonic()
+            self._items[(real, "header")] = _Ahead(self._thread.submit(read_header, Path(path)), stat, HEADER_BYTES, now)
+            self._items[(real, (shape, size))] = _Ahead(decoder.submit(decode_path, Path(path), shape, size), stat,
+                                                        nbytes - HEADER_BYTES, now)
             self._bytes += nbytes
         return True
 
     def take(self, path: Path, shape: tuple[int, int], size: int | None) -> Decoded | None:
         """The slice decoded ahead for ``path`` (waiting for it if still being decoded), or None."""
-        with self._lock:
-            item = self._items.pop((os.path.realpath(path), shape, size), None)
-            if item is not None:
-                self._bytes -= item.nbytes
-        if item is None or _stat(path) != item.stat:
-            return None
         try:
-            return item.future.result()
+            return self._take(path, (shape, size))
         except Exception:  # noqa: BLE001 - a broken pool or a cancelled slice: decode it as usual
             return None
 
+    def header(self, path: Path) -> Dataset:
+        """``read_header(path)``: parsed ahead when the file was handed over unchanged, else now."""
+        if self._items:
+            try:
+                ahead = self._take(path, "header")
+            except StudyError:
+                raise                   # the file is unchanged: reading it now would fail the same way
+            except Exception:  # noqa: BLE001 - cancelled: read it now
+                ahead = None
+            if ahead is not None:
+                return ahead
+        return read_header(path)
+
+    def _take(self, path: Path, what: object) -> Any:
+        with self._lock:
+            item = self._items.pop((os.path.realpath(path), what), None)
+            if item is not None:
+                self._bytes -= item.nbytes
+        return None if item is None or _stat(path) != item.stat else item.future.result()
+
     def __len__(self) -> int:
+        """How many headers and slices are held (done or under way)."""
         return len(self._items)
 
     def clear(self) -> None:
-        """Drop every slice decoded ahead and cancel those not decoded yet (a receiver that stops)."""
+        """Drop everything done ahead and cancel what is not done yet (a receiver that stops)."""
         with self._lock:
             for item in self._items.values():
                 item.future.cancel()

@@ -12,7 +12,8 @@ import numpy as np
 from edge.card import TrainingRange
 from edge.errors import (CorruptFileError, EmptyStudyError, FileTooLargeError, MixedSizesError,
                          NoUsableSeriesError, OutsideIntendedUseError, StudyError, TooFewSlicesError)
-from edge.ingest.dicom_files import has_rescale, read_header
+from edge.ingest.dicom_files import has_rescale
+from edge.ingest.parallel import PREFETCH
 from edge.ingest.enhanced import decode_slices, frame_headers
 from edge.ingest.identity import instance_number, study_identity
 from edge.ingest.image_files import is_image_file, natural_key, read_image_hu
@@ -72,7 +73,7 @@ def load_study(source: str | Path | Sequence[str | Path], limits: Limits = Limit
             if is_image_file(f):
                 continue
             try:
-                headers += frame_headers(f, read_header(f))   # a multi-frame CT object: one header per frame
+                headers += frame_headers(f, PREFETCH.header(f))   # a multi-frame CT object: one header per frame
             except StudyError as exc:
                 rejected.append(exc)
         images = sorted((f for f in files if is_image_file(f)), key=natural_key)
