@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import shutil
 import stat
+import threading
+import time
 from pathlib import Path
 
 import cv2
@@ -183,6 +185,27 @@ def test_destination_down_keeps_the_result_until_it_is_up(tmp_path, study, engin
     restarted.after_pass()  # delivered once: never queued again
     assert restarted.outbox.status() == {"pending": 0, "failing": 0, "sent": 1, "skipped": 0, "failures": []}
     assert not list((outbox / ".dicom-send" / "sent").rglob("*.dcm"))
+
+
+def test_the_sender_thread_delivers_a_queued_job_at_once_and_stops_when_told(tmp_path, study):
+    pacs = StorageSCP("PACS").start()
+    outbox = Outbox(tmp_path / "send", "CTEDGE")
+    stop = threading.Event()
+    sender = threading.Thread(target=outbox.run, args=(stop, 600.0), daemon=True)   # a poll far longer than the test
+    sender.start()
+    try:
+        time.sleep(0.2)                                                 # the sender is waiting now
+        outbox.enqueue("job", "s", DicomPeer("PACS", "127.0.0.1", pacs.port), [pydicom.dcmread(study[0])])
+        deadline = time.monotonic() + 60
+        while not pacs.received and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(pacs.received) == 1, "delivered when queued, not at the next poll"
+    finally:
+        stop.set()
+        outbox.wake()
+        sender.join(30)
+        pacs.stop()
+    assert not sender.is_alive()
 
 
 def test_ctedge_watch_with_a_dicom_profile_sends_results(tmp_path, study):

@@ -65,6 +65,7 @@ class Outbox:
         for leftover in (self.root / ".tmp").iterdir():  # an enqueue interrupted by a kill
             shutil.rmtree(leftover)
         self._lock = threading.Lock()
+        self._queued = threading.Event()   # wakes the sender thread as soon as a job is queued
 
     def has(self, job_id: str) -> bool:
         return any((self.root / state / job_id).is_dir() for state in ("pending", "sent", "skipped"))
@@ -93,6 +94,7 @@ class Outbox:
         os.rename(work, self.root / "pending" / job_id)
         fsync_path(self.root / "pending")
         log.info("%s: %d object(s) queued for %s", study, len(files), destination.ae_title)
+        self._queued.set()
         return True
 
     def jobs(self, state: str = "pending") -> list[Job]:
@@ -119,13 +121,19 @@ class Outbox:
                               .isoformat(timespec="seconds")} for j in failing]}
 
     def run(self, stop: threading.Event, poll_s: float = 1.0) -> None:
-        """Deliver due jobs until ``stop`` is set (the sender thread)."""
+        """Deliver due jobs until ``stop`` is set (the sender thread): at once when a job is queued,
+        else every ``poll_s`` (retries whose back-off has expired); ``wake`` ends a wait early."""
         while not stop.is_set():
+            self._queued.clear()
             try:
                 self.deliver_due()
             except Exception:  # noqa: BLE001 - the sender thread must survive anything
                 log.exception("DICOM sender: unexpected error; retrying")
-            stop.wait(poll_s)
+            self._queued.wait(poll_s)
+
+    def wake(self) -> None:
+        """End the sender thread's wait now (to deliver, or to see that it must stop)."""
+        self._queued.set()
 
     def _attempt(self, job: Job) -> bool:
         folder = self.root / "pending" / job.id

@@ -87,6 +87,7 @@ class DicomService:
         self.receiver.stop()
         PREFETCH.clear()
         self._stop.set()
+        self.outbox.wake()
         for thread in self._threads:
             thread.join(timeout=timeout)
 
