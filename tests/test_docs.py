@@ -26,6 +26,14 @@ def test_cli_reference_is_current(tmp_path):
         "docs/cli.md is stale: run .venv/bin/python docs/make_cli_reference.py")
 
 
+def test_readme_speed_table_is_written_from_the_kept_measurements(tmp_path):
+    out = tmp_path / "README.md"
+    subprocess.run([sys.executable, str(REPO / "docs" / "make_speed_table.py"), "--out", str(out)],
+                   check=True, capture_output=True, cwd=tmp_path)
+    assert (REPO / "README.md").read_text() == out.read_text(), (
+        "the README's speed table differs from docs/measurements/: run .venv/bin/python docs/make_speed_table.py")
+
+
 def test_cli_reference_covers_every_command():
     text = (REPO / "docs" / "cli.md").read_text()
     for command in ("predict", "serve", "watch", "receive", "doctor", "tune", "validate", "bench", "train", "quantize"):
