@@ -216,14 +216,14 @@ class Prefetch:
         nbytes = (size * size * 4 if size else shape[0] * shape[1] * 2) + HEADER_BYTES
         with self._lock:
             self._expire()
-            if (real, (shape, size)) in self._items or self._bytes + nbytes > self.max_bytes:
-                return False
+            if {(real, "header"), (real, (shape, size))} & self._items.keys() or self._bytes + nbytes > self.max_bytes:
+                return False            # handed over already (a replaced file is read again when taken), or full
             self._thread = self._thread or ThreadPoolExecutor(1, thread_name_prefix="ctedge-prefetch")
             decoder: Executor = self._thread if _pool is None or _pool_broken else _pool
             stat, now = _stat(path), time.monotonic()
+            pixels = decoder.submit(decode_path, Path(path), shape, size)
+            self._items[(real, (shape, size))] = _Ahead(pixels, stat, nbytes - HEADER_BYTES, now)
             self._items[(real, "header")] = _Ahead(self._thread.submit(read_header, Path(path)), stat, HEADER_BYTES, now)
-            self._items[(real, (shape, size))] = _Ahead(decoder.submit(decode_path, Path(path), shape, size), stat,
-                                                        nbytes - HEADER_BYTES, now)
             self._bytes += nbytes
         return True
 
