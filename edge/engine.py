@@ -49,6 +49,9 @@ class NoModelForModalityError(UserError):
         super().__init__(path, problem)
         self.modality = modality        # the study's (edge.card.MODALITIES)
 
+    def __reduce__(self) -> tuple:
+        return type(self), (self.path, self.problem, self.modality)
+
 
 class Models(NamedTuple):
     """One set of interpreters: used by one study at a time."""

@@ -13,6 +13,10 @@ class UserError(Exception):
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
 
+    def __reduce__(self) -> tuple:
+        """Pickled as its arguments: a worker process raises it to its parent (``edge.ingest.parallel``)."""
+        return type(self), (self.path, self.problem)
+
 
 class StudyError(UserError):
     """A study (or one of its files) cannot be used."""

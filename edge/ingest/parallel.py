@@ -199,8 +199,9 @@ class Prefetch:
     taken at most once, and only if its file is unchanged (inode, size, mtime) and, for a slice, asked
     for with the same shape and size. At most ``max_bytes`` are held: past that, slices are decoded as
     usual, when their study is read; what is not taken within ``ttl_s`` (a series never analysed) is
-    dropped. Decoding runs in the worker processes when the pool runs, else, as header parsing, in one
-    background thread."""
+    dropped. Both run in the worker processes when the pool runs; without it, slices are decoded in one
+    background thread and headers are read when the study is (``read_header`` records pydicom's warnings,
+    which is not safe beside another thread doing the same)."""
 
     def __init__(self, max_bytes: int = 256 * 2**20, ttl_s: float = 900.0):
         self.max_bytes, self.ttl_s = max_bytes, ttl_s
@@ -210,20 +211,23 @@ class Prefetch:
         self._thread: ThreadPoolExecutor | None = None
 
     def submit(self, path: Path, shape: tuple[int, int], size: int | None) -> bool:
-        """Start parsing the header of ``path`` as ``read_header`` and decoding it (a ``shape`` slice) as
-        :func:`decode_path` would; False when the budget is spent (it will be done when its study is read)."""
+        """Start decoding ``path`` (a ``shape`` slice) as :func:`decode_path` would and, with the worker
+        processes running, parsing its header as ``read_header``; False when it was handed over already or
+        the budget is spent (it will be done when its study is read)."""
         real = os.path.realpath(path)
-        nbytes = (size * size * 4 if size else shape[0] * shape[1] * 2) + HEADER_BYTES
+        pool = _pool if not _pool_broken else None
+        nbytes = (size * size * 4 if size else shape[0] * shape[1] * 2) + (HEADER_BYTES if pool else 0)
         with self._lock:
             self._expire()
             if {(real, "header"), (real, (shape, size))} & self._items.keys() or self._bytes + nbytes > self.max_bytes:
                 return False            # handed over already (a replaced file is read again when taken), or full
-            self._thread = self._thread or ThreadPoolExecutor(1, thread_name_prefix="ctedge-prefetch")
-            decoder: Executor = self._thread if _pool is None or _pool_broken else _pool
+            if pool is None:
+                self._thread = self._thread or ThreadPoolExecutor(1, thread_name_prefix="ctedge-prefetch")
             stat, now = _stat(path), time.monotonic()
-            pixels = decoder.submit(decode_path, Path(path), shape, size)
-            self._items[(real, (shape, size))] = _Ahead(pixels, stat, nbytes - HEADER_BYTES, now)
-            self._items[(real, "header")] = _Ahead(self._thread.submit(read_header, Path(path)), stat, HEADER_BYTES, now)
+            pixels = (pool or self._thread).submit(decode_path, Path(path), shape, size)  # type: ignore[union-attr]
+            self._items[(real, (shape, size))] = _Ahead(pixels, stat, nbytes - (HEADER_BYTES if pool else 0), now)
+            if pool is not None:        # in a worker process: read_header's warning filters race no other thread
+                self._items[(real, "header")] = _Ahead(pool.submit(read_header, Path(path)), stat, HEADER_BYTES, now)
             self._bytes += nbytes
         return True
 
