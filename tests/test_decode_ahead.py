@@ -59,7 +59,7 @@ def replace(path, **values) -> None:
     os.replace(path.with_suffix(".new"), path)
 
 
-def test_a_slice_decoded_ahead_is_what_decoding_gives_taken_once_and_only_while_unchanged(slices):
+def test_a_slice_decoded_ahead_is_what_decoding_gives_taken_once_and_only_while_unchanged(slices, pool):
     ahead = Prefetch()
     for path in slices:
         assert ahead.submit(path, (96, 96), SIZE)
@@ -140,3 +140,11 @@ def test_study_errors_survive_the_way_back_from_a_worker_process():
         back = pickle.loads(pickle.dumps(error))
         assert (type(back), str(back), back.path, back.problem) == (type(error), str(error), error.path, error.problem)
     assert back.modality == "xray"
+
+
+def test_without_worker_processes_nothing_is_done_ahead(slices, pool):
+    stop_workers()
+    ahead = Prefetch()
+    assert not ahead.submit(slices[0], (96, 96), SIZE) and len(ahead) == 0
+    assert ahead.header(slices[0]) == read_header(slices[0])
+    decode_series(slices, (96, 96), mode="processes")          # the pool again, for the tests after this one

@@ -194,40 +194,38 @@ HEADER_BYTES = 64 * 2**10
 
 
 class Prefetch:
-    """Slices decoded (and resized) and headers parsed ahead, while the rest of their study is still
-    arriving, for :func:`decode_series` and :meth:`header` to take instead of doing it again. Each is
-    taken at most once, and only if its file is unchanged (inode, size, mtime) and, for a slice, asked
-    for with the same shape and size. At most ``max_bytes`` are held: past that, slices are decoded as
-    usual, when their study is read; what is not taken within ``ttl_s`` (a series never analysed) is
-    dropped. Both run in the worker processes when the pool runs; without it, slices are decoded in one
-    background thread and headers are read when the study is (``read_header`` records pydicom's warnings,
-    which is not safe beside another thread doing the same)."""
+    """Slices decoded (and resized) and headers parsed ahead, in the worker processes, while the rest of
+    their study is still arriving, for :func:`decode_series` and :meth:`header` to take instead of
+    doing it again. Each is taken at most once, and only if its file is unchanged (inode, size, mtime)
+    and, for a slice, asked for with the same shape and size. At most ``max_bytes`` are held: past that,
+    slices are decoded as usual, when their study is read; what is not taken within ``ttl_s`` (a series
+    never analysed) is dropped. Without running worker processes nothing is done ahead: in a thread of
+    this process, pydicom's warnings (``read_header`` records them to find truncated files) would mix
+    with those of the thread reading another study."""
 
     def __init__(self, max_bytes: int = 256 * 2**20, ttl_s: float = 900.0):
         self.max_bytes, self.ttl_s = max_bytes, ttl_s
         self._items: dict[tuple[str, object], _Ahead] = {}
         self._bytes = 0
         self._lock = threading.Lock()
-        self._thread: ThreadPoolExecutor | None = None
 
     def submit(self, path: Path, shape: tuple[int, int], size: int | None) -> bool:
-        """Start decoding ``path`` (a ``shape`` slice) as :func:`decode_path` would and, with the worker
-        processes running, parsing its header as ``read_header``; False when it was handed over already or
-        the budget is spent (it will be done when its study is read)."""
+        """Start decoding ``path`` (a ``shape`` slice) as :func:`decode_path` would and parsing its header
+        as ``read_header``, in the worker processes; False when they are not running, the file was handed
+        over already, or the budget is spent (it will be done when its study is read)."""
         real = os.path.realpath(path)
-        pool = _pool if not _pool_broken else None
-        nbytes = (size * size * 4 if size else shape[0] * shape[1] * 2) + (HEADER_BYTES if pool else 0)
+        nbytes = (size * size * 4 if size else shape[0] * shape[1] * 2) + HEADER_BYTES
         with self._lock:
+            pool = _pool if not _pool_broken else None
             self._expire()
-            if {(real, "header"), (real, (shape, size))} & self._items.keys() or self._bytes + nbytes > self.max_bytes:
-                return False            # handed over already (a replaced file is read again when taken), or full
-            if pool is None:
-                self._thread = self._thread or ThreadPoolExecutor(1, thread_name_prefix="ctedge-prefetch")
+            if pool is None or {(real, "header"), (real, (shape, size))} & self._items.keys() or \
+                    self._bytes + nbytes > self.max_bytes:
+                return False
             stat, now = _stat(path), time.monotonic()
-            pixels = (pool or self._thread).submit(decode_path, Path(path), shape, size)  # type: ignore[union-attr]
-            self._items[(real, (shape, size))] = _Ahead(pixels, stat, nbytes - (HEADER_BYTES if pool else 0), now)
-            if pool is not None:        # in a worker process: read_header's warning filters race no other thread
-                self._items[(real, "header")] = _Ahead(pool.submit(read_header, Path(path)), stat, HEADER_BYTES, now)
+            pixels = pool.submit(decode_path, Path(path), shape, size)
+            header = pool.submit(read_header, Path(path))
+            self._items[(real, (shape, size))] = _Ahead(pixels, stat, nbytes - HEADER_BYTES, now)
+            self._items[(real, "header")] = _Ahead(header, stat, HEADER_BYTES, now)
             self._bytes += nbytes
         return True
 
@@ -269,9 +267,6 @@ class Prefetch:
                 item.future.cancel()
             self._items.clear()
             self._bytes = 0
-            thread, self._thread = self._thread, None
-        if thread is not None:
-            thread.shutdown(wait=False, cancel_futures=True)
 
     def _expire(self) -> None:
         now = time.monotonic()
