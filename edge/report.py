@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from zoneinfo import ZoneInfo
 from pathlib import Path
@@ -78,17 +79,14 @@ def write_result(result: StudyResult, heatmaps: list[SliceHeatmap], out_dir: Pat
         private_dir(folder)
     doc = result.to_dict()
     doc["study"] = cast(StudyIdentityDoc, dict(result.volume.identity))   # on disk (owner-only) and behind the login only
-    display = result.prepared.windowed
-    doc["slice_png"] = []
-    for i, image in enumerate(display):
-        name = f"slices/{i:04d}.png"
-        cv2.imwrite(str(out_dir / name), image)
-        doc["slice_png"].append(name)
-    doc["slice_png_windows"] = {}
-    for window, images in result.prepared.presets.items():
-        doc["slice_png_windows"][window] = [f"slices/{window}/{i:04d}.png" for i in range(len(images))]
-        for name, image in zip(doc["slice_png_windows"][window], images):
-            cv2.imwrite(str(out_dir / name), image)
+    doc["slice_png"] = [f"slices/{i:04d}.png" for i in range(len(result.prepared.windowed))]
+    doc["slice_png_windows"] = {window: [f"slices/{window}/{i:04d}.png" for i in range(len(images))]
+                                for window, images in result.prepared.presets.items()}
+    pictures = [(doc["slice_png"], result.prepared.windowed),
+                *((doc["slice_png_windows"][w], images) for w, images in result.prepared.presets.items())]
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:   # OpenCV lets go of the GIL while it encodes
+        list(pool.map(lambda pair: cv2.imwrite(str(out_dir / pair[0]), pair[1]),
+                      ((name, image) for names, images in pictures for name, image in zip(names, images))))
     doc["windows"] = {"lung": list(result.options.window)} | {w: list(DISPLAY_WINDOWS[w]) for w in result.prepared.presets}
     doc["heatmaps"] = [_write_heatmap(result, doc, h, n, out_dir) for n, h in enumerate(heatmaps, start=1)]
     doc["explanation"] = {"class": doc["label"], "method": method}
