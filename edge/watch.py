@@ -68,6 +68,9 @@ log = logging.getLogger("ctedge.watch")
 PARTIAL, SUPERSEDED, FAILED, SOURCE = ".partial", ".superseded", "failed", "source.json"
 SUMMARY = "summary.csv"
 SUMMARY_FIELDS = ("finished", "study", "status", "verdict", "model", "seconds")
+FSYNC_THREADS = 8
+"""A record's files (about 500 for a CT study) are flushed this many at a time: the disk takes them
+together (measured 0.13-0.34 s instead of 0.5-1.2 s for 480 PNGs on this VM's disk)."""
 
 
 @dataclass(frozen=True)
@@ -225,8 +228,8 @@ def process_one(engine: Engine | Device, outbox: Path, entry: Entry, marker: str
 def commit(work: Path, outbox: Path, name: str, status: str) -> Path:
     """Flush ``work`` to disk, move earlier records of ``name`` to .superseded, then rename ``work``
     into place: that rename is the commit. Returns the record's path."""
-    for path in [*work.rglob("*"), work]:  # a power cut after the rename must not leave empty files
-        fsync_path(path)
+    with ThreadPoolExecutor(FSYNC_THREADS) as pool:   # a power cut after the rename must not leave empty files
+        list(pool.map(fsync_path, [*work.rglob("*"), work]))
     result, failure = record_paths(outbox, name)
     for old in (result, failure):
         if old.exists():
