@@ -52,7 +52,7 @@ def add_bench_dicom(sub: argparse._SubParsersAction) -> None:
                                    "report instances/s and MB/s; after each run, analyse it and report the time from the last "
                                    "instance acknowledged to the SR stored in a local Orthanc (watcher.stable_seconds "
                                    "is set to 0 here; in service it adds to that time), with CT slices decoded as they "
-                                   "arrive (runs 1, 3, ...) and without (runs 2, 4, ...).")
+                                   "arrive (runs 1, 3, ...) and without (runs 2, 4, ...), after one untimed run.")
     p.add_argument("study", type=Path, help="a folder of DICOM files with valid UIDs (one study)")
     p.add_argument("--runs", type=int, default=3, help="receive runs (default 3); medians are reported")
     add_model_options(p)
