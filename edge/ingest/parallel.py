@@ -199,9 +199,9 @@ class Prefetch:
     doing it again. Each is taken at most once, and only if its file is unchanged (inode, size, mtime)
     and, for a slice, asked for with the same shape and size. At most ``max_bytes`` are held: past that,
     slices are decoded as usual, when their study is read; what is not taken within ``ttl_s`` (a series
-    never analysed) is dropped. Without running worker processes nothing is done ahead: in a thread of
-    this process, pydicom's warnings (``read_header`` records them to find truncated files) would mix
-    with those of the thread reading another study."""
+    never analysed) is dropped at the next hand-over or read. Without running worker processes nothing
+    is done ahead: in a thread of this process, pydicom's warnings (``read_header`` records them to find
+    truncated files) would mix with those of the thread reading another study."""
 
     def __init__(self, max_bytes: int = 256 * 2**20, ttl_s: float = 900.0):
         self.max_bytes, self.ttl_s = max_bytes, ttl_s
@@ -251,6 +251,7 @@ class Prefetch:
 
     def _take(self, path: Path, what: object) -> Any:
         with self._lock:
+            self._expire()
             item = self._items.pop((os.path.realpath(path), what), None)
             if item is not None:
                 self._bytes -= item.nbytes
