@@ -44,8 +44,9 @@ from edge.runtime import invoke_all, load_interpreter
 from edge.stages import StudyResult
 
 
-MAX_PARALLEL = 4
-"""At most this many copies of a group model's explain head run a group's occlusions at once."""
+MAX_PARALLEL = 2
+"""At most this many copies of a group model's explain head run a group's occlusions at once: each
+further copy adds ~32 MB to the peak memory of a study with heatmaps (measured, docs/benchmarks.md)."""
 
 
 @dataclass(frozen=True)
@@ -85,9 +86,9 @@ class GradCam:
     def heads(self) -> list[Any]:
         """Copies of the explain head (the biLSTM head and its gradient), one per core up to
         ``parallel``, loaded on first use with TFLite's own kernels: measured 4x faster than XNNPACK
-        per group and 7 instead of 148 MB each (it has ~800 FULLY_CONNECTED operators, whose weights
-        XNNPACK packs one by one). A group's occlusions run on them in parallel threads (the runtime
-        lets go of the GIL while it runs: 1.7-1.9x on 2 cores)."""
+        per group and 7 instead of 148 MB of weights (it has ~800 FULLY_CONNECTED operators, whose
+        weights XNNPACK packs one by one). A group's occlusions run on them in parallel threads (the
+        runtime lets go of the GIL while it runs: 1.7-1.9x on 2 cores)."""
         return [load_interpreter(self._files[1], self._threads, xnnpack=False) for _ in range(self._parallel)]
 
     def _encode(self, group: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

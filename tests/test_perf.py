@@ -153,13 +153,14 @@ def study_120(tmp_path_factory):
 
 
 @pytest.mark.parametrize("variant, heatmaps, limit_mb", [("int8", False, 300), ("float32", False, 300),
-                                                         ("int8", True, 320), ("float32", True, 320)])
+                                                         ("int8", True, 352), ("float32", True, 352)])
 @pytest.mark.slow
 def test_predict_peak_memory_on_a_120_slice_study(study_120, tmp_path, variant, heatmaps, limit_mb):
     """The full-resolution volume is freed once resized, the encoders run slice by slice, the heatmap
     models are loaded only for --out (300 slices: see docs/benchmarks.md, "Memory"). With the encoders
     at their files' batch of 50 this study took 448 MB in float32 and 785 MB with heatmaps; with the
-    Grad-CAM head on XNNPACK, 377 MB with heatmaps."""
+    Grad-CAM head on XNNPACK, 377 MB with heatmaps. With heatmaps the bound was 320 MB until the
+    occlusions ran on two copies of the Grad-CAM head (issue 27): the second copy adds ~32 MB."""
     # VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec from the (large) forking pytest process.
     code = ("import sys; from edge.cli import main; rc = main(['predict', *sys.argv[1:]]);"
             "print(next(int(l.split()[1]) // 1024 for l in open('/proc/self/status') if l.startswith('VmHWM')));"
