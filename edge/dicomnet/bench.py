@@ -39,6 +39,7 @@ def bench_dicom(study: Path, runs: int, engine: Engine | Device, modalities: tup
     if not files:
         raise UserError(study, "no DICOM file found")
     size_mb = sum(p.stat().st_size for p in files) / 1e6
+    first = pydicom.dcmread(files[0], stop_before_pixels=True)
     with tempfile.TemporaryDirectory(prefix="ctedge-bench-dicom-") as tmp:
         port = free_port()
         with Orthanc(Path(tmp) / "orthanc", port) as pacs:
@@ -55,7 +56,7 @@ def bench_dicom(study: Path, runs: int, engine: Engine | Device, modalities: tup
                     received = len(list(inbox.glob("*/*.dcm")))
                     if received != len(files):
                         raise UserError(study, f"only {received} of {len(files)} instances were stored")
-                    timed = _time_to_sr(engine, service, pacs, study_uid(files[0]))
+                    timed = _time_to_sr(engine, service, pacs, first.StudyInstanceUID)
                 finally:
                     service.stop()
                 if run >= 0:
@@ -63,7 +64,7 @@ def bench_dicom(study: Path, runs: int, engine: Engine | Device, modalities: tup
                     to_sr[ahead].append(timed)
     receive_s = statistics.median(seconds)
     return {"study": str(study), "instances": len(files), "megabytes": round(size_mb, 1),
-            "transfer_syntax": str(pydicom.dcmread(files[0], stop_before_pixels=True).file_meta.TransferSyntaxUID.name),
+            "transfer_syntax": str(first.file_meta.TransferSyntaxUID.name),
             "runs": runs, "receive_seconds_median": round(receive_s, 3),
             "instances_per_second": round(len(files) / receive_s, 1), "megabytes_per_second": round(size_mb / receive_s, 1),
             "last_instance_to_sr_in_orthanc_seconds": _median(to_sr[True], "seconds"),
@@ -79,10 +80,6 @@ def _medians(runs: list[dict[str, float]]) -> dict[str, float | None | int]:
     """Medians over runs of the time to the SR and its parts: the analysis (``run_once``), its stages
     (ms, from the result), and making, sending and Orthanc storing the SR and heatmaps."""
     return {"runs": len(runs)} | {key: _median(runs, key) for key in (runs[0] if runs else ())}
-
-
-def study_uid(path: Path) -> str:
-    return str(pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID)
 
 
 def _storescu(port: int, files: list[Path]) -> float:
