@@ -39,6 +39,9 @@ from edge.stages import ReadStudy, Source, StudyResult
 from edge.tune import AUTO, cache_path, resolve
 
 Progress = Callable[[str], None] | None
+OnVerdict = Callable[[ResultDoc], None] | None
+"""Told the result document of a study (without heatmaps or slice images) as soon as its verdict is
+known, before the explanation: what ``edge.dicomnet`` sends to PACS first."""
 """Told the name of each stage of ``analyse`` as it starts."""
 
 
@@ -179,17 +182,21 @@ class Engine:
         return run_study(study, models.classifier, self.options, models.segmenter, self.limits,
                          self.training_range, release_full_resolution=True)
 
-    def analyse(self, source: Source | ReadStudy, out_dir: Path, progress: Progress = None) -> ResultDoc:
+    def analyse(self, source: Source | ReadStudy, out_dir: Path, progress: Progress = None,
+                on_verdict: OnVerdict = None) -> ResultDoc:
         """Run one study (read ahead by ``read``, or now) and write its result folder (see
         ``edge.report.write_result``); return the result document: the ``ctedge predict --json``
         object plus heatmaps and slice images. ``progress`` is told each stage as it starts
-        (``reading``, ``analysing``, ``explaining``)."""
+        (``reading``, ``analysing``, ``explaining``); ``on_verdict`` the ``ctedge predict --json``
+        object as soon as the verdict is known, before the explanation."""
         tell = progress or (lambda stage: None)
         tell("reading")
         study = self._own(source)
         with self._borrow() as models:
             tell("analysing")
             result = self._run(study, models)
+            if on_verdict is not None:
+                on_verdict(result.to_dict())
             start = time.perf_counter()
             heatmaps = []
             if models.explainer is not None:
@@ -243,12 +250,13 @@ class Device:
         study = source if isinstance(source, ReadStudy) else self.read(source)
         return self.routes[study.modality].run(study)
 
-    def analyse(self, source: Source | ReadStudy, out_dir: Path, progress: Progress = None) -> ResultDoc:
+    def analyse(self, source: Source | ReadStudy, out_dir: Path, progress: Progress = None,
+                on_verdict: OnVerdict = None) -> ResultDoc:
         """:meth:`Engine.analyse` on the engine of the study's modality."""
         if progress:
             progress("reading")
         study = source if isinstance(source, ReadStudy) else self.read(source)
-        return self.routes[study.modality].analyse(study, out_dir, progress)
+        return self.routes[study.modality].analyse(study, out_dir, progress, on_verdict)
 
 
 def route(routes: Mapping[str, Engine], source: Source, limits: Limits, modality: str | None = None) -> Engine:

@@ -59,7 +59,7 @@ from edge import __version__
 from edge.engine import Device, Engine
 from edge.errors import UserError
 from edge.profile import WatcherSettings
-from edge.result import load_result
+from edge.result import ResultDoc, load_result
 from edge.stages import ReadStudy
 from edge.storage import fsync_path, private_dir, restrict_tree
 from edge.untrusted import printable
@@ -190,18 +190,25 @@ def read_entry(engine: Engine | Device, entry: Entry) -> ReadStudy:
     return engine.read(entry.path)
 
 
+OnVerdict = Callable[[Entry, ResultDoc], None] | None
+"""Told an entry and its ``ctedge predict --json`` object as soon as its verdict is known, before the
+explanation and the commit (the DICOM service sends the SR then)."""
+
+
 def process_one(engine: Engine | Device, outbox: Path, entry: Entry, marker: str = "",
-                read: Future[ReadStudy] | None = None) -> str:
+                read: Future[ReadStudy] | None = None, on_verdict: OnVerdict = None) -> str:
     """Analyse one study (``read``: its :func:`read_entry` run ahead; else it is read now) and commit
     its record; return "done", "failed", or "changed" when the entry changed between its survey and
-    the end of its analysis (nothing is committed then; it is taken again once stable)."""
+    the end of its analysis (nothing is committed then; it is taken again once stable). ``on_verdict``
+    is told the verdict before the explanation."""
     work = outbox / PARTIAL / f"{entry.name}-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     private_dir(work.parent)
     private_dir(work)
     status, error = "done", ""
     try:
-        engine.analyse(read.result() if read is not None else read_entry(engine, entry), work)
+        engine.analyse(read.result() if read is not None else read_entry(engine, entry), work,
+                       on_verdict=(lambda doc: on_verdict(entry, doc)) if on_verdict else None)
     except UserError as exc:
         status, error = "failed", f"{exc}\n"
     except Exception as exc:  # noqa: BLE001 - one study must never stop the watcher
@@ -264,10 +271,12 @@ class Summary:
 
 
 def run_once(engine: Engine | Device, inbox: Path, outbox: Path, settings: WatcherSettings,
-             warned: set[str] | None = None, receiving: Callable[[str], bool] | None = None) -> Summary:
+             warned: set[str] | None = None, receiving: Callable[[str], bool] | None = None,
+             on_verdict: OnVerdict = None) -> Summary:
     """One pass: process every ready study that is not done yet, with a progress bar. Problems the
     operator must fix are logged once per name in ``warned``. A study for which ``receiving(name)``
-    is true (the DICOM receiver still has an association open that brought it instances) is not ready."""
+    is true (the DICOM receiver still has an association open that brought it instances) is not ready.
+    ``on_verdict``: see :func:`process_one`."""
     warned = set() if warned is None else warned
     found = scan(inbox, settings.marker_file)
     for name in sorted(set(found.skipped) - warned):
@@ -283,7 +292,7 @@ def run_once(engine: Engine | Device, inbox: Path, outbox: Path, settings: Watch
             for i, entry in enumerate(tqdm(ready, desc="studies", unit="study", disable=None)):
                 read, ahead = ahead, reader.submit(read_entry, engine, ready[i + 1]) if i + 1 < len(ready) else None
                 start = time.perf_counter()
-                status = process_one(engine, outbox, entry, settings.marker_file, read)
+                status = process_one(engine, outbox, entry, settings.marker_file, read, on_verdict)
                 seconds = time.perf_counter() - start
                 name = printable(entry.name)
                 if status == "done":
@@ -348,11 +357,11 @@ def add_summary_row(outbox: Path, study: str, status: str, verdict: str, model: 
 
 def watch(engine: Engine | Device, inbox: Path, outbox: Path, settings: WatcherSettings, once: bool = False,
           after_pass: Callable[[], object] | None = None, stop: threading.Event | None = None,
-          receiving: Callable[[str], bool] | None = None) -> Summary:
+          receiving: Callable[[str], bool] | None = None, on_verdict: OnVerdict = None) -> Summary:
     """Hold the outbox lock, clean up after a crash, then poll the inbox until ``stop`` is set (a
     single pass with ``once``, repeated for up to ``stable_seconds`` while copies are still in
     progress), calling ``after_pass`` after each pass (the DICOM sender queues new results there;
-    ``receiving`` is :func:`run_once`'s).
+    ``receiving`` and ``on_verdict`` are :func:`run_once`'s).
     While polling, a pass that raises is logged and the next pass tries again; with ``once`` the
     error is raised. Returns the last pass's summary (with ``once``: of all its passes)."""
     if not inbox.is_dir():
@@ -368,7 +377,7 @@ def watch(engine: Engine | Device, inbox: Path, outbox: Path, settings: WatcherS
         settle_until = time.monotonic() + settings.stable_seconds + 1.0
         while not stop.is_set():
             try:
-                last = run_once(engine, inbox, outbox, settings, warned, receiving)
+                last = run_once(engine, inbox, outbox, settings, warned, receiving, on_verdict)
                 summary = Summary(summary.done + last.done, summary.failed + last.failed, last.waiting) if once else last
             except Exception:  # noqa: BLE001 - logged; a service must outlive a bad pass
                 if once:

@@ -27,7 +27,7 @@ from edge.engine import Engine
 from edge.ingest import load_study
 from edge.phantom import make_phantom, write_dicom_series
 from edge.profile import DicomPeer, DicomSettings, WatcherSettings
-from edge.watch import watch
+from edge.watch import scan, watch
 from tests.helpers.dicomnet import StorageSCP, code_of, echo, free_port, phantom_study, send, sr_by_meaning, sr_items
 from tests.helpers.paths import SAMPLES
 from tests.helpers.profiles import write_profile
@@ -149,7 +149,7 @@ def test_received_study_is_analysed_and_the_sr_reaches_pacs(tmp_path, study, eng
     assert items["Comment"].TextValue.startswith(doc["model"]["banner"] + ".")
     assert items["Validation evidence"].TextValue == doc["model"]["validation"] == "no validation recorded"
     referenced = {i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in sr_items(sr) if i.ValueType == "IMAGE"}
-    sources = {pydicom.dcmread(inbox / study_uid / s["file"]).SOPInstanceUID for h in doc["heatmaps"] for s in h["sources"]}
+    sources = {pydicom.dcmread(inbox / study_uid / s["file"]).SOPInstanceUID for s in doc["slices_used"]}
     assert referenced == sources
     evidence = sr.CurrentRequestedProcedureEvidenceSequence[0]
     assert evidence.StudyInstanceUID == study_uid
@@ -161,6 +161,42 @@ def test_received_study_is_analysed_and_the_sr_reaches_pacs(tmp_path, study, eng
         assert sc.BurnedInAnnotation == "YES" and sc.PatientID == "PHANTOM-0001"
         assert (sc.Manufacturer, sc.SoftwareVersions) == ("ctedge", __version__)
     assert service.outbox.status() == {"pending": 0, "failing": 0, "sent": 1, "skipped": 0, "failures": []}
+
+
+def test_the_sr_is_queued_as_soon_as_the_verdict_is_known_and_the_heatmaps_follow(tmp_path, study, engine):
+    pacs = StorageSCP("PACS").start()
+    settings = DicomSettings(port=0, destinations=(DicomPeer("PACS", "127.0.0.1", pacs.port),))
+    inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
+    service = DicomService(settings, inbox, outbox, CT)
+    service.start(send=False)
+    told = []
+
+    def on_verdict(entry, doc):
+        service.send_verdict(entry, doc)
+        told.append((doc.get("heatmaps"), [p.name for p in outbox.rglob("*.png")], service.outbox.status()["pending"]))
+
+    try:
+        assert send(service.receiver.port, study) == [0] * len(study)
+        summary = watch(engine, inbox, outbox, NOW, once=True, after_pass=service.after_pass, on_verdict=on_verdict)
+    finally:
+        service.stop()
+        pacs.stop()
+    assert summary.done == 1
+    assert told == [(None, [], 1)]      # queued before any heatmap or slice image was made
+    study_uid = pydicom.dcmread(study[0]).StudyInstanceUID
+    doc = json.loads((outbox / study_uid / "result.json").read_text())
+    assert doc["heatmaps"]
+    assert [ds.SOPClassUID for ds in pacs.received] == \
+        [ComprehensiveSRStorage] + [SecondaryCaptureImageStorage] * len(doc["heatmaps"])
+    sr = pacs.received[0]
+    items = sr_by_meaning(sr)
+    assert code_of(items["Finding"]) == (FINDINGS[doc["label"]].value, "SCT", FINDINGS[doc["label"]].meaning)
+    referenced = [i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in sr_items(sr) if i.ValueType == "IMAGE"]
+    assert referenced == [pydicom.dcmread(inbox / study_uid / s["file"]).SOPInstanceUID for s in doc["slices_used"]]
+    assert service.outbox.status() == {"pending": 0, "failing": 0, "sent": 2, "skipped": 0, "failures": []}
+    # analysed again (same fingerprint, e.g. after a crash before the commit): nothing is sent twice
+    service.send_verdict(next(iter(scan(inbox).entries)), doc)
+    assert service.queue_results() == 0 and service.outbox.status()["sent"] == 2
 
 
 def test_destination_down_keeps_the_result_until_it_is_up(tmp_path, study, engine):

@@ -51,8 +51,8 @@ def test_serve_receives_over_c_store_and_stow_analyses_and_reports_sends(tmp_pat
     try:
         study = phantom_study(tmp_path / "src", n_slices=24, size=96, seed=2)
         assert send(port, study) == [0] * len(study)
-        health = wait_for_sent(client, 1)
-        assert health["dicom_send"] == {"pending": 0, "failing": 0, "sent": 1, "skipped": 0, "failures": []}
+        health = wait_for_sent(client, 2)      # two jobs: the report, sent once the verdict is known, then the heatmaps
+        assert health["dicom_send"] == {"pending": 0, "failing": 0, "sent": 2, "skipped": 0, "failures": []}
 
         second = phantom_study(tmp_path / "src2", n_slices=24, size=96, seed=6)
         sc = pydicom.dcmread(second[0])
@@ -69,14 +69,16 @@ def test_serve_receives_over_c_store_and_stow_analyses_and_reports_sends(tmp_pat
         assert len(stored) == len(second)
         reasons = [f["00081197"]["Value"][0] for f in answer.get_json()["00081198"]["Value"]]
         assert reasons == [SOP_CLASS_NOT_SUPPORTED, CANNOT_UNDERSTAND]
-        health = wait_for_sent(client, 2)
+        health = wait_for_sent(client, 4)
     finally:
         app.extensions["ctedge"]["dicom"].stop()
         app.extensions["ctedge"]["jobs"].stop()
         pacs.stop()
-    assert health["dicom_send"]["sent"] == 2
+    assert health["dicom_send"]["sent"] == 4
     assert [ds.Modality for ds in pacs.received].count("SR") == 2
     for ds in pacs.received:
         assert (tmp_path / "results" / "dicom" / ds.StudyInstanceUID / "result.json").is_file()
+    for uid in {ds.StudyInstanceUID for ds in pacs.received}:   # each study's report reached PACS before its heatmaps
+        assert [ds.Modality for ds in pacs.received if ds.StudyInstanceUID == uid][0] == "SR"
     login(client)
-    assert "2 sent, 0 pending, 0 failing" in client.get("/history").get_data(as_text=True)
+    assert "4 sent, 0 pending, 0 failing" in client.get("/history").get_data(as_text=True)

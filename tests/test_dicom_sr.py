@@ -64,8 +64,9 @@ def test_the_sr_is_a_tid_1500_measurement_report_with_device_observer_and_image_
     images = [i for i in sr_items(sr) if i.ValueType == "IMAGE"]
     assert {code_of_name(i) for i in images} == {("260753009", "SCT", "Source")}
     headers = source_headers(study)
-    driving = {headers[s["file"]].SOPInstanceUID for h in doc["heatmaps"] for s in h["sources"]}
-    assert {i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in images} == driving
+    used = [headers[s["file"]].SOPInstanceUID for s in doc["slices_used"]]       # every slice the verdict read
+    assert len(used) < len(headers)                  # the slice selection left some out: they are not listed
+    assert [i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in images] == used
     # the probabilities: numbers without unit (UCUM "1"), one per class, as in the result
     for c in CLASSES:
         value = items[f"Probability of {c}"].MeasuredValueSequence[0]

@@ -152,7 +152,7 @@ def test_a_study_analysed_again_after_more_images_supersedes_its_earlier_report(
             for n, part in enumerate((study[:12], study[12:]), start=1):   # the sender pauses between halves
                 assert send(receiver_port(tmp_path), part) == [0] * len(part)
                 deadline = time.monotonic() + 120
-                while served.json("/health")["dicom_send"]["sent"] < n and time.monotonic() < deadline:
+                while served.json("/health")["dicom_send"]["sent"] < 2 * n and time.monotonic() < deadline:  # SR, heatmaps
                     time.sleep(0.3)
     finally:
         pacs.stop()
@@ -182,11 +182,11 @@ def test_a_sender_pausing_inside_its_association_gets_one_verdict_on_the_whole_s
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline and not (
                     record.is_file() and json.loads(record.read_text())["n_files"] == len(study)
-                    and (health := served.json("/health"))["dicom_send"]["sent"] and not health["dicom_send"]["pending"]):
-                time.sleep(0.3)
+                    and (health := served.json("/health"))["dicom_send"]["sent"] == 2 and not health["dicom_send"]["pending"]):
+                time.sleep(0.3)   # two jobs: the SR, then the heatmaps
     finally:
         pacs.stop()
-    assert health["dicom_send"]["sent"] == 1 and health["dicom_send"]["pending"] == 0
+    assert health["dicom_send"]["sent"] == 2 and health["dicom_send"]["pending"] == 0
     assert [ds.Modality for ds in pacs.received].count("SR") == 1
     assert not (tmp_path / "results" / "dicom" / ".superseded").exists()
 

@@ -39,7 +39,7 @@ class CountingEngine(Engine):
         self.calls: list[str] = []
         self.fail = fail
 
-    def analyse(self, source, out_dir):
+    def analyse(self, source, out_dir, on_verdict=None):
         self.calls.append(Path(source.source).name)
         if self.fail is not None:
             raise self.fail
@@ -79,7 +79,7 @@ class Timeline(Engine):
         self.intervals.append(("read", Path(source).name, start, time.perf_counter()))
         return study
 
-    def analyse(self, source, out_dir):
+    def analyse(self, source, out_dir, on_verdict=None):
         self.current = Path(source.source).name
         return super().analyse(source, out_dir)
 
@@ -261,7 +261,7 @@ def test_a_study_that_changes_during_analysis_is_not_committed(box):
     study = phantom_study(inbox / "P1")
 
     class Appending(CountingEngine):
-        def analyse(self, source, out_dir):
+        def analyse(self, source, out_dir, on_verdict=None):
             (study / "late.dcm").write_bytes((study / "IM0001.dcm").read_bytes())
             return super().analyse(source, out_dir)
 

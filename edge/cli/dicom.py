@@ -76,9 +76,10 @@ def cmd_bench_dicom(args: argparse.Namespace) -> int:
     for key, how in (("decoded_ahead", "CT slices decoded as they arrived"), ("not_decoded_ahead", "not decoded ahead")):
         if part := doc[key]:
             print(f"last instance acknowledged -> SR stored in Orthanc, {how}: {part['seconds']:.2f} s (median of "
-                  f"{part['runs']}): analysis {part['analysis_seconds']:.2f} s (read {part.get('read_ms', 0):.0f} ms, "
-                  f"explain {part.get('explain_ms', 0):.0f} ms), SR made, sent and stored "
-                  f"{part['sr_made_and_sent_seconds']:.2f} s; heatmaps there after {part['heatmaps_in_orthanc_seconds']:.2f} s")
+                  f"{part['runs']}): verdict after {part['verdict_seconds']:.2f} s (read {part.get('read_ms', 0):.0f} ms, "
+                  f"segment {part.get('segment_ms', 0):.0f} ms, infer {part.get('infer_ms', 0):.0f} ms), then the SR "
+                  f"made, sent and stored in {part['sr_made_and_sent_seconds']:.2f} s; heatmaps (explain "
+                  f"{part.get('explain_ms', 0):.0f} ms) there after {part['heatmaps_in_orthanc_seconds']:.2f} s")
     print("(watcher.stable_seconds is not included)")
     print(f"load average {' '.join(f'{x:.2f}' for x in doc['load_average'])}")
     return 0

@@ -48,7 +48,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
     try:
         summary = watch(engine, args.inbox, args.out, profile.watcher, args.once, after_pass=after_pass,
-                        receiving=dicom.receiver.receiving if dicom else None)
+                        receiving=dicom.receiver.receiving if dicom else None,
+                        on_verdict=dicom.send_verdict if dicom else None)
     finally:
         if dicom:
             dicom.stop()

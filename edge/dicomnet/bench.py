@@ -11,6 +11,7 @@ import statistics
 import subprocess
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,8 +23,8 @@ from edge.dicomnet.service import REPORTS, DicomService
 from edge.engine import Device, Engine
 from edge.errors import UserError
 from edge.profile import DicomPeer, DicomSettings, WatcherSettings
-from edge.result import load_result
-from edge.watch import run_once
+from edge.result import ResultDoc, load_result
+from edge.watch import Entry, run_once
 
 
 def bench_dicom(study: Path, runs: int, engine: Engine | Device, modalities: tuple[str, ...]) -> dict:
@@ -92,23 +93,40 @@ def _storescu(port: int, files: list[Path]) -> float:
 
 
 def _time_to_sr(engine: Engine | Device, service: DicomService, pacs: Orthanc, study_uid: str) -> dict[str, float]:
-    """Seconds from now (the last instance just acknowledged) until the SR is in Orthanc, with its parts,
-    and until the heatmaps are there too."""
+    """Seconds from now (the last instance just acknowledged) until the SR is in Orthanc (it is sent as
+    soon as the verdict is known), with its parts, and until the heatmaps are there too."""
     start = time.perf_counter()
-    run_once(engine, service.inbox, service.results, replace(WatcherSettings(), stable_seconds=0.0))
-    analysed = time.perf_counter()
-    service.after_pass()                      # queues the SR and heatmaps; the sender thread wakes and sends
-    try:
-        sop_uid = json.loads((service.outbox.root / REPORTS / f"{study_uid}.json").read_text())["sop_uid"]
-    except (OSError, ValueError, KeyError):
-        raise UserError(service.results, f"no SR was made: {service.outbox.status()}") from None
-    while not pacs.has_instance(sop_uid):
-        _wait(start, service)
-    end = time.perf_counter()
+    marks: dict[str, float] = {}
+
+    def verdict(entry: Entry, doc: ResultDoc) -> None:
+        marks["verdict"] = time.perf_counter()
+        service.send_verdict(entry, doc)
+
+    def analyse() -> None:
+        run_once(engine, service.inbox, service.results, replace(WatcherSettings(), stable_seconds=0.0),
+                 on_verdict=verdict)
+        marks["analysed"] = time.perf_counter()
+        service.after_pass()                  # queues the heatmaps (and the SR, had it not gone ahead)
+
+    with ThreadPoolExecutor(1) as pool:
+        analysis = pool.submit(analyse)
+        record = service.outbox.root / REPORTS / f"{study_uid}.json"
+        while not (record.is_file() or analysis.done()):
+            _wait(start, service)
+        try:
+            sop_uid = json.loads(record.read_text())["sop_uid"]
+        except (OSError, ValueError, KeyError):
+            analysis.result()
+            raise UserError(service.results, f"no SR was made: {service.outbox.status()}") from None
+        while not pacs.has_instance(sop_uid):
+            _wait(start, service)
+        end = time.perf_counter()
+        analysis.result()
     while service.outbox.status()["pending"]:
         _wait(start, service)
     stages = next(load_result(p.parent)["timings_ms"] for p in service.results.glob("*/result.json"))
-    return {"seconds": end - start, "analysis_seconds": analysed - start, "sr_made_and_sent_seconds": end - analysed,
+    return {"seconds": end - start, "verdict_seconds": marks["verdict"] - start,
+            "sr_made_and_sent_seconds": end - marks["verdict"], "analysis_seconds": marks["analysed"] - start,
             "heatmaps_in_orthanc_seconds": time.perf_counter() - start} | \
         {f"{stage}_ms": float(stages[stage]) for stage in ("read", "segment", "infer", "explain") if stage in stages}
 

@@ -44,7 +44,7 @@ class Job:
     attempts: int = 0
     next_attempt: float = 0.0               # time.time() of the next try
     last_error: str = ""
-    created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="microseconds"))
 
     @classmethod
     def load(cls, path: Path) -> Job:
@@ -98,7 +98,9 @@ class Outbox:
         return True
 
     def jobs(self, state: str = "pending") -> list[Job]:
-        return [Job.load(p / JOB) for p in sorted((self.root / state).iterdir()) if (p / JOB).is_file()]
+        """The jobs in ``state``, oldest first (a study's report goes before its heatmaps)."""
+        found = [Job.load(p / JOB) for p in (self.root / state).iterdir() if (p / JOB).is_file()]
+        return sorted(found, key=lambda job: (job.created, job.id))
 
     def deliver_due(self, now: float | None = None) -> int:
         """Try every pending job whose back-off has expired; return how many were delivered."""

@@ -1,8 +1,8 @@
 """The DICOM objects that carry a verdict back into PACS, made with highdicom from a result folder.
 
 * a Comprehensive SR following TID 1500 (Measurement Report): the device observer (the AE title),
-  the procedure, an image library of the source instances that drove the verdict (those of the
-  heatmaps; every image used when there are none: the CT slices, or the one radiograph), one
+  the procedure, an image library of the source instances the verdict was computed from (the CT
+  slices used, or the one radiograph), one
   measurement group with the verdict as a SNOMED CT finding, the algorithm identification (TID 4019:
   name, version, the model card's sha256) and the class probabilities, and under "Qualitative
   Evaluations" the decision rule, the model status (clinical, research, demonstration, placeholder),
@@ -109,10 +109,16 @@ def source_headers(study_dir: Path, names: Collection[str] | None = None) -> dic
 def result_objects(result_dir: Path, study_dir: Path, ae_title: str = "CTEDGE") -> list[Dataset]:
     """The SR and the Secondary Capture images of one analysed study (the SR first); ``ae_title``
     names this device as the observer in the SR."""
-    doc = load_result(result_dir)
-    driving = [s["file"] for h in doc.get("heatmaps", []) for s in h["sources"]] or [s["file"] for s in doc["slices_used"]]
-    headers = source_headers(study_dir, {*driving, *(h["file"] for h in doc.get("heatmaps", []))})
-    evidence = [_complete(headers[name]) for name in dict.fromkeys(driving) if name in headers]
+    return [report_object(load_result(result_dir), study_dir, ae_title), *heatmap_objects(result_dir, study_dir)]
+
+
+def report_object(doc: ResultDoc, study_dir: Path, ae_title: str = "CTEDGE") -> hd.sr.ComprehensiveSR:
+    """The SR of a study's result document (the ``ctedge predict --json`` object is enough: it is sent
+    before the heatmaps are made), its image library the source instances of every image the verdict
+    was computed from; ``ae_title`` names this device as the observer."""
+    used = list(dict.fromkeys(s["file"] for s in doc["slices_used"]))
+    headers = source_headers(study_dir, set(used))
+    evidence = [_complete(headers[name]) for name in used if name in headers]
     if not evidence:
         raise NoDicomSourceError(study_dir, "no DICOM source instance of the analysed images was found; "
                                             "results can only be sent for DICOM studies")
@@ -121,12 +127,18 @@ def result_objects(result_dir: Path, study_dir: Path, ae_title: str = "CTEDGE") 
             if not is_uid(ds.get(key)):
                 raise NoDicomSourceError(study_dir, f"the source {key} {str(ds.get(key, ''))[:70]!r} is not a valid "
                                                     "DICOM UID: PACS would refuse results referencing it")
-    objects: list[Dataset] = [structured_report(doc, evidence, ae_title=ae_title)]
+    return structured_report(doc, evidence, ae_title=ae_title)
+
+
+def heatmap_objects(result_dir: Path, study_dir: Path) -> list[hd.sc.SCImage]:
+    """One Secondary Capture image per heatmap of a result folder that supports its verdict, in a new
+    series, each referencing its DICOM source image (a heatmap whose source is not DICOM is left out)."""
+    doc = load_result(result_dir)
+    chosen = [h for h in doc.get("heatmaps", []) if supports_verdict(doc, h)]
+    headers = source_headers(study_dir, {h["file"] for h in chosen})
     series_uid = generate_uid()
-    for n, heatmap in enumerate([h for h in doc.get("heatmaps", []) if supports_verdict(doc, h)], start=1):
-        ref = _complete(headers[heatmap["file"]]) if heatmap["file"] in headers else evidence[0]
-        objects.append(secondary_capture(Path(result_dir) / heatmap["png"], ref, series_uid, n))
-    return objects
+    return [secondary_capture(Path(result_dir) / h["png"], _complete(headers[h["file"]]), series_uid, n)
+            for n, h in enumerate((h for h in chosen if h["file"] in headers), start=1)]
 
 
 def structured_report(doc: ResultDoc, evidence: list[Dataset], *, ae_title: str = "CTEDGE") -> hd.sr.ComprehensiveSR:

@@ -1,10 +1,12 @@
 """The DICOM side of ``ctedge watch``, ``ctedge serve`` and ``ctedge receive``, wired from a profile.
 
-The receiver writes studies into the inbox; the watcher analyses them as any other study; after each
-watcher pass :meth:`DicomService.queue_results` turns every committed result not queued yet into SR
-and Secondary Capture objects, one outbox job per destination; the sender thread delivers them.
-Job ids hash the study name, its fingerprint and the destination, so a kill between a commit and the
-queueing costs nothing: the next pass queues it, and never twice.
+The receiver writes studies into the inbox; the watcher analyses them as any other study. As soon as a
+study's verdict is known, before its heatmaps are made, :meth:`DicomService.send_verdict` queues its SR
+for each destination; after each watcher pass :meth:`DicomService.queue_results` turns every committed
+result not queued yet into its Secondary Capture images (and its SR too, when that was not sent
+ahead), one outbox job per destination and part; the sender thread delivers them at once.
+Job ids hash the study name, its fingerprint, the destination and the part, so a kill between a
+commit and the queueing costs nothing: the next pass queues it, and never twice.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import json
 import logging
 import threading
 from collections.abc import Iterable
+from datetime import datetime, timezone
 from pathlib import Path
 
 from pydicom.dataset import Dataset
@@ -21,19 +24,21 @@ from pydicom.uid import CTImageStorage
 
 from edge.dicomnet.outbox import Outbox, write_json
 from edge.dicomnet.receiver import Receiver
-from edge.dicomnet.results import result_objects, supersede
+from edge.dicomnet.results import heatmap_objects, report_object, supersede
 from edge.engine import Device, Engine
 from edge.errors import UserError
 from edge.ingest.parallel import PREFETCH
 from edge.pipeline import decode_size
 from edge.profile import DicomPeer, DicomSettings, Profile, RetentionSettings, WatcherSettings
+from edge.result import ResultDoc, load_result
 from edge.retention import WatchRetention, pending_sends
 from edge.storage import private_dir
-from edge.watch import watch
+from edge.watch import Entry, watch
 
 log = logging.getLogger("ctedge.dicom")
 SEND_DIR = ".dicom-send"
 REPORTS = "reports"   # under SEND_DIR: the latest report sent for each StudyInstanceUID
+REPORT = "report"     # the part of a job id for an SR sent ahead of its heatmaps
 
 
 class DicomService:
@@ -117,7 +122,7 @@ class DicomService:
 
         try:
             watch(engine, self.inbox, self.results, settings, after_pass=after_pass, stop=self._stop,
-                  receiving=self.receiver.receiving)
+                  receiving=self.receiver.receiving, on_verdict=self.send_verdict)
         except UserError as exc:
             log.error("the DICOM study watcher cannot run: %s", exc)
 
@@ -149,22 +154,51 @@ class DicomService:
                 queued += self._queue(source, record.parent)
         return queued
 
+    def send_verdict(self, entry: Entry, doc: ResultDoc) -> None:
+        """The watcher's ``on_verdict``: queue the study's SR for every destination as soon as its verdict
+        is known, before its heatmaps are made (they follow once the result is committed); the sender
+        thread delivers it at once (without one, :meth:`after_pass` does). Never raises: when the SR cannot be made
+        now, :meth:`queue_results` sends it with the heatmaps (or says why nothing can be sent)."""
+        source = {"study": entry.name, "inbox_entry": entry.path.name, "fingerprint": entry.fingerprint,
+                  "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        todo = {self.job_id(source, d, REPORT): d for d in self.settings.destinations}
+        todo = {k: d for k, d in todo.items() if not self.outbox.has(k)}
+        if not todo:
+            return
+        try:
+            sr = report_object(doc, self.inbox / entry.path.name, self.settings.ae_title)
+            self._supersede_earlier(sr, source)
+            for job_id, dest in todo.items():
+                self.outbox.enqueue(job_id, entry.name, dest, [sr])
+        except UserError as exc:
+            log.debug("%s: no report sent ahead of the heatmaps: %s", entry.name, exc)
+        except Exception:  # noqa: BLE001 - the analysis goes on; queue_results tries again with the heatmaps
+            log.exception("%s: queueing the report ahead of the heatmaps failed; it is sent with them", entry.name)
+
     def _queue(self, source: dict, result_dir: Path) -> int:
         todo = {self.job_id(source, d): d for d in self.settings.destinations}
         todo = {k: d for k, d in todo.items() if not self.outbox.has(k)}
         if not todo:
             return 0
+        ahead = {k for k, d in todo.items() if self.outbox.has(self.job_id(source, d, REPORT))}
+        study_dir = self.inbox / source["inbox_entry"]
         try:
-            objects = result_objects(result_dir, self.inbox / source["inbox_entry"], self.settings.ae_title)
+            heatmaps: list[Dataset] = list(heatmap_objects(result_dir, study_dir))
+            report = [] if ahead == set(todo) else [report_object(load_result(result_dir), study_dir, self.settings.ae_title)]
         except Exception as exc:  # noqa: BLE001 - one study must never stop the watcher
             reason = str(exc) if isinstance(exc, UserError) else f"internal error: {type(exc).__name__}: {exc}"
             log.warning("%s: nothing sent to PACS: %s", source["study"], reason)
             for job_id, dest in todo.items():
                 self.outbox.skip(job_id, source["study"], dest, reason)
             return 0
-        self._supersede_earlier(objects[0], source)
+        if report:
+            self._supersede_earlier(report[0], source)
         for job_id, dest in todo.items():
-            self.outbox.enqueue(job_id, source["study"], dest, objects)
+            objects = heatmaps if job_id in ahead else report + heatmaps
+            if objects:
+                self.outbox.enqueue(job_id, source["study"], dest, objects)
+            else:
+                self.outbox.skip(job_id, source["study"], dest, "no heatmap supports the verdict; its report was sent alone")
         return len(todo)
 
     def _supersede_earlier(self, sr: Dataset, source: dict) -> None:
@@ -188,6 +222,9 @@ class DicomService:
             "finished": source.get("finished", "")})
 
     @staticmethod
-    def job_id(source: dict, dest: DicomPeer) -> str:
+    def job_id(source: dict, dest: DicomPeer, part: str = "") -> str:
+        """The outbox job of a study analysis's objects for ``dest``: the heatmaps (and the SR when it
+        was not sent ahead), or the SR alone (``part`` REPORT)."""
         key = f"{source['study']}\0{source['fingerprint']}\0{dest.ae_title}\0{dest.host}\0{dest.port}"
+        key += f"\0{part}" if part else ""
         return hashlib.sha256(key.encode()).hexdigest()[:32]
