@@ -67,6 +67,13 @@ def test_the_sr_is_a_tid_1500_measurement_report_with_device_observer_and_image_
     used = [headers[s["file"]].SOPInstanceUID for s in doc["slices_used"]]       # every slice the verdict read
     assert len(used) < len(headers)                  # the slice selection left some out: they are not listed
     assert [i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in images] == used
+    # one group for the series: its descriptors once, for all its images (TID 1600 allows them at group level)
+    [group] = [i for i in sr_items(sr) if i.ValueType == "CONTAINER" and code_of_name(i)[0] == "126200"]
+    kinds = [(i.RelationshipType, i.ValueType) for i in group.ContentSequence]
+    frame = [("HAS ACQ CONTEXT", "UIDREF")] if headers[doc["slices_used"][0]["file"]].get("FrameOfReferenceUID") else []
+    assert kinds == [("HAS ACQ CONTEXT", "CODE"), *frame, ("HAS ACQ CONTEXT", "NUM"), ("HAS ACQ CONTEXT", "NUM")] + \
+        [("CONTAINS", "IMAGE")] * len(used)
+    assert not any("ContentSequence" in i for i in images)
     # the probabilities: numbers without unit (UCUM "1"), one per class, as in the result
     for c in CLASSES:
         value = items[f"Probability of {c}"].MeasuredValueSequence[0]

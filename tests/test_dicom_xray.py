@@ -121,7 +121,7 @@ def test_a_radiograph_is_received_analysed_as_xray_and_its_sr_and_heatmap_reach_
     assert items["Model status"].TextValue == "placeholder"
     assert items["Comment"].TextValue.startswith(PLACEHOLDER_BANNER + ". Test fixture, untrained")
     assert items["Validation evidence"].TextValue == "no validation recorded"
-    assert code_of(items["Modality"]) == ("CR", "DCM", "Computed Radiography")    # of the image library entry
+    assert code_of(items["Modality"]) == ("CR", "DCM", "Computed Radiography")    # of the image library group
     [reference] = [i.ReferencedSOPSequence[0] for i in sr_items(sr) if i.ValueType == "IMAGE"]
     assert (reference.ReferencedSOPClassUID, reference.ReferencedSOPInstanceUID) == \
         (ComputedRadiographyImageStorage, source.SOPInstanceUID)

@@ -118,7 +118,7 @@ def report_object(doc: ResultDoc, study_dir: Path, ae_title: str = "CTEDGE") -> 
     was computed from; ``ae_title`` names this device as the observer."""
     used = list(dict.fromkeys(s["file"] for s in doc["slices_used"]))
     headers = source_headers(study_dir, set(used))
-    evidence = [_complete(headers[name]) for name in used if name in headers]
+    evidence = [headers[name] for name in used if name in headers]
     if not evidence:
         raise NoDicomSourceError(study_dir, "no DICOM source instance of the analysed images was found; "
                                             "results can only be sent for DICOM studies")
@@ -145,7 +145,7 @@ def structured_report(doc: ResultDoc, evidence: list[Dataset], *, ae_title: str 
     """A Comprehensive SR of the result document following TID 1500 (Measurement Report), referencing
     ``evidence`` (the driving instances) in its image library; see docs/conformance.md for the tree."""
     model, modality = doc["model"], doc["modality"]
-    evidence = [_complete(ds) for ds in evidence]
+    evidence = [_complete(evidence[0]), *map(_reference, evidence[1:])]   # the SR's patient and study come from the first
     content = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=hd.sr.ObserverContext(
             observer_type=hd.sr.CodedConcept("121007", "DCM", "Device"),
@@ -182,18 +182,23 @@ def verdict_group(doc: ResultDoc) -> hd.sr.MeasurementsAndQualitativeEvaluations
 
 
 def image_library(evidence: list[Dataset]) -> hd.sr.ContainerContentItem:
-    """TID 1600: the source images as "Source" (SCT 260753009) entries, each with its modality,
-    frame of reference and matrix size when its header records them (TID 1602)."""
-    group = hd.sr.ContainerContentItem(_code("126200", "Image Library Group", "DCM"), relationship_type="CONTAINS")
-    group.ContentSequence = hd.sr.ContentSequence([_library_entry(ds) for ds in evidence])
+    """TID 1600: the source images as "Source" (SCT 260753009) entries, in one Image Library Group per
+    series and matrix, whose descriptors (TID 1602: modality, frame of reference, matrix size, when the
+    headers record them) all its images share."""
+    groups: dict[tuple, list[Dataset]] = {}
+    for ds in evidence:
+        groups.setdefault((ds.get("SeriesInstanceUID"), *(str(ds.get(k, "")) for k in LIBRARY_DESCRIPTORS)), []).append(ds)
     library = hd.sr.ContainerContentItem(_code("111028", "Image Library", "DCM"), relationship_type="CONTAINS")
-    library.ContentSequence = hd.sr.ContentSequence([group])
+    library.ContentSequence = hd.sr.ContentSequence([_library_group(images) for images in groups.values()])
     return library
 
 
-def _library_entry(ds: Dataset) -> hd.sr.ImageContentItem:
-    entry = hd.sr.ImageContentItem(SOURCE, ds.SOPClassUID, ds.SOPInstanceUID, relationship_type="CONTAINS")
-    descriptors: list[Dataset] = []
+LIBRARY_DESCRIPTORS = ("Modality", "FrameOfReferenceUID", "Rows", "Columns")
+
+
+def _library_group(images: list[Dataset]) -> hd.sr.ContainerContentItem:
+    ds = images[0]
+    descriptors: list[hd.sr.ContentItem] = []
     if str(ds.get("Modality", "")) in ACQUISITION_MODALITIES:
         descriptors.append(hd.sr.CodeContentItem(MODALITY, _code(ds.Modality, ACQUISITION_MODALITIES[ds.Modality], "DCM"),
                                                  "HAS ACQ CONTEXT"))
@@ -204,9 +209,11 @@ def _library_entry(ds: Dataset) -> hd.sr.ImageContentItem:
         if ds.get(key):
             code = _code("110910" if key == "Rows" else "110911", name, "DCM")
             descriptors.append(hd.sr.NumContentItem(code, int(ds[key].value), PIXELS, relationship_type="HAS ACQ CONTEXT"))
-    if descriptors:
-        entry.ContentSequence = hd.sr.ContentSequence(descriptors)  # type: ignore[arg-type]
-    return entry
+    entries = [hd.sr.ImageContentItem(SOURCE, im.SOPClassUID, im.SOPInstanceUID, relationship_type="CONTAINS")
+               for im in images]
+    group = hd.sr.ContainerContentItem(_code("126200", "Image Library Group", "DCM"), relationship_type="CONTAINS")
+    group.ContentSequence = hd.sr.ContentSequence([*descriptors, *entries])
+    return group
 
 
 def _qualitative_evaluations(doc: ResultDoc) -> hd.sr.ContainerContentItem:
@@ -301,6 +308,15 @@ def _name_device(ds: Dataset) -> None:
     ds.Manufacturer = "ctedge"
     ds.ManufacturerModelName = "ctedge"
     ds.SoftwareVersions = __version__
+
+
+def _reference(header: Dataset) -> Dataset:
+    """The attributes of a source header that the SR's evidence and image library use."""
+    ds = Dataset()
+    for key in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", *LIBRARY_DESCRIPTORS):
+        if key in header:
+            ds[key] = deepcopy(header[key])
+    return ds
 
 
 def _complete(header: Dataset) -> Dataset:
