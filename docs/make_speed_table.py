@@ -68,9 +68,11 @@ def table(avx2: dict, native: dict, dicom: dict) -> str:
         f"DICOM ({dicom['instances']} CT instances, {dicom['megabytes']} MB, {dicom['transfer_syntax'].split(',')[0]}; "
         f"`storescu -xs` to ctedge, results to Orthanc; {dicom['cpu']}, load average "
         f"{dicom['load_average'][0]:.1f}): received at {dicom['instances_per_second']:.0f} instances/s; last instance "
-        f"to SR in Orthanc **{ahead['seconds']:.1f} s** with slices decoded as they arrive (read "
-        f"{ahead['read_ms'] / 1000:.1f} s, explain {ahead['explain_ms'] / 1000:.1f} s), {not_ahead['seconds']:.1f} s "
-        f"without (read {not_ahead['read_ms'] / 1000:.1f} s); medians of {ahead['runs']} and {not_ahead['runs']} runs.")
+        f"to SR in Orthanc **{ahead['seconds']:.2f} s** with slices decoded as they arrive (verdict after "
+        f"{ahead['verdict_seconds']:.2f} s: read {ahead['read_ms'] / 1000:.2f} s; then the SR made, sent and stored in "
+        f"{ahead['sr_made_and_sent_seconds']:.2f} s; heatmaps there after {ahead['heatmaps_in_orthanc_seconds']:.1f} s), "
+        f"{not_ahead['seconds']:.2f} s without (read {not_ahead['read_ms'] / 1000:.2f} s); medians of {ahead['runs']} and "
+        f"{not_ahead['runs']} runs.")
     return "\n".join(lines)
 
 
