@@ -353,8 +353,14 @@ def record(card: ModelCard, choice: Choice, cache: Path | None = None) -> Path:
 
 
 def fallback_variant(card: ModelCard) -> str:
-    """The variant run where none is tuned for this CPU: int8, else the card's first."""
-    return FALLBACK_VARIANT if FALLBACK_VARIANT in card.variants else next(iter(card.variants))
+    """The variant run where none is tuned for this CPU: int8, else the card's first, among those that
+    pass the bundle's fidelity thresholds (:func:`eligible_variants`; all, when it has no readable
+    fidelity report): a bundle whose int8 model disagrees with its float32 model runs float32."""
+    try:
+        eligible = eligible_variants(card)
+    except ModelLoadError:
+        eligible = list(card.variants)
+    return FALLBACK_VARIANT if FALLBACK_VARIANT in eligible else eligible[0]
 
 
 def resolve(card: ModelCard, model: ModelSettings, tune_if_missing: bool = False,

@@ -21,7 +21,7 @@ from edge.ingest.parallel import decode_series
 from edge.phantom import make_phantom, write_dicom_series
 from edge.profile import default_profile
 from edge.runtime import invoke, invoke_all, load_interpreter
-from edge.tune import Choice, cpu_identity, cpu_key, eligible_variants, record, tuned_choice
+from edge.tune import Choice, cpu_identity, cpu_key, eligible_variants, fallback_variant, record, tuned_choice
 from tests.helpers.paths import REPO, SAMPLES
 
 STUDY = SAMPLES / "COVID-19_P002"
@@ -103,9 +103,12 @@ def test_variants_failing_the_fidelity_thresholds_are_not_tuned(tmp_path):
     fidelity["variants"]["tflite_int8"]["top1_agreement"] = 0.9
     (bundle / "fidelity.json").write_text(json.dumps(fidelity))
     assert "int8" not in eligible_variants(load_card(bundle)) and "float32" in eligible_variants(load_card(bundle))
+    assert fallback_variant(load_card(DEFAULT_BUNDLE)) == "int8"
+    assert fallback_variant(load_card(bundle)) == "float32", "untuned, a bundle whose int8 fails fidelity runs float32"
     (bundle / "fidelity.json").unlink()
     with pytest.raises(ModelLoadError, match=r"fidelity.json: not found"):
         eligible_variants(load_card(bundle))
+    assert fallback_variant(load_card(bundle)) == "int8", "no fidelity report: nothing measured against int8"
 
 
 def test_slices_decoded_in_worker_processes_equal_serial_decoding_and_bad_slices_are_named(tmp_path):

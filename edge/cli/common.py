@@ -16,7 +16,8 @@ MODEL_HELP = ("TFLite model bundle folder (model.json). With --config it replace
               "bundles, else the bundled models (CT: the demonstration model; X-ray: the X-ray research model "
               "edge/models/xray-research)")
 VARIANT_HELP = ("bundle variant to run (int8, float32, ...) or auto: the one `ctedge tune` recorded as fastest on "
-                "this CPU, where none is recorded int8 (else the bundle's first variant). Default: the profile's "
+                "this CPU, where none is recorded int8 if it passes the bundle's fidelity thresholds (else the "
+                "bundle's first variant that does). Default: the profile's "
                 "model.variant, which is auto unless set. Binds the profile's main bundle; another bundle lacking it "
                 "runs its own auto choice")
 THREADS_HELP = "interpreter threads (default: the profile's; 0 or unset: the tuned count, else all cores)"
