@@ -71,6 +71,8 @@ SOURCE = _code("260753009", "Source", "SCT")   # an image library entry (not "So
 MODALITY = _code("121139", "Modality", "DCM")
 ACQUISITION_MODALITIES = {"CT": "Computed Tomography", "CR": "Computed Radiography", "DX": "Digital Radiography"}
 """DCM codes (CID 29) of the source modalities the receiver accepts."""
+LIBRARY_DESCRIPTORS = ("Modality", "FrameOfReferenceUID", "Rows", "Columns")
+"""The header attributes the image library's descriptors (TID 1602) come from: one group per distinct set."""
 TRACKING_ID = "ctedge verdict"
 PRIVATE_SCHEME = hd.coding_schemes.CodingSchemeIdentificationItem(SCHEME, name="ctedge private concepts",
                                                                    responsible_organization="ctedge")
@@ -191,9 +193,6 @@ def image_library(evidence: list[Dataset]) -> hd.sr.ContainerContentItem:
     library = hd.sr.ContainerContentItem(_code("111028", "Image Library", "DCM"), relationship_type="CONTAINS")
     library.ContentSequence = hd.sr.ContentSequence([_library_group(images) for images in groups.values()])
     return library
-
-
-LIBRARY_DESCRIPTORS = ("Modality", "FrameOfReferenceUID", "Rows", "Columns")
 
 
 def _library_group(images: list[Dataset]) -> hd.sr.ContainerContentItem:
