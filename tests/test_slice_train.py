@@ -56,7 +56,8 @@ def test_train_quantize_predict_through_the_cli(trained, phantom_dataset, capsys
     assert fidelity["variants"]["tflite_int8"]["max_abs_prob_diff"] < 0.05
     study = phantom_dataset / "covid" / "covid-0"
     capsys.readouterr()
-    assert main(["predict", str(study), "--model", str(bundle), "--json"]) == 0
+    # int8 named: untuned, this tiny model's int8 (probabilities near 1/3, top-1 flips) may fail fidelity and not run
+    assert main(["predict", str(study), "--model", str(bundle), "--variant", "int8", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     int8 = SliceClassifier(card, "int8")
     expected = np.stack([int8.predict(s) for s in kept_images(study, card)])
