@@ -120,13 +120,20 @@ def test_same_study_twice_changes_nothing_and_dropped_association_keeps_acknowle
     assert len(before) == len(study)
 
 
-@pytest.mark.slow
-def test_received_study_is_analysed_and_the_sr_reaches_pacs(tmp_path, study, engine):
+def pacs_and_service(tmp_path: Path) -> tuple[StorageSCP, DicomService]:
+    """A storage SCP standing for PACS and a service (inbox, outbox under ``tmp_path``) receiving and
+    sending to it, its results delivered after each watcher pass (no sender thread)."""
     pacs = StorageSCP("PACS").start()
     settings = DicomSettings(port=0, destinations=(DicomPeer("PACS", "127.0.0.1", pacs.port),))
-    inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
-    service = DicomService(settings, inbox, outbox, CT)
+    service = DicomService(settings, tmp_path / "inbox", tmp_path / "outbox", CT)
     service.start(send=False)
+    return pacs, service
+
+
+@pytest.mark.slow
+def test_received_study_is_analysed_and_the_sr_reaches_pacs(tmp_path, study, engine):
+    pacs, service = pacs_and_service(tmp_path)
+    inbox, outbox = service.inbox, service.results
     try:
         assert send(service.receiver.port, study) == [0] * len(study)
         summary = watch(engine, inbox, outbox, NOW, once=True, after_pass=service.after_pass)
@@ -164,11 +171,8 @@ def test_received_study_is_analysed_and_the_sr_reaches_pacs(tmp_path, study, eng
 
 
 def test_the_sr_is_queued_as_soon_as_the_verdict_is_known_and_the_heatmaps_follow(tmp_path, study, engine):
-    pacs = StorageSCP("PACS").start()
-    settings = DicomSettings(port=0, destinations=(DicomPeer("PACS", "127.0.0.1", pacs.port),))
-    inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
-    service = DicomService(settings, inbox, outbox, CT)
-    service.start(send=False)
+    pacs, service = pacs_and_service(tmp_path)
+    inbox, outbox = service.inbox, service.results
     told = []
 
     def on_verdict(entry, doc):
