@@ -5,6 +5,7 @@ Each has ``kind`` (the card kind whose scoring, ``edge.kinds``, runs it) and ``c
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -82,13 +83,20 @@ class PlaceholderClassifier:
         return np.full(3, 1.0 / 3.0)
 
 
+ENCODER_BATCH = {"int8": 10}
+"""Slices per encoder call, by variant (1 where not named; a divisor of the group size). int8
+activations are a quarter of float32's: 10 slices a call hold ~17 MB more than one and run a group
+15-30% faster on LiteRT and OpenVINO; float variants gain nothing and would hold ~50 MB more
+(docs/benchmarks.md, "Memory")."""
+
+
 class TFLiteClassifier:
     """The CNN encoder + biLSTM head as two TFLite models, described by the bundle's model card.
 
     The encoder's file takes a whole group (static batch = group size, the card's (group size, input
-    size, input size, 1)) and returns one feature vector per slice; it is loaded with a batch of one
-    slice, and a group runs through it slice by slice (``edge.runtime``: ~50x less memory, same
-    features). The head turns the (1, group size, features) sequence into class probabilities.
+    size, input size, 1)) and returns one feature vector per slice; it is loaded with a batch of
+    :data:`ENCODER_BATCH` slices, and a group runs through it a batch at a time (``edge.runtime``:
+    ~50x less memory for float32, same features). The head turns the (1, group size, features) sequence into class probabilities.
     ``runtime`` (``edge.runtime.RUNTIMES``) runs the encoder; the head always runs on LiteRT, since
     OpenVINO cannot read its fused LSTM operator.
     """
@@ -107,7 +115,8 @@ class TFLiteClassifier:
         if shape != expected:
             raise ModelLoadError(files["encoder"], f"input shape {shape} does not match the model card "
                                                    f"{self.card.path} (group_size, input_size): {expected}")
-        self.encoder = load_interpreter(files["encoder"], threads, edgetpu=edgetpu, batch=1, runtime=runtime)
+        batch = math.gcd(p.group_size, ENCODER_BATCH.get(variant, 1))
+        self.encoder = load_interpreter(files["encoder"], threads, edgetpu=edgetpu, batch=batch, runtime=runtime)
         self.head = load_interpreter(files["head"], threads)
         self.info = ModelInfo.of(self.card, variant, runtime)
 

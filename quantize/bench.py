@@ -4,7 +4,8 @@ process, OpenVINO (f32 hint; bf16 where the CPU computes it) in a subprocess tha
 ``--dispatch`` (``quantize.openvino_bench``); a bundle without one of the two TFLite variants runs
 the other (the int8 vs float32 figures are then null). Each runtime's kernels are named (LiteRT:
 XNNPACK's dispatch; OpenVINO: the oneDNN kernels of its runtime model) and every row's speed is
-given as a ratio to LiteRT float32, with the load average before and after.
+given as a ratio to LiteRT float32 timed in turn with it (in this process for LiteRT's rows, in the
+subprocess for OpenVINO's), with the load average before and after.
 
 Every figure printed comes from this run: per-unit latency (min and median over repeats),
 agreement with Keras, the per-patient time by stage, peak memory, parameters, FLOPs per unit and
@@ -182,6 +183,7 @@ def bench(study: Path, bundle: Path, keras_run: Path | None, repeats: int, threa
     runtimes: dict[str, dict] = {"litert": {"kernels": "XNNPACK, " + ("AVX2 + FMA (wider flags hidden)"
                                                                       if dispatch == "avx2" else "native dispatch")}}
     ov_runtimes = ["openvino-f32"] + (["openvino-bf16"] if set(BF16_FLAGS) & set(cpu["flags"]) else [])
+    alongside: dict[str, float | None] = {}         # OpenVINO rows: LiteRT float32 timed in turn with them
     ov = openvino_rows(card.bundle, units, threads, repeats, dispatch, ov_runtimes, present)
     if "skipped" in ov:
         runtimes["openvino"] = {"skipped": ov["skipped"]}
@@ -198,6 +200,7 @@ def bench(study: Path, bundle: Path, keras_run: Path | None, repeats: int, threa
                               f"agreement_with_{reference}": float((probs.argmax(1) == reference_probs.argmax(1)).mean()),
                               "max_prob_diff": float(np.abs(probs - reference_probs).max()), "kernels": row["kernels"]}
             median[name] = row["ms_median"]
+            alongside[name] = row["litert_float32_ms_median"]
     peak = measure_peak_gflops()
     both = len(present) == len(BENCH_VARIANTS)
     end_to_end = present[-1]                         # int8 where the bundle has it
@@ -208,7 +211,8 @@ def bench(study: Path, bundle: Path, keras_run: Path | None, repeats: int, threa
         "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
         "cpu_flags": cpu["flags"], "cpu_model": cpu["model"],
         "variants": variants, "runtimes": runtimes, "dispatch_kernels": dispatch,
-        "ratio_vs_litert_float32": {n: round(base / ms, 2) for n, ms in median.items()} if base else None,
+        "ratio_vs_litert_float32": {n: round((alongside.get(n) or base) / ms, 2) for n, ms in median.items()}
+                                   if base else None,
         "speedup_int8_vs_float32": round(median["tflite_float32"] / median["tflite_int8"], 2) if both else None,
         "speedup_int8_vs_keras": round(median["keras"] / median["tflite_int8"], 2)
                                  if "keras" in median and "tflite_int8" in median else None,

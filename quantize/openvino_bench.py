@@ -4,18 +4,18 @@ oneDNN (OpenVINO's CPU kernels) reads ``ONEDNN_MAX_CPU_ISA`` once, when the libr
 kernels of ``--dispatch avx2`` cannot be chosen in a process that has already loaded OpenVINO: each
 bench run starts ``python -m quantize.openvino_bench`` with the variable set (:data:`ISA_ENV`), on
 the same units (saved as one ``.npy`` file), and reads back the probabilities, the times and the
-kernel names of OpenVINO's runtime model (``jit_avx2_I8``, ``brgconv_avx512_I8``, ...).
+kernel names of OpenVINO's runtime model (``jit_avx2_I8``, ``brgconv_avx512_I8``, ...). The
+subprocess also times LiteRT float32, on the same XNNPACK kernels as the main process, in turn with
+OpenVINO's rows: their ratios to it are measured side by side, not minutes apart.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,8 @@ from edge.card import load_card
 from edge.errors import ModelLoadError
 from edge.kinds import KINDS
 from edge.runtime_openvino import unavailable
+from quantize.avx2_dispatch import dispatch_avx2
+from quantize.fidelity import compare
 
 ISA_ENV = {"native": {}, "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2"}}
 """The environment each ``--dispatch`` setting gives the OpenVINO subprocess."""
@@ -33,7 +35,8 @@ def openvino_rows(bundle: Path, units: list[np.ndarray], threads: int, repeats: 
                   runtimes: list[str], variants: list[str]) -> dict:
     """``{"<runtime>_<variant>": row}`` for every runtime (``openvino-f32``, ``openvino-bf16``) and
     variant, measured in a subprocess with :data:`ISA_ENV` ``[dispatch]``; a row has ``probs``,
-    ``ms_median``, ``ms_min`` and ``kernels``, or ``error``. ``{"skipped": reason}`` when OpenVINO
+    ``ms_median``, ``ms_min``, ``litert_float32_ms_median`` (None for a bundle without float32) and
+    ``kernels``, or ``error``. ``{"skipped": reason}`` when OpenVINO
     is not installed or the subprocess fails."""
     reason = unavailable()
     if reason:
@@ -42,7 +45,7 @@ def openvino_rows(bundle: Path, units: list[np.ndarray], threads: int, repeats: 
         np.save(Path(tmp) / "units.npy", np.stack(units))
         out = Path(tmp) / "rows.json"
         cmd = [sys.executable, "-m", "quantize.openvino_bench", str(bundle), tmp, str(threads), str(repeats),
-               ",".join(runtimes), ",".join(variants)]
+               ",".join(runtimes), ",".join(variants), dispatch]
         proc = subprocess.run(cmd, env={**os.environ, **ISA_ENV[dispatch]}, capture_output=True, text=True)
         if proc.returncode or not out.is_file():
             last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
@@ -52,33 +55,39 @@ def openvino_rows(bundle: Path, units: list[np.ndarray], threads: int, repeats: 
 
 def measure(bundle: Path, units: np.ndarray, threads: int, repeats: int, runtimes: list[str],
             variants: list[str]) -> dict:
-    """The rows of :func:`openvino_rows`, measured in this process."""
+    """The rows of :func:`openvino_rows`, measured in this process, taking turns with the bundle's
+    LiteRT float32 (under the same dispatch) so that each row's ``litert_float32_ms_median``, and
+    the ratio to it, hold on a shared machine."""
     card = load_card(bundle)
+    kind = KINDS[card.kind]
     rows: dict[str, dict] = {}
+    classifiers = {}
     for runtime in runtimes:
         for variant in variants:
-            name = f"{runtime}_{variant}"
             try:
-                classifier = KINDS[card.kind].classifier(card, variant, threads, runtime=runtime)
+                classifiers[f"{runtime}_{variant}"] = kind.classifier(card, variant, threads, runtime=runtime)
             except ModelLoadError as exc:
-                rows[name] = {"error": exc.problem}
-                continue
-            probs = [np.asarray(classifier.predict(u), float).tolist() for u in units]    # also the warm-up
-            times = []
-            for _ in range(repeats):
-                for u in units:
-                    start = time.perf_counter()
-                    classifier.predict(u)
-                    times.append((time.perf_counter() - start) * 1000)
-            interpreter = getattr(classifier, "encoder", None) or classifier.model
-            rows[name] = {"probs": probs, "ms_median": round(statistics.median(times), 2),
-                          "ms_min": round(min(times), 2), "kernels": interpreter.kernels(),
-                          "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "native")}
+                rows[f"{runtime}_{variant}"] = {"error": exc.problem}
+    if not classifiers:
+        return rows
+    predictors = {name: c.predict for name, c in classifiers.items()}
+    if "float32" in card.variants:
+        predictors = {"litert_float32": kind.classifier(card, "float32", threads).predict, **predictors}
+    results = compare(predictors, [list(units)], next(iter(predictors)), repeats, "unit")
+    reference = results.get("litert_float32", {}).get("ms_per_unit_median")
+    for name, classifier in classifiers.items():
+        interpreter = getattr(classifier, "encoder", None) or classifier.model
+        rows[name] = {"probs": [np.asarray(classifier.predict(u), float).tolist() for u in units],
+                      "ms_median": results[name]["ms_per_unit_median"], "ms_min": results[name]["ms_per_unit_min"],
+                      "litert_float32_ms_median": reference, "kernels": interpreter.kernels(),
+                      "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "native")}
     return rows
 
 
 if __name__ == "__main__":
-    bundle, folder, threads, repeats, runtimes, variants = sys.argv[1:7]
+    bundle, folder, threads, repeats, runtimes, variants, dispatch = sys.argv[1:8]
+    if dispatch == "avx2":
+        dispatch_avx2()                              # LiteRT float32 on the kernels of the main process
     doc = measure(Path(bundle), np.load(Path(folder) / "units.npy"), int(threads), int(repeats),
                   runtimes.split(","), variants.split(","))
     (Path(folder) / "rows.json").write_text(json.dumps(doc))

@@ -99,6 +99,7 @@ def test_bench_runs_openvino_in_a_subprocess_with_the_avx2_kernels_it_was_asked_
     rows = openvino_rows(SLICE_BUNDLE, images, 1, 1, "avx2", ["openvino-f32"], ["int8"])
     row = rows["openvino-f32_int8"]
     assert row["onednn_max_cpu_isa"] == "AVX2" and len(row["probs"]) == 2 and row["ms_median"] > 0
+    assert row["litert_float32_ms_median"] > 0           # timed in turn with the row, for its ratio
     convolutions = [k for k in row["kernels"] if k.startswith("Convolution")]
     assert convolutions and all("avx2" in k for k in convolutions), row["kernels"]
     reference = np.stack([SliceClassifier(card, "float32", 1).predict(image) for image in images])
