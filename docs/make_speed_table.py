@@ -49,7 +49,7 @@ def table(avx2: dict, native: dict, dicom: dict) -> str:
     """The markdown of the speed table and its notes."""
     lines = [
         f"Demo CT encoder, one 50-slice group, 2 threads, median of {avx2['repeats'] * avx2['study_units']} "
-        f"(ms per group; ratio to LiteRT float32 in the same run); {avx2['cpu_model']}, {avx2['cpu_count']} cores, "
+        f"(ms per group; ratio to LiteRT float32 timed in turn with it); {avx2['cpu_model']}, {avx2['cpu_count']} cores, "
         f"flags {' '.join(native['cpu_flags'])}; load average {_load(avx2)} (AVX2 run) and {_load(native)} (native run):",
         "",
         "| runtime and model file | AVX2 kernels (`--dispatch avx2`) | ratio | native (AVX-512 VNNI) | ratio |",

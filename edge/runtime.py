@@ -5,8 +5,8 @@ then to ``tf.lite``. Int8/uint8 models get their inputs quantised and outputs de
 tensor details, so callers always pass and receive float arrays.
 
 A model whose batch items are independent (the per-slice CNN encoder) can be loaded with a static
-batch of one (``load_interpreter(..., batch=1)``) and fed a whole group: ``invoke_all`` runs it one
-slice at a time. The XNNPACK delegate plans its activation memory from the shapes written in the
+batch of a few slices (``load_interpreter(..., batch=1)``) and fed a whole group: ``invoke_all``
+runs it a batch at a time. The XNNPACK delegate plans its activation memory from the shapes written in the
 file (``resize_tensor_input`` does not shrink it), so the batch is rewritten in the file's bytes:
 the float32 encoder then holds ~5 MB instead of ~260 MB for a 50-slice group, with the same
 outputs bit for bit and no loss of speed (docs/benchmarks.md, "Memory").
