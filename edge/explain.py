@@ -78,8 +78,8 @@ class GradCam:
 
     @cached_property
     def encoder(self) -> Any:
-        """The explain encoder, loaded on first use with a batch of one slice (as the classifier's,
-        ``edge.infer.TFLiteClassifier``)."""
+        """The explain encoder (float32), loaded on first use with a batch of one slice (as the
+        classifier's float variants, ``edge.infer.ENCODER_BATCH``)."""
         return load_interpreter(self._files[0], self._threads, batch=1)
 
     @cached_property

@@ -39,7 +39,7 @@ def unavailable() -> str:
 class OpenVinoInterpreter:
     """One ``.tflite`` file compiled by OpenVINO for the CPU with ``threads`` and the precision hint
     ``precision`` (``f32`` or ``bf16``); ``batch`` sets the first input's leading dimension (a
-    group's encoder then runs slice by slice, as on LiteRT). ``details``: the file's input and
+    group's encoder then runs a batch at a time, as on LiteRT). ``details``: the file's input and
     output details (``edge.runtime.file_details``), whose quantisation callers apply."""
 
     def __init__(self, path: str | Path, details: tuple[list[dict], list[dict]], threads: int, precision: str = "f32",
