@@ -333,8 +333,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if "skipped" in r:
             print(f"  {r['runtime']:<14} {r['variant']:<8} skipped: {r['skipped']}")
             continue
-        print(f"  {r['runtime']:<14} {r['variant']:<8} {r['threads']} thread(s): {r['ms_per_group_median']:.1f} ms/group "
-              f"(max |dp| vs first row {r['max_prob_diff_vs_first']:.4f})")
+        runoff = f", run-off {r['runoff_ms_per_group_median']:.1f}" if "runoff_ms_per_group_median" in r else ""
+        print(f"  {r['runtime']:<14} {r['variant']:<8} {r['threads']} thread(s): {r['ms_per_group_median']:.1f} ms/group"
+              f"{runoff} (max |dp| vs first row {r['max_prob_diff_vs_first']:.4f})")
     print(f"fastest here: {doc['variants_by_threads']['fastest']}")
     if doc["layers"]:
         stages = doc["layers"]["stage_ms"]

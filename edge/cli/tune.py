@@ -63,13 +63,15 @@ def cmd_tune(args: argparse.Namespace) -> int:
     print(f"CPU: {cpu_key()}")
     for d in done:
         print(f"\n{MODALITY_TERMS[d['modality']].name} bundle {d['path']} ({d['bundle']}), timed on {d['input']}:")
-        print(f"{'runtime':<15}{'variant':<10}{'threads':>8}{'median ms/' + d['unit']:>17}{'max |dp| vs first':>19}")
+        print(f"{'runtime':<15}{'variant':<10}{'threads':>8}{'median ms/' + d['unit']:>17}{'max |dp| vs first':>19}"
+              f"{'run-off ms':>12}")
         for r in d["rows"]:
             if "skipped" in r:
                 print(f"{r['runtime']:<15}{r['variant']:<10} skipped: {r['skipped']}")
                 continue
+            runoff = f"{r['runoff_ms_per_group_median']:.1f}" if "runoff_ms_per_group_median" in r else "-"
             print(f"{r['runtime']:<15}{r['variant']:<10}{r['threads']:>8}{r['ms_per_group_median']:>17.1f}"
-                  f"{r['max_prob_diff_vs_first']:>19.4f}")
+                  f"{r['max_prob_diff_vs_first']:>19.4f}{runoff:>12}")
         print(f"chosen: {Choice(**d['choice']).describe()}")
     print(f"recorded in {path}")
     return 0
