@@ -10,14 +10,17 @@ reader cannot read the fused LSTM operator of a group model's head, so only the 
 when the library loads: ``ONEDNN_MAX_CPU_ISA`` (e.g. ``AVX2``) must be in the environment before
 OpenVINO is imported, which is why ``ctedge bench`` runs it in a subprocess per dispatch setting.
 OpenVINO is an extra (``pip install 'ctedge[openvino]'``): without it, its candidates are skipped
-with :func:`unavailable`'s reason.
+with :func:`unavailable`'s reason. It is always imported through :func:`_openvino`, which keeps
+its usage telemetry off (see there).
 """
 
 from __future__ import annotations
 
 import importlib
+import sys
 from collections import Counter
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -27,10 +30,20 @@ from edge.errors import ModelLoadError
 PRECISIONS = ("f32", "bf16")
 
 
+def _openvino() -> ModuleType:
+    """The ``openvino`` module, imported without its telemetry. ``import openvino`` sends a usage
+    event to Google Analytics and writes a client id under ``~/intel`` unless the user opted out
+    (measured with openvino 2026.4: no consent file counts as consent); a device in a hospital must
+    not call out, so the ``openvino_telemetry`` package is hidden from this process and OpenVINO
+    takes its own no-op stub."""
+    sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]  # None: its import fails
+    return importlib.import_module("openvino")
+
+
 def unavailable() -> str:
     """'' when OpenVINO can be imported, else the one-line reason its candidates are skipped."""
     try:
-        importlib.import_module("openvino")
+        _openvino()
     except ImportError:
         return "openvino is not installed (pip install 'ctedge[openvino]'; x86-64 offline bundles include it)"
     return ""
@@ -49,8 +62,7 @@ class OpenVinoInterpreter:
         reason = unavailable()
         if reason:
             raise ModelLoadError(path, reason)
-        import openvino
-
+        openvino = _openvino()
         self.inputs, self.outputs = details
         try:
             core = openvino.Core()

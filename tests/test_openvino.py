@@ -2,6 +2,8 @@
 the fidelity thresholds, is a tune candidate only when faithful, runs in ``ctedge bench`` with the
 kernels of the dispatch asked for, and is skipped with a reason when it is not installed."""
 
+import os
+import subprocess
 import sys
 
 import numpy as np
@@ -27,6 +29,22 @@ needs_openvino = pytest.mark.skipif(bool(unavailable()), reason=unavailable() or
 def no_openvino(monkeypatch):
     """Python as it is without the openvino package: importing it raises ImportError."""
     monkeypatch.setitem(sys.modules, "openvino", None)
+
+
+@needs_openvino
+def test_openvino_runs_without_calling_home(tmp_path):
+    """A bare ``import openvino`` writes a telemetry client id under ~/intel (and sends a usage event);
+    the edge's OpenVINO runtime loads and runs a model without either."""
+    env = {k: v for k, v in os.environ.items() if k != "CI"}          # OpenVINO's telemetry is off in CI
+    edge = ("from edge.runtime import load_interpreter, invoke; import numpy as np;"
+            "m = load_interpreter('edge/models/demo/encoder_int8.tflite', 1, batch=1, runtime='openvino-f32');"
+            "invoke(m, np.zeros((1, 256, 256, 1), np.float32))")
+    for name, code in (("bare", "import openvino"), ("edge", edge)):
+        (tmp_path / name).mkdir()
+        subprocess.run([sys.executable, "-c", code], env={**env, "HOME": str(tmp_path / name)}, cwd=REPO, check=True,
+                       timeout=120)
+    assert (tmp_path / "bare" / "intel" / "openvino_ga_cid").is_file(), "openvino's telemetry as measured"
+    assert not any((tmp_path / "edge").iterdir()), "the edge runtime wrote nothing to $HOME"
 
 
 @needs_openvino
