@@ -39,7 +39,7 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from importlib import metadata
@@ -294,12 +294,20 @@ def time_variant(card: ModelCard, variant: str, threads: int, group: np.ndarray,
     """Median ms per group over ``repeats`` (after one warm-up call) and the probabilities."""
     classifier = KINDS[card.kind].classifier(card, variant, threads, runtime=runtime)
     probs = classifier.predict(group)
-    times = []
+    return _medians_in_turn([classifier.predict], group, repeats)[0], probs
+
+
+def _medians_in_turn(predicts: Sequence[Callable[[np.ndarray], np.ndarray]], group: np.ndarray,
+                    repeats: int) -> list[float]:
+    """Median ms per call of each of ``predicts`` on ``group`` (already warmed up), over ``repeats``
+    rounds of one call each, in turn."""
+    times: list[list[float]] = [[] for _ in predicts]
     for _ in range(repeats):
-        start = time.perf_counter()
-        classifier.predict(group)
-        times.append((time.perf_counter() - start) * 1000.0)
-    return statistics.median(times), probs
+        for predict, ms in zip(predicts, times):
+            start = time.perf_counter()
+            predict(group)
+            ms.append((time.perf_counter() - start) * 1000.0)
+    return [statistics.median(ms) for ms in times]
 
 
 def tune(card: ModelCard, group: np.ndarray, max_threads: int | None = None, repeats: int = 5,
@@ -360,16 +368,10 @@ def runoff(card: ModelCard, timed: list[dict], group: np.ndarray, repeats: int) 
         return finalists[0]
     predicts = [KINDS[card.kind].classifier(card, r["variant"], r["threads"], runtime=r["runtime"]).predict
                 for r in finalists]
-    times: list[list[float]] = [[] for _ in finalists]
     for predict in predicts:
         predict(group)
-    for _ in range(max(repeats, 3)):
-        for predict, seconds in zip(predicts, times):
-            start = time.perf_counter()
-            predict(group)
-            seconds.append(time.perf_counter() - start)
-    for row, seconds in zip(finalists, times):
-        row["runoff_ms_per_group_median"] = round(1000 * statistics.median(seconds), 2)
+    for row, ms in zip(finalists, _medians_in_turn(predicts, group, max(repeats, 3))):
+        row["runoff_ms_per_group_median"] = round(ms, 2)
     return min(finalists, key=lambda r: r["runoff_ms_per_group_median"])
 
 
