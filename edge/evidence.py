@@ -45,14 +45,16 @@ def _pct(value: float | None, ci: list[float] | None) -> str:
     return text + (f" [{100 * ci[0]:.0f}-{100 * ci[1]:.0f}%]" if ci else "")
 
 
-def evidence_line(records: Sequence[dict]) -> str:
-    """"validated on N patients (sens x [a-b], spec y [c-d])" from the latest recorded validation
-    (a card's ``validations``; macro averages with 95% intervals), or "no validation recorded"."""
+def evidence_line(records: Sequence[dict], variant: str | None = None) -> str:
+    """"validated on N patients (sens x [a-b], spec y [c-d])" from the latest recorded validation of
+    ``variant`` (``model.version`` ends in "(variant)"; the latest of any variant where it has none) (a
+    card's ``validations``; macro averages with 95% intervals), or "no validation recorded"."""
     if not records:
         return NO_EVIDENCE
-    last = records[-1]
+    own = [r for r in records if variant and r.get("model", {}).get("version", "").endswith(f"({variant})")]
+    last = (own or records)[-1]
     macro = last["metrics"]["macro"]
-    line = (f"validated on {sum(last['n_patients'].values())} patients "
+    line = (f"validated on {sum(last['n_patients'].values())} patients{f' with {variant}' if own else ''} "
             f"(sens {_pct(macro['sensitivity']['value'], macro['sensitivity']['ci95'])}, "
             f"spec {_pct(macro['specificity']['value'], macro['specificity']['ci95'])}) on {last['date'][:10]}")
     if not last["sufficient"]:

@@ -51,7 +51,7 @@ class ModelInfo:
 
     @classmethod
     def of(cls, card: ModelCard, variant: str, runtime: str = "litert") -> ModelInfo:
-        return cls(card.name, f"{card.version} ({variant})", card.status, card.note, evidence_line(card.validations),
+        return cls(card.name, f"{card.version} ({variant})", card.status, card.note, evidence_line(card.validations, variant),
                    variant, training_data=card.training_data, known_biases=card.known_biases, runtime=runtime,
                    card_sha256=hashlib.sha256(card.path.read_bytes()).hexdigest())
 

@@ -175,8 +175,8 @@ def test_cli_records_evidence_shown_with_results(phantom_dataset, tmp_path, caps
     entry = card["validations"][-1]
     assert entry["data"] == "six phantom studies" and entry["n_patients"] == {c: 2 for c in CLASSES}
     assert "covid-0" not in json.dumps(entry), "no patient identifiers in the card"
-    line = evidence_line(card["validations"])
-    assert line.startswith("validated on 6 patients (sens ") and "not enough to support a claim" in line
+    line = evidence_line(card["validations"], "int8")
+    assert line.startswith("validated on 6 patients with int8 (sens ") and "not enough to support a claim" in line
     assert line in printed
     engine = Engine.from_bundle(bundle)
     assert engine.run(study).to_dict()["model"]["validation"] == line
@@ -195,6 +195,19 @@ def test_evidence_line_from_a_card():
                 "sufficient": True, "metrics": {"macro": {"sensitivity": ci, "specificity": ci}}}]
     assert evidence_line(records) == "validated on 55 patients (sens 67% [33-100%], spec 67% [33-100%]) on 2026-11-26"
     assert evidence_line([]) == "no validation recorded"
+
+
+def test_the_evidence_line_is_that_of_the_variant_that_runs():
+    def entry(variant: str, sens: float, date: str) -> dict:
+        v = {"value": sens, "ci95": [sens, sens]}
+        return {"date": date, "model": {"name": "m", "version": f"1.0 ({variant})"}, "n_patients": {"covid": 30},
+                "sufficient": True, "metrics": {"macro": {"sensitivity": v, "specificity": v}}}
+
+    records = [entry("float32", 0.9, "2026-12-01"), entry("int8", 0.5, "2026-12-02")]
+    assert evidence_line(records, "float32") == "validated on 30 patients with float32 (sens 90% [90-90%], spec 90% [90-90%]) on 2026-12-01"
+    assert evidence_line(records, "int8").startswith("validated on 30 patients with int8 (sens 50%")
+    assert evidence_line(records, "float16") == evidence_line(records), "no record of that variant: the latest of any"
+    assert "(sens 50%" in evidence_line(records)
 
 
 @pytest.mark.parametrize("csv_text, problem", [

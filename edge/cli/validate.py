@@ -87,6 +87,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(f"Note: {line}")
     if args.record:
         card = record(bundle, card_summary(summary, args.description, model))
-        print(f"Recorded in {card.path}: {evidence_line(card.validations)}")
+        print(f"Recorded in {card.path}: {evidence_line(card.validations, model['variant'])}")
     print(f"Page: {page}")
     return 0
