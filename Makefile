@@ -64,20 +64,22 @@ demo-slice-model: $(TRAIN)
 	$(BIN)/ctedge quantize runs/demo-slice --calibration training/demo_studies.csv --out edge/models/demo-slice \
 		--name small-cnn-slice-demo --version 0.1.0 --max-slices 200
 
-# Retrain and re-export the X-ray research model (docs/models-research.md; about 40 min on 2 shared cores, a
-# rerun of the head minutes: trunk features are cached in $(XRAY_RUN)-features). XRAY_MANIFEST: the manifest
-# CSV of the public collections (patient,class,path,source,...), capped per class and source.
-XRAY_MANIFEST ?= ../data/xraytrain/m700/manifest.csv
-XRAY_CALIBRATION ?= ../data/xraytrain/m700/calibration.csv
-XRAY_RESEARCH ?= training/xray_research_card.json
-XRAY_RUN ?= runs/xray-research
+# Retrain and re-export the X-ray research model (docs/models-research.md, docs/experiments/xray-finetune).
+# XRAY_WORK: the exported collections and `ctedge data import`'s manifest in XRAY_WORK/manifests/xray (docs/data.md),
+# the reserved external test in XRAY_WORK/external. The fine-tuning step needs PyTorch (TORCH_PYTHON): about 5 min
+# on one H200 GPU, hours on 2 CPU cores; the other steps about 5 min on 2 cores.
+XRAY_WORK ?= ../data
+TORCH_PYTHON ?= python3
+XFT := docs/experiments/xray-finetune
+XFT_ENV := XRAY_WORK=$(abspath $(XRAY_WORK)) PYTHONPATH=$(CURDIR)
 xray-model: $(TRAIN)
-	$(BIN)/ctedge train $(XRAY_MANIFEST) --modality xray --arch mobilenetv2 --weights training/pretrained/mobilenet_v2_1.0_224_quant.tflite \
-		--freeze-epochs 100 --epochs 0 --patience 10 --lr 1e-3 --folds 3 --test-fraction 0.2 --batch-size 32 \
-		--feature-cache $(XRAY_RUN)-features --out $(XRAY_RUN)
-	$(BIN)/ctedge xray-shortcuts $(XRAY_MANIFEST) --run $(XRAY_RUN) --feature-cache $(XRAY_RUN)-features
-	$(BIN)/ctedge quantize $(XRAY_RUN) --calibration $(XRAY_CALIBRATION) --out edge/models/xray-research \
-		--name xray-research --version 0.1.0 --max-slices 300 --research $(XRAY_RESEARCH)
+	cd $(XFT) && $(XFT_ENV) $(abspath $(BIN))/python pack.py
+	cd $(XFT) && $(XFT_ENV) $(TORCH_PYTHON) finetune.py --out $(abspath $(XRAY_WORK))/xft/gpu1
+	cd $(XFT) && $(XFT_ENV) $(abspath $(BIN))/python analyse.py $(abspath $(XRAY_WORK))/xft/gpu1 > results.md
+	cd $(XFT) && $(XFT_ENV) $(abspath $(BIN))/python import_weights.py $(abspath $(XRAY_WORK))/xft/gpu1 $(abspath $(XRAY_WORK))/xft/run
+	cd $(XFT) && $(XFT_ENV) $(abspath $(BIN))/python card_summary.py
+	$(BIN)/ctedge quantize $(XRAY_WORK)/xft/run --calibration $(XRAY_WORK)/xft/calibration.csv --out edge/models/xray-research \
+		--name xray-research --version 0.2.0 --max-slices 300 --research $(XRAY_WORK)/xft/research.json
 
 # The CT slice research model (docs/models-research.md): MobileNetV2 with the ImageNet weights of Coral's
 # TFLite file, fine-tuned on the UCSD COVID-CT slices (GKasperek/data_c19_cropped exported to CT_SLICES),
