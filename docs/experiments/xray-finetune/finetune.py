@@ -40,6 +40,38 @@ PACK = Path(__file__).resolve().parents[3] / ".xft"
 BLOCKS = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
 
 
+def fake_quant_weight(w: torch.Tensor) -> torch.Tensor:
+    """TFLite's int8 weights: symmetric, per output channel, [-127, 127]; gradients pass straight through."""
+    scale = w.detach().abs().amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-8) / 127
+    return w + (torch.clamp(torch.round(w / scale), -127, 127) * scale - w).detach()
+
+
+class ActRange(nn.Module):
+    """Identity, or (``enabled``) TFLite's 8-bit activation: asymmetric, per tensor, over the range seen
+    (min/max while ``observe``, then a moving average while training); gradients pass straight through."""
+
+    def __init__(self):
+        super().__init__()
+        self.enabled, self.observe = False, False
+        self.register_buffer("lo", torch.tensor(0.0))
+        self.register_buffer("hi", torch.tensor(0.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return x
+        lo, hi = x.detach().min().float(), x.detach().max().float()
+        if self.observe:
+            self.lo.copy_(torch.minimum(self.lo, lo))
+            self.hi.copy_(torch.maximum(self.hi, hi))
+        elif self.training:
+            self.lo.mul_(0.99).add_(0.01 * torch.minimum(lo, torch.zeros_like(lo)))
+            self.hi.mul_(0.99).add_(0.01 * torch.maximum(hi, torch.zeros_like(hi)))
+        scale = (self.hi - self.lo).clamp_min(1e-8) / 255
+        zero = torch.round(-self.lo / scale)
+        q = (torch.clamp(torch.round(x / scale) + zero, 0, 255) - zero) * scale
+        return x + (q - x).detach()
+
+
 class Conv(nn.Module):
     """A Keras convolution + folded batch normalisation (+ ReLU6): 'same' padding at stride 1, one
     pixel right and bottom then 'valid' at stride 2."""
@@ -48,12 +80,14 @@ class Conv(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(cin, cout, k, stride, 0, groups=cin if depthwise else 1, bias=True)
         self.k, self.stride, self.relu, self.depthwise = k, stride, relu, depthwise
+        self.act = ActRange()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.k == 3:
             x = F.pad(x, (0, 1, 0, 1) if self.stride == 2 else (1, 1, 1, 1))
-        x = self.conv(x)
-        return F.relu6(x) if self.relu else x
+        w = fake_quant_weight(self.conv.weight) if self.act.enabled else self.conv.weight
+        x = F.conv2d(x, w, self.conv.bias, self.stride, 0, 1, self.conv.groups)
+        return self.act(F.relu6(x) if self.relu else x)
 
 
 class Block(nn.Module):
@@ -64,11 +98,12 @@ class Block(nn.Module):
         self.depthwise = Conv(mid, mid, 3, stride, depthwise=True)
         self.project = Conv(mid, cout, 1, relu=False)
         self.residual = stride == 1 and cin == cout
+        self.add = ActRange()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.expand(x) if self.expand is not None else x
         y = self.project(self.depthwise(y))
-        return x + y if self.residual else y
+        return self.add(x + y) if self.residual else y
 
     def convs(self) -> list[Conv]:
         return ([self.expand] if self.expand is not None else []) + [self.depthwise, self.project]
@@ -88,6 +123,7 @@ class MobileNetV2(nn.Module):
         self.trunk = nn.Sequential(*layers)
         self.dropout = nn.Dropout(dropout)
         self.logits = nn.Linear(1280, n_classes)
+        self.pool_act, self.logits_act = ActRange(), ActRange()
 
     def convs(self) -> list[Conv]:
         out: list[Conv] = []
@@ -97,10 +133,17 @@ class MobileNetV2(nn.Module):
 
     def features(self, grey: torch.Tensor) -> torch.Tensor:
         x = (grey / 127.5 - 1.0).expand(-1, 3, -1, -1)
-        return self.trunk(x).mean(dim=(2, 3))
+        return self.pool_act(self.trunk(x).mean(dim=(2, 3)))
 
     def forward(self, grey: torch.Tensor) -> torch.Tensor:
-        return self.logits(self.dropout(self.features(grey)))
+        return self.logits_act(self.logits(self.dropout(self.features(grey))))
+
+    def fake_quant(self, enabled: bool, observe: bool = False) -> None:
+        """Simulate TFLite's int8 (weights per channel, activations per tensor) or not; ``observe``:
+        record the activations' min and max (calibration) instead of using them."""
+        for m in self.modules():
+            if isinstance(m, ActRange):
+                m.enabled, m.observe = enabled, observe
 
     def load_keras(self, weights: dict[str, np.ndarray]) -> None:
         """Kernels (Keras layout) and folded biases k0, b0, ... in graph order (the classifier, if any, ignored)."""
@@ -109,6 +152,9 @@ class MobileNetV2(nn.Module):
             k = k.transpose(2, 3, 0, 1) if c.depthwise else k.transpose(3, 2, 0, 1)
             c.conv.weight.data.copy_(torch.from_numpy(np.ascontiguousarray(k)))
             c.conv.bias.data.copy_(torch.from_numpy(weights[f"b{i}"]))
+        if "logits_kernel" in weights:
+            self.logits.weight.data.copy_(torch.from_numpy(weights["logits_kernel"].T.copy()))
+            self.logits.bias.data.copy_(torch.from_numpy(weights["logits_bias"]))
 
     def keras_weights(self) -> dict[str, np.ndarray]:
         out = {}
@@ -136,15 +182,15 @@ def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 
 
 @torch.no_grad()
-def infer(model: MobileNetV2, x: torch.Tensor, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """(probabilities, pooled features) of every image, inference mode."""
+def infer(model: MobileNetV2, x: torch.Tensor, batch: int = 256, bf16: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities, pooled features) of every image, inference mode (bf16 on a GPU unless told not to)."""
     model.eval()
     probs, feats = [], []
     for i in range(0, len(x), batch):
-        with torch.autocast("cuda", torch.bfloat16, enabled=x.is_cuda):
+        with torch.autocast("cuda", torch.bfloat16, enabled=x.is_cuda and bf16):
             f = model.features(x[i:i + batch])
         f = f.float()
-        probs.append(torch.softmax(model.logits(f), 1).cpu().numpy())
+        probs.append(torch.softmax(model.logits_act(model.logits(f)), 1).cpu().numpy())
         feats.append(f.cpu().numpy())
     return np.concatenate(probs), np.concatenate(feats)
 
