@@ -46,9 +46,10 @@ def _pct(value: float | None, ci: list[float] | None) -> str:
 
 
 def evidence_line(records: Sequence[dict], variant: str | None = None) -> str:
-    """"validated on N patients (sens x [a-b], spec y [c-d])" from the latest recorded validation of
-    ``variant`` (``model.version`` ends in "(variant)"; the latest of any variant where it has none) (a
-    card's ``validations``; macro averages with 95% intervals), or "no validation recorded"."""
+    """"validated on N patients with VARIANT (sens x [a-b], spec y [c-d])" from the card's latest
+    recorded validation of ``variant`` (its ``model.version`` ends in "(variant)"), or without "with" from
+    the latest of any variant where ``variant`` has none; macro averages with 95% intervals. "no
+    validation recorded" for a card without ``validations``."""
     if not records:
         return NO_EVIDENCE
     own = [r for r in records if variant and r.get("model", {}).get("version", "").endswith(f"({variant})")]
