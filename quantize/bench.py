@@ -184,7 +184,7 @@ def bench(study: Path, bundle: Path, keras_run: Path | None, repeats: int, threa
                                                                       if dispatch == "avx2" else "native dispatch")}}
     ov_runtimes = ["openvino-f32"] + (["openvino-bf16"] if set(BF16_FLAGS) & set(cpu["flags"]) else [])
     alongside: dict[str, float | None] = {}         # OpenVINO rows: LiteRT float32 timed in turn with them
-    ov = openvino_rows(card.bundle, units, threads, repeats, dispatch, ov_runtimes, present)
+    ov = openvino_rows(card.bundle, units, threads, repeats, dispatch, ov_runtimes, present, operators=layers)
     if "skipped" in ov:
         runtimes["openvino"] = {"skipped": ov["skipped"]}
     else:
@@ -198,7 +198,8 @@ def bench(study: Path, bundle: Path, keras_run: Path | None, repeats: int, threa
             variants[name] = {f"ms_per_{unit}_median": row["ms_median"], f"ms_per_{unit}_min": row["ms_min"],
                               "size_bytes": sizes.get(name.rpartition("_")[2]),
                               f"agreement_with_{reference}": float((probs.argmax(1) == reference_probs.argmax(1)).mean()),
-                              "max_prob_diff": float(np.abs(probs - reference_probs).max()), "kernels": row["kernels"]}
+                              "max_prob_diff": float(np.abs(probs - reference_probs).max()), "kernels": row["kernels"],
+                              **({"operators": row["operators"]} if "operators" in row else {})}
             median[name] = row["ms_median"]
             alongside[name] = row["litert_float32_ms_median"]
     peak = measure_peak_gflops()
@@ -254,7 +255,8 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--layers", action="store_true",
-                   help="also time the encoder stage by stage in each quantization layout (needs TensorFlow)")
+                   help="also time the encoder stage by stage in each quantization layout (needs TensorFlow) "
+                        "and list OpenVINO's per-operator times (its PERF_COUNT counters) for each of its rows")
     p.add_argument("--dispatch", choices=("native", "avx2"), default="native",
                    help="avx2: run XNNPACK's AVX2 + FMA kernels even on a CPU with AVX-512/VNNI/AMX (its flags hidden "
                         "from the runtime's CPU detection) and OpenVINO's with ONEDNN_MAX_CPU_ISA=AVX2, to predict an "
@@ -345,6 +347,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
             print(f"{name:<28}" + "".join(f"{stages[layout][name]:>16.1f}" for layout in stages))
         print("operators outside XNNPACK: " + "; ".join(f"{f}: {', '.join(ops) or 'none'}"
                                                        for f, ops in doc["layers"]["undelegated_ops"].items()))
+    for name, r in doc["variants"].items():
+        if "operators" in r:
+            print(_operator_line(name, r, unit, ratios.get(name), r[f"ms_per_{unit}_median"]))
     d = doc["decode"]
     if d:
         print(f"decode {d['n_slices']} slices ({d['transfer_syntax']}) with {d['decoder']}, ms/slice: "
@@ -354,6 +359,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
           f"flags: {' '.join(doc['cpu_flags'])}); load average before {doc['load_average']['before']}, "
           f"after {doc['load_average']['after']}")
     return 0
+
+
+def _operator_line(name: str, row: dict, unit: str, ratio: float | None, median: float) -> str:
+    """OpenVINO's per-operator counters of one row: the operators in execution order (those over 1%
+    of the sum), the sum against the measured median, and the ratio to LiteRT float32 the row would
+    reach if nothing but its operators cost time."""
+    ops = row["operators"]
+    total = ops["sum_ms_per_unit"]
+    listed = ", ".join(f"{op['type']} {op['kernel']} {op['ms']:.1f}" for op in ops["ms_per_unit"] if op["ms"] > total / 100)
+    bound = f"; operators alone would be {ratio * median / total:.2f}x LiteRT float32" if ratio and total else ""
+    return (f"OpenVINO operators of {name}, ms/{unit} ({ops['calls_per_unit']} call(s)): {listed}; "
+            f"sum {total:.1f} of {median:.1f} measured{bound}")
 
 
 def _kernels(counts: dict[str, int]) -> str:

@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ import numpy as np
 from edge.card import load_card
 from edge.errors import ModelLoadError
 from edge.kinds import KINDS
-from edge.runtime_openvino import unavailable
+from edge.runtime_openvino import OpenVinoInterpreter, unavailable
 from quantize.avx2_dispatch import dispatch_avx2
 from quantize.fidelity import compare
 
@@ -32,11 +33,11 @@ ISA_ENV = {"native": {}, "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2"}}
 
 
 def openvino_rows(bundle: Path, units: list[np.ndarray], threads: int, repeats: int, dispatch: str,
-                  runtimes: list[str], variants: list[str]) -> dict:
+                  runtimes: list[str], variants: list[str], operators: bool = False) -> dict:
     """``{"<runtime>_<variant>": row}`` for every runtime (``openvino-f32``, ``openvino-bf16``) and
     variant, measured in a subprocess with :data:`ISA_ENV` ``[dispatch]``; a row has ``probs``,
-    ``ms_median``, ``ms_min``, ``litert_float32_ms_median`` (None for a bundle without float32) and
-    ``kernels``, or ``error``. ``{"skipped": reason}`` when OpenVINO
+    ``ms_median``, ``ms_min``, ``litert_float32_ms_median`` (None for a bundle without float32),
+    ``kernels`` and, with ``operators``, ``operators`` (:func:`operator_times`), or ``error``. ``{"skipped": reason}`` when OpenVINO
     is not installed or the subprocess fails."""
     reason = unavailable()
     if reason:
@@ -45,7 +46,7 @@ def openvino_rows(bundle: Path, units: list[np.ndarray], threads: int, repeats: 
         np.save(Path(tmp) / "units.npy", np.stack(units))
         out = Path(tmp) / "rows.json"
         cmd = [sys.executable, "-m", "quantize.openvino_bench", str(bundle), tmp, str(threads), str(repeats),
-               ",".join(runtimes), ",".join(variants), dispatch]
+               ",".join(runtimes), ",".join(variants), dispatch, str(int(operators))]
         proc = subprocess.run(cmd, env={**os.environ, **ISA_ENV[dispatch]}, capture_output=True, text=True)
         if proc.returncode or not out.is_file():
             last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
@@ -54,7 +55,7 @@ def openvino_rows(bundle: Path, units: list[np.ndarray], threads: int, repeats: 
 
 
 def measure(bundle: Path, units: np.ndarray, threads: int, repeats: int, runtimes: list[str],
-            variants: list[str]) -> dict:
+            variants: list[str], operators: bool = False) -> dict:
     """The rows of :func:`openvino_rows`, measured in this process, taking turns with the bundle's
     LiteRT float32 (under the same dispatch) so that each row's ``litert_float32_ms_median``, and
     the ratio to it, hold on a shared machine."""
@@ -81,13 +82,28 @@ def measure(bundle: Path, units: np.ndarray, threads: int, repeats: int, runtime
                       "ms_median": results[name]["ms_per_unit_median"], "ms_min": results[name]["ms_per_unit_min"],
                       "litert_float32_ms_median": reference, "kernels": interpreter.kernels(),
                       "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "native")}
+        if operators:
+            rows[name]["operators"] = operator_times(classifier.predict, interpreter, units[0], repeats)
     return rows
 
 
+def operator_times(predict: Callable[[np.ndarray], np.ndarray], interpreter: OpenVinoInterpreter, unit: np.ndarray,
+                   repeats: int) -> dict:
+    """Where OpenVINO's time for one unit goes: ``calls_per_unit`` (a group's encoder runs a batch of
+    slices per call), ``ms_per_unit`` (one ``{"name", "type", "kernel", "ms"}`` per operator, its
+    median per call times the calls) and their sum, ``sum_ms_per_unit``: what a unit would take if
+    nothing but these operators cost time."""
+    before = interpreter.calls
+    predict(unit)                                    # leaves the unit's last call's input in place
+    calls = interpreter.calls - before
+    ops = [{**op, "ms": op["ms"] * calls} for op in interpreter.operators(repeats)]
+    return {"calls_per_unit": calls, "ms_per_unit": ops, "sum_ms_per_unit": sum(op["ms"] for op in ops)}
+
+
 if __name__ == "__main__":
-    bundle, folder, threads, repeats, runtimes, variants, dispatch = sys.argv[1:8]
+    bundle, folder, threads, repeats, runtimes, variants, dispatch, operators = sys.argv[1:9]
     if dispatch == "avx2":
         dispatch_avx2()                              # LiteRT float32 on the kernels of the main process
     doc = measure(Path(bundle), np.load(Path(folder) / "units.npy"), int(threads), int(repeats),
-                  runtimes.split(","), variants.split(","))
+                  runtimes.split(","), variants.split(","), operators == "1")
     (Path(folder) / "rows.json").write_text(json.dumps(doc))

@@ -128,6 +128,25 @@ def test_bench_runs_openvino_in_a_subprocess_with_the_avx2_kernels_it_was_asked_
     assert native["onednn_max_cpu_isa"] == "native"
 
 
+@needs_openvino
+def test_bench_layers_says_where_openvinos_time_goes_per_operator():
+    """With ``--layers`` each OpenVINO row carries its per-operator counters for one unit: a group of
+    the int8 encoder runs as 5 calls of 10 slices, so the counters of one call are counted 5 times;
+    every convolution of the encoder is listed with its kernel, and the float32 file's convolutions
+    run float kernels."""
+    card = load_card(DEFAULT_BUNDLE)
+    group = phantom_group(card)
+    rows = openvino_rows(DEFAULT_BUNDLE, [group], 2, 2, "native", ["openvino-f32"], ["int8", "float32"], operators=True)
+    for variant, precision in (("int8", "I8"), ("float32", "f32")):
+        ops = rows[f"openvino-f32_{variant}"]["operators"]
+        assert ops["calls_per_unit"] == (5 if variant == "int8" else 50)
+        convolutions = [op for op in ops["ms_per_unit"] if op["type"] == "Convolution"]
+        assert len(convolutions) == 4 and all(op["kernel"].endswith(precision) and op["ms"] > 0 for op in convolutions)
+        assert ops["sum_ms_per_unit"] == pytest.approx(sum(op["ms"] for op in ops["ms_per_unit"]))
+    plain = openvino_rows(DEFAULT_BUNDLE, [group], 2, 1, "native", ["openvino-f32"], ["int8"])
+    assert "operators" not in plain["openvino-f32_int8"]
+
+
 def test_bench_without_openvino_says_why_its_rows_are_missing(no_openvino):
     card = load_card(SLICE_BUNDLE)
     rows = openvino_rows(SLICE_BUNDLE, [phantom_group(card)], 1, 1, "avx2", ["openvino-f32"], ["int8"])
